@@ -1,0 +1,119 @@
+// Tests of the status helpers: migration status rules and the one error mapping.
+#include <catch2/catch.hpp>
+
+#include "common/clock.h"
+#include "common/migration_status.h"
+#include "common/status_macros.h"
+#include "common/status_map.h"
+
+namespace livemig {
+namespace {
+
+TEST_CASE("migration status names round-trip in Nova's spelling") {
+  for (MigrationStatus s : AllMigrationStatuses()) {
+    auto parsed = ParseMigrationStatus(ToString(s));
+    REQUIRE(parsed.has_value());
+    CHECK(*parsed == s);
+  }
+  CHECK(ToString(MigrationStatus::kRunningPostCopy) == "running (post-copy)");
+  CHECK(ToString(MigrationStatus::kPostMigrating) == "post-migrating");
+  CHECK(ParseMigrationStatus("POST_MIGRATING") == MigrationStatus::kPostMigrating);
+  CHECK(ParseMigrationStatus("running-post-copy") == MigrationStatus::kRunningPostCopy);
+  CHECK_FALSE(ParseMigrationStatus("done").has_value());
+  CHECK_FALSE(ParseMigrationStatus("").has_value());
+}
+
+TEST_CASE("terminal statuses release the instance; error does not") {
+  CHECK(IsTerminal(MigrationStatus::kCompleted));
+  CHECK(IsTerminal(MigrationStatus::kFailed));
+  CHECK(IsTerminal(MigrationStatus::kCancelled));
+  CHECK_FALSE(IsTerminal(MigrationStatus::kError));
+  CHECK(IsActive(MigrationStatus::kError));
+  CHECK(IsActive(MigrationStatus::kQueued));
+  int terminal = 0;
+  for (MigrationStatus s : AllMigrationStatuses()) terminal += IsTerminal(s) ? 1 : 0;
+  CHECK(terminal == 3);
+}
+
+TEST_CASE("the state machine allows the flow and forbids going back after post-copy") {
+  using S = MigrationStatus;
+  const S flow[] = {S::kAccepted,        S::kQueued,        S::kPreparing, S::kRunning,
+                    S::kRunningPostCopy, S::kPostMigrating, S::kCompleted};
+  for (size_t i = 0; i + 1 < sizeof(flow) / sizeof(flow[0]); ++i) {
+    INFO(ToString(flow[i]) << " -> " << ToString(flow[i + 1]));
+    CHECK(CanTransition(flow[i], flow[i + 1]));
+  }
+  // Rollback is possible up to running, never after post-copy started.
+  CHECK(CanTransition(S::kRunning, S::kFailed));
+  CHECK(CanTransition(S::kPreparing, S::kCancelled));
+  CHECK_FALSE(CanTransition(S::kRunningPostCopy, S::kFailed));
+  CHECK_FALSE(CanTransition(S::kPostMigrating, S::kFailed));
+  CHECK_FALSE(CanTransition(S::kPostMigrating, S::kRunning));
+  // Terminal statuses are final.
+  for (S to : AllMigrationStatuses()) {
+    CHECK_FALSE(CanTransition(S::kCompleted, to));
+    CHECK_FALSE(CanTransition(S::kFailed, to));
+    CHECK_FALSE(CanTransition(S::kCancelled, to));
+    CHECK_FALSE(CanTransition(to, to));
+  }
+  CHECK(IsPastPointOfNoReturn(S::kRunningPostCopy));
+  CHECK_FALSE(IsPastPointOfNoReturn(S::kRunning));
+}
+
+TEST_CASE("errors map once to gRPC, HTTP and exit codes as DESIGN.md's table says") {
+  CHECK(HttpCodeFor(absl::StatusCode::kInvalidArgument) == 400);
+  CHECK(HttpCodeFor(absl::StatusCode::kNotFound) == 404);
+  CHECK(HttpCodeFor(absl::StatusCode::kAborted) == 409);
+  CHECK(HttpCodeFor(absl::StatusCode::kFailedPrecondition) == 409);
+  CHECK(HttpCodeFor(absl::StatusCode::kUnauthenticated) == 401);
+  CHECK(HttpCodeFor(absl::StatusCode::kPermissionDenied) == 403);
+  CHECK(HttpCodeFor(absl::StatusCode::kUnavailable) == 503);
+  CHECK(HttpCodeFor(absl::StatusCode::kDeadlineExceeded) == 504);
+  CHECK(HttpCodeFor(absl::StatusCode::kInternal) == 500);
+  CHECK(StatusCodeForHttp(404) == absl::StatusCode::kNotFound);
+  CHECK(StatusCodeForHttp(202) == absl::StatusCode::kOk);
+
+  absl::Status s = absl::FailedPreconditionError("host-b is disabled: maintenance");
+  grpc::Status g = ToGrpcStatus(s);
+  CHECK(g.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+  CHECK(g.error_message() == "host-b is disabled: maintenance");
+  absl::Status back = FromGrpcStatus(g, "LiveMigrate");
+  CHECK(back.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(back.message() == "LiveMigrate: host-b is disabled: maintenance");
+  CHECK(FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, "")).message() == "UNAVAILABLE");
+  CHECK(ToGrpcStatus(absl::OkStatus()).ok());
+
+  CHECK(ExitCodeFor(absl::StatusCode::kOk) == 0);
+  CHECK(ExitCodeFor(absl::StatusCode::kInvalidArgument) !=
+        ExitCodeFor(absl::StatusCode::kNotFound));
+}
+
+absl::StatusOr<int> Half(int x) {
+  if (x % 2) return absl::InvalidArgumentError("odd");
+  return x / 2;
+}
+
+absl::Status Quarter(int x, int* out) {
+  ASSIGN_OR_RETURN(int h, Half(x));
+  ASSIGN_OR_RETURN(*out, Half(h));
+  RETURN_IF_ERROR(absl::OkStatus());
+  return absl::OkStatus();
+}
+
+TEST_CASE("status macros propagate the first error") {
+  int out = 0;
+  CHECK(Quarter(8, &out).ok());
+  CHECK(out == 2);
+  CHECK(Quarter(6, &out).code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("the fake clock moves only when told") {
+  FakeClock clock;
+  absl::Time t0 = clock.Now();
+  CHECK(clock.Now() == t0);
+  clock.Advance(absl::Seconds(5));
+  CHECK(clock.Now() - t0 == absl::Seconds(5));
+}
+
+}  // namespace
+}  // namespace livemig

@@ -1,0 +1,739 @@
+// Every repository operation against a real PostgreSQL 15 (started by testing/pg_server).
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "db/pg_stores.h"
+#include "db/schema.h"
+#include "testing/pg_server.h"
+
+namespace livemig::db {
+namespace {
+
+using livemig::testing::PgServer;
+
+PgServer& Server() {
+  static std::unique_ptr<PgServer> server = [] {
+    auto s = PgServer::Start();
+    if (!s.ok()) FAIL("cannot start PostgreSQL: " << s.status().ToString());
+    return std::move(s).value();
+  }();
+  return *server;
+}
+
+std::unique_ptr<PgPool> MakePool(const std::string& conninfo, int size = 4) {
+  PgPool::Options o;
+  o.conninfo = conninfo;
+  o.size = size;
+  auto p = PgPool::Create(o);
+  REQUIRE(p.ok());
+  return std::move(p).value();
+}
+
+// A fresh database with the schema applied, and its stores.
+struct Db {
+  Db() {
+    auto c = Server().CreateDatabase();
+    REQUIRE(c.ok());
+    conninfo = *c;
+    pool = MakePool(conninfo);
+    auto r = ApplySchema(*pool);
+    REQUIRE(r.ok());
+    stores = std::make_unique<PgStores>(pool.get());
+  }
+  void Exec(const std::string& sql) {
+    REQUIRE(pool->Run("test sql",
+                      [&](pqxx::work& w) {
+                        w.exec(sql);
+                        return absl::OkStatus();
+                      })
+                .ok());
+  }
+  int64_t Count(const std::string& sql) {
+    auto n = pool->Query<int64_t>("test count", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
+      return w.exec(sql)[0][0].as<int64_t>();
+    });
+    REQUIRE(n.ok());
+    return *n;
+  }
+  std::string conninfo;
+  std::unique_ptr<PgPool> pool;
+  std::unique_ptr<PgStores> stores;
+};
+
+std::string Uuid(int n) { return absl::StrFormat("00000000-0000-4000-8000-%012d", n); }
+
+HostReport Report(const std::string& host, int64_t seq, std::vector<DomainReport> domains = {}) {
+  HostReport r;
+  r.hostname = host;
+  r.agent_address = "unix:/run/" + host + ".sock";
+  r.agent_version = "0.1.0";
+  r.hypervisor_type = "Xen";
+  r.hypervisor_version = 4017000;
+  r.libvirt_version = 9000000;
+  r.cpu_arch = "x86_64";
+  r.cpu_model = "Skylake-Server";
+  r.cpu_features = {"sse4.2", "avx2"};
+  r.memory_total_mib = 16384;
+  r.memory_free_mib = 8192;
+  r.memory_reserved_mib = 512;
+  r.network_segments = {"br-guest"};
+  r.shared_storage = {"/var/lib/livemig/instances"};
+  r.instance_path = "/var/lib/livemig/instances";
+  r.capabilities_json = R"({"abort": false, "post_copy": false})";
+  r.agent_boot_id = "boot-1";
+  r.seq = seq;
+  r.domains = std::move(domains);
+  return r;
+}
+
+DomainReport Dom(int n, const std::string& state = "running", int64_t mib = 1024) {
+  return DomainReport{Uuid(n), absl::StrCat("vm-", n), state, mib, 2};
+}
+
+// Two hosts, instances 1..n on host-a.
+void Seed(Db& db, int n = 3) {
+  std::vector<DomainReport> doms;
+  for (int i = 1; i <= n; ++i) doms.push_back(Dom(i));
+  REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 1, doms)).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(Report("host-b", 1)).ok());
+}
+
+NewMigration NewMig(int n, const std::string& dest = "host-b") {
+  NewMigration m;
+  m.instance_uuid = Uuid(n);
+  m.dest_host = dest;
+  m.requested_by = "alice";
+  m.owner = "sched-1";
+  m.memory_claim_mib = 1024;
+  m.options_json = R"({"max_downtime_ms": 500})";
+  return m;
+}
+
+Transition Step(int64_t id, MigrationStatus from, MigrationStatus to, const std::string& step) {
+  Transition t;
+  t.migration_id = id;
+  t.owner = "sched-1";
+  t.from = from;
+  t.to = to;
+  t.step = step;
+  return t;
+}
+
+TEST_CASE("schema applies to an empty database and re-applies as a no-op") {
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  auto pool = MakePool(*c);
+  auto v0 = CurrentSchemaVersion(*pool);
+  REQUIRE(v0.ok());
+  CHECK(*v0 == 0);
+  auto first = ApplySchema(*pool);
+  REQUIRE(first.ok());
+  CHECK(first->version_before == 0);
+  CHECK(first->version_after == LatestSchemaVersion());
+  CHECK(first->applied.size() == SchemaMigrations().size());
+  auto again = ApplySchema(*pool);
+  REQUIRE(again.ok());
+  CHECK(again->applied.empty());
+  CHECK(again->version_before == again->version_after);
+  auto n = pool->Query<int64_t>("count", [](pqxx::work& w) -> absl::StatusOr<int64_t> {
+    return w.exec("SELECT count(*) FROM schema_version")[0][0].as<int64_t>();
+  });
+  REQUIRE(n.ok());
+  CHECK(*n == static_cast<int64_t>(SchemaMigrations().size()));
+}
+
+TEST_CASE("two schedulers applying the schema at once apply it exactly once") {
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  auto p1 = MakePool(*c), p2 = MakePool(*c);
+  absl::StatusOr<SchemaResult> r1, r2;
+  std::thread t1([&] { r1 = ApplySchema(*p1); });
+  std::thread t2([&] { r2 = ApplySchema(*p2); });
+  t1.join();
+  t2.join();
+  REQUIRE(r1.ok());
+  REQUIRE(r2.ok());
+  CHECK(r1->applied.size() + r2->applied.size() == SchemaMigrations().size());
+}
+
+TEST_CASE("a schema newer than the binary is refused with a clear message") {
+  Db db;
+  db.Exec("INSERT INTO schema_version (version, name) VALUES (999, '0999_future')");
+  auto r = ApplySchema(*db.pool);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(r.status().message().find("version 999") != std::string::npos);
+  CHECK(r.status().message().find("newer scheduler") != std::string::npos);
+}
+
+TEST_CASE("host reports: inventory, stale sequence numbers, restarts, missing domains") {
+  Db db;
+  auto& hosts = db.stores->hosts();
+  auto r1 = hosts.ApplyReport(Report("host-a", 5, {Dom(1), Dom(2)}));
+  REQUIRE(r1.ok());
+  CHECK(r1->accepted);
+  CHECK(r1->instances_upserted == 2);
+
+  auto h = hosts.GetHost("host-a", absl::Seconds(60));
+  REQUIRE(h.ok());
+  CHECK(h->up);
+  CHECK(h->enabled);
+  CHECK(h->report.hypervisor_version == 4017000);
+  CHECK(h->report.cpu_features == std::vector<std::string>{"sse4.2", "avx2"});
+  CHECK(h->report.network_segments == std::vector<std::string>{"br-guest"});
+  CHECK(h->report.memory_reserved_mib == 512);
+  CHECK(h->instances == 2);
+  // A zero service_down_time makes every host down.
+  CHECK_FALSE(hosts.GetHost("host-a", absl::ZeroDuration())->up);
+
+  // A late (older) report is ignored.
+  auto late = hosts.ApplyReport(Report("host-a", 4, {Dom(1)}));
+  REQUIRE(late.ok());
+  CHECK_FALSE(late->accepted);
+  CHECK(late->seq == 5);
+  CHECK_FALSE(db.stores->instances().GetInstance(Uuid(2))->missing);
+
+  // A newer report without domain 2 marks it missing (never deletes it).
+  auto r2 = hosts.ApplyReport(Report("host-a", 6, {Dom(1)}));
+  REQUIRE(r2.ok());
+  CHECK(r2->instances_marked_missing == 1);
+  auto i2 = db.stores->instances().GetInstance(Uuid(2));
+  REQUIRE(i2.ok());
+  CHECK(i2->missing);
+  CHECK(i2->missing_since.has_value());
+
+  // A restarted agent (new boot id) starts its sequence again and is accepted.
+  HostReport restarted = Report("host-a", 1, {Dom(1), Dom(2)});
+  restarted.agent_boot_id = "boot-2";
+  auto r3 = hosts.ApplyReport(restarted);
+  REQUIRE(r3.ok());
+  CHECK(r3->accepted);
+  CHECK_FALSE(db.stores->instances().GetInstance(Uuid(2))->missing);
+
+  auto unknown = hosts.GetHost("host-zz", absl::Seconds(60));
+  CHECK(unknown.status().code() == absl::StatusCode::kNotFound);
+
+  HostReport bad = Report("bad host!", 1);
+  CHECK(hosts.ApplyReport(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  HostReport bad_uuid = Report("host-a", 10, {DomainReport{"not-a-uuid", "x", "running", 1, 1}});
+  CHECK(hosts.ApplyReport(bad_uuid).status().code() == absl::StatusCode::kInvalidArgument);
+
+  auto list = hosts.ListHosts(absl::Seconds(60));
+  REQUIRE(list.ok());
+  REQUIRE(list->size() == 1);
+  CHECK(list->at(0).report.hostname == "host-a");
+}
+
+TEST_CASE("a report never moves an instance that a migration holds") {
+  Db db;
+  Seed(db);
+  auto m = db.stores->migrations().CreateMigration(NewMig(1));
+  REQUIRE(m.ok());
+  // The destination reports the incoming (paused) domain; the source stops reporting it.
+  REQUIRE(db.stores->hosts().ApplyReport(Report("host-b", 2, {Dom(1, "paused")})).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 2, {Dom(2), Dom(3)})).ok());
+  auto inst = db.stores->instances().GetInstance(Uuid(1));
+  REQUIRE(inst.ok());
+  CHECK(inst->host == "host-a");
+  CHECK_FALSE(inst->missing);
+  CHECK(inst->task_state == std::optional<std::string>("migrating"));
+  CHECK(inst->active_migration_id == m->migration.id);
+  // A leftover shut-off definition elsewhere does not steal an idle instance.
+  REQUIRE(db.stores->hosts().ApplyReport(Report("host-b", 3, {Dom(2, "shutoff")})).ok());
+  CHECK(db.stores->instances().GetInstance(Uuid(2))->host == "host-a");
+}
+
+TEST_CASE("host enable and disable record who and why") {
+  Db db;
+  Seed(db);
+  auto h = db.stores->hosts().SetHostEnabled("host-b", false, "firmware update", "bob");
+  REQUIRE(h.ok());
+  CHECK_FALSE(h->enabled);
+  CHECK(h->disabled_reason == "firmware update");
+  CHECK(h->disabled_by == "bob");
+  CHECK(h->disabled_at.has_value());
+  auto e = db.stores->hosts().SetHostEnabled("host-b", true, "", "carol");
+  REQUIRE(e.ok());
+  CHECK(e->enabled);
+  CHECK(e->disabled_reason.empty());
+  CHECK(e->disabled_by == "carol");
+  CHECK(db.stores->hosts().SetHostEnabled("nope", false, "x", "bob").status().code() ==
+        absl::StatusCode::kNotFound);
+}
+
+TEST_CASE("creating a migration claims the instance in one transaction") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  auto r = migs.CreateMigration(NewMig(1));
+  REQUIRE(r.ok());
+  CHECK(r->created);
+  CHECK(r->migration.status == MigrationStatus::kAccepted);
+  CHECK(r->migration.source_host == "host-a");
+  CHECK(r->migration.dest_host == "host-b");
+  CHECK(r->migration.requested_by == "alice");
+  CHECK(r->migration.owner == "sched-1");
+  CHECK(r->migration.uuid.size() == 36);
+  CHECK(r->migration.lease_expires_at.has_value());
+  CHECK(db.stores->instances().GetInstance(Uuid(1))->task_state ==
+        std::optional<std::string>("migrating"));
+  auto events = migs.ListEvents(r->migration.id);
+  REQUIRE(events.ok());
+  REQUIRE(events->size() == 1);
+  CHECK(events->at(0).step == "accepted");
+
+  SECTION("already migrating is a conflict and creates no row") {
+    auto again = migs.CreateMigration(NewMig(1));
+    CHECK(again.status().code() == absl::StatusCode::kAborted);
+    CHECK(again.status().message().find("already migrating") != std::string::npos);
+    CHECK(db.Count("SELECT count(*) FROM migrations") == 1);
+  }
+  SECTION("unknown, malformed, missing, and same-host requests") {
+    CHECK(migs.CreateMigration(NewMig(99)).status().code() == absl::StatusCode::kNotFound);
+    NewMigration bad = NewMig(2);
+    bad.instance_uuid = "web-1";
+    CHECK(migs.CreateMigration(bad).status().code() == absl::StatusCode::kInvalidArgument);
+    auto same = migs.CreateMigration(NewMig(2, "host-a"));
+    CHECK(same.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(db.stores->instances().GetInstance(Uuid(2))->task_state == std::nullopt);
+    REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 2, {Dom(1), Dom(2)})).ok());
+    auto missing = migs.CreateMigration(NewMig(3));
+    CHECK(missing.status().code() == absl::StatusCode::kFailedPrecondition);
+    CHECK(db.Count("SELECT count(*) FROM migrations") == 1);
+  }
+  SECTION("a repeated request id returns the same migration") {
+    NewMigration m = NewMig(2);
+    m.request_id = "req-42";
+    auto a = migs.CreateMigration(m);
+    auto b = migs.CreateMigration(m);
+    REQUIRE(a.ok());
+    REQUIRE(b.ok());
+    CHECK(a->created);
+    CHECK_FALSE(b->created);
+    CHECK(a->migration.id == b->migration.id);
+    auto found = migs.FindByRequestId("req-42");
+    REQUIRE(found.ok());
+    CHECK(found->id == a->migration.id);
+    NewMigration other = NewMig(3);
+    other.request_id = "req-42";
+    CHECK(migs.CreateMigration(other).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("50 concurrent claims of one instance: exactly one wins") {
+  Db db;
+  Seed(db);
+  constexpr int kClaims = 50;
+  std::vector<std::unique_ptr<PgPool>> pools;
+  std::vector<std::unique_ptr<PgStores>> stores;
+  for (int i = 0; i < kClaims; ++i) {
+    pools.push_back(MakePool(db.conninfo, 1));  // a separate connection each
+    stores.push_back(std::make_unique<PgStores>(pools.back().get()));
+  }
+  std::atomic<int> won{0}, conflicts{0}, other{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClaims; ++i) {
+    threads.emplace_back([&, i] {
+      while (!go.load()) std::this_thread::yield();
+      NewMigration m = NewMig(1);
+      m.requested_by = absl::StrCat("caller-", i);
+      auto r = stores[i]->migrations().CreateMigration(m);
+      if (r.ok()) {
+        ++won;
+      } else if (r.status().code() == absl::StatusCode::kAborted) {
+        ++conflicts;
+      } else {
+        ++other;
+        UNSCOPED_INFO(r.status().ToString());
+      }
+    });
+  }
+  go = true;
+  for (auto& t : threads) t.join();
+  CHECK(won == 1);
+  CHECK(conflicts == kClaims - 1);
+  CHECK(other == 0);
+  CHECK(db.Count("SELECT count(*) FROM migrations WHERE instance_uuid = '" + Uuid(1) + "'") == 1);
+
+  SECTION("the database guard alone: 50 concurrent raw inserts for one instance") {
+    // Bypasses the store's compare-and-swap: only the partial unique index stands between
+    // these inserts and two active migrations of instance 2.
+    std::atomic<int> inserted{0}, refused{0};
+    std::atomic<bool> start{false};
+    std::vector<std::thread> raw;
+    for (int i = 0; i < kClaims; ++i) {
+      raw.emplace_back([&, i] {
+        while (!start.load()) std::this_thread::yield();
+        auto r = pools[i]->Run("raw insert", [&](pqxx::work& w) {
+          w.exec(
+              "INSERT INTO migrations (instance_uuid, source_host, dest_host, status, "
+              "requested_by) VALUES ('" +
+              Uuid(2) + "', 'host-a', 'host-b', 'accepted', 'r')");
+          return absl::OkStatus();
+        });
+        (r.ok() ? inserted : refused)++;
+      });
+    }
+    start = true;
+    for (auto& t : raw) t.join();
+    CHECK(inserted == 1);
+    CHECK(refused == kClaims - 1);
+  }
+}
+
+TEST_CASE("the database itself refuses a second active migration of one instance") {
+  Db db;
+  Seed(db);
+  REQUIRE(db.stores->migrations().CreateMigration(NewMig(1)).ok());
+  // Bypass the store's claim: the partial unique index must still refuse it.
+  auto r = db.pool->Run("raw insert", [&](pqxx::work& w) {
+    w.exec(
+        "INSERT INTO migrations (instance_uuid, source_host, dest_host, status, "
+        "requested_by) VALUES ('" +
+        Uuid(1) + "', 'host-a', 'host-b', 'queued', 'mallory')");
+    return absl::OkStatus();
+  });
+  REQUIRE_FALSE(r.ok());
+  CHECK(std::string(r.message()).find("migrations_one_active_per_instance") != std::string::npos);
+  // A terminal one is allowed beside it (history).
+  db.Exec(
+      "INSERT INTO migrations (instance_uuid, source_host, dest_host, status, requested_by, "
+      "finished_at) VALUES ('" +
+      Uuid(1) + "', 'host-a', 'host-b', 'failed', 'x', now())");
+}
+
+TEST_CASE("compare-and-swap on the instance's task state") {
+  Db db;
+  Seed(db);
+  auto& inst = db.stores->instances();
+  CHECK(inst.CompareAndSetTaskState(Uuid(1), std::nullopt, "migrating").ok());
+  CHECK(inst.CompareAndSetTaskState(Uuid(1), std::nullopt, "migrating").code() ==
+        absl::StatusCode::kAborted);
+  CHECK(inst.CompareAndSetTaskState(Uuid(1), "migrating", std::nullopt).ok());
+  CHECK(inst.CompareAndSetTaskState(Uuid(77), std::nullopt, "migrating").code() ==
+        absl::StatusCode::kNotFound);
+  auto list = inst.ListInstances("host-a", 10);
+  REQUIRE(list.ok());
+  CHECK(list->size() == 3);
+  CHECK(inst.ListInstances("host-b", 10)->empty());
+}
+
+TEST_CASE("a migration walks the state machine to completed and moves the instance") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  auto c = migs.CreateMigration(NewMig(1));
+  REQUIRE(c.ok());
+  const int64_t id = c->migration.id;
+  CHECK(*migs.MemoryClaimedOn("host-b") == 1024);
+  using S = MigrationStatus;
+  REQUIRE(
+      migs.ApplyTransition(Step(id, S::kAccepted, S::kPreparing, "check_can_live_migrate_on_dest"))
+          .ok());
+  Transition run = Step(id, S::kPreparing, S::kRunning, "live_migration");
+  run.mark_started = true;
+  run.event_kind = "intent";
+  run.event_outcome = "";
+  REQUIRE(migs.ApplyTransition(run).ok());
+
+  MigrationProgress p;
+  p.phase = "pre-copy";
+  p.bytes_total = 64 << 20;
+  p.bytes_processed = 16 << 20;
+  p.bytes_remaining = 48 << 20;
+  p.percent = 25.0;
+  p.elapsed_ms = 800;
+  REQUIRE(migs.UpdateProgress(id, "sched-1", p).ok());
+  CHECK(migs.UpdateProgress(id, "sched-2", p).code() == absl::StatusCode::kAborted);
+  auto mid = migs.GetMigration(id);
+  REQUIRE(mid.ok());
+  CHECK(mid->progress.phase == "pre-copy");
+  CHECK(mid->progress.bytes_processed == (16 << 20));
+  CHECK(mid->progress.percent == Approx(25.0));
+  CHECK(mid->started_at.has_value());
+
+  // Compare-and-swap: a stale `from` or a foreign owner loses.
+  CHECK(migs.ApplyTransition(Step(id, S::kPreparing, S::kRunning, "x")).status().code() ==
+        absl::StatusCode::kAborted);
+  Transition foreign = Step(id, S::kRunning, S::kPostMigrating, "post_live_migration");
+  foreign.owner = "sched-2";
+  CHECK(migs.ApplyTransition(foreign).status().code() == absl::StatusCode::kAborted);
+  CHECK(migs.ApplyTransition(Step(id, S::kRunning, S::kAccepted, "x")).status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+
+  REQUIRE(
+      migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post_live_migration")).ok());
+  auto done = migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "completed"));
+  REQUIRE(done.ok());
+  CHECK(done->status == S::kCompleted);
+  CHECK(done->finished_at.has_value());
+  CHECK(done->owner.empty());
+  auto inst = db.stores->instances().GetInstance(Uuid(1));
+  CHECK(inst->host == "host-b");
+  CHECK(inst->task_state == std::nullopt);
+  CHECK_FALSE(inst->active_migration_id.has_value());
+  CHECK(*migs.MemoryClaimedOn("host-b") == 0);
+  auto events = migs.ListEvents(id);
+  REQUIRE(events.ok());
+  REQUIRE(events->size() == 5);
+  CHECK(events->at(1).status == "preparing");
+  CHECK(events->at(2).kind == "intent");
+  CHECK(events->back().status == "completed");
+  for (const auto& e : *events) CHECK(e.duration_ms.has_value());
+  // Terminal is final.
+  CHECK(migs.ApplyTransition(Step(id, S::kCompleted, S::kFailed, "x")).status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  // The event log is append-only.
+  auto upd = db.pool->Run("tamper", [](pqxx::work& w) {
+    w.exec("UPDATE migration_events SET detail = 'x'");
+    return absl::OkStatus();
+  });
+  CHECK_FALSE(upd.ok());
+  CHECK(std::string(upd.message()).find("append-only") != std::string::npos);
+}
+
+TEST_CASE("a failed migration releases the instance and the claim, on the source") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  auto c = migs.CreateMigration(NewMig(2));
+  REQUIRE(c.ok());
+  Transition fail =
+      Step(c->migration.id, MigrationStatus::kAccepted, MigrationStatus::kFailed, "pre-checks");
+  fail.event_outcome = "failed";
+  fail.failure_reason = "destination host-b has 412 MiB free; instance vm-2 needs 1024 MiB";
+  auto f = migs.ApplyTransition(fail);
+  REQUIRE(f.ok());
+  CHECK(f->failure_reason.find("412 MiB") != std::string::npos);
+  auto inst = db.stores->instances().GetInstance(Uuid(2));
+  CHECK(inst->host == "host-a");
+  CHECK(inst->task_state == std::nullopt);
+  CHECK(*migs.MemoryClaimedOn("host-b") == 0);
+  // The instance can migrate again.
+  CHECK(migs.CreateMigration(NewMig(2)).ok());
+}
+
+TEST_CASE("leases: one owner at a time, takeover after expiry") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  auto c = migs.CreateMigration(NewMig(1));
+  REQUIRE(c.ok());
+  const int64_t id = c->migration.id;
+  CHECK(*migs.AcquireLease(id, "sched-1", absl::Seconds(15)) == true);   // renew own
+  CHECK(*migs.AcquireLease(id, "sched-2", absl::Seconds(15)) == false);  // live lease
+  CHECK(migs.ListOrphaned()->empty());
+  CHECK(*migs.RenewLeases("sched-1", absl::ZeroDuration()) == 1);  // expire it now
+  auto orphans = migs.ListOrphaned();
+  REQUIRE(orphans.ok());
+  REQUIRE(orphans->size() == 1);
+  CHECK(orphans->at(0).id == id);
+  CHECK(*migs.AcquireLease(id, "sched-2", absl::Seconds(15)) == true);
+  CHECK(migs.GetMigration(id)->owner == "sched-2");
+  // The old owner can no longer move it.
+  CHECK(migs.ApplyTransition(Step(id, MigrationStatus::kAccepted, MigrationStatus::kPreparing,
+                                  "check_can_live_migrate_on_dest"))
+            .status()
+            .code() == absl::StatusCode::kAborted);
+  CHECK(*migs.RenewLeases("sched-1", absl::Seconds(15)) == 0);
+  CHECK(migs.AcquireLease(424242, "sched-2", absl::Seconds(1)).status().code() ==
+        absl::StatusCode::kNotFound);
+  auto active = migs.ListActiveMigrations();
+  REQUIRE(active.ok());
+  CHECK(active->size() == 1);
+}
+
+TEST_CASE("operator requests record who asked") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  auto c = migs.CreateMigration(NewMig(1));
+  REQUIRE(c.ok());
+  auto a = migs.RequestAbort(c->migration.id, "dave");
+  REQUIRE(a.ok());
+  CHECK(a->aborted_by == "dave");
+  CHECK(a->abort_requested_at.has_value());
+  auto fc = migs.RequestForceComplete(c->migration.id, "erin");
+  REQUIRE(fc.ok());
+  CHECK(fc->force_complete_requested_by == "erin");
+  CHECK(migs.RequestAbort(999999, "dave").status().code() == absl::StatusCode::kNotFound);
+  Transition cancel =
+      Step(c->migration.id, MigrationStatus::kAccepted, MigrationStatus::kCancelled, "rollback");
+  REQUIRE(migs.ApplyTransition(cancel).ok());
+  CHECK(migs.RequestAbort(c->migration.id, "dave").status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  auto events = migs.ListEvents(c->migration.id);
+  REQUIRE(events.ok());
+  CHECK(events->size() == 4);
+  CHECK(events->at(1).actor == "dave");
+}
+
+// Creates and finishes a migration of instance n (so the instance can migrate again).
+int64_t FinishedMigration(Db& db, int n, MigrationStatus end = MigrationStatus::kFailed) {
+  auto c = db.stores->migrations().CreateMigration(NewMig(n));
+  REQUIRE(c.ok());
+  REQUIRE(db.stores->migrations()
+              .ApplyTransition(Step(c->migration.id, MigrationStatus::kAccepted, end, "end"))
+              .ok());
+  return c->migration.id;
+}
+
+TEST_CASE("keyset pagination stays stable while rows are inserted") {
+  Db db;
+  Seed(db, 3);
+  std::vector<int64_t> original;
+  for (int i = 0; i < 25; ++i) original.push_back(FinishedMigration(db, 1 + i % 3));
+  std::vector<int64_t> seen;
+  MigrationFilter f;
+  f.page_size = 10;
+  int pages = 0;
+  while (true) {
+    auto page = db.stores->migrations().ListMigrations(f);
+    REQUIRE(page.ok());
+    for (const auto& m : page->migrations) seen.push_back(m.id);
+    ++pages;
+    // Newer rows arrive between pages; they must not shift what the next page shows.
+    FinishedMigration(db, 1 + pages % 3);
+    if (page->next_page_token.empty()) break;
+    f.page_token = page->next_page_token;
+  }
+  CHECK(pages == 3);
+  std::vector<int64_t> expected(original.rbegin(), original.rend());
+  CHECK(seen == expected);
+
+  SECTION("filters") {
+    MigrationFilter byInstance;
+    byInstance.instance_uuid = Uuid(2);
+    byInstance.page_size = 1000;
+    auto r = db.stores->migrations().ListMigrations(byInstance);
+    REQUIRE(r.ok());
+    CHECK(!r->migrations.empty());
+    for (const auto& m : r->migrations) CHECK(m.instance_uuid == Uuid(2));
+
+    REQUIRE(db.stores->migrations().CreateMigration(NewMig(3)).ok());
+    MigrationFilter active;
+    active.statuses = {MigrationStatus::kAccepted, MigrationStatus::kRunning};
+    auto a = db.stores->migrations().ListMigrations(active);
+    REQUIRE(a.ok());
+    REQUIRE(a->migrations.size() == 1);
+    CHECK(a->migrations[0].instance_uuid == Uuid(3));
+
+    MigrationFilter byHost;
+    byHost.host = "host-c";
+    CHECK(db.stores->migrations().ListMigrations(byHost)->migrations.empty());
+    byHost.host = "host-b";
+    CHECK(db.stores->migrations().ListMigrations(byHost)->migrations.size() == 29);
+
+    MigrationFilter future;
+    future.created_after = absl::Now() + absl::Hours(1);
+    CHECK(db.stores->migrations().ListMigrations(future)->migrations.empty());
+    MigrationFilter past;
+    past.created_before = absl::Now() - absl::Hours(1);
+    CHECK(db.stores->migrations().ListMigrations(past)->migrations.empty());
+  }
+  SECTION("bad tokens and sizes are clear errors") {
+    MigrationFilter bad;
+    bad.page_token = "garbage";
+    auto r = db.stores->migrations().ListMigrations(bad);
+    CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(r.status().message().find("next_page_token") != std::string::npos);
+    bad.page_token = "";
+    bad.page_size = 0;
+    CHECK(db.stores->migrations().ListMigrations(bad).status().code() ==
+          absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("finished migrations are purged after the retention") {
+  Db db;
+  Seed(db);
+  int64_t old_id = FinishedMigration(db, 1, MigrationStatus::kCancelled);
+  db.Exec("UPDATE migrations SET finished_at = now() - interval '40 days' WHERE id = " +
+          std::to_string(old_id));
+  FinishedMigration(db, 2);
+  REQUIRE(db.stores->migrations().CreateMigration(NewMig(3)).ok());  // active: never purged
+  auto n = db.stores->migrations().PurgeFinished(absl::Now() - absl::Hours(24 * 30));
+  REQUIRE(n.ok());
+  CHECK(*n == 1);
+  CHECK(db.stores->migrations().GetMigration(old_id).status().code() ==
+        absl::StatusCode::kNotFound);
+  CHECK(db.Count("SELECT count(*) FROM migration_events WHERE migration_id = " +
+                 std::to_string(old_id)) == 0);
+  CHECK(db.Count("SELECT count(*) FROM migrations") == 2);
+}
+
+TEST_CASE("evacuations keep each instance's outcome") {
+  Db db;
+  Seed(db);
+  auto& ev = db.stores->evacuations();
+  auto e = ev.CreateEvacuation("host-a", 2, "frank", "power work", {Uuid(1), Uuid(2)});
+  REQUIRE(e.ok());
+  CHECK(e->status == "running");
+  CHECK(e->items.size() == 2);
+  CHECK(e->items[0].outcome == "pending");
+  auto m = db.stores->migrations().CreateMigration(NewMig(1));
+  REQUIRE(m.ok());
+  REQUIRE(ev.UpdateEvacuationItem(e->id, {Uuid(1), m->migration.id, "migrating", ""}).ok());
+  REQUIRE(ev.UpdateEvacuationItem(e->id, {Uuid(2), std::nullopt, "skipped", "shut off"}).ok());
+  CHECK(ev.UpdateEvacuationItem(e->id, {Uuid(3), std::nullopt, "failed", ""}).code() ==
+        absl::StatusCode::kNotFound);
+  REQUIRE(ev.FinishEvacuation(e->id, "completed").ok());
+  CHECK(ev.FinishEvacuation(e->id, "failed").code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(ev.FinishEvacuation(e->id, "bogus").code() == absl::StatusCode::kInvalidArgument);
+  auto got = ev.GetEvacuation(e->id);
+  REQUIRE(got.ok());
+  CHECK(got->status == "completed");
+  CHECK(got->finished_at.has_value());
+  CHECK(got->items[0].migration_id == m->migration.id);
+  CHECK(got->items[1].reason == "shut off");
+  CHECK(ev.ListEvacuations("host-a", 10)->size() == 1);
+  CHECK(ev.ListEvacuations("host-b", 10)->empty());
+  CHECK(ev.CreateEvacuation("host-q", 1, "frank", "", {}).status().code() ==
+        absl::StatusCode::kNotFound);
+  CHECK(ev.CreateEvacuation("host-a", 0, "frank", "", {}).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("dashboard views answer") {
+  Db db;
+  Seed(db);
+  REQUIRE(db.stores->migrations().CreateMigration(NewMig(1)).ok());
+  CHECK(db.Count("SELECT count(*) FROM v_migrations_in_flight") == 1);
+  CHECK(db.Count("SELECT memory_claimed_mib FROM v_host_summary WHERE hostname = 'host-b'") ==
+        1024);
+  CHECK(db.Count("SELECT instances FROM v_host_summary WHERE hostname = 'host-a'") == 3);
+  CHECK(db.Count("SELECT count(*) FROM v_migration_history") == 0);
+  auto h = db.stores->hosts().GetHost("host-b", absl::Seconds(60));
+  REQUIRE(h.ok());
+  CHECK(h->memory_claimed_mib == 1024);
+  CHECK(h->migrations_in == 1);
+  CHECK(db.stores->hosts().GetHost("host-a", absl::Seconds(60))->migrations_out == 1);
+}
+
+// Keep this last: it stops and restarts the shared server.
+TEST_CASE("a lost database connection is Unavailable and the next call reconnects") {
+  Db db;
+  Seed(db);
+  REQUIRE(Server().Stop().ok());
+  auto down = db.stores->instances().GetInstance(Uuid(1));
+  REQUIRE_FALSE(down.ok());
+  CHECK(down.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(down.status().message().find("database") != std::string::npos);
+  REQUIRE(Server().Restart().ok());
+  auto up = db.stores->instances().GetInstance(Uuid(1));
+  REQUIRE(up.ok());
+  CHECK(up->host == "host-a");
+  // A wrong connection string fails at creation, clearly.
+  PgPool::Options o;
+  o.conninfo = "host=/nonexistent port=1 dbname=x";
+  auto bad = PgPool::Create(o);
+  CHECK(bad.status().code() == absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace livemig::db

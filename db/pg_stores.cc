@@ -1,0 +1,1046 @@
+#include "db/pg_stores.h"
+
+#include <regex>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace livemig::db {
+namespace {
+
+constexpr char kActive[] = "status NOT IN ('completed', 'failed', 'cancelled')";
+
+// Timestamps cross the wire as microseconds since the epoch.
+std::string Us(const std::string& col) {
+  return absl::StrCat("(extract(epoch from ", col, ") * 1000000)::bigint");
+}
+absl::Time FromUs(int64_t us) { return absl::FromUnixMicros(us); }
+int64_t ToUs(absl::Time t) { return absl::ToUnixMicros(t); }
+
+template <typename T>
+std::optional<T> Opt(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return f.as<T>();
+}
+std::optional<absl::Time> OptTime(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return FromUs(f.as<int64_t>());
+}
+std::string Str(const pqxx::field& f) { return f.is_null() ? "" : f.as<std::string>(); }
+
+std::string JsonArray(const std::vector<std::string>& v) { return nlohmann::json(v).dump(); }
+std::vector<std::string> ParseJsonArray(const std::string& text) {
+  std::vector<std::string> out;
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_array()) return out;
+  for (const auto& e : j) {
+    if (e.is_string()) out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+// A PostgreSQL array literal of text values: {"a","b c"}.
+std::string TextArray(const std::vector<std::string>& v) {
+  std::string out = "{";
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) out += ",";
+    out += '"';
+    for (char c : v[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+
+absl::Status CheckJsonObject(const std::string& text, const char* what) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " must be a JSON object, got: ", text));
+  }
+  return absl::OkStatus();
+}
+
+// ---- hosts -------------------------------------------------------------------------------
+
+std::string HostSelect() {
+  return absl::StrCat(
+      "SELECT h.hostname, h.agent_address, h.agent_version, h.hypervisor_type, "
+      "h.hypervisor_version, h.libvirt_version, h.cpu_arch, h.cpu_model, "
+      "h.cpu_features::text AS cpu_features, h.cpu_xml, h.memory_total_mib, h.memory_free_mib, "
+      "h.memory_reserved_mib, h.network_segments::text AS network_segments, "
+      "h.shared_storage::text AS shared_storage, h.instance_path, "
+      "h.capabilities::text AS capabilities, h.agent_boot_id, h.report_seq, h.enabled, "
+      "h.disabled_reason, h.disabled_by, ",
+      Us("h.disabled_at"), " AS disabled_at, ", Us("h.last_report_at"),
+      " AS last_report_at, COALESCE(h.last_report_at > now() - make_interval(secs => $1), false) "
+      "AS up, COALESCE(c.claimed, 0) AS claimed, COALESCE(c.mig_in, 0) AS mig_in, "
+      "COALESCE(o.mig_out, 0) AS mig_out, COALESCE(ic.n, 0) AS n_instances "
+      "FROM hosts h "
+      "LEFT JOIN (SELECT dest_host, sum(memory_claim_mib) AS claimed, count(*) AS mig_in "
+      "  FROM migrations WHERE ",
+      kActive,
+      " GROUP BY dest_host) c ON c.dest_host = h.hostname "
+      "LEFT JOIN (SELECT source_host, count(*) AS mig_out FROM migrations WHERE ",
+      kActive,
+      " GROUP BY source_host) o ON o.source_host = h.hostname "
+      "LEFT JOIN (SELECT host, count(*) AS n FROM instances WHERE NOT missing GROUP BY host) ic "
+      "ON ic.host = h.hostname ");
+}
+
+HostRecord HostFromRow(const pqxx::row& r) {
+  HostRecord h;
+  HostReport& p = h.report;
+  p.hostname = Str(r["hostname"]);
+  p.agent_address = Str(r["agent_address"]);
+  p.agent_version = Str(r["agent_version"]);
+  p.hypervisor_type = Str(r["hypervisor_type"]);
+  p.hypervisor_version = r["hypervisor_version"].as<int64_t>();
+  p.libvirt_version = r["libvirt_version"].as<int64_t>();
+  p.cpu_arch = Str(r["cpu_arch"]);
+  p.cpu_model = Str(r["cpu_model"]);
+  p.cpu_features = ParseJsonArray(Str(r["cpu_features"]));
+  p.cpu_xml = Str(r["cpu_xml"]);
+  p.memory_total_mib = r["memory_total_mib"].as<int64_t>();
+  p.memory_free_mib = r["memory_free_mib"].as<int64_t>();
+  p.memory_reserved_mib = r["memory_reserved_mib"].as<int64_t>();
+  p.network_segments = ParseJsonArray(Str(r["network_segments"]));
+  p.shared_storage = ParseJsonArray(Str(r["shared_storage"]));
+  p.instance_path = Str(r["instance_path"]);
+  p.capabilities_json = Str(r["capabilities"]);
+  p.agent_boot_id = Str(r["agent_boot_id"]);
+  p.seq = r["report_seq"].as<int64_t>();
+  h.enabled = r["enabled"].as<bool>();
+  h.disabled_reason = Str(r["disabled_reason"]);
+  h.disabled_by = Str(r["disabled_by"]);
+  h.disabled_at = OptTime(r["disabled_at"]);
+  h.last_report_at = OptTime(r["last_report_at"]);
+  h.up = r["up"].as<bool>();
+  h.memory_claimed_mib = r["claimed"].as<int64_t>();
+  h.migrations_in = r["mig_in"].as<int64_t>();
+  h.migrations_out = r["mig_out"].as<int64_t>();
+  h.instances = r["n_instances"].as<int64_t>();
+  return h;
+}
+
+double Secs(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+}  // namespace
+
+bool IsValidUuid(const std::string& uuid) {
+  static const std::regex kRe(
+      "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$");
+  return std::regex_match(uuid, kRe);
+}
+
+bool IsValidHostname(const std::string& hostname) {
+  static const std::regex kRe("^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$");
+  return std::regex_match(hostname, kRe);
+}
+
+class PgHostStore : public HostStore {
+ public:
+  explicit PgHostStore(PgPool* pool) : pool_(pool) {}
+
+  absl::StatusOr<ReportResult> ApplyReport(const HostReport& p) override {
+    if (!IsValidHostname(p.hostname)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid hostname '", p.hostname, "' in host report"));
+    }
+    RETURN_IF_ERROR(CheckJsonObject(p.capabilities_json, "capabilities"));
+    std::vector<std::string> uuids;
+    for (const DomainReport& d : p.domains) {
+      if (!IsValidUuid(d.uuid)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "host ", p.hostname, " reported a domain with an invalid UUID '", d.uuid, "'"));
+      }
+      uuids.push_back(d.uuid);
+    }
+    return pool_->Query<ReportResult>(
+        "apply host report", [&](pqxx::work& w) -> absl::StatusOr<ReportResult> {
+          ReportResult res;
+          pqxx::result cur = w.exec_params(
+              "SELECT agent_boot_id, report_seq FROM hosts WHERE hostname = $1 FOR UPDATE",
+              p.hostname);
+          if (!cur.empty() && Str(cur[0][0]) == p.agent_boot_id &&
+              cur[0][1].as<int64_t>() >= p.seq) {
+            res.accepted = false;
+            res.seq = cur[0][1].as<int64_t>();
+            return res;
+          }
+          w.exec_params(
+              "INSERT INTO hosts (hostname, agent_address, agent_version, hypervisor_type, "
+              "hypervisor_version, libvirt_version, cpu_arch, cpu_model, cpu_features, cpu_xml, "
+              "memory_total_mib, memory_free_mib, memory_reserved_mib, network_segments, "
+              "shared_storage, instance_path, capabilities, agent_boot_id, report_seq, "
+              "last_report_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, "
+              "$10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17::jsonb, $18, $19, now(), "
+              "now()) ON CONFLICT (hostname) DO UPDATE SET agent_address = EXCLUDED.agent_address,"
+              " agent_version = EXCLUDED.agent_version, hypervisor_type = "
+              "EXCLUDED.hypervisor_type, hypervisor_version = EXCLUDED.hypervisor_version, "
+              "libvirt_version = EXCLUDED.libvirt_version, cpu_arch = EXCLUDED.cpu_arch, "
+              "cpu_model = EXCLUDED.cpu_model, cpu_features = EXCLUDED.cpu_features, cpu_xml = "
+              "EXCLUDED.cpu_xml, memory_total_mib = EXCLUDED.memory_total_mib, memory_free_mib = "
+              "EXCLUDED.memory_free_mib, memory_reserved_mib = EXCLUDED.memory_reserved_mib, "
+              "network_segments = EXCLUDED.network_segments, shared_storage = "
+              "EXCLUDED.shared_storage, instance_path = EXCLUDED.instance_path, capabilities = "
+              "EXCLUDED.capabilities, agent_boot_id = EXCLUDED.agent_boot_id, report_seq = "
+              "EXCLUDED.report_seq, last_report_at = now(), updated_at = now()",
+              p.hostname, p.agent_address, p.agent_version, p.hypervisor_type, p.hypervisor_version,
+              p.libvirt_version, p.cpu_arch, p.cpu_model, JsonArray(p.cpu_features), p.cpu_xml,
+              p.memory_total_mib, p.memory_free_mib, p.memory_reserved_mib,
+              JsonArray(p.network_segments), JsonArray(p.shared_storage), p.instance_path,
+              p.capabilities_json, p.agent_boot_id, p.seq);
+          for (const DomainReport& d : p.domains) {
+            // A report never moves an instance that a migration holds; a leftover inactive
+            // definition on another host does not steal an instance either.
+            pqxx::result r = w.exec_params(
+                "INSERT INTO instances AS i (uuid, name, host, power_state, memory_mib, vcpus, "
+                "last_seen_at, updated_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, now(), now()) "
+                "ON CONFLICT (uuid) DO UPDATE SET name = EXCLUDED.name, host = EXCLUDED.host, "
+                "power_state = EXCLUDED.power_state, memory_mib = EXCLUDED.memory_mib, vcpus = "
+                "EXCLUDED.vcpus, missing = false, missing_since = NULL, last_seen_at = now(), "
+                "updated_at = now() WHERE i.task_state IS NULL AND (i.host IS NULL OR i.host = "
+                "EXCLUDED.host OR i.missing OR EXCLUDED.power_state IN ('running', 'paused', "
+                "'blocked'))",
+                d.uuid, d.name, p.hostname, d.power_state, d.memory_mib, d.vcpus);
+            res.instances_upserted += static_cast<int>(r.affected_rows());
+          }
+          pqxx::result gone = w.exec_params(
+              "UPDATE instances SET missing = true, missing_since = now(), updated_at = now() "
+              "WHERE host = $1 AND NOT missing AND task_state IS NULL AND NOT (uuid::text = "
+              "ANY($2::text[]))",
+              p.hostname, TextArray(uuids));
+          res.instances_marked_missing = static_cast<int>(gone.affected_rows());
+          res.accepted = true;
+          res.seq = p.seq;
+          return res;
+        });
+  }
+
+  absl::StatusOr<HostRecord> GetHost(const std::string& hostname,
+                                     absl::Duration service_down_time) override {
+    return pool_->Query<HostRecord>("get host", [&](pqxx::work& w) -> absl::StatusOr<HostRecord> {
+      pqxx::result r =
+          w.exec_params(HostSelect() + "WHERE h.hostname = $2", Secs(service_down_time), hostname);
+      if (r.empty()) {
+        return absl::NotFoundError(
+            absl::StrCat("host '", hostname, "' is unknown: it has never reported"));
+      }
+      return HostFromRow(r[0]);
+    });
+  }
+
+  absl::StatusOr<std::vector<HostRecord>> ListHosts(absl::Duration service_down_time) override {
+    return pool_->Query<std::vector<HostRecord>>(
+        "list hosts", [&](pqxx::work& w) -> absl::StatusOr<std::vector<HostRecord>> {
+          pqxx::result r =
+              w.exec_params(HostSelect() + "ORDER BY h.hostname", Secs(service_down_time));
+          std::vector<HostRecord> out;
+          for (const auto& row : r) out.push_back(HostFromRow(row));
+          return out;
+        });
+  }
+
+  absl::StatusOr<HostRecord> SetHostEnabled(const std::string& hostname, bool enabled,
+                                            const std::string& reason,
+                                            const std::string& by) override {
+    RETURN_IF_ERROR(pool_->Run("set host enabled", [&](pqxx::work& w) -> absl::Status {
+      pqxx::result r = w.exec_params(
+          "UPDATE hosts SET enabled = $2, disabled_reason = CASE WHEN $2 THEN NULL ELSE $3 END, "
+          "disabled_by = $4, disabled_at = CASE WHEN $2 THEN NULL ELSE now() END, updated_at = "
+          "now() WHERE hostname = $1",
+          hostname, enabled, reason, by);
+      if (r.affected_rows() == 0) {
+        return absl::NotFoundError(absl::StrCat("host '", hostname, "' is unknown"));
+      }
+      return absl::OkStatus();
+    }));
+    return GetHost(hostname, absl::Seconds(60));
+  }
+
+ private:
+  PgPool* pool_;
+};
+
+// ---- instances ----------------------------------------------------------------------------
+
+namespace {
+std::string InstanceSelect() {
+  return absl::StrCat(
+      "SELECT i.uuid::text AS uuid, i.name, i.host, i.power_state, i.memory_mib, i.vcpus, "
+      "i.task_state, i.missing, ",
+      Us("i.missing_since"), " AS missing_since, ", Us("i.updated_at"),
+      " AS updated_at, (SELECT m.id FROM migrations m WHERE m.instance_uuid = i.uuid AND m.",
+      kActive, ") AS active_migration_id FROM instances i ");
+}
+
+InstanceRecord InstanceFromRow(const pqxx::row& r) {
+  InstanceRecord i;
+  i.uuid = Str(r["uuid"]);
+  i.name = Str(r["name"]);
+  i.host = Str(r["host"]);
+  i.power_state = Str(r["power_state"]);
+  i.memory_mib = r["memory_mib"].as<int64_t>();
+  i.vcpus = r["vcpus"].as<int32_t>();
+  i.task_state = Opt<std::string>(r["task_state"]);
+  i.missing = r["missing"].as<bool>();
+  i.missing_since = OptTime(r["missing_since"]);
+  i.updated_at = FromUs(r["updated_at"].as<int64_t>());
+  i.active_migration_id = Opt<int64_t>(r["active_migration_id"]);
+  return i;
+}
+
+absl::Status CheckUuid(const std::string& uuid, const char* what) {
+  if (IsValidUuid(uuid)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " '", uuid, "' is not a UUID (expected 8-4-4-4-12 hexadecimal digits)"));
+}
+}  // namespace
+
+class PgInstanceStore : public InstanceStore {
+ public:
+  explicit PgInstanceStore(PgPool* pool) : pool_(pool) {}
+
+  absl::StatusOr<InstanceRecord> GetInstance(const std::string& uuid) override {
+    RETURN_IF_ERROR(CheckUuid(uuid, "instance"));
+    return pool_->Query<InstanceRecord>(
+        "get instance", [&](pqxx::work& w) -> absl::StatusOr<InstanceRecord> {
+          pqxx::result r = w.exec_params(InstanceSelect() + "WHERE i.uuid = $1::uuid", uuid);
+          if (r.empty()) {
+            return absl::NotFoundError(absl::StrCat(
+                "instance ", uuid, " is unknown: no host has reported a domain with this UUID"));
+          }
+          return InstanceFromRow(r[0]);
+        });
+  }
+
+  absl::StatusOr<std::vector<InstanceRecord>> ListInstances(const std::string& host,
+                                                            int limit) override {
+    if (limit <= 0 || limit > 100000) limit = 1000;
+    return pool_->Query<std::vector<InstanceRecord>>(
+        "list instances", [&](pqxx::work& w) -> absl::StatusOr<std::vector<InstanceRecord>> {
+          pqxx::result r = w.exec_params(
+              InstanceSelect() + "WHERE ($1 = '' OR i.host = $1) ORDER BY i.name, i.uuid LIMIT $2",
+              host, limit);
+          std::vector<InstanceRecord> out;
+          for (const auto& row : r) out.push_back(InstanceFromRow(row));
+          return out;
+        });
+  }
+
+  absl::Status CompareAndSetTaskState(const std::string& uuid,
+                                      const std::optional<std::string>& expected,
+                                      const std::optional<std::string>& desired) override {
+    RETURN_IF_ERROR(CheckUuid(uuid, "instance"));
+    return pool_->Run("compare-and-set task state", [&](pqxx::work& w) -> absl::Status {
+      pqxx::result r = w.exec_params(
+          "UPDATE instances SET task_state = $3, updated_at = now() WHERE uuid = $1::uuid AND "
+          "task_state IS NOT DISTINCT FROM $2",
+          uuid, expected, desired);
+      if (r.affected_rows() == 1) return absl::OkStatus();
+      pqxx::result cur =
+          w.exec_params("SELECT task_state FROM instances WHERE uuid = $1::uuid", uuid);
+      if (cur.empty()) return absl::NotFoundError(absl::StrCat("instance ", uuid, " is unknown"));
+      return absl::AbortedError(absl::StrCat("instance ", uuid, " task state is '", Str(cur[0][0]),
+                                             "', expected '", expected.value_or(""),
+                                             "': a concurrent change won; re-read and retry"));
+    });
+  }
+
+ private:
+  PgPool* pool_;
+};
+
+// ---- migrations ---------------------------------------------------------------------------
+
+namespace {
+std::string MigrationSelect() {
+  return absl::StrCat(
+      "SELECT m.id, m.uuid::text AS uuid, m.request_id, m.instance_uuid::text AS instance_uuid, "
+      "m.source_host, "
+      "m.dest_host, m.requested_dest, m.status, m.step, m.live, m.block_migration, "
+      "m.options::text AS options, m.memory_claim_mib, m.requested_by, m.aborted_by, ",
+      Us("m.abort_requested_at"), " AS abort_requested_at, m.force_complete_requested_by, ",
+      Us("m.force_complete_requested_at"),
+      " AS force_complete_requested_at, m.failure_reason, m.phase, m.bytes_total, "
+      "m.bytes_processed, m.bytes_remaining, m.percent, m.downtime_ms, m.elapsed_ms, ",
+      Us("m.progress_at"), " AS progress_at, m.owner, ", Us("m.lease_expires_at"),
+      " AS lease_expires_at, ", Us("m.created_at"), " AS created_at, ", Us("m.updated_at"),
+      " AS updated_at, ", Us("m.started_at"), " AS started_at, ", Us("m.finished_at"),
+      " AS finished_at FROM migrations m ");
+}
+
+absl::StatusOr<MigrationRecord> MigrationFromRow(const pqxx::row& r) {
+  MigrationRecord m;
+  m.id = r["id"].as<int64_t>();
+  m.uuid = Str(r["uuid"]);
+  m.request_id = Opt<std::string>(r["request_id"]);
+  m.instance_uuid = Str(r["instance_uuid"]);
+  m.source_host = Str(r["source_host"]);
+  m.dest_host = Str(r["dest_host"]);
+  m.requested_dest = Str(r["requested_dest"]);
+  auto status = ParseMigrationStatus(Str(r["status"]));
+  if (!status) {
+    return absl::InternalError(
+        absl::StrCat("migration ", m.id, " has an unknown status '", Str(r["status"]), "'"));
+  }
+  m.status = *status;
+  m.step = Str(r["step"]);
+  m.live = r["live"].as<bool>();
+  m.block_migration = Str(r["block_migration"]);
+  m.options_json = Str(r["options"]);
+  m.memory_claim_mib = r["memory_claim_mib"].as<int64_t>();
+  m.requested_by = Str(r["requested_by"]);
+  m.aborted_by = Str(r["aborted_by"]);
+  m.abort_requested_at = OptTime(r["abort_requested_at"]);
+  m.force_complete_requested_by = Str(r["force_complete_requested_by"]);
+  m.force_complete_requested_at = OptTime(r["force_complete_requested_at"]);
+  m.failure_reason = Str(r["failure_reason"]);
+  m.progress.phase = Str(r["phase"]);
+  m.progress.bytes_total = Opt<int64_t>(r["bytes_total"]);
+  m.progress.bytes_processed = Opt<int64_t>(r["bytes_processed"]);
+  m.progress.bytes_remaining = Opt<int64_t>(r["bytes_remaining"]);
+  m.progress.percent = Opt<double>(r["percent"]);
+  m.progress.downtime_ms = Opt<int64_t>(r["downtime_ms"]);
+  m.progress.elapsed_ms = Opt<int64_t>(r["elapsed_ms"]);
+  m.progress.sampled_at = OptTime(r["progress_at"]);
+  m.owner = Str(r["owner"]);
+  m.lease_expires_at = OptTime(r["lease_expires_at"]);
+  m.created_at = FromUs(r["created_at"].as<int64_t>());
+  m.updated_at = FromUs(r["updated_at"].as<int64_t>());
+  m.started_at = OptTime(r["started_at"]);
+  m.finished_at = OptTime(r["finished_at"]);
+  return m;
+}
+
+absl::StatusOr<std::vector<MigrationRecord>> MigrationsFromResult(const pqxx::result& r) {
+  std::vector<MigrationRecord> out;
+  out.reserve(r.size());
+  for (const auto& row : r) {
+    ASSIGN_OR_RETURN(MigrationRecord m, MigrationFromRow(row));
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+absl::StatusOr<MigrationRecord> SelectMigration(pqxx::work& w, int64_t id, bool for_update) {
+  pqxx::result r =
+      w.exec_params(MigrationSelect() + "WHERE m.id = $1" + (for_update ? " FOR UPDATE" : ""), id);
+  if (r.empty()) return absl::NotFoundError(absl::StrCat("migration ", id, " does not exist"));
+  return MigrationFromRow(r[0]);
+}
+
+void InsertEvent(pqxx::work& w, const MigrationEvent& e) {
+  w.exec_params(
+      "INSERT INTO migration_events (migration_id, step, kind, outcome, status, actor, detail, "
+      "started_at, finished_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+      "to_timestamp($8::double precision / 1000000), CASE WHEN $9::bigint IS NULL THEN NULL "
+      "ELSE to_timestamp($9::double precision / 1000000) END, $10)",
+      e.migration_id, e.step, e.kind, e.outcome, e.status, e.actor, e.detail, ToUs(e.started_at),
+      e.finished_at ? std::optional<int64_t>(ToUs(*e.finished_at)) : std::nullopt, e.duration_ms);
+}
+
+constexpr char kPageTokenPrefix[] = "m1.";
+}  // namespace
+
+class PgMigrationStore : public MigrationStore {
+ public:
+  explicit PgMigrationStore(PgPool* pool) : pool_(pool) {}
+
+  absl::StatusOr<CreateMigrationResult> CreateMigration(const NewMigration& m) override {
+    RETURN_IF_ERROR(CheckUuid(m.instance_uuid, "instance"));
+    if (m.request_id && (m.request_id->empty() || m.request_id->size() > 255)) {
+      return absl::InvalidArgumentError("request id must be 1 to 255 characters");
+    }
+    if (!m.dest_host.empty() && !IsValidHostname(m.dest_host)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid destination host '", m.dest_host, "'"));
+    }
+    if (m.requested_by.empty()) {
+      return absl::InvalidArgumentError("a migration needs its requester (requested_by)");
+    }
+    if (m.block_migration != "auto" && m.block_migration != "yes" && m.block_migration != "no") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("block migration must be auto, yes or no, got '", m.block_migration, "'"));
+    }
+    RETURN_IF_ERROR(CheckJsonObject(m.options_json, "migration options"));
+    bool lost_request_id_race = false;
+    auto result = pool_->Query<CreateMigrationResult>(
+        "create migration", [&](pqxx::work& w) -> absl::StatusOr<CreateMigrationResult> {
+          if (m.request_id) {
+            auto existing = FindByRequestIdIn(w, *m.request_id, m.instance_uuid);
+            if (existing.ok() || existing.status().code() != absl::StatusCode::kNotFound) {
+              if (!existing.ok()) return existing.status();
+              return CreateMigrationResult{std::move(existing).value(), false};
+            }
+          }
+          // Compare-and-swap claim of the instance: only an idle, present instance.
+          pqxx::result claim = w.exec_params(
+              "UPDATE instances SET task_state = 'migrating', updated_at = now() "
+              "WHERE uuid = $1::uuid AND task_state IS NULL AND NOT missing AND host IS NOT NULL "
+              "RETURNING host",
+              m.instance_uuid);
+          if (claim.empty()) return DiagnoseClaim(w, m.instance_uuid);
+          const std::string source = Str(claim[0][0]);
+          if (!m.dest_host.empty() && m.dest_host == source) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                "destination ", m.dest_host, " is the instance's current host: choose another"));
+          }
+          pqxx::result ins;
+          try {
+            pqxx::subtransaction sub(w, "insert migration");
+            ins = sub.exec_params(
+                "INSERT INTO migrations (request_id, instance_uuid, source_host, dest_host, "
+                "requested_dest, status, step, live, block_migration, options, memory_claim_mib, "
+                "requested_by, owner, lease_expires_at) VALUES ($1, $2::uuid, $3, NULLIF($4, ''), "
+                "NULLIF($4, ''), 'accepted', 'accepted', $5, $6, $7::jsonb, $8, $9, NULLIF($10, "
+                "''), now() + make_interval(secs => $11)) RETURNING id",
+                m.request_id, m.instance_uuid, source, m.dest_host, m.live, m.block_migration,
+                m.options_json, m.memory_claim_mib, m.requested_by, m.owner,
+                absl::ToDoubleSeconds(m.lease));
+            sub.commit();
+          } catch (const pqxx::unique_violation& e) {
+            if (std::string(e.what()).find("request_id") != std::string::npos) {
+              lost_request_id_race = true;
+              return absl::AbortedError("request id race");
+            }
+            return absl::AbortedError(absl::StrCat(
+                "instance ", m.instance_uuid, " is already migrating (a concurrent request won)"));
+          }
+          const int64_t id = ins[0][0].as<int64_t>();
+          MigrationEvent ev;
+          ev.migration_id = id;
+          ev.step = "accepted";
+          ev.kind = "result";
+          ev.outcome = "ok";
+          ev.status = "accepted";
+          ev.actor = m.requested_by;
+          ev.detail =
+              absl::StrCat("live migration of ", m.instance_uuid, " from ", source, " to ",
+                           m.dest_host.empty() ? "a host the scheduler chooses" : m.dest_host,
+                           " requested by ", m.requested_by);
+          ev.started_at = absl::Now();
+          ev.finished_at = ev.started_at;
+          ev.duration_ms = 0;
+          InsertEvent(w, ev);
+          ASSIGN_OR_RETURN(MigrationRecord rec, SelectMigration(w, id, false));
+          return CreateMigrationResult{std::move(rec), true};
+        });
+    if (!result.ok() && lost_request_id_race) {
+      // Another request with the same id committed first: answer with its migration.
+      ASSIGN_OR_RETURN(MigrationRecord existing, FindByRequestId(*m.request_id));
+      if (existing.instance_uuid != m.instance_uuid)
+        return RequestIdReused(*m.request_id, existing);
+      return CreateMigrationResult{std::move(existing), false};
+    }
+    return result;
+  }
+
+  absl::StatusOr<MigrationRecord> GetMigration(int64_t id) override {
+    return pool_->Query<MigrationRecord>("get migration",
+                                         [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
+                                           return SelectMigration(w, id, false);
+                                         });
+  }
+
+  absl::StatusOr<MigrationRecord> FindByRequestId(const std::string& request_id) override {
+    return pool_->Query<MigrationRecord>("find migration by request id",
+                                         [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
+                                           return FindByRequestIdIn(w, request_id, "");
+                                         });
+  }
+
+  absl::StatusOr<MigrationPage> ListMigrations(const MigrationFilter& f) override {
+    if (f.page_size < 1 || f.page_size > 1000) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page size must be between 1 and 1000, got ", f.page_size));
+    }
+    std::optional<int64_t> before_id;
+    if (!f.page_token.empty()) {
+      int64_t id = 0;
+      if (f.page_token.rfind(kPageTokenPrefix, 0) != 0 ||
+          !absl::SimpleAtoi(f.page_token.substr(sizeof(kPageTokenPrefix) - 1), &id) || id <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page token '", f.page_token,
+            "' is not one this server issued: pass the next_page_token of the previous page"));
+      }
+      before_id = id;
+    }
+    if (!f.instance_uuid.empty()) RETURN_IF_ERROR(CheckUuid(f.instance_uuid, "instance filter"));
+    std::optional<std::string> statuses;
+    if (!f.statuses.empty()) {
+      std::vector<std::string> names;
+      for (MigrationStatus s : f.statuses) names.emplace_back(ToString(s));
+      statuses = TextArray(names);
+    }
+    auto opt_us = [](const std::optional<absl::Time>& t) {
+      return t ? std::optional<int64_t>(ToUs(*t)) : std::nullopt;
+    };
+    return pool_->Query<MigrationPage>(
+        "list migrations", [&](pqxx::work& w) -> absl::StatusOr<MigrationPage> {
+          pqxx::result r = w.exec_params(
+              MigrationSelect() +
+                  "WHERE ($1::text[] IS NULL OR m.status = ANY($1::text[])) "
+                  "AND ($2 = '' OR m.source_host = $2 OR m.dest_host = $2) "
+                  "AND ($3 = '' OR m.instance_uuid = NULLIF($3, '')::uuid) "
+                  "AND ($4::bigint IS NULL OR m.created_at >= to_timestamp($4::double precision "
+                  "/ 1000000)) AND ($5::bigint IS NULL OR m.created_at < "
+                  "to_timestamp($5::double precision / 1000000)) "
+                  "AND ($6::bigint IS NULL OR m.id < $6) ORDER BY m.id DESC LIMIT $7",
+              statuses, f.host, f.instance_uuid, opt_us(f.created_after), opt_us(f.created_before),
+              before_id, f.page_size + 1);
+          MigrationPage page;
+          ASSIGN_OR_RETURN(page.migrations, MigrationsFromResult(r));
+          if (static_cast<int>(page.migrations.size()) > f.page_size) {
+            page.migrations.pop_back();
+            page.next_page_token = absl::StrCat(kPageTokenPrefix, page.migrations.back().id);
+          }
+          return page;
+        });
+  }
+
+  absl::StatusOr<std::vector<MigrationRecord>> ListActiveMigrations() override {
+    return pool_->Query<std::vector<MigrationRecord>>(
+        "list active migrations",
+        [&](pqxx::work& w) -> absl::StatusOr<std::vector<MigrationRecord>> {
+          return MigrationsFromResult(
+              w.exec(MigrationSelect() + "WHERE m." + kActive + " ORDER BY m.id"));
+        });
+  }
+
+  absl::StatusOr<MigrationRecord> ApplyTransition(const Transition& t) override {
+    if (!CanTransition(t.from, t.to)) {
+      return absl::FailedPreconditionError(absl::StrCat("migration ", t.migration_id,
+                                                        ": no transition from '", ToString(t.from),
+                                                        "' to '", ToString(t.to), "'"));
+    }
+    if (t.owner.empty()) return absl::InvalidArgumentError("a transition needs its owner");
+    const bool terminal = IsTerminal(t.to);
+    return pool_->Query<MigrationRecord>(
+        "apply migration transition", [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
+          pqxx::result r = w.exec_params(
+              "UPDATE migrations SET status = $3, step = $4, updated_at = now(), "
+              "dest_host = COALESCE($5, dest_host), "
+              "memory_claim_mib = COALESCE($6, memory_claim_mib), "
+              "failure_reason = COALESCE($7, failure_reason), "
+              "started_at = CASE WHEN $8 THEN COALESCE(started_at, now()) ELSE started_at END, "
+              "finished_at = CASE WHEN $9 THEN now() ELSE NULL END, "
+              "owner = CASE WHEN $9 THEN NULL ELSE owner END, "
+              "lease_expires_at = CASE WHEN $9 THEN NULL ELSE lease_expires_at END "
+              "WHERE id = $1 AND status = $2 AND owner = $10 AND lease_expires_at > now() "
+              "RETURNING instance_uuid::text, dest_host",
+              t.migration_id, std::string(ToString(t.from)), std::string(ToString(t.to)), t.step,
+              t.dest_host, t.memory_claim_mib, t.failure_reason, t.mark_started, terminal, t.owner);
+          if (r.empty()) {
+            pqxx::result cur = w.exec_params(
+                "SELECT status, COALESCE(owner, ''), lease_expires_at > now() FROM migrations "
+                "WHERE id = $1",
+                t.migration_id);
+            if (cur.empty()) {
+              return absl::NotFoundError(
+                  absl::StrCat("migration ", t.migration_id, " does not exist"));
+            }
+            if (Str(cur[0][0]) != ToString(t.from)) {
+              return absl::AbortedError(absl::StrCat("migration ", t.migration_id, " is '",
+                                                     Str(cur[0][0]), "', not '", ToString(t.from),
+                                                     "': another actor moved it"));
+            }
+            return absl::AbortedError(absl::StrCat("migration ", t.migration_id, ": scheduler '",
+                                                   t.owner, "' does not hold its lease (owner '",
+                                                   Str(cur[0][1]), "')"));
+          }
+          const std::string instance = Str(r[0][0]);
+          const std::string dest = Str(r[0][1]);
+          if (t.to == MigrationStatus::kCompleted) {
+            if (dest.empty()) {
+              return absl::FailedPreconditionError(absl::StrCat(
+                  "migration ", t.migration_id, " cannot complete without a destination"));
+            }
+            w.exec_params(
+                "UPDATE instances SET host = $2, task_state = NULL, missing = false, "
+                "missing_since = NULL, updated_at = now() WHERE uuid = $1::uuid",
+                instance, dest);
+          } else if (terminal) {
+            w.exec_params(
+                "UPDATE instances SET task_state = NULL, updated_at = now() WHERE uuid = $1::uuid",
+                instance);
+          }
+          MigrationEvent ev;
+          ev.migration_id = t.migration_id;
+          ev.step = t.step;
+          ev.kind = t.event_kind;
+          ev.outcome = t.event_outcome;
+          ev.status = std::string(ToString(t.to));
+          ev.actor = t.owner;
+          ev.detail = t.event_detail;
+          ev.finished_at = absl::Now();
+          ev.started_at = t.event_started_at.value_or(*ev.finished_at);
+          ev.duration_ms = absl::ToInt64Milliseconds(*ev.finished_at - ev.started_at);
+          InsertEvent(w, ev);
+          return SelectMigration(w, t.migration_id, false);
+        });
+  }
+
+  absl::Status AppendEvent(const MigrationEvent& event) override {
+    return pool_->Run("append migration event", [&](pqxx::work& w) -> absl::Status {
+      InsertEvent(w, event);
+      return absl::OkStatus();
+    });
+  }
+
+  absl::StatusOr<std::vector<MigrationEvent>> ListEvents(int64_t migration_id) override {
+    return pool_->Query<std::vector<MigrationEvent>>(
+        "list migration events", [&](pqxx::work& w) -> absl::StatusOr<std::vector<MigrationEvent>> {
+          pqxx::result r = w.exec_params(
+              absl::StrCat("SELECT id, migration_id, step, kind, outcome, status, actor, detail, ",
+                           Us("started_at"), " AS started_at, ", Us("finished_at"),
+                           " AS finished_at, duration_ms FROM migration_events "
+                           "WHERE migration_id = $1 ORDER BY id"),
+              migration_id);
+          std::vector<MigrationEvent> out;
+          for (const auto& row : r) {
+            MigrationEvent e;
+            e.id = row["id"].as<int64_t>();
+            e.migration_id = row["migration_id"].as<int64_t>();
+            e.step = Str(row["step"]);
+            e.kind = Str(row["kind"]);
+            e.outcome = Str(row["outcome"]);
+            e.status = Str(row["status"]);
+            e.actor = Str(row["actor"]);
+            e.detail = Str(row["detail"]);
+            e.started_at = FromUs(row["started_at"].as<int64_t>());
+            e.finished_at = OptTime(row["finished_at"]);
+            e.duration_ms = Opt<int64_t>(row["duration_ms"]);
+            out.push_back(std::move(e));
+          }
+          return out;
+        });
+  }
+
+  absl::Status UpdateProgress(int64_t id, const std::string& owner,
+                              const MigrationProgress& p) override {
+    return pool_->Run("update migration progress", [&](pqxx::work& w) -> absl::Status {
+      pqxx::result r = w.exec_params(
+          "UPDATE migrations SET phase = $3, bytes_total = $4, bytes_processed = $5, "
+          "bytes_remaining = $6, percent = $7, downtime_ms = $8, elapsed_ms = $9, "
+          "progress_at = now(), updated_at = now() WHERE id = $1 AND owner = $2 AND "
+          "lease_expires_at > now() AND " +
+              std::string(kActive),
+          id, owner, p.phase, p.bytes_total, p.bytes_processed, p.bytes_remaining, p.percent,
+          p.downtime_ms, p.elapsed_ms);
+      if (r.affected_rows() == 0) {
+        return absl::AbortedError(absl::StrCat("migration ", id, ": progress not written: '", owner,
+                                               "' does not hold an active lease on it"));
+      }
+      return absl::OkStatus();
+    });
+  }
+
+  absl::StatusOr<bool> AcquireLease(int64_t id, const std::string& owner,
+                                    absl::Duration ttl) override {
+    if (owner.empty()) return absl::InvalidArgumentError("a lease needs an owner");
+    return pool_->Query<bool>(
+        "acquire migration lease", [&](pqxx::work& w) -> absl::StatusOr<bool> {
+          pqxx::result r = w.exec_params(
+              "UPDATE migrations SET owner = $2, lease_expires_at = now() + make_interval(secs => "
+              "$3) WHERE id = $1 AND " +
+                  std::string(kActive) +
+                  " AND (owner IS NULL OR owner = $2 OR lease_expires_at IS NULL OR "
+                  "lease_expires_at <= now()) RETURNING id",
+              id, owner, absl::ToDoubleSeconds(ttl));
+          if (!r.empty()) return true;
+          pqxx::result cur = w.exec_params("SELECT status FROM migrations WHERE id = $1", id);
+          if (cur.empty())
+            return absl::NotFoundError(absl::StrCat("migration ", id, " does not exist"));
+          if (IsTerminal(ParseMigrationStatus(Str(cur[0][0])).value_or(MigrationStatus::kError))) {
+            return absl::FailedPreconditionError(
+                absl::StrCat("migration ", id, " is already ", Str(cur[0][0])));
+          }
+          return false;
+        });
+  }
+
+  absl::StatusOr<int> RenewLeases(const std::string& owner, absl::Duration ttl) override {
+    return pool_->Query<int>("renew migration leases", [&](pqxx::work& w) -> absl::StatusOr<int> {
+      pqxx::result r = w.exec_params(
+          "UPDATE migrations SET lease_expires_at = now() + make_interval(secs => $2) WHERE "
+          "owner = $1 AND lease_expires_at > now() AND " +
+              std::string(kActive),
+          owner, absl::ToDoubleSeconds(ttl));
+      return static_cast<int>(r.affected_rows());
+    });
+  }
+
+  absl::StatusOr<std::vector<MigrationRecord>> ListOrphaned() override {
+    return pool_->Query<std::vector<MigrationRecord>>(
+        "list orphaned migrations",
+        [&](pqxx::work& w) -> absl::StatusOr<std::vector<MigrationRecord>> {
+          return MigrationsFromResult(
+              w.exec(MigrationSelect() + "WHERE m." + kActive +
+                     " AND (m.owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= "
+                     "now()) ORDER BY m.id"));
+        });
+  }
+
+  absl::StatusOr<MigrationRecord> RequestAbort(int64_t id, const std::string& by) override {
+    return RecordRequest(id, by, "aborted_by", "abort_requested_at", "abort requested by ");
+  }
+
+  absl::StatusOr<MigrationRecord> RequestForceComplete(int64_t id, const std::string& by) override {
+    return RecordRequest(id, by, "force_complete_requested_by", "force_complete_requested_at",
+                         "force-complete requested by ");
+  }
+
+  absl::StatusOr<int64_t> MemoryClaimedOn(const std::string& host) override {
+    return pool_->Query<
+        int64_t>("sum memory claims", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
+      pqxx::result r = w.exec_params(
+          "SELECT COALESCE(sum(memory_claim_mib), 0)::bigint FROM migrations WHERE dest_host = $1 "
+          "AND " +
+              std::string(kActive),
+          host);
+      return r[0][0].as<int64_t>();
+    });
+  }
+
+  absl::StatusOr<int64_t> PurgeFinished(absl::Time before) override {
+    return pool_->Query<int64_t>(
+        "purge finished migrations", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
+          // Evacuation items keep their outcome; their migration link is cleared (SET NULL).
+          pqxx::result r = w.exec_params(
+              "DELETE FROM migrations WHERE finished_at IS NOT NULL AND finished_at < "
+              "to_timestamp($1::double precision / 1000000)",
+              ToUs(before));
+          return static_cast<int64_t>(r.affected_rows());
+        });
+  }
+
+ private:
+  absl::StatusOr<MigrationRecord> FindByRequestIdIn(pqxx::work& w, const std::string& request_id,
+                                                    const std::string& instance_uuid) {
+    pqxx::result r = w.exec_params(MigrationSelect() + "WHERE m.request_id = $1", request_id);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat("no migration has request id '", request_id, "'"));
+    }
+    ASSIGN_OR_RETURN(MigrationRecord m, MigrationFromRow(r[0]));
+    if (!instance_uuid.empty() && m.instance_uuid != instance_uuid) {
+      return RequestIdReused(request_id, m);
+    }
+    return m;
+  }
+
+  static absl::Status RequestIdReused(const std::string& request_id, const MigrationRecord& m) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "request id '", request_id, "' was already used for migration ", m.id, " of instance ",
+        m.instance_uuid, ": use a new request id for a different request"));
+  }
+
+  absl::Status DiagnoseClaim(pqxx::work& w, const std::string& uuid) {
+    pqxx::result r = w.exec_params(
+        "SELECT i.task_state, i.missing, i.host, (SELECT m.id::text || ' (' || m.status || ')' "
+        "FROM migrations m WHERE m.instance_uuid = i.uuid AND m." +
+            std::string(kActive) + ") FROM instances i WHERE i.uuid = $1::uuid",
+        uuid);
+    if (r.empty()) {
+      return absl::NotFoundError(absl::StrCat(
+          "instance ", uuid, " is unknown: no host has reported a domain with this UUID"));
+    }
+    if (!r[0][0].is_null()) {
+      return absl::AbortedError(absl::StrCat(
+          "instance ", uuid, " is already migrating", r[0][3].is_null() ? "" : " (migration ",
+          Str(r[0][3]), r[0][3].is_null() ? "" : ")", ": wait for it to finish or abort it"));
+    }
+    if (r[0][1].as<bool>()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("instance ", uuid, " is missing: its host ", Str(r[0][2]),
+                       " no longer reports it; check the host before migrating"));
+    }
+    return absl::FailedPreconditionError(absl::StrCat("instance ", uuid, " has no known host"));
+  }
+
+  absl::StatusOr<MigrationRecord> RecordRequest(int64_t id, const std::string& by,
+                                                const char* by_col, const char* at_col,
+                                                const char* what) {
+    if (by.empty()) return absl::InvalidArgumentError("the request needs the caller's identity");
+    return pool_->Query<MigrationRecord>(
+        "record operator request", [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
+          ASSIGN_OR_RETURN(MigrationRecord cur, SelectMigration(w, id, true));
+          if (IsTerminal(cur.status)) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                "migration ", id, " is already ", ToString(cur.status), ": nothing to ",
+                std::string(by_col).rfind("abort", 0) == 0 ? "abort" : "force-complete"));
+          }
+          w.exec_params(
+              absl::StrCat("UPDATE migrations SET ", by_col, " = $2, ", at_col, " = COALESCE(",
+                           at_col, ", now()), updated_at = now() WHERE id = $1"),
+              id, by);
+          MigrationEvent ev;
+          ev.migration_id = id;
+          ev.step = cur.step;
+          ev.kind = "info";
+          ev.outcome = "requested";
+          ev.status = std::string(ToString(cur.status));
+          ev.actor = by;
+          ev.detail = absl::StrCat(what, by);
+          ev.started_at = absl::Now();
+          ev.finished_at = ev.started_at;
+          ev.duration_ms = 0;
+          InsertEvent(w, ev);
+          return SelectMigration(w, id, false);
+        });
+  }
+
+  PgPool* pool_;
+};
+
+// ---- evacuations --------------------------------------------------------------------------
+
+class PgEvacuationStore : public EvacuationStore {
+ public:
+  explicit PgEvacuationStore(PgPool* pool) : pool_(pool) {}
+
+  absl::StatusOr<EvacuationRecord> CreateEvacuation(
+      const std::string& host, int32_t max_parallel, const std::string& requested_by,
+      const std::string& reason, const std::vector<std::string>& instance_uuids) override {
+    if (max_parallel < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("max parallel must be at least 1, got ", max_parallel));
+    }
+    if (requested_by.empty())
+      return absl::InvalidArgumentError("an evacuation needs its requester");
+    for (const auto& u : instance_uuids) RETURN_IF_ERROR(CheckUuid(u, "instance"));
+    auto id =
+        pool_->Query<int64_t>("create evacuation", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
+          pqxx::result h = w.exec_params("SELECT 1 FROM hosts WHERE hostname = $1", host);
+          if (h.empty()) return absl::NotFoundError(absl::StrCat("host '", host, "' is unknown"));
+          pqxx::result r = w.exec_params(
+              "INSERT INTO evacuations (host, status, max_parallel, requested_by, reason) VALUES "
+              "($1, 'running', $2, $3, $4) RETURNING id",
+              host, max_parallel, requested_by, reason);
+          const int64_t id = r[0][0].as<int64_t>();
+          for (const auto& u : instance_uuids) {
+            w.exec_params(
+                "INSERT INTO evacuation_items (evacuation_id, instance_uuid) VALUES ($1, $2::uuid)",
+                id, u);
+          }
+          return id;
+        });
+    if (!id.ok()) return id.status();
+    return GetEvacuation(*id);
+  }
+
+  absl::StatusOr<EvacuationRecord> GetEvacuation(int64_t id) override {
+    return pool_->Query<EvacuationRecord>(
+        "get evacuation", [&](pqxx::work& w) -> absl::StatusOr<EvacuationRecord> {
+          pqxx::result r = w.exec_params(EvacuationSelect() + "WHERE id = $1", id);
+          if (r.empty()) {
+            return absl::NotFoundError(absl::StrCat("evacuation ", id, " does not exist"));
+          }
+          EvacuationRecord e = EvacuationFromRow(r[0]);
+          pqxx::result items = w.exec_params(
+              "SELECT instance_uuid::text, migration_id, outcome, reason FROM evacuation_items "
+              "WHERE evacuation_id = $1 ORDER BY instance_uuid",
+              id);
+          for (const auto& row : items) {
+            EvacuationItem it;
+            it.instance_uuid = Str(row[0]);
+            it.migration_id = Opt<int64_t>(row[1]);
+            it.outcome = Str(row[2]);
+            it.reason = Str(row[3]);
+            e.items.push_back(std::move(it));
+          }
+          return e;
+        });
+  }
+
+  absl::StatusOr<std::vector<EvacuationRecord>> ListEvacuations(const std::string& host,
+                                                                int limit) override {
+    if (limit <= 0 || limit > 1000) limit = 100;
+    return pool_->Query<std::vector<EvacuationRecord>>(
+        "list evacuations", [&](pqxx::work& w) -> absl::StatusOr<std::vector<EvacuationRecord>> {
+          pqxx::result r = w.exec_params(
+              EvacuationSelect() + "WHERE ($1 = '' OR host = $1) ORDER BY id DESC LIMIT $2", host,
+              limit);
+          std::vector<EvacuationRecord> out;
+          for (const auto& row : r) out.push_back(EvacuationFromRow(row));
+          return out;
+        });
+  }
+
+  absl::Status UpdateEvacuationItem(int64_t evacuation_id, const EvacuationItem& item) override {
+    return pool_->Run("update evacuation item", [&](pqxx::work& w) -> absl::Status {
+      pqxx::result r = w.exec_params(
+          "UPDATE evacuation_items SET migration_id = COALESCE($3, migration_id), outcome = $4, "
+          "reason = $5, updated_at = now() WHERE evacuation_id = $1 AND instance_uuid = $2::uuid",
+          evacuation_id, item.instance_uuid, item.migration_id, item.outcome, item.reason);
+      if (r.affected_rows() == 0) {
+        return absl::NotFoundError(
+            absl::StrCat("evacuation ", evacuation_id, " has no instance ", item.instance_uuid));
+      }
+      w.exec_params("UPDATE evacuations SET updated_at = now() WHERE id = $1", evacuation_id);
+      return absl::OkStatus();
+    });
+  }
+
+  absl::Status FinishEvacuation(int64_t id, const std::string& status) override {
+    if (status != "completed" && status != "failed" && status != "cancelled") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "an evacuation finishes as completed, failed or cancelled, not '", status, "'"));
+    }
+    return pool_->Run("finish evacuation", [&](pqxx::work& w) -> absl::Status {
+      pqxx::result r = w.exec_params(
+          "UPDATE evacuations SET status = $2, finished_at = now(), updated_at = now() WHERE id = "
+          "$1 AND status = 'running'",
+          id, status);
+      if (r.affected_rows() == 0) {
+        pqxx::result cur = w.exec_params("SELECT status FROM evacuations WHERE id = $1", id);
+        if (cur.empty())
+          return absl::NotFoundError(absl::StrCat("evacuation ", id, " does not exist"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("evacuation ", id, " is already ", Str(cur[0][0])));
+      }
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  static std::string EvacuationSelect() {
+    return absl::StrCat("SELECT id, host, status, max_parallel, requested_by, reason, ",
+                        Us("created_at"), " AS created_at, ", Us("updated_at"), " AS updated_at, ",
+                        Us("finished_at"), " AS finished_at FROM evacuations ");
+  }
+  static EvacuationRecord EvacuationFromRow(const pqxx::row& r) {
+    EvacuationRecord e;
+    e.id = r["id"].as<int64_t>();
+    e.host = Str(r["host"]);
+    e.status = Str(r["status"]);
+    e.max_parallel = r["max_parallel"].as<int32_t>();
+    e.requested_by = Str(r["requested_by"]);
+    e.reason = Str(r["reason"]);
+    e.created_at = FromUs(r["created_at"].as<int64_t>());
+    e.updated_at = FromUs(r["updated_at"].as<int64_t>());
+    e.finished_at = OptTime(r["finished_at"]);
+    return e;
+  }
+
+  PgPool* pool_;
+};
+
+PgStores::PgStores(PgPool* pool)
+    : hosts_(std::make_unique<PgHostStore>(pool)),
+      instances_(std::make_unique<PgInstanceStore>(pool)),
+      migrations_(std::make_unique<PgMigrationStore>(pool)),
+      evacuations_(std::make_unique<PgEvacuationStore>(pool)) {}
+PgStores::~PgStores() = default;
+HostStore& PgStores::hosts() { return *hosts_; }
+InstanceStore& PgStores::instances() { return *instances_; }
+MigrationStore& PgStores::migrations() { return *migrations_; }
+EvacuationStore& PgStores::evacuations() { return *evacuations_; }
+
+}  // namespace livemig::db

@@ -1,0 +1,44 @@
+// The PostgreSQL implementations of the stores (db/stores.h), over one PgPool.
+//
+//   ASSIGN_OR_RETURN(auto pool, PgPool::Create({.conninfo = "host=... dbname=..."}));
+//   PgStores stores(pool.get());
+//   stores.migrations().CreateMigration(...);
+#ifndef LIVEMIG_DB_PG_STORES_H_
+#define LIVEMIG_DB_PG_STORES_H_
+
+#include <memory>
+
+#include "db/pg_pool.h"
+#include "db/stores.h"
+
+namespace livemig::db {
+
+class PgHostStore;
+class PgInstanceStore;
+class PgMigrationStore;
+class PgEvacuationStore;
+
+// Owns one implementation of each store; the pool must outlive it.
+class PgStores {
+ public:
+  explicit PgStores(PgPool* pool);
+  ~PgStores();
+  HostStore& hosts();
+  InstanceStore& instances();
+  MigrationStore& migrations();
+  EvacuationStore& evacuations();
+
+ private:
+  std::unique_ptr<PgHostStore> hosts_;
+  std::unique_ptr<PgInstanceStore> instances_;
+  std::unique_ptr<PgMigrationStore> migrations_;
+  std::unique_ptr<PgEvacuationStore> evacuations_;
+};
+
+// Validation shared by the stores and the API layer.
+bool IsValidUuid(const std::string& uuid);
+bool IsValidHostname(const std::string& hostname);
+
+}  // namespace livemig::db
+
+#endif  // LIVEMIG_DB_PG_STORES_H_

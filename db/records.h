@@ -1,0 +1,213 @@
+// Plain records the stores read and write. They mirror the tables of db/schema/*.sql; the
+// scheduler translates them to and from the protos at its API edge.
+#ifndef LIVEMIG_DB_RECORDS_H_
+#define LIVEMIG_DB_RECORDS_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "common/migration_status.h"
+
+namespace livemig::db {
+
+// One domain as a host reports it.
+struct DomainReport {
+  std::string uuid;  // libvirt domain UUID (canonical 8-4-4-4-12 form)
+  std::string name;
+  std::string power_state;  // running, paused, shutoff, crashed, ...
+  int64_t memory_mib = 0;
+  int32_t vcpus = 0;
+};
+
+// A host's inventory as its agent reports it (DESIGN.md, Hosts and liveness).
+struct HostReport {
+  std::string hostname;
+  std::string agent_address;
+  std::string agent_version;
+  std::string hypervisor_type;
+  int64_t hypervisor_version = 0;  // major*1000000 + minor*1000 + release
+  int64_t libvirt_version = 0;
+  std::string cpu_arch;
+  std::string cpu_model;
+  std::vector<std::string> cpu_features;
+  std::string cpu_xml;
+  int64_t memory_total_mib = 0;
+  int64_t memory_free_mib = 0;
+  int64_t memory_reserved_mib = 0;
+  std::vector<std::string> network_segments;
+  std::vector<std::string> shared_storage;
+  std::string instance_path;
+  std::string capabilities_json = "{}";  // a JSON object
+  // Identifies one run of the agent: sequence numbers restart with a new boot id.
+  std::string agent_boot_id;
+  int64_t seq = 0;
+  std::vector<DomainReport> domains;
+};
+
+struct HostRecord {
+  HostReport report;  // the last accepted report (domains left empty)
+  bool enabled = true;
+  std::string disabled_reason;
+  std::string disabled_by;
+  std::optional<absl::Time> disabled_at;
+  std::optional<absl::Time> last_report_at;
+  bool up = false;                 // last report younger than service_down_time
+  int64_t memory_claimed_mib = 0;  // by active inbound migrations
+  int64_t migrations_in = 0;       // active inbound migrations
+  int64_t migrations_out = 0;      // active outbound migrations
+  int64_t instances = 0;           // instances on the host, not missing
+};
+
+struct ReportResult {
+  bool accepted = false;  // false: stale (a newer report was already applied)
+  int64_t seq = 0;        // the sequence number the store now holds
+  int instances_upserted = 0;
+  int instances_marked_missing = 0;
+};
+
+struct InstanceRecord {
+  std::string uuid;
+  std::string name;
+  std::string host;  // empty: unknown
+  std::string power_state;
+  int64_t memory_mib = 0;
+  int32_t vcpus = 0;
+  std::optional<std::string> task_state;  // "migrating" while a migration holds it
+  bool missing = false;
+  std::optional<absl::Time> missing_since;
+  std::optional<int64_t> active_migration_id;
+  absl::Time updated_at;
+};
+
+struct MigrationProgress {
+  std::string phase;  // pre-copy, post-copy, paused-to-complete
+  std::optional<int64_t> bytes_total;
+  std::optional<int64_t> bytes_processed;
+  std::optional<int64_t> bytes_remaining;
+  std::optional<double> percent;
+  std::optional<int64_t> downtime_ms;
+  std::optional<int64_t> elapsed_ms;
+  std::optional<absl::Time> sampled_at;
+};
+
+struct MigrationRecord {
+  int64_t id = 0;    // the operator-facing number
+  std::string uuid;  // the idempotency key of every agent step (proto Migration.id)
+  std::optional<std::string> request_id;
+  std::string instance_uuid;
+  std::string source_host;
+  std::string dest_host;       // empty until chosen
+  std::string requested_dest;  // empty: the scheduler chooses
+  MigrationStatus status = MigrationStatus::kAccepted;
+  std::string step;
+  bool live = true;
+  std::string block_migration = "auto";
+  std::string options_json = "{}";
+  int64_t memory_claim_mib = 0;
+  std::string requested_by;
+  std::string aborted_by;
+  std::optional<absl::Time> abort_requested_at;
+  std::string force_complete_requested_by;
+  std::optional<absl::Time> force_complete_requested_at;
+  std::string failure_reason;
+  MigrationProgress progress;
+  std::string owner;
+  std::optional<absl::Time> lease_expires_at;
+  absl::Time created_at;
+  absl::Time updated_at;
+  std::optional<absl::Time> started_at;
+  std::optional<absl::Time> finished_at;
+};
+
+struct MigrationEvent {
+  int64_t id = 0;
+  int64_t migration_id = 0;
+  std::string step;
+  std::string kind = "info";  // intent, result, info
+  std::string outcome;        // ok, failed, ... ('' for an intent)
+  std::string status;         // the migration's status after the event
+  std::string actor;
+  std::string detail;
+  absl::Time started_at;
+  std::optional<absl::Time> finished_at;
+  std::optional<int64_t> duration_ms;
+};
+
+struct NewMigration {
+  std::optional<std::string> request_id;
+  std::string instance_uuid;
+  std::string dest_host;  // empty: the scheduler chooses later
+  bool live = true;
+  std::string block_migration = "auto";
+  std::string options_json = "{}";
+  int64_t memory_claim_mib = 0;
+  std::string requested_by;
+  std::string owner;  // the scheduler that will drive it (gets the first lease)
+  absl::Duration lease = absl::Seconds(15);
+};
+
+struct CreateMigrationResult {
+  MigrationRecord migration;
+  bool created = false;  // false: the request id matched an existing migration
+};
+
+// A state-machine step, applied with compare-and-swap on (status, owner).
+struct Transition {
+  int64_t migration_id = 0;
+  std::string owner;  // must hold the lease
+  MigrationStatus from = MigrationStatus::kAccepted;
+  MigrationStatus to = MigrationStatus::kAccepted;
+  std::string step;
+  // The event recorded in the same transaction.
+  std::string event_kind = "result";
+  std::string event_outcome = "ok";
+  std::string event_detail;
+  std::optional<absl::Time> event_started_at;  // for timings; default now
+  // Optional field updates.
+  std::optional<std::string> dest_host;
+  std::optional<int64_t> memory_claim_mib;
+  std::optional<std::string> failure_reason;
+  bool mark_started = false;  // sets started_at (the transfer began)
+};
+
+struct MigrationFilter {
+  std::vector<MigrationStatus> statuses;  // empty: any
+  std::string host;                       // source or destination
+  std::string instance_uuid;
+  std::optional<absl::Time> created_after;
+  std::optional<absl::Time> created_before;
+  int page_size = 50;      // 1..1000
+  std::string page_token;  // from a previous page; empty: first page
+};
+
+struct MigrationPage {
+  std::vector<MigrationRecord> migrations;
+  std::string next_page_token;  // empty: no more
+};
+
+struct EvacuationItem {
+  std::string instance_uuid;
+  std::optional<int64_t> migration_id;
+  std::string outcome = "pending";  // pending, migrating, completed, failed, skipped
+  std::string reason;
+};
+
+struct EvacuationRecord {
+  int64_t id = 0;
+  std::string host;
+  std::string status;  // running, completed, failed, cancelled
+  int32_t max_parallel = 1;
+  std::string requested_by;
+  std::string reason;
+  absl::Time created_at;
+  absl::Time updated_at;
+  std::optional<absl::Time> finished_at;
+  std::vector<EvacuationItem> items;
+};
+
+}  // namespace livemig::db
+
+#endif  // LIVEMIG_DB_RECORDS_H_

@@ -1,0 +1,129 @@
+// The repositories: pure-virtual seams between the scheduler and PostgreSQL.
+//
+// Errors: NotFound (unknown row), Aborted (a concurrent change won: retry from a fresh read, or
+// "already migrating"), FailedPrecondition (the row is in the wrong state), InvalidArgument (bad
+// input), Unavailable (the database is unreachable; the next call reconnects).
+// All implementations are thread-safe.
+#ifndef LIVEMIG_DB_STORES_H_
+#define LIVEMIG_DB_STORES_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "db/records.h"
+
+namespace livemig::db {
+
+class HostStore {
+ public:
+  virtual ~HostStore() = default;
+
+  // Applies an agent's report in one transaction: the host's inventory, and its domains as
+  // instances. A report older than the stored one (same boot id, seq not greater) is ignored
+  // (accepted=false). An instance with an active migration is never moved by a report; an
+  // idle instance no longer reported by its host is marked missing, never deleted.
+  virtual absl::StatusOr<ReportResult> ApplyReport(const HostReport& report) = 0;
+
+  // `service_down_time` decides `up`.
+  virtual absl::StatusOr<HostRecord> GetHost(const std::string& hostname,
+                                             absl::Duration service_down_time) = 0;
+  virtual absl::StatusOr<std::vector<HostRecord>> ListHosts(absl::Duration service_down_time) = 0;
+
+  // Records who changed it and why. NotFound for an unknown host.
+  virtual absl::StatusOr<HostRecord> SetHostEnabled(const std::string& hostname, bool enabled,
+                                                    const std::string& reason,
+                                                    const std::string& by) = 0;
+};
+
+class InstanceStore {
+ public:
+  virtual ~InstanceStore() = default;
+  virtual absl::StatusOr<InstanceRecord> GetInstance(const std::string& uuid) = 0;
+  // Ordered by name, then uuid. `host` empty: every host.
+  virtual absl::StatusOr<std::vector<InstanceRecord>> ListInstances(const std::string& host,
+                                                                    int limit) = 0;
+  // Compare-and-swap on task_state: sets `desired` only if the current value equals
+  // `expected` (nullopt = idle). Aborted when it does not; NotFound for an unknown instance.
+  virtual absl::Status CompareAndSetTaskState(const std::string& uuid,
+                                              const std::optional<std::string>& expected,
+                                              const std::optional<std::string>& desired) = 0;
+};
+
+class MigrationStore {
+ public:
+  virtual ~MigrationStore() = default;
+
+  // Creates the migration row and claims the instance (task_state NULL → 'migrating') in ONE
+  // transaction, with its first event and the owner's lease. A request id already used returns
+  // that migration (created=false). Errors: NotFound (instance), FailedPrecondition (instance
+  // missing or on no host), Aborted (instance already migrating), InvalidArgument (request id
+  // reused for another instance).
+  virtual absl::StatusOr<CreateMigrationResult> CreateMigration(const NewMigration& m) = 0;
+
+  virtual absl::StatusOr<MigrationRecord> GetMigration(int64_t id) = 0;
+  virtual absl::StatusOr<MigrationRecord> FindByRequestId(const std::string& request_id) = 0;
+
+  // Keyset pagination, newest first; stable while rows are inserted.
+  virtual absl::StatusOr<MigrationPage> ListMigrations(const MigrationFilter& filter) = 0;
+
+  // Every non-terminal migration (including `error`), oldest first.
+  virtual absl::StatusOr<std::vector<MigrationRecord>> ListActiveMigrations() = 0;
+
+  // One state-machine step: compare-and-swap on (status == from, owner holds an unexpired
+  // lease), with its event, in one transaction. A terminal `to` releases the instance (and the
+  // memory claim); `completed` also sets the instance's host to the destination.
+  // Aborted if the row moved on or the lease was lost; FailedPrecondition for a transition the
+  // state machine forbids.
+  virtual absl::StatusOr<MigrationRecord> ApplyTransition(const Transition& t) = 0;
+
+  // Appends to the event log (no status change).
+  virtual absl::Status AppendEvent(const MigrationEvent& event) = 0;
+  virtual absl::StatusOr<std::vector<MigrationEvent>> ListEvents(int64_t migration_id) = 0;
+
+  // Writes the progress fields if `owner` holds the lease (Aborted otherwise).
+  virtual absl::Status UpdateProgress(int64_t id, const std::string& owner,
+                                      const MigrationProgress& progress) = 0;
+
+  // Takes or renews the lease of an active migration when it is free, expired or already ours.
+  // Returns false when another owner holds a live lease.
+  virtual absl::StatusOr<bool> AcquireLease(int64_t id, const std::string& owner,
+                                            absl::Duration ttl) = 0;
+  // Renews every lease `owner` holds; returns how many.
+  virtual absl::StatusOr<int> RenewLeases(const std::string& owner, absl::Duration ttl) = 0;
+  // Active migrations with no owner or an expired lease (candidates for a takeover).
+  virtual absl::StatusOr<std::vector<MigrationRecord>> ListOrphaned() = 0;
+
+  // Records an operator's request. FailedPrecondition if the migration is terminal.
+  virtual absl::StatusOr<MigrationRecord> RequestAbort(int64_t id, const std::string& by) = 0;
+  virtual absl::StatusOr<MigrationRecord> RequestForceComplete(int64_t id,
+                                                               const std::string& by) = 0;
+
+  // Sum of memory claims of active migrations into `host`.
+  virtual absl::StatusOr<int64_t> MemoryClaimedOn(const std::string& host) = 0;
+
+  // Deletes terminal migrations (and their events) finished before `before`; returns how many.
+  virtual absl::StatusOr<int64_t> PurgeFinished(absl::Time before) = 0;
+};
+
+class EvacuationStore {
+ public:
+  virtual ~EvacuationStore() = default;
+  virtual absl::StatusOr<EvacuationRecord> CreateEvacuation(
+      const std::string& host, int32_t max_parallel, const std::string& requested_by,
+      const std::string& reason, const std::vector<std::string>& instance_uuids) = 0;
+  virtual absl::StatusOr<EvacuationRecord> GetEvacuation(int64_t id) = 0;
+  // Newest first; `host` empty: every host.
+  virtual absl::StatusOr<std::vector<EvacuationRecord>> ListEvacuations(const std::string& host,
+                                                                        int limit) = 0;
+  virtual absl::Status UpdateEvacuationItem(int64_t evacuation_id, const EvacuationItem& item) = 0;
+  virtual absl::Status FinishEvacuation(int64_t id, const std::string& status) = 0;
+};
+
+}  // namespace livemig::db
+
+#endif  // LIVEMIG_DB_STORES_H_

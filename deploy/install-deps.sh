@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs exactly the Debian 12 packages that the build, the tests and the quickstart need.
+# Idempotent: checks what is present first (dpkg-query), so a machine that has everything
+# spends about a second here. Needs root when something is missing.
+#
+# Usage: deploy/install-deps.sh [--check]
+#   --check   only list what is missing; exit 1 if anything is.
+set -euo pipefail
+
+PACKAGES=(
+  # build: Bazel 4.2.3 (brings its JDK), compiler, code generators
+  bazel-bootstrap g++ pkg-config protobuf-compiler protobuf-compiler-grpc
+  # libraries (headers + shared objects)
+  libgrpc++-dev libprotobuf-dev libabsl-dev libpqxx-dev libpq-dev nlohmann-json3-dev
+  libvirt-dev libcpp-httplib-dev libcli11-dev catch2
+  # formatting check
+  clang-format
+  # PostgreSQL server for tests and the quickstart (started by hand, not as a service)
+  postgresql-15
+  # the two-host libvirt lab (QEMU under TCG in network namespaces); not libvirt-daemon-system
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
+  binutils iproute2 util-linux procps
+  # PKI for mutual TLS
+  openssl ca-certificates
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [[ "$st" == "installed" ]] || missing+=("$p")
+done
+
+if [[ "${1:-}" == "--check" ]]; then
+  if ((${#missing[@]})); then echo "missing: ${missing[*]}"; exit 1; fi
+  echo "all ${#PACKAGES[@]} packages present"; exit 0
+fi
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-deps: missing packages: ${missing[*]}" >&2
+  echo "install-deps: run this script as root (sudo $0) to install them" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${#missing[@]} package(s): ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Keep Debian's maintainer scripts from starting services (no init system is assumed here);
+# PostgreSQL and libvirtd are started by the project's own scripts in private directories.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [[ ! -e $policy ]]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
+fi
+trap '[[ $created_policy == 1 ]] && rm -f "$policy"' EXIT
+t0=$SECONDS
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "install-deps: done in $((SECONDS - t0)) s"
