@@ -1,0 +1,243 @@
+#include "driver/checks.h"
+
+#include <algorithm>
+#include <regex>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace livemig::driver {
+namespace {
+
+v1::CheckResult Check(const std::string& host, const std::string& name, bool passed,
+                      const std::string& reason) {
+  v1::CheckResult c;
+  c.set_host(host);
+  c.set_name(name);
+  c.set_passed(passed);
+  c.set_reason(reason);
+  return c;
+}
+
+}  // namespace
+
+absl::Status ValidateMigrationId(const std::string& id) {
+  static const std::regex kRe("^[A-Za-z0-9._-]{1,128}$");
+  if (!std::regex_match(id, kRe) || id == "." || id == "..") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "migration id '", id, "' is malformed: 1 to 128 characters of [A-Za-z0-9._-]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateUuid(const std::string& uuid) {
+  static const std::regex kRe(
+      "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$");
+  if (!std::regex_match(uuid, kRe)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("instance uuid '", uuid, "' is not a UUID (8-4-4-4-12 hexadecimal digits)"));
+  }
+  return absl::OkStatus();
+}
+
+std::string ProbePath(const std::string& instance_path, const std::string& migration_id) {
+  return absl::StrCat(instance_path, "/.livemig-probe-", migration_id);
+}
+
+std::string FormatVersion(uint64_t v) {
+  return absl::StrCat(v / 1000000, ".", (v / 1000) % 1000, ".", v % 1000);
+}
+
+absl::Status CheckOptionsSupported(const v1::MigrationOptions& o,
+                                   const v1::BackendCapabilities& caps,
+                                   const std::string& hypervisor) {
+  std::vector<std::string> missing;
+  if (o.mode() == v1::MIGRATION_MODE_OFFLINE && !caps.supports_offline()) {
+    missing.push_back("offline migration (--offline)");
+  }
+  if (o.mode() != v1::MIGRATION_MODE_OFFLINE && !caps.supports_live()) {
+    missing.push_back("live migration");
+  }
+  if (o.has_bandwidth_mib_s() && o.bandwidth_mib_s() > 0 && !caps.supports_bandwidth()) {
+    missing.push_back("a bandwidth limit (--bandwidth)");
+  }
+  if ((o.has_max_downtime_ms() || o.has_downtime_steps() || o.has_downtime_step_delay_s()) &&
+      !caps.supports_max_downtime()) {
+    missing.push_back("a maximum downtime (--max-downtime)");
+  }
+  if (o.allow_post_copy() && !caps.supports_post_copy()) {
+    missing.push_back("post-copy (--allow-post-copy)");
+  }
+  if (o.has_completion_timeout_s() && o.completion_timeout_s() > 0) {
+    if (!caps.supports_completion_timeout()) {
+      missing.push_back("a completion timeout (--completion-timeout)");
+    } else if (o.completion_action() == v1::COMPLETION_ACTION_FORCE_COMPLETE &&
+               !caps.supports_force_complete()) {
+      missing.push_back("force-complete as the completion action");
+    } else if (o.completion_action() != v1::COMPLETION_ACTION_FORCE_COMPLETE &&
+               !caps.supports_abort()) {
+      missing.push_back("abort as the completion action");
+    }
+  }
+  if (o.block_migration() == v1::BLOCK_MIGRATION_YES && !caps.supports_block_migration()) {
+    missing.push_back("block migration (--block-migrate yes)");
+  }
+  if (missing.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      hypervisor, " does not support ", absl::StrJoin(missing, ", "),
+      ": leave these options out for this host (it reports progress as elapsed time only)"));
+}
+
+cv1::CheckCanLiveMigrateOnDestResponse EvaluateDestChecks(
+    const cv1::CheckCanLiveMigrateOnDestRequest& req, const DestFacts& f) {
+  cv1::CheckCanLiveMigrateOnDestResponse resp;
+  const std::string& h = f.hostname;
+  auto add = [&](const std::string& name, bool ok, const std::string& reason) {
+    *resp.add_checks() = Check(h, name, ok, reason);
+  };
+
+  // Hypervisor type and version.
+  if (!req.source_hypervisor_type().empty()) {
+    bool same = req.source_hypervisor_type() == f.hypervisor_type;
+    add("hypervisor_type", same,
+        same ? absl::StrCat("both hosts run ", f.hypervisor_type)
+             : absl::StrCat("source runs ", req.source_hypervisor_type(), ", destination ", h,
+                            " runs ", f.hypervisor_type));
+  }
+  if (req.source_hypervisor_version() > 0) {
+    bool ok = f.hypervisor_version >= req.source_hypervisor_version();
+    add("hypervisor_version", ok,
+        absl::StrCat("destination ", h, " has ", f.hypervisor_type, " ",
+                     FormatVersion(f.hypervisor_version), ok ? " >= " : " < ", "source's ",
+                     FormatVersion(req.source_hypervisor_version())));
+  }
+
+  // CPU.
+  const v1::CpuInfo& src = req.source_cpu();
+  if (!src.arch().empty() && !f.cpu.arch().empty() && src.arch() != f.cpu.arch()) {
+    add("cpu", false,
+        absl::StrCat("CPU architecture differs: source ", src.arch(), ", destination ", h, " ",
+                     f.cpu.arch()));
+  } else if (f.cpu_compatible.has_value()) {
+    add("cpu", *f.cpu_compatible,
+        *f.cpu_compatible
+            ? absl::StrCat("the hypervisor on ", h, " accepts the source CPU (CompareCPU)")
+            : absl::StrCat("destination ", h,
+                           " CPU is incompatible with the source CPU: ", f.cpu_reason));
+  } else {
+    std::set<std::string> have(f.cpu.features().begin(), f.cpu.features().end());
+    std::vector<std::string> lacking;
+    for (const auto& feat : src.features()) {
+      if (!have.count(feat)) lacking.push_back(feat);
+    }
+    add("cpu", lacking.empty(),
+        lacking.empty()
+            ? absl::StrCat("destination ", h, " has every source CPU feature")
+            : absl::StrCat("destination ", h,
+                           " CPU lacks source features: ", absl::StrJoin(lacking, ", ")));
+  }
+
+  // Memory after the dom0 reserve.
+  const uint64_t need = req.instance().memory_mib();
+  const uint64_t avail =
+      f.memory_free_mib > f.memory_reserved_mib ? f.memory_free_mib - f.memory_reserved_mib : 0;
+  add("memory", avail >= need,
+      absl::StrCat("destination ", h, " has ", avail, " MiB free after the ", f.memory_reserved_mib,
+                   " MiB dom0 reserve (", f.memory_free_mib, " MiB free); instance ",
+                   req.instance().name().empty() ? req.instance_uuid() : req.instance().name(),
+                   " needs ", need, " MiB"));
+
+  // Networks: every bridge the instance's NICs use must exist here.
+  std::set<std::string> bridges(f.bridges.begin(), f.bridges.end());
+  std::vector<std::string> absent;
+  for (const auto& nic : req.instance().interfaces()) {
+    if (!nic.bridge().empty() && !bridges.count(nic.bridge())) absent.push_back(nic.bridge());
+  }
+  add("network", absent.empty(),
+      absent.empty()
+          ? absl::StrCat("destination ", h, " has the instance's bridges (",
+                         absl::StrJoin(f.bridges, ", "), ")")
+          : absl::StrCat("destination ", h, " lacks the bridge(s) ", absl::StrJoin(absent, ", "),
+                         " that the instance's NICs use (not on the same L2 segment)"));
+
+  // Storage probe.
+  add("storage_probe", f.probe_written,
+      f.probe_written ? absl::StrCat("probe file written on ", h, ":", f.instance_path)
+                      : absl::StrCat("cannot write the probe file on ", h, ":", f.instance_path,
+                                     ": ", f.probe_error));
+
+  bool passed = true;
+  for (const auto& c : resp.checks()) passed = passed && c.passed();
+  resp.set_passed(passed);
+  cv1::DestCheckData* d = resp.mutable_dest_check_data();
+  d->set_dest_host(h);
+  d->set_probe_file_name(f.probe_written ? ProbePath(f.instance_path, req.migration_id()) : "");
+  d->set_instance_path(f.instance_path);
+  *d->mutable_dest_cpu() = f.cpu;
+  d->set_memory_available_mib(avail);
+  d->set_memory_reserved_mib(f.memory_reserved_mib);
+  *d->mutable_capabilities() = f.capabilities;
+  d->set_hypervisor_type(f.hypervisor_type);
+  d->set_hypervisor_version(f.hypervisor_version);
+  for (const auto& b : f.bridges) d->add_networks()->set_name(b);
+  return resp;
+}
+
+cv1::CheckCanLiveMigrateOnSrcResponse EvaluateSrcChecks(
+    const cv1::CheckCanLiveMigrateOnSrcRequest& req, bool probe_visible,
+    const v1::BackendCapabilities& caps, const std::string& hypervisor,
+    const v1::DomainInfo& domain, const std::string& domain_xml) {
+  cv1::CheckCanLiveMigrateOnSrcResponse resp;
+  const std::string& h = req.source_host();
+  auto add = [&](const std::string& name, bool ok, const std::string& reason) {
+    *resp.add_checks() = Check(h, name, ok, reason);
+  };
+  const v1::BlockMigration bm = req.options().block_migration();
+  bool block = false;
+  if (probe_visible) {
+    if (bm == v1::BLOCK_MIGRATION_YES) {
+      block = true;
+      add("shared_storage", caps.supports_block_migration(),
+          caps.supports_block_migration()
+              ? "instance storage is shared, but block migration was requested explicitly"
+              : absl::StrCat(hypervisor, " does not support block migration"));
+    } else {
+      add("shared_storage", true,
+          absl::StrCat("source ", h,
+                       " sees the destination's probe file: the instance path "
+                       "is shared storage"));
+    }
+  } else if (bm == v1::BLOCK_MIGRATION_NO) {
+    add("shared_storage", false,
+        absl::StrCat("source ", h, " cannot see the probe file ",
+                     req.dest_check_data().probe_file_name(), " written by ",
+                     req.dest_check_data().dest_host(),
+                     ": the instance path is not shared, and block migration is off"));
+  } else if (!caps.supports_block_migration()) {
+    add("shared_storage", false,
+        absl::StrCat("source ", h, " cannot see the probe file ",
+                     req.dest_check_data().probe_file_name(), " written by ",
+                     req.dest_check_data().dest_host(),
+                     ": the instance path is not shared storage, and ", hypervisor,
+                     " does not support block migration"));
+  } else {
+    block = true;
+    add("shared_storage", true,
+        "the instance path is not shared: the local disks will be copied (block migration)");
+  }
+  absl::Status opts = CheckOptionsSupported(req.options(), caps, hypervisor);
+  add("options", opts.ok(),
+      opts.ok() ? "every requested option is supported" : std::string(opts.message()));
+  bool passed = true;
+  for (const auto& c : resp.checks()) passed = passed && c.passed();
+  resp.set_passed(passed);
+  cv1::SrcCheckData* s = resp.mutable_src_check_data();
+  s->set_shared_instance_path(probe_visible);
+  s->set_block_migration(block);
+  *s->mutable_domain() = domain;
+  s->set_domain_xml(domain_xml);
+  return resp;
+}
+
+}  // namespace livemig::driver

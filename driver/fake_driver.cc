@@ -1,0 +1,782 @@
+#include "driver/fake_driver.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "driver/checks.h"
+
+namespace livemig::driver {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr uint64_t kMiB = 1ull << 20;
+
+int64_t NowMs(Clock* c) { return absl::ToUnixMillis(c->Now()); }
+
+absl::Status Errno(const std::string& what) {
+  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(errno)));
+}
+
+absl::Status MkdirP(const std::string& path) {
+  std::string cur;
+  for (size_t i = 0; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      if (!cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+        return Errno("mkdir " + cur);
+      }
+    }
+    if (i < path.size()) cur += path[i];
+  }
+  return absl::OkStatus();
+}
+
+// Holds the state directory's flock for its lifetime.
+class StateLock {
+ public:
+  explicit StateLock(const std::string& dir) {
+    fd_ = open((dir + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ >= 0) flock(fd_, LOCK_EX);
+  }
+  ~StateLock() {
+    if (fd_ >= 0) close(fd_);  // releases the lock
+  }
+  bool ok() const { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+};
+
+v1::DomainState StateOf(const std::string& s) {
+  if (s == "running") return v1::DOMAIN_STATE_RUNNING;
+  if (s == "paused") return v1::DOMAIN_STATE_PAUSED;
+  if (s == "shutoff") return v1::DOMAIN_STATE_SHUTOFF;
+  if (s == "incoming") return v1::DOMAIN_STATE_INCOMING_PAUSED;
+  return v1::DOMAIN_STATE_UNSPECIFIED;
+}
+
+// Moves every running transfer whose time has come to its end.
+void AdvanceTransfers(json& st, int64_t now) {
+  for (auto& [id, t] : st["transfers"].items()) {
+    if (t["state"] != "running") continue;
+    if (now < t["start_ms"].get<int64_t>() + t["duration_ms"].get<int64_t>()) continue;
+    json& src = st["hosts"][t["src"].get<std::string>()];
+    json& dst = st["hosts"][t["dst"].get<std::string>()];
+    const std::string uuid = t["uuid"];
+    t["finished_ms"] = t["start_ms"].get<int64_t>() + t["duration_ms"].get<int64_t>();
+    if (t.value("fail_transfer", std::string()) != "") {
+      t["state"] = "failed";
+      t["error"] = t["fail_transfer"];
+      dst["domains"].erase(uuid);
+      if (src["domains"].contains(uuid) && t.value("paused_src", false)) {
+        src["domains"][uuid]["state"] = t.value("prior_state", std::string("running"));
+      }
+      continue;
+    }
+    t["state"] = "completed";
+    json dom = src["domains"].contains(uuid) ? src["domains"][uuid] : dst["domains"][uuid];
+    dom["state"] = t.value("prior_state", std::string("running"));
+    dom["persistent"] = true;
+    dst["domains"][uuid] = dom;
+    src["domains"].erase(uuid);
+    dst["staged"].erase(id);
+  }
+}
+
+absl::StatusOr<json> ReadState(const std::string& dir) {
+  std::ifstream in(dir + "/state.json");
+  if (!in) return json{{"hosts", json::object()}, {"transfers", json::object()}};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  json st = json::parse(ss.str(), nullptr, false);
+  if (st.is_discarded())
+    return absl::DataLossError("fake hypervisor state.json is corrupt in " + dir);
+  return st;
+}
+
+absl::Status WriteState(const std::string& dir, const json& st) {
+  const std::string tmp = dir + "/state.json.tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (!out) return Errno("write " + tmp);
+    out << st.dump();
+    if (!out) return Errno("write " + tmp);
+  }
+  if (rename(tmp.c_str(), (dir + "/state.json").c_str()) != 0) return Errno("rename state.json");
+  return absl::OkStatus();
+}
+
+// Consumes one injected failure of `step` on `host`, if any.
+absl::Status TakeFailure(json& st, const std::string& host, const std::string& step,
+                         bool* changed) {
+  json& f = st["hosts"][host]["failures"];
+  if (!f.is_object() || !f.contains(step)) return absl::OkStatus();
+  json& k = f[step];
+  int remaining = k.value("remaining", 1);
+  absl::Status s(static_cast<absl::StatusCode>(k.value("code", 13)),
+                 absl::StrCat("injected failure at ", step, " on ", host, ": ",
+                              k.value("message", std::string("failure"))));
+  if (--remaining <= 0) {
+    f.erase(step);
+  } else {
+    k["remaining"] = remaining;
+  }
+  *changed = true;
+  return s;
+}
+
+v1::DomainInfo DomainFromJson(const std::string& uuid, const json& d, const json& st) {
+  v1::DomainInfo info;
+  info.set_uuid(uuid);
+  info.set_name(d.value("name", std::string()));
+  info.set_state(StateOf(d.value("state", std::string())));
+  info.set_memory_mib(d.value("memory_mib", 0ull));
+  info.set_max_memory_mib(d.value("memory_mib", 0ull));
+  info.set_vcpus(d.value("vcpus", 1u));
+  info.set_persistent(d.value("persistent", true));
+  for (const auto& b : d.value("bridges", json::array())) {
+    auto* nic = info.add_interfaces();
+    nic->set_bridge(b.get<std::string>());
+    nic->set_model("e1000");
+  }
+  for (const auto& [id, t] : st["transfers"].items()) {
+    if (t["uuid"] == uuid && t["state"] == "running") {
+      info.set_migration_job_active(true);
+      info.set_migration_id(id);
+    }
+  }
+  return info;
+}
+
+std::string DomainXml(const std::string& uuid, const json& d) {
+  return absl::StrCat("<domain type='fake'><name>", d.value("name", std::string()), "</name><uuid>",
+                      uuid, "</uuid><memory unit='MiB'>", d.value("memory_mib", 0ull),
+                      "</memory></domain>");
+}
+
+}  // namespace
+
+// ---- FakeHypervisor -----------------------------------------------------------------------
+
+FakeHypervisor::FakeHypervisor(std::string state_dir, Clock* clock)
+    : dir_(std::move(state_dir)), clock_(clock) {}
+
+absl::Status FakeHypervisor::Mutate(const std::function<absl::Status(json&, bool*)>& fn) {
+  RETURN_IF_ERROR(MkdirP(dir_));
+  StateLock lock(dir_);
+  if (!lock.ok()) return Errno("lock " + dir_ + "/lock");
+  ASSIGN_OR_RETURN(json st, ReadState(dir_));
+  json before = st;
+  AdvanceTransfers(st, NowMs(clock_));
+  bool changed = st != before;
+  absl::Status s = fn(st, &changed);
+  if (changed) RETURN_IF_ERROR(WriteState(dir_, st));
+  return s;
+}
+
+absl::Status FakeHypervisor::CreateDomain(const std::string& host, const std::string& uuid,
+                                          const std::string& name, uint64_t memory_mib,
+                                          const std::string& state,
+                                          std::vector<std::string> bridges) {
+  RETURN_IF_ERROR(ValidateUuid(uuid));
+  return Mutate([&](json& st, bool* changed) -> absl::Status {
+    if (!st["hosts"].contains(host)) {
+      return absl::NotFoundError(absl::StrCat("fake host ", host, " is not registered"));
+    }
+    for (auto& [h, hj] : st["hosts"].items()) {
+      if (hj["domains"].contains(uuid)) {
+        return absl::AlreadyExistsError(absl::StrCat("domain ", uuid, " already exists on ", h));
+      }
+    }
+    st["hosts"][host]["domains"][uuid] = {
+        {"name", name}, {"state", state},     {"memory_mib", memory_mib},
+        {"vcpus", 1},   {"persistent", true}, {"bridges", bridges}};
+    *changed = true;
+    return absl::OkStatus();
+  });
+}
+
+absl::Status FakeHypervisor::SetFailure(const std::string& host, const std::string& step,
+                                        const std::string& message, int times,
+                                        absl::StatusCode code) {
+  return Mutate([&](json& st, bool* changed) -> absl::Status {
+    if (!st["hosts"].contains(host)) {
+      return absl::NotFoundError(absl::StrCat("fake host ", host, " is not registered"));
+    }
+    if (step == "transfer") {
+      st["hosts"][host]["fail_transfer"] = message;
+    } else {
+      st["hosts"][host]["failures"][step] = {
+          {"message", message}, {"remaining", times}, {"code", static_cast<int>(code)}};
+    }
+    *changed = true;
+    return absl::OkStatus();
+  });
+}
+
+absl::Status FakeHypervisor::SetTransferDuration(const std::string& host, absl::Duration d) {
+  return Mutate([&](json& st, bool* changed) -> absl::Status {
+    if (!st["hosts"].contains(host)) {
+      return absl::NotFoundError(absl::StrCat("fake host ", host, " is not registered"));
+    }
+    st["hosts"][host]["transfer_duration_ms"] = absl::ToInt64Milliseconds(d);
+    *changed = true;
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> FakeHypervisor::Locate(
+    const std::string& uuid) {
+  std::vector<std::pair<std::string, std::string>> out;
+  RETURN_IF_ERROR(Mutate([&](json& st, bool*) -> absl::Status {
+    for (auto& [h, hj] : st["hosts"].items()) {
+      if (hj["domains"].contains(uuid)) {
+        out.emplace_back(h, hj["domains"][uuid].value("state", std::string()));
+      }
+    }
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::StatusOr<json> FakeHypervisor::Snapshot() {
+  json copy;
+  RETURN_IF_ERROR(Mutate([&](json& st, bool*) -> absl::Status {
+    copy = st;
+    return absl::OkStatus();
+  }));
+  return copy;
+}
+
+// ---- FakeDriver ---------------------------------------------------------------------------
+
+v1::BackendCapabilities FakeDriver::ProfileCapabilities(const std::string& profile) {
+  v1::BackendCapabilities c;
+  c.set_profile(profile);
+  c.set_supports_live(true);
+  c.set_supports_offline(true);
+  c.set_supports_peer_to_peer(true);
+  c.set_supports_tunnelled(true);
+  c.set_supports_compare_cpu(true);
+  if (profile != "fake-libxl") {
+    c.set_supports_abort(true);
+    c.set_supports_force_complete(true);
+    c.set_supports_post_copy(true);
+    c.set_supports_bandwidth(true);
+    c.set_supports_max_downtime(true);
+    c.set_supports_job_stats_bytes(true);
+    c.set_supports_block_migration(true);
+    c.set_supports_auto_converge(true);
+    c.set_supports_completion_timeout(true);
+  }
+  return c;
+}
+
+FakeDriver::FakeDriver(Options options)
+    : options_(std::move(options)),
+      caps_(ProfileCapabilities(options_.profile)),
+      hv_(options_.state_dir, options_.clock) {}
+
+absl::StatusOr<std::unique_ptr<FakeDriver>> FakeDriver::Create(Options o) {
+  if (o.state_dir.empty()) return absl::InvalidArgumentError("the fake driver needs a state_dir");
+  if (o.profile != "fake-qemu" && o.profile != "fake-libxl") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown fake profile '", o.profile, "': use fake-qemu or fake-libxl"));
+  }
+  if (o.instance_path.empty()) o.instance_path = o.state_dir + "/instances";
+  RETURN_IF_ERROR(MkdirP(o.instance_path));
+  auto d = std::unique_ptr<FakeDriver>(new FakeDriver(o));
+  RETURN_IF_ERROR(d->hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    json& h = st["hosts"][o.hostname];
+    if (!h.contains("domains")) h["domains"] = json::object();
+    if (!h.contains("staged")) h["staged"] = json::object();
+    if (!h.contains("failures")) h["failures"] = json::object();
+    h["hypervisor_type"] = o.hypervisor_type;
+    h["hypervisor_version"] = o.hypervisor_version;
+    h["memory_total_mib"] = o.memory_total_mib;
+    h["instance_path"] = o.instance_path;
+    *changed = true;
+    return absl::OkStatus();
+  }));
+  return d;
+}
+
+std::string FakeDriver::HypervisorName() const {
+  return options_.profile == "fake-libxl" ? "Xen (libxl, fake)" : "QEMU (fake)";
+}
+
+absl::StatusOr<v1::HostInventory> FakeDriver::GetHostInfo() {
+  v1::HostInventory inv;
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool*) -> absl::Status {
+    const json& h = st["hosts"][options_.hostname];
+    uint64_t used = 0;
+    for (auto& [uuid, d] : h["domains"].items()) {
+      used += d.value("memory_mib", 0ull);
+      *inv.add_domains() = DomainFromJson(uuid, d, st);
+    }
+    inv.set_memory_free_mib(options_.memory_total_mib > used ? options_.memory_total_mib - used
+                                                             : 0);
+    return absl::OkStatus();
+  }));
+  inv.set_hostname(options_.hostname);
+  inv.set_hypervisor_type(options_.hypervisor_type);
+  inv.set_hypervisor_version(options_.hypervisor_version);
+  inv.set_libvirt_version(options_.libvirt_version);
+  inv.set_driver_uri("fake://" + options_.state_dir);
+  inv.set_host_uuid(options_.hostname);
+  auto* cpu = inv.mutable_cpu();
+  cpu->set_arch(options_.cpu_arch);
+  cpu->set_model(options_.cpu_model);
+  for (const auto& f : options_.cpu_features) cpu->add_features(f);
+  inv.set_memory_total_mib(options_.memory_total_mib);
+  inv.set_memory_reserved_mib(options_.memory_reserved_mib);
+  for (const auto& b : options_.bridges) {
+    auto* n = inv.add_networks();
+    n->set_name(b);
+    n->set_segment(b);
+    n->set_up(true);
+  }
+  inv.set_instance_path(options_.instance_path);
+  *inv.mutable_capabilities() = caps_;
+  return inv;
+}
+
+absl::StatusOr<std::vector<v1::DomainInfo>> FakeDriver::ListDomains() {
+  ASSIGN_OR_RETURN(v1::HostInventory inv, GetHostInfo());
+  return std::vector<v1::DomainInfo>(inv.domains().begin(), inv.domains().end());
+}
+
+absl::StatusOr<std::optional<v1::DomainInfo>> FakeDriver::DescribeDomain(const std::string& uuid) {
+  RETURN_IF_ERROR(ValidateUuid(uuid));
+  std::optional<v1::DomainInfo> out;
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool*) -> absl::Status {
+    const json& doms = st["hosts"][options_.hostname]["domains"];
+    if (doms.contains(uuid)) out = DomainFromJson(uuid, doms[uuid], st);
+    return absl::OkStatus();
+  }));
+  return out;
+}
+
+absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> FakeDriver::CheckCanLiveMigrateOnDest(
+    const cv1::CheckCanLiveMigrateOnDestRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
+  ASSIGN_OR_RETURN(v1::HostInventory inv, GetHostInfo());
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) {
+    return TakeFailure(st, options_.hostname, "check_can_live_migrate_on_dest", changed);
+  }));
+  DestFacts f;
+  f.hostname = options_.hostname;
+  f.hypervisor_type = inv.hypervisor_type();
+  f.hypervisor_version = inv.hypervisor_version();
+  f.cpu = inv.cpu();
+  f.memory_free_mib = inv.memory_free_mib();
+  f.memory_reserved_mib = inv.memory_reserved_mib();
+  f.bridges = options_.bridges;
+  f.instance_path = options_.instance_path;
+  f.capabilities = caps_;
+  const std::string probe = ProbePath(options_.instance_path, req.migration_id());
+  std::ofstream out(probe);
+  out << req.migration_id() << "\n";
+  f.probe_written = static_cast<bool>(out);
+  if (!f.probe_written) f.probe_error = std::strerror(errno);
+  return EvaluateDestChecks(req, f);
+}
+
+absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> FakeDriver::CheckCanLiveMigrateOnSrc(
+    const cv1::CheckCanLiveMigrateOnSrcRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
+  v1::DomainInfo dom;
+  std::string xml;
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "check_can_live_migrate_on_src", changed));
+    const json& doms = st["hosts"][options_.hostname]["domains"];
+    if (!doms.contains(req.instance_uuid())) {
+      return absl::NotFoundError(
+          absl::StrCat("domain ", req.instance_uuid(), " is not on ", options_.hostname));
+    }
+    dom = DomainFromJson(req.instance_uuid(), doms[req.instance_uuid()], st);
+    xml = DomainXml(req.instance_uuid(), doms[req.instance_uuid()]);
+    return absl::OkStatus();
+  }));
+  const std::string probe = ProbePath(options_.instance_path, req.migration_id());
+  const bool visible = access(probe.c_str(), F_OK) == 0;
+  return EvaluateSrcChecks(req, visible, caps_, HypervisorName(), dom, xml);
+}
+
+absl::Status FakeDriver::CheckCanLiveMigrateOnDestCleanup(
+    const cv1::CheckCanLiveMigrateOnDestCleanupRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<cv1::PreLiveMigrationData> FakeDriver::PreLiveMigration(
+    const cv1::PreLiveMigrationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
+  cv1::PreLiveMigrationData data;
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "pre_live_migration", changed));
+    const auto& domain = req.migrate_data().src_check().domain();
+    for (const auto& nic : domain.interfaces()) {
+      bool have = false;
+      for (const auto& b : options_.bridges) have = have || b == nic.bridge();
+      if (!have) {
+        return absl::FailedPreconditionError(absl::StrCat("cannot plug the instance's NIC: bridge ",
+                                                          nic.bridge(), " is absent on ",
+                                                          options_.hostname));
+      }
+      data.add_plugged_bridges(nic.bridge());
+    }
+    json& staged = st["hosts"][options_.hostname]["staged"];
+    if (!staged.contains(req.migration_id())) {
+      staged[req.migration_id()] = {{"uuid", req.instance_uuid()},
+                                    {"xml", req.migrate_data().src_check().domain_xml()}};
+      *changed = true;
+    }
+    data.set_dest_xml(staged[req.migration_id()]["xml"].get<std::string>());
+    return absl::OkStatus();
+  }));
+  data.set_migration_uri("fake://" + options_.hostname);
+  data.set_data_uri("fake-tcp://" + options_.hostname);
+  data.set_dest_name(req.migrate_data().src_check().domain().name());
+  return data;
+}
+
+absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::Report(const std::string& id) {
+  cv1::MigrationProgressReport r;
+  bool found = false;
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool*) -> absl::Status {
+    if (!st["transfers"].contains(id)) return absl::OkStatus();
+    found = true;
+    const json& t = st["transfers"][id];
+    r.set_migration_id(id);
+    r.set_instance_uuid(t["uuid"].get<std::string>());
+    const std::string state = t["state"];
+    r.set_state(state == "running"     ? cv1::TRANSFER_STATE_RUNNING
+                : state == "completed" ? cv1::TRANSFER_STATE_COMPLETED
+                : state == "cancelled" ? cv1::TRANSFER_STATE_CANCELLED
+                                       : cv1::TRANSFER_STATE_FAILED);
+    r.set_error(t.value("error", std::string()));
+    r.set_post_copy_started(t.value("post_copy", false));
+    r.set_completion_timeout_expired(t.value("timeout_expired", false));
+    r.set_abort_requested(t.value("abort_requested", false));
+    r.set_force_complete_requested(t.value("force_complete_requested", false));
+    const int64_t start = t["start_ms"], dur = t["duration_ms"];
+    const int64_t end = t.value("finished_ms", NowMs(hv_.clock()));
+    const int64_t elapsed = std::max<int64_t>(0, end - start);
+    auto* p = r.mutable_progress();
+    p->set_phase(t.value("post_copy", false)    ? v1::MIGRATION_PHASE_POST_COPY
+                 : t.value("paused_src", false) ? v1::MIGRATION_PHASE_PAUSED_TO_COMPLETE
+                 : t.value("live", true)        ? v1::MIGRATION_PHASE_PRE_COPY
+                                                : v1::MIGRATION_PHASE_OFFLINE_COPY);
+    p->set_elapsed_ms(elapsed);
+    if (caps_.supports_job_stats_bytes()) {
+      const uint64_t total = t.value("memory_mib", 0ull) * kMiB;
+      const uint64_t done =
+          state == "completed" || dur == 0
+              ? total
+              : std::min<uint64_t>(total, total * static_cast<uint64_t>(elapsed) / dur);
+      p->set_has_bytes(true);
+      p->set_bytes_total(total);
+      p->set_bytes_processed(done);
+      p->set_bytes_remaining(total - done);
+      p->set_percent(total ? 100.0 * done / total : 100.0);
+    }
+    return absl::OkStatus();
+  }));
+  if (!found) {
+    return absl::NotFoundError(
+        absl::StrCat("no transfer for migration ", id, " on ", options_.hostname));
+  }
+  return r;
+}
+
+absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
+    const cv1::LiveMigrationRequest& req, const ProgressSink& sink) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
+  const v1::MigrationOptions& o = req.options();
+  const std::string& id = req.migration_id();
+  bool attached = false;
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    if (st["transfers"].contains(id)) {
+      attached = true;  // a restarted agent, or a repeated call: never a second transfer
+      return absl::OkStatus();
+    }
+    RETURN_IF_ERROR(CheckOptionsSupported(o, caps_, HypervisorName()));
+    RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "live_migration", changed));
+    json& src = st["hosts"][options_.hostname];
+    if (!src["domains"].contains(req.instance_uuid())) {
+      return absl::NotFoundError(
+          absl::StrCat("domain ", req.instance_uuid(), " is not on ", options_.hostname));
+    }
+    if (!st["hosts"].contains(req.dest_host()) || req.dest_host() == options_.hostname) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("destination '", req.dest_host(), "' is not another fake host"));
+    }
+    json& dom = src["domains"][req.instance_uuid()];
+    const std::string prior = dom.value("state", std::string("running"));
+    if (prior != "running" && prior != "paused") {
+      return absl::FailedPreconditionError(absl::StrCat("domain ", req.instance_uuid(), " is ",
+                                                        prior,
+                                                        ": only a running or paused domain "
+                                                        "can migrate"));
+    }
+    json incoming = dom;
+    incoming["state"] = "incoming";
+    incoming["persistent"] = false;
+    st["hosts"][req.dest_host()]["domains"][req.instance_uuid()] = incoming;
+    json t = {{"uuid", req.instance_uuid()},
+              {"src", options_.hostname},
+              {"dst", req.dest_host()},
+              {"start_ms", NowMs(hv_.clock())},
+              {"duration_ms", src.value("transfer_duration_ms", 0ll)},
+              {"state", "running"},
+              {"memory_mib", dom.value("memory_mib", 0ull)},
+              {"prior_state", prior},
+              {"live", o.mode() != v1::MIGRATION_MODE_OFFLINE},
+              {"allow_post_copy", o.allow_post_copy()}};
+    if (src.contains("fail_transfer")) {
+      t["fail_transfer"] = src["fail_transfer"];
+      src.erase("fail_transfer");
+    }
+    if (o.mode() == v1::MIGRATION_MODE_OFFLINE) {
+      dom["state"] = "paused";  // the guest is paused during an offline transfer
+      t["paused_src"] = true;
+    }
+    st["transfers"][id] = t;
+    *changed = true;
+    return absl::OkStatus();
+  }));
+  (void)attached;
+  const absl::Time started = hv_.clock()->Now();
+  const bool has_timeout = o.has_completion_timeout_s() && o.completion_timeout_s() > 0;
+  while (true) {
+    ASSIGN_OR_RETURN(cv1::MigrationProgressReport r, Report(id));
+    r.set_monitor_attached(true);
+    if (r.state() != cv1::TRANSFER_STATE_RUNNING) return r;
+    if (sink) sink(r);
+    if (has_timeout && !r.completion_timeout_expired() &&
+        hv_.clock()->Now() - started > absl::Seconds(o.completion_timeout_s())) {
+      RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+        json& t = st["transfers"][id];
+        if (t["state"] != "running") return absl::OkStatus();
+        t["timeout_expired"] = true;
+        *changed = true;
+        if (o.completion_action() == v1::COMPLETION_ACTION_FORCE_COMPLETE) {
+          t["duration_ms"] = NowMs(hv_.clock()) - t["start_ms"].get<int64_t>();
+          if (o.allow_post_copy())
+            t["post_copy"] = true;
+          else
+            t["paused_src"] = true;
+        } else {
+          t["state"] = "failed";
+          t["error"] = absl::StrCat("completion timeout of ", o.completion_timeout_s(),
+                                    " s expired: transfer aborted");
+          t["finished_ms"] = NowMs(hv_.clock());
+          st["hosts"][t["dst"].get<std::string>()]["domains"].erase(t["uuid"].get<std::string>());
+        }
+        return absl::OkStatus();
+      }));
+      continue;
+    }
+    absl::SleepFor(options_.poll_interval);
+  }
+}
+
+absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::GetMigrationProgress(
+    const std::string& migration_id, const std::string& instance_uuid) {
+  RETURN_IF_ERROR(ValidateMigrationId(migration_id));
+  (void)instance_uuid;
+  return Report(migration_id);
+}
+
+absl::Status FakeDriver::AbortLiveMigration(const std::string& migration_id,
+                                            const std::string& instance_uuid) {
+  RETURN_IF_ERROR(ValidateMigrationId(migration_id));
+  if (!caps_.supports_abort()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(HypervisorName(), " cannot abort a running migration: wait for it to finish"));
+  }
+  return hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "abort", changed));
+    if (!st["transfers"].contains(migration_id)) {
+      return absl::NotFoundError(absl::StrCat("no transfer for migration ", migration_id));
+    }
+    json& t = st["transfers"][migration_id];
+    if (t["state"] != "running") {
+      return absl::FailedPreconditionError(absl::StrCat("the transfer of migration ", migration_id,
+                                                        " already ended (",
+                                                        t["state"].get<std::string>(), ")"));
+    }
+    if (t.value("post_copy", false)) {
+      return absl::FailedPreconditionError(
+          "post-copy has started: the destination holds the only complete copy; cannot abort");
+    }
+    t["state"] = "cancelled";
+    t["abort_requested"] = true;
+    t["error"] = "aborted";
+    t["finished_ms"] = NowMs(hv_.clock());
+    const std::string uuid = t["uuid"];
+    st["hosts"][t["dst"].get<std::string>()]["domains"].erase(uuid);
+    json& src = st["hosts"][t["src"].get<std::string>()];
+    if (src["domains"].contains(uuid) && t.value("paused_src", false)) {
+      src["domains"][uuid]["state"] = t.value("prior_state", std::string("running"));
+    }
+    (void)instance_uuid;
+    *changed = true;
+    return absl::OkStatus();
+  });
+}
+
+absl::Status FakeDriver::ForceCompleteLiveMigration(const std::string& migration_id,
+                                                    const std::string& instance_uuid) {
+  RETURN_IF_ERROR(ValidateMigrationId(migration_id));
+  (void)instance_uuid;
+  if (!caps_.supports_force_complete()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(HypervisorName(), " cannot force a running migration to complete"));
+  }
+  return hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "force_complete", changed));
+    if (!st["transfers"].contains(migration_id)) {
+      return absl::NotFoundError(absl::StrCat("no transfer for migration ", migration_id));
+    }
+    json& t = st["transfers"][migration_id];
+    if (t["state"] != "running") {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the transfer of migration ", migration_id, " already ended"));
+    }
+    t["force_complete_requested"] = true;
+    if (t.value("allow_post_copy", false)) {
+      t["post_copy"] = true;
+    } else {
+      t["paused_src"] = true;
+    }
+    // Converges quickly now: a tenth of what is left, at most 100 ms.
+    const int64_t now = NowMs(hv_.clock());
+    const int64_t end = t["start_ms"].get<int64_t>() + t["duration_ms"].get<int64_t>();
+    if (end > now + 100) t["duration_ms"] = now + 100 - t["start_ms"].get<int64_t>();
+    *changed = true;
+    return absl::OkStatus();
+  });
+}
+
+absl::Status FakeDriver::PostLiveMigration(const cv1::PostLiveMigrationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  return hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "post_live_migration", changed));
+    json& doms = st["hosts"][options_.hostname]["domains"];
+    if (doms.contains(req.instance_uuid())) {
+      const std::string state = doms[req.instance_uuid()].value("state", std::string());
+      if (state == "running" || state == "paused") {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "domain ", req.instance_uuid(), " still runs on the source ", options_.hostname,
+            ": the transfer has not completed; refusing to clean it up"));
+      }
+      doms.erase(req.instance_uuid());  // a leftover inactive definition
+      *changed = true;
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<v1::DomainInfo> FakeDriver::PostLiveMigrationAtDestination(
+    const cv1::PostLiveMigrationAtDestinationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  v1::DomainInfo info;
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    RETURN_IF_ERROR(
+        TakeFailure(st, options_.hostname, "post_live_migration_at_destination", changed));
+    json& h = st["hosts"][options_.hostname];
+    if (!h["domains"].contains(req.instance_uuid())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "domain ", req.instance_uuid(), " is not on the destination ", options_.hostname));
+    }
+    json& d = h["domains"][req.instance_uuid()];
+    const std::string state = d.value("state", std::string());
+    if (state != "running" && state != "paused") {
+      return absl::FailedPreconditionError(absl::StrCat("domain ", req.instance_uuid(), " is ",
+                                                        state, " on ", options_.hostname,
+                                                        ": the transfer has not completed"));
+    }
+    if (!d.value("persistent", false)) {
+      d["persistent"] = true;
+      *changed = true;
+    }
+    if (h["staged"].contains(req.migration_id())) {
+      h["staged"].erase(req.migration_id());
+      *changed = true;
+    }
+    info = DomainFromJson(req.instance_uuid(), d, st);
+    return absl::OkStatus();
+  }));
+  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  return info;
+}
+
+absl::Status FakeDriver::RollbackLiveMigrationAtDestination(
+    const cv1::RollbackLiveMigrationAtDestinationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    RETURN_IF_ERROR(
+        TakeFailure(st, options_.hostname, "rollback_live_migration_at_destination", changed));
+    json& h = st["hosts"][options_.hostname];
+    if (h["domains"].contains(req.instance_uuid())) {
+      const std::string state = h["domains"][req.instance_uuid()].value("state", std::string());
+      if (state != "incoming") {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "domain ", req.instance_uuid(), " is ", state, " on the destination ",
+            options_.hostname, ": it may be the only running copy; not destroying it"));
+      }
+      h["domains"].erase(req.instance_uuid());
+      *changed = true;
+    }
+    if (h["staged"].contains(req.migration_id())) {
+      h["staged"].erase(req.migration_id());
+      *changed = true;
+    }
+    return absl::OkStatus();
+  }));
+  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::DomainInfo> FakeDriver::RollbackLiveMigration(
+    const cv1::RollbackLiveMigrationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  v1::DomainInfo info;
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "rollback_live_migration", changed));
+    json& doms = st["hosts"][options_.hostname]["domains"];
+    if (!doms.contains(req.instance_uuid())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("domain ", req.instance_uuid(), " is not on the source ", options_.hostname,
+                       ": it cannot be rolled back here (check where it runs)"));
+    }
+    json& d = doms[req.instance_uuid()];
+    const bool was_running = req.state_before_migration() != v1::DOMAIN_STATE_PAUSED;
+    if (d.value("state", std::string()) == "paused" && was_running) {
+      d["state"] = "running";
+      *changed = true;
+    }
+    info = DomainFromJson(req.instance_uuid(), d, st);
+    return absl::OkStatus();
+  }));
+  return info;
+}
+
+}  // namespace livemig::driver

@@ -1,0 +1,137 @@
+// FakeDriver: a fake hypervisor that follows libvirt peer-to-peer's contract (DESIGN.md, Testing
+// topology) for unit tests, fault-injection tests and benchmarks.
+//
+// The hypervisors' state lives in a state directory shared by the fake hosts of one test
+// (state.json under an flock), outside the agent processes: killing an agent does not kill its
+// "hypervisor". A transfer proceeds without its agent: it completes at its scheduled time,
+// evaluated whenever the state is read.
+//
+//   FakeHypervisor hv("/tmp/state");
+//   hv.CreateDomain("fake-a", uuid, "web-1", 1024);        // a running guest
+//   hv.SetFailure("fake-b", "pre_live_migration", "disk full");   // fail that step once
+//   FakeDriver a({.state_dir = "/tmp/state", .hostname = "fake-a"});
+//
+// Contract: after pre_live_migration the destination holds only staged configuration; during
+// the transfer it has an incoming paused domain; when the transfer succeeds the destination runs
+// the domain and the source has none.
+#ifndef LIVEMIG_DRIVER_FAKE_DRIVER_H_
+#define LIVEMIG_DRIVER_FAKE_DRIVER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "driver/compute_driver.h"
+#include "nlohmann/json.hpp"
+
+namespace livemig::driver {
+
+// Direct access to the shared fake hypervisor state (for tests, tools and benchmarks).
+// Thread- and process-safe (every operation holds the state directory's lock).
+class FakeHypervisor {
+ public:
+  explicit FakeHypervisor(std::string state_dir, Clock* clock = Clock::Real());
+
+  // Runs `fn` on the state under the lock, after advancing transfers to `now`; writes the state
+  // back if fn returns true.
+  absl::Status Mutate(const std::function<absl::Status(nlohmann::json&, bool* changed)>& fn);
+
+  // Creates a domain on `host` (state: running, paused or shutoff). AlreadyExists if present.
+  absl::Status CreateDomain(const std::string& host, const std::string& uuid,
+                            const std::string& name, uint64_t memory_mib,
+                            const std::string& state = "running",
+                            std::vector<std::string> bridges = {"br-guest"});
+  // Fails the next `times` calls of `step` on `host` with `message` (status code `code`).
+  // Steps: check_can_live_migrate_on_dest, check_can_live_migrate_on_src, pre_live_migration,
+  // live_migration (refused at start), transfer (fails mid-way), post_live_migration,
+  // post_live_migration_at_destination, rollback_live_migration,
+  // rollback_live_migration_at_destination, abort, force_complete.
+  absl::Status SetFailure(const std::string& host, const std::string& step,
+                          const std::string& message, int times = 1,
+                          absl::StatusCode code = absl::StatusCode::kInternal);
+  // Every later transfer from `host` takes this long (default 0: immediate).
+  absl::Status SetTransferDuration(const std::string& host, absl::Duration d);
+  // Where the domain runs now: the hosts that have it, with their state ("running",
+  // "paused", "incoming").
+  absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Locate(const std::string& uuid);
+  // A copy of the whole state (after advancing transfers).
+  absl::StatusOr<nlohmann::json> Snapshot();
+
+  Clock* clock() const { return clock_; }
+  const std::string& state_dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+  Clock* clock_;
+};
+
+class FakeDriver : public ComputeDriver {
+ public:
+  struct Options {
+    std::string state_dir;  // shared by the fake hosts of one test
+    std::string hostname = "fake-a";
+    std::string profile = "fake-qemu";  // fake-qemu (everything) or fake-libxl (Xen's set)
+    std::string hypervisor_type = "Xen";
+    uint64_t hypervisor_version = 4017000;
+    uint64_t libvirt_version = 9000000;
+    std::string cpu_arch = "x86_64";
+    std::string cpu_model = "Skylake-Server";
+    std::vector<std::string> cpu_features = {"sse4.2", "avx", "avx2", "aes"};
+    uint64_t memory_total_mib = 16384;
+    uint64_t memory_reserved_mib = 512;  // dom0 reserve
+    std::vector<std::string> bridges = {"br-guest"};
+    std::string instance_path;  // default: <state_dir>/instances (shared by every fake host)
+    absl::Duration poll_interval = absl::Milliseconds(20);
+    Clock* clock = Clock::Real();
+  };
+
+  // Registers the host in the shared state (its configuration is refreshed, its domains kept).
+  static absl::StatusOr<std::unique_ptr<FakeDriver>> Create(Options options);
+
+  static v1::BackendCapabilities ProfileCapabilities(const std::string& profile);
+
+  v1::BackendCapabilities capabilities() const override { return caps_; }
+  absl::StatusOr<v1::HostInventory> GetHostInfo() override;
+  absl::StatusOr<std::vector<v1::DomainInfo>> ListDomains() override;
+  absl::StatusOr<std::optional<v1::DomainInfo>> DescribeDomain(const std::string& uuid) override;
+  absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> CheckCanLiveMigrateOnDest(
+      const cv1::CheckCanLiveMigrateOnDestRequest& req) override;
+  absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> CheckCanLiveMigrateOnSrc(
+      const cv1::CheckCanLiveMigrateOnSrcRequest& req) override;
+  absl::Status CheckCanLiveMigrateOnDestCleanup(
+      const cv1::CheckCanLiveMigrateOnDestCleanupRequest& req) override;
+  absl::StatusOr<cv1::PreLiveMigrationData> PreLiveMigration(
+      const cv1::PreLiveMigrationRequest& req) override;
+  absl::StatusOr<cv1::MigrationProgressReport> LiveMigration(const cv1::LiveMigrationRequest& req,
+                                                             const ProgressSink& sink) override;
+  absl::StatusOr<cv1::MigrationProgressReport> GetMigrationProgress(
+      const std::string& migration_id, const std::string& instance_uuid) override;
+  absl::Status AbortLiveMigration(const std::string& migration_id,
+                                  const std::string& instance_uuid) override;
+  absl::Status ForceCompleteLiveMigration(const std::string& migration_id,
+                                          const std::string& instance_uuid) override;
+  absl::Status PostLiveMigration(const cv1::PostLiveMigrationRequest& req) override;
+  absl::StatusOr<v1::DomainInfo> PostLiveMigrationAtDestination(
+      const cv1::PostLiveMigrationAtDestinationRequest& req) override;
+  absl::Status RollbackLiveMigrationAtDestination(
+      const cv1::RollbackLiveMigrationAtDestinationRequest& req) override;
+  absl::StatusOr<v1::DomainInfo> RollbackLiveMigration(
+      const cv1::RollbackLiveMigrationRequest& req) override;
+
+  FakeHypervisor& hypervisor() { return hv_; }
+
+ private:
+  FakeDriver(Options options);
+  std::string HypervisorName() const;
+  absl::StatusOr<cv1::MigrationProgressReport> Report(const std::string& migration_id);
+
+  Options options_;
+  v1::BackendCapabilities caps_;
+  FakeHypervisor hv_;
+};
+
+}  // namespace livemig::driver
+
+#endif  // LIVEMIG_DRIVER_FAKE_DRIVER_H_

@@ -1,0 +1,832 @@
+#include "driver/libvirt_driver.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "driver/checks.h"
+
+namespace livemig::driver {
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+
+std::string SystemHostname() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+absl::Status MkdirP(const std::string& path) {
+  std::string cur;
+  for (size_t i = 0; i <= path.size(); ++i) {
+    if (i == path.size() || path[i] == '/') {
+      if (!cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+        return absl::InternalError(absl::StrCat("mkdir ", cur, ": ", std::strerror(errno)));
+      }
+    }
+    if (i < path.size()) cur += path[i];
+  }
+  return absl::OkStatus();
+}
+
+// The first <tag>...</tag> inside `xml`, or "".
+std::string Element(const std::string& xml, const std::string& tag) {
+  const std::string open = "<" + tag + ">", close = "</" + tag + ">";
+  auto a = xml.find(open);
+  if (a == std::string::npos) return "";
+  auto b = xml.find(close, a);
+  if (b == std::string::npos) return "";
+  return xml.substr(a + open.size(), b - a - open.size());
+}
+
+// The <host>'s <cpu>...</cpu> block of a capabilities document.
+std::string HostCpuXml(const std::string& caps) {
+  auto host = caps.find("<host>");
+  if (host == std::string::npos) return "";
+  auto a = caps.find("<cpu>", host);
+  auto b = caps.find("</cpu>", a);
+  if (a == std::string::npos || b == std::string::npos) return "";
+  return caps.substr(a, b + 6 - a);
+}
+
+v1::DomainState StateFrom(int state, int reason) {
+  switch (state) {
+    case VIR_DOMAIN_RUNNING:
+      return v1::DOMAIN_STATE_RUNNING;
+    case VIR_DOMAIN_BLOCKED:
+      return v1::DOMAIN_STATE_BLOCKED;
+    case VIR_DOMAIN_PAUSED:
+      if (reason == VIR_DOMAIN_PAUSED_MIGRATION) return v1::DOMAIN_STATE_INCOMING_PAUSED;
+      if (reason == VIR_DOMAIN_PAUSED_POSTCOPY) return v1::DOMAIN_STATE_INCOMING_POST_COPY;
+      return v1::DOMAIN_STATE_PAUSED;
+    case VIR_DOMAIN_SHUTDOWN:
+      return v1::DOMAIN_STATE_SHUTDOWN;
+    case VIR_DOMAIN_SHUTOFF:
+      return v1::DOMAIN_STATE_SHUTOFF;
+    case VIR_DOMAIN_CRASHED:
+      return v1::DOMAIN_STATE_CRASHED;
+    case VIR_DOMAIN_PMSUSPENDED:
+      return v1::DOMAIN_STATE_PMSUSPENDED;
+    default:
+      return v1::DOMAIN_STATE_UNSPECIFIED;
+  }
+}
+
+bool IsRunningState(int state) {
+  return state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_BLOCKED || state == VIR_DOMAIN_PAUSED;
+}
+
+}  // namespace
+
+v1::BackendCapabilities LibvirtDriver::ProfileCapabilities(const std::string& profile,
+                                                           bool tunnelled) {
+  v1::BackendCapabilities c;
+  c.set_profile(profile);
+  c.set_supports_live(true);
+  c.set_supports_offline(true);
+  c.set_supports_peer_to_peer(true);
+  c.set_supports_tunnelled(true);
+  c.set_supports_compare_cpu(true);
+  c.set_tunnel_migration_stream(tunnelled);
+  if (profile == "qemu") {
+    c.set_supports_abort(true);
+    c.set_supports_force_complete(true);
+    c.set_supports_post_copy(true);
+    c.set_supports_bandwidth(true);
+    c.set_supports_max_downtime(true);
+    c.set_supports_job_stats_bytes(true);
+    c.set_supports_block_migration(true);
+    c.set_supports_auto_converge(true);
+    c.set_supports_completion_timeout(true);
+  }
+  return c;
+}
+
+LibvirtDriver::LibvirtDriver(Options options, std::unique_ptr<LibvirtApi> api)
+    : options_(std::move(options)), api_(std::move(api)) {}
+
+absl::StatusOr<std::unique_ptr<LibvirtDriver>> LibvirtDriver::Create(
+    Options o, std::unique_ptr<LibvirtApi> api) {
+  if (o.profile != "auto" && o.profile != "libxl" && o.profile != "libxl-strict" &&
+      o.profile != "qemu") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown libvirt profile '", o.profile,
+                                                   "': use auto, libxl, libxl-strict or qemu"));
+  }
+  if (o.hostname.empty()) o.hostname = SystemHostname();
+  if (!api) api = NewRealLibvirtApi();
+  const std::string requested = o.profile;
+  auto d = std::unique_ptr<LibvirtDriver>(new LibvirtDriver(o, std::move(api)));
+  ASSIGN_OR_RETURN(ConnHandle conn, d->Conn());
+  ASSIGN_OR_RETURN(d->hypervisor_type_, d->api_->GetType(conn.get()));
+  std::string profile = requested;
+  if (profile == "auto") {
+    if (d->hypervisor_type_ == "Xen") {
+      profile = "libxl";
+    } else if (d->hypervisor_type_ == "QEMU") {
+      profile = "qemu";
+    } else {
+      // The test driver and others: inventory and lifecycle only; migration is refused by
+      // libvirt itself. Treat it with the strictest profile.
+      profile = "libxl";
+    }
+  }
+  if (profile == "libxl-strict") d->api_ = NewStrictLibxlApi(std::move(d->api_));
+  d->profile_ = profile;
+  const bool libxl = profile != "qemu";
+  const bool tunnelled = o.tunnelled.value_or(libxl);
+  d->caps_ = ProfileCapabilities(profile, tunnelled);
+  RETURN_IF_ERROR(MkdirP(o.state_dir + "/staged"));
+  return d;
+}
+
+std::string LibvirtDriver::HypervisorName() const {
+  if (IsLibxl())
+    return absl::StrCat("Xen (libxl", profile_ == "libxl-strict" ? ", strict" : "", ") on ",
+                        options_.hostname);
+  return absl::StrCat(hypervisor_type_, " on ", options_.hostname);
+}
+
+absl::StatusOr<ConnHandle> LibvirtDriver::Conn() {
+  absl::MutexLock l(&conn_mu_);
+  if (conn_ && api_->IsAlive(conn_.get())) return conn_;
+  // (Re)connect: the daemon restarted or the connection dropped.
+  ASSIGN_OR_RETURN(conn_, api_->Open(options_.uri));
+  return conn_;
+}
+
+absl::StatusOr<DomHandle> LibvirtDriver::Lookup(const std::string& uuid) {
+  RETURN_IF_ERROR(ValidateUuid(uuid));
+  ASSIGN_OR_RETURN(ConnHandle c, Conn());
+  return api_->LookupByUUID(c.get(), uuid);
+}
+
+std::vector<std::string> LibvirtDriver::Bridges() const {
+  if (!options_.bridges.empty()) return options_.bridges;
+  std::vector<std::string> out;
+  DIR* dir = opendir("/sys/class/net");
+  if (dir == nullptr) return out;
+  while (dirent* e = readdir(dir)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    struct stat st;
+    if (stat(("/sys/class/net/" + name + "/bridge").c_str(), &st) == 0) out.push_back(name);
+  }
+  closedir(dir);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+v1::CpuInfo LibvirtDriver::HostCpu(const std::string& caps_xml) const {
+  v1::CpuInfo cpu;
+  const std::string xml = HostCpuXml(caps_xml);
+  cpu.set_arch(Element(xml, "arch"));
+  std::smatch m;
+  static const std::regex kModel("<model[^>]*>([^<]+)</model>");
+  if (std::regex_search(xml, m, kModel)) cpu.set_model(m[1]);
+  cpu.set_vendor(Element(xml, "vendor"));
+  static const std::regex kFeature("<feature name='([^']+)'");
+  for (auto it = std::sregex_iterator(xml.begin(), xml.end(), kFeature);
+       it != std::sregex_iterator(); ++it) {
+    cpu.add_features((*it)[1]);
+  }
+  cpu.set_xml(xml);
+  if (options_.cpu_model_override) cpu.set_model(*options_.cpu_model_override);
+  if (options_.cpu_features_override) {
+    cpu.clear_features();
+    for (const auto& f : *options_.cpu_features_override) cpu.add_features(f);
+    cpu.clear_xml();  // an overridden CPU is compared by features, not by CompareCPU
+  }
+  return cpu;
+}
+
+absl::StatusOr<v1::DomainInfo> LibvirtDriver::ToDomainInfo(virDomainPtr d) {
+  ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(d));
+  v1::DomainInfo info;
+  info.set_uuid(b.uuid);
+  info.set_name(b.name);
+  info.set_state(StateFrom(b.state, b.reason));
+  info.set_memory_mib(b.memory_kib / 1024);
+  info.set_max_memory_mib(b.memory_kib / 1024);
+  info.set_vcpus(b.vcpus);
+  info.set_persistent(b.persistent);
+  info.set_domain_id(b.id);
+  auto xml = api_->GetXMLDesc(d, 0);
+  if (xml.ok()) {
+    static const std::regex kIface("<interface type='bridge'>([\\s\\S]*?)</interface>");
+    static const std::regex kBridge("<source bridge='([^']+)'");
+    static const std::regex kMac("<mac address='([^']+)'");
+    static const std::regex kModel("<model type='([^']+)'");
+    for (auto it = std::sregex_iterator(xml->begin(), xml->end(), kIface);
+         it != std::sregex_iterator(); ++it) {
+      const std::string body = (*it)[1];
+      std::smatch m;
+      auto* nic = info.add_interfaces();
+      if (std::regex_search(body, m, kBridge)) nic->set_bridge(m[1]);
+      if (std::regex_search(body, m, kMac)) nic->set_mac(m[1]);
+      if (std::regex_search(body, m, kModel)) nic->set_model(m[1]);
+    }
+  }
+  if (IsRunningState(b.state)) {
+    auto job = api_->GetJobStats(d, 0);
+    if (job.ok() && job->type != VIR_DOMAIN_JOB_NONE) {
+      info.set_migration_job_active(true);
+      absl::MutexLock l(&mu_);
+      for (const auto& [id, t] : transfers_) {
+        if (t.uuid == b.uuid && t.running) info.set_migration_id(id);
+      }
+    }
+  }
+  return info;
+}
+
+absl::StatusOr<v1::HostInventory> LibvirtDriver::GetHostInfo() {
+  ASSIGN_OR_RETURN(ConnHandle c, Conn());
+  v1::HostInventory inv;
+  inv.set_hostname(options_.hostname);
+  inv.set_hypervisor_type(hypervisor_type_);
+  ASSIGN_OR_RETURN(uint64_t version, api_->GetVersion(c.get()));
+  inv.set_hypervisor_version(version);
+  ASSIGN_OR_RETURN(uint64_t libversion, api_->GetLibVersion(c.get()));
+  inv.set_libvirt_version(libversion);
+  inv.set_driver_uri(options_.uri);
+  ASSIGN_OR_RETURN(std::string caps, api_->GetCapabilities(c.get()));
+  inv.set_host_uuid(Element(Element(caps, "host"), "uuid"));
+  *inv.mutable_cpu() = HostCpu(caps);
+  ASSIGN_OR_RETURN(NodeInfo node, api_->GetNodeInfo(c.get()));
+  inv.set_memory_total_mib(node.memory_kib / 1024);
+  auto free_bytes = api_->GetFreeMemoryBytes(c.get());
+  uint64_t free_mib = free_bytes.ok() ? *free_bytes / kMiB : 0;
+  // libvirt's test driver reports its cell's KiB as bytes (LIBVIRT_FACTS.md).
+  if (hypervisor_type_ == "TEST" && free_bytes.ok()) free_mib = *free_bytes / 1024;
+  if (free_mib > inv.memory_total_mib()) free_mib = inv.memory_total_mib();
+  inv.set_memory_free_mib(free_mib);
+  inv.set_memory_reserved_mib(options_.memory_reserved_mib);
+  inv.mutable_cpu()->set_count(node.cpus);
+  inv.mutable_cpu()->set_mhz(node.mhz);
+  for (const auto& b : Bridges()) {
+    auto* n = inv.add_networks();
+    n->set_name(b);
+    n->set_segment(b);
+    n->set_up(true);
+  }
+  inv.set_instance_path(options_.instance_path);
+  *inv.mutable_capabilities() = caps_;
+  ASSIGN_OR_RETURN(std::vector<v1::DomainInfo> doms, ListDomains());
+  for (auto& d : doms) *inv.add_domains() = std::move(d);
+  return inv;
+}
+
+absl::StatusOr<std::vector<v1::DomainInfo>> LibvirtDriver::ListDomains() {
+  ASSIGN_OR_RETURN(ConnHandle c, Conn());
+  ASSIGN_OR_RETURN(std::vector<DomHandle> doms, api_->ListAllDomains(c.get()));
+  std::vector<v1::DomainInfo> out;
+  for (auto& d : doms) {
+    auto info = ToDomainInfo(d.get());
+    if (info.ok()) {
+      out.push_back(std::move(info).value());
+    } else if (info.status().code() != absl::StatusCode::kNotFound) {
+      return info.status();  // a domain that vanished meanwhile is simply not listed
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::optional<v1::DomainInfo>> LibvirtDriver::DescribeDomain(
+    const std::string& uuid) {
+  auto dom = Lookup(uuid);
+  if (dom.status().code() == absl::StatusCode::kNotFound) return std::optional<v1::DomainInfo>();
+  if (!dom.ok()) return dom.status();
+  auto info = ToDomainInfo(dom->get());
+  if (info.status().code() == absl::StatusCode::kNotFound) return std::optional<v1::DomainInfo>();
+  if (!info.ok()) return info.status();
+  return std::optional<v1::DomainInfo>(*info);
+}
+
+absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> LibvirtDriver::CheckCanLiveMigrateOnDest(
+    const cv1::CheckCanLiveMigrateOnDestRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
+  ASSIGN_OR_RETURN(v1::HostInventory inv, GetHostInfo());
+  ASSIGN_OR_RETURN(ConnHandle c, Conn());
+  DestFacts f;
+  f.hostname = options_.hostname;
+  f.hypervisor_type = inv.hypervisor_type();
+  f.hypervisor_version = inv.hypervisor_version();
+  f.cpu = inv.cpu();
+  f.memory_free_mib = inv.memory_free_mib();
+  f.memory_reserved_mib = inv.memory_reserved_mib();
+  f.bridges = Bridges();
+  f.instance_path = options_.instance_path;
+  f.capabilities = caps_;
+  if (!req.source_cpu().xml().empty() && !options_.cpu_features_override) {
+    auto cmp = api_->CompareCPU(c.get(), req.source_cpu().xml());
+    if (cmp.ok()) {
+      f.cpu_compatible = *cmp != VIR_CPU_COMPARE_INCOMPATIBLE;
+      f.cpu_reason = "CompareCPU reports the source CPU as incompatible";
+    } else {
+      f.cpu_compatible = false;
+      f.cpu_reason = std::string(cmp.status().message());
+    }
+  }
+  const std::string probe = ProbePath(options_.instance_path, req.migration_id());
+  {
+    std::ofstream out(probe);
+    out << req.migration_id() << "\n";
+    f.probe_written = static_cast<bool>(out);
+    if (!f.probe_written) f.probe_error = std::strerror(errno);
+  }
+  auto resp = EvaluateDestChecks(req, f);
+  resp.mutable_dest_check_data()->set_host_uuid(inv.host_uuid());
+  return resp;
+}
+
+absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> LibvirtDriver::CheckCanLiveMigrateOnSrc(
+    const cv1::CheckCanLiveMigrateOnSrcRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  ASSIGN_OR_RETURN(DomHandle dom, Lookup(req.instance_uuid()));
+  ASSIGN_OR_RETURN(v1::DomainInfo info, ToDomainInfo(dom.get()));
+  ASSIGN_OR_RETURN(std::string xml, api_->GetXMLDesc(dom.get(), VIR_DOMAIN_XML_MIGRATABLE));
+  const bool visible =
+      access(ProbePath(options_.instance_path, req.migration_id()).c_str(), F_OK) == 0;
+  return EvaluateSrcChecks(req, visible, caps_, HypervisorName(), info, xml);
+}
+
+absl::Status LibvirtDriver::CheckCanLiveMigrateOnDestCleanup(
+    const cv1::CheckCanLiveMigrateOnDestCleanupRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<cv1::PreLiveMigrationData> LibvirtDriver::PreLiveMigration(
+    const cv1::PreLiveMigrationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
+  cv1::PreLiveMigrationData data;
+  const auto bridges = Bridges();
+  for (const auto& nic : req.migrate_data().src_check().domain().interfaces()) {
+    if (nic.bridge().empty()) continue;
+    if (std::find(bridges.begin(), bridges.end(), nic.bridge()) == bridges.end()) {
+      return absl::FailedPreconditionError(absl::StrCat("cannot plug the instance's NIC on ",
+                                                        options_.hostname, ": bridge ",
+                                                        nic.bridge(), " does not exist here"));
+    }
+    data.add_plugged_bridges(nic.bridge());
+  }
+  // Stage the definition (idempotent: the same file for the same migration).
+  const std::string staged = options_.state_dir + "/staged/" + req.migration_id() + ".xml";
+  std::string xml = req.migrate_data().src_check().domain_xml();
+  {
+    std::ifstream in(staged);
+    if (in) {
+      std::stringstream ss;
+      ss << in.rdbuf();
+      xml = ss.str();
+    } else {
+      std::ofstream out(staged);
+      out << xml;
+      if (!out) {
+        return absl::InternalError(absl::StrCat("cannot stage the domain definition at ", staged,
+                                                ": ", std::strerror(errno)));
+      }
+    }
+  }
+  const std::string data_host =
+      options_.migration_data_host.empty() ? options_.hostname : options_.migration_data_host;
+  std::string peer = options_.migration_uri;
+  if (peer.empty()) {
+    peer = IsLibxl() ? absl::StrCat(caps_.tunnel_migration_stream() ? "xen+tls://" : "xen+tcp://",
+                                    options_.hostname, "/system")
+                     : absl::StrCat("qemu+tcp://", options_.hostname, "/system");
+  }
+  data.set_migration_uri(peer);
+  data.set_data_uri(absl::StrCat("tcp://", data_host));
+  data.set_dest_xml(xml);
+  data.set_dest_name(req.migrate_data().src_check().domain().name());
+  return data;
+}
+
+cv1::MigrationProgressReport LibvirtDriver::ReportFromStats(const std::string& migration_id,
+                                                            const std::string& uuid,
+                                                            const JobStats& s,
+                                                            const DomainBasics* state) {
+  cv1::MigrationProgressReport r;
+  r.set_migration_id(migration_id);
+  r.set_instance_uuid(uuid);
+  r.set_state(cv1::TRANSFER_STATE_RUNNING);
+  auto* p = r.mutable_progress();
+  p->set_elapsed_ms(s.time_elapsed_ms.value_or(0));
+  v1::MigrationPhase phase = v1::MIGRATION_PHASE_PRE_COPY;
+  if (state && state->state == VIR_DOMAIN_PAUSED) {
+    phase = state->reason == VIR_DOMAIN_PAUSED_POSTCOPY ? v1::MIGRATION_PHASE_POST_COPY
+                                                        : v1::MIGRATION_PHASE_PAUSED_TO_COMPLETE;
+  }
+  p->set_phase(phase);
+  r.set_post_copy_started(phase == v1::MIGRATION_PHASE_POST_COPY);
+  if (caps_.supports_job_stats_bytes() && s.data_total) {
+    p->set_has_bytes(true);
+    p->set_bytes_total(*s.data_total);
+    p->set_bytes_processed(s.data_processed.value_or(0));
+    p->set_bytes_remaining(s.data_remaining.value_or(0));
+    p->set_iteration(s.memory_iteration.value_or(0));
+    p->set_rate_bytes_s(s.memory_bps.value_or(0));
+    if (*s.data_total > 0) {
+      p->set_percent(100.0 * (*s.data_total - s.data_remaining.value_or(0)) / *s.data_total);
+    }
+  }
+  if (s.downtime_ms) p->set_downtime_ms(*s.downtime_ms);
+  return r;
+}
+
+void LibvirtDriver::UpdateTransfer(const std::string& id, const cv1::MigrationProgressReport& r) {
+  absl::MutexLock l(&mu_);
+  auto it = transfers_.find(id);
+  if (it == transfers_.end()) return;
+  it->second.report = r;
+  it->second.post_copy = it->second.post_copy || r.post_copy_started();
+}
+
+absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::Monitor(
+    const std::string& id, virDomainPtr dom, const ProgressSink& sink,
+    const std::function<bool()>& done) {
+  v1::MigrationOptions o;
+  {
+    absl::MutexLock l(&mu_);
+    o = transfers_[id].options;
+  }
+  const bool qemu = !IsLibxl();
+  const absl::Time start = absl::Now();
+  // Nova's downtime steps: from max/steps up to max, one step every `delay`.
+  const uint32_t max_dt =
+      o.has_max_downtime_ms() ? o.max_downtime_ms() : options_.default_max_downtime_ms;
+  const uint32_t steps = std::max<uint32_t>(
+      1, o.has_downtime_steps() ? o.downtime_steps() : options_.default_downtime_steps);
+  const uint32_t delay_s = o.has_downtime_step_delay_s() ? o.downtime_step_delay_s()
+                                                         : options_.default_downtime_step_delay_s;
+  uint32_t step = 0;
+  const bool has_timeout = o.has_completion_timeout_s() && o.completion_timeout_s() > 0;
+  bool timeout_acted = false;
+  cv1::MigrationProgressReport last;
+  std::string uuid;
+  {
+    absl::MutexLock l(&mu_);
+    uuid = transfers_[id].uuid;
+  }
+  while (!done()) {
+    auto stats = api_->GetJobStats(dom, 0);
+    if (stats.ok()) {
+      auto state = api_->Describe(dom);
+      last = ReportFromStats(id, uuid, *stats, state.ok() ? &*state : nullptr);
+      last.set_monitor_attached(true);
+      last.set_current_max_downtime_ms(qemu ? max_dt / steps * (step + 1) : 0);
+      if (!qemu)
+        last.mutable_progress()->set_elapsed_ms(absl::ToInt64Milliseconds(absl::Now() - start));
+      UpdateTransfer(id, last);
+      if (sink && stats->type != VIR_DOMAIN_JOB_NONE) sink(last);
+    }
+    const absl::Duration elapsed = absl::Now() - start;
+    if (qemu && step + 1 < steps && elapsed >= absl::Seconds(delay_s) * (step + 1)) {
+      ++step;
+      // Raising the downtime lets a busy guest converge; failures are logged in the report.
+      api_->MigrateSetMaxDowntime(dom, static_cast<uint64_t>(max_dt) / steps * (step + 1))
+          .IgnoreError();
+    }
+    if (has_timeout && !timeout_acted && elapsed > absl::Seconds(o.completion_timeout_s())) {
+      timeout_acted = true;
+      {
+        absl::MutexLock l(&mu_);
+        transfers_[id].report.set_completion_timeout_expired(true);
+      }
+      if (o.completion_action() == v1::COMPLETION_ACTION_FORCE_COMPLETE) {
+        ForceCompleteLiveMigration(id, uuid).IgnoreError();
+      } else {
+        api_->AbortJob(dom).IgnoreError();
+      }
+    }
+    absl::SleepFor(options_.poll_interval);
+  }
+  return last;
+}
+
+absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::LiveMigration(
+    const cv1::LiveMigrationRequest& req, const ProgressSink& sink) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  const std::string& id = req.migration_id();
+  const v1::MigrationOptions& o = req.options();
+  {
+    absl::MutexLock l(&mu_);
+    auto it = transfers_.find(id);
+    if (it != transfers_.end() && !it->second.running) return it->second.report;
+  }
+  RETURN_IF_ERROR(CheckOptionsSupported(o, caps_, HypervisorName()));
+  ASSIGN_OR_RETURN(DomHandle dom, Lookup(req.instance_uuid()));
+  ASSIGN_OR_RETURN(DomainBasics before, api_->Describe(dom.get()));
+  auto job = api_->GetJobStats(dom.get(), 0);
+  const bool attach =
+      job.ok() && job->type != VIR_DOMAIN_JOB_NONE &&
+      (job->operation == 0 || job->operation == VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT);
+  {
+    absl::MutexLock l(&mu_);
+    auto [it, inserted] = transfers_.try_emplace(id);
+    if (!inserted && it->second.running && !attach) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("migration ", id, " is already being started on ", options_.hostname));
+    }
+    it->second.uuid = req.instance_uuid();
+    it->second.options = o;
+    it->second.running = true;
+  }
+  std::atomic<bool> finished{false};
+  absl::Status result;
+  if (attach) {
+    // An agent restarted while libvirt kept migrating: monitor the running job to its end.
+    auto last = Monitor(id, dom.get(), sink, [&] {
+      auto s = api_->GetJobStats(dom.get(), 0);
+      return !s.ok() || s->type == VIR_DOMAIN_JOB_NONE;
+    });
+    (void)last;
+  } else {
+    if (!IsRunningState(before.state)) {
+      absl::MutexLock l(&mu_);
+      transfers_.erase(id);
+      return absl::FailedPreconditionError(
+          absl::StrCat("domain ", req.instance_uuid(), " is not running on ", options_.hostname,
+                       ": only a running or paused domain can be migrated"));
+    }
+    const auto& pre = req.migrate_data().pre_live_migration();
+    if (pre.migration_uri().empty()) {
+      absl::MutexLock l(&mu_);
+      transfers_.erase(id);
+      return absl::InvalidArgumentError(
+          "LiveMigration needs the destination's migrate data (pre_live_migration.migration_uri)");
+    }
+    unsigned int flags = VIR_MIGRATE_PEER2PEER | VIR_MIGRATE_PERSIST_DEST;
+    if (o.mode() != v1::MIGRATION_MODE_OFFLINE) flags |= VIR_MIGRATE_LIVE;
+    if (before.persistent) flags |= VIR_MIGRATE_UNDEFINE_SOURCE;
+    if (caps_.tunnel_migration_stream()) flags |= VIR_MIGRATE_TUNNELLED;
+    MigrateParams params;
+    if (!(flags & VIR_MIGRATE_TUNNELLED)) params.uri = pre.data_uri();
+    params.dest_name = pre.dest_name();
+    params.dest_xml = pre.dest_xml();
+    if (!IsLibxl()) {
+      if (options_.auto_converge) flags |= VIR_MIGRATE_AUTO_CONVERGE;
+      if (o.allow_post_copy()) flags |= VIR_MIGRATE_POSTCOPY;
+      if (req.migrate_data().src_check().block_migration()) flags |= VIR_MIGRATE_NON_SHARED_DISK;
+      if (o.has_bandwidth_mib_s() && o.bandwidth_mib_s() > 0) {
+        params.bandwidth_mib_s = o.bandwidth_mib_s();
+      }
+      const uint32_t steps = std::max<uint32_t>(
+          1, o.has_downtime_steps() ? o.downtime_steps() : options_.default_downtime_steps);
+      const uint32_t max_dt =
+          o.has_max_downtime_ms() ? o.max_downtime_ms() : options_.default_max_downtime_ms;
+      // Set before the transfer starts; raised in steps by the monitor.
+      api_->MigrateSetMaxDowntime(dom.get(), max_dt / steps).IgnoreError();
+    }
+    std::thread monitor(
+        [&] { Monitor(id, dom.get(), sink, [&] { return finished.load(); }).IgnoreError(); });
+    result = api_->MigrateToURI3(dom.get(), pre.migration_uri(), params, flags);
+    finished = true;
+    monitor.join();
+  }
+
+  // Decide the outcome from the result and what the source now shows.
+  cv1::MigrationProgressReport final_report;
+  {
+    absl::MutexLock l(&mu_);
+    final_report = transfers_[id].report;
+  }
+  final_report.set_migration_id(id);
+  final_report.set_instance_uuid(req.instance_uuid());
+  final_report.set_monitor_attached(true);
+  auto after = api_->Describe(dom.get());
+  const bool gone = !after.ok() || (after->state == VIR_DOMAIN_SHUTOFF &&
+                                    after->reason == VIR_DOMAIN_SHUTOFF_MIGRATED);
+  if (result.ok() && (gone || !attach)) {
+    final_report.set_state(cv1::TRANSFER_STATE_COMPLETED);
+    if (final_report.progress().has_bytes()) {
+      final_report.mutable_progress()->set_bytes_remaining(0);
+      final_report.mutable_progress()->set_percent(100.0);
+    }
+  } else if (attach && gone) {
+    final_report.set_state(cv1::TRANSFER_STATE_COMPLETED);
+  } else if (result.code() == absl::StatusCode::kCancelled ||
+             absl::StrContains(result.message(), "canceled") ||
+             absl::StrContains(result.message(), "cancelled")) {
+    final_report.set_state(final_report.completion_timeout_expired()
+                               ? cv1::TRANSFER_STATE_FAILED
+                               : cv1::TRANSFER_STATE_CANCELLED);
+    final_report.set_error(final_report.completion_timeout_expired()
+                               ? absl::StrCat("completion timeout of ", o.completion_timeout_s(),
+                                              " s expired: aborted")
+                               : std::string(result.message()));
+  } else {
+    final_report.set_state(cv1::TRANSFER_STATE_FAILED);
+    final_report.set_error(result.ok() ? "the transfer ended without the domain leaving the source"
+                                       : std::string(result.message()));
+  }
+  {
+    absl::MutexLock l(&mu_);
+    transfers_[id].report = final_report;
+    transfers_[id].running = false;
+  }
+  return final_report;
+}
+
+absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::GetMigrationProgress(
+    const std::string& migration_id, const std::string& instance_uuid) {
+  RETURN_IF_ERROR(ValidateMigrationId(migration_id));
+  {
+    absl::MutexLock l(&mu_);
+    auto it = transfers_.find(migration_id);
+    if (it != transfers_.end()) return it->second.report;
+  }
+  // No trace in memory (the agent restarted): ask the hypervisor.
+  if (!instance_uuid.empty()) {
+    auto dom = Lookup(instance_uuid);
+    if (dom.ok()) {
+      auto s = api_->GetJobStats(dom->get(), 0);
+      if (s.ok() && s->type != VIR_DOMAIN_JOB_NONE) {
+        auto state = api_->Describe(dom->get());
+        auto r = ReportFromStats(migration_id, instance_uuid, *s, state.ok() ? &*state : nullptr);
+        r.set_monitor_attached(false);
+        return r;
+      }
+    }
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no transfer of migration ", migration_id, " on ", options_.hostname));
+}
+
+absl::Status LibvirtDriver::AbortLiveMigration(const std::string& migration_id,
+                                               const std::string& instance_uuid) {
+  RETURN_IF_ERROR(ValidateMigrationId(migration_id));
+  if (!caps_.supports_abort()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(HypervisorName(),
+                     " cannot abort a running migration (libxl has no job abort): wait "
+                     "for it to finish"));
+  }
+  std::string uuid = instance_uuid;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = transfers_.find(migration_id);
+    if (it != transfers_.end()) {
+      if (!it->second.running) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("the transfer of migration ", migration_id, " already ended"));
+      }
+      if (it->second.post_copy) {
+        return absl::FailedPreconditionError(
+            "post-copy has started: the destination holds the only complete copy; cannot abort");
+      }
+      uuid = it->second.uuid;
+      it->second.report.set_abort_requested(true);
+    }
+  }
+  ASSIGN_OR_RETURN(DomHandle dom, Lookup(uuid));
+  auto s = api_->GetJobStats(dom.get(), 0);
+  if (!s.ok() || s->type == VIR_DOMAIN_JOB_NONE) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no migration of ", uuid, " runs on ", options_.hostname));
+  }
+  return api_->AbortJob(dom.get());
+}
+
+absl::Status LibvirtDriver::ForceCompleteLiveMigration(const std::string& migration_id,
+                                                       const std::string& instance_uuid) {
+  RETURN_IF_ERROR(ValidateMigrationId(migration_id));
+  if (!caps_.supports_force_complete()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(HypervisorName(),
+                     " cannot force a running migration to complete (no post-copy and no "
+                     "pause-to-complete on libxl): wait for it to finish"));
+  }
+  std::string uuid = instance_uuid;
+  bool post_copy = false;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = transfers_.find(migration_id);
+    if (it != transfers_.end()) {
+      if (!it->second.running) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("the transfer of migration ", migration_id, " already ended"));
+      }
+      uuid = it->second.uuid;
+      post_copy = it->second.options.allow_post_copy();
+      it->second.force_completing = true;
+      it->second.report.set_force_complete_requested(true);
+    }
+  }
+  ASSIGN_OR_RETURN(DomHandle dom, Lookup(uuid));
+  if (post_copy) {
+    absl::Status s = api_->MigrateStartPostCopy(dom.get());
+    if (s.ok()) {
+      absl::MutexLock l(&mu_);
+      transfers_[migration_id].post_copy = true;
+    }
+    return s;
+  }
+  // No post-copy: pause the guest so that the remaining pages converge (paused to complete).
+  return api_->Suspend(dom.get());
+}
+
+absl::Status LibvirtDriver::PostLiveMigration(const cv1::PostLiveMigrationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  auto dom = Lookup(req.instance_uuid());
+  if (dom.status().code() == absl::StatusCode::kNotFound) return absl::OkStatus();  // clean
+  if (!dom.ok()) return dom.status();
+  ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom->get()));
+  if (IsRunningState(b.state)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "domain ", req.instance_uuid(), " still runs on the source ", options_.hostname,
+        ": the transfer has not completed; refusing to clean it up"));
+  }
+  if (b.persistent) return api_->Undefine(dom->get());  // a leftover inactive definition
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::DomainInfo> LibvirtDriver::PostLiveMigrationAtDestination(
+    const cv1::PostLiveMigrationAtDestinationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  auto dom = Lookup(req.instance_uuid());
+  if (dom.status().code() == absl::StatusCode::kNotFound) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "domain ", req.instance_uuid(), " is not on the destination ", options_.hostname));
+  }
+  if (!dom.ok()) return dom.status();
+  ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom->get()));
+  if (!(b.state == VIR_DOMAIN_RUNNING || b.state == VIR_DOMAIN_BLOCKED ||
+        (b.state == VIR_DOMAIN_PAUSED && b.reason != VIR_DOMAIN_PAUSED_MIGRATION))) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain ", req.instance_uuid(), " is not running on the destination ",
+                     options_.hostname, " (state ", b.state, "): the transfer has not completed"));
+  }
+  if (!b.persistent) {
+    ASSIGN_OR_RETURN(std::string xml, api_->GetXMLDesc(dom->get(), VIR_DOMAIN_XML_SECURE));
+    ASSIGN_OR_RETURN(ConnHandle c, Conn());
+    ASSIGN_OR_RETURN(DomHandle defined, api_->DefineXML(c.get(), xml));
+  }
+  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  unlink((options_.state_dir + "/staged/" + req.migration_id() + ".xml").c_str());
+  return ToDomainInfo(dom->get());
+}
+
+absl::Status LibvirtDriver::RollbackLiveMigrationAtDestination(
+    const cv1::RollbackLiveMigrationAtDestinationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  auto dom = Lookup(req.instance_uuid());
+  if (dom.ok()) {
+    ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom->get()));
+    const bool incoming = b.state == VIR_DOMAIN_PAUSED && b.reason == VIR_DOMAIN_PAUSED_MIGRATION;
+    if (b.state == VIR_DOMAIN_RUNNING || b.state == VIR_DOMAIN_BLOCKED ||
+        (b.state == VIR_DOMAIN_PAUSED && !incoming)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("domain ", req.instance_uuid(), " runs on the destination ",
+                       options_.hostname, ": it may be the only running copy; not destroying it"));
+    }
+    if (incoming) RETURN_IF_ERROR(api_->Destroy(dom->get()));
+    if (b.persistent) {
+      absl::Status s = api_->Undefine(dom->get());
+      if (!s.ok() && s.code() != absl::StatusCode::kNotFound) return s;
+    }
+  } else if (dom.status().code() != absl::StatusCode::kNotFound &&
+             dom.status().code() != absl::StatusCode::kInvalidArgument) {
+    return dom.status();
+  }
+  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  unlink((options_.state_dir + "/staged/" + req.migration_id() + ".xml").c_str());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::DomainInfo> LibvirtDriver::RollbackLiveMigration(
+    const cv1::RollbackLiveMigrationRequest& req) {
+  RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  auto dom = Lookup(req.instance_uuid());
+  if (dom.status().code() == absl::StatusCode::kNotFound) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain ", req.instance_uuid(), " is not on the source ", options_.hostname,
+                     ": it cannot be rolled back here (check where it runs)"));
+  }
+  if (!dom.ok()) return dom.status();
+  ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom->get()));
+  if (b.state == VIR_DOMAIN_PAUSED && req.state_before_migration() != v1::DOMAIN_STATE_PAUSED) {
+    RETURN_IF_ERROR(api_->Resume(dom->get()));
+  }
+  return ToDomainInfo(dom->get());
+}
+
+}  // namespace livemig::driver
