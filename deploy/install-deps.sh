@@ -21,7 +21,7 @@ PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
   binutils iproute2 util-linux procps
   # PKI for mutual TLS
-  openssl ca-certificates
+  openssl ca-certificates libssl-dev
 )
 
 missing=()

@@ -13,7 +13,6 @@
 
 namespace livemig::testing {
 namespace {
-bool Exists(const std::string& p) { return access(p.c_str(), F_OK) == 0; }
 std::string LastLine(std::string s) {
   while (!s.empty() && s.back() == '\n') s.pop_back();
   auto pos = s.rfind('\n');
@@ -21,36 +20,7 @@ std::string LastLine(std::string s) {
 }
 }  // namespace
 
-absl::StatusOr<std::string> RunCommand(const std::string& command) {
-  std::string err_file = absl::StrCat("/tmp/livemig-cmd-", getpid(), "-", rand(), ".err");
-  std::string full = absl::StrCat("(", command, ") 2>", err_file);
-  FILE* f = popen(full.c_str(), "r");
-  if (f == nullptr) return absl::InternalError(absl::StrCat("cannot run: ", command));
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) out.append(buf.data(), n);
-  int rc = pclose(f);
-  std::ifstream ef(err_file);
-  std::string err((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
-  unlink(err_file.c_str());
-  if (rc != 0) {
-    return absl::InternalError(
-        absl::StrCat("command failed (status ", WEXITSTATUS(rc), "): ", command, ": ", err));
-  }
-  return out;
-}
-
-std::string PgctlPath() {
-  for (const char* p : {"deploy/pgctl.sh", "../deploy/pgctl.sh"}) {
-    if (Exists(p)) return p;
-  }
-  if (const char* src = getenv("TEST_SRCDIR")) {
-    std::string p = absl::StrCat(src, "/livemig/deploy/pgctl.sh");
-    if (Exists(p)) return p;
-  }
-  return "deploy/pgctl.sh";
-}
+std::string PgctlPath() { return RunfilePath("deploy/pgctl.sh"); }
 
 absl::StatusOr<std::unique_ptr<PgServer>> PgServer::Start() {
   const std::string pgctl = PgctlPath();

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "testing/run_command.h"
 
 namespace livemig::testing {
 
@@ -38,9 +39,6 @@ class PgServer {
   std::string conninfo_;
   int next_db_ = 0;
 };
-
-// Runs a shell command; returns its stdout, or an error with its stderr and exit status.
-absl::StatusOr<std::string> RunCommand(const std::string& command);
 
 // The path of deploy/pgctl.sh from a test's runfiles (or the source tree).
 std::string PgctlPath();

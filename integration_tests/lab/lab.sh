@@ -26,9 +26,12 @@ Usage: lab.sh COMMAND [ARGS]          (root; all state lives in the lab director
   down DIR            guests first (virsh destroy, then QEMU by libvirt's pid files), then the
                       daemons and holders by recorded pid, then namespaces and the empty
                       mountpoint dirs. Works after a partial up; safe to run twice.
-  sweep [PARENT]      tear down leftovers of killed runs: lab dirs under PARENT (default
+  sweep [--remove] [PARENT]
+                      tear down leftovers of killed runs: lab dirs under PARENT (default
                       ${TMPDIR:-/tmp}) whose owner is gone, and lab namespaces (lm??????-a|b)
-                      whose lab dir is gone or whose owner is gone.
+                      whose lab dir is gone or whose owner is gone. --remove also deletes those
+                      torn-down lab dirs that carry a DIR/.sweep-remove marker (temp dirs of
+                      tests).
   status DIR          what runs (namespaces, pids, domains).
   uri DIR a|b         client URI of that host's libvirtd (Unix socket; works from the root ns).
   peer-uri DIR a|b    URI the other host's libvirtd uses to reach this one (qemu+tcp://IP/system).
@@ -201,15 +204,18 @@ mountpoints_in_use() {
 
 remove_unused_mountpoints() { # caller holds the mountpoint lock
   local used mp
+  local removed="" kept=""
   used=$(mountpoints_in_use)
   for mp in "${MOUNTPOINTS[@]}"; do
     [[ -d "$mp" ]] || continue
     if grep -qxF "$mp" <<<"$used"; then
-      say "keeping $mp: still a mountpoint in another lab's mount namespace"
-      continue
+      kept+=" $mp"
+    elif rmdir "$mp" 2>/dev/null; then
+      removed+=" $mp"
     fi
-    rmdir "$mp" 2>/dev/null && say "removed empty mountpoint dir $mp" || true
   done
+  [[ -z "$removed" ]] || say "removed empty mountpoint dirs:$removed"
+  [[ -z "$kept" ]] || say "kept mountpoint dirs (another lab's mount namespace uses them):$kept"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -430,8 +436,11 @@ EOF
   stage "namespaces + links (10.250.0.1 <-> .2, br-guest)" "$t"
 
   t=$(usec)
-  write_configs a
-  write_configs b
+  local h
+  for h in a b; do
+    # (a running daemon keeps its files: passwd/group are bind-mounted, rewriting them races)
+    daemon_pid "$h" >/dev/null || write_configs "$h"
+  done
   stage "configs (libvirtd.conf, qemu.conf, passwd)" "$t"
 
   t=$(usec)
@@ -573,7 +582,9 @@ sweep_orphan_ns() { # NS
 
 cmd_sweep() {
   need_root
-  local parent=${1:-${TMPDIR:-/tmp}} env d ns id alias age n=0
+  local remove=0
+  if [[ "${1:-}" == --remove ]]; then remove=1; shift; fi
+  local parent=${1:-${TMPDIR:-/tmp}} env d ns id alias age n=0 m=0
   say "sweep: lab dirs under $parent, lab namespaces"
   if [[ -d "$parent" ]]; then
     for env in "$parent"/*/lab.env; do
@@ -581,12 +592,14 @@ cmd_sweep() {
       d=$(dirname "$env")
       owner_alive "$d" && continue
       id=$(sed -n 's/^LAB_ID=//p' "$env")
-      if [[ "$(cat "$d/state" 2>/dev/null)" == down ]] && ! ns_exists "$id-a" && ! ns_exists "$id-b"; then
-        continue
+      if [[ "$(cat "$d/state" 2>/dev/null)" != down ]] || ns_exists "$id-a" || ns_exists "$id-b"; then
+        say "sweep: $d (lab $id): owner gone: down"
+        (unset LAB_ID; "$SELF" down "$d") || say "sweep: down $d failed"
+        n=$((n + 1))
       fi
-      say "sweep: $d (lab $id): owner gone: down"
-      (unset LAB_ID; "$SELF" down "$d") || say "sweep: down $d failed"
-      n=$((n + 1))
+      if ((remove)) && [[ -f "$d/.sweep-remove" && "$(cat "$d/state" 2>/dev/null)" == down ]]; then
+        rm -rf "$d" && say "sweep: removed lab dir $d"
+      fi
     done
   fi
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
@@ -604,13 +617,15 @@ cmd_sweep() {
         ((age >= 60)) || continue # being created right now by an up
       fi
       sweep_orphan_ns "$ns"
+      m=$((m + 1))
+      continue
     fi
     n=$((n + 1))
   done
   lock_mountpoints
   remove_unused_mountpoints
   unlock_mountpoints
-  say "sweep: done ($n lab(s)/namespace(s) torn down)"
+  say "sweep: done ($n lab(s) torn down, $m orphan namespace(s) removed)"
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -31,16 +31,18 @@ section() { echo; echo "== $*"; }
 [[ $(id -u) == 0 ]] || { echo "lab_test.sh needs root" >&2; exit 2; }
 
 # ---------------------------------------------------------------------------------------------
-DIR="" DIR2="" DIR3="" TORN_DOWN=0
+DIR="" DIR2="" DIR3="" TORN_DOWN=0 OWNER2=""
 cleanup() {
   local rc=$?
   set +e
+  [[ -n "$OWNER2" ]] && kill "$OWNER2" 2>/dev/null
   if [[ -n "$DIR" && $TORN_DOWN == 0 ]]; then
     echo "(cleanup: tearing the lab down)"
     "$LAB" down "$DIR" >/dev/null 2>&1
   fi
   [[ -n "$DIR2" && -f "$DIR2/lab.env" ]] && "$LAB" down "$DIR2" >/dev/null 2>&1
   if [[ "${LAB_TEST_KEEP:-0}" == 1 ]]; then
+    rm -f "$DIR/.sweep-remove"
     echo "(kept $DIR)"
   else
     [[ -n "$DIR" ]] && rm -rf "$DIR"
@@ -84,10 +86,11 @@ lab_id() { sed -n 's/^LAB_ID=//p' "$1/lab.env"; }
 
 # ---------------------------------------------------------------------------------------------
 section "sweep leftovers of earlier runs"
-"$LAB" sweep "$PARENT"
+"$LAB" sweep --remove "$PARENT"
 
 ROOT_NET_BEFORE=$(root_net_snapshot)
 DIR=$(mktemp -d "$PARENT/lmtest.XXXXXX")
+: >"$DIR/.sweep-remove" # a killed run's dir is deleted by the next run's sweep --remove
 export LAB_OWNER_PID=$$
 
 section "up $DIR"
@@ -137,7 +140,7 @@ hop() { # SRC DST
   section "live migration $HOPS: $src -> $dst"
   before=$(hb_field "$DIR" last)
   qsrc=$(qemu_pid_on "$src")
-  local cmd=(virsh -c "$("$LAB" uri "$DIR" "$src")" migrate --live --p2p --persistent --undefinesource
+  local cmd=(timeout 120 virsh -c "$("$LAB" uri "$DIR" "$src")" migrate --live --p2p --persistent --undefinesource
     --verbose "$NAME" "$("$LAB" peer-uri "$DIR" "$dst")" "tcp://$("$LAB" ip "$DIR" "$dst")")
   echo "+ ${cmd[*]}"
   t=$(usec)
@@ -153,9 +156,15 @@ hop() { # SRC DST
   QEMU_PIDS+=("$(qemu_pid_on "$dst")")
   check "hop $HOPS: guest NIC on br-guest at $dst" \
     bash -c "'$LAB' exec '$DIR' $dst -- bridge link show | grep -q 'vnet.*master br-guest'"
-  check "hop $HOPS: heartbeat continues on $dst (was $before; +3 within 15 s)" wait_hb_above "$DIR" $((before + 3)) 15
+  # The source QEMU is gone: every heartbeat from now on comes from the destination.
+  local at_switch
+  at_switch=$(hb_field "$DIR" last)
+  check "hop $HOPS: heartbeat continues on $dst (before $before, at switch-over $at_switch; +3 within 15 s)" \
+    wait_hb_above "$DIR" $((at_switch + 3)) 15
   now=$("$LAB" heartbeat "$DIR" "$NAME")
   echo "  heartbeat: $now"
+  check "hop $HOPS: counter went on from where it was (before $before <= switch-over $at_switch)" \
+    test "$before" -ge 1 -a "$at_switch" -ge "$before"
   check "hop $HOPS: guest booted exactly once" test "$(hb_field "$DIR" boots)" = 1
   check "hop $HOPS: heartbeat counter consecutive, no gaps or repeats" test "$(hb_field "$DIR" gaps)" = 0
   check "hop $HOPS: guest memory verified intact (no CORRUPT page)" test "$(hb_field "$DIR" corrupt)" = 0
@@ -178,12 +187,12 @@ hop a b
 if [[ "${LAB_TEST_SIDE_LABS:-1}" == 1 ]]; then
   section "side labs: no name collisions; sweep (owner gone / lab dir gone) spares this lab"
   T=$(usec)
-  # lab 2: its owner is a process that has already exited
-  sleep 0 & DEAD=$!
-  wait "$DEAD" || true
+  # lab 2: its owner is a process of ours that exits before the sweep
+  sleep 300 & OWNER2=$!
   DIR2=$(mktemp -d "$PARENT/lmtest.XXXXXX")
-  check "lab 2 up (owner = exited pid $DEAD, no br-guest on b)" \
-    env LAB_OWNER_PID=$DEAD "$LAB" up "$DIR2" --no-warm --no-bridge-on b
+  : >"$DIR2/.sweep-remove"
+  check "lab 2 up (owner = pid $OWNER2, no br-guest on b)" \
+    env LAB_OWNER_PID=$OWNER2 "$LAB" up "$DIR2" --no-warm --no-bridge-on b
   ID2=$(lab_id "$DIR2")
   # lab 3: its directory will be deleted under it
   DIR3=$(mktemp -d "$PARENT/lmtest.XXXXXX")
@@ -195,6 +204,9 @@ if [[ "${LAB_TEST_SIDE_LABS:-1}" == 1 ]]; then
     "$LAB" exec "$DIR2" a -- timeout 5 bash -c 'exec 3<>/dev/tcp/10.250.0.2/16509'
   L2_PIDS=$(cat "$DIR2"/pids/*.pid | awk '{print $1}')
   L3_PIDS=$(cat "$DIR3"/pids/*.pid | awk '{print $1}')
+  kill "$OWNER2"
+  wait "$OWNER2" 2>/dev/null || true
+  OWNER2=""
   rm -rf "$DIR3"
   "$LAB" sweep "$PARENT"
   check "sweep removed lab 2 (owner gone): no namespaces $ID2-*" test -z "$(ns_of_lab "$ID2")"

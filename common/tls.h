@@ -1,0 +1,51 @@
+// Mutual TLS between the scheduler and the compute agents (and plaintext only on an explicit
+// development flag, with a warning).
+//
+// Certificates are read by gRPC's file-watching provider: replacing the files on disk (e.g.
+// before SIGHUP) is picked up within `refresh` without a restart and without dropping calls.
+#ifndef LIVEMIG_COMMON_TLS_H_
+#define LIVEMIG_COMMON_TLS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+
+namespace livemig {
+
+struct TlsFiles {
+  std::string ca;         // the cluster CA (PEM)
+  std::string cert;       // this process's certificate (PEM)
+  std::string key;        // its private key (PEM)
+  bool insecure = false;  // plaintext: development only
+  unsigned int refresh_s = 5;
+};
+
+// Checks that the files exist and parse, and that the certificate is valid now; warns when it
+// expires within 30 days. InvalidArgument naming the file otherwise.
+absl::Status ValidateTlsFiles(const TlsFiles& files, const std::string& who);
+
+// Server side: requires and verifies a client certificate from the CA.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
+    const TlsFiles& files);
+// Client side: presents our certificate and verifies the server's against the CA.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> MakeChannelCredentials(
+    const TlsFiles& files);
+
+// Channel arguments for a client: keepalive, and the name to verify the server's certificate
+// against (needed for unix: addresses; empty: the target's host).
+grpc::ChannelArguments ClientChannelArgs(const std::string& server_name);
+
+// The authenticated identity of the caller: its certificate's common name ("" if none, e.g.
+// plaintext).
+std::string PeerIdentity(const grpc::ServerContext& ctx);
+
+// When the certificate in `pem_path` expires.
+absl::StatusOr<absl::Time> CertificateNotAfter(const std::string& pem_path);
+
+}  // namespace livemig
+
+#endif  // LIVEMIG_COMMON_TLS_H_

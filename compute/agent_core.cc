@@ -1,0 +1,378 @@
+#include "compute/agent_core.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "driver/checks.h"
+
+namespace livemig::agent {
+
+std::string StepName(v1::MigrationStep step) {
+  std::string name = v1::MigrationStep_Name(step);
+  const std::string prefix = "MIGRATION_STEP_";
+  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
+
+AgentCore::AgentCore(Options options, driver::ComputeDriver* driver)
+    : options_(std::move(options)), driver_(driver) {}
+
+AgentCore::~AgentCore() {
+  std::vector<std::thread> workers;
+  {
+    absl::MutexLock l(&mu_);
+    workers.swap(workers_);
+  }
+  for (auto& t : workers) {
+    if (t.joinable()) t.join();
+  }
+}
+
+std::shared_ptr<AgentCore::Record> AgentCore::Find(const std::string& id) {
+  absl::MutexLock l(&mu_);
+  auto it = records_.find(id);
+  return it == records_.end() ? nullptr : it->second;
+}
+
+std::shared_ptr<AgentCore::Record> AgentCore::FindOrCreate(const std::string& id,
+                                                           const std::string& uuid) {
+  absl::MutexLock l(&mu_);
+  auto& r = records_[id];
+  if (!r) {
+    r = std::make_shared<Record>();
+    r->instance_uuid = uuid;
+  }
+  return r;
+}
+
+int AgentCore::RunningTransfers() {
+  absl::MutexLock l(&mu_);
+  return running_;
+}
+
+template <typename Resp>
+absl::StatusOr<Resp> AgentCore::RunStep(const std::string& id, const std::string& uuid,
+                                        v1::MigrationStep step,
+                                        std::vector<v1::MigrationStep> conflicts,
+                                        const std::function<absl::StatusOr<Resp>()>& fn) {
+  RETURN_IF_ERROR(driver::ValidateMigrationId(id));
+  RETURN_IF_ERROR(driver::ValidateUuid(uuid));
+  auto rec = FindOrCreate(id, uuid);
+  absl::MutexLock step_lock(&rec->step_mu);
+  if (rec->instance_uuid != uuid) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("migration ", id, " is for instance ", rec->instance_uuid, ", not ", uuid));
+  }
+  for (v1::MigrationStep c : conflicts) {
+    if (rec->done.count(c)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("migration ", id, ": ", StepName(step), " cannot run on ", options_.hostname,
+                       " after ", StepName(c), " already ran here"));
+    }
+  }
+  auto done = rec->done.find(step);
+  if (done != rec->done.end()) {
+    Resp again;
+    again.ParseFromString(done->second);
+    LogInfo("migration=%s instance=%s step=%s repeated: returning the recorded answer", id, uuid,
+            StepName(step));
+    return again;
+  }
+  const absl::Time start = absl::Now();
+  absl::StatusOr<Resp> r = fn();
+  const int64_t ms = absl::ToInt64Milliseconds(absl::Now() - start);
+  if (!r.ok()) {
+    LogWarning("migration=%s instance=%s step=%s failed after %d ms: %s", id, uuid, StepName(step),
+               ms, r.status().ToString());
+    return r;
+  }
+  rec->done[step] = r->SerializeAsString();
+  LogInfo("migration=%s instance=%s step=%s ok in %d ms", id, uuid, StepName(step), ms);
+  return r;
+}
+
+absl::StatusOr<cv1::GetHostInfoResponse> AgentCore::GetHostInfo() {
+  cv1::GetHostInfoResponse resp;
+  ASSIGN_OR_RETURN(*resp.mutable_inventory(), driver_->GetHostInfo());
+  return resp;
+}
+
+absl::StatusOr<cv1::ListDomainsResponse> AgentCore::ListDomains() {
+  cv1::ListDomainsResponse resp;
+  ASSIGN_OR_RETURN(auto doms, driver_->ListDomains());
+  for (auto& d : doms) *resp.add_domains() = std::move(d);
+  return resp;
+}
+
+absl::StatusOr<cv1::DescribeInstanceResponse> AgentCore::DescribeInstance(
+    const cv1::DescribeInstanceRequest& req) {
+  RETURN_IF_ERROR(driver::ValidateUuid(req.instance_uuid()));
+  cv1::DescribeInstanceResponse resp;
+  resp.set_instance_uuid(req.instance_uuid());
+  ASSIGN_OR_RETURN(auto dom, driver_->DescribeDomain(req.instance_uuid()));
+  resp.set_present(dom.has_value());
+  if (dom) *resp.mutable_domain() = *dom;
+  if (!req.migration_id().empty()) {
+    RETURN_IF_ERROR(driver::ValidateMigrationId(req.migration_id()));
+    if (auto rec = Find(req.migration_id())) {
+      absl::MutexLock l(&rec->step_mu);
+      for (const auto& [step, answer] : rec->done) {
+        resp.add_steps_done(static_cast<v1::MigrationStep>(step));
+      }
+      resp.set_staged(rec->done.count(v1::MIGRATION_STEP_PRE_LIVE_MIGRATION) > 0);
+      if (rec->transfer_started) *resp.mutable_transfer() = rec->latest;
+    } else {
+      auto p = driver_->GetMigrationProgress(req.migration_id(), req.instance_uuid());
+      if (p.ok()) *resp.mutable_transfer() = *p;
+    }
+  }
+  return resp;
+}
+
+absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> AgentCore::CheckCanLiveMigrateOnDest(
+    const cv1::CheckCanLiveMigrateOnDestRequest& req) {
+  return RunStep<cv1::CheckCanLiveMigrateOnDestResponse>(
+      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST,
+      {}, [&] { return driver_->CheckCanLiveMigrateOnDest(req); });
+}
+
+absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> AgentCore::CheckCanLiveMigrateOnSrc(
+    const cv1::CheckCanLiveMigrateOnSrcRequest& req) {
+  return RunStep<cv1::CheckCanLiveMigrateOnSrcResponse>(
+      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC, {},
+      [&] { return driver_->CheckCanLiveMigrateOnSrc(req); });
+}
+
+absl::StatusOr<cv1::CheckCanLiveMigrateOnDestCleanupResponse>
+AgentCore::CheckCanLiveMigrateOnDestCleanup(
+    const cv1::CheckCanLiveMigrateOnDestCleanupRequest& req) {
+  return RunStep<cv1::CheckCanLiveMigrateOnDestCleanupResponse>(
+      req.migration_id(), req.instance_uuid(),
+      v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST_CLEANUP,
+      {v1::MIGRATION_STEP_PRE_LIVE_MIGRATION},
+      [&]() -> absl::StatusOr<cv1::CheckCanLiveMigrateOnDestCleanupResponse> {
+        RETURN_IF_ERROR(driver_->CheckCanLiveMigrateOnDestCleanup(req));
+        return cv1::CheckCanLiveMigrateOnDestCleanupResponse();
+      });
+}
+
+absl::StatusOr<cv1::PreLiveMigrationResponse> AgentCore::PreLiveMigration(
+    const cv1::PreLiveMigrationRequest& req) {
+  if (!req.migrate_data().has_src_check()) {
+    return absl::InvalidArgumentError(
+        "PreLiveMigration needs the source check's data (migrate_data.src_check)");
+  }
+  return RunStep<cv1::PreLiveMigrationResponse>(
+      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_PRE_LIVE_MIGRATION,
+      {v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION},
+      [&]() -> absl::StatusOr<cv1::PreLiveMigrationResponse> {
+        cv1::PreLiveMigrationResponse resp;
+        ASSIGN_OR_RETURN(*resp.mutable_pre_live_migration_data(), driver_->PreLiveMigration(req));
+        return resp;
+      });
+}
+
+absl::StatusOr<cv1::LiveMigrationResponse> AgentCore::LiveMigration(
+    const cv1::LiveMigrationRequest& req) {
+  const std::string& id = req.migration_id();
+  RETURN_IF_ERROR(driver::ValidateMigrationId(id));
+  RETURN_IF_ERROR(driver::ValidateUuid(req.instance_uuid()));
+  auto rec = FindOrCreate(id, req.instance_uuid());
+  absl::MutexLock step_lock(&rec->step_mu);
+  if (rec->done.count(v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION) ||
+      rec->done.count(v1::MIGRATION_STEP_POST_LIVE_MIGRATION)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("migration ", id, ": live_migration cannot start on ", options_.hostname,
+                     " after its rollback or post step ran here"));
+  }
+  cv1::LiveMigrationResponse resp;
+  if (rec->transfer_started) {
+    resp.set_attached(true);
+    absl::MutexLock l(&mu_);
+    *resp.mutable_report() = rec->latest;
+    return resp;
+  }
+  // Refuse what the backend lacks before anything starts.
+  RETURN_IF_ERROR(driver::CheckOptionsSupported(
+      req.options(), driver_->capabilities(),
+      absl::StrCat(driver_->capabilities().profile(), " on ", options_.hostname)));
+  // A transfer the hypervisor still runs (this agent restarted) is attached to, not restarted.
+  auto dom = driver_->DescribeDomain(req.instance_uuid());
+  const bool job_running = dom.ok() && dom->has_value() && (*dom)->migration_job_active();
+  if (!job_running && req.migrate_data().pre_live_migration().migration_uri().empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("migration ", id,
+                     ": live_migration needs the destination's pre_live_migration data; "
+                     "run PreLiveMigration on the destination first"));
+  }
+  {
+    absl::MutexLock l(&mu_);
+    if (running_ >= options_.max_concurrent_migrations) {
+      return absl::UnavailableError(absl::StrCat(
+          options_.hostname, " already runs ", running_, " transfers (max_concurrent_migrations=",
+          options_.max_concurrent_migrations, "): retry later"));
+    }
+    ++running_;
+    rec->transfer_started = true;
+    rec->transfer_running = true;
+    rec->latest.set_migration_id(id);
+    rec->latest.set_instance_uuid(req.instance_uuid());
+    rec->latest.set_state(cv1::TRANSFER_STATE_RUNNING);
+    rec->latest.set_monitor_attached(true);
+    workers_.emplace_back([this, rec, req] {
+      auto sink = [this, rec](const cv1::MigrationProgressReport& r) {
+        absl::MutexLock l(&mu_);
+        rec->latest = r;
+        rec->transfer_seen = true;
+      };
+      auto result = driver_->LiveMigration(req, sink);
+      absl::MutexLock l(&mu_);
+      if (result.ok()) {
+        rec->latest = *result;
+      } else {
+        rec->latest.set_state(cv1::TRANSFER_STATE_FAILED);
+        rec->latest.set_error(std::string(result.status().message()));
+      }
+      rec->transfer_running = false;
+      rec->transfer_seen = true;
+      --running_;
+      LogInfo("migration=%s instance=%s transfer ended: %s%s%s", req.migration_id(),
+              req.instance_uuid(), cv1::TransferState_Name(rec->latest.state()),
+              rec->latest.error().empty() ? "" : ": ", rec->latest.error());
+    });
+  }
+  rec->done[v1::MIGRATION_STEP_LIVE_MIGRATION] = "";
+  resp.set_attached(job_running);
+  absl::MutexLock l(&mu_);
+  // Answer once the job is visible, so that progress, abort and force-complete find it.
+  auto seen = [rec]() { return rec->transfer_seen; };
+  mu_.AwaitWithTimeout(absl::Condition(&seen), options_.start_wait);
+  *resp.mutable_report() = rec->latest;
+  LogInfo("migration=%s instance=%s step=live_migration %s to %s", id, req.instance_uuid(),
+          job_running ? "attached to the running transfer" : "started", req.dest_host());
+  return resp;
+}
+
+absl::StatusOr<cv1::MigrationProgressReport> AgentCore::GetMigrationProgress(
+    const cv1::GetMigrationProgressRequest& req) {
+  RETURN_IF_ERROR(driver::ValidateMigrationId(req.migration_id()));
+  if (auto rec = Find(req.migration_id())) {
+    absl::MutexLock l(&mu_);
+    if (rec->transfer_started) return rec->latest;
+  }
+  auto p = driver_->GetMigrationProgress(req.migration_id(), req.instance_uuid());
+  if (p.status().code() == absl::StatusCode::kNotFound) {
+    return absl::NotFoundError(absl::StrCat("no transfer of migration ", req.migration_id(), " on ",
+                                            options_.hostname,
+                                            " (neither in this agent nor on the hypervisor)"));
+  }
+  return p;
+}
+
+absl::StatusOr<cv1::AbortLiveMigrationResponse> AgentCore::AbortLiveMigration(
+    const cv1::AbortLiveMigrationRequest& req) {
+  cv1::GetMigrationProgressRequest p;
+  p.set_migration_id(req.migration_id());
+  p.set_instance_uuid(req.instance_uuid());
+  ASSIGN_OR_RETURN(auto before, GetMigrationProgress(p));  // NotFound without a trace
+  if (before.state() != cv1::TRANSFER_STATE_RUNNING) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the transfer of migration ", req.migration_id(), " already ended (",
+                     cv1::TransferState_Name(before.state()), ")"));
+  }
+  RETURN_IF_ERROR(driver_->AbortLiveMigration(req.migration_id(), req.instance_uuid()));
+  LogInfo("migration=%s instance=%s abort requested", req.migration_id(), req.instance_uuid());
+  cv1::AbortLiveMigrationResponse resp;
+  ASSIGN_OR_RETURN(*resp.mutable_report(), GetMigrationProgress(p));
+  resp.mutable_report()->set_abort_requested(true);
+  return resp;
+}
+
+absl::StatusOr<cv1::ForceCompleteLiveMigrationResponse> AgentCore::ForceCompleteLiveMigration(
+    const cv1::ForceCompleteLiveMigrationRequest& req) {
+  cv1::GetMigrationProgressRequest p;
+  p.set_migration_id(req.migration_id());
+  p.set_instance_uuid(req.instance_uuid());
+  ASSIGN_OR_RETURN(auto before, GetMigrationProgress(p));
+  if (before.state() != cv1::TRANSFER_STATE_RUNNING) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the transfer of migration ", req.migration_id(), " already ended (",
+                     cv1::TransferState_Name(before.state()), ")"));
+  }
+  RETURN_IF_ERROR(driver_->ForceCompleteLiveMigration(req.migration_id(), req.instance_uuid()));
+  LogInfo("migration=%s instance=%s force-complete requested", req.migration_id(),
+          req.instance_uuid());
+  cv1::ForceCompleteLiveMigrationResponse resp;
+  ASSIGN_OR_RETURN(*resp.mutable_report(), GetMigrationProgress(p));
+  resp.mutable_report()->set_force_complete_requested(true);
+  return resp;
+}
+
+absl::StatusOr<cv1::PostLiveMigrationResponse> AgentCore::PostLiveMigration(
+    const cv1::PostLiveMigrationRequest& req) {
+  return RunStep<cv1::PostLiveMigrationResponse>(
+      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_POST_LIVE_MIGRATION,
+      {v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION},
+      [&]() -> absl::StatusOr<cv1::PostLiveMigrationResponse> {
+        RETURN_IF_ERROR(driver_->PostLiveMigration(req));
+        return cv1::PostLiveMigrationResponse();
+      });
+}
+
+absl::StatusOr<cv1::PostLiveMigrationAtDestinationResponse>
+AgentCore::PostLiveMigrationAtDestination(const cv1::PostLiveMigrationAtDestinationRequest& req) {
+  return RunStep<cv1::PostLiveMigrationAtDestinationResponse>(
+      req.migration_id(), req.instance_uuid(),
+      v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION,
+      {v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION},
+      [&]() -> absl::StatusOr<cv1::PostLiveMigrationAtDestinationResponse> {
+        cv1::PostLiveMigrationAtDestinationResponse resp;
+        ASSIGN_OR_RETURN(*resp.mutable_domain(), driver_->PostLiveMigrationAtDestination(req));
+        return resp;
+      });
+}
+
+absl::StatusOr<cv1::RollbackLiveMigrationResponse> AgentCore::RollbackLiveMigration(
+    const cv1::RollbackLiveMigrationRequest& req) {
+  if (auto rec = Find(req.migration_id())) {
+    absl::MutexLock l(&mu_);
+    if (rec->transfer_running) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "migration ", req.migration_id(), ": the transfer still runs on ", options_.hostname,
+          "; abort it (or wait for it to end) before rolling back"));
+    }
+    if (rec->latest.post_copy_started()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "migration ", req.migration_id(),
+          ": post-copy started, the destination holds the only complete copy; no rollback"));
+    }
+  }
+  return RunStep<cv1::RollbackLiveMigrationResponse>(
+      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION,
+      {v1::MIGRATION_STEP_POST_LIVE_MIGRATION},
+      [&]() -> absl::StatusOr<cv1::RollbackLiveMigrationResponse> {
+        cv1::RollbackLiveMigrationResponse resp;
+        ASSIGN_OR_RETURN(*resp.mutable_domain(), driver_->RollbackLiveMigration(req));
+        return resp;
+      });
+}
+
+absl::StatusOr<cv1::RollbackLiveMigrationAtDestinationResponse>
+AgentCore::RollbackLiveMigrationAtDestination(
+    const cv1::RollbackLiveMigrationAtDestinationRequest& req) {
+  return RunStep<cv1::RollbackLiveMigrationAtDestinationResponse>(
+      req.migration_id(), req.instance_uuid(),
+      v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION,
+      {v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION},
+      [&]() -> absl::StatusOr<cv1::RollbackLiveMigrationAtDestinationResponse> {
+        RETURN_IF_ERROR(driver_->RollbackLiveMigrationAtDestination(req));
+        return cv1::RollbackLiveMigrationAtDestinationResponse();
+      });
+}
+
+}  // namespace livemig::agent

@@ -1,0 +1,259 @@
+// AgentCore over the FakeDriver: every step, repeated calls, injected failures, conflicts,
+// limits and an agent restart during a transfer.
+#include "compute/agent_core.h"
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "driver/fake_driver.h"
+#include "testing/run_command.h"
+
+namespace livemig::agent {
+namespace {
+
+constexpr char kUuid[] = "11111111-2222-4333-8444-555555555555";
+
+struct Hosts {
+  std::string dir = livemig::testing::MakeTempDir("agent");
+  std::unique_ptr<driver::FakeDriver> da, db;
+  std::unique_ptr<AgentCore> a, b;
+  explicit Hosts(int max_concurrent = 4) {
+    for (auto* d : {&da, &db}) {
+      driver::FakeDriver::Options o;
+      o.state_dir = dir;
+      o.hostname = d == &da ? "fake-a" : "fake-b";
+      o.poll_interval = absl::Milliseconds(5);
+      auto created = driver::FakeDriver::Create(o);
+      REQUIRE(created.ok());
+      *d = std::move(created).value();
+    }
+    a = std::make_unique<AgentCore>(AgentCore::Options{"fake-a", max_concurrent}, da.get());
+    b = std::make_unique<AgentCore>(AgentCore::Options{"fake-b", max_concurrent}, db.get());
+    REQUIRE(da->hypervisor().CreateDomain("fake-a", kUuid, "web-1", 256).ok());
+  }
+  std::vector<std::pair<std::string, std::string>> Where() {
+    auto w = da->hypervisor().Locate(kUuid);
+    REQUIRE(w.ok());
+    return *w;
+  }
+};
+
+cv1::GetMigrationProgressRequest Progress(const std::string& mid) {
+  cv1::GetMigrationProgressRequest r;
+  r.set_migration_id(mid);
+  r.set_instance_uuid(kUuid);
+  return r;
+}
+
+template <typename Req>
+Req Step(const std::string& mid) {
+  Req r;
+  r.set_migration_id(mid);
+  r.set_instance_uuid(kUuid);
+  r.set_source_host("fake-a");
+  r.set_dest_host("fake-b");
+  return r;
+}
+
+// Runs steps 4-6 and returns the LiveMigration request.
+cv1::LiveMigrationRequest Prepare(Hosts& h, const std::string& mid) {
+  auto dest = Step<cv1::CheckCanLiveMigrateOnDestRequest>(mid);
+  dest.mutable_instance()->set_memory_mib(256);
+  auto d = h.b->CheckCanLiveMigrateOnDest(dest);
+  REQUIRE(d.ok());
+  REQUIRE(d->passed());
+  auto src = Step<cv1::CheckCanLiveMigrateOnSrcRequest>(mid);
+  *src.mutable_dest_check_data() = d->dest_check_data();
+  auto s = h.a->CheckCanLiveMigrateOnSrc(src);
+  REQUIRE(s.ok());
+  REQUIRE(s->passed());
+  auto pre = Step<cv1::PreLiveMigrationRequest>(mid);
+  *pre.mutable_migrate_data()->mutable_src_check() = s->src_check_data();
+  auto p = h.b->PreLiveMigration(pre);
+  REQUIRE(p.ok());
+  auto lm = Step<cv1::LiveMigrationRequest>(mid);
+  *lm.mutable_migrate_data()->mutable_src_check() = s->src_check_data();
+  *lm.mutable_migrate_data()->mutable_pre_live_migration() = p->pre_live_migration_data();
+  return lm;
+}
+
+cv1::MigrationProgressReport WaitForEnd(AgentCore& core, const std::string& mid) {
+  cv1::GetMigrationProgressRequest req;
+  req.set_migration_id(mid);
+  req.set_instance_uuid(kUuid);
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    auto r = core.GetMigrationProgress(req);
+    REQUIRE(r.ok());
+    if (r->state() != cv1::TRANSFER_STATE_RUNNING) return *r;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  FAIL("transfer did not end within 20 s");
+  return {};
+}
+
+TEST_CASE("agent: every step of a migration, each repeated, gives the same end state") {
+  Hosts h;
+  REQUIRE(h.da->hypervisor().SetTransferDuration("fake-a", absl::Milliseconds(100)).ok());
+  auto lm = Prepare(h, "m-1");
+  // Repeated checks return the recorded answers.
+  auto dest = Step<cv1::CheckCanLiveMigrateOnDestRequest>("m-1");
+  dest.mutable_instance()->set_memory_mib(256);
+  auto again = h.b->CheckCanLiveMigrateOnDest(dest);
+  REQUIRE(again.ok());
+  CHECK(again->passed());
+  auto first = h.a->LiveMigration(lm);
+  REQUIRE(first.ok());
+  CHECK_FALSE(first->attached());
+  auto second = h.a->LiveMigration(lm);  // repeated: attaches, no second transfer
+  REQUIRE(second.ok());
+  CHECK(second->attached());
+  auto end = WaitForEnd(*h.a, "m-1");
+  CHECK(end.state() == cv1::TRANSFER_STATE_COMPLETED);
+  CHECK(end.progress().bytes_processed() == 256ull << 20);
+  for (int i = 0; i < 2; ++i) {
+    REQUIRE(h.a->PostLiveMigration(Step<cv1::PostLiveMigrationRequest>("m-1")).ok());
+    auto at = h.b->PostLiveMigrationAtDestination(
+        Step<cv1::PostLiveMigrationAtDestinationRequest>("m-1"));
+    REQUIRE(at.ok());
+    CHECK(at->domain().persistent());
+  }
+  CHECK(h.Where() == std::vector<std::pair<std::string, std::string>>{{"fake-b", "running"}});
+  // Conflicting steps after the post steps are refused.
+  auto rb = h.b->RollbackLiveMigrationAtDestination(
+      Step<cv1::RollbackLiveMigrationAtDestinationRequest>("m-1"));
+  CHECK(rb.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(rb.status().message(), "post_live_migration_at_destination"));
+  auto src_rb = h.a->RollbackLiveMigration(Step<cv1::RollbackLiveMigrationRequest>("m-1"));
+  CHECK(src_rb.status().code() == absl::StatusCode::kFailedPrecondition);
+  // DescribeInstance tells the truth on both hosts.
+  cv1::DescribeInstanceRequest di;
+  di.set_instance_uuid(kUuid);
+  di.set_migration_id("m-1");
+  auto on_a = h.a->DescribeInstance(di);
+  auto on_b = h.b->DescribeInstance(di);
+  REQUIRE(on_a.ok());
+  REQUIRE(on_b.ok());
+  CHECK_FALSE(on_a->present());
+  CHECK(on_b->present());
+  CHECK(on_b->domain().state() == v1::DOMAIN_STATE_RUNNING);
+  CHECK(on_a->transfer().state() == cv1::TRANSFER_STATE_COMPLETED);
+}
+
+TEST_CASE("agent: a rollback before the transfer, each step repeated") {
+  Hosts h;
+  auto lm = Prepare(h, "m-2");
+  for (int i = 0; i < 2; ++i) {
+    REQUIRE(h.b->RollbackLiveMigrationAtDestination(
+                   Step<cv1::RollbackLiveMigrationAtDestinationRequest>("m-2"))
+                .ok());
+    auto r = h.a->RollbackLiveMigration(Step<cv1::RollbackLiveMigrationRequest>("m-2"));
+    REQUIRE(r.ok());
+    CHECK(r->domain().state() == v1::DOMAIN_STATE_RUNNING);
+  }
+  CHECK(h.Where() == std::vector<std::pair<std::string, std::string>>{{"fake-a", "running"}});
+  // The transfer cannot start after the rollback, nor pre-live-migration run again.
+  CHECK(h.a->LiveMigration(lm).status().code() == absl::StatusCode::kFailedPrecondition);
+  auto pre = Step<cv1::PreLiveMigrationRequest>("m-2");
+  *pre.mutable_migrate_data()->mutable_src_check() = lm.migrate_data().src_check();
+  CHECK(h.b->PreLiveMigration(pre).status().code() == absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("agent: injected failures are reported and a retry succeeds") {
+  Hosts h;
+  REQUIRE(
+      h.db->hypervisor()
+          .SetFailure("fake-b", "post_live_migration_at_destination", "network announce failed", 2)
+          .ok());
+  auto lm = Prepare(h, "m-3");
+  REQUIRE(h.a->LiveMigration(lm).ok());
+  CHECK(WaitForEnd(*h.a, "m-3").state() == cv1::TRANSFER_STATE_COMPLETED);
+  auto req = Step<cv1::PostLiveMigrationAtDestinationRequest>("m-3");
+  auto f1 = h.b->PostLiveMigrationAtDestination(req);
+  CHECK(absl::StrContains(f1.status().message(), "network announce failed"));
+  CHECK_FALSE(h.b->PostLiveMigrationAtDestination(req).ok());
+  CHECK(h.b->PostLiveMigrationAtDestination(req).ok());  // roll forward succeeds
+}
+
+TEST_CASE("agent: unknown migrations, bad input, unsupported options, limits") {
+  Hosts h(1);
+  auto p = h.a->GetMigrationProgress(Progress("nope"));
+  CHECK(p.status().code() == absl::StatusCode::kNotFound);
+  CHECK(h.a->AbortLiveMigration(Step<cv1::AbortLiveMigrationRequest>("nope")).status().code() ==
+        absl::StatusCode::kNotFound);
+  auto bad = Step<cv1::CheckCanLiveMigrateOnDestRequest>("a/b");
+  CHECK(h.b->CheckCanLiveMigrateOnDest(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  auto no_data = Step<cv1::LiveMigrationRequest>("m-4");
+  CHECK(h.a->LiveMigration(no_data).status().code() == absl::StatusCode::kFailedPrecondition);
+
+  REQUIRE(h.da->hypervisor().SetTransferDuration("fake-a", absl::Seconds(30)).ok());
+  REQUIRE(h.da->hypervisor()
+              .CreateDomain("fake-a", "22222222-2222-4333-8444-555555555555", "web-2", 64)
+              .ok());
+  auto lm = Prepare(h, "m-5");
+  REQUIRE(h.a->LiveMigration(lm).ok());
+  CHECK(h.a->RunningTransfers() == 1);
+  // A second transfer beyond max_concurrent_migrations=1 is Unavailable (retry later).
+  auto lm2 = lm;
+  lm2.set_migration_id("m-6");
+  lm2.set_instance_uuid("22222222-2222-4333-8444-555555555555");
+  CHECK(h.a->LiveMigration(lm2).status().code() == absl::StatusCode::kUnavailable);
+  // A rollback while the transfer runs is refused; abort first.
+  CHECK(
+      h.a->RollbackLiveMigration(Step<cv1::RollbackLiveMigrationRequest>("m-5")).status().code() ==
+      absl::StatusCode::kFailedPrecondition);
+  auto ab = h.a->AbortLiveMigration(Step<cv1::AbortLiveMigrationRequest>("m-5"));
+  INFO(ab.status().ToString());
+  REQUIRE(ab.ok());
+  CHECK(WaitForEnd(*h.a, "m-5").state() == cv1::TRANSFER_STATE_CANCELLED);
+  CHECK(h.a->RollbackLiveMigration(Step<cv1::RollbackLiveMigrationRequest>("m-5")).ok());
+  CHECK(h.Where() == std::vector<std::pair<std::string, std::string>>{{"fake-a", "running"}});
+
+  // Options the backend lacks fail before any transfer (a libxl-like host).
+  driver::FakeDriver::Options o;
+  o.state_dir = h.dir;
+  o.hostname = "fake-x";
+  o.profile = "fake-libxl";
+  auto x = driver::FakeDriver::Create(o);
+  REQUIRE(x.ok());
+  AgentCore xen({"fake-x", 4}, x->get());
+  auto opt = lm;
+  opt.set_migration_id("m-7");
+  opt.mutable_options()->set_bandwidth_mib_s(8);
+  auto refused = xen.LiveMigration(opt);
+  CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(refused.status().message(), "bandwidth"));
+}
+
+TEST_CASE("agent: a restarted agent learns the running transfer from the hypervisor") {
+  Hosts h;
+  REQUIRE(h.da->hypervisor().SetTransferDuration("fake-a", absl::Milliseconds(400)).ok());
+  auto lm = Prepare(h, "m-8");
+  REQUIRE(h.a->LiveMigration(lm).ok());
+  // "Restart": a new core and driver over the same hypervisor state; the old one is gone.
+  driver::FakeDriver::Options o;
+  o.state_dir = h.dir;
+  o.hostname = "fake-a";
+  o.poll_interval = absl::Milliseconds(5);
+  auto d2 = driver::FakeDriver::Create(o);
+  REQUIRE(d2.ok());
+  AgentCore restarted({"fake-a", 4}, d2->get());
+  auto p = restarted.GetMigrationProgress(Progress("m-8"));
+  REQUIRE(p.ok());
+  CHECK(p->state() == cv1::TRANSFER_STATE_RUNNING);
+  cv1::DescribeInstanceRequest di;
+  di.set_instance_uuid(kUuid);
+  auto d = restarted.DescribeInstance(di);
+  REQUIRE(d.ok());
+  CHECK(d->domain().migration_job_active());
+  auto attach = restarted.LiveMigration(lm);
+  REQUIRE(attach.ok());
+  CHECK(attach->attached());
+  CHECK(WaitForEnd(restarted, "m-8").state() == cv1::TRANSFER_STATE_COMPLETED);
+  CHECK(h.Where() == std::vector<std::pair<std::string, std::string>>{{"fake-b", "running"}});
+  WaitForEnd(*h.a, "m-8");
+}
+
+}  // namespace
+}  // namespace livemig::agent

@@ -1,0 +1,53 @@
+#include "testing/run_command.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace livemig::testing {
+
+absl::StatusOr<std::string> RunCommand(const std::string& command) {
+  std::string err_file = absl::StrCat("/tmp/livemig-cmd-", getpid(), "-", rand(), ".err");
+  std::string full = absl::StrCat("(", command, ") 2>", err_file);
+  FILE* f = popen(full.c_str(), "r");
+  if (f == nullptr) return absl::InternalError(absl::StrCat("cannot run: ", command));
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), f)) > 0) out.append(buf.data(), n);
+  int rc = pclose(f);
+  std::ifstream ef(err_file);
+  std::string err((std::istreambuf_iterator<char>(ef)), std::istreambuf_iterator<char>());
+  unlink(err_file.c_str());
+  if (rc != 0) {
+    return absl::InternalError(
+        absl::StrCat("command failed (status ", WEXITSTATUS(rc), "): ", command, ": ", err));
+  }
+  return out;
+}
+
+std::string RunfilePath(const std::string& rel) {
+  for (const std::string& p : {rel, "../" + rel}) {
+    if (access(p.c_str(), F_OK) == 0) return p;
+  }
+  if (const char* src = getenv("TEST_SRCDIR")) {
+    std::string p = absl::StrCat(src, "/livemig/", rel);
+    if (access(p.c_str(), F_OK) == 0) return p;
+  }
+  return rel;
+}
+
+std::string MakeTempDir(const std::string& tag) {
+  const char* base = getenv("TEST_TMPDIR");
+  std::string t = absl::StrCat(base ? base : "/tmp", "/", tag, "-XXXXXX");
+  if (mkdtemp(t.data()) == nullptr) return "";
+  return t;
+}
+
+}  // namespace livemig::testing

@@ -1,0 +1,22 @@
+// Small process helpers for tests.
+#ifndef LIVEMIG_TESTING_RUN_COMMAND_H_
+#define LIVEMIG_TESTING_RUN_COMMAND_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace livemig::testing {
+
+// Runs a shell command; returns its stdout, or an error with its stderr and exit status.
+absl::StatusOr<std::string> RunCommand(const std::string& command);
+
+// The path of a workspace file (e.g. "deploy/pki.sh") from a test's runfiles or the source tree.
+std::string RunfilePath(const std::string& workspace_relative);
+
+// A new private directory under $TEST_TMPDIR (or /tmp).
+std::string MakeTempDir(const std::string& tag);
+
+}  // namespace livemig::testing
+
+#endif  // LIVEMIG_TESTING_RUN_COMMAND_H_
