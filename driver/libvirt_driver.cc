@@ -596,9 +596,23 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::LiveMigration(
       // Set before the transfer starts; raised in steps by the monitor.
       api_->MigrateSetMaxDowntime(dom.get(), max_dt / steps).IgnoreError();
     }
+    // The blocking migrate call gets a connection of its own: a remote libvirt connection busy
+    // with it answers other calls (job stats, abort, ...) only after it returns.
+    auto mig_conn = api_->Open(options_.uri);
+    if (!mig_conn.ok()) {
+      absl::MutexLock l(&mu_);
+      transfers_.erase(id);
+      return mig_conn.status();
+    }
+    auto mig_dom = api_->LookupByUUID(mig_conn->get(), req.instance_uuid());
+    if (!mig_dom.ok()) {
+      absl::MutexLock l(&mu_);
+      transfers_.erase(id);
+      return mig_dom.status();
+    }
     std::thread monitor(
         [&] { Monitor(id, dom.get(), sink, [&] { return finished.load(); }).IgnoreError(); });
-    result = api_->MigrateToURI3(dom.get(), pre.migration_uri(), params, flags);
+    result = api_->MigrateToURI3(mig_dom->get(), pre.migration_uri(), params, flags);
     finished = true;
     monitor.join();
   }
