@@ -55,13 +55,26 @@ int AgentCore::RunningTransfers() {
   return running_;
 }
 
+absl::Status AgentCore::CheckRoleHost(const std::string& role_host, const char* role) const {
+  if (role_host.empty() || role_host == options_.hostname) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("this agent runs on ", options_.hostname,
+                                                 ", but the request names ", role_host, " as the ",
+                                                 role, ": send it to the agent of ", role_host));
+}
+
 template <typename Resp>
 absl::StatusOr<Resp> AgentCore::RunStep(const std::string& id, const std::string& uuid,
-                                        v1::MigrationStep step,
+                                        const std::string& role_host, v1::MigrationStep step,
                                         std::vector<v1::MigrationStep> conflicts,
                                         const std::function<absl::StatusOr<Resp>()>& fn) {
   RETURN_IF_ERROR(driver::ValidateMigrationId(id));
   RETURN_IF_ERROR(driver::ValidateUuid(uuid));
+  const bool dest_step = step == v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST ||
+                         step == v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST_CLEANUP ||
+                         step == v1::MIGRATION_STEP_PRE_LIVE_MIGRATION ||
+                         step == v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION ||
+                         step == v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION;
+  RETURN_IF_ERROR(CheckRoleHost(role_host, dest_step ? "destination" : "source"));
   auto rec = FindOrCreate(id, uuid);
   absl::MutexLock step_lock(&rec->step_mu);
   if (rec->instance_uuid != uuid) {
@@ -137,14 +150,16 @@ absl::StatusOr<cv1::DescribeInstanceResponse> AgentCore::DescribeInstance(
 absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> AgentCore::CheckCanLiveMigrateOnDest(
     const cv1::CheckCanLiveMigrateOnDestRequest& req) {
   return RunStep<cv1::CheckCanLiveMigrateOnDestResponse>(
-      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST,
-      {}, [&] { return driver_->CheckCanLiveMigrateOnDest(req); });
+      req.migration_id(), req.instance_uuid(), req.dest_host(),
+      v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST, {},
+      [&] { return driver_->CheckCanLiveMigrateOnDest(req); });
 }
 
 absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> AgentCore::CheckCanLiveMigrateOnSrc(
     const cv1::CheckCanLiveMigrateOnSrcRequest& req) {
   return RunStep<cv1::CheckCanLiveMigrateOnSrcResponse>(
-      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC, {},
+      req.migration_id(), req.instance_uuid(), req.source_host(),
+      v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC, {},
       [&] { return driver_->CheckCanLiveMigrateOnSrc(req); });
 }
 
@@ -152,7 +167,7 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnDestCleanupResponse>
 AgentCore::CheckCanLiveMigrateOnDestCleanup(
     const cv1::CheckCanLiveMigrateOnDestCleanupRequest& req) {
   return RunStep<cv1::CheckCanLiveMigrateOnDestCleanupResponse>(
-      req.migration_id(), req.instance_uuid(),
+      req.migration_id(), req.instance_uuid(), req.dest_host(),
       v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST_CLEANUP,
       {v1::MIGRATION_STEP_PRE_LIVE_MIGRATION},
       [&]() -> absl::StatusOr<cv1::CheckCanLiveMigrateOnDestCleanupResponse> {
@@ -167,8 +182,23 @@ absl::StatusOr<cv1::PreLiveMigrationResponse> AgentCore::PreLiveMigration(
     return absl::InvalidArgumentError(
         "PreLiveMigration needs the source check's data (migrate_data.src_check)");
   }
+  // Out of order: no destination check ran here (this agent's record), and the request carries
+  // none either (a restarted agent has no record but the scheduler passes the check's data).
+  bool checked_here = false;
+  if (auto rec = Find(req.migration_id())) {
+    absl::MutexLock l(&rec->step_mu);
+    checked_here = rec->done.count(v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST) > 0;
+  }
+  if (!checked_here && req.migrate_data().dest_check().probe_file_name().empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("migration ", req.migration_id(),
+                                                      ": pre_live_migration before "
+                                                      "check_can_live_migrate_on_dest on ",
+                                                      options_.hostname,
+                                                      ": run the destination check first"));
+  }
   return RunStep<cv1::PreLiveMigrationResponse>(
-      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_PRE_LIVE_MIGRATION,
+      req.migration_id(), req.instance_uuid(), req.dest_host(),
+      v1::MIGRATION_STEP_PRE_LIVE_MIGRATION,
       {v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION},
       [&]() -> absl::StatusOr<cv1::PreLiveMigrationResponse> {
         cv1::PreLiveMigrationResponse resp;
@@ -182,6 +212,7 @@ absl::StatusOr<cv1::LiveMigrationResponse> AgentCore::LiveMigration(
   const std::string& id = req.migration_id();
   RETURN_IF_ERROR(driver::ValidateMigrationId(id));
   RETURN_IF_ERROR(driver::ValidateUuid(req.instance_uuid()));
+  RETURN_IF_ERROR(CheckRoleHost(req.source_host(), "source"));
   auto rec = FindOrCreate(id, req.instance_uuid());
   absl::MutexLock step_lock(&rec->step_mu);
   if (rec->done.count(v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION) ||
@@ -316,8 +347,8 @@ absl::StatusOr<cv1::ForceCompleteLiveMigrationResponse> AgentCore::ForceComplete
 absl::StatusOr<cv1::PostLiveMigrationResponse> AgentCore::PostLiveMigration(
     const cv1::PostLiveMigrationRequest& req) {
   return RunStep<cv1::PostLiveMigrationResponse>(
-      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_POST_LIVE_MIGRATION,
-      {v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION},
+      req.migration_id(), req.instance_uuid(), req.source_host(),
+      v1::MIGRATION_STEP_POST_LIVE_MIGRATION, {v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION},
       [&]() -> absl::StatusOr<cv1::PostLiveMigrationResponse> {
         RETURN_IF_ERROR(driver_->PostLiveMigration(req));
         return cv1::PostLiveMigrationResponse();
@@ -327,7 +358,7 @@ absl::StatusOr<cv1::PostLiveMigrationResponse> AgentCore::PostLiveMigration(
 absl::StatusOr<cv1::PostLiveMigrationAtDestinationResponse>
 AgentCore::PostLiveMigrationAtDestination(const cv1::PostLiveMigrationAtDestinationRequest& req) {
   return RunStep<cv1::PostLiveMigrationAtDestinationResponse>(
-      req.migration_id(), req.instance_uuid(),
+      req.migration_id(), req.instance_uuid(), req.dest_host(),
       v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION,
       {v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION},
       [&]() -> absl::StatusOr<cv1::PostLiveMigrationAtDestinationResponse> {
@@ -353,8 +384,8 @@ absl::StatusOr<cv1::RollbackLiveMigrationResponse> AgentCore::RollbackLiveMigrat
     }
   }
   return RunStep<cv1::RollbackLiveMigrationResponse>(
-      req.migration_id(), req.instance_uuid(), v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION,
-      {v1::MIGRATION_STEP_POST_LIVE_MIGRATION},
+      req.migration_id(), req.instance_uuid(), req.source_host(),
+      v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION, {v1::MIGRATION_STEP_POST_LIVE_MIGRATION},
       [&]() -> absl::StatusOr<cv1::RollbackLiveMigrationResponse> {
         cv1::RollbackLiveMigrationResponse resp;
         ASSIGN_OR_RETURN(*resp.mutable_domain(), driver_->RollbackLiveMigration(req));
@@ -366,7 +397,7 @@ absl::StatusOr<cv1::RollbackLiveMigrationAtDestinationResponse>
 AgentCore::RollbackLiveMigrationAtDestination(
     const cv1::RollbackLiveMigrationAtDestinationRequest& req) {
   return RunStep<cv1::RollbackLiveMigrationAtDestinationResponse>(
-      req.migration_id(), req.instance_uuid(),
+      req.migration_id(), req.instance_uuid(), req.dest_host(),
       v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION,
       {v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION},
       [&]() -> absl::StatusOr<cv1::RollbackLiveMigrationAtDestinationResponse> {

@@ -93,10 +93,14 @@ class AgentCore {
 
   // Runs `fn` once per migration and step: a recorded answer is returned again; `conflicts`
   // lists steps after which this one may no longer run.
+  // `role_host` is the request's host for this agent's role (dest_host on the destination,
+  // source_host on the source): when given it must be this agent's hostname.
   template <typename Resp>
   absl::StatusOr<Resp> RunStep(const std::string& migration_id, const std::string& uuid,
-                               v1::MigrationStep step, std::vector<v1::MigrationStep> conflicts,
+                               const std::string& role_host, v1::MigrationStep step,
+                               std::vector<v1::MigrationStep> conflicts,
                                const std::function<absl::StatusOr<Resp>()>& fn);
+  absl::Status CheckRoleHost(const std::string& role_host, const char* role) const;
 
   const Options options_;
   driver::ComputeDriver* const driver_;

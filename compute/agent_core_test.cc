@@ -184,6 +184,16 @@ TEST_CASE("agent: unknown migrations, bad input, unsupported options, limits") {
         absl::StatusCode::kNotFound);
   auto bad = Step<cv1::CheckCanLiveMigrateOnDestRequest>("a/b");
   CHECK(h.b->CheckCanLiveMigrateOnDest(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  // A request sent to the wrong host, and a pre-live-migration without its check.
+  auto wrong = Step<cv1::CheckCanLiveMigrateOnDestRequest>("m-4");
+  auto misrouted = h.a->CheckCanLiveMigrateOnDest(wrong);  // dest_host is fake-b
+  CHECK(misrouted.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(absl::StrContains(misrouted.status().message(), "send it to the agent of fake-b"));
+  auto early = Step<cv1::PreLiveMigrationRequest>("m-4");
+  early.mutable_migrate_data()->mutable_src_check()->set_domain_xml("<domain/>");
+  auto pre = h.b->PreLiveMigration(early);
+  CHECK(pre.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(pre.status().message(), "before check_can_live_migrate_on_dest"));
   auto no_data = Step<cv1::LiveMigrationRequest>("m-4");
   CHECK(h.a->LiveMigration(no_data).status().code() == absl::StatusCode::kFailedPrecondition);
 
@@ -220,6 +230,7 @@ TEST_CASE("agent: unknown migrations, bad input, unsupported options, limits") {
   AgentCore xen({"fake-x", 4}, x->get());
   auto opt = lm;
   opt.set_migration_id("m-7");
+  opt.set_source_host("fake-x");
   opt.mutable_options()->set_bandwidth_mib_s(8);
   auto refused = xen.LiveMigration(opt);
   CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);

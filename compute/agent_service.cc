@@ -103,8 +103,8 @@ grpc::Status AgentService::GetMigrationProgress(grpc::ServerContext* ctx,
 grpc::Status AgentService::WatchMigrationProgress(
     grpc::ServerContext* ctx, const cv1::WatchMigrationProgressRequest* req,
     grpc::ServerWriter<cv1::MigrationProgressReport>* writer) {
-  const absl::Duration interval =
-      absl::Milliseconds(req->interval_ms() > 0 ? std::max<uint32_t>(req->interval_ms(), 50) : 500);
+  const absl::Duration interval = absl::Milliseconds(
+      req->interval_ms() > 0 ? std::max<uint32_t>(req->interval_ms(), 100) : 1000);
   cv1::GetMigrationProgressRequest get;
   get.set_migration_id(req->migration_id());
   get.set_instance_uuid(req->instance_uuid());
