@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
   auto* schema = app.add_subcommand("schema", "schema migrations");
   schema->require_subcommand(1);
   auto* apply = schema->add_subcommand("apply", "apply every pending migration (idempotent)");
-  auto* status = schema->add_subcommand("status", "print the database's and this binary's versions");
+  auto* status =
+      schema->add_subcommand("status", "print the database's and this binary's versions");
   auto* purge = app.add_subcommand("purge", "delete finished migrations older than the retention");
   int days = 30;
   purge->add_option("--older-than-days", days, "retention in days")->check(CLI::PositiveNumber);

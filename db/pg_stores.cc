@@ -549,6 +549,17 @@ class PgMigrationStore : public MigrationStore {
                                          });
   }
 
+  absl::StatusOr<MigrationRecord> GetMigrationByUuid(const std::string& uuid) override {
+    RETURN_IF_ERROR(CheckUuid(uuid, "migration id"));
+    return pool_->Query<MigrationRecord>(
+        "get migration", [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
+          pqxx::result r = w.exec_params(MigrationSelect() + "WHERE m.uuid = $1::uuid", uuid);
+          if (r.empty())
+            return absl::NotFoundError(absl::StrCat("migration ", uuid, " does not exist"));
+          return MigrationFromRow(r[0]);
+        });
+  }
+
   absl::StatusOr<MigrationRecord> FindByRequestId(const std::string& request_id) override {
     return pool_->Query<MigrationRecord>("find migration by request id",
                                          [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
@@ -673,7 +684,7 @@ class PgMigrationStore : public MigrationStore {
           }
           MigrationEvent ev;
           ev.migration_id = t.migration_id;
-          ev.step = t.step;
+          ev.step = t.event_step.empty() ? t.step : t.event_step;
           ev.kind = t.event_kind;
           ev.outcome = t.event_outcome;
           ev.status = std::string(ToString(t.to));
@@ -683,8 +694,39 @@ class PgMigrationStore : public MigrationStore {
           ev.started_at = t.event_started_at.value_or(*ev.finished_at);
           ev.duration_ms = absl::ToInt64Milliseconds(*ev.finished_at - ev.started_at);
           InsertEvent(w, ev);
+          for (MigrationEvent extra : t.extra_events) {
+            extra.migration_id = t.migration_id;
+            if (extra.status.empty()) extra.status = ToString(t.to);
+            if (extra.actor.empty()) extra.actor = t.owner;
+            InsertEvent(w, extra);
+          }
           return SelectMigration(w, t.migration_id, false);
         });
+  }
+
+  absl::Status RecordStep(int64_t id, const std::string& owner, MigrationStatus status,
+                          const std::string& step, const std::vector<MigrationEvent>& events,
+                          const std::optional<std::string>& dest_host,
+                          const std::optional<int64_t>& memory_claim_mib) override {
+    return pool_->Run("record migration step", [&](pqxx::work& w) -> absl::Status {
+      pqxx::result r = w.exec_params(
+          "UPDATE migrations SET step = $4, updated_at = now(), dest_host = COALESCE($5, "
+          "dest_host), memory_claim_mib = COALESCE($6, memory_claim_mib) WHERE id = $1 AND "
+          "status = $2 AND owner = $3 AND lease_expires_at > now()",
+          id, ToString(status), owner, step, dest_host, memory_claim_mib);
+      if (r.affected_rows() == 0) {
+        return absl::AbortedError(absl::StrCat(
+            "migration ", id, ": step ", step, " not recorded: the migration is no longer '",
+            ToString(status), "' under the lease of '", owner, "'"));
+      }
+      for (MigrationEvent e : events) {
+        e.migration_id = id;
+        if (e.status.empty()) e.status = ToString(status);
+        if (e.actor.empty()) e.actor = owner;
+        InsertEvent(w, e);
+      }
+      return absl::OkStatus();
+    });
   }
 
   absl::Status AppendEvent(const MigrationEvent& event) override {

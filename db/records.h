@@ -161,7 +161,8 @@ struct Transition {
   MigrationStatus from = MigrationStatus::kAccepted;
   MigrationStatus to = MigrationStatus::kAccepted;
   std::string step;
-  // The event recorded in the same transaction.
+  // The event recorded in the same transaction (its step: event_step, default `step`).
+  std::string event_step;
   std::string event_kind = "result";
   std::string event_outcome = "ok";
   std::string event_detail;
@@ -171,6 +172,8 @@ struct Transition {
   std::optional<int64_t> memory_claim_mib;
   std::optional<std::string> failure_reason;
   bool mark_started = false;  // sets started_at (the transfer began)
+  // More events in the same transaction (e.g. the next step's intent).
+  std::vector<MigrationEvent> extra_events;
 };
 
 struct MigrationFilter {

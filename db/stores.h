@@ -66,6 +66,7 @@ class MigrationStore {
   virtual absl::StatusOr<CreateMigrationResult> CreateMigration(const NewMigration& m) = 0;
 
   virtual absl::StatusOr<MigrationRecord> GetMigration(int64_t id) = 0;
+  virtual absl::StatusOr<MigrationRecord> GetMigrationByUuid(const std::string& uuid) = 0;
   virtual absl::StatusOr<MigrationRecord> FindByRequestId(const std::string& request_id) = 0;
 
   // Keyset pagination, newest first; stable while rows are inserted.
@@ -80,6 +81,15 @@ class MigrationStore {
   // Aborted if the row moved on or the lease was lost; FailedPrecondition for a transition the
   // state machine forbids.
   virtual absl::StatusOr<MigrationRecord> ApplyTransition(const Transition& t) = 0;
+
+  // Records a step inside the current status (compare-and-swap on status and lease): sets
+  // `step` and appends the given events (typically the previous step's result and the next
+  // step's intent) in ONE transaction, optionally with the destination chosen.
+  virtual absl::Status RecordStep(
+      int64_t id, const std::string& owner, MigrationStatus status, const std::string& step,
+      const std::vector<MigrationEvent>& events,
+      const std::optional<std::string>& dest_host = std::nullopt,
+      const std::optional<int64_t>& memory_claim_mib = std::nullopt) = 0;
 
   // Appends to the event log (no status change).
   virtual absl::Status AppendEvent(const MigrationEvent& event) = 0;

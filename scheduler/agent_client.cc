@@ -1,0 +1,189 @@
+#include "scheduler/agent_client.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status_map.h"
+#include "compute/agent_core.h"
+
+namespace livemig::sched {
+namespace {
+
+class GrpcAgentClient : public AgentClient {
+ public:
+  GrpcAgentClient(std::string hostname, std::unique_ptr<cv1::ComputeAgent::Stub> stub,
+                  absl::Duration deadline, int retries)
+      : hostname_(std::move(hostname)),
+        stub_(std::move(stub)),
+        deadline_(deadline),
+        retries_(retries) {}
+
+#define LIVEMIG_AGENT_RPC(Name, Req, Resp)                            \
+  absl::StatusOr<Resp> Name(const Req& r) override {                  \
+    return Call<Req, Resp>(#Name, r, &cv1::ComputeAgent::Stub::Name); \
+  }
+  LIVEMIG_AGENT_RPC(DescribeInstance, cv1::DescribeInstanceRequest, cv1::DescribeInstanceResponse)
+  LIVEMIG_AGENT_RPC(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,
+                    cv1::CheckCanLiveMigrateOnDestResponse)
+  LIVEMIG_AGENT_RPC(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,
+                    cv1::CheckCanLiveMigrateOnSrcResponse)
+  LIVEMIG_AGENT_RPC(CheckCanLiveMigrateOnDestCleanup, cv1::CheckCanLiveMigrateOnDestCleanupRequest,
+                    cv1::CheckCanLiveMigrateOnDestCleanupResponse)
+  LIVEMIG_AGENT_RPC(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse)
+  LIVEMIG_AGENT_RPC(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse)
+  LIVEMIG_AGENT_RPC(GetMigrationProgress, cv1::GetMigrationProgressRequest,
+                    cv1::MigrationProgressReport)
+  LIVEMIG_AGENT_RPC(AbortLiveMigration, cv1::AbortLiveMigrationRequest,
+                    cv1::AbortLiveMigrationResponse)
+  LIVEMIG_AGENT_RPC(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,
+                    cv1::ForceCompleteLiveMigrationResponse)
+  LIVEMIG_AGENT_RPC(PostLiveMigration, cv1::PostLiveMigrationRequest,
+                    cv1::PostLiveMigrationResponse)
+  LIVEMIG_AGENT_RPC(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,
+                    cv1::PostLiveMigrationAtDestinationResponse)
+  LIVEMIG_AGENT_RPC(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest,
+                    cv1::RollbackLiveMigrationResponse)
+  LIVEMIG_AGENT_RPC(RollbackLiveMigrationAtDestination,
+                    cv1::RollbackLiveMigrationAtDestinationRequest,
+                    cv1::RollbackLiveMigrationAtDestinationResponse)
+#undef LIVEMIG_AGENT_RPC
+
+  absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override {
+    return Call<cv1::GetHostInfoRequest, cv1::GetHostInfoResponse>(
+        "GetHostInfo", cv1::GetHostInfoRequest(), &cv1::ComputeAgent::Stub::GetHostInfo);
+  }
+
+ private:
+  template <typename Req, typename Resp>
+  using Method = grpc::Status (cv1::ComputeAgent::Stub::*)(grpc::ClientContext*, const Req&, Resp*);
+
+  // Every agent RPC is idempotent (steps by migration id), so Unavailable is retried.
+  template <typename Req, typename Resp>
+  absl::StatusOr<Resp> Call(const char* name, const Req& req, Method<Req, Resp> method) {
+    absl::Status last;
+    for (int attempt = 0; attempt <= retries_; ++attempt) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+      Resp resp;
+      grpc::Status s = (stub_.get()->*method)(&ctx, req, &resp);
+      if (s.ok()) return resp;
+      last = FromGrpcStatus(s, absl::StrCat(name, " on ", hostname_));
+      if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+      absl::SleepFor(absl::Milliseconds(200 * (attempt + 1)));
+    }
+    return last;
+  }
+
+  const std::string hostname_;
+  std::unique_ptr<cv1::ComputeAgent::Stub> stub_;
+  const absl::Duration deadline_;
+  const int retries_;
+};
+
+class LocalAgentClient : public AgentClient {
+ public:
+  explicit LocalAgentClient(agent::AgentCore* core) : core_(core) {}
+  absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override { return core_->GetHostInfo(); }
+#define LIVEMIG_LOCAL_RPC(Name, Req, Resp) \
+  absl::StatusOr<Resp> Name(const Req& r) override { return core_->Name(r); }
+  LIVEMIG_LOCAL_RPC(DescribeInstance, cv1::DescribeInstanceRequest, cv1::DescribeInstanceResponse)
+  LIVEMIG_LOCAL_RPC(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,
+                    cv1::CheckCanLiveMigrateOnDestResponse)
+  LIVEMIG_LOCAL_RPC(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,
+                    cv1::CheckCanLiveMigrateOnSrcResponse)
+  LIVEMIG_LOCAL_RPC(CheckCanLiveMigrateOnDestCleanup, cv1::CheckCanLiveMigrateOnDestCleanupRequest,
+                    cv1::CheckCanLiveMigrateOnDestCleanupResponse)
+  LIVEMIG_LOCAL_RPC(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse)
+  LIVEMIG_LOCAL_RPC(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse)
+  LIVEMIG_LOCAL_RPC(GetMigrationProgress, cv1::GetMigrationProgressRequest,
+                    cv1::MigrationProgressReport)
+  LIVEMIG_LOCAL_RPC(AbortLiveMigration, cv1::AbortLiveMigrationRequest,
+                    cv1::AbortLiveMigrationResponse)
+  LIVEMIG_LOCAL_RPC(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,
+                    cv1::ForceCompleteLiveMigrationResponse)
+  LIVEMIG_LOCAL_RPC(PostLiveMigration, cv1::PostLiveMigrationRequest,
+                    cv1::PostLiveMigrationResponse)
+  LIVEMIG_LOCAL_RPC(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,
+                    cv1::PostLiveMigrationAtDestinationResponse)
+  LIVEMIG_LOCAL_RPC(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest,
+                    cv1::RollbackLiveMigrationResponse)
+  LIVEMIG_LOCAL_RPC(RollbackLiveMigrationAtDestination,
+                    cv1::RollbackLiveMigrationAtDestinationRequest,
+                    cv1::RollbackLiveMigrationAtDestinationResponse)
+#undef LIVEMIG_LOCAL_RPC
+
+ private:
+  agent::AgentCore* core_;
+};
+
+// Answers every call with Unavailable (an unknown host).
+class UnreachableAgentClient : public AgentClient {
+ public:
+  explicit UnreachableAgentClient(std::string why) : why_(std::move(why)) {}
+  absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override { return Err(); }
+#define LIVEMIG_NO_RPC(Name, Req, Resp) \
+  absl::StatusOr<Resp> Name(const Req&) override { return Err(); }
+  LIVEMIG_NO_RPC(DescribeInstance, cv1::DescribeInstanceRequest, cv1::DescribeInstanceResponse)
+  LIVEMIG_NO_RPC(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,
+                 cv1::CheckCanLiveMigrateOnDestResponse)
+  LIVEMIG_NO_RPC(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,
+                 cv1::CheckCanLiveMigrateOnSrcResponse)
+  LIVEMIG_NO_RPC(CheckCanLiveMigrateOnDestCleanup, cv1::CheckCanLiveMigrateOnDestCleanupRequest,
+                 cv1::CheckCanLiveMigrateOnDestCleanupResponse)
+  LIVEMIG_NO_RPC(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse)
+  LIVEMIG_NO_RPC(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse)
+  LIVEMIG_NO_RPC(GetMigrationProgress, cv1::GetMigrationProgressRequest,
+                 cv1::MigrationProgressReport)
+  LIVEMIG_NO_RPC(AbortLiveMigration, cv1::AbortLiveMigrationRequest,
+                 cv1::AbortLiveMigrationResponse)
+  LIVEMIG_NO_RPC(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,
+                 cv1::ForceCompleteLiveMigrationResponse)
+  LIVEMIG_NO_RPC(PostLiveMigration, cv1::PostLiveMigrationRequest, cv1::PostLiveMigrationResponse)
+  LIVEMIG_NO_RPC(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,
+                 cv1::PostLiveMigrationAtDestinationResponse)
+  LIVEMIG_NO_RPC(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest,
+                 cv1::RollbackLiveMigrationResponse)
+  LIVEMIG_NO_RPC(RollbackLiveMigrationAtDestination, cv1::RollbackLiveMigrationAtDestinationRequest,
+                 cv1::RollbackLiveMigrationAtDestinationResponse)
+#undef LIVEMIG_NO_RPC
+
+ private:
+  absl::Status Err() const { return absl::UnavailableError(why_); }
+  std::string why_;
+};
+
+}  // namespace
+
+std::shared_ptr<AgentClient> GrpcAgentClientFactory::ForHost(const std::string& hostname,
+                                                             const std::string& address) {
+  absl::MutexLock l(&mu_);
+  const std::string key = hostname + "|" + address;
+  auto it = clients_.find(key);
+  if (it != clients_.end()) return it->second;
+  auto creds = MakeChannelCredentials(options_.tls);
+  if (!creds.ok()) {
+    return std::make_shared<UnreachableAgentClient>(std::string(creds.status().message()));
+  }
+  // The agent's certificate names its host.
+  auto channel = grpc::CreateCustomChannel(address, *creds, ClientChannelArgs(hostname));
+  auto client = std::make_shared<GrpcAgentClient>(hostname, cv1::ComputeAgent::NewStub(channel),
+                                                  options_.deadline, options_.retries);
+  clients_[key] = client;
+  return client;
+}
+
+void LocalAgentClientFactory::Add(const std::string& hostname, agent::AgentCore* core) {
+  absl::MutexLock l(&mu_);
+  cores_[hostname] = core;
+}
+
+std::shared_ptr<AgentClient> LocalAgentClientFactory::ForHost(const std::string& hostname,
+                                                              const std::string&) {
+  absl::MutexLock l(&mu_);
+  auto it = cores_.find(hostname);
+  if (it == cores_.end()) {
+    return std::make_shared<UnreachableAgentClient>("no agent for host " + hostname);
+  }
+  return std::make_shared<LocalAgentClient>(it->second);
+}
+
+}  // namespace livemig::sched

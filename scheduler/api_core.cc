@@ -1,0 +1,494 @@
+#include "scheduler/api_core.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "db/pg_stores.h"
+#include "google/protobuf/util/json_util.h"
+#include "scheduler/convert.h"
+
+namespace livemig::sched {
+namespace {
+
+bool CapsAllow(const db::HostRecord& h, bool (v1::BackendCapabilities::*has)() const) {
+  v1::BackendCapabilities c;
+  google::protobuf::util::JsonParseOptions p;
+  p.ignore_unknown_fields = true;
+  (void)google::protobuf::util::JsonStringToMessage(h.report.capabilities_json, &c, p);
+  return (c.*has)();
+}
+
+}  // namespace
+
+ApiCore::ApiCore(db::MigrationStore* migrations, db::HostStore* hosts, db::InstanceStore* instances,
+                 db::EvacuationStore* evacuations, Orchestrator* orchestrator)
+    : migrations_(migrations),
+      hosts_(hosts),
+      instances_(instances),
+      evacuations_(evacuations),
+      orchestrator_(orchestrator) {}
+
+ApiCore::~ApiCore() {
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  std::vector<std::thread> threads;
+  {
+    absl::MutexLock l(&mu_);
+    threads.swap(evacuation_threads_);
+  }
+  for (auto& t : threads) t.join();
+}
+
+std::string ApiCore::Who(const std::string& caller, const std::string& requester) const {
+  std::string who = caller.empty() ? "anonymous" : caller;
+  if (!requester.empty() && requester != caller) absl::StrAppend(&who, " [", requester, "]");
+  return who;
+}
+
+absl::Status ApiCore::ValidateOptions(const v1::MigrationOptions& o) {
+  if (o.has_completion_timeout_s() && o.completion_timeout_s() > 7 * 24 * 3600) {
+    return absl::InvalidArgumentError(absl::StrCat("completion timeout ", o.completion_timeout_s(),
+                                                   " s is longer than a week; use 0 for none"));
+  }
+  if (o.has_max_downtime_ms() && (o.max_downtime_ms() < 1 || o.max_downtime_ms() > 600000)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max downtime must be 1 to 600000 ms, got ", o.max_downtime_ms()));
+  }
+  if (o.has_bandwidth_mib_s() && o.bandwidth_mib_s() > 1000000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bandwidth ", o.bandwidth_mib_s(), " MiB/s is not plausible"));
+  }
+  if (o.has_downtime_steps() && (o.downtime_steps() < 1 || o.downtime_steps() > 1000)) {
+    return absl::InvalidArgumentError("downtime steps must be 1 to 1000");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrate(const sv1::LiveMigrateRequest& r,
+                                                              const std::string& caller) {
+  if (!db::IsValidUuid(r.instance_uuid())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "instance '", r.instance_uuid(), "' is not a UUID (8-4-4-4-12 hexadecimal digits)"));
+  }
+  if (!r.destination().empty() && !db::IsValidHostname(r.destination())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("destination '", r.destination(), "' is not a valid host name"));
+  }
+  if (r.request_id().size() > 255) {
+    return absl::InvalidArgumentError("request id must be at most 255 characters");
+  }
+  RETURN_IF_ERROR(ValidateOptions(r.options()));
+  sv1::LiveMigrateResponse resp;
+  if (r.dry_run()) {
+    sv1::CheckMigrationRequest c;
+    c.set_instance_uuid(r.instance_uuid());
+    c.set_destination(r.destination());
+    *c.mutable_options() = r.options();
+    ASSIGN_OR_RETURN(*resp.mutable_check(), CheckMigration(c));
+    return resp;
+  }
+  // A retried request returns its migration, whatever happened since.
+  if (!r.request_id().empty()) {
+    auto existing = migrations_->FindByRequestId(r.request_id());
+    if (existing.ok()) {
+      if (existing->instance_uuid != r.instance_uuid()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("request id '", r.request_id(), "' was used for instance ",
+                         existing->instance_uuid, ": use a new request id"));
+      }
+      ASSIGN_OR_RETURN(*resp.mutable_migration(), GetMigration(existing->uuid));
+      resp.set_existing(true);
+      return resp;
+    }
+    if (existing.status().code() != absl::StatusCode::kNotFound) return existing.status();
+  }
+  ASSIGN_OR_RETURN(db::InstanceRecord inst, instances_->GetInstance(r.instance_uuid()));
+  if (inst.missing) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("instance ", inst.uuid, " is missing: its host ", inst.host,
+                     " no longer reports it; check the host before migrating"));
+  }
+  if (inst.task_state) {
+    return absl::AbortedError(absl::StrCat(
+        "instance ", inst.uuid, " is already migrating",
+        inst.active_migration_id ? absl::StrCat(" (migration ", *inst.active_migration_id, ")")
+                                 : "",
+        ": wait for it to finish or abort it"));
+  }
+  if (inst.power_state != "running" && inst.power_state != "paused" &&
+      inst.power_state != "blocked") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("instance ", inst.name.empty() ? inst.uuid : inst.name, " is ",
+                     inst.power_state, ": only a running or paused instance can be live-migrated"));
+  }
+  const absl::Duration down = orchestrator_->options().service_down_time;
+  if (!r.destination().empty()) {
+    if (r.destination() == inst.host) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "destination ", r.destination(), " is the instance's current host: choose another"));
+    }
+    ASSIGN_OR_RETURN(db::HostRecord dst, hosts_->GetHost(r.destination(), down));
+    if (!dst.enabled) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "destination ", r.destination(), " is disabled", dst.disabled_reason.empty() ? "" : ": ",
+          dst.disabled_reason, " (enable it with host-enable, or choose another)"));
+    }
+    if (!dst.up) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "destination ", r.destination(), " is down: its agent has not reported for more than ",
+          absl::FormatDuration(down)));
+    }
+  }
+  db::NewMigration nm;
+  if (!r.request_id().empty()) nm.request_id = r.request_id();
+  nm.instance_uuid = inst.uuid;
+  nm.dest_host = r.destination();
+  nm.live = r.options().mode() != v1::MIGRATION_MODE_OFFLINE;
+  nm.block_migration = r.options().block_migration() == v1::BLOCK_MIGRATION_YES  ? "yes"
+                       : r.options().block_migration() == v1::BLOCK_MIGRATION_NO ? "no"
+                                                                                 : "auto";
+  nm.options_json = OptionsToJson(r.options());
+  nm.memory_claim_mib = inst.memory_mib;
+  nm.requested_by = Who(caller, r.requester());
+  nm.owner = orchestrator_->options().scheduler_id;
+  nm.lease = orchestrator_->options().lease;
+  ASSIGN_OR_RETURN(db::CreateMigrationResult created, migrations_->CreateMigration(nm));
+  if (created.created) {
+    LogInfo("migration=%d instance=%s accepted: %s -> %s, requested by %s", created.migration.id,
+            inst.uuid, inst.host,
+            r.destination().empty() ? "(scheduler's choice)" : r.destination(), nm.requested_by);
+    orchestrator_->Kick();
+  }
+  *resp.mutable_migration() = ToProtoMigration(created.migration);
+  resp.set_existing(!created.created);
+  return resp;
+}
+
+absl::StatusOr<db::MigrationRecord> ApiCore::FindMigration(const std::string& id) {
+  int64_t number = 0;
+  if (absl::SimpleAtoi(id, &number) && number > 0) return migrations_->GetMigration(number);
+  if (db::IsValidUuid(id)) return migrations_->GetMigrationByUuid(id);
+  return absl::InvalidArgumentError(
+      absl::StrCat("migration id '", id, "' is neither a migration number nor a migration UUID"));
+}
+
+absl::StatusOr<sv1::Migration> ApiCore::GetMigration(const std::string& id, bool include_events) {
+  ASSIGN_OR_RETURN(db::MigrationRecord m, FindMigration(id));
+  std::vector<db::MigrationEvent> events;
+  if (include_events) {
+    ASSIGN_OR_RETURN(events, migrations_->ListEvents(m.id));
+  }
+  sv1::Migration out = ToProtoMigration(m, events);
+  auto inst = instances_->GetInstance(m.instance_uuid);
+  if (inst.ok()) out.set_instance_name(inst->name);
+  return out;
+}
+
+absl::StatusOr<sv1::ListMigrationsResponse> ApiCore::ListMigrations(
+    const sv1::ListMigrationsRequest& r) {
+  db::MigrationFilter f;
+  for (int s : r.statuses()) {
+    ASSIGN_OR_RETURN(MigrationStatus st, FromProtoStatus(static_cast<v1::MigrationStatus>(s)));
+    f.statuses.push_back(st);
+  }
+  f.host = r.host();
+  f.instance_uuid = r.instance_uuid();
+  if (r.has_created_after()) f.created_after = FromProtoTime(r.created_after());
+  if (r.has_created_before()) f.created_before = FromProtoTime(r.created_before());
+  f.page_size = r.page_size() == 0 ? 50 : static_cast<int>(r.page_size());
+  f.page_token = r.page_token();
+  ASSIGN_OR_RETURN(db::MigrationPage page, migrations_->ListMigrations(f));
+  sv1::ListMigrationsResponse resp;
+  for (const auto& m : page.migrations) {
+    std::vector<db::MigrationEvent> events;
+    if (r.include_events()) {
+      ASSIGN_OR_RETURN(events, migrations_->ListEvents(m.id));
+    }
+    *resp.add_migrations() = ToProtoMigration(m, events);
+  }
+  resp.set_next_page_token(page.next_page_token);
+  return resp;
+}
+
+absl::StatusOr<sv1::AbortMigrationResponse> ApiCore::AbortMigration(
+    const sv1::AbortMigrationRequest& r, const std::string& caller) {
+  ASSIGN_OR_RETURN(db::MigrationRecord m, FindMigration(r.migration_id()));
+  if (IsTerminal(m.status)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("migration ", m.id, " is already ", ToString(m.status), ": nothing to abort"));
+  }
+  if (IsPastPointOfNoReturn(m.status) || m.status == MigrationStatus::kError) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "migration ", m.id, " is ", ToString(m.status),
+        ": the domain may already run on the destination only, so it cannot be aborted"));
+  }
+  if (m.status == MigrationStatus::kRunning) {
+    ASSIGN_OR_RETURN(db::HostRecord src,
+                     hosts_->GetHost(m.source_host, orchestrator_->options().service_down_time));
+    if (!CapsAllow(src, &v1::BackendCapabilities::supports_abort)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "migration ", m.id, " is running on ", src.report.hypervisor_type, " (", m.source_host,
+          "), which cannot abort a running transfer (libxl has no job abort): "
+          "wait for it to finish"));
+    }
+  }
+  ASSIGN_OR_RETURN(db::MigrationRecord after,
+                   migrations_->RequestAbort(m.id, Who(caller, r.requester())));
+  orchestrator_->Kick();
+  sv1::AbortMigrationResponse resp;
+  *resp.mutable_migration() = ToProtoMigration(after);
+  return resp;
+}
+
+absl::StatusOr<sv1::ForceCompleteMigrationResponse> ApiCore::ForceCompleteMigration(
+    const sv1::ForceCompleteMigrationRequest& r, const std::string& caller) {
+  ASSIGN_OR_RETURN(db::MigrationRecord m, FindMigration(r.migration_id()));
+  if (m.status != MigrationStatus::kRunning) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("migration ", m.id, " is ", ToString(m.status),
+                     ": only a running migration can be forced to complete"));
+  }
+  ASSIGN_OR_RETURN(db::HostRecord src,
+                   hosts_->GetHost(m.source_host, orchestrator_->options().service_down_time));
+  if (!CapsAllow(src, &v1::BackendCapabilities::supports_force_complete)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        m.source_host, " runs ", src.report.hypervisor_type,
+        ", which cannot force a running migration to complete: wait for it to finish"));
+  }
+  ASSIGN_OR_RETURN(db::MigrationRecord after,
+                   migrations_->RequestForceComplete(m.id, Who(caller, r.requester())));
+  sv1::ForceCompleteMigrationResponse resp;
+  *resp.mutable_migration() = ToProtoMigration(after);
+  return resp;
+}
+
+absl::StatusOr<sv1::CheckMigrationResponse> ApiCore::CheckMigration(
+    const sv1::CheckMigrationRequest& r) {
+  if (!db::IsValidUuid(r.instance_uuid())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("instance '", r.instance_uuid(), "' is not a UUID"));
+  }
+  RETURN_IF_ERROR(ValidateOptions(r.options()));
+  return orchestrator_->CheckMigration(r);
+}
+
+absl::StatusOr<sv1::ListHostsResponse> ApiCore::ListHosts(const sv1::ListHostsRequest& r) {
+  ASSIGN_OR_RETURN(auto hosts, hosts_->ListHosts(orchestrator_->options().service_down_time));
+  sv1::ListHostsResponse resp;
+  for (const auto& h : hosts) {
+    if (r.has_enabled() && h.enabled != r.enabled()) continue;
+    if (r.has_up() && h.up != r.up()) continue;
+    *resp.add_hosts() = ToProtoHost(h);
+  }
+  return resp;
+}
+
+absl::StatusOr<sv1::Host> ApiCore::GetHost(const std::string& hostname) {
+  if (!db::IsValidHostname(hostname)) {
+    return absl::InvalidArgumentError(absl::StrCat("'", hostname, "' is not a valid host name"));
+  }
+  ASSIGN_OR_RETURN(auto h, hosts_->GetHost(hostname, orchestrator_->options().service_down_time));
+  return ToProtoHost(h);
+}
+
+absl::StatusOr<sv1::Host> ApiCore::SetHostEnabled(const sv1::SetHostEnabledRequest& r,
+                                                  const std::string& caller) {
+  if (!db::IsValidHostname(r.hostname())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", r.hostname(), "' is not a valid host name"));
+  }
+  if (!r.enabled() && r.reason().empty()) {
+    return absl::InvalidArgumentError("disabling a host needs a reason (--reason)");
+  }
+  ASSIGN_OR_RETURN(auto h, hosts_->SetHostEnabled(r.hostname(), r.enabled(), r.reason(),
+                                                  Who(caller, r.requester())));
+  LogInfo("host %s %s by %s%s%s", r.hostname(), r.enabled() ? "enabled" : "disabled",
+          Who(caller, r.requester()), r.reason().empty() ? "" : ": ", r.reason());
+  return ToProtoHost(h);
+}
+
+absl::StatusOr<sv1::ListInstancesResponse> ApiCore::ListInstances(
+    const sv1::ListInstancesRequest& r) {
+  if (!r.host().empty() && !db::IsValidHostname(r.host())) {
+    return absl::InvalidArgumentError(absl::StrCat("'", r.host(), "' is not a valid host name"));
+  }
+  ASSIGN_OR_RETURN(auto list, instances_->ListInstances(r.host(), 100000));
+  sv1::ListInstancesResponse resp;
+  for (const auto& i : list) {
+    if (r.has_missing() && i.missing != r.missing()) continue;
+    if (r.has_migrating() && i.task_state.has_value() != r.migrating()) continue;
+    *resp.add_instances() = ToProtoInstance(i);
+  }
+  return resp;
+}
+
+absl::StatusOr<sv1::Instance> ApiCore::GetInstance(const std::string& uuid) {
+  ASSIGN_OR_RETURN(auto i, instances_->GetInstance(uuid));
+  return ToProtoInstance(i);
+}
+
+// ---- evacuations -------------------------------------------------------------------------
+
+namespace {
+sv1::Evacuation ToProtoEvacuation(const db::EvacuationRecord& e) {
+  sv1::Evacuation out;
+  out.set_id(std::to_string(e.id));
+  out.set_host(e.host);
+  out.set_status(e.status == "running"     ? sv1::EVACUATION_STATUS_RUNNING
+                 : e.status == "completed" ? sv1::EVACUATION_STATUS_COMPLETED
+                                           : sv1::EVACUATION_STATUS_COMPLETED_WITH_ERRORS);
+  out.set_max_parallel(static_cast<uint32_t>(e.max_parallel));
+  out.set_requested_by(e.requested_by);
+  *out.mutable_created_at() = ToProtoTime(e.created_at);
+  *out.mutable_updated_at() = ToProtoTime(e.updated_at);
+  if (e.finished_at) *out.mutable_finished_at() = ToProtoTime(*e.finished_at);
+  for (const auto& it : e.items) {
+    auto* p = out.add_items();
+    p->set_instance_uuid(it.instance_uuid);
+    if (it.migration_id) p->set_migration_id(std::to_string(*it.migration_id));
+    p->set_reason(it.reason);
+    p->set_outcome(it.outcome == "pending"     ? sv1::EVACUATION_ITEM_OUTCOME_PENDING
+                   : it.outcome == "migrating" ? sv1::EVACUATION_ITEM_OUTCOME_MIGRATING
+                   : it.outcome == "completed" ? sv1::EVACUATION_ITEM_OUTCOME_SUCCEEDED
+                   : it.outcome == "failed"    ? sv1::EVACUATION_ITEM_OUTCOME_FAILED
+                                               : sv1::EVACUATION_ITEM_OUTCOME_SKIPPED);
+    out.set_total(out.total() + 1);
+    if (it.outcome == "completed") out.set_succeeded(out.succeeded() + 1);
+    if (it.outcome == "failed") out.set_failed(out.failed() + 1);
+    if (it.outcome == "skipped") out.set_skipped(out.skipped() + 1);
+    if (it.outcome == "migrating" || it.outcome == "pending") {
+      out.set_in_progress(out.in_progress() + (it.outcome == "migrating" ? 1 : 0));
+    }
+  }
+  return out;
+}
+}  // namespace
+
+absl::StatusOr<sv1::Evacuation> ApiCore::EvacuateHost(const sv1::EvacuateHostRequest& r,
+                                                      const std::string& caller) {
+  if (!db::IsValidHostname(r.hostname())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", r.hostname(), "' is not a valid host name"));
+  }
+  RETURN_IF_ERROR(ValidateOptions(r.options()));
+  ASSIGN_OR_RETURN(auto host,
+                   hosts_->GetHost(r.hostname(), orchestrator_->options().service_down_time));
+  ASSIGN_OR_RETURN(auto list, instances_->ListInstances(r.hostname(), 100000));
+  std::vector<std::string> uuids;
+  for (const auto& i : list) {
+    if (!i.missing) uuids.push_back(i.uuid);
+  }
+  const int max_parallel = r.max_parallel() == 0 ? 2 : static_cast<int>(r.max_parallel());
+  ASSIGN_OR_RETURN(db::EvacuationRecord e,
+                   evacuations_->CreateEvacuation(r.hostname(), max_parallel,
+                                                  Who(caller, r.requester()), "", uuids));
+  LogInfo("evacuation %d of %s: %d instance(s), at most %d at once, by %s", e.id, r.hostname(),
+          uuids.size(), max_parallel, Who(caller, r.requester()));
+  {
+    absl::MutexLock l(&mu_);
+    evacuation_threads_.emplace_back(
+        [this, id = e.id, o = r.options(), d = r.destination(), who = Who(caller, r.requester())] {
+          DriveEvacuation(id, o, d, who);
+        });
+  }
+  (void)host;
+  return ToProtoEvacuation(e);
+}
+
+void ApiCore::DriveEvacuation(int64_t id, v1::MigrationOptions options, std::string destination,
+                              std::string requester) {
+  while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(500))) {
+    auto e = evacuations_->GetEvacuation(id);
+    if (!e.ok() || e->status != "running") return;
+    int in_flight = 0, pending = 0;
+    for (auto& it : e->items) {
+      if (it.outcome == "migrating" && it.migration_id) {
+        auto m = migrations_->GetMigration(*it.migration_id);
+        if (m.ok() && IsTerminal(m->status)) {
+          it.outcome = m->status == MigrationStatus::kCompleted ? "completed" : "failed";
+          it.reason = m->failure_reason;
+          evacuations_->UpdateEvacuationItem(id, it).IgnoreError();
+        } else {
+          ++in_flight;
+        }
+      } else if (it.outcome == "pending") {
+        ++pending;
+      }
+    }
+    for (auto& it : e->items) {
+      if (in_flight >= e->max_parallel) break;
+      if (it.outcome != "pending") continue;
+      sv1::LiveMigrateRequest req;
+      req.set_instance_uuid(it.instance_uuid);
+      req.set_destination(destination);
+      *req.mutable_options() = options;
+      req.set_request_id(absl::StrCat("evacuation-", id, "-", it.instance_uuid));
+      req.set_requester(requester);
+      auto m = LiveMigrate(req, "");
+      if (m.ok()) {
+        it.outcome = "migrating";
+        it.migration_id = m->migration().number();
+        ++in_flight;
+      } else {
+        it.outcome =
+            m.status().code() == absl::StatusCode::kFailedPrecondition ? "skipped" : "failed";
+        it.reason = std::string(m.status().message());
+      }
+      --pending;
+      evacuations_->UpdateEvacuationItem(id, it).IgnoreError();
+    }
+    if (in_flight == 0 && pending <= 0) {
+      bool all_ok = true;
+      auto fin = evacuations_->GetEvacuation(id);
+      if (fin.ok()) {
+        for (const auto& it : fin->items)
+          all_ok = all_ok && (it.outcome == "completed" || it.outcome == "skipped");
+      }
+      evacuations_->FinishEvacuation(id, all_ok ? "completed" : "failed").IgnoreError();
+      LogInfo("evacuation %d finished: %s", id, all_ok ? "completed" : "completed with errors");
+      return;
+    }
+  }
+}
+
+void ApiCore::ResumeEvacuations() {
+  auto list = evacuations_->ListEvacuations("", 1000);
+  if (!list.ok()) return;
+  for (const auto& e : *list) {
+    if (e.status != "running") continue;
+    absl::MutexLock l(&mu_);
+    evacuation_threads_.emplace_back(
+        [this, id = e.id, who = e.requested_by] { DriveEvacuation(id, {}, "", who); });
+  }
+}
+
+absl::StatusOr<sv1::Evacuation> ApiCore::GetEvacuation(const std::string& id) {
+  int64_t n = 0;
+  if (!absl::SimpleAtoi(id, &n) || n <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("evacuation id '", id, "' is not a number"));
+  }
+  ASSIGN_OR_RETURN(auto e, evacuations_->GetEvacuation(n));
+  return ToProtoEvacuation(e);
+}
+
+absl::StatusOr<sv1::ListEvacuationsResponse> ApiCore::ListEvacuations(
+    const sv1::ListEvacuationsRequest& r) {
+  ASSIGN_OR_RETURN(auto list,
+                   evacuations_->ListEvacuations(
+                       r.host(), r.page_size() == 0 ? 100 : static_cast<int>(r.page_size())));
+  sv1::ListEvacuationsResponse resp;
+  for (const auto& e : list) {
+    if (r.include_items()) {
+      auto full = evacuations_->GetEvacuation(e.id);
+      if (full.ok()) {
+        *resp.add_evacuations() = ToProtoEvacuation(*full);
+        continue;
+      }
+    }
+    *resp.add_evacuations() = ToProtoEvacuation(e);
+  }
+  return resp;
+}
+
+}  // namespace livemig::sched

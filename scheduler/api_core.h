@@ -1,0 +1,75 @@
+// ApiCore: the scheduler API's operations over the stores and the orchestrator, independent of
+// any transport (the gRPC handlers in services.h and, later, REST call it).
+//
+// Validation follows DESIGN.md's step 1: malformed input, unknown instance or host, destination =
+// source, destination disabled or down, instance neither running nor paused, and instance already
+// migrating are answered at once (InvalidArgument / NotFound / FailedPrecondition / Aborted) and
+// create no migration row; a repeated request id returns the same migration.
+#ifndef LIVEMIG_SCHEDULER_API_CORE_H_
+#define LIVEMIG_SCHEDULER_API_CORE_H_
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "db/stores.h"
+#include "proto/scheduler.pb.h"
+#include "scheduler/orchestrator.h"
+
+namespace livemig::sched {
+
+class ApiCore {
+ public:
+  ApiCore(db::MigrationStore* migrations, db::HostStore* hosts, db::InstanceStore* instances,
+          db::EvacuationStore* evacuations, Orchestrator* orchestrator);
+  ~ApiCore();  // stops evacuation drivers
+
+  // `caller` is the authenticated identity (or "" when unauthenticated); the request's
+  // requester label is recorded beside it.
+  absl::StatusOr<sv1::LiveMigrateResponse> LiveMigrate(const sv1::LiveMigrateRequest& r,
+                                                       const std::string& caller);
+  absl::StatusOr<sv1::Migration> GetMigration(const std::string& id, bool include_events = true);
+  absl::StatusOr<sv1::ListMigrationsResponse> ListMigrations(const sv1::ListMigrationsRequest& r);
+  absl::StatusOr<sv1::AbortMigrationResponse> AbortMigration(const sv1::AbortMigrationRequest& r,
+                                                             const std::string& caller);
+  absl::StatusOr<sv1::ForceCompleteMigrationResponse> ForceCompleteMigration(
+      const sv1::ForceCompleteMigrationRequest& r, const std::string& caller);
+  absl::StatusOr<sv1::CheckMigrationResponse> CheckMigration(const sv1::CheckMigrationRequest& r);
+  absl::StatusOr<sv1::ListHostsResponse> ListHosts(const sv1::ListHostsRequest& r);
+  absl::StatusOr<sv1::Host> GetHost(const std::string& hostname);
+  absl::StatusOr<sv1::Host> SetHostEnabled(const sv1::SetHostEnabledRequest& r,
+                                           const std::string& caller);
+  absl::StatusOr<sv1::Evacuation> EvacuateHost(const sv1::EvacuateHostRequest& r,
+                                               const std::string& caller);
+  absl::StatusOr<sv1::Evacuation> GetEvacuation(const std::string& id);
+  absl::StatusOr<sv1::ListEvacuationsResponse> ListEvacuations(
+      const sv1::ListEvacuationsRequest& r);
+  absl::StatusOr<sv1::ListInstancesResponse> ListInstances(const sv1::ListInstancesRequest& r);
+  absl::StatusOr<sv1::Instance> GetInstance(const std::string& uuid);
+
+  // Resumes the evacuations left running by a previous scheduler process.
+  void ResumeEvacuations();
+
+ private:
+  absl::StatusOr<db::MigrationRecord> FindMigration(const std::string& id);
+  absl::Status ValidateOptions(const v1::MigrationOptions& o);
+  std::string Who(const std::string& caller, const std::string& requester) const;
+  void DriveEvacuation(int64_t id, v1::MigrationOptions options, std::string destination,
+                       std::string requester);
+
+  db::MigrationStore* migrations_;
+  db::HostStore* hosts_;
+  db::InstanceStore* instances_;
+  db::EvacuationStore* evacuations_;
+  Orchestrator* orchestrator_;
+  absl::Notification stop_;
+  absl::Mutex mu_;
+  std::vector<std::thread> evacuation_threads_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace livemig::sched
+
+#endif  // LIVEMIG_SCHEDULER_API_CORE_H_

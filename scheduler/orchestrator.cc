@@ -1,0 +1,851 @@
+#include "scheduler/orchestrator.h"
+
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "scheduler/convert.h"
+#include "scheduler/prechecks.h"
+
+namespace livemig::sched {
+
+using S = MigrationStatus;
+
+// One migration's state machine, for as long as this scheduler drives it.
+class MigrationRun {
+ public:
+  MigrationRun(Orchestrator* o, int64_t id) : o_(o), id_(id) {}
+
+  void Drive() {
+    while (!o_->Stopping()) {
+      auto m = o_->migrations_->GetMigration(id_);
+      if (!m.ok()) {
+        LogWarning("migration=%d cannot be read: %s", id_, m.status().message());
+        absl::SleepFor(absl::Seconds(1));
+        continue;
+      }
+      m_ = *m;
+      if (IsTerminal(m_.status) || m_.owner != o_->options_.scheduler_id) return;
+      absl::Status s;
+      switch (m_.status) {
+        case S::kAccepted:
+          s = Accepted();
+          break;
+        case S::kQueued:
+          s = Queued();
+          break;
+        case S::kPreparing:
+          s = Preparing();
+          break;
+        case S::kRunning:
+        case S::kRunningPostCopy:
+          s = Running();
+          break;
+        case S::kPostMigrating:
+          s = PostMigrating();
+          break;
+        case S::kError:
+          Reconcile();
+          return;  // retried later by the dispatcher
+        default:
+          return;
+      }
+      if (!s.ok()) {
+        if (s.code() == absl::StatusCode::kAborted) return;  // lease lost or row moved on
+        LogWarning("%s: %s (retrying)", Tag(), s.message());
+        absl::SleepFor(absl::Seconds(1));
+      }
+    }
+  }
+
+ private:
+  std::string Tag() const {
+    return absl::StrCat("migration=", m_.uuid, " number=", m_.id, " instance=", m_.instance_uuid);
+  }
+  const OrchestratorOptions& opt() const { return o_->options_; }
+
+  db::MigrationEvent Intent(const std::string& step, const std::string& host) {
+    db::MigrationEvent e;
+    e.step = step;
+    e.kind = "intent";
+    e.detail = absl::StrCat(step, " on ", host);
+    e.started_at = absl::Now();
+    return e;
+  }
+  db::MigrationEvent Result(const std::string& step, bool ok, const std::string& detail,
+                            absl::Time started) {
+    db::MigrationEvent e;
+    e.step = step;
+    e.kind = "result";
+    e.outcome = ok ? "ok" : "failed";
+    e.detail = detail;
+    e.started_at = started;
+    e.finished_at = absl::Now();
+    e.duration_ms = absl::ToInt64Milliseconds(*e.finished_at - started);
+    return e;
+  }
+
+  // A state transition whose event is `step`'s result; `next` (optional) is the next intent.
+  absl::Status Move(S to, const std::string& step, bool ok, const std::string& detail,
+                    absl::Time started, std::optional<db::MigrationEvent> next = std::nullopt,
+                    std::function<void(db::Transition&)> more = nullptr) {
+    db::Transition t;
+    t.migration_id = m_.id;
+    if (to == S::kCompleted) next.reset();
+    t.owner = opt().scheduler_id;
+    t.from = m_.status;
+    t.to = to;
+    t.step = next ? next->step : step;
+    t.event_kind = "result";
+    t.event_outcome = ok ? "ok" : "failed";
+    t.event_detail = detail;
+    t.event_started_at = started;
+    if (next) t.extra_events.push_back(*next);
+    if (to == S::kFailed || to == S::kCancelled || to == S::kError) t.failure_reason = detail;
+    if (more) more(t);
+    t.event_step = step;  // the event reports `step`; the row moves on to the next intent
+    auto r = o_->migrations_->ApplyTransition(t);
+    if (!r.ok()) return r.status();
+    LogInfo("%s status %s -> %s (%s)%s%s", Tag(), ToString(m_.status), ToString(to), step,
+            detail.empty() ? "" : ": ", detail);
+    m_ = *r;
+    return absl::OkStatus();
+  }
+
+  absl::Status Record(const std::string& step, bool ok, const std::string& detail,
+                      absl::Time started, const std::optional<db::MigrationEvent>& next,
+                      std::optional<std::string> dest = std::nullopt) {
+    std::vector<db::MigrationEvent> events = {Result(step, ok, detail, started)};
+    if (next) events.push_back(*next);
+    RETURN_IF_ERROR(o_->migrations_->RecordStep(m_.id, opt().scheduler_id, m_.status,
+                                                next ? next->step : step, events, dest));
+    if (dest) m_.dest_host = *dest;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<db::HostRecord> Host(const std::string& name) {
+    return o_->hosts_->GetHost(name, opt().service_down_time);
+  }
+  absl::StatusOr<std::shared_ptr<AgentClient>> Agent(const std::string& name) {
+    ASSIGN_OR_RETURN(db::HostRecord h, Host(name));
+    return o_->agents_->ForHost(name, h.report.agent_address);
+  }
+
+  // Retries an idempotent step on Unavailable / DeadlineExceeded.
+  template <typename Resp>
+  absl::StatusOr<Resp> Retry(const std::function<absl::StatusOr<Resp>()>& call) {
+    absl::StatusOr<Resp> r = absl::UnknownError("not called");
+    for (int i = 0; i <= opt().step_retries; ++i) {
+      r = call();
+      if (r.ok() || (r.status().code() != absl::StatusCode::kUnavailable &&
+                     r.status().code() != absl::StatusCode::kDeadlineExceeded)) {
+        return r;
+      }
+      absl::SleepFor(absl::Milliseconds(250) * (i + 1));
+    }
+    return r;
+  }
+
+  template <typename Req>
+  Req StepReq() const {
+    Req r;
+    r.set_migration_id(m_.uuid);
+    r.set_instance_uuid(m_.instance_uuid);
+    r.set_source_host(m_.source_host);
+    r.set_dest_host(m_.dest_host);
+    return r;
+  }
+
+  bool AbortRequested() const { return m_.abort_requested_at.has_value(); }
+
+  // ---- accepted: pre-checks from the database, destination choice ---------------------------
+  absl::Status Accepted() {
+    const absl::Time start = absl::Now();
+    if (AbortRequested()) return Move(S::kCancelled, "pre_checks", false, AbortReason(), start);
+    ASSIGN_OR_RETURN(db::InstanceRecord inst, o_->instances_->GetInstance(m_.instance_uuid));
+    ASSIGN_OR_RETURN(db::HostRecord src, Host(m_.source_host));
+    const v1::MigrationOptions options = OptionsFromJson(m_.options_json);
+    for (const auto& c : CheckSource(inst, src, options)) {
+      if (!c.passed()) return Move(S::kFailed, "pre_checks", false, c.reason(), start);
+    }
+    candidates_.clear();
+    if (!m_.requested_dest.empty()) {
+      ASSIGN_OR_RETURN(db::HostRecord dst, Host(m_.requested_dest));
+      sv1::HostCheck hc = CheckDestination(inst, src, dst, options);
+      if (!hc.passed())
+        return Move(S::kFailed, "pre_checks", false, FirstFailure(hc.checks()), start);
+      candidates_.push_back(m_.requested_dest);
+    } else {
+      ASSIGN_OR_RETURN(std::vector<db::HostRecord> hosts,
+                       o_->hosts_->ListHosts(opt().service_down_time));
+      std::string rejected;
+      for (const auto& hc : RankDestinations(inst, src, hosts, options)) {
+        if (hc.passed()) {
+          candidates_.push_back(hc.host());
+        } else {
+          absl::StrAppend(&rejected, rejected.empty() ? "" : "; ", FirstFailure(hc.checks()));
+        }
+      }
+      if (candidates_.empty()) {
+        return Move(
+            S::kFailed, "select_destination", false,
+            absl::StrCat("no host can take instance ", inst.name.empty() ? inst.uuid : inst.name,
+                         rejected.empty() ? ": no other host is known" : ": ", rejected),
+            start);
+      }
+    }
+    const std::string dest = candidates_.front();
+    const bool slot = SlotFree(m_.source_host, dest);
+    auto set_dest = [&](db::Transition& t) {
+      t.dest_host = dest;
+      t.memory_claim_mib = inst.memory_mib;
+    };
+    const std::string detail =
+        absl::StrCat("pre-checks passed; destination ", dest,
+                     m_.requested_dest.empty() ? " (chosen)" : " (requested)");
+    if (!slot)
+      return Move(S::kQueued, "pre_checks", true, detail + "; waiting for a slot", start,
+                  std::nullopt, set_dest);
+    return Move(S::kPreparing, "pre_checks", true, detail, start,
+                Intent("check_can_live_migrate_on_dest", dest), set_dest);
+  }
+
+  std::string AbortReason() const {
+    return absl::StrCat("aborted by ", m_.aborted_by.empty() ? "an operator" : m_.aborted_by);
+  }
+
+  // FIFO within the per-host and total limits.
+  bool SlotFree(const std::string& src, const std::string& dst) {
+    auto active = o_->migrations_->ListActiveMigrations();
+    if (!active.ok()) return false;
+    int out = 0, in = 0, total = 0;
+    for (const auto& a : *active) {
+      if (a.id == m_.id) continue;
+      const bool busy = a.status == S::kPreparing || a.status == S::kRunning ||
+                        a.status == S::kRunningPostCopy || a.status == S::kPostMigrating;
+      if (busy) {
+        ++total;
+        if (a.source_host == src) ++out;
+        if (a.dest_host == dst) ++in;
+      } else if (a.status == S::kQueued && a.id < m_.id &&
+                 (a.source_host == src || a.dest_host == dst)) {
+        return false;  // an older queued migration goes first
+      }
+    }
+    return out < opt().max_outbound_per_host && in < opt().max_inbound_per_host &&
+           total < opt().max_total;
+  }
+
+  // ---- queued ------------------------------------------------------------------------------
+  absl::Status Queued() {
+    const absl::Time start = absl::Now();
+    while (!o_->Stopping()) {
+      ASSIGN_OR_RETURN(m_, o_->migrations_->GetMigration(id_));
+      if (m_.status != S::kQueued || m_.owner != opt().scheduler_id) return absl::OkStatus();
+      if (AbortRequested())
+        return Move(S::kCancelled, "wait_for_slot", false, AbortReason(), start);
+      if (SlotFree(m_.source_host, m_.dest_host)) {
+        return Move(S::kPreparing, "wait_for_slot", true, "a slot is free", start,
+                    Intent("check_can_live_migrate_on_dest", m_.dest_host));
+      }
+      absl::SleepFor(opt().dispatch_interval * 2);
+    }
+    return absl::OkStatus();
+  }
+
+  // ---- preparing: steps 4-6 ------------------------------------------------------------------
+  absl::Status Preparing() {
+    if (AbortRequested()) return RollBack(S::kCancelled, AbortReason());
+    ASSIGN_OR_RETURN(db::InstanceRecord inst, o_->instances_->GetInstance(m_.instance_uuid));
+    ASSIGN_OR_RETURN(db::HostRecord src_host, Host(m_.source_host));
+    ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
+    const v1::MigrationOptions options = OptionsFromJson(m_.options_json);
+    if (candidates_.empty()) candidates_.push_back(m_.dest_host);
+    std::string last_reason;
+    int attempts = 0;
+    for (const std::string& cand : candidates_) {
+      if (attempts++ >= opt().destination_attempts) break;
+      if (cand != m_.dest_host) {
+        RETURN_IF_ERROR(Record("select_destination", true, "falling back to " + cand, absl::Now(),
+                               Intent("check_can_live_migrate_on_dest", cand), cand));
+      }
+      ASSIGN_OR_RETURN(db::HostRecord dst_host, Host(cand));
+      ASSIGN_OR_RETURN(auto dst, Agent(cand));
+      // Step 4 on the destination.
+      absl::Time t = absl::Now();
+      cv1::DescribeInstanceRequest di;
+      di.set_instance_uuid(m_.instance_uuid);
+      auto desc = Retry<cv1::DescribeInstanceResponse>([&] { return src->DescribeInstance(di); });
+      if (!desc.ok()) return RollBack(S::kFailed, std::string(desc.status().message()));
+      if (!desc->present()) {
+        return RollBack(S::kFailed, absl::StrCat("instance ", m_.instance_uuid,
+                                                 " is not on its source ", m_.source_host));
+      }
+      auto dreq = StepReq<cv1::CheckCanLiveMigrateOnDestRequest>();
+      *dreq.mutable_source_cpu() = ToProtoHost(src_host).inventory().cpu();
+      dreq.set_source_hypervisor_type(src_host.report.hypervisor_type);
+      dreq.set_source_hypervisor_version(static_cast<uint64_t>(src_host.report.hypervisor_version));
+      *dreq.mutable_instance() = desc->domain();
+      *dreq.mutable_options() = options;
+      auto d = Retry<cv1::CheckCanLiveMigrateOnDestResponse>(
+          [&] { return dst->CheckCanLiveMigrateOnDest(dreq); });
+      if (!d.ok() || !d->passed()) {
+        last_reason = d.ok() ? FirstFailure(d->checks()) : std::string(d.status().message());
+        RETURN_IF_ERROR(
+            Record("check_can_live_migrate_on_dest", false, last_reason, t, std::nullopt));
+        if (!m_.requested_dest.empty()) break;
+        continue;
+      }
+      data_.Clear();
+      *data_.mutable_dest_check() = d->dest_check_data();
+      RETURN_IF_ERROR(Record("check_can_live_migrate_on_dest", true, "destination accepts", t,
+                             Intent("check_can_live_migrate_on_src", m_.source_host)));
+      // Step 5 on the source.
+      t = absl::Now();
+      auto sreq = StepReq<cv1::CheckCanLiveMigrateOnSrcRequest>();
+      *sreq.mutable_dest_check_data() = d->dest_check_data();
+      *sreq.mutable_options() = options;
+      auto s = Retry<cv1::CheckCanLiveMigrateOnSrcResponse>(
+          [&] { return src->CheckCanLiveMigrateOnSrc(sreq); });
+      if (!s.ok() || !s->passed()) {
+        last_reason = s.ok() ? FirstFailure(s->checks()) : std::string(s.status().message());
+        auto cleanup = StepReq<cv1::CheckCanLiveMigrateOnDestCleanupRequest>();
+        *cleanup.mutable_dest_check_data() = d->dest_check_data();
+        Retry<cv1::CheckCanLiveMigrateOnDestCleanupResponse>([&] {
+          return dst->CheckCanLiveMigrateOnDestCleanup(cleanup);
+        }).IgnoreError();
+        RETURN_IF_ERROR(
+            Record("check_can_live_migrate_on_src", false, last_reason, t, std::nullopt));
+        if (!m_.requested_dest.empty()) break;
+        continue;
+      }
+      *data_.mutable_src_check() = s->src_check_data();
+      RETURN_IF_ERROR(
+          Record("check_can_live_migrate_on_src", true,
+                 s->src_check_data().block_migration() ? "block migration" : "shared storage", t,
+                 Intent("pre_live_migration", cand)));
+      // Step 6 on the destination.
+      t = absl::Now();
+      auto pre = StepReq<cv1::PreLiveMigrationRequest>();
+      *pre.mutable_migrate_data() = data_;
+      *pre.mutable_options() = options;
+      auto p = Retry<cv1::PreLiveMigrationResponse>([&] { return dst->PreLiveMigration(pre); });
+      if (!p.ok()) {
+        RETURN_IF_ERROR(Record("pre_live_migration", false, std::string(p.status().message()), t,
+                               std::nullopt));
+        return RollBack(S::kFailed, std::string(p.status().message()));
+      }
+      *data_.mutable_pre_live_migration() = p->pre_live_migration_data();
+      prepared_ = true;
+      state_before_ = desc->domain().state();
+      ASSIGN_OR_RETURN(m_, o_->migrations_->GetMigration(id_));
+      if (AbortRequested()) return RollBack(S::kCancelled, AbortReason());
+      return Move(S::kRunning, "pre_live_migration", true, "destination prepared", t,
+                  Intent("live_migration", m_.source_host),
+                  [](db::Transition& tr) { tr.mark_started = true; });
+    }
+    return Move(S::kFailed, "check_can_live_migrate_on_dest", false,
+                last_reason.empty() ? "no destination passed the agent checks" : last_reason,
+                absl::Now());
+  }
+
+  // ---- running: the transfer -----------------------------------------------------------------
+  absl::Status Running() {
+    ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
+    ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
+    const absl::Time started = m_.started_at.value_or(absl::Now());
+    auto lm = StepReq<cv1::LiveMigrationRequest>();
+    *lm.mutable_options() = OptionsFromJson(m_.options_json);
+    if (prepared_) {
+      *lm.mutable_migrate_data() = data_;
+      auto r = Retry<cv1::LiveMigrationResponse>([&] { return src->LiveMigration(lm); });
+      if (!r.ok() && r.status().code() != absl::StatusCode::kUnavailable &&
+          r.status().code() != absl::StatusCode::kDeadlineExceeded) {
+        return RollBack(S::kFailed, std::string(r.status().message()));
+      }
+      prepared_ = false;
+    } else {
+      // Taken over (or restarted): the truth is on the hypervisors.
+      ASSIGN_OR_RETURN(Truth truth, Ask(src.get(), dst.get()));
+      if (truth.src_job || truth.transfer_running) {
+        auto r = src->LiveMigration(lm);  // attaches to the running job
+        if (!r.ok()) LogWarning("%s re-attach: %s", Tag(), r.status().message());
+      } else if (truth.dst_running && !truth.src_present) {
+        return Move(S::kPostMigrating, "live_migration", true,
+                    "the domain runs on the destination only (found after takeover)", started,
+                    Intent("post_live_migration", m_.source_host));
+      } else if (truth.src_present && !truth.dst_running) {
+        if (m_.status == S::kRunningPostCopy) {
+          return Move(S::kError, "live_migration", false,
+                      "post-copy had started but the transfer is gone; check the destination",
+                      started);
+        }
+        return RollBack(AbortRequested() ? S::kCancelled : S::kFailed,
+                        truth.transfer_error.empty()
+                            ? "the transfer was not running after a scheduler takeover"
+                            : truth.transfer_error);
+      } else {
+        return Move(S::kError, "live_migration", false,
+                    absl::StrCat("cannot prove where the VM runs: source ",
+                                 truth.src_present ? "has" : "lacks", " it, destination ",
+                                 truth.dst_running ? "runs" : "does not run", " it"),
+                    started);
+      }
+    }
+    return Monitor(src.get(), dst.get(), started);
+  }
+
+  struct Truth {
+    bool src_present = false, src_job = false, dst_present = false, dst_running = false;
+    bool transfer_running = false;
+    std::string transfer_error;
+  };
+  absl::StatusOr<Truth> Ask(AgentClient* src, AgentClient* dst) {
+    cv1::DescribeInstanceRequest di;
+    di.set_instance_uuid(m_.instance_uuid);
+    di.set_migration_id(m_.uuid);
+    auto s = Retry<cv1::DescribeInstanceResponse>([&] { return src->DescribeInstance(di); });
+    auto d = Retry<cv1::DescribeInstanceResponse>([&] { return dst->DescribeInstance(di); });
+    if (!s.ok()) return s.status();
+    if (!d.ok()) return d.status();
+    Truth t;
+    t.src_present = s->present();
+    t.src_job = s->present() && s->domain().migration_job_active();
+    t.transfer_running = s->transfer().state() == cv1::TRANSFER_STATE_RUNNING;
+    t.transfer_error = s->transfer().error();
+    t.dst_present = d->present();
+    const auto st = d->domain().state();
+    t.dst_running =
+        d->present() && (st == v1::DOMAIN_STATE_RUNNING || st == v1::DOMAIN_STATE_PAUSED ||
+                         st == v1::DOMAIN_STATE_BLOCKED);
+    return t;
+  }
+
+  absl::Status Monitor(AgentClient* src, AgentClient* dst, absl::Time started) {
+    cv1::GetMigrationProgressRequest g;
+    g.set_migration_id(m_.uuid);
+    g.set_instance_uuid(m_.instance_uuid);
+    absl::Time last_write = absl::InfinitePast(), last_ok = absl::Now(), last_read = absl::Now();
+    bool abort_sent = false, force_sent = false;
+    while (!o_->Stopping()) {
+      auto r = src->GetMigrationProgress(g);
+      const absl::Time now = absl::Now();
+      if (!r.ok()) {
+        if (r.status().code() == absl::StatusCode::kNotFound ||
+            now - last_ok > opt().agent_silence) {
+          // The source agent lost the transfer (restart) or stopped answering: ask both.
+          auto truth = Ask(src, dst);
+          if (truth.ok() && truth->dst_running && !truth->src_present) {
+            return Move(S::kPostMigrating, "live_migration", true,
+                        "the domain runs on the destination only", started,
+                        Intent("post_live_migration", m_.source_host));
+          }
+          if (truth.ok() && truth->src_job) {
+            auto lm = StepReq<cv1::LiveMigrationRequest>();
+            *lm.mutable_options() = OptionsFromJson(m_.options_json);
+            src->LiveMigration(lm).IgnoreError();  // attach a new monitor
+            last_ok = now;
+          } else if (truth.ok() && truth->src_present && !truth->dst_running) {
+            return RollBack(AbortRequested() ? S::kCancelled : S::kFailed,
+                            "the transfer ended without completing");
+          } else if (now - last_ok > opt().agent_silence * 2) {
+            return Move(S::kError, "live_migration", false,
+                        absl::StrCat("source agent on ", m_.source_host,
+                                     " unreachable: ", r.status().message()),
+                        started);
+          }
+        }
+        absl::SleepFor(opt().progress_poll);
+        continue;
+      }
+      last_ok = now;
+      if (r->state() == cv1::TRANSFER_STATE_COMPLETED) {
+        WriteProgress(*r);
+        return Move(
+            S::kPostMigrating, "live_migration", true,
+            absl::StrCat("transfer completed in ", r->progress().elapsed_ms(), " ms",
+                         r->progress().downtime_ms() > 0
+                             ? absl::StrCat(", downtime ", r->progress().downtime_ms(), " ms")
+                             : ""),
+            started, Intent("post_live_migration", m_.source_host));
+      }
+      if (r->state() == cv1::TRANSFER_STATE_FAILED || r->state() == cv1::TRANSFER_STATE_CANCELLED) {
+        if (r->post_copy_started()) {
+          return Move(S::kError, "live_migration", false,
+                      "post-copy failed: " + r->error() + " (no rollback to the source)", started);
+        }
+        const bool cancelled = AbortRequested() || r->state() == cv1::TRANSFER_STATE_CANCELLED;
+        return RollBack(cancelled && !r->completion_timeout_expired() ? S::kCancelled : S::kFailed,
+                        cancelled && !r->completion_timeout_expired()
+                            ? AbortReason()
+                            : absl::StrCat("transfer failed: ", r->error()));
+      }
+      if (r->post_copy_started() && m_.status == S::kRunning) {
+        RETURN_IF_ERROR(Move(S::kRunningPostCopy, "live_migration", true, "post-copy started",
+                             started, Intent("live_migration", m_.source_host)));
+      }
+      if (now - last_write >= opt().progress_write) {
+        WriteProgress(*r);
+        last_write = now;
+      }
+      if (now - last_read >= opt().progress_write) {
+        last_read = now;
+        ASSIGN_OR_RETURN(m_, o_->migrations_->GetMigration(id_));
+        if (m_.owner != opt().scheduler_id) return absl::AbortedError("lease lost");
+        if (AbortRequested() && !abort_sent) {
+          abort_sent = true;
+          auto a = src->AbortLiveMigration(StepReq<cv1::AbortLiveMigrationRequest>());
+          Note("abort", a.ok() ? "abort sent to the source" : std::string(a.status().message()));
+        }
+        if (m_.force_complete_requested_at && !force_sent) {
+          force_sent = true;
+          auto f =
+              src->ForceCompleteLiveMigration(StepReq<cv1::ForceCompleteLiveMigrationRequest>());
+          Note("force_complete",
+               f.ok() ? "force-complete sent to the source" : std::string(f.status().message()));
+        }
+      }
+      if (now - started > opt().transfer_deadline && !abort_sent) {
+        abort_sent = true;
+        Note("live_migration", "the scheduler's transfer deadline passed: aborting");
+        src->AbortLiveMigration(StepReq<cv1::AbortLiveMigrationRequest>()).IgnoreError();
+      }
+      absl::SleepFor(opt().progress_poll);
+    }
+    return absl::OkStatus();
+  }
+
+  void Note(const std::string& step, const std::string& detail) {
+    db::MigrationEvent e;
+    e.migration_id = m_.id;
+    e.step = step;
+    e.kind = "info";
+    e.status = ToString(m_.status);
+    e.actor = opt().scheduler_id;
+    e.detail = detail;
+    e.started_at = absl::Now();
+    o_->migrations_->AppendEvent(e).IgnoreError();
+  }
+
+  void WriteProgress(const cv1::MigrationProgressReport& r) {
+    db::MigrationProgress p;
+    const auto& pr = r.progress();
+    p.phase = pr.phase() == v1::MIGRATION_PHASE_POST_COPY            ? "post-copy"
+              : pr.phase() == v1::MIGRATION_PHASE_PAUSED_TO_COMPLETE ? "paused-to-complete"
+              : pr.phase() == v1::MIGRATION_PHASE_OFFLINE_COPY       ? "offline-copy"
+                                                                     : "pre-copy";
+    if (pr.has_bytes()) {
+      p.bytes_total = static_cast<int64_t>(pr.bytes_total());
+      p.bytes_processed = static_cast<int64_t>(pr.bytes_processed());
+      p.bytes_remaining = static_cast<int64_t>(pr.bytes_remaining());
+      p.percent = pr.percent();
+    }
+    p.elapsed_ms = static_cast<int64_t>(pr.elapsed_ms());
+    if (pr.downtime_ms() > 0) p.downtime_ms = static_cast<int64_t>(pr.downtime_ms());
+    o_->migrations_->UpdateProgress(m_.id, opt().scheduler_id, p).IgnoreError();
+  }
+
+  // ---- post-migrating: roll forward ----------------------------------------------------------
+  absl::Status PostMigrating() {
+    ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
+    ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
+    const absl::Time deadline = absl::Now() + opt().roll_forward_for;
+    absl::Duration backoff = absl::Milliseconds(500);
+    bool src_done = m_.step == "post_live_migration_at_destination";
+    absl::Time t = absl::Now();
+    std::string last;
+    while (!o_->Stopping()) {
+      if (!src_done) {
+        auto p = src->PostLiveMigration(StepReq<cv1::PostLiveMigrationRequest>());
+        if (p.ok()) {
+          src_done = true;
+          RETURN_IF_ERROR(Record("post_live_migration", true, "source cleaned up", t,
+                                 Intent("post_live_migration_at_destination", m_.dest_host)));
+          t = absl::Now();
+        } else {
+          last = std::string(p.status().message());
+        }
+      }
+      if (src_done) {
+        auto at = dst->PostLiveMigrationAtDestination(
+            StepReq<cv1::PostLiveMigrationAtDestinationRequest>());
+        if (at.ok()) {
+          return Move(S::kCompleted, "post_live_migration_at_destination", true,
+                      absl::StrCat("the instance runs on ", m_.dest_host), t);
+        }
+        last = std::string(at.status().message());
+      }
+      if (absl::Now() > deadline) {
+        return Move(S::kError,
+                    src_done ? "post_live_migration_at_destination" : "post_live_migration", false,
+                    "roll-forward could not finish: " + last, t);
+      }
+      Note("roll_forward", "post step failed, retrying: " + last);
+      absl::SleepFor(backoff);
+      backoff = std::min(backoff * 2, absl::Seconds(10));
+    }
+    return absl::OkStatus();
+  }
+
+  // ---- rollback (row R) ----------------------------------------------------------------------
+  absl::Status RollBack(S final_status, const std::string& reason) {
+    const absl::Time t = absl::Now();
+    if (!m_.dest_host.empty()) {
+      ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
+      auto r = Retry<cv1::RollbackLiveMigrationAtDestinationResponse>([&] {
+        auto req = StepReq<cv1::RollbackLiveMigrationAtDestinationRequest>();
+        *req.mutable_migrate_data() = data_;
+        return dst->RollbackLiveMigrationAtDestination(req);
+      });
+      if (!r.ok()) {
+        if (r.status().code() == absl::StatusCode::kFailedPrecondition &&
+            absl::StrContains(r.status().message(), "only running copy") &&
+            m_.status == S::kRunning) {
+          // The domain already runs on the destination: never tear it down; roll forward.
+          return Move(S::kPostMigrating, "rollback_live_migration_at_destination", false,
+                      "the domain runs on the destination: rolling forward instead", t,
+                      Intent("post_live_migration", m_.source_host));
+        }
+        return Move(
+            S::kError, "rollback_live_migration_at_destination", false,
+            absl::StrCat(reason, "; rollback at destination failed: ", r.status().message()), t);
+      }
+    }
+    ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
+    auto req = StepReq<cv1::RollbackLiveMigrationRequest>();
+    ASSIGN_OR_RETURN(db::InstanceRecord inst, o_->instances_->GetInstance(m_.instance_uuid));
+    req.set_state_before_migration(state_before_ != v1::DOMAIN_STATE_UNSPECIFIED
+                                       ? state_before_
+                                       : DomainStateFromName(inst.power_state));
+    auto r =
+        Retry<cv1::RollbackLiveMigrationResponse>([&] { return src->RollbackLiveMigration(req); });
+    if (!r.ok()) {
+      return Move(S::kError, "rollback_live_migration", false,
+                  absl::StrCat(reason, "; rollback at source failed: ", r.status().message()), t);
+    }
+    return Move(final_status, "rollback_live_migration", true, reason, t);
+  }
+
+  // ---- error: try to prove where the VM runs -------------------------------------------------
+  void Reconcile() {
+    auto src = Agent(m_.source_host);
+    auto dst =
+        m_.dest_host.empty()
+            ? absl::StatusOr<std::shared_ptr<AgentClient>>(absl::NotFoundError("no destination"))
+            : Agent(m_.dest_host);
+    if (!src.ok() || !dst.ok()) return;
+    auto truth = Ask(src->get(), dst->get());
+    if (!truth.ok()) return;
+    const absl::Time t = absl::Now();
+    if (truth->dst_running && !truth->src_present) {
+      Move(S::kPostMigrating, "reconcile", true, "the domain runs on the destination only", t,
+           Intent("post_live_migration", m_.source_host))
+          .IgnoreError();
+    } else if (truth->src_present && !truth->dst_present && !truth->src_job) {
+      Move(S::kFailed, "reconcile", true,
+           absl::StrCat(m_.failure_reason, " (resolved: the VM runs on the source)"), t)
+          .IgnoreError();
+    }
+  }
+
+  Orchestrator* o_;
+  const int64_t id_;
+  db::MigrationRecord m_;
+  std::vector<std::string> candidates_;
+  cv1::LiveMigrateData data_;
+  bool prepared_ = false;
+  v1::DomainState state_before_ = v1::DOMAIN_STATE_UNSPECIFIED;
+};
+
+// ---- Orchestrator ----------------------------------------------------------------------------
+
+Orchestrator::Orchestrator(OrchestratorOptions options, db::MigrationStore* migrations,
+                           db::HostStore* hosts, db::InstanceStore* instances,
+                           AgentClientFactory* agents)
+    : options_(std::move(options)),
+      migrations_(migrations),
+      hosts_(hosts),
+      instances_(instances),
+      agents_(agents) {
+  if (options_.scheduler_id.empty()) {
+    char host[128] = {0};
+    gethostname(host, sizeof(host) - 1);
+    std::random_device rd;
+    options_.scheduler_id = absl::StrCat("scheduler-", host, "-", getpid(), "-", rd() % 100000);
+  }
+}
+
+Orchestrator::~Orchestrator() { Stop(); }
+
+void Orchestrator::Start() {
+  dispatcher_ = std::thread([this] { DispatchLoop(); });
+  renewer_ = std::thread([this] { RenewLoop(); });
+}
+
+void Orchestrator::Stop() {
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  Kick();
+  if (dispatcher_.joinable()) dispatcher_.join();
+  if (renewer_.joinable()) renewer_.join();
+  absl::MutexLock l(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return running_.empty(); };
+  mu_.Await(absl::Condition(&idle));
+}
+
+void Orchestrator::Kick() {
+  absl::MutexLock l(&mu_);
+  kicked_ = true;
+  kick_.Signal();
+}
+
+int Orchestrator::RunningStateMachines() {
+  absl::MutexLock l(&mu_);
+  return static_cast<int>(running_.size());
+}
+
+void Orchestrator::RunMigration(int64_t id) {
+  MigrationRun run(this, id);
+  run.Drive();
+  absl::MutexLock l(&mu_);
+  running_.erase(id);
+}
+
+void Orchestrator::DispatchLoop() {
+  std::map<int64_t, absl::Time> error_attempts;
+  while (!Stopping()) {
+    {
+      absl::MutexLock l(&mu_);
+      if (!kicked_) kick_.WaitWithTimeout(&mu_, options_.dispatch_interval);
+      kicked_ = false;
+    }
+    if (Stopping()) break;
+    // Take over migrations whose owner's lease expired.
+    auto orphans = migrations_->ListOrphaned();
+    if (orphans.ok()) {
+      for (const auto& m : *orphans) {
+        auto got = migrations_->AcquireLease(m.id, options_.scheduler_id, options_.lease);
+        if (got.ok() && *got) {
+          LogInfo("migration=%d instance=%s taken over from '%s' (%s)", m.id, m.instance_uuid,
+                  m.owner, ToString(m.status));
+        }
+      }
+    }
+    auto active = migrations_->ListActiveMigrations();
+    if (!active.ok()) {
+      LogWarning("dispatcher: %s", active.status().message());
+      continue;
+    }
+    for (const auto& m : *active) {
+      if (m.owner != options_.scheduler_id) continue;
+      if (m.status == MigrationStatus::kError) {
+        auto& last = error_attempts[m.id];
+        if (absl::Now() - last < absl::Seconds(30)) continue;
+        last = absl::Now();
+      }
+      absl::MutexLock l(&mu_);
+      if (running_.count(m.id)) continue;
+      running_.insert(m.id);
+      std::thread([this, id = m.id] { RunMigration(id); }).detach();
+    }
+  }
+}
+
+void Orchestrator::RenewLoop() {
+  while (!stop_.WaitForNotificationWithTimeout(options_.lease / 3)) {
+    auto n = migrations_->RenewLeases(options_.scheduler_id, options_.lease);
+    if (!n.ok()) LogWarning("lease renewal failed: %s", n.status().message());
+  }
+}
+
+absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
+    const sv1::CheckMigrationRequest& req) {
+  ASSIGN_OR_RETURN(db::InstanceRecord inst, instances_->GetInstance(req.instance_uuid()));
+  if (inst.host.empty()) {
+    return absl::FailedPreconditionError("instance " + inst.uuid + " has no known host");
+  }
+  ASSIGN_OR_RETURN(db::HostRecord src, hosts_->GetHost(inst.host, options_.service_down_time));
+  sv1::CheckMigrationResponse resp;
+  resp.set_instance_uuid(inst.uuid);
+  resp.set_source_host(inst.host);
+  for (auto& c : CheckSource(inst, src, req.options())) *resp.add_instance_checks() = c;
+  std::vector<sv1::HostCheck> checks;
+  if (!req.destination().empty()) {
+    ASSIGN_OR_RETURN(db::HostRecord dst,
+                     hosts_->GetHost(req.destination(), options_.service_down_time));
+    checks.push_back(CheckDestination(inst, src, dst, req.options()));
+  } else {
+    ASSIGN_OR_RETURN(auto hosts, hosts_->ListHosts(options_.service_down_time));
+    checks = RankDestinations(inst, src, hosts, req.options());
+  }
+  // Agent checks (steps 4-5) on the hosts that pass, with a throwaway id; nothing is kept.
+  auto src_agent = agents_->ForHost(src.report.hostname, src.report.agent_address);
+  cv1::DescribeInstanceRequest di;
+  di.set_instance_uuid(inst.uuid);
+  auto desc = src_agent->DescribeInstance(di);
+  std::random_device rd;
+  for (auto& hc : checks) {
+    if (!hc.passed() || !desc.ok()) continue;
+    auto dst = hosts_->GetHost(hc.host(), options_.service_down_time);
+    if (!dst.ok()) continue;
+    auto dst_agent = agents_->ForHost(hc.host(), dst->report.agent_address);
+    const std::string probe_id = absl::StrCat("dryrun-", rd(), "-", rd());
+    cv1::CheckCanLiveMigrateOnDestRequest d;
+    d.set_migration_id(probe_id);
+    d.set_instance_uuid(inst.uuid);
+    d.set_source_host(src.report.hostname);
+    d.set_dest_host(hc.host());
+    *d.mutable_source_cpu() = ToProtoHost(src).inventory().cpu();
+    d.set_source_hypervisor_type(src.report.hypervisor_type);
+    d.set_source_hypervisor_version(static_cast<uint64_t>(src.report.hypervisor_version));
+    *d.mutable_instance() = desc->domain();
+    *d.mutable_options() = req.options();
+    auto dr = dst_agent->CheckCanLiveMigrateOnDest(d);
+    if (!dr.ok()) {
+      v1::CheckResult* c = hc.add_checks();
+      c->set_host(hc.host());
+      c->set_name("agent_dest");
+      c->set_reason(std::string(dr.status().message()));
+      hc.set_passed(false);
+      continue;
+    }
+    for (const auto& c : dr->checks()) *hc.add_checks() = c;
+    if (dr->passed()) {
+      cv1::CheckCanLiveMigrateOnSrcRequest s;
+      s.set_migration_id(probe_id);
+      s.set_instance_uuid(inst.uuid);
+      s.set_source_host(src.report.hostname);
+      s.set_dest_host(hc.host());
+      *s.mutable_dest_check_data() = dr->dest_check_data();
+      *s.mutable_options() = req.options();
+      auto sr = src_agent->CheckCanLiveMigrateOnSrc(s);
+      if (sr.ok()) {
+        for (const auto& c : sr->checks()) *hc.add_checks() = c;
+        hc.set_passed(sr->passed());
+      } else {
+        hc.set_passed(false);
+      }
+    } else {
+      hc.set_passed(false);
+    }
+    cv1::CheckCanLiveMigrateOnDestCleanupRequest cl;
+    cl.set_migration_id(probe_id);
+    cl.set_instance_uuid(inst.uuid);
+    cl.set_dest_host(hc.host());
+    dst_agent->CheckCanLiveMigrateOnDestCleanup(cl).IgnoreError();
+  }
+  bool any = false;
+  for (auto& hc : checks) {
+    if (hc.passed() && resp.chosen_host().empty()) resp.set_chosen_host(hc.host());
+    any = any || hc.passed();
+    *resp.add_hosts() = hc;
+  }
+  bool src_ok = true;
+  for (const auto& c : resp.instance_checks()) src_ok = src_ok && c.passed();
+  resp.set_passed(src_ok && any);
+  return resp;
+}
+
+}  // namespace livemig::sched

@@ -1,0 +1,102 @@
+// The orchestrator: one durable state machine per migration (DESIGN.md's flow table), driven by
+// the scheduler that holds the migration's lease.
+//
+//   accepted → (pre-checks, destination choice) → queued → preparing (check on dest, check on
+//   src, pre_live_migration) → running → post-migrating (post at source, at destination) →
+//   completed; a failure before the domain runs on the destination rolls back (rollback at
+//   destination, then at source) to failed, or cancelled after an abort; a failure after it
+//   rolls forward (the post steps are retried); `error` only when the VM's location cannot be
+//   proven, retried by the reconciler.
+//
+// Every step's intent is committed before its RPC and its result after (a result and the next
+// intent share one transaction). Leases: the dispatcher renews this scheduler's leases and takes
+// over migrations whose lease expired (another scheduler died), resuming them from what both
+// agents report (Recovery). Thread-safe.
+#ifndef LIVEMIG_SCHEDULER_ORCHESTRATOR_H_
+#define LIVEMIG_SCHEDULER_ORCHESTRATOR_H_
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "db/stores.h"
+#include "proto/scheduler.pb.h"
+#include "scheduler/agent_client.h"
+
+namespace livemig::sched {
+
+namespace sv1 = ::livemig::scheduler::v1;
+
+struct OrchestratorOptions {
+  std::string scheduler_id;                  // lease owner name
+  absl::Duration lease = absl::Seconds(15);  // renewed every lease/3
+  absl::Duration service_down_time = absl::Seconds(60);
+  absl::Duration dispatch_interval = absl::Milliseconds(250);
+  absl::Duration progress_poll = absl::Milliseconds(500);  // agent progress polling
+  absl::Duration progress_write = absl::Seconds(1);        // at most one progress commit per
+  int max_outbound_per_host = 2;
+  int max_inbound_per_host = 2;
+  int max_total = 20;
+  int destination_attempts = 3;  // agent checks on the best candidates, then give up
+  int step_retries = 3;          // idempotent step RPCs retried on Unavailable/DeadlineExceeded
+  absl::Duration roll_forward_for = absl::Minutes(10);  // then `error`
+  absl::Duration transfer_deadline = absl::Hours(6);    // the scheduler's own hard deadline
+  absl::Duration agent_silence = absl::Seconds(90);     // source agent unreachable while running
+};
+
+class Orchestrator {
+ public:
+  Orchestrator(OrchestratorOptions options, db::MigrationStore* migrations, db::HostStore* hosts,
+               db::InstanceStore* instances, AgentClientFactory* agents);
+  ~Orchestrator();
+
+  // Starts the dispatcher (picks up this scheduler's migrations and expired leases) and the
+  // lease renewer. Stop() waits for them and for the running state machines to reach a step
+  // boundary; migrations left unfinished are resumed by the next owner.
+  void Start();
+  void Stop();
+  // Wakes the dispatcher (a migration was created).
+  void Kick();
+
+  // Dry run: every check for the given destination (or every candidate), including the agent
+  // checks (steps 4-5) on hosts that pass the database checks; changes nothing (the probe file
+  // is removed again).
+  absl::StatusOr<sv1::CheckMigrationResponse> CheckMigration(const sv1::CheckMigrationRequest& r);
+
+  int RunningStateMachines();
+  const OrchestratorOptions& options() const { return options_; }
+
+ private:
+  void DispatchLoop();
+  void RenewLoop();
+  void RunMigration(int64_t id);
+  // The state machine; returns when the migration is terminal or no longer ours.
+  void Drive(int64_t id);
+  bool Stopping() const { return stop_.HasBeenNotified(); }
+
+  OrchestratorOptions options_;
+  db::MigrationStore* migrations_;
+  db::HostStore* hosts_;
+  db::InstanceStore* instances_;
+  AgentClientFactory* agents_;
+
+  absl::Notification stop_;
+  absl::Mutex mu_;
+  absl::CondVar kick_;
+  bool kicked_ ABSL_GUARDED_BY(mu_) = false;
+  std::set<int64_t> running_ ABSL_GUARDED_BY(mu_);
+  std::map<int64_t, std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> finished_ ABSL_GUARDED_BY(mu_);
+  std::thread dispatcher_, renewer_;
+
+  friend class MigrationRun;
+};
+
+}  // namespace livemig::sched
+
+#endif  // LIVEMIG_SCHEDULER_ORCHESTRATOR_H_

@@ -1,0 +1,172 @@
+#include "scheduler/prechecks.h"
+
+#include <algorithm>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "driver/checks.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace livemig::sched {
+namespace {
+
+v1::CheckResult Result(const std::string& host, const std::string& name, bool ok,
+                       const std::string& reason) {
+  v1::CheckResult c;
+  c.set_host(host);
+  c.set_name(name);
+  c.set_passed(ok);
+  c.set_reason(reason);
+  return c;
+}
+
+v1::BackendCapabilities Caps(const db::HostRecord& h) {
+  v1::BackendCapabilities c;
+  google::protobuf::util::JsonParseOptions p;
+  p.ignore_unknown_fields = true;
+  (void)google::protobuf::util::JsonStringToMessage(h.report.capabilities_json, &c, p);
+  return c;
+}
+
+std::string Hypervisor(const db::HostRecord& h) {
+  const std::string profile = Caps(h).profile();
+  return absl::StrCat(
+      h.report.hypervisor_type.empty() ? "the hypervisor" : h.report.hypervisor_type,
+      profile.empty() ? "" : absl::StrCat(" (", profile, ")"), " on ", h.report.hostname);
+}
+
+}  // namespace
+
+std::string FirstFailure(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks) {
+  for (const auto& c : checks) {
+    if (!c.passed()) return c.reason();
+  }
+  return "";
+}
+
+std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const db::HostRecord& src,
+                                         const v1::MigrationOptions& options) {
+  std::vector<v1::CheckResult> out;
+  const std::string& h = src.report.hostname;
+  out.push_back(
+      Result(h, "source_up", src.up,
+             src.up ? absl::StrCat("source ", h, " reports in time")
+                    : absl::StrCat("source ", h, " is down: no report within service_down_time")));
+  absl::Status s = driver::CheckOptionsSupported(options, Caps(src), Hypervisor(src));
+  out.push_back(
+      Result(h, "source_options", s.ok(),
+             s.ok() ? "the source supports every requested option" : std::string(s.message())));
+  (void)inst;
+  return out;
+}
+
+sv1::HostCheck CheckDestination(const db::InstanceRecord& inst, const db::HostRecord& src,
+                                const db::HostRecord& dst, const v1::MigrationOptions& options) {
+  sv1::HostCheck hc;
+  const std::string& h = dst.report.hostname;
+  hc.set_host(h);
+  auto add = [&](const std::string& name, bool ok, const std::string& reason) {
+    *hc.add_checks() = Result(h, name, ok, reason);
+  };
+  add("dest_up", dst.up,
+      dst.up ? absl::StrCat("destination ", h, " reports in time")
+             : absl::StrCat("destination ", h, " is down: no report within service_down_time"));
+  add("dest_enabled", dst.enabled,
+      dst.enabled ? absl::StrCat("destination ", h, " is enabled")
+                  : absl::StrCat("destination ", h, " is disabled",
+                                 dst.disabled_reason.empty() ? "" : ": ", dst.disabled_reason));
+  const bool same_type = src.report.hypervisor_type == dst.report.hypervisor_type;
+  add("hypervisor_type", same_type,
+      same_type ? absl::StrCat("both hosts run ", dst.report.hypervisor_type)
+                : absl::StrCat("source runs ", src.report.hypervisor_type, ", destination ", h,
+                               " runs ", dst.report.hypervisor_type));
+  const bool version_ok = dst.report.hypervisor_version >= src.report.hypervisor_version;
+  add("hypervisor_version", version_ok,
+      absl::StrCat("destination ", h, " has ", dst.report.hypervisor_type, " ",
+                   driver::FormatVersion(dst.report.hypervisor_version),
+                   version_ok ? " >= " : " < ", "the source's ",
+                   driver::FormatVersion(src.report.hypervisor_version)));
+  const int64_t avail =
+      dst.report.memory_free_mib - dst.report.memory_reserved_mib - dst.memory_claimed_mib;
+  hc.set_memory_available_mib(avail);
+  hc.set_migrations_in_flight(static_cast<uint32_t>(dst.migrations_in + dst.migrations_out));
+  add("memory", avail >= inst.memory_mib,
+      absl::StrCat("destination ", h, " has ", std::max<int64_t>(avail, 0), " MiB free after the ",
+                   dst.report.memory_reserved_mib, " MiB dom0 reserve and ", dst.memory_claimed_mib,
+                   " MiB claimed by inbound migrations; instance ",
+                   inst.name.empty() ? inst.uuid : inst.name, " needs ", inst.memory_mib, " MiB"));
+  if (src.report.cpu_arch != dst.report.cpu_arch) {
+    add("cpu", false,
+        absl::StrCat("CPU architecture differs: source ", src.report.cpu_arch, ", destination ", h,
+                     " ", dst.report.cpu_arch));
+  } else {
+    std::set<std::string> have(dst.report.cpu_features.begin(), dst.report.cpu_features.end());
+    std::vector<std::string> lacking;
+    for (const auto& f : src.report.cpu_features) {
+      if (!have.count(f)) lacking.push_back(f);
+    }
+    add("cpu", lacking.empty(),
+        lacking.empty()
+            ? absl::StrCat("destination ", h, " has every source CPU feature (",
+                           dst.report.cpu_arch, ")")
+            : absl::StrCat("destination ", h,
+                           " CPU lacks source features: ", absl::StrJoin(lacking, ", ")));
+  }
+  std::set<std::string> segs(dst.report.network_segments.begin(),
+                             dst.report.network_segments.end());
+  std::vector<std::string> missing;
+  for (const auto& s : src.report.network_segments) {
+    if (!segs.count(s)) missing.push_back(s);
+  }
+  add("network", missing.empty(),
+      missing.empty() ? absl::StrCat("destination ", h, " is on the source's network segments")
+                      : absl::StrCat("destination ", h, " lacks network segment(s) ",
+                                     absl::StrJoin(missing, ", "), " of the source"));
+  const bool same_path = src.report.instance_path == dst.report.instance_path;
+  const v1::BackendCapabilities dcaps = Caps(dst);
+  const bool block_ok =
+      options.block_migration() != v1::BLOCK_MIGRATION_NO && dcaps.supports_block_migration();
+  add("storage", same_path || block_ok,
+      same_path
+          ? absl::StrCat("both hosts use the instance path ", dst.report.instance_path,
+                         " (shared storage is probed by the agents)")
+          : absl::StrCat("destination ", h, " uses instance path ", dst.report.instance_path,
+                         ", the source ", src.report.instance_path, ", and block migration is ",
+                         block_ok ? "possible" : "not possible"));
+  absl::Status s = driver::CheckOptionsSupported(options, dcaps, Hypervisor(dst));
+  add("options", s.ok(),
+      s.ok() ? "the destination supports every requested option" : std::string(s.message()));
+  bool passed = true;
+  for (const auto& c : hc.checks()) passed = passed && c.passed();
+  hc.set_passed(passed);
+  return hc;
+}
+
+std::vector<sv1::HostCheck> RankDestinations(const db::InstanceRecord& inst,
+                                             const db::HostRecord& src,
+                                             const std::vector<db::HostRecord>& hosts,
+                                             const v1::MigrationOptions& options) {
+  std::vector<sv1::HostCheck> all;
+  for (const auto& h : hosts) {
+    if (h.report.hostname == src.report.hostname) continue;
+    all.push_back(CheckDestination(inst, src, h, options));
+  }
+  std::stable_sort(all.begin(), all.end(), [](const sv1::HostCheck& a, const sv1::HostCheck& b) {
+    if (a.passed() != b.passed()) return a.passed();
+    if (a.memory_available_mib() != b.memory_available_mib()) {
+      return a.memory_available_mib() > b.memory_available_mib();
+    }
+    if (a.migrations_in_flight() != b.migrations_in_flight()) {
+      return a.migrations_in_flight() < b.migrations_in_flight();
+    }
+    return a.host() < b.host();
+  });
+  uint32_t rank = 0;
+  for (auto& c : all) {
+    if (c.passed()) c.set_rank(++rank);
+  }
+  return all;
+}
+
+}  // namespace livemig::sched

@@ -1,0 +1,40 @@
+// Flow step 2: the pre-checks the scheduler runs from what the database knows, and the choice of
+// a destination when none is given. Pure functions: every check's result carries its reason with
+// the numbers (e.g. "destination host-b has 412 MiB free after the 512 MiB dom0 reserve and
+// 1024 MiB claimed by inbound migrations; instance web-1 needs 1024 MiB").
+#ifndef LIVEMIG_SCHEDULER_PRECHECKS_H_
+#define LIVEMIG_SCHEDULER_PRECHECKS_H_
+
+#include <string>
+#include <vector>
+
+#include "db/records.h"
+#include "proto/scheduler.pb.h"
+
+namespace livemig::sched {
+
+namespace v1 = ::livemig::v1;
+namespace sv1 = ::livemig::scheduler::v1;
+
+// The checks of one candidate destination for an instance on `src`. `claimed_mib` is the
+// memory already claimed on `dst` by other inbound migrations.
+sv1::HostCheck CheckDestination(const db::InstanceRecord& inst, const db::HostRecord& src,
+                                const db::HostRecord& dst, const v1::MigrationOptions& options);
+
+// Every host but the source, checked, the survivors ranked (most memory available after claims,
+// then fewest migrations in flight): passed hosts first, in rank order (rank 1 = best).
+std::vector<sv1::HostCheck> RankDestinations(const db::InstanceRecord& inst,
+                                             const db::HostRecord& src,
+                                             const std::vector<db::HostRecord>& hosts,
+                                             const v1::MigrationOptions& options);
+
+// Whether the source host can drive the migration (up; options supported by its backend).
+std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const db::HostRecord& src,
+                                         const v1::MigrationOptions& options);
+
+// The first failed check's reason, or "".
+std::string FirstFailure(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks);
+
+}  // namespace livemig::sched
+
+#endif  // LIVEMIG_SCHEDULER_PRECHECKS_H_

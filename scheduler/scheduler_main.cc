@@ -1,0 +1,174 @@
+// scheduler: the live-migration scheduler. Serves the scheduler API (gRPC) and the host registry
+// the compute agents report to, applies the database schema at start-up, drives every migration
+// through its steps and resumes the ones in flight after a restart. See `scheduler --help`.
+#include <signal.h>
+#include <unistd.h>
+
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "common/log.h"
+#include "common/status_map.h"
+#include "common/tls.h"
+#include "db/pg_pool.h"
+#include "db/pg_stores.h"
+#include "db/schema.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "scheduler/agent_client.h"
+#include "scheduler/api_core.h"
+#include "scheduler/orchestrator.h"
+#include "scheduler/services.h"
+
+namespace {
+
+int Fail(const std::string& what, const absl::Status& s) {
+  std::cerr << "scheduler: " << what << ": " << s.message() << "\n";
+  const int code = livemig::ExitCodeFor(s.code());
+  return code ? code : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "scheduler: the live-migration scheduler of a Xen cloud.\n"
+      "Validates requests, records every step in PostgreSQL before it happens, drives the compute\n"
+      "agents (mutual TLS) through each migration, and resumes in-flight migrations after a\n"
+      "restart. Only this process touches the database."};
+  app.set_config("--config", "", "read options from this file (TOML or INI: key = value)");
+  app.get_formatter()->column_width(44);
+  std::string db = std::getenv("LIVEMIG_DB") ? std::getenv("LIVEMIG_DB") : "";
+  app.add_option("--db", db, "PostgreSQL connection string (env LIVEMIG_DB)");
+  int db_pool = 16;
+  app.add_option("--db-pool", db_pool, "database connections")->capture_default_str();
+  std::string listen = "unix:/run/livemig/scheduler-api.sock";
+  app.add_option("--listen", listen, "scheduler API address (unix:/path or HOST:PORT)")
+      ->capture_default_str();
+  std::string registry_listen = "unix:/run/livemig/registry.sock";
+  app.add_option("--registry-listen", registry_listen,
+                 "host registry address the agents report to (mutual TLS)")
+      ->capture_default_str();
+  livemig::TlsFiles tls;
+  app.add_option("--tls-ca", tls.ca, "cluster CA certificate (PEM)");
+  app.add_option("--tls-cert", tls.cert, "the scheduler's certificate (PEM; CN 'scheduler')");
+  app.add_option("--tls-key", tls.key, "the scheduler's private key (PEM)");
+  app.add_flag("--insecure-plaintext", tls.insecure,
+               "DEVELOPMENT ONLY: no TLS to the agents and on the registry");
+  livemig::sched::OrchestratorOptions o;
+  app.add_option("--scheduler-id", o.scheduler_id,
+                 "owner name on migration leases (default: scheduler-<host>-<pid>-<random>)");
+  double down_s = 60, lease_s = 15, report_s = 10, progress_s = 1, agent_deadline_s = 30;
+  app.add_option("--service-down-time", down_s, "seconds without a report before a host is down")
+      ->capture_default_str();
+  app.add_option("--lease", lease_s, "migration lease in seconds (renewed every third)")
+      ->capture_default_str();
+  app.add_option("--report-interval", report_s, "seconds between agent reports (told to agents)")
+      ->capture_default_str();
+  app.add_option("--progress-write-interval", progress_s,
+                 "at most one progress write per migration per this many seconds")
+      ->capture_default_str();
+  app.add_option("--agent-deadline", agent_deadline_s, "deadline of each agent call in seconds")
+      ->capture_default_str();
+  app.add_option("--max-outbound-per-host", o.max_outbound_per_host,
+                 "concurrent migrations out of one host")
+      ->capture_default_str();
+  app.add_option("--max-inbound-per-host", o.max_inbound_per_host,
+                 "concurrent migrations into one host")
+      ->capture_default_str();
+  app.add_option("--max-total", o.max_total, "concurrent migrations in total")
+      ->capture_default_str();
+  int retention_days = 30;
+  app.add_option("--retention-days", retention_days, "purge finished migrations after this")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  livemig::SetLogComponent("scheduler");
+  if (tls.insecure) {
+    livemig::LogWarning(
+        "--insecure-plaintext: agents and reports are not authenticated; "
+        "development only");
+  }
+  if (auto s = livemig::ValidateTlsFiles(tls, "scheduler"); !s.ok()) return Fail("TLS", s);
+
+  livemig::db::PgPool::Options po;
+  po.conninfo = db;
+  po.size = db_pool;
+  auto pool = livemig::db::PgPool::Create(po);
+  if (!pool.ok()) return Fail("database", pool.status());
+  auto schema = livemig::db::ApplySchema(**pool);
+  if (!schema.ok()) return Fail("database schema", schema.status());
+  livemig::LogInfo("database schema at version %d%s", schema->version_after,
+                   schema->applied.empty() ? "" : " (upgraded now)");
+  livemig::db::PgStores stores(pool->get());
+  auto purged = stores.migrations().PurgeFinished(absl::Now() - absl::Hours(24) * retention_days);
+  if (purged.ok() && *purged > 0) {
+    livemig::LogInfo("purged %d migration(s) finished more than %d days ago", *purged,
+                     retention_days);
+  }
+
+  livemig::sched::GrpcAgentClientFactory::Options ao;
+  ao.tls = tls;
+  ao.deadline = absl::Seconds(agent_deadline_s);
+  livemig::sched::GrpcAgentClientFactory agents(ao);
+  o.service_down_time = absl::Seconds(down_s);
+  o.lease = absl::Seconds(lease_s);
+  o.progress_write = absl::Seconds(progress_s);
+  livemig::sched::Orchestrator orchestrator(o, &stores.migrations(), &stores.hosts(),
+                                            &stores.instances(), &agents);
+  livemig::sched::ApiCore api(&stores.migrations(), &stores.hosts(), &stores.instances(),
+                              &stores.evacuations(), &orchestrator);
+  livemig::sched::SchedulerApiService api_service(&api);
+  livemig::sched::HostRegistryService registry(&stores.hosts(), tls.insecure,
+                                               absl::Seconds(report_s));
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder api_builder;
+  if (listen.rfind("unix:", 0) == 0) unlink(listen.substr(5).c_str());
+  api_builder.AddListeningPort(listen, grpc::InsecureServerCredentials());
+  api_builder.RegisterService(&api_service);
+  auto api_server = api_builder.BuildAndStart();
+  if (!api_server) return Fail("listen", absl::UnavailableError("cannot listen on " + listen));
+
+  auto creds = livemig::MakeServerCredentials(tls);
+  if (!creds.ok()) return Fail("TLS", creds.status());
+  grpc::ServerBuilder reg_builder;
+  if (registry_listen.rfind("unix:", 0) == 0) unlink(registry_listen.substr(5).c_str());
+  reg_builder.AddListeningPort(registry_listen, *creds);
+  reg_builder.RegisterService(&registry);
+  auto reg_server = reg_builder.BuildAndStart();
+  if (!reg_server) {
+    return Fail("listen", absl::UnavailableError("cannot listen on " + registry_listen));
+  }
+  orchestrator.Start();
+  api.ResumeEvacuations();
+  livemig::LogInfo("scheduler %s serving the API on %s and the host registry on %s",
+                   orchestrator.options().scheduler_id, listen, registry_listen);
+
+  while (true) {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    if (sig == SIGHUP) {
+      livemig::LogInfo("SIGHUP: certificates are re-read from disk by the TLS file watcher");
+      if (auto s = livemig::ValidateTlsFiles(tls, "scheduler"); !s.ok()) {
+        livemig::LogError("%s", s.message());
+      }
+      continue;
+    }
+    break;
+  }
+  livemig::LogInfo(
+      "shutting down: no new requests; migrations in flight stop at a step "
+      "boundary and are resumed by the next scheduler");
+  api_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  reg_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  orchestrator.Stop();
+  livemig::LogInfo("stopped");
+  std::_Exit(0);
+}

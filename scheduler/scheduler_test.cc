@@ -1,0 +1,357 @@
+// The scheduler's state machine, API validation and recovery, against the real PostgreSQL and
+// two in-process agents over the FakeDriver (LocalAgentClientFactory).
+#include <catch2/catch.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "compute/agent_core.h"
+#include "db/pg_stores.h"
+#include "db/schema.h"
+#include "driver/fake_driver.h"
+#include "scheduler/api_core.h"
+#include "scheduler/convert.h"
+#include "scheduler/orchestrator.h"
+#include "testing/pg_server.h"
+#include "testing/process.h"
+#include "testing/run_command.h"
+
+namespace livemig::sched {
+namespace {
+
+constexpr char kUuid[] = "11111111-2222-4333-8444-555555555555";
+constexpr char kUuid2[] = "22222222-2222-4333-8444-555555555555";
+
+livemig::testing::PgServer& Pg() {
+  static auto server = [] {
+    auto s = livemig::testing::PgServer::Start();
+    if (!s.ok()) FAIL(s.status().ToString());
+    return std::move(s).value();
+  }();
+  return *server;
+}
+
+struct Cloud {
+  std::unique_ptr<db::PgPool> pool;
+  std::unique_ptr<db::PgStores> stores;
+  std::string state = livemig::testing::MakeTempDir("sched");
+  std::map<std::string, std::unique_ptr<driver::FakeDriver>> drivers;
+  std::map<std::string, std::unique_ptr<agent::AgentCore>> cores;
+  LocalAgentClientFactory agents;
+  std::unique_ptr<Orchestrator> orch;
+  std::unique_ptr<ApiCore> api;
+  int64_t seq = 1;
+
+  explicit Cloud(OrchestratorOptions o = {},
+                 std::vector<std::string> hosts = {"fake-a", "fake-b"}) {
+    auto c = Pg().CreateDatabase();
+    REQUIRE(c.ok());
+    db::PgPool::Options po;
+    po.conninfo = *c;
+    po.size = 8;
+    auto p = db::PgPool::Create(po);
+    REQUIRE(p.ok());
+    pool = std::move(p).value();
+    REQUIRE(db::ApplySchema(*pool).ok());
+    stores = std::make_unique<db::PgStores>(pool.get());
+    for (const auto& h : hosts) {
+      driver::FakeDriver::Options fo;
+      fo.state_dir = state;
+      fo.hostname = h;
+      fo.poll_interval = absl::Milliseconds(5);
+      auto d = driver::FakeDriver::Create(fo);
+      REQUIRE(d.ok());
+      drivers[h] = std::move(d).value();
+      cores[h] =
+          std::make_unique<agent::AgentCore>(agent::AgentCore::Options{h, 4}, drivers[h].get());
+      agents.Add(h, cores[h].get());
+    }
+    REQUIRE(drivers["fake-a"]->hypervisor().CreateDomain("fake-a", kUuid, "web-1", 1024).ok());
+    ReportAll();
+    if (o.scheduler_id.empty()) o.scheduler_id = "sched-test";
+    o.dispatch_interval = absl::Milliseconds(20);
+    o.progress_poll = absl::Milliseconds(20);
+    o.progress_write = absl::Milliseconds(100);
+    Start(o);
+  }
+  void Start(OrchestratorOptions o) {
+    orch = std::make_unique<Orchestrator>(o, &stores->migrations(), &stores->hosts(),
+                                          &stores->instances(), &agents);
+    api = std::make_unique<ApiCore>(&stores->migrations(), &stores->hosts(), &stores->instances(),
+                                    &stores->evacuations(), orch.get());
+    orch->Start();
+  }
+  void ReportAll() {
+    for (auto& [h, core] : cores) {
+      auto info = core->GetHostInfo();
+      REQUIRE(info.ok());
+      v1::HostInventory inv = info->inventory();
+      inv.set_agent_address("local:" + h);
+      inv.set_report_seq(++seq);
+      inv.mutable_agent_started_at()->set_seconds(1);
+      REQUIRE(stores->hosts().ApplyReport(ReportFromInventory(inv)).ok());
+    }
+  }
+  absl::StatusOr<sv1::LiveMigrateResponse> Migrate(const std::string& uuid,
+                                                   const std::string& dest = "fake-b",
+                                                   v1::MigrationOptions options = {}) {
+    sv1::LiveMigrateRequest r;
+    r.set_instance_uuid(uuid);
+    r.set_destination(dest);
+    *r.mutable_options() = options;
+    r.set_requester("alice");
+    return api->LiveMigrate(r, "");
+  }
+  sv1::Migration WaitTerminal(const std::string& id, absl::Duration t = absl::Seconds(30)) {
+    sv1::Migration last;
+    bool done = livemig::testing::WaitFor(
+        [&] {
+          auto m = api->GetMigration(id);
+          if (!m.ok()) return false;
+          last = *m;
+          return last.status() == v1::MIGRATION_STATUS_COMPLETED ||
+                 last.status() == v1::MIGRATION_STATUS_FAILED ||
+                 last.status() == v1::MIGRATION_STATUS_CANCELLED;
+        },
+        t);
+    INFO(last.DebugString());
+    REQUIRE(done);
+    return last;
+  }
+  std::vector<std::pair<std::string, std::string>> Where(const std::string& uuid = kUuid) {
+    auto w = drivers.begin()->second->hypervisor().Locate(uuid);
+    REQUIRE(w.ok());
+    return *w;
+  }
+  std::string DbHost(const std::string& uuid = kUuid) {
+    auto i = stores->instances().GetInstance(uuid);
+    REQUIRE(i.ok());
+    return i->host;
+  }
+};
+
+using Loc = std::vector<std::pair<std::string, std::string>>;
+
+TEST_CASE("scheduler: a migration completes and the database tells its whole story") {
+  Cloud c;
+  auto r = c.Migrate(kUuid);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  CHECK(r->migration().status() == v1::MIGRATION_STATUS_ACCEPTED);
+  auto m = c.WaitTerminal(r->migration().id());
+  CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);
+  CHECK(c.Where() == Loc{{"fake-b", "running"}});
+  CHECK(c.DbHost() == "fake-b");
+  auto inst = c.stores->instances().GetInstance(kUuid);
+  CHECK_FALSE(inst->task_state.has_value());
+  // Every step with timings, intents before results.
+  std::vector<std::string> steps;
+  for (const auto& e : m.events())
+    steps.push_back(StepName(e.step()) + ":" + sv1::StepOutcome_Name(e.outcome()));
+  INFO(absl::StrJoin(steps, ", "));
+  for (const char* step :
+       {"check_can_live_migrate_on_dest", "check_can_live_migrate_on_src", "pre_live_migration",
+        "live_migration", "post_live_migration", "post_live_migration_at_destination"}) {
+    bool intent = false, result = false;
+    for (const auto& e : m.events()) {
+      if (StepName(e.step()) != step) continue;
+      if (e.outcome() == sv1::STEP_OUTCOME_STARTED) intent = true;
+      if (e.outcome() == sv1::STEP_OUTCOME_SUCCEEDED) {
+        CHECK(intent);  // the intent was recorded first
+        result = true;
+      }
+    }
+    INFO(step);
+    CHECK(result);
+  }
+  CHECK(m.requester() == "anonymous [alice]");
+  CHECK(*c.stores->migrations().MemoryClaimedOn("fake-b") == 0);
+}
+
+TEST_CASE("scheduler: step 1 errors are immediate and create no migration") {
+  Cloud c;
+  CHECK(c.Migrate("not-a-uuid").status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(c.Migrate("99999999-2222-4333-8444-555555555555").status().code() ==
+        absl::StatusCode::kNotFound);
+  CHECK(c.Migrate(kUuid, "fake-a").status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(c.Migrate(kUuid, "fake-zz").status().code() == absl::StatusCode::kNotFound);
+  CHECK(c.Migrate(kUuid, "bad host!").status().code() == absl::StatusCode::kInvalidArgument);
+  sv1::SetHostEnabledRequest dis;
+  dis.set_hostname("fake-b");
+  dis.set_enabled(false);
+  dis.set_reason("maintenance");
+  REQUIRE(c.api->SetHostEnabled(dis, "bob").ok());
+  auto disabled = c.Migrate(kUuid);
+  CHECK(disabled.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(disabled.status().message(), "maintenance"));
+  dis.set_enabled(true);
+  REQUIRE(c.api->SetHostEnabled(dis, "bob").ok());
+  v1::MigrationOptions bad;
+  bad.set_max_downtime_ms(0);
+  CHECK(c.Migrate(kUuid, "fake-b", bad).status().code() == absl::StatusCode::kInvalidArgument);
+  auto list = c.api->ListMigrations({});
+  REQUIRE(list.ok());
+  CHECK(list->migrations().empty());
+  // Already migrating → Aborted (409); a repeated request id → the same migration.
+  REQUIRE(c.drivers["fake-a"]->hypervisor().SetTransferDuration("fake-a", absl::Seconds(2)).ok());
+  sv1::LiveMigrateRequest req;
+  req.set_instance_uuid(kUuid);
+  req.set_destination("fake-b");
+  req.set_request_id("req-7");
+  auto first = c.api->LiveMigrate(req, "carol");
+  REQUIRE(first.ok());
+  auto again = c.api->LiveMigrate(req, "carol");
+  REQUIRE(again.ok());
+  CHECK(again->existing());
+  CHECK(again->migration().id() == first->migration().id());
+  auto busy = c.Migrate(kUuid);
+  CHECK(busy.status().code() == absl::StatusCode::kAborted);
+  CHECK(c.WaitTerminal(first->migration().id()).status() == v1::MIGRATION_STATUS_COMPLETED);
+}
+
+TEST_CASE("scheduler: pre-check failures are recorded with their numbers") {
+  Cloud c;
+  REQUIRE(c.drivers["fake-a"]->hypervisor().CreateDomain("fake-a", kUuid2, "big-1", 20000).ok());
+  c.ReportAll();
+  auto r = c.Migrate(kUuid2);
+  REQUIRE(r.ok());
+  auto m = c.WaitTerminal(r->migration().id());
+  CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+  CHECK(absl::StrContains(m.failure_reason(), "dom0 reserve"));
+  CHECK(absl::StrContains(m.failure_reason(), "needs 20000 MiB"));
+  CHECK(c.Where(kUuid2) == Loc{{"fake-a", "running"}});
+}
+
+TEST_CASE("scheduler: a failure at each step up to the transfer rolls back to the source") {
+  for (const char* step : {"check_can_live_migrate_on_dest", "check_can_live_migrate_on_src",
+                           "pre_live_migration", "live_migration", "transfer"}) {
+    INFO(step);
+    Cloud c;
+    const std::string host = std::string(step) == "check_can_live_migrate_on_dest" ||
+                                     std::string(step) == "pre_live_migration"
+                                 ? "fake-b"
+                                 : "fake-a";
+    REQUIRE(c.drivers[host]->hypervisor().SetFailure(host, step, "injected", 10).ok());
+    auto r = c.Migrate(kUuid);
+    REQUIRE(r.ok());
+    auto m = c.WaitTerminal(r->migration().id());
+    CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+    CHECK(absl::StrContains(m.failure_reason(), "injected"));
+    CHECK(c.Where() == Loc{{"fake-a", "running"}});
+    CHECK(c.DbHost() == "fake-a");
+    CHECK_FALSE(c.stores->instances().GetInstance(kUuid)->task_state.has_value());
+  }
+}
+
+TEST_CASE("scheduler: a failure at each post step rolls forward to the destination") {
+  for (const char* step : {"post_live_migration", "post_live_migration_at_destination"}) {
+    INFO(step);
+    Cloud c;
+    const std::string host = std::string(step) == "post_live_migration" ? "fake-a" : "fake-b";
+    REQUIRE(c.drivers[host]->hypervisor().SetFailure(host, step, "flaky", 2).ok());
+    auto r = c.Migrate(kUuid);
+    REQUIRE(r.ok());
+    auto m = c.WaitTerminal(r->migration().id());
+    CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);
+    CHECK(c.Where() == Loc{{"fake-b", "running"}});
+    CHECK(c.DbHost() == "fake-b");
+  }
+}
+
+TEST_CASE("scheduler: abort while running cancels and leaves the VM on the source") {
+  Cloud c;
+  REQUIRE(c.drivers["fake-a"]->hypervisor().SetTransferDuration("fake-a", absl::Seconds(30)).ok());
+  auto r = c.Migrate(kUuid);
+  REQUIRE(r.ok());
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto m = c.api->GetMigration(r->migration().id());
+        return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING;
+      },
+      absl::Seconds(10)));
+  sv1::AbortMigrationRequest a;
+  a.set_migration_id(r->migration().id());
+  a.set_requester("dave");
+  REQUIRE(c.api->AbortMigration(a, "").ok());
+  auto m = c.WaitTerminal(r->migration().id());
+  CHECK(m.status() == v1::MIGRATION_STATUS_CANCELLED);
+  CHECK(m.aborted_by() == "anonymous [dave]");
+  CHECK(c.Where() == Loc{{"fake-a", "running"}});
+  CHECK(c.api->AbortMigration(a, "").status().code() == absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("scheduler: beyond the limits a migration waits as queued, then runs") {
+  OrchestratorOptions o;
+  o.max_outbound_per_host = 1;
+  Cloud c(o);
+  REQUIRE(c.drivers["fake-a"]->hypervisor().CreateDomain("fake-a", kUuid2, "web-2", 512).ok());
+  c.ReportAll();
+  REQUIRE(c.drivers["fake-a"]->hypervisor().SetTransferDuration("fake-a", absl::Seconds(1)).ok());
+  auto r1 = c.Migrate(kUuid);
+  REQUIRE(r1.ok());
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto m = c.api->GetMigration(r1->migration().id());
+        return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING;
+      },
+      absl::Seconds(10)));
+  auto r2 = c.Migrate(kUuid2);
+  REQUIRE(r2.ok());
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto m = c.api->GetMigration(r2->migration().id());
+        return m.ok() && m->status() == v1::MIGRATION_STATUS_QUEUED;
+      },
+      absl::Seconds(10)));
+  CHECK(c.WaitTerminal(r1->migration().id()).status() == v1::MIGRATION_STATUS_COMPLETED);
+  CHECK(c.WaitTerminal(r2->migration().id()).status() == v1::MIGRATION_STATUS_COMPLETED);
+  CHECK(c.Where(kUuid2) == Loc{{"fake-b", "running"}});
+}
+
+TEST_CASE("scheduler: no destination given: the best host is chosen; dry run changes nothing") {
+  Cloud c({}, {"fake-a", "fake-b", "fake-c"});
+  sv1::CheckMigrationRequest check;
+  check.set_instance_uuid(kUuid);
+  auto dry = c.api->CheckMigration(check);
+  REQUIRE(dry.ok());
+  CHECK(dry->passed());
+  CHECK(dry->hosts_size() == 2);
+  CHECK_FALSE(dry->chosen_host().empty());
+  CHECK(c.api->ListMigrations({})->migrations().empty());
+  auto r = c.Migrate(kUuid, "");
+  REQUIRE(r.ok());
+  auto m = c.WaitTerminal(r->migration().id());
+  CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);
+  CHECK((m.dest_host() == "fake-b" || m.dest_host() == "fake-c"));
+  CHECK(c.DbHost() == m.dest_host());
+}
+
+TEST_CASE("scheduler: killed mid-transfer, another scheduler takes over and finishes") {
+  OrchestratorOptions o;
+  o.lease = absl::Seconds(1);
+  o.scheduler_id = "sched-1";
+  Cloud c(o);
+  REQUIRE(c.drivers["fake-a"]->hypervisor().SetTransferDuration("fake-a", absl::Seconds(3)).ok());
+  auto r = c.Migrate(kUuid);
+  REQUIRE(r.ok());
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto m = c.api->GetMigration(r->migration().id());
+        return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING;
+      },
+      absl::Seconds(10)));
+  c.orch->Stop();  // the first scheduler is gone; its lease expires
+  c.api.reset();
+  o.scheduler_id = "sched-2";
+  o.dispatch_interval = absl::Milliseconds(20);
+  o.progress_poll = absl::Milliseconds(20);
+  c.Start(o);
+  auto m = c.WaitTerminal(r->migration().id());
+  CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);
+  CHECK(c.Where() == Loc{{"fake-b", "running"}});
+  CHECK(c.DbHost() == "fake-b");
+}
+
+}  // namespace
+}  // namespace livemig::sched

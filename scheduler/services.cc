@@ -1,0 +1,144 @@
+#include "scheduler/services.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/status_map.h"
+#include "common/tls.h"
+#include "db/pg_stores.h"
+#include "scheduler/convert.h"
+
+namespace livemig::sched {
+namespace {
+
+template <typename Resp, typename Fn>
+grpc::Status Reply(Resp* out, Fn fn) {
+  auto r = fn();
+  if (!r.ok()) return ToGrpcStatus(r.status());
+  *out = std::move(r).value();
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+grpc::Status SchedulerApiService::LiveMigrate(grpc::ServerContext* ctx,
+                                              const sv1::LiveMigrateRequest* r,
+                                              sv1::LiveMigrateResponse* out) {
+  return Reply(out, [&] { return core_->LiveMigrate(*r, PeerIdentity(*ctx)); });
+}
+grpc::Status SchedulerApiService::GetMigration(grpc::ServerContext*,
+                                               const sv1::GetMigrationRequest* r,
+                                               sv1::Migration* out) {
+  return Reply(out, [&] { return core_->GetMigration(r->migration_id()); });
+}
+grpc::Status SchedulerApiService::ListMigrations(grpc::ServerContext*,
+                                                 const sv1::ListMigrationsRequest* r,
+                                                 sv1::ListMigrationsResponse* out) {
+  return Reply(out, [&] { return core_->ListMigrations(*r); });
+}
+grpc::Status SchedulerApiService::WatchMigration(grpc::ServerContext* ctx,
+                                                 const sv1::WatchMigrationRequest* r,
+                                                 grpc::ServerWriter<sv1::Migration>* writer) {
+  const absl::Duration interval = absl::Milliseconds(
+      r->min_interval_ms() == 0 ? 1000 : std::max<uint32_t>(r->min_interval_ms(), 100));
+  std::string last;
+  while (!ctx->IsCancelled()) {
+    auto m = core_->GetMigration(r->migration_id(), r->include_events());
+    if (!m.ok()) return ToGrpcStatus(m.status());
+    std::string now = m->SerializeAsString();
+    if (now != last) {
+      if (!writer->Write(*m)) break;
+      last = std::move(now);
+    }
+    const auto s = m->status();
+    if (s == v1::MIGRATION_STATUS_COMPLETED || s == v1::MIGRATION_STATUS_FAILED ||
+        s == v1::MIGRATION_STATUS_CANCELLED) {
+      break;
+    }
+    absl::SleepFor(interval);
+  }
+  return grpc::Status::OK;
+}
+grpc::Status SchedulerApiService::AbortMigration(grpc::ServerContext* ctx,
+                                                 const sv1::AbortMigrationRequest* r,
+                                                 sv1::AbortMigrationResponse* out) {
+  return Reply(out, [&] { return core_->AbortMigration(*r, PeerIdentity(*ctx)); });
+}
+grpc::Status SchedulerApiService::ForceCompleteMigration(
+    grpc::ServerContext* ctx, const sv1::ForceCompleteMigrationRequest* r,
+    sv1::ForceCompleteMigrationResponse* out) {
+  return Reply(out, [&] { return core_->ForceCompleteMigration(*r, PeerIdentity(*ctx)); });
+}
+grpc::Status SchedulerApiService::CheckMigration(grpc::ServerContext*,
+                                                 const sv1::CheckMigrationRequest* r,
+                                                 sv1::CheckMigrationResponse* out) {
+  return Reply(out, [&] { return core_->CheckMigration(*r); });
+}
+grpc::Status SchedulerApiService::ListHosts(grpc::ServerContext*, const sv1::ListHostsRequest* r,
+                                            sv1::ListHostsResponse* out) {
+  return Reply(out, [&] { return core_->ListHosts(*r); });
+}
+grpc::Status SchedulerApiService::GetHost(grpc::ServerContext*, const sv1::GetHostRequest* r,
+                                          sv1::Host* out) {
+  return Reply(out, [&] { return core_->GetHost(r->hostname()); });
+}
+grpc::Status SchedulerApiService::SetHostEnabled(grpc::ServerContext* ctx,
+                                                 const sv1::SetHostEnabledRequest* r,
+                                                 sv1::Host* out) {
+  return Reply(out, [&] { return core_->SetHostEnabled(*r, PeerIdentity(*ctx)); });
+}
+grpc::Status SchedulerApiService::EvacuateHost(grpc::ServerContext* ctx,
+                                               const sv1::EvacuateHostRequest* r,
+                                               sv1::Evacuation* out) {
+  return Reply(out, [&] { return core_->EvacuateHost(*r, PeerIdentity(*ctx)); });
+}
+grpc::Status SchedulerApiService::GetEvacuation(grpc::ServerContext*,
+                                                const sv1::GetEvacuationRequest* r,
+                                                sv1::Evacuation* out) {
+  return Reply(out, [&] { return core_->GetEvacuation(r->evacuation_id()); });
+}
+grpc::Status SchedulerApiService::ListEvacuations(grpc::ServerContext*,
+                                                  const sv1::ListEvacuationsRequest* r,
+                                                  sv1::ListEvacuationsResponse* out) {
+  return Reply(out, [&] { return core_->ListEvacuations(*r); });
+}
+grpc::Status SchedulerApiService::ListInstances(grpc::ServerContext*,
+                                                const sv1::ListInstancesRequest* r,
+                                                sv1::ListInstancesResponse* out) {
+  return Reply(out, [&] { return core_->ListInstances(*r); });
+}
+grpc::Status SchedulerApiService::GetInstance(grpc::ServerContext*,
+                                              const sv1::GetInstanceRequest* r,
+                                              sv1::Instance* out) {
+  return Reply(out, [&] { return core_->GetInstance(r->instance_uuid()); });
+}
+
+grpc::Status HostRegistryService::ReportHost(grpc::ServerContext* ctx,
+                                             const rv1::ReportHostRequest* r,
+                                             rv1::ReportHostResponse* out) {
+  const auto& inv = r->inventory();
+  if (!db::IsValidHostname(inv.hostname())) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("report for an invalid host name '", inv.hostname(), "'")));
+  }
+  if (inv.report_seq() == 0) {
+    return ToGrpcStatus(absl::InvalidArgumentError("report_seq must be positive"));
+  }
+  const std::string who = PeerIdentity(*ctx);
+  if (!insecure_ && who != inv.hostname()) {
+    LogWarning("refused a report for %s from identity '%s'", inv.hostname(), who);
+    return ToGrpcStatus(absl::PermissionDeniedError(
+        absl::StrCat("identity '", who, "' may not report for host ", inv.hostname(),
+                     ": an agent reports only for its own host (certificate CN = hostname)")));
+  }
+  auto res = hosts_->ApplyReport(ReportFromInventory(inv));
+  if (!res.ok()) return ToGrpcStatus(res.status());
+  out->set_applied(res->accepted);
+  out->set_accepted_report_seq(static_cast<uint64_t>(res->seq));
+  *out->mutable_server_time() = ToProtoTime(absl::Now());
+  out->set_next_report_interval_ms(
+      static_cast<uint32_t>(absl::ToInt64Milliseconds(report_interval_)));
+  return grpc::Status::OK;
+}
+
+}  // namespace livemig::sched
