@@ -51,3 +51,11 @@ std::string MakeTempDir(const std::string& tag) {
 }
 
 }  // namespace livemig::testing
+
+namespace livemig::testing {
+std::string MakeShortTempDir(const std::string& tag) {
+  std::string t = absl::StrCat("/tmp/lm-", tag, "-XXXXXX");
+  if (mkdtemp(t.data()) == nullptr) return "";
+  return t;
+}
+}  // namespace livemig::testing

@@ -16,6 +16,9 @@ std::string RunfilePath(const std::string& workspace_relative);
 
 // A new private directory under $TEST_TMPDIR (or /tmp).
 std::string MakeTempDir(const std::string& tag);
+// A new private directory directly under /tmp: Unix socket paths must stay under 108 bytes,
+// which Bazel's TEST_TMPDIR exceeds. The caller removes it.
+std::string MakeShortTempDir(const std::string& tag);
 
 }  // namespace livemig::testing
 

@@ -1,0 +1,134 @@
+#include "integration_tests/scheduler_e2e/e2e.h"
+
+#include <catch2/catch.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "testing/run_command.h"
+
+namespace livemig::e2e {
+
+using testing::RunCommand;
+using testing::RunfilePath;
+
+Cloud::Cloud(std::string dir) : dir_(std::move(dir)), pki_(dir_ + "/pki") {
+  auto pg = testing::PgServer::Start();
+  REQUIRE(pg.ok());
+  pg_ = std::move(pg).value();
+  auto db = pg_->CreateDatabase();
+  REQUIRE(db.ok());
+  db_ = *db;
+  REQUIRE(RunCommand(absl::StrCat(RunfilePath("deploy/pki.sh"), " init ", pki_)).ok());
+  Issue("scheduler");
+}
+
+Cloud::~Cloud() {
+  api_.reset();
+  for (auto& [h, a] : agents_) a->Stop(absl::Seconds(10));
+  if (scheduler_) scheduler_->Stop(absl::Seconds(10));
+}
+
+void Cloud::Issue(const std::string& name) {
+  REQUIRE(RunCommand(absl::StrCat(RunfilePath("deploy/pki.sh"), " issue ", pki_, " ", name)).ok());
+}
+
+void Cloud::StartScheduler(const std::string& extra) {
+  if (!extra.empty()) scheduler_flags_ = extra;
+  scheduler_ = std::make_unique<testing::ChildProcess>(
+      absl::StrCat(RunfilePath("scheduler/scheduler"), " --db '", db_, "' --listen unix:", dir_,
+                   "/api.sock --registry-listen unix:", dir_, "/registry.sock --tls-ca ", pki_,
+                   "/ca.pem --tls-cert ", pki_, "/scheduler.pem --tls-key ", pki_,
+                   "/scheduler.key ", scheduler_flags_),
+      dir_ + "/scheduler.log");
+  auto channel =
+      grpc::CreateChannel("unix:" + dir_ + "/api.sock", grpc::InsecureChannelCredentials());
+  api_ = sv1::SchedulerApi::NewStub(channel);
+  const bool up = testing::WaitFor(
+      [&] {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+        sv1::ListHostsResponse r;
+        return api_->ListHosts(&ctx, {}, &r).ok();
+      },
+      absl::Seconds(30));
+  INFO(SchedulerLog());
+  REQUIRE(up);
+}
+
+void Cloud::KillScheduler() { scheduler_->Kill(); }
+
+void Cloud::StartAgent(const std::string& host, const std::string& flags,
+                       const std::string& prefix) {
+  Issue(host);
+  agents_[host] = std::make_unique<testing::ChildProcess>(
+      absl::StrCat(prefix, " ", RunfilePath("compute/compute_agent"), " --hostname ", host,
+                   " --tls-ca ", pki_, "/ca.pem --tls-cert ", pki_, "/", host, ".pem --tls-key ",
+                   pki_, "/", host, ".key --allow scheduler --scheduler unix:", dir_,
+                   "/registry.sock --scheduler-name scheduler --report-interval 1 ", flags),
+      dir_ + "/agent-" + host + ".log");
+}
+
+std::string Cloud::SchedulerLog() const { return scheduler_ ? scheduler_->LogTail(40) : ""; }
+
+bool Cloud::WaitInstanceOn(const std::string& uuid, const std::string& host, absl::Duration t) {
+  return testing::WaitFor(
+      [&] {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        sv1::GetInstanceRequest r;
+        r.set_instance_uuid(uuid);
+        sv1::Instance i;
+        return api_->GetInstance(&ctx, r, &i).ok() && i.host() == host;
+      },
+      t);
+}
+
+absl::StatusOr<sv1::LiveMigrateResponse> Cloud::Migrate(const std::string& uuid,
+                                                        const std::string& dest,
+                                                        const v1::MigrationOptions& o) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  sv1::LiveMigrateRequest r;
+  r.set_instance_uuid(uuid);
+  r.set_destination(dest);
+  *r.mutable_options() = o;
+  r.set_requester("e2e-test");
+  sv1::LiveMigrateResponse resp;
+  grpc::Status s = api_->LiveMigrate(&ctx, r, &resp);
+  if (!s.ok())
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  return resp;
+}
+
+absl::StatusOr<sv1::Migration> Cloud::Get(const std::string& id) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  sv1::GetMigrationRequest r;
+  r.set_migration_id(id);
+  sv1::Migration m;
+  grpc::Status s = api_->GetMigration(&ctx, r, &m);
+  if (!s.ok())
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  return m;
+}
+
+sv1::Migration Cloud::WaitTerminal(const std::string& id, absl::Duration t) {
+  sv1::Migration last;
+  const bool done = testing::WaitFor(
+      [&] {
+        auto m = Get(id);
+        if (!m.ok()) return false;
+        last = *m;
+        return last.status() == v1::MIGRATION_STATUS_COMPLETED ||
+               last.status() == v1::MIGRATION_STATUS_FAILED ||
+               last.status() == v1::MIGRATION_STATUS_CANCELLED;
+      },
+      t);
+  INFO(last.DebugString());
+  INFO(SchedulerLog());
+  REQUIRE(done);
+  return last;
+}
+
+}  // namespace livemig::e2e

@@ -1,0 +1,61 @@
+// A whole cloud from the real binaries for end-to-end tests: PostgreSQL, the scheduler and
+// compute agents, with a PKI made by deploy/pki.sh, and a client of the scheduler API.
+#ifndef LIVEMIG_INTEGRATION_TESTS_SCHEDULER_E2E_E2E_H_
+#define LIVEMIG_INTEGRATION_TESTS_SCHEDULER_E2E_E2E_H_
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/time/time.h"
+#include "proto/scheduler.grpc.pb.h"
+#include "testing/pg_server.h"
+#include "testing/process.h"
+
+namespace livemig::e2e {
+
+namespace v1 = ::livemig::v1;
+namespace sv1 = ::livemig::scheduler::v1;
+
+class Cloud {
+ public:
+  // `dir`: where sockets, logs and the PKI live.
+  explicit Cloud(std::string dir);
+  ~Cloud();
+
+  const std::string& dir() const { return dir_; }
+  const std::string& pki() const { return pki_; }
+  const std::string& db() const { return db_; }
+  // Issues a certificate (CN = name, SAN DNS:name).
+  void Issue(const std::string& name);
+  void StartScheduler(const std::string& extra_flags = "");
+  void KillScheduler();  // SIGKILL
+  // Starts an agent with `command_prefix` (e.g. a lab exec prefix) and extra flags; it reports
+  // to the scheduler's registry.
+  void StartAgent(const std::string& host, const std::string& flags,
+                  const std::string& command_prefix = "");
+  testing::ChildProcess* agent(const std::string& host) { return agents_[host].get(); }
+  testing::ChildProcess* scheduler() { return scheduler_.get(); }
+  sv1::SchedulerApi::Stub& api() { return *api_; }
+
+  // Waits until the scheduler knows `uuid` on `host`.
+  bool WaitInstanceOn(const std::string& uuid, const std::string& host, absl::Duration t);
+  // Waits for a terminal status; returns the migration (with events).
+  sv1::Migration WaitTerminal(const std::string& id, absl::Duration t);
+  absl::StatusOr<sv1::LiveMigrateResponse> Migrate(const std::string& uuid, const std::string& dest,
+                                                   const v1::MigrationOptions& o = {});
+  absl::StatusOr<sv1::Migration> Get(const std::string& id);
+  std::string SchedulerLog() const;
+
+ private:
+  std::string dir_, pki_, db_;
+  std::unique_ptr<testing::PgServer> pg_;
+  std::unique_ptr<testing::ChildProcess> scheduler_;
+  std::string scheduler_flags_;
+  std::map<std::string, std::unique_ptr<testing::ChildProcess>> agents_;
+  std::unique_ptr<sv1::SchedulerApi::Stub> api_;
+};
+
+}  // namespace livemig::e2e
+
+#endif  // LIVEMIG_INTEGRATION_TESTS_SCHEDULER_E2E_E2E_H_
