@@ -632,8 +632,13 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::LiveMigration(
   if (result.ok() && (gone || !attach)) {
     final_report.set_state(cv1::TRANSFER_STATE_COMPLETED);
     if (final_report.progress().has_bytes()) {
-      final_report.mutable_progress()->set_bytes_remaining(0);
-      final_report.mutable_progress()->set_percent(100.0);
+      // The job finished: everything was sent at least once (the last sample may predate it).
+      auto* p = final_report.mutable_progress();
+      // A transfer faster than one poll has no sample with totals: the guest's RAM was sent.
+      if (p->bytes_total() == 0) p->set_bytes_total(before.memory_kib * 1024);
+      p->set_bytes_processed(std::max(p->bytes_processed(), p->bytes_total()));
+      p->set_bytes_remaining(0);
+      p->set_percent(100.0);
     }
   } else if (attach && gone) {
     final_report.set_state(cv1::TRANSFER_STATE_COMPLETED);

@@ -79,7 +79,8 @@ bool Cloud::WaitInstanceOn(const std::string& uuid, const std::string& host, abs
         sv1::GetInstanceRequest r;
         r.set_instance_uuid(uuid);
         sv1::Instance i;
-        return api_->GetInstance(&ctx, r, &i).ok() && i.host() == host;
+        return api_->GetInstance(&ctx, r, &i).ok() && i.host() == host &&
+               i.state() == v1::DOMAIN_STATE_RUNNING;
       },
       t);
 }

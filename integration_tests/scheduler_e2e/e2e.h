@@ -38,7 +38,7 @@ class Cloud {
   testing::ChildProcess* scheduler() { return scheduler_.get(); }
   sv1::SchedulerApi::Stub& api() { return *api_; }
 
-  // Waits until the scheduler knows `uuid` on `host`.
+  // Waits until the scheduler knows `uuid` running on `host`.
   bool WaitInstanceOn(const std::string& uuid, const std::string& host, absl::Duration t);
   // Waits for a terminal status; returns the migration (with events).
   sv1::Migration WaitTerminal(const std::string& id, absl::Duration t);
