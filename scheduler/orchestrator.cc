@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -188,6 +189,11 @@ class MigrationRun {
         } else {
           absl::StrAppend(&rejected, rejected.empty() ? "" : "; ", FirstFailure(hc.checks()));
         }
+      }
+      if (!rejected.empty() && !candidates_.empty()) {
+        Note("select_destination",
+             absl::StrCat("candidates in order: ", absl::StrJoin(candidates_, ", "),
+                          "; rejected: ", rejected));
       }
       if (candidates_.empty()) {
         return Move(

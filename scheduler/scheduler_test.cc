@@ -43,8 +43,8 @@ struct Cloud {
   std::unique_ptr<ApiCore> api;
   int64_t seq = 1;
 
-  explicit Cloud(OrchestratorOptions o = {},
-                 std::vector<std::string> hosts = {"fake-a", "fake-b"}) {
+  explicit Cloud(OrchestratorOptions o = {}, std::vector<std::string> hosts = {"fake-a", "fake-b"},
+                 std::function<void(driver::FakeDriver::Options&)> tweak_b = nullptr) {
     auto c = Pg().CreateDatabase();
     REQUIRE(c.ok());
     db::PgPool::Options po;
@@ -60,6 +60,7 @@ struct Cloud {
       fo.state_dir = state;
       fo.hostname = h;
       fo.poll_interval = absl::Milliseconds(5);
+      if (h == "fake-b" && tweak_b) tweak_b(fo);
       auto d = driver::FakeDriver::Create(fo);
       REQUIRE(d.ok());
       drivers[h] = std::move(d).value();
@@ -221,6 +222,76 @@ TEST_CASE("scheduler: pre-check failures are recorded with their numbers") {
   CHECK(absl::StrContains(m.failure_reason(), "dom0 reserve"));
   CHECK(absl::StrContains(m.failure_reason(), "needs 20000 MiB"));
   CHECK(c.Where(kUuid2) == Loc{{"fake-a", "running"}});
+}
+
+TEST_CASE("scheduler: each pre-check failure names its cause") {
+  struct Case {
+    const char* name;
+    std::function<void(driver::FakeDriver::Options&)> tweak;
+    v1::MigrationOptions options;
+    const char* expect;
+  };
+  v1::MigrationOptions bw;
+  bw.set_bandwidth_mib_s(8);
+  v1::MigrationOptions no_block;
+  no_block.set_block_migration(v1::BLOCK_MIGRATION_NO);
+  const std::vector<Case> cases = {
+      {"version",
+       [](auto& o) { o.hypervisor_version = 4016000; },
+       {},
+       "4.16.0 < the source's 4.17.0"},
+      {"type", [](auto& o) { o.hypervisor_type = "QEMU"; }, {}, "runs QEMU"},
+      {"cpu", [](auto& o) { o.cpu_features = {"sse4.2"}; }, {}, "lacks source features: avx"},
+      {"network",
+       [](auto& o) { o.bridges = {"br-other"}; },
+       {},
+       "lacks network segment(s) br-guest"},
+      {"storage", [](auto& o) { o.instance_path = "/tmp/livemig-private-instances"; }, no_block,
+       "uses instance path"},
+      {"option", [](auto& o) { o.profile = "fake-libxl"; }, bw,
+       "does not support a bandwidth limit"},
+  };
+  for (const auto& k : cases) {
+    INFO(k.name);
+    Cloud c({}, {"fake-a", "fake-b"}, k.tweak);
+    auto r = c.Migrate(kUuid, "fake-b", k.options);
+    REQUIRE(r.ok());
+    auto m = c.WaitTerminal(r->migration().id());
+    CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+    CHECK(absl::StrContains(m.failure_reason(), k.expect));
+    CHECK(c.Where() == Loc{{"fake-a", "running"}});
+  }
+}
+
+TEST_CASE("scheduler: a host evacuation live-migrates everything off the host") {
+  Cloud c({}, {"fake-a", "fake-b", "fake-c"});
+  REQUIRE(c.drivers["fake-a"]->hypervisor().CreateDomain("fake-a", kUuid2, "web-2", 512).ok());
+  c.ReportAll();
+  sv1::EvacuateHostRequest e;
+  e.set_hostname("fake-a");
+  e.set_max_parallel(1);
+  e.set_requester("erin");
+  auto ev = c.api->EvacuateHost(e, "");
+  REQUIRE(ev.ok());
+  CHECK(ev->total() == 2);
+  sv1::Evacuation last;
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto g = c.api->GetEvacuation(ev->id());
+        if (!g.ok()) return false;
+        last = *g;
+        return last.status() != sv1::EVACUATION_STATUS_RUNNING;
+      },
+      absl::Seconds(60)));
+  INFO(last.DebugString());
+  CHECK(last.status() == sv1::EVACUATION_STATUS_COMPLETED);
+  CHECK(last.succeeded() == 2);
+  for (const char* u : {kUuid, kUuid2}) {
+    auto w = c.Where(u);
+    REQUIRE(w.size() == 1);
+    CHECK(w[0].first != "fake-a");
+    CHECK(c.DbHost(u) == w[0].first);
+  }
 }
 
 TEST_CASE("scheduler: a failure at each step up to the transfer rolls back to the source") {
