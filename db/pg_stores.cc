@@ -839,6 +839,45 @@ class PgMigrationStore : public MigrationStore {
                          "force-complete requested by ");
   }
 
+  absl::StatusOr<std::map<std::string, int64_t>> CountByStatus() override {
+    return pool_->Query<std::map<std::string, int64_t>>(
+        "count migrations", [&](pqxx::work& w) -> absl::StatusOr<std::map<std::string, int64_t>> {
+          std::map<std::string, int64_t> out;
+          for (const auto& row :
+               w.exec("SELECT status, count(*) FROM migrations GROUP BY status")) {
+            out[Str(row[0])] = row[1].as<int64_t>();
+          }
+          return out;
+        });
+  }
+
+  absl::StatusOr<std::vector<StepHistogram>> StepDurations(
+      const std::vector<int64_t>& bounds_ms) override {
+    std::string cols;
+    for (size_t i = 0; i < bounds_ms.size(); ++i) {
+      absl::StrAppend(&cols, ", count(*) FILTER (WHERE duration_ms <= ", bounds_ms[i], ")");
+    }
+    return pool_->Query<std::vector<StepHistogram>>(
+        "step durations", [&](pqxx::work& w) -> absl::StatusOr<std::vector<StepHistogram>> {
+          std::vector<StepHistogram> out;
+          pqxx::result r = w.exec(absl::StrCat(
+              "SELECT step, count(*), COALESCE(sum(duration_ms), 0)", cols,
+              " FROM migration_events WHERE kind = 'result' AND duration_ms IS NOT NULL "
+              "GROUP BY step ORDER BY step"));
+          for (const auto& row : r) {
+            StepHistogram h;
+            h.step = Str(row[0]);
+            h.count = row[1].as<int64_t>();
+            h.sum_ms = row[2].as<double>();
+            for (size_t i = 0; i < bounds_ms.size(); ++i) {
+              h.cumulative.push_back(row[static_cast<int>(3 + i)].as<int64_t>());
+            }
+            out.push_back(std::move(h));
+          }
+          return out;
+        });
+  }
+
   absl::StatusOr<int64_t> MemoryClaimedOn(const std::string& host) override {
     return pool_->Query<
         int64_t>("sum memory claims", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {

@@ -8,6 +8,7 @@
 #define LIVEMIG_DB_STORES_H_
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -112,6 +113,19 @@ class MigrationStore {
   virtual absl::StatusOr<MigrationRecord> RequestAbort(int64_t id, const std::string& by) = 0;
   virtual absl::StatusOr<MigrationRecord> RequestForceComplete(int64_t id,
                                                                const std::string& by) = 0;
+
+  // Migrations per status (for metrics).
+  virtual absl::StatusOr<std::map<std::string, int64_t>> CountByStatus() = 0;
+  // Step durations from the event log's results, as cumulative histogram buckets (for metrics):
+  // per step, counts of durations <= each bound in `bounds_ms`, plus the total count and sum.
+  struct StepHistogram {
+    std::string step;
+    std::vector<int64_t> cumulative;  // one per bound
+    int64_t count = 0;
+    double sum_ms = 0;
+  };
+  virtual absl::StatusOr<std::vector<StepHistogram>> StepDurations(
+      const std::vector<int64_t>& bounds_ms) = 0;
 
   // Sum of memory claims of active migrations into `host`.
   virtual absl::StatusOr<int64_t> MemoryClaimedOn(const std::string& host) = 0;

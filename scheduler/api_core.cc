@@ -328,6 +328,39 @@ absl::StatusOr<sv1::Instance> ApiCore::GetInstance(const std::string& uuid) {
   return ToProtoInstance(i);
 }
 
+absl::StatusOr<std::string> ApiCore::MetricsText() {
+  std::string out;
+  ASSIGN_OR_RETURN(auto counts, migrations_->CountByStatus());
+  absl::StrAppend(&out, "# HELP livemig_migrations Migrations in the database by status.\n",
+                  "# TYPE livemig_migrations gauge\n");
+  for (MigrationStatus st : AllMigrationStatuses()) {
+    auto it = counts.find(ToString(st));
+    absl::StrAppend(&out, "livemig_migrations{status=\"", ToString(st), "\"} ",
+                    it == counts.end() ? 0 : it->second, "\n");
+  }
+  const std::vector<int64_t> bounds = {100, 500, 1000, 5000, 10000, 30000, 60000, 300000};
+  ASSIGN_OR_RETURN(auto hist, migrations_->StepDurations(bounds));
+  absl::StrAppend(&out, "# HELP livemig_step_duration_seconds Duration of each migration step.\n",
+                  "# TYPE livemig_step_duration_seconds histogram\n");
+  for (const auto& h : hist) {
+    for (size_t i = 0; i < bounds.size(); ++i) {
+      absl::StrAppend(&out, "livemig_step_duration_seconds_bucket{step=\"", h.step, "\",le=\"",
+                      bounds[i] / 1000.0, "\"} ", h.cumulative[i], "\n");
+    }
+    absl::StrAppend(&out, "livemig_step_duration_seconds_bucket{step=\"", h.step,
+                    "\",le=\"+Inf\"} ", h.count, "\n", "livemig_step_duration_seconds_sum{step=\"",
+                    h.step, "\"} ", h.sum_ms / 1000.0, "\n",
+                    "livemig_step_duration_seconds_count{step=\"", h.step, "\"} ", h.count, "\n");
+  }
+  ASSIGN_OR_RETURN(auto hosts, hosts_->ListHosts(orchestrator_->options().service_down_time));
+  int up = 0;
+  for (const auto& h : hosts) up += h.up ? 1 : 0;
+  absl::StrAppend(&out, "# HELP livemig_hosts Hosts known to the scheduler by liveness.\n",
+                  "# TYPE livemig_hosts gauge\n", "livemig_hosts{state=\"up\"} ", up, "\n",
+                  "livemig_hosts{state=\"down\"} ", static_cast<int>(hosts.size()) - up, "\n");
+  return out;
+}
+
 // ---- evacuations -------------------------------------------------------------------------
 
 namespace {

@@ -50,6 +50,9 @@ class ApiCore {
   absl::StatusOr<sv1::ListInstancesResponse> ListInstances(const sv1::ListInstancesRequest& r);
   absl::StatusOr<sv1::Instance> GetInstance(const std::string& uuid);
 
+  // Prometheus text format: migrations by status, step latency histograms, hosts up/down.
+  absl::StatusOr<std::string> MetricsText();
+
   // Resumes the evacuations left running by a previous scheduler process.
   void ResumeEvacuations();
 

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
 #include "common/log.h"
 #include "common/status_map.h"
 #include "common/tls.h"
@@ -17,7 +18,9 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "scheduler/agent_client.h"
 #include "scheduler/api_core.h"
+#include "scheduler/auth.h"
 #include "scheduler/orchestrator.h"
+#include "scheduler/rest_server.h"
 #include "scheduler/services.h"
 
 namespace {
@@ -55,6 +58,15 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", tls.key, "the scheduler's private key (PEM)");
   app.add_flag("--insecure-plaintext", tls.insecure,
                "DEVELOPMENT ONLY: no TLS to the agents and on the registry");
+  std::string http_listen, tokens_file;
+  bool no_auth = false;
+  app.add_option("--http-listen", http_listen,
+                 "REST API and dashboard address HOST:PORT (e.g. 127.0.0.1:8080); empty: off");
+  app.add_option("--tokens-file", tokens_file,
+                 "API tokens, one per line: '<token> <role> <name>' with role operator or reader; "
+                 "re-read on SIGHUP");
+  app.add_flag("--no-auth", no_auth,
+               "DEVELOPMENT ONLY: serve the APIs without tokens (everyone is an operator)");
   livemig::sched::OrchestratorOptions o;
   app.add_option("--scheduler-id", o.scheduler_id,
                  "owner name on migration leases (default: scheduler-<host>-<pid>-<random>)");
@@ -97,6 +109,15 @@ int main(int argc, char** argv) {
   }
   if (auto s = livemig::ValidateTlsFiles(tls, "scheduler"); !s.ok()) return Fail("TLS", s);
 
+  if (tokens_file.empty() && !no_auth) {
+    return Fail("authentication",
+                absl::InvalidArgumentError("pass --tokens-file (create tokens with deploy/pki.sh "
+                                           "token), or --no-auth for development only"));
+  }
+  if (no_auth) livemig::LogWarning("--no-auth: the APIs accept every caller as an operator");
+  auto tokens = livemig::sched::TokenStore::Load(no_auth ? "" : tokens_file);
+  if (!tokens.ok()) return Fail("tokens", tokens.status());
+
   livemig::db::PgPool::Options po;
   po.conninfo = db;
   po.size = db_pool;
@@ -124,7 +145,7 @@ int main(int argc, char** argv) {
                                             &stores.instances(), &agents);
   livemig::sched::ApiCore api(&stores.migrations(), &stores.hosts(), &stores.instances(),
                               &stores.evacuations(), &orchestrator);
-  livemig::sched::SchedulerApiService api_service(&api);
+  livemig::sched::SchedulerApiService api_service(&api, tokens->get());
   livemig::sched::HostRegistryService registry(&stores.hosts(), tls.insecure,
                                                absl::Seconds(report_s));
 
@@ -146,6 +167,19 @@ int main(int argc, char** argv) {
   if (!reg_server) {
     return Fail("listen", absl::UnavailableError("cannot listen on " + registry_listen));
   }
+  std::unique_ptr<livemig::sched::RestServer> rest;
+  if (!http_listen.empty()) {
+    auto colon = http_listen.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos || !absl::SimpleAtoi(http_listen.substr(colon + 1), &port)) {
+      return Fail("--http-listen",
+                  absl::InvalidArgumentError("expected HOST:PORT, got " + http_listen));
+    }
+    rest = std::make_unique<livemig::sched::RestServer>(&api, tokens->get());
+    if (auto s = rest->Start(http_listen.substr(0, colon), port); !s.ok()) return Fail("HTTP", s);
+    livemig::LogInfo("REST API and dashboard on http://%s:%d/", http_listen.substr(0, colon),
+                     rest->port());
+  }
   orchestrator.Start();
   api.ResumeEvacuations();
   livemig::LogInfo("scheduler %s serving the API on %s and the host registry on %s",
@@ -155,6 +189,14 @@ int main(int argc, char** argv) {
     int sig = 0;
     sigwait(&sigs, &sig);
     if (sig == SIGHUP) {
+      if ((*tokens)->enabled()) {
+        auto s = (*tokens)->Reload();
+        if (s.ok()) {
+          livemig::LogInfo("SIGHUP: tokens reloaded from %s", tokens_file);
+        } else {
+          livemig::LogError("SIGHUP: tokens not reloaded, the previous ones stay: %s", s.message());
+        }
+      }
       livemig::LogInfo("SIGHUP: certificates are re-read from disk by the TLS file watcher");
       if (auto s = livemig::ValidateTlsFiles(tls, "scheduler"); !s.ok()) {
         livemig::LogError("%s", s.message());
@@ -166,6 +208,7 @@ int main(int argc, char** argv) {
   livemig::LogInfo(
       "shutting down: no new requests; migrations in flight stop at a step "
       "boundary and are resumed by the next scheduler");
+  if (rest) rest->Stop();
   api_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   reg_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   orchestrator.Stop();

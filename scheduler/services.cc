@@ -21,24 +21,43 @@ grpc::Status Reply(Resp* out, Fn fn) {
 
 }  // namespace
 
+absl::StatusOr<Principal> SchedulerApiService::Auth(grpc::ServerContext* ctx, bool mutating,
+                                                    const char* op) const {
+  std::string header;
+  auto md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  if (it != md.end()) header.assign(it->second.data(), it->second.size());
+  return tokens_->Check(header, mutating, op);
+}
+
+#define LIVEMIG_AUTH(mutating, op)                              \
+  auto principal = Auth(ctx, mutating, op);                     \
+  if (!principal.ok()) return ToGrpcStatus(principal.status()); \
+  const std::string caller = principal->name;                   \
+  (void)caller
+
 grpc::Status SchedulerApiService::LiveMigrate(grpc::ServerContext* ctx,
                                               const sv1::LiveMigrateRequest* r,
                                               sv1::LiveMigrateResponse* out) {
-  return Reply(out, [&] { return core_->LiveMigrate(*r, PeerIdentity(*ctx)); });
+  LIVEMIG_AUTH(true, "LiveMigrate");
+  return Reply(out, [&] { return core_->LiveMigrate(*r, caller); });
 }
-grpc::Status SchedulerApiService::GetMigration(grpc::ServerContext*,
+grpc::Status SchedulerApiService::GetMigration(grpc::ServerContext* ctx,
                                                const sv1::GetMigrationRequest* r,
                                                sv1::Migration* out) {
+  LIVEMIG_AUTH(false, "GetMigration");
   return Reply(out, [&] { return core_->GetMigration(r->migration_id()); });
 }
-grpc::Status SchedulerApiService::ListMigrations(grpc::ServerContext*,
+grpc::Status SchedulerApiService::ListMigrations(grpc::ServerContext* ctx,
                                                  const sv1::ListMigrationsRequest* r,
                                                  sv1::ListMigrationsResponse* out) {
+  LIVEMIG_AUTH(false, "ListMigrations");
   return Reply(out, [&] { return core_->ListMigrations(*r); });
 }
 grpc::Status SchedulerApiService::WatchMigration(grpc::ServerContext* ctx,
                                                  const sv1::WatchMigrationRequest* r,
                                                  grpc::ServerWriter<sv1::Migration>* writer) {
+  LIVEMIG_AUTH(false, "WatchMigration");
   const absl::Duration interval = absl::Milliseconds(
       r->min_interval_ms() == 0 ? 1000 : std::max<uint32_t>(r->min_interval_ms(), 100));
   std::string last;
@@ -62,54 +81,66 @@ grpc::Status SchedulerApiService::WatchMigration(grpc::ServerContext* ctx,
 grpc::Status SchedulerApiService::AbortMigration(grpc::ServerContext* ctx,
                                                  const sv1::AbortMigrationRequest* r,
                                                  sv1::AbortMigrationResponse* out) {
-  return Reply(out, [&] { return core_->AbortMigration(*r, PeerIdentity(*ctx)); });
+  LIVEMIG_AUTH(true, "AbortMigration");
+  return Reply(out, [&] { return core_->AbortMigration(*r, caller); });
 }
 grpc::Status SchedulerApiService::ForceCompleteMigration(
     grpc::ServerContext* ctx, const sv1::ForceCompleteMigrationRequest* r,
     sv1::ForceCompleteMigrationResponse* out) {
-  return Reply(out, [&] { return core_->ForceCompleteMigration(*r, PeerIdentity(*ctx)); });
+  LIVEMIG_AUTH(true, "ForceCompleteMigration");
+  return Reply(out, [&] { return core_->ForceCompleteMigration(*r, caller); });
 }
-grpc::Status SchedulerApiService::CheckMigration(grpc::ServerContext*,
+grpc::Status SchedulerApiService::CheckMigration(grpc::ServerContext* ctx,
                                                  const sv1::CheckMigrationRequest* r,
                                                  sv1::CheckMigrationResponse* out) {
+  LIVEMIG_AUTH(false, "CheckMigration");
   return Reply(out, [&] { return core_->CheckMigration(*r); });
 }
-grpc::Status SchedulerApiService::ListHosts(grpc::ServerContext*, const sv1::ListHostsRequest* r,
+grpc::Status SchedulerApiService::ListHosts(grpc::ServerContext* ctx,
+                                            const sv1::ListHostsRequest* r,
                                             sv1::ListHostsResponse* out) {
+  LIVEMIG_AUTH(false, "ListHosts");
   return Reply(out, [&] { return core_->ListHosts(*r); });
 }
-grpc::Status SchedulerApiService::GetHost(grpc::ServerContext*, const sv1::GetHostRequest* r,
+grpc::Status SchedulerApiService::GetHost(grpc::ServerContext* ctx, const sv1::GetHostRequest* r,
                                           sv1::Host* out) {
+  LIVEMIG_AUTH(false, "GetHost");
   return Reply(out, [&] { return core_->GetHost(r->hostname()); });
 }
 grpc::Status SchedulerApiService::SetHostEnabled(grpc::ServerContext* ctx,
                                                  const sv1::SetHostEnabledRequest* r,
                                                  sv1::Host* out) {
-  return Reply(out, [&] { return core_->SetHostEnabled(*r, PeerIdentity(*ctx)); });
+  LIVEMIG_AUTH(true, "SetHostEnabled");
+  return Reply(out, [&] { return core_->SetHostEnabled(*r, caller); });
 }
 grpc::Status SchedulerApiService::EvacuateHost(grpc::ServerContext* ctx,
                                                const sv1::EvacuateHostRequest* r,
                                                sv1::Evacuation* out) {
-  return Reply(out, [&] { return core_->EvacuateHost(*r, PeerIdentity(*ctx)); });
+  LIVEMIG_AUTH(true, "EvacuateHost");
+  return Reply(out, [&] { return core_->EvacuateHost(*r, caller); });
 }
-grpc::Status SchedulerApiService::GetEvacuation(grpc::ServerContext*,
+grpc::Status SchedulerApiService::GetEvacuation(grpc::ServerContext* ctx,
                                                 const sv1::GetEvacuationRequest* r,
                                                 sv1::Evacuation* out) {
+  LIVEMIG_AUTH(false, "GetEvacuation");
   return Reply(out, [&] { return core_->GetEvacuation(r->evacuation_id()); });
 }
-grpc::Status SchedulerApiService::ListEvacuations(grpc::ServerContext*,
+grpc::Status SchedulerApiService::ListEvacuations(grpc::ServerContext* ctx,
                                                   const sv1::ListEvacuationsRequest* r,
                                                   sv1::ListEvacuationsResponse* out) {
+  LIVEMIG_AUTH(false, "ListEvacuations");
   return Reply(out, [&] { return core_->ListEvacuations(*r); });
 }
-grpc::Status SchedulerApiService::ListInstances(grpc::ServerContext*,
+grpc::Status SchedulerApiService::ListInstances(grpc::ServerContext* ctx,
                                                 const sv1::ListInstancesRequest* r,
                                                 sv1::ListInstancesResponse* out) {
+  LIVEMIG_AUTH(false, "ListInstances");
   return Reply(out, [&] { return core_->ListInstances(*r); });
 }
-grpc::Status SchedulerApiService::GetInstance(grpc::ServerContext*,
+grpc::Status SchedulerApiService::GetInstance(grpc::ServerContext* ctx,
                                               const sv1::GetInstanceRequest* r,
                                               sv1::Instance* out) {
+  LIVEMIG_AUTH(false, "GetInstance");
   return Reply(out, [&] { return core_->GetInstance(r->instance_uuid()); });
 }
 

@@ -7,6 +7,7 @@
 #include "proto/host_registry.grpc.pb.h"
 #include "proto/scheduler.grpc.pb.h"
 #include "scheduler/api_core.h"
+#include "scheduler/auth.h"
 
 namespace livemig::sched {
 
@@ -14,7 +15,7 @@ namespace rv1 = ::livemig::registry::v1;
 
 class SchedulerApiService final : public sv1::SchedulerApi::Service {
  public:
-  explicit SchedulerApiService(ApiCore* core) : core_(core) {}
+  SchedulerApiService(ApiCore* core, const TokenStore* tokens) : core_(core), tokens_(tokens) {}
   grpc::Status LiveMigrate(grpc::ServerContext*, const sv1::LiveMigrateRequest*,
                            sv1::LiveMigrateResponse*) override;
   grpc::Status GetMigration(grpc::ServerContext*, const sv1::GetMigrationRequest*,
@@ -47,7 +48,11 @@ class SchedulerApiService final : public sv1::SchedulerApi::Service {
                            sv1::Instance*) override;
 
  private:
+  // The caller's principal from the "authorization" metadata (Bearer token).
+  absl::StatusOr<Principal> Auth(grpc::ServerContext* ctx, bool mutating, const char* op) const;
+
   ApiCore* core_;
+  const TokenStore* tokens_;
 };
 
 // Agents report here. With mutual TLS an agent may only report for its own hostname: the

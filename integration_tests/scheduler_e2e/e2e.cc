@@ -39,7 +39,9 @@ void Cloud::StartScheduler(const std::string& extra) {
       absl::StrCat(RunfilePath("scheduler/scheduler"), " --db '", db_, "' --listen unix:", dir_,
                    "/api.sock --registry-listen unix:", dir_, "/registry.sock --tls-ca ", pki_,
                    "/ca.pem --tls-cert ", pki_, "/scheduler.pem --tls-key ", pki_,
-                   "/scheduler.key ", scheduler_flags_),
+                   "/scheduler.key ",
+                   scheduler_flags_.find("--tokens-file") == std::string::npos ? "--no-auth " : "",
+                   scheduler_flags_),
       dir_ + "/scheduler.log");
   auto channel =
       grpc::CreateChannel("unix:" + dir_ + "/api.sock", grpc::InsecureChannelCredentials());
@@ -47,7 +49,7 @@ void Cloud::StartScheduler(const std::string& extra) {
   const bool up = testing::WaitFor(
       [&] {
         grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+        Prepare(&ctx, absl::Seconds(1));
         sv1::ListHostsResponse r;
         return api_->ListHosts(&ctx, {}, &r).ok();
       },
@@ -57,6 +59,11 @@ void Cloud::StartScheduler(const std::string& extra) {
 }
 
 void Cloud::KillScheduler() { scheduler_->Kill(); }
+
+void Cloud::Prepare(grpc::ClientContext* ctx, absl::Duration deadline) const {
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  if (!token_.empty()) ctx->AddMetadata("authorization", "Bearer " + token_);
+}
 
 void Cloud::StartAgent(const std::string& host, const std::string& flags,
                        const std::string& prefix) {
@@ -75,7 +82,7 @@ bool Cloud::WaitInstanceOn(const std::string& uuid, const std::string& host, abs
   return testing::WaitFor(
       [&] {
         grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+        Prepare(&ctx, absl::Seconds(2));
         sv1::GetInstanceRequest r;
         r.set_instance_uuid(uuid);
         sv1::Instance i;
@@ -89,7 +96,7 @@ absl::StatusOr<sv1::LiveMigrateResponse> Cloud::Migrate(const std::string& uuid,
                                                         const std::string& dest,
                                                         const v1::MigrationOptions& o) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  Prepare(&ctx, absl::Seconds(20));
   sv1::LiveMigrateRequest r;
   r.set_instance_uuid(uuid);
   r.set_destination(dest);
@@ -104,7 +111,7 @@ absl::StatusOr<sv1::LiveMigrateResponse> Cloud::Migrate(const std::string& uuid,
 
 absl::StatusOr<sv1::Migration> Cloud::Get(const std::string& id) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  Prepare(&ctx, absl::Seconds(5));
   sv1::GetMigrationRequest r;
   r.set_migration_id(id);
   sv1::Migration m;

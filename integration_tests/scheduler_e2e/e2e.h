@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
 #include "proto/scheduler.grpc.pb.h"
 #include "testing/pg_server.h"
 #include "testing/process.h"
@@ -46,9 +47,13 @@ class Cloud {
                                                    const v1::MigrationOptions& o = {});
   absl::StatusOr<sv1::Migration> Get(const std::string& id);
   std::string SchedulerLog() const;
+  // The bearer token sent on every API call (when the scheduler runs with --tokens-file).
+  void set_token(const std::string& token) { token_ = token; }
+  // Sets the deadline and the token on a client context.
+  void Prepare(grpc::ClientContext* ctx, absl::Duration deadline = absl::Seconds(10)) const;
 
  private:
-  std::string dir_, pki_, db_;
+  std::string dir_, pki_, db_, token_;
   std::unique_ptr<testing::PgServer> pg_;
   std::unique_ptr<testing::ChildProcess> scheduler_;
   std::string scheduler_flags_;

@@ -129,6 +129,7 @@ TEST_CASE("lab e2e: an abort during the transfer is a real rollback") {
       },
       absl::Seconds(60)));
   grpc::ClientContext ctx;
+  L().cloud->Prepare(&ctx);
   sv1::AbortMigrationRequest a;
   a.set_migration_id(r->migration().id());
   a.set_requester("e2e-test");

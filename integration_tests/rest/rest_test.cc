@@ -1,0 +1,251 @@
+// The REST/JSON API of the real scheduler binary (with two fake agents and PostgreSQL): every
+// endpoint, authentication (401 / 403), malformed input (400), the error mapping, and the
+// OpenAPI document checked against the server.
+#include <catch2/catch.hpp>
+#include <fstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "driver/fake_driver.h"
+#include "httplib.h"
+#include "integration_tests/scheduler_e2e/e2e.h"
+#include "nlohmann/json.hpp"
+#include "testing/process.h"
+#include "testing/run_command.h"
+
+namespace livemig::e2e {
+namespace {
+
+using json = nlohmann::json;
+constexpr char kUuid[] = "44444444-2222-4333-8444-555555555555";
+constexpr char kOp[] = "op-token-0123456789abcdef";
+constexpr char kReader[] = "rd-token-0123456789abcdef";
+
+struct Rest {
+  std::string dir = testing::MakeShortTempDir("rest");
+  std::unique_ptr<Cloud> cloud;
+  int port = testing::FreePort();
+  std::string state = dir + "/fake";
+  std::unique_ptr<driver::FakeHypervisor> hv;
+  std::unique_ptr<httplib::Client> http;
+  Rest() {
+    std::ofstream(dir + "/tokens") << kOp << " operator ops-alice\n"
+                                   << kReader << " reader dash-bob\n";
+    cloud = std::make_unique<Cloud>(dir);
+    cloud->set_token(kOp);
+    cloud->StartScheduler(absl::StrCat(
+        "--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port, " --report-interval 1"));
+    hv = std::make_unique<driver::FakeHypervisor>(state);
+    for (const char* h : {"host-a", "host-b"}) {
+      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
+                                        " --listen 127.0.0.1:", testing::FreePort()));
+    }
+    REQUIRE(testing::WaitFor(
+        [&] {
+          auto s = hv->Snapshot();
+          return s.ok() && (*s)["hosts"].contains("host-a") && (*s)["hosts"].contains("host-b");
+        },
+        absl::Seconds(20)));
+    REQUIRE(hv->CreateDomain("host-a", kUuid, "web-1", 256).ok());
+    http = std::make_unique<httplib::Client>("127.0.0.1", port);
+    http->set_read_timeout(20, 0);
+    REQUIRE(testing::WaitFor(
+        [&] {
+          auto r = Get("/v1/instances/" + std::string(kUuid), kReader);
+          return r && r->status == 200 && absl::StrContains(r->body, "RUNNING");
+        },
+        absl::Seconds(20)));
+  }
+  ~Rest() {
+    http.reset();
+    cloud.reset();
+    testing::RunCommand("rm -rf " + dir).IgnoreError();
+  }
+  httplib::Headers Auth(const char* token) {
+    if (!token) return {};
+    return {{"Authorization", std::string("Bearer ") + token}};
+  }
+  httplib::Result Get(const std::string& path, const char* token) {
+    return http->Get(path.c_str(), Auth(token));
+  }
+  httplib::Result Post(const std::string& path, const std::string& body, const char* token) {
+    return http->Post(path.c_str(), Auth(token), body, "application/json");
+  }
+  httplib::Result Put(const std::string& path, const std::string& body, const char* token) {
+    return http->Put(path.c_str(), Auth(token), body, "application/json");
+  }
+};
+
+Rest& R() {
+  static std::unique_ptr<Rest> r = std::make_unique<Rest>();
+  return *r;
+}
+
+std::string ErrorCode(const httplib::Result& r) {
+  auto j = json::parse(r->body, nullptr, false);
+  if (j.is_discarded() || !j.contains("error")) return "(no JSON error)";
+  return j["error"]["code"].get<std::string>();
+}
+
+TEST_CASE("rest: health is open; everything else needs a token") {
+  auto h = R().Get("/healthz", nullptr);
+  REQUIRE(h);
+  CHECK(h->status == 200);
+  for (const char* path :
+       {"/metrics", "/v1/hosts", "/v1/migrations", "/v1/instances", "/v1/evacuations"}) {
+    INFO(path);
+    auto r = R().Get(path, nullptr);
+    REQUIRE(r);
+    CHECK(r->status == 401);
+    CHECK(ErrorCode(r) == "UNAUTHENTICATED");
+    auto bad = R().Get(path, "not-a-valid-token-at-all");
+    CHECK(bad->status == 401);
+    auto ok = R().Get(path, kReader);
+    CHECK(ok->status == 200);
+  }
+  // A reader may not change anything.
+  auto m = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
+                    R"({"destination":"host-b"})", kReader);
+  CHECK(m->status == 403);
+  CHECK(ErrorCode(m) == "PERMISSION_DENIED");
+  CHECK(absl::StrContains(m->body, "dash-bob"));
+  auto dis = R().Put("/v1/hosts/host-b/enabled", R"({"enabled":false,"reason":"x"})", kReader);
+  CHECK(dis->status == 403);
+}
+
+TEST_CASE("rest: malformed input is 400 with a message; unknown things are 404") {
+  auto bad_json = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
+                           "{destination: host-b", kOp);
+  CHECK(bad_json->status == 400);
+  CHECK(absl::StrContains(bad_json->body, "not valid JSON"));
+  auto bad_field = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
+                            R"({"destinaton":"host-b"})", kOp);
+  CHECK(bad_field->status == 400);
+  auto bad_uuid = R().Post("/v1/instances/web-1/live-migration", "{}", kOp);
+  CHECK(bad_uuid->status == 400);
+  CHECK(absl::StrContains(bad_uuid->body, "not a UUID"));
+  auto unknown =
+      R().Post("/v1/instances/99999999-2222-4333-8444-555555555555/live-migration", "{}", kOp);
+  CHECK(unknown->status == 404);
+  auto same = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
+                       R"({"destination":"host-a"})", kOp);
+  CHECK(same->status == 400);
+  auto no_host = R().Get("/v1/hosts/host-zz", kReader);
+  CHECK(no_host->status == 404);
+  auto no_mig = R().Get("/v1/migrations/424242", kReader);
+  CHECK(no_mig->status == 404);
+  auto bad_status = R().Get("/v1/migrations?status=done", kReader);
+  CHECK(bad_status->status == 400);
+  auto bad_limit = R().Get("/v1/migrations?limit=0", kReader);
+  CHECK(bad_limit->status == 400);
+  auto nowhere = R().Get("/v2/nothing", kReader);
+  CHECK(nowhere->status == 404);
+  CHECK(ErrorCode(nowhere) == "NOT_FOUND");
+  std::string big(2 << 20, 'x');
+  auto too_big = R().Post("/v1/migrations/check", big, kOp);
+  REQUIRE(too_big);
+  CHECK(too_big->status == 413);
+  auto no_reason = R().Put("/v1/hosts/host-b/enabled", R"({"enabled":false})", kOp);
+  CHECK(no_reason->status == 400);
+}
+
+TEST_CASE("rest: a migration over REST, its listing, and the conflicts after it") {
+  auto check = R().Post("/v1/migrations/check",
+                        absl::StrCat(R"({"instance_uuid":")", kUuid, R"("})"), kReader);
+  CHECK(check->status == 200);
+  CHECK(absl::StrContains(check->body, "host-b"));
+  auto m = R().Post(
+      absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
+      R"({"destination":"host-b","request_id":"rest-1","options":{"max_downtime_ms":400}})", kOp);
+  REQUIRE(m);
+  INFO(m->body);
+  CHECK(m->status == 202);
+  auto body = json::parse(m->body);
+  const std::string id = body["migration"]["id"];
+  // A repeated request id returns the same migration.
+  auto again = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
+                        R"({"destination":"host-b","request_id":"rest-1"})", kOp);
+  CHECK(again->status == 200);
+  CHECK(json::parse(again->body)["migration"]["id"] == id);
+  json last;
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto g = R().Get("/v1/migrations/" + id, kReader);
+        if (!g || g->status != 200) return false;
+        last = json::parse(g->body);
+        return last["status"] == "MIGRATION_STATUS_COMPLETED";
+      },
+      absl::Seconds(60)));
+  CHECK(last["requester"] == "ops-alice");
+  CHECK(last["events"].size() >= 10);
+  auto list = R().Get("/v1/migrations?status=completed&limit=10", kReader);
+  CHECK(list->status == 200);
+  CHECK(json::parse(list->body)["migrations"].size() == 1);
+  auto abort = R().Post("/v1/migrations/" + id + "/abort", "{}", kOp);
+  CHECK(abort->status == 409);
+  auto force = R().Post("/v1/migrations/" + id + "/force-complete", "{}", kOp);
+  CHECK(force->status == 409);
+  auto inst = R().Get(absl::StrCat("/v1/instances/", kUuid), kReader);
+  CHECK(json::parse(inst->body)["host"] == "host-b");
+  auto metrics = R().Get("/metrics", kReader);
+  CHECK(absl::StrContains(metrics->body, "livemig_migrations{status=\"completed\"} 1"));
+  CHECK(absl::StrContains(metrics->body,
+                          "livemig_step_duration_seconds_bucket{step=\"live_migration\""));
+  CHECK(absl::StrContains(metrics->body, "livemig_hosts{state=\"up\"} 2"));
+}
+
+TEST_CASE("rest: hosts, evacuations and instances") {
+  auto dis = R().Put("/v1/hosts/host-a/enabled", R"({"enabled":false,"reason":"firmware"})", kOp);
+  REQUIRE(dis);
+  CHECK(dis->status == 200);
+  auto h = json::parse(R().Get("/v1/hosts/host-a", kReader)->body);
+  CHECK(h["disabled_reason"] == "firmware");
+  CHECK(h["disabled_by"] == "ops-alice");
+  auto en = R().Put("/v1/hosts/host-a/enabled", R"({"enabled":true})", kOp);
+  CHECK(en->status == 200);
+  auto ev = R().Post("/v1/hosts/host-b/evacuate-live", R"({"max_parallel":1})", kOp);
+  REQUIRE(ev);
+  INFO(ev->body);
+  CHECK(ev->status == 202);
+  const std::string evid = json::parse(ev->body)["id"];
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto g = R().Get("/v1/evacuations/" + evid, kReader);
+        return g && g->status == 200 &&
+               json::parse(g->body)["status"] != "EVACUATION_STATUS_RUNNING";
+      },
+      absl::Seconds(60)));
+  auto list = R().Get("/v1/evacuations", kReader);
+  CHECK(json::parse(list->body)["evacuations"].size() == 1);
+  auto insts = json::parse(R().Get("/v1/instances", kReader)->body);
+  REQUIRE(insts["instances"].size() == 1);
+  CHECK(insts["instances"][0]["host"] == "host-a");
+}
+
+TEST_CASE("rest: the OpenAPI document matches the server") {
+  std::ifstream in(testing::RunfilePath("api/openapi.json"));
+  REQUIRE(in);
+  json doc = json::parse(in);
+  int checked = 0;
+  for (auto& [path, methods] : doc["paths"].items()) {
+    std::string concrete =
+        absl::StrReplaceAll(path, {{"{uuid}", kUuid}, {"{id}", "1"}, {"{name}", "host-a"}});
+    for (auto& [method, spec] : methods.items()) {
+      INFO(method << " " << path);
+      httplib::Result r = method == "get"    ? R().Get(concrete, kOp)
+                          : method == "post" ? R().Post(concrete, "{\"dry_run\":true}", kOp)
+                                             : R().Put(concrete, "{\"enabled\":true}", kOp);
+      REQUIRE(r);
+      // The route exists: whatever the answer, it is not "no such endpoint".
+      CHECK_FALSE(absl::StrContains(r->body, "no such endpoint"));
+      const std::string status = std::to_string(r->status);
+      CHECK((spec["responses"].contains(status) || r->status == 409));
+      ++checked;
+    }
+  }
+  CHECK(checked == 16);
+}
+
+}  // namespace
+}  // namespace livemig::e2e

@@ -1,0 +1,276 @@
+#include "scheduler/rest_server.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status_map.h"
+#include "google/protobuf/util/json_util.h"
+#include "httplib.h"
+#include "scheduler/convert.h"
+
+namespace livemig::sched {
+namespace {
+
+constexpr size_t kMaxBody = 1 << 20;  // 1 MiB
+
+std::string Json(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+std::string Escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += absl::StrCat("\\u00", absl::Hex(c, absl::kZeroPad2));
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out;
+}
+
+void SendError(httplib::Response& res, const absl::Status& s) {
+  res.status = HttpCodeFor(s.code());
+  res.set_content(absl::StrCat("{\"error\":{\"code\":\"", absl::StatusCodeToString(s.code()),
+                               "\",\"message\":\"", Escape(std::string(s.message())), "\"}}"),
+                  "application/json");
+}
+
+template <typename Msg>
+void Send(httplib::Response& res, const absl::StatusOr<Msg>& r, int ok_status = 200) {
+  if (!r.ok()) return SendError(res, r.status());
+  res.status = ok_status;
+  res.set_content(Json(*r), "application/json");
+}
+
+// Parses a JSON body into `msg` (an empty body is an empty message).
+absl::Status ParseBody(const httplib::Request& req, google::protobuf::Message* msg) {
+  if (req.body.empty()) return absl::OkStatus();
+  google::protobuf::util::JsonParseOptions o;
+  auto s = google::protobuf::util::JsonStringToMessage(req.body, msg, o);
+  if (!s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body is not valid JSON for this call: ", s.message().ToString()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+RestServer::RestServer(ApiCore* core, const TokenStore* tokens)
+    : core_(core), tokens_(tokens), server_(std::make_unique<httplib::Server>()) {
+  Routes();
+}
+
+RestServer::~RestServer() { Stop(); }
+
+absl::Status RestServer::Start(const std::string& host, int port) {
+  if (port == 0) {
+    port_ = server_->bind_to_any_port(host);
+    if (port_ <= 0) return absl::UnavailableError("cannot bind an HTTP port on " + host);
+  } else {
+    if (!server_->bind_to_port(host, port)) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", host, ":", port, " (in use?)"));
+    }
+    port_ = port;
+  }
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  return absl::OkStatus();
+}
+
+void RestServer::Stop() {
+  if (server_) server_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+void RestServer::Routes() {
+  httplib::Server& s = *server_;
+  s.set_payload_max_length(kMaxBody);
+  auto auth = [this](const httplib::Request& req, httplib::Response& res, bool mutating,
+                     const std::string& op) -> std::optional<std::string> {
+    auto p = tokens_->Check(req.get_header_value("Authorization"), mutating, op);
+    if (!p.ok()) {
+      SendError(res, p.status());
+      if (p.status().code() == absl::StatusCode::kUnauthenticated) {
+        res.set_header("WWW-Authenticate", "Bearer");
+      }
+      return std::nullopt;
+    }
+    return p->name;
+  };
+
+  s.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+    auto h = core_->ListHosts({});
+    if (!h.ok()) return SendError(res, h.status());
+    res.set_content("{\"status\":\"ok\"}", "application/json");
+  });
+  s.Get("/metrics", [this, auth](const httplib::Request& req, httplib::Response& res) {
+    if (!auth(req, res, false, "GET /metrics")) return;
+    auto m = core_->MetricsText();
+    if (!m.ok()) return SendError(res, m.status());
+    res.set_content(*m, "text/plain; version=0.0.4");
+  });
+  for (const char* path : {"/", "/dashboard"}) {
+    s.Get(path, [](const httplib::Request&, httplib::Response& res) {
+      res.set_header("Content-Security-Policy",
+                     "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'");
+      res.set_content(kDashboardHtml, "text/html; charset=utf-8");
+    });
+  }
+
+  s.Post(R"(/v1/instances/([^/]+)/live-migration)",
+         [this, auth](const httplib::Request& req, httplib::Response& res) {
+           auto who = auth(req, res, true, "live-migration");
+           if (!who) return;
+           sv1::LiveMigrateRequest r;
+           if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
+           r.set_instance_uuid(req.matches[1]);
+           auto out = core_->LiveMigrate(r, *who);
+           Send(res, out, out.ok() && !out->existing() && !r.dry_run() ? 202 : 200);
+         });
+  s.Get("/v1/migrations", [this, auth](const httplib::Request& req, httplib::Response& res) {
+    if (!auth(req, res, false, "GET /v1/migrations")) return;
+    sv1::ListMigrationsRequest r;
+    for (size_t i = 0; i < req.get_param_value_count("status"); ++i) {
+      const std::string name = req.get_param_value("status", i);
+      auto st = ParseMigrationStatus(name);
+      if (!st) {
+        return SendError(res, absl::InvalidArgumentError(absl::StrCat(
+                                  "unknown status '", name,
+                                  "': use accepted, queued, preparing, "
+                                  "running, running (post-copy), post-migrating, completed, "
+                                  "failed, cancelled or error")));
+      }
+      r.add_statuses(ToProtoStatus(*st));
+    }
+    r.set_host(req.get_param_value("host"));
+    r.set_instance_uuid(req.get_param_value("instance"));
+    if (req.has_param("limit")) {
+      int limit = 0;
+      if (!absl::SimpleAtoi(req.get_param_value("limit"), &limit) || limit < 1 || limit > 1000) {
+        return SendError(res, absl::InvalidArgumentError("limit must be a number from 1 to 1000"));
+      }
+      r.set_page_size(limit);
+    }
+    r.set_page_token(req.get_param_value("marker"));
+    r.set_include_events(req.get_param_value("events") == "true");
+    auto out = core_->ListMigrations(r);
+    if (!out.ok()) return SendError(res, out.status());
+    std::string body = "{\"migrations\":[";
+    for (int i = 0; i < out->migrations_size(); ++i) {
+      absl::StrAppend(&body, i ? "," : "", Json(out->migrations(i)));
+    }
+    absl::StrAppend(&body, "],\"next_marker\":\"", Escape(out->next_page_token()), "\"}");
+    res.set_content(body, "application/json");
+  });
+  s.Post("/v1/migrations/check", [this, auth](const httplib::Request& req, httplib::Response& res) {
+    if (!auth(req, res, false, "POST /v1/migrations/check")) return;
+    sv1::CheckMigrationRequest r;
+    if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
+    Send(res, core_->CheckMigration(r));
+  });
+  s.Get(R"(/v1/migrations/([^/]+))",
+        [this, auth](const httplib::Request& req, httplib::Response& res) {
+          if (!auth(req, res, false, "GET /v1/migrations/{id}")) return;
+          Send(res, core_->GetMigration(req.matches[1]));
+        });
+  s.Post(R"(/v1/migrations/([^/]+)/abort)",
+         [this, auth](const httplib::Request& req, httplib::Response& res) {
+           auto who = auth(req, res, true, "abort");
+           if (!who) return;
+           sv1::AbortMigrationRequest r;
+           if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
+           r.set_migration_id(req.matches[1]);
+           Send(res, core_->AbortMigration(r, *who));
+         });
+  s.Post(R"(/v1/migrations/([^/]+)/force-complete)",
+         [this, auth](const httplib::Request& req, httplib::Response& res) {
+           auto who = auth(req, res, true, "force-complete");
+           if (!who) return;
+           sv1::ForceCompleteMigrationRequest r;
+           if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
+           r.set_migration_id(req.matches[1]);
+           Send(res, core_->ForceCompleteMigration(r, *who));
+         });
+  s.Get("/v1/hosts", [this, auth](const httplib::Request& req, httplib::Response& res) {
+    if (!auth(req, res, false, "GET /v1/hosts")) return;
+    Send(res, core_->ListHosts({}));
+  });
+  s.Get(R"(/v1/hosts/([^/]+))", [this, auth](const httplib::Request& req, httplib::Response& res) {
+    if (!auth(req, res, false, "GET /v1/hosts/{name}")) return;
+    Send(res, core_->GetHost(req.matches[1]));
+  });
+  s.Put(R"(/v1/hosts/([^/]+)/enabled)",
+        [this, auth](const httplib::Request& req, httplib::Response& res) {
+          auto who = auth(req, res, true, "host enable/disable");
+          if (!who) return;
+          sv1::SetHostEnabledRequest r;
+          if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
+          r.set_hostname(req.matches[1]);
+          Send(res, core_->SetHostEnabled(r, *who));
+        });
+  s.Post(R"(/v1/hosts/([^/]+)/evacuate-live)",
+         [this, auth](const httplib::Request& req, httplib::Response& res) {
+           auto who = auth(req, res, true, "evacuate-live");
+           if (!who) return;
+           sv1::EvacuateHostRequest r;
+           if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
+           r.set_hostname(req.matches[1]);
+           Send(res, core_->EvacuateHost(r, *who), 202);
+         });
+  s.Get("/v1/evacuations", [this, auth](const httplib::Request& req, httplib::Response& res) {
+    if (!auth(req, res, false, "GET /v1/evacuations")) return;
+    sv1::ListEvacuationsRequest r;
+    r.set_host(req.get_param_value("host"));
+    Send(res, core_->ListEvacuations(r));
+  });
+  s.Get(R"(/v1/evacuations/([^/]+))",
+        [this, auth](const httplib::Request& req, httplib::Response& res) {
+          if (!auth(req, res, false, "GET /v1/evacuations/{id}")) return;
+          Send(res, core_->GetEvacuation(req.matches[1]));
+        });
+  s.Get("/v1/instances", [this, auth](const httplib::Request& req, httplib::Response& res) {
+    if (!auth(req, res, false, "GET /v1/instances")) return;
+    sv1::ListInstancesRequest r;
+    r.set_host(req.get_param_value("host"));
+    Send(res, core_->ListInstances(r));
+  });
+  s.Get(R"(/v1/instances/([^/]+))",
+        [this, auth](const httplib::Request& req, httplib::Response& res) {
+          if (!auth(req, res, false, "GET /v1/instances/{uuid}")) return;
+          Send(res, core_->GetInstance(req.matches[1]));
+        });
+  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 404) {
+      SendError(res, absl::NotFoundError(absl::StrCat("no such endpoint: ", req.method, " ",
+                                                      req.path, " (see api/openapi.json)")));
+      res.status = 404;
+    } else if (res.status == 413) {
+      SendError(res, absl::InvalidArgumentError("request body too large (at most 1 MiB)"));
+      res.status = 413;
+    }
+  });
+  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+    SendError(res, absl::InternalError("internal error while handling the request"));
+  });
+}
+
+}  // namespace livemig::sched
