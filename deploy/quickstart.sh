@@ -26,6 +26,7 @@ LABSH="$ROOT/integration_tests/lab/lab.sh"
 GUEST=demo-vm
 GUEST_UUID=4c1f0d2e-7a3b-4e5c-9d8f-0a1b2c3d4e5f
 BIN=$ROOT/bazel-bin
+HTTP_PORT=${LIVEMIG_HTTP_PORT:-8780}
 
 stage_no=0
 stage() {
@@ -110,6 +111,15 @@ for name in scheduler lab-a lab-b; do
   bash deploy/pki.sh issue "$PKI" "$name" >>"$LOG/pki.log" 2>&1 || fail "see $LOG/pki.log"
 done
 echo "    $(ls "$PKI"/*.pem | wc -l) certificates; keys are mode 0600"
+if [[ ! -f $STATE/tokens ]]; then
+  (umask 077
+   echo "$(bash deploy/pki.sh token) operator quickstart-operator" >"$STATE/tokens"
+   echo "$(bash deploy/pki.sh token) reader quickstart-dashboard" >>"$STATE/tokens")
+fi
+OP_TOKEN=$(awk '$2 == "operator" {print $1; exit}' "$STATE/tokens")
+READ_TOKEN=$(awk '$2 == "reader" {print $1; exit}' "$STATE/tokens")
+export LIVEMIG_TOKEN=$OP_TOKEN
+echo "    API tokens (operator, reader) in $STATE/tokens"
 ok
 
 stage "starting PostgreSQL 15 in $STATE/postgres (Unix socket only)"
@@ -123,11 +133,12 @@ LAB_OWNER_PID=1 bash "$LABSH" up "$LAB" >"$LOG/lab.log" 2>&1 || fail "see $LOG/l
 bash "$LABSH" guest-build "$LAB" >>"$LOG/lab.log" 2>&1 || fail "see $LOG/lab.log"
 ok
 
-stage "starting the scheduler (API unix:$RUN/api.sock, host registry unix:$RUN/registry.sock, mutual TLS)"
+stage "starting the scheduler (API unix:$RUN/api.sock, REST + dashboard http://127.0.0.1:$HTTP_PORT, registry unix:$RUN/registry.sock with mutual TLS)"
 if ! pid_alive "$PIDS/scheduler.pid"; then
   setsid "$BIN/scheduler/scheduler" --db "$DB" --listen "unix:$RUN/api.sock" \
     --registry-listen "unix:$RUN/registry.sock" --tls-ca "$PKI/ca.pem" \
     --tls-cert "$PKI/scheduler.pem" --tls-key "$PKI/scheduler.key" --report-interval 2 \
+    --tokens-file "$STATE/tokens" --http-listen "127.0.0.1:$HTTP_PORT" \
     </dev/null >>"$LOG/scheduler.log" 2>&1 &
   echo $! >"$PIDS/scheduler.pid"
 fi
@@ -187,8 +198,11 @@ cat <<EOT
 
 Done: a real VM live-migrated between two libvirt hosts, recorded step by step in PostgreSQL.
 
+Dashboard: http://127.0.0.1:$HTTP_PORT/#token=$READ_TOKEN
+REST:      curl -H "Authorization: Bearer $READ_TOKEN" http://127.0.0.1:$HTTP_PORT/v1/migrations
+
 Try next:
-  export LIVEMIG_SERVER=unix:$RUN/api.sock
+  export LIVEMIG_SERVER=unix:$RUN/api.sock LIVEMIG_TOKEN=$OP_TOKEN
   $BIN/cloudctl/cloudctl migration-list
   $BIN/cloudctl/cloudctl migration-show 1          # the step timeline
   $BIN/cloudctl/cloudctl live-migration $GUEST_UUID --dry-run
