@@ -555,6 +555,7 @@ TEST_CASE("operator requests record who asked") {
   auto c = migs.CreateMigration(NewMig(1));
   REQUIRE(c.ok());
   auto a = migs.RequestAbort(c->migration.id, "dave");
+  INFO(a.status().ToString());
   REQUIRE(a.ok());
   CHECK(a->aborted_by == "dave");
   CHECK(a->abort_requested_at.has_value());

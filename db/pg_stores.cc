@@ -362,7 +362,8 @@ class PgInstanceStore : public InstanceStore {
 namespace {
 std::string MigrationSelect() {
   return absl::StrCat(
-      "SELECT m.id, m.uuid::text AS uuid, m.request_id, m.instance_uuid::text AS instance_uuid, "
+      "SELECT m.id, m.uuid::text AS uuid, COALESCE(mi.name, '') AS instance_name, m.request_id, "
+      "m.instance_uuid::text AS instance_uuid, "
       "m.source_host, "
       "m.dest_host, m.requested_dest, m.status, m.step, m.live, m.block_migration, "
       "m.options::text AS options, m.memory_claim_mib, m.requested_by, m.aborted_by, ",
@@ -373,13 +374,14 @@ std::string MigrationSelect() {
       Us("m.progress_at"), " AS progress_at, m.owner, ", Us("m.lease_expires_at"),
       " AS lease_expires_at, ", Us("m.created_at"), " AS created_at, ", Us("m.updated_at"),
       " AS updated_at, ", Us("m.started_at"), " AS started_at, ", Us("m.finished_at"),
-      " AS finished_at FROM migrations m ");
+      " AS finished_at FROM migrations m LEFT JOIN instances mi ON mi.uuid = m.instance_uuid ");
 }
 
 absl::StatusOr<MigrationRecord> MigrationFromRow(const pqxx::row& r) {
   MigrationRecord m;
   m.id = r["id"].as<int64_t>();
   m.uuid = Str(r["uuid"]);
+  m.instance_name = Str(r["instance_name"]);
   m.request_id = Opt<std::string>(r["request_id"]);
   m.instance_uuid = Str(r["instance_uuid"]);
   m.source_host = Str(r["source_host"]);
@@ -430,8 +432,10 @@ absl::StatusOr<std::vector<MigrationRecord>> MigrationsFromResult(const pqxx::re
 }
 
 absl::StatusOr<MigrationRecord> SelectMigration(pqxx::work& w, int64_t id, bool for_update) {
-  pqxx::result r =
-      w.exec_params(MigrationSelect() + "WHERE m.id = $1" + (for_update ? " FOR UPDATE" : ""), id);
+  // OF m: the select joins instances (nullable side), which FOR UPDATE cannot lock.
+  // Lock the row first: the select joins the instance's name (an outer join cannot be locked).
+  if (for_update) w.exec_params("SELECT 1 FROM migrations WHERE id = $1 FOR UPDATE", id);
+  pqxx::result r = w.exec_params(MigrationSelect() + "WHERE m.id = $1", id);
   if (r.empty()) return absl::NotFoundError(absl::StrCat("migration ", id, " does not exist"));
   return MigrationFromRow(r[0]);
 }
@@ -448,6 +452,8 @@ void InsertEvent(pqxx::work& w, const MigrationEvent& e) {
 
 constexpr char kPageTokenPrefix[] = "m1.";
 }  // namespace
+
+std::string PageTokenAfter(int64_t id) { return absl::StrCat(kPageTokenPrefix, id); }
 
 class PgMigrationStore : public MigrationStore {
  public:
@@ -610,7 +616,7 @@ class PgMigrationStore : public MigrationStore {
           ASSIGN_OR_RETURN(page.migrations, MigrationsFromResult(r));
           if (static_cast<int>(page.migrations.size()) > f.page_size) {
             page.migrations.pop_back();
-            page.next_page_token = absl::StrCat(kPageTokenPrefix, page.migrations.back().id);
+            page.next_page_token = PageTokenAfter(page.migrations.back().id);
           }
           return page;
         });

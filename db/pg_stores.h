@@ -35,6 +35,10 @@ class PgStores {
   std::unique_ptr<PgEvacuationStore> evacuations_;
 };
 
+// The page token that continues a migration listing after migration number `id` (for APIs whose
+// markers name a migration, like Nova's).
+std::string PageTokenAfter(int64_t id);
+
 // Validation shared by the stores and the API layer.
 bool IsValidUuid(const std::string& uuid);
 bool IsValidHostname(const std::string& hostname);

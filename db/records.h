@@ -98,6 +98,7 @@ struct MigrationRecord {
   std::string uuid;  // the idempotency key of every agent step (proto Migration.id)
   std::optional<std::string> request_id;
   std::string instance_uuid;
+  std::string instance_name;  // the instance's name (read with the row)
   std::string source_host;
   std::string dest_host;       // empty until chosen
   std::string requested_dest;  // empty: the scheduler chooses

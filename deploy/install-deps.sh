@@ -22,6 +22,10 @@ PACKAGES=(
   binutils iproute2 util-linux procps
   # PKI for mutual TLS
   openssl ca-certificates libssl-dev
+  # headless browser for the dashboard test
+  chromium
+  # the unchanged OpenStack client, run against the Compute API subset by the tests
+  python3-openstackclient
 )
 
 missing=()

@@ -179,10 +179,7 @@ absl::StatusOr<sv1::Migration> ApiCore::GetMigration(const std::string& id, bool
   if (include_events) {
     ASSIGN_OR_RETURN(events, migrations_->ListEvents(m.id));
   }
-  sv1::Migration out = ToProtoMigration(m, events);
-  auto inst = instances_->GetInstance(m.instance_uuid);
-  if (inst.ok()) out.set_instance_name(inst->name);
-  return out;
+  return ToProtoMigration(m, events);
 }
 
 absl::StatusOr<sv1::ListMigrationsResponse> ApiCore::ListMigrations(

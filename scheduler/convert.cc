@@ -62,6 +62,8 @@ std::string StepName(v1::MigrationStep step) {
 }
 
 v1::MigrationStep StepFromName(const std::string& name) {
+  // The store writes the accept step (migration row and first event) as "accepted".
+  if (name == "accepted") return v1::MIGRATION_STEP_ACCEPT;
   std::string upper = "MIGRATION_STEP_";
   for (char c : name) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   v1::MigrationStep s = v1::MIGRATION_STEP_UNSPECIFIED;
@@ -215,6 +217,7 @@ sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
   out.set_id(m.uuid);
   out.set_number(m.id);
   out.set_instance_uuid(m.instance_uuid);
+  out.set_instance_name(m.instance_name);
   out.set_source_host(m.source_host);
   out.set_dest_host(m.dest_host);
   out.set_dest_requested(!m.requested_dest.empty());

@@ -7,6 +7,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "httplib.h"
 #include "scheduler/convert.h"
+#include "scheduler/nova_api.h"
 
 namespace livemig::sched {
 namespace {
@@ -127,8 +128,17 @@ void RestServer::Routes() {
     if (!m.ok()) return SendError(res, m.status());
     res.set_content(*m, "text/plain; version=0.0.4");
   });
+  RegisterNovaApi(s, core_, tokens_);
   for (const char* path : {"/", "/dashboard"}) {
-    s.Get(path, [](const httplib::Request&, httplib::Response& res) {
+    s.Get(path, [path](const httplib::Request& req, httplib::Response& res) {
+      // The Compute API's version discovery asks the root for JSON; browsers ask for HTML.
+      const std::string accept = req.get_header_value("Accept");
+      if (std::string(path) == "/" && accept.find("text/html") == std::string::npos &&
+          accept.find("application/json") != std::string::npos) {
+        res.set_content(NovaVersionsJson("http://" + req.get_header_value("Host"), true),
+                        "application/json");
+        return;
+      }
       res.set_header("Content-Security-Policy",
                      "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'");
       res.set_content(kDashboardHtml, "text/html; charset=utf-8");

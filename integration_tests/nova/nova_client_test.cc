@@ -1,0 +1,190 @@
+// The unchanged OpenStack client (Debian's python3-openstackclient) against the real scheduler's
+// Compute API subset, with two fake agents and PostgreSQL.
+#include <catch2/catch.hpp>
+#include <fstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "driver/fake_driver.h"
+#include "integration_tests/scheduler_e2e/e2e.h"
+#include "nlohmann/json.hpp"
+#include "testing/process.h"
+#include "testing/run_command.h"
+
+namespace livemig::e2e {
+namespace {
+
+using json = nlohmann::json;
+constexpr char kUuid[] = "55555555-2222-4333-8444-555555555555";
+constexpr char kOp[] = "op-token-nova-0123456789";
+constexpr char kReader[] = "rd-token-nova-0123456789";
+
+struct Nova {
+  std::string dir = testing::MakeShortTempDir("nova");
+  std::unique_ptr<Cloud> cloud;
+  int port = testing::FreePort();
+  std::string state = dir + "/fake";
+  std::unique_ptr<driver::FakeHypervisor> hv;
+  Nova() {
+    std::ofstream(dir + "/tokens") << kOp << " operator nova-operator\n"
+                                   << kReader << " reader nova-reader\n";
+    cloud = std::make_unique<Cloud>(dir);
+    cloud->set_token(kOp);
+    cloud->StartScheduler(absl::StrCat(
+        "--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port, " --report-interval 1"));
+    hv = std::make_unique<driver::FakeHypervisor>(state);
+    for (const char* h : {"host-a", "host-b"}) {
+      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
+                                        " --listen 127.0.0.1:", testing::FreePort()));
+    }
+    REQUIRE(testing::WaitFor(
+        [&] {
+          auto s = hv->Snapshot();
+          return s.ok() && (*s)["hosts"].contains("host-a") && (*s)["hosts"].contains("host-b");
+        },
+        absl::Seconds(20)));
+    REQUIRE(hv->CreateDomain("host-a", kUuid, "web-1", 256).ok());
+    REQUIRE(cloud->WaitInstanceOn(kUuid, "host-a", absl::Seconds(20)));
+  }
+  ~Nova() {
+    cloud.reset();
+    testing::RunCommand("rm -rf " + dir).IgnoreError();
+  }
+  // Runs the unchanged client; returns stdout, or the error with stderr.
+  absl::StatusOr<std::string> Os(const std::string& args, const char* token = kOp) {
+    return testing::RunCommand(absl::StrCat(
+        "HOME=", dir, " openstack --os-auth-type admin_token --os-token ", token,
+        " --os-endpoint http://127.0.0.1:", port, "/v2.1 --os-compute-api-version 2.79 ", args));
+  }
+};
+
+Nova& N() {
+  static std::unique_ptr<Nova> n = std::make_unique<Nova>();
+  return *n;
+}
+
+TEST_CASE("openstack: server list and server show") {
+  auto list = N().Os("server list -f json");
+  INFO(list.status().ToString());
+  REQUIRE(list.ok());
+  auto j = json::parse(*list);
+  REQUIRE(j.size() == 1);
+  CHECK(j[0]["ID"] == kUuid);
+  CHECK(j[0]["Name"] == "web-1");
+  CHECK(j[0]["Status"] == "ACTIVE");
+  auto show = N().Os(absl::StrCat("server show -f json ", kUuid));
+  INFO(show.status().ToString());
+  REQUIRE(show.ok());
+  auto s = json::parse(*show);
+  CHECK(s["OS-EXT-SRV-ATTR:host"] == "host-a");
+  CHECK(s["status"] == "ACTIVE");
+}
+
+TEST_CASE("openstack: compute service list/set and hypervisor list") {
+  auto svc = N().Os("compute service list -f json");
+  INFO(svc.status().ToString());
+  REQUIRE(svc.ok());
+  auto j = json::parse(*svc);
+  CHECK(j.size() == 2);
+  auto set = N().Os("compute service set --disable --disable-reason firmware host-b nova-compute");
+  INFO(set.status().ToString());
+  REQUIRE(set.ok());
+  auto after = json::parse(*N().Os("compute service list -f json --long"));
+  bool disabled = false;
+  for (const auto& row : after) {
+    if (row["Host"] == "host-b") disabled = row["Status"] == "disabled";
+  }
+  CHECK(disabled);
+  REQUIRE(N().Os("compute service set --enable host-b nova-compute").ok());
+  auto hv = N().Os("hypervisor list -f json");
+  INFO(hv.status().ToString());
+  REQUIRE(hv.ok());
+  CHECK(json::parse(*hv).size() == 2);
+}
+
+TEST_CASE("openstack: live-migrate, list the migration, errors the client reports") {
+  auto mig = N().Os(absl::StrCat("server migrate --live-migration --host host-b ", kUuid));
+  INFO(mig.status().ToString());
+  REQUIRE(mig.ok());
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto show = N().Os(absl::StrCat("server show -f json ", kUuid));
+        return show.ok() && json::parse(*show)["OS-EXT-SRV-ATTR:host"] == "host-b";
+      },
+      absl::Seconds(60)));
+  auto list = N().Os("server migration list -f json");
+  INFO(list.status().ToString());
+  REQUIRE(list.ok());
+  auto j = json::parse(*list);
+  REQUIRE(j.size() == 1);
+  CHECK(j[0]["Status"] == "completed");
+  CHECK(j[0]["Dest Host"] == "host-b");
+  // Errors as the client reports them.
+  auto unknown = N().Os("server show 99999999-2222-4333-8444-555555555555");
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(absl::StrContains(unknown.status().message(), "No server with a name or ID"));
+  auto no_token = N().Os("server list", "wrong-token-0000000000");
+  REQUIRE_FALSE(no_token.ok());
+  CHECK(absl::StrContains(no_token.status().message(), "401"));
+  auto reader =
+      N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid), kReader);
+  REQUIRE_FALSE(reader.ok());
+  CHECK(absl::StrContains(reader.status().message(), "403"));
+}
+
+TEST_CASE("openstack: abort and force-complete a slow migration; 409 while migrating") {
+  REQUIRE(N().hv->SetTransferDuration("host-b", absl::Seconds(60)).ok());
+  REQUIRE(N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid)).ok());
+  std::string mid;
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto l = N().Os(
+            absl::StrCat("server migration list -f json --server ", kUuid, " --status running"));
+        if (!l.ok()) return false;
+        auto j = json::parse(*l);
+        if (j.empty()) return false;
+        mid = std::to_string(j[0]["Id"].get<int64_t>());
+        return true;
+      },
+      absl::Seconds(30)));
+  auto busy = N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid));
+  REQUIRE_FALSE(busy.ok());
+  CHECK(absl::StrContains(busy.status().message(), "409"));
+  auto show = N().Os(absl::StrCat("server migration show -f json ", kUuid, " ", mid));
+  INFO(show.status().ToString());
+  CHECK(show.ok());
+  auto abort = N().Os(absl::StrCat("server migration abort ", kUuid, " ", mid));
+  INFO(abort.status().ToString());
+  REQUIRE(abort.ok());
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto l = N().Os("server migration list -f json --status cancelled");
+        return l.ok() && json::parse(*l).size() == 1;
+      },
+      absl::Seconds(30)));
+  // Force-complete: a second slow migration is forced to converge.
+  REQUIRE(N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid)).ok());
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto l = N().Os(
+            absl::StrCat("server migration list -f json --server ", kUuid, " --status running"));
+        if (!l.ok()) return false;
+        auto j = json::parse(*l);
+        if (j.empty()) return false;
+        mid = std::to_string(j[0]["Id"].get<int64_t>());
+        return true;
+      },
+      absl::Seconds(30)));
+  auto force = N().Os(absl::StrCat("server migration force complete ", kUuid, " ", mid));
+  INFO(force.status().ToString());
+  REQUIRE(force.ok());
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto show = N().Os(absl::StrCat("server show -f json ", kUuid));
+        return show.ok() && json::parse(*show)["OS-EXT-SRV-ATTR:host"] == "host-a";
+      },
+      absl::Seconds(60)));
+}
+
+}  // namespace
+}  // namespace livemig::e2e

@@ -1,0 +1,558 @@
+#include "scheduler/nova_api.h"
+
+#include <openssl/sha.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/status_map.h"
+#include "db/pg_stores.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+#include "scheduler/convert.h"
+
+namespace livemig::sched {
+namespace {
+
+using json = nlohmann::json;
+
+std::string Iso(const google::protobuf::Timestamp& t) {
+  if (t.seconds() == 0 && t.nanos() == 0) return "";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E6S", FromProtoTime(t), absl::UTCTimeZone());
+}
+
+// A stable UUID for a host's service / hypervisor record (Nova 2.53+ uses UUIDs).
+std::string HostUuid(const std::string& host) {
+  unsigned char d[SHA_DIGEST_LENGTH];
+  SHA1(reinterpret_cast<const unsigned char*>(host.data()), host.size(), d);
+  d[6] = (d[6] & 0x0f) | 0x50;  // version 5 (name-based)
+  d[8] = (d[8] & 0x3f) | 0x80;
+  std::string hex;
+  for (int i = 0; i < 16; ++i) absl::StrAppend(&hex, absl::Hex(d[i], absl::kZeroPad2));
+  return absl::StrCat(hex.substr(0, 8), "-", hex.substr(8, 4), "-", hex.substr(12, 4), "-",
+                      hex.substr(16, 4), "-", hex.substr(20, 12));
+}
+
+struct Ctx {
+  int minor = 1;
+  std::string who;
+};
+
+void NovaError(httplib::Response& res, const absl::Status& s) {
+  const int http = HttpCodeFor(s.code());
+  const char* key = http == 400   ? "badRequest"
+                    : http == 401 ? "unauthorized"
+                    : http == 403 ? "forbidden"
+                    : http == 404 ? "itemNotFound"
+                    : http == 409 ? "conflictingRequest"
+                    : http == 406 ? "notAcceptable"
+                    : http == 503 ? "serviceUnavailable"
+                                  : "computeFault";
+  json body;
+  body[key] = {{"code", http}, {"message", std::string(s.message())}};
+  res.status = http;
+  res.set_content(body.dump(), "application/json");
+}
+
+void Reply(httplib::Response& res, const json& body, int status = 200) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+// Microversion negotiation and authentication; false after answering with an error.
+bool Begin(const httplib::Request& req, httplib::Response& res, const TokenStore* tokens,
+           bool mutating, const std::string& op, Ctx* ctx) {
+  std::string v = req.get_header_value("OpenStack-API-Version");
+  if (!v.empty()) {
+    std::vector<std::string> parts = absl::StrSplit(v, ' ', absl::SkipEmpty());
+    v = parts.size() == 2 && parts[0] == "compute" ? parts[1] : "";
+  }
+  if (v.empty()) v = req.get_header_value("X-OpenStack-Nova-API-Version");
+  if (v == "latest") v = absl::StrCat("2.", kNovaMaxMinor);
+  if (!v.empty()) {
+    int major = 0, minor = 0;
+    std::vector<std::string> mm = absl::StrSplit(v, '.');
+    if (mm.size() != 2 || !absl::SimpleAtoi(mm[0], &major) || !absl::SimpleAtoi(mm[1], &minor) ||
+        major != 2 || minor < 1 || minor > kNovaMaxMinor) {
+      res.status = 406;
+      res.set_content(json{{"computeFault",
+                            {{"code", 406},
+                             {"message", absl::StrCat("Version ", v,
+                                                      " is not supported by the API. Minimum is "
+                                                      "2.1 and maximum is 2.",
+                                                      kNovaMaxMinor, ".")}}}}
+                          .dump(),
+                      "application/json");
+      return false;
+    }
+    ctx->minor = minor;
+  }
+  const std::string ver = absl::StrCat("2.", ctx->minor);
+  res.set_header("OpenStack-API-Version", "compute " + ver);
+  res.set_header("X-OpenStack-Nova-API-Version", ver);
+  res.set_header("Vary", "OpenStack-API-Version, X-OpenStack-Nova-API-Version");
+  std::string token = req.get_header_value("X-Auth-Token");
+  auto p = tokens->Check(token.empty() ? req.get_header_value("Authorization") : "Bearer " + token,
+                         mutating, op);
+  if (!p.ok()) {
+    NovaError(res, p.status());
+    return false;
+  }
+  ctx->who = p->name;
+  return true;
+}
+
+std::string NovaStatus(MigrationStatus s) {
+  switch (s) {
+    case MigrationStatus::kRunningPostCopy:
+      return "running";
+    default:
+      return ToString(s);
+  }
+}
+
+json ServerJson(const sv1::Instance& i, const Ctx& c, bool detail) {
+  json s = {{"id", i.uuid()},
+            {"name", i.name()},
+            {"links", json::array({{{"rel", "self"}, {"href", "/v2.1/servers/" + i.uuid()}}})}};
+  if (!detail) return s;
+  const bool migrating = i.task_state() == sv1::TASK_STATE_MIGRATING;
+  std::string status = "ERROR", vm_state = "error";
+  int power = 0;
+  if (!i.missing()) {
+    switch (i.state()) {
+      case v1::DOMAIN_STATE_RUNNING:
+      case v1::DOMAIN_STATE_BLOCKED:
+        status = "ACTIVE", vm_state = "active", power = 1;
+        break;
+      case v1::DOMAIN_STATE_PAUSED:
+        status = "PAUSED", vm_state = "paused", power = 3;
+        break;
+      case v1::DOMAIN_STATE_SHUTOFF:
+      case v1::DOMAIN_STATE_SHUTDOWN:
+        status = "SHUTOFF", vm_state = "stopped", power = 4;
+        break;
+      default:
+        break;
+    }
+  }
+  if (migrating) status = "MIGRATING";
+  const std::string flavor_name = absl::StrCat("livemig-", i.memory_mib(), "m", i.vcpus(), "c");
+  s["status"] = status;
+  s["OS-EXT-SRV-ATTR:host"] = i.host();
+  s["OS-EXT-SRV-ATTR:hypervisor_hostname"] = i.host();
+  s["OS-EXT-SRV-ATTR:instance_name"] = i.name();
+  s["OS-EXT-STS:task_state"] = migrating ? json("migrating") : json(nullptr);
+  s["OS-EXT-STS:vm_state"] = vm_state;
+  s["OS-EXT-STS:power_state"] = power;
+  s["OS-EXT-AZ:availability_zone"] = "nova";
+  s["OS-DCF:diskConfig"] = "MANUAL";
+  s["OS-SRV-USG:launched_at"] = nullptr;
+  s["OS-SRV-USG:terminated_at"] = nullptr;
+  if (c.minor >= 47) {
+    s["flavor"] = {{"original_name", flavor_name},
+                   {"ram", i.memory_mib()},
+                   {"vcpus", i.vcpus()},
+                   {"disk", 0},
+                   {"ephemeral", 0},
+                   {"swap", 0},
+                   {"extra_specs", json::object()}};
+  } else {
+    s["flavor"] = {{"id", flavor_name}, {"links", json::array()}};
+  }
+  s["image"] = "";
+  s["addresses"] = json::object();
+  s["accessIPv4"] = "";
+  s["accessIPv6"] = "";
+  s["created"] = Iso(i.updated_at());
+  s["updated"] = Iso(i.updated_at());
+  s["tenant_id"] = "livemig";
+  s["user_id"] = "livemig";
+  s["hostId"] = HostUuid(i.host());
+  s["key_name"] = nullptr;
+  s["metadata"] = json::object();
+  s["config_drive"] = "";
+  s["progress"] = 0;
+  s["security_groups"] = json::array();
+  s["os-extended-volumes:volumes_attached"] = json::array();
+  if (c.minor >= 9) s["locked"] = false;
+  if (c.minor >= 16) s["host_status"] = i.missing() ? "UNKNOWN" : "UP";
+  if (c.minor >= 19) s["description"] = nullptr;
+  if (c.minor >= 26) s["tags"] = json::array();
+  if (c.minor >= 63) s["trusted_image_certificates"] = nullptr;
+  if (c.minor >= 71) s["server_groups"] = json::array();
+  if (c.minor >= 73) s["locked_reason"] = nullptr;
+  return s;
+}
+
+json MigrationJson(const sv1::Migration& m, const Ctx& c, bool server_view) {
+  auto st = ParseMigrationStatus("");
+  (void)st;
+  MigrationStatus status = MigrationStatus::kAccepted;
+  if (auto from = FromProtoStatus(m.status()); from.ok()) status = *from;
+  json j = {{"id", m.number()},
+            {"source_node", m.source_host()},
+            {"dest_node", m.dest_host()},
+            {"source_compute", m.source_host()},
+            {"dest_compute", m.dest_host()},
+            {"dest_host", m.dest_host()},
+            {"status", NovaStatus(status)},
+            {"created_at", Iso(m.created_at())},
+            {"updated_at", Iso(m.updated_at())}};
+  if (server_view) {
+    j["server_uuid"] = m.instance_uuid();
+    const auto& p = m.progress();
+    j["memory_total_bytes"] = p.has_bytes() ? json(p.bytes_total()) : json(nullptr);
+    j["memory_processed_bytes"] = p.has_bytes() ? json(p.bytes_processed()) : json(nullptr);
+    j["memory_remaining_bytes"] = p.has_bytes() ? json(p.bytes_remaining()) : json(nullptr);
+    j["disk_total_bytes"] = nullptr;
+    j["disk_processed_bytes"] = nullptr;
+    j["disk_remaining_bytes"] = nullptr;
+  } else {
+    j["instance_uuid"] = m.instance_uuid();
+    j["old_instance_type_id"] = 0;
+    j["new_instance_type_id"] = 0;
+    if (c.minor >= 23) {
+      j["migration_type"] = "live-migration";
+      j["links"] = json::array();
+    }
+  }
+  if (c.minor >= 59) j["uuid"] = m.id();
+  return j;
+}
+
+json ServiceJson(const sv1::Host& h, const Ctx& c) {
+  return {
+      {"id", c.minor >= 53 ? json(HostUuid(h.inventory().hostname())) : json(1)},
+      {"binary", "nova-compute"},
+      {"host", h.inventory().hostname()},
+      {"zone", "nova"},
+      {"status", h.enabled() ? "enabled" : "disabled"},
+      {"state", h.up() ? "up" : "down"},
+      {"updated_at", Iso(h.last_report_at())},
+      {"disabled_reason", h.disabled_reason().empty() ? json(nullptr) : json(h.disabled_reason())},
+      {"forced_down", false}};
+}
+
+json HypervisorJson(const sv1::Host& h, const Ctx& c, bool detail) {
+  const auto& inv = h.inventory();
+  json j = {{"id", c.minor >= 53 ? json(HostUuid(inv.hostname())) : json(1)},
+            {"hypervisor_hostname", inv.hostname()},
+            {"state", h.up() ? "up" : "down"},
+            {"status", h.enabled() ? "enabled" : "disabled"}};
+  if (!detail) return j;
+  const int64_t total = static_cast<int64_t>(inv.memory_total_mib());
+  const int64_t free_mib = static_cast<int64_t>(inv.memory_free_mib());
+  j["hypervisor_type"] = inv.hypervisor_type();
+  j["hypervisor_version"] = inv.hypervisor_version();
+  j["host_ip"] = "";
+  j["memory_mb"] = total;
+  j["memory_mb_used"] = total - free_mib;
+  j["free_ram_mb"] = free_mib;
+  j["vcpus"] = inv.cpu().count();
+  j["vcpus_used"] = 0;
+  j["local_gb"] = 0;
+  j["local_gb_used"] = 0;
+  j["free_disk_gb"] = 0;
+  j["disk_available_least"] = 0;
+  j["running_vms"] = h.instance_count();
+  j["current_workload"] = h.migrations_in() + h.migrations_out();
+  j["cpu_info"] = json{{"arch", inv.cpu().arch()}, {"model", inv.cpu().model()}}.dump();
+  j["service"] = {
+      {"host", inv.hostname()},
+      {"id", c.minor >= 53 ? json(HostUuid(inv.hostname())) : json(1)},
+      {"disabled_reason", h.disabled_reason().empty() ? json(nullptr) : json(h.disabled_reason())}};
+  return j;
+}
+
+// Finds the host whose service/hypervisor UUID (or name) is `id`.
+absl::StatusOr<sv1::Host> HostById(ApiCore* core, const std::string& id) {
+  auto hosts = core->ListHosts({});
+  if (!hosts.ok()) return hosts.status();
+  for (const auto& h : hosts->hosts()) {
+    if (HostUuid(h.inventory().hostname()) == id || h.inventory().hostname() == id) return h;
+  }
+  return absl::NotFoundError(absl::StrCat("Service ", id, " could not be found."));
+}
+
+}  // namespace
+
+std::string NovaVersionsJson(const std::string& base_url, bool root) {
+  json v = {{"id", "v2.1"},
+            {"status", "CURRENT"},
+            {"version", absl::StrCat("2.", kNovaMaxMinor)},
+            {"min_version", "2.1"},
+            {"updated", "2013-07-23T11:33:21Z"},
+            {"links", json::array({{{"rel", "self"}, {"href", base_url + "/v2.1/"}}})},
+            {"media-types",
+             json::array({{{"base", "application/json"},
+                           {"type", "application/vnd.openstack.compute+json;version=2.1"}}})}};
+  return root ? json{{"versions", json::array({v})}}.dump() : json{{"version", v}}.dump();
+}
+
+void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens) {
+  auto base = [](const httplib::Request& req) { return "http://" + req.get_header_value("Host"); };
+  s.Get("/v2.1", [base](const httplib::Request& req, httplib::Response& res) {
+    res.set_content(NovaVersionsJson(base(req), false), "application/json");
+  });
+  s.Get("/v2.1/", [base](const httplib::Request& req, httplib::Response& res) {
+    res.set_content(NovaVersionsJson(base(req), false), "application/json");
+  });
+
+  auto servers = [core, tokens](bool detail) {
+    return [core, tokens, detail](const httplib::Request& req, httplib::Response& res) {
+      Ctx c;
+      if (!Begin(req, res, tokens, false, "GET /v2.1/servers", &c)) return;
+      sv1::ListInstancesRequest r;
+      r.set_host(req.get_param_value("host"));
+      auto list = core->ListInstances(r);
+      if (!list.ok()) return NovaError(res, list.status());
+      json out = json::array();
+      const std::string name = req.get_param_value("name");
+      for (const auto& i : list->instances()) {
+        if (!name.empty() && i.name().find(name) == std::string::npos) continue;
+        out.push_back(ServerJson(i, c, detail));
+      }
+      Reply(res, {{"servers", out}});
+    };
+  };
+  s.Get("/v2.1/servers", servers(false));
+  s.Get("/v2.1/servers/detail", servers(true));
+  s.Get(R"(/v2.1/servers/([^/]+))",
+        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}", &c)) return;
+          const std::string id = req.matches[1];
+          if (!db::IsValidUuid(id)) {
+            // The client looks servers up by name when the id is not a UUID; this API knows UUIDs.
+            return NovaError(
+                res, absl::NotFoundError(absl::StrCat("Instance ", id, " could not be found.")));
+          }
+          auto i = core->GetInstance(id);
+          if (!i.ok()) return NovaError(res, i.status());
+          Reply(res, {{"server", ServerJson(*i, c, true)}});
+        });
+  s.Post(R"(/v2.1/servers/([^/]+)/action)", [core, tokens](const httplib::Request& req,
+                                                           httplib::Response& res) {
+    Ctx c;
+    if (!Begin(req, res, tokens, true, "os-migrateLive", &c)) return;
+    json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) {
+      return NovaError(res, absl::InvalidArgumentError("Malformed request body"));
+    }
+    if (!body.contains("os-migrateLive")) {
+      return NovaError(
+          res, absl::InvalidArgumentError("Only the os-migrateLive action is served by this API"));
+    }
+    const json& a = body["os-migrateLive"];
+    if (!a.is_object()) {
+      return NovaError(res, absl::InvalidArgumentError("os-migrateLive must be an object"));
+    }
+    sv1::LiveMigrateRequest r;
+    r.set_instance_uuid(req.matches[1]);
+    if (a.contains("host") && a["host"].is_string())
+      r.set_destination(a["host"].get<std::string>());
+    if (a.contains("block_migration")) {
+      const json& b = a["block_migration"];
+      if (b.is_string() && b == "auto" && c.minor >= 25) {
+        r.mutable_options()->set_block_migration(v1::BLOCK_MIGRATION_AUTO);
+      } else if (b.is_boolean()) {
+        r.mutable_options()->set_block_migration(b.get<bool>() ? v1::BLOCK_MIGRATION_YES
+                                                               : v1::BLOCK_MIGRATION_NO);
+      } else {
+        return NovaError(res,
+                         absl::InvalidArgumentError(absl::StrCat(
+                             "Invalid input for field/attribute block_migration: ", b.dump())));
+      }
+    }
+    r.set_requester("nova-api");
+    auto out = core->LiveMigrate(r, c.who);
+    if (!out.ok()) return NovaError(res, out.status());
+    res.status = 202;
+  });
+  s.Get(R"(/v2.1/servers/([^/]+)/migrations)",
+        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}/migrations", &c)) return;
+          sv1::ListMigrationsRequest r;
+          r.set_instance_uuid(req.matches[1]);
+          for (MigrationStatus st : AllMigrationStatuses()) {
+            if (IsActive(st)) r.add_statuses(ToProtoStatus(st));
+          }
+          auto list = core->ListMigrations(r);
+          if (!list.ok()) return NovaError(res, list.status());
+          json out = json::array();
+          for (const auto& m : list->migrations()) out.push_back(MigrationJson(m, c, true));
+          Reply(res, {{"migrations", out}});
+        });
+  s.Get(R"(/v2.1/servers/([^/]+)/migrations/([^/]+))",
+        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}/migrations/{mid}", &c)) {
+            return;
+          }
+          auto m = core->GetMigration(req.matches[2], false);
+          if (!m.ok()) return NovaError(res, m.status());
+          if (m->instance_uuid() != req.matches[1].str()) {
+            return NovaError(res, absl::NotFoundError(absl::StrCat(
+                                      "Migration ", req.matches[2].str(), " for instance ",
+                                      req.matches[1].str(), " could not be found.")));
+          }
+          Reply(res, {{"migration", MigrationJson(*m, c, true)}});
+        });
+  s.Delete(R"(/v2.1/servers/([^/]+)/migrations/([^/]+))",
+           [core, tokens](const httplib::Request& req, httplib::Response& res) {
+             Ctx c;
+             if (!Begin(req, res, tokens, true, "abort", &c)) return;
+             sv1::AbortMigrationRequest r;
+             r.set_migration_id(req.matches[2]);
+             r.set_requester("nova-api");
+             auto out = core->AbortMigration(r, c.who);
+             if (!out.ok()) return NovaError(res, out.status());
+             res.status = 202;
+           });
+  s.Post(R"(/v2.1/servers/([^/]+)/migrations/([^/]+)/action)",
+         [core, tokens](const httplib::Request& req, httplib::Response& res) {
+           Ctx c;
+           if (!Begin(req, res, tokens, true, "force_complete", &c)) return;
+           json body = json::parse(req.body, nullptr, false);
+           if (body.is_discarded() || !body.contains("force_complete")) {
+             return NovaError(res, absl::InvalidArgumentError(
+                                       "Only the force_complete action is served by this API"));
+           }
+           sv1::ForceCompleteMigrationRequest r;
+           r.set_migration_id(req.matches[2]);
+           r.set_requester("nova-api");
+           auto out = core->ForceCompleteMigration(r, c.who);
+           if (!out.ok()) return NovaError(res, out.status());
+           res.status = 202;
+         });
+  s.Get("/v2.1/os-migrations", [core, tokens](const httplib::Request& req, httplib::Response& res) {
+    Ctx c;
+    if (!Begin(req, res, tokens, false, "GET /v2.1/os-migrations", &c)) return;
+    const std::string type = req.get_param_value("migration_type");
+    if (!type.empty() && type != "live-migration")
+      return Reply(res, {{"migrations", json::array()}});
+    sv1::ListMigrationsRequest r;
+    if (req.has_param("status")) {
+      auto st = ParseMigrationStatus(req.get_param_value("status"));
+      if (!st) return Reply(res, {{"migrations", json::array()}});
+      r.add_statuses(ToProtoStatus(*st));
+    }
+    r.set_host(req.get_param_value("host"));
+    r.set_instance_uuid(req.get_param_value("instance_uuid"));
+    if (req.has_param("changes-since")) {
+      absl::Time t;
+      std::string err;
+      if (!absl::ParseTime(absl::RFC3339_full, req.get_param_value("changes-since"), &t, &err) &&
+          !absl::ParseTime("%Y-%m-%dT%H:%M:%S", req.get_param_value("changes-since"), &t, &err)) {
+        return NovaError(res, absl::InvalidArgumentError("Invalid changes-since: " + err));
+      }
+      *r.mutable_created_after() = ToProtoTime(t);
+    }
+    int limit = 1000;
+    if (req.has_param("limit") &&
+        (!absl::SimpleAtoi(req.get_param_value("limit"), &limit) || limit < 0)) {
+      return NovaError(res, absl::InvalidArgumentError("limit must be a non-negative integer"));
+    }
+    r.set_page_size(std::min(std::max(limit, 1), 1000));
+    if (req.has_param("marker")) {
+      auto m = core->GetMigration(req.get_param_value("marker"), false);
+      if (!m.ok()) {
+        return NovaError(res, absl::NotFoundError("Marker " + req.get_param_value("marker") +
+                                                  " could not be found."));
+      }
+      r.set_page_token(db::PageTokenAfter(m->number()));
+    }
+    auto list = core->ListMigrations(r);
+    if (!list.ok()) return NovaError(res, list.status());
+    json out = json::array();
+    for (const auto& m : list->migrations()) out.push_back(MigrationJson(m, c, false));
+    if (limit == 0) out = json::array();
+    Reply(res, {{"migrations", out}});
+  });
+  s.Get("/v2.1/os-services", [core, tokens](const httplib::Request& req, httplib::Response& res) {
+    Ctx c;
+    if (!Begin(req, res, tokens, false, "GET /v2.1/os-services", &c)) return;
+    auto hosts = core->ListHosts({});
+    if (!hosts.ok()) return NovaError(res, hosts.status());
+    json out = json::array();
+    const std::string host = req.get_param_value("host");
+    const std::string binary = req.get_param_value("binary");
+    for (const auto& h : hosts->hosts()) {
+      if (!host.empty() && h.inventory().hostname() != host) continue;
+      if (!binary.empty() && binary != "nova-compute") continue;
+      out.push_back(ServiceJson(h, c));
+    }
+    Reply(res, {{"services", out}});
+  });
+  s.Put(R"(/v2.1/os-services/([^/]+))", [core, tokens](const httplib::Request& req,
+                                                       httplib::Response& res) {
+    Ctx c;
+    if (!Begin(req, res, tokens, true, "PUT /v2.1/os-services/{id}", &c)) return;
+    if (c.minor < 53) {
+      return NovaError(res, absl::InvalidArgumentError(
+                                "this API serves PUT /os-services/{service_id} (microversion "
+                                "2.53 and later)"));
+    }
+    json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) {
+      return NovaError(res, absl::InvalidArgumentError("Malformed request body"));
+    }
+    auto h = HostById(core, req.matches[1]);
+    if (!h.ok()) return NovaError(res, h.status());
+    sv1::SetHostEnabledRequest r;
+    r.set_hostname(h->inventory().hostname());
+    if (body.contains("status")) {
+      if (body["status"] != "enabled" && body["status"] != "disabled") {
+        return NovaError(res, absl::InvalidArgumentError("status must be enabled or disabled"));
+      }
+      r.set_enabled(body["status"] == "enabled");
+    } else {
+      r.set_enabled(h->enabled());
+    }
+    if (body.contains("disabled_reason") && body["disabled_reason"].is_string()) {
+      r.set_reason(body["disabled_reason"].get<std::string>());
+    }
+    if (!r.enabled() && r.reason().empty()) r.set_reason("disabled through the Compute API");
+    r.set_requester("nova-api");
+    auto out = core->SetHostEnabled(r, c.who);
+    if (!out.ok()) return NovaError(res, out.status());
+    Reply(res, {{"service", ServiceJson(*out, c)}});
+  });
+  auto hypervisors = [core, tokens](bool detail) {
+    return [core, tokens, detail](const httplib::Request& req, httplib::Response& res) {
+      Ctx c;
+      if (!Begin(req, res, tokens, false, "GET /v2.1/os-hypervisors", &c)) return;
+      auto hosts = core->ListHosts({});
+      if (!hosts.ok()) return NovaError(res, hosts.status());
+      json out = json::array();
+      const std::string pattern = req.get_param_value("hypervisor_hostname_pattern");
+      for (const auto& h : hosts->hosts()) {
+        if (!pattern.empty() && h.inventory().hostname().find(pattern) == std::string::npos)
+          continue;
+        out.push_back(HypervisorJson(h, c, detail));
+      }
+      Reply(res, {{"hypervisors", out}});
+    };
+  };
+  s.Get("/v2.1/os-hypervisors", hypervisors(false));
+  s.Get("/v2.1/os-hypervisors/detail", hypervisors(true));
+  s.Get(R"(/v2.1/os-hypervisors/([^/]+))",
+        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/os-hypervisors/{id}", &c)) return;
+          auto h = HostById(core, req.matches[1]);
+          if (!h.ok()) {
+            return NovaError(
+                res, absl::NotFoundError(absl::StrCat("Hypervisor with ID ", req.matches[1].str(),
+                                                      " could not be found.")));
+          }
+          Reply(res, {{"hypervisor", HypervisorJson(*h, c, true)}});
+        });
+}
+
+}  // namespace livemig::sched
