@@ -4,29 +4,38 @@
 // the scheduler SIGKILLed in the middle of a running migration and started again ends with the
 // VM on exactly one host and the database agreeing; an abort is a real rollback.
 #include <catch2/catch.hpp>
+#include <fstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
 #include "scheduler/convert.h"
 #include "testing/lab.h"
 #include "testing/process.h"
+#include "testing/run_command.h"
 
 namespace livemig::e2e {
 namespace {
 
 constexpr char kGuest[] = "sg1";
 constexpr char kUuid[] = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+constexpr char kToken[] = "lab-operator-token-0123456789";
 
 struct LabCloud {
   std::unique_ptr<testing::Lab> lab;
   std::unique_ptr<Cloud> cloud;
+  int http_port = testing::FreePort();
   LabCloud() {
     auto l = testing::Lab::Up();
     if (!l.ok()) FAIL(l.status().ToString());
     lab = std::move(l).value();
     cloud = std::make_unique<Cloud>(lab->dir());
-    cloud->StartScheduler("--lease 4 --service-down-time 30 --report-interval 1");
+    std::ofstream(lab->dir() + "/tokens") << kToken << " operator lab-operator\n";
+    cloud->set_token(kToken);
+    cloud->StartScheduler(absl::StrCat("--lease 4 --service-down-time 30 --report-interval 1 ",
+                                       "--tokens-file ", lab->dir(), "/tokens --http-listen ",
+                                       "127.0.0.1:", http_port));
     for (const std::string h : {"a", "b"}) {
       cloud->StartAgent(
           "lab-" + h,
@@ -111,6 +120,27 @@ TEST_CASE("lab e2e: the scheduler killed mid-migration and restarted; one host, 
   const std::string db_host = m.status() == v1::MIGRATION_STATUS_COMPLETED ? "lab-a" : "lab-b";
   CHECK(where == db_host.substr(4));
   CHECK(L().cloud->WaitInstanceOn(kUuid, db_host, absl::Seconds(10)));
+}
+
+TEST_CASE("lab e2e: the unchanged openstack CLI live-migrates the lab's VM") {
+  const std::string from = L().Where();
+  REQUIRE(from.size() == 1);
+  const std::string to = from == "a" ? "lab-b" : "lab-a";
+  auto os = testing::RunCommand(
+      absl::StrCat("HOME=", L().lab->dir(), " openstack --os-auth-type admin_token --os-token ",
+                   kToken, " --os-endpoint http://127.0.0.1:", L().http_port,
+                   "/v2.1 --os-compute-api-version 2.79 server migrate --live-migration --host ",
+                   to, " ", kUuid));
+  INFO(os.status().ToString());
+  REQUIRE(os.ok());
+  REQUIRE(L().cloud->WaitInstanceOn(kUuid, to, absl::Seconds(120)));
+  CHECK(L().Where() == to.substr(4));
+  auto list = testing::RunCommand(absl::StrCat(
+      "HOME=", L().lab->dir(), " openstack --os-auth-type admin_token --os-token ", kToken,
+      " --os-endpoint http://127.0.0.1:", L().http_port,
+      "/v2.1 --os-compute-api-version 2.79 server migration list --status completed -f value"));
+  REQUIRE(list.ok());
+  CHECK(absl::StrContains(*list, to));
 }
 
 TEST_CASE("lab e2e: an abort during the transfer is a real rollback") {
