@@ -1,6 +1,11 @@
 #include "driver/checks.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <regex>
 #include <set>
 
@@ -43,6 +48,34 @@ absl::Status ValidateUuid(const std::string& uuid) {
 
 std::string ProbePath(const std::string& instance_path, const std::string& migration_id) {
   return absl::StrCat(instance_path, "/.livemig-probe-", migration_id);
+}
+
+DestFacts DestFactsFrom(const v1::HostInventory& inv, const std::string& hostname,
+                        const std::vector<std::string>& bridges, const std::string& instance_path,
+                        const v1::BackendCapabilities& caps, const std::string& migration_id) {
+  DestFacts f;
+  f.hostname = hostname;
+  f.hypervisor_type = inv.hypervisor_type();
+  f.hypervisor_version = inv.hypervisor_version();
+  f.cpu = inv.cpu();
+  f.memory_free_mib = inv.memory_free_mib();
+  f.memory_reserved_mib = inv.memory_reserved_mib();
+  f.bridges = bridges;
+  f.instance_path = instance_path;
+  f.capabilities = caps;
+  std::ofstream out(ProbePath(instance_path, migration_id));
+  out << migration_id << "\n";
+  f.probe_written = static_cast<bool>(out);
+  if (!f.probe_written) f.probe_error = std::strerror(errno);
+  return f;
+}
+
+bool ProbeVisible(const std::string& instance_path, const std::string& migration_id) {
+  return access(ProbePath(instance_path, migration_id).c_str(), F_OK) == 0;
+}
+
+void RemoveProbe(const std::string& instance_path, const std::string& migration_id) {
+  unlink(ProbePath(instance_path, migration_id).c_str());
 }
 
 std::string FormatVersion(uint64_t v) {

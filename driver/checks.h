@@ -46,6 +46,16 @@ struct DestFacts {
   std::string probe_error;
 };
 
+// The facts of step 4 that a host's inventory gives (everything but the CPU comparison), with
+// the probe file for `migration_id` written on `instance_path`.
+DestFacts DestFactsFrom(const v1::HostInventory& inv, const std::string& hostname,
+                        const std::vector<std::string>& bridges, const std::string& instance_path,
+                        const v1::BackendCapabilities& caps, const std::string& migration_id);
+
+// Whether this host sees the probe file of `migration_id` (same shared storage); removing it.
+bool ProbeVisible(const std::string& instance_path, const std::string& migration_id);
+void RemoveProbe(const std::string& instance_path, const std::string& migration_id);
+
 // Decides step 4 from the request and the facts; fills dest_check_data.
 cv1::CheckCanLiveMigrateOnDestResponse EvaluateDestChecks(
     const cv1::CheckCanLiveMigrateOnDestRequest& req, const DestFacts& facts);

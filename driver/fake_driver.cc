@@ -375,22 +375,8 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> FakeDriver::CheckCanLiveM
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) {
     return TakeFailure(st, options_.hostname, "check_can_live_migrate_on_dest", changed);
   }));
-  DestFacts f;
-  f.hostname = options_.hostname;
-  f.hypervisor_type = inv.hypervisor_type();
-  f.hypervisor_version = inv.hypervisor_version();
-  f.cpu = inv.cpu();
-  f.memory_free_mib = inv.memory_free_mib();
-  f.memory_reserved_mib = inv.memory_reserved_mib();
-  f.bridges = options_.bridges;
-  f.instance_path = options_.instance_path;
-  f.capabilities = caps_;
-  const std::string probe = ProbePath(options_.instance_path, req.migration_id());
-  std::ofstream out(probe);
-  out << req.migration_id() << "\n";
-  f.probe_written = static_cast<bool>(out);
-  if (!f.probe_written) f.probe_error = std::strerror(errno);
-  return EvaluateDestChecks(req, f);
+  return EvaluateDestChecks(req, DestFactsFrom(inv, options_.hostname, options_.bridges,
+                                               options_.instance_path, caps_, req.migration_id()));
 }
 
 absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> FakeDriver::CheckCanLiveMigrateOnSrc(
@@ -410,15 +396,14 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> FakeDriver::CheckCanLiveMi
     xml = DomainXml(req.instance_uuid(), doms[req.instance_uuid()]);
     return absl::OkStatus();
   }));
-  const std::string probe = ProbePath(options_.instance_path, req.migration_id());
-  const bool visible = access(probe.c_str(), F_OK) == 0;
-  return EvaluateSrcChecks(req, visible, caps_, HypervisorName(), dom, xml);
+  return EvaluateSrcChecks(req, ProbeVisible(options_.instance_path, req.migration_id()), caps_,
+                           HypervisorName(), dom, xml);
 }
 
 absl::Status FakeDriver::CheckCanLiveMigrateOnDestCleanup(
     const cv1::CheckCanLiveMigrateOnDestCleanupRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
-  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  RemoveProbe(options_.instance_path, req.migration_id());
   return absl::OkStatus();
 }
 
@@ -724,7 +709,7 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::PostLiveMigrationAtDestination(
     info = DomainFromJson(req.instance_uuid(), d, st);
     return absl::OkStatus();
   }));
-  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  RemoveProbe(options_.instance_path, req.migration_id());
   return info;
 }
 
@@ -751,7 +736,7 @@ absl::Status FakeDriver::RollbackLiveMigrationAtDestination(
     }
     return absl::OkStatus();
   }));
-  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  RemoveProbe(options_.instance_path, req.migration_id());
   return absl::OkStatus();
 }
 

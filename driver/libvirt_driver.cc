@@ -322,16 +322,8 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> LibvirtDriver::CheckCanLi
   RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
   ASSIGN_OR_RETURN(v1::HostInventory inv, GetHostInfo());
   ASSIGN_OR_RETURN(ConnHandle c, Conn());
-  DestFacts f;
-  f.hostname = options_.hostname;
-  f.hypervisor_type = inv.hypervisor_type();
-  f.hypervisor_version = inv.hypervisor_version();
-  f.cpu = inv.cpu();
-  f.memory_free_mib = inv.memory_free_mib();
-  f.memory_reserved_mib = inv.memory_reserved_mib();
-  f.bridges = Bridges();
-  f.instance_path = options_.instance_path;
-  f.capabilities = caps_;
+  DestFacts f = DestFactsFrom(inv, options_.hostname, Bridges(), options_.instance_path, caps_,
+                              req.migration_id());
   if (!req.source_cpu().xml().empty() && !options_.cpu_features_override) {
     auto cmp = api_->CompareCPU(c.get(), req.source_cpu().xml());
     if (cmp.ok()) {
@@ -341,13 +333,6 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> LibvirtDriver::CheckCanLi
       f.cpu_compatible = false;
       f.cpu_reason = std::string(cmp.status().message());
     }
-  }
-  const std::string probe = ProbePath(options_.instance_path, req.migration_id());
-  {
-    std::ofstream out(probe);
-    out << req.migration_id() << "\n";
-    f.probe_written = static_cast<bool>(out);
-    if (!f.probe_written) f.probe_error = std::strerror(errno);
   }
   auto resp = EvaluateDestChecks(req, f);
   resp.mutable_dest_check_data()->set_host_uuid(inv.host_uuid());
@@ -360,15 +345,14 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> LibvirtDriver::CheckCanLiv
   ASSIGN_OR_RETURN(DomHandle dom, Lookup(req.instance_uuid()));
   ASSIGN_OR_RETURN(v1::DomainInfo info, ToDomainInfo(dom.get()));
   ASSIGN_OR_RETURN(std::string xml, api_->GetXMLDesc(dom.get(), VIR_DOMAIN_XML_MIGRATABLE));
-  const bool visible =
-      access(ProbePath(options_.instance_path, req.migration_id()).c_str(), F_OK) == 0;
-  return EvaluateSrcChecks(req, visible, caps_, HypervisorName(), info, xml);
+  return EvaluateSrcChecks(req, ProbeVisible(options_.instance_path, req.migration_id()), caps_,
+                           HypervisorName(), info, xml);
 }
 
 absl::Status LibvirtDriver::CheckCanLiveMigrateOnDestCleanup(
     const cv1::CheckCanLiveMigrateOnDestCleanupRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
-  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  RemoveProbe(options_.instance_path, req.migration_id());
   return absl::OkStatus();
 }
 
@@ -799,7 +783,7 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::PostLiveMigrationAtDestination(
     ASSIGN_OR_RETURN(ConnHandle c, Conn());
     ASSIGN_OR_RETURN(DomHandle defined, api_->DefineXML(c.get(), xml));
   }
-  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  RemoveProbe(options_.instance_path, req.migration_id());
   unlink((options_.state_dir + "/staged/" + req.migration_id() + ".xml").c_str());
   return ToDomainInfo(dom->get());
 }
@@ -826,7 +810,7 @@ absl::Status LibvirtDriver::RollbackLiveMigrationAtDestination(
              dom.status().code() != absl::StatusCode::kInvalidArgument) {
     return dom.status();
   }
-  unlink(ProbePath(options_.instance_path, req.migration_id()).c_str());
+  RemoveProbe(options_.instance_path, req.migration_id());
   unlink((options_.state_dir + "/staged/" + req.migration_id() + ".xml").c_str());
   return absl::OkStatus();
 }
