@@ -60,6 +60,26 @@ bazel test --keep_going "${patterns[@]}" 2>&1 | grep -vE '^(Loading|Analyzing|IN
 test_rc=${PIPESTATUS[0]}
 stage_done tests
 
+stage "the quickstart end to end (deploy/quickstart_test.sh: start, migrate, stop, nothing left)"
+if [[ $(id -u) -eq 0 && ${patterns[*]} == //... ]]; then
+  qs_out=$(bash deploy/quickstart_test.sh 2>&1)
+  echo "$qs_out" | tail -12 | sed 's/^/    /'
+  qs_line=$(grep -E '^quickstart checks: [0-9]+ passed, [0-9]+ failed' <<<"$qs_out" | tail -1)
+  if [[ -n $qs_line ]]; then
+    qp=$(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$qs_line")
+    qf=$(sed -E 's/.* ([0-9]+) failed/\1/' <<<"$qs_line")
+    passed=$((passed + qp))
+    failed=$((failed + qf))
+    ((qf == 0)) || failures+=("deploy/quickstart_test.sh ($qf checks)")
+  else
+    failures+=("deploy/quickstart_test.sh (no summary)")
+    ((failed++))
+  fi
+else
+  echo "    skipped: needs root and the full test set"
+fi
+stage_done quickstart
+
 stage "counting what ran"
 targets=$(bazel query "tests(set(${patterns[*]}))" 2>/dev/null | sort)
 testlogs=$(bazel info bazel-testlogs 2>/dev/null)

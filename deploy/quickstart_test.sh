@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the README's quickstart end to end in a private state directory, checks that the VM moved
+# and that the database recorded the migration as completed, then runs the stop command and
+# checks that nothing is left behind. Called by deploy/run-tests.sh (it runs `bazel build`, so it
+# cannot run inside `bazel test`). Prints "quickstart checks: N passed, M failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+state=$(mktemp -d /tmp/lm-qs-XXXXXX)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export LIVEMIG_STATE_DIR=$state LIVEMIG_HTTP_PORT=$port
+passed=0 failed=0
+check() { # NAME COMMAND...
+  local name=$1; shift
+  if "$@" >/dev/null 2>&1; then echo "  ok   $name"; passed=$((passed + 1));
+  else echo "  FAIL $name"; failed=$((failed + 1)); fi
+}
+
+bash deploy/quickstart.sh >"/tmp/lm-qs-$$.log" 2>&1
+rc=$?
+tail -25 "/tmp/lm-qs-$$.log"
+check "quickstart exits 0" test "$rc" -eq 0
+export LIVEMIG_SERVER=unix:$state/run/api.sock
+export LIVEMIG_TOKEN=$(awk '$2 == "operator" {print $1; exit}' "$state/tokens" 2>/dev/null)
+check "the database recorded the migration as completed" \
+  bash -c "bazel-bin/cloudctl/cloudctl --json migration-list --status completed | grep -q MIGRATION_STATUS_COMPLETED"
+check "the VM runs on lab-b only" \
+  bash -c "[[ \$(bash integration_tests/lab/lab.sh where $state/lab demo-vm) == b ]]"
+check "the scheduler knows it on lab-b" \
+  bash -c "bazel-bin/cloudctl/cloudctl instance-show 4c1f0d2e-7a3b-4e5c-9d8f-0a1b2c3d4e5f | grep -q lab-b"
+check "the dashboard is served" \
+  bash -c "curl -sf http://127.0.0.1:$port/dashboard | grep -qi '<html'"
+lab_id=$(sed -n 's/^LAB_ID=//p' "$state/lab/lab.env" 2>/dev/null | tr -d '"')
+bash deploy/quickstart.sh stop >>"/tmp/lm-qs-$$.log" 2>&1
+check "stop exits 0" test $? -eq 0
+check "stop removed the state directory" test ! -e "$state"
+check "no lab namespace is left" bash -c "! ip netns list | grep -q '${lab_id:-none}'"
+check "no mount of the quickstart is left" bash -c "! grep -q '$state' /proc/mounts"
+rm -f "/tmp/lm-qs-$$.log"
+echo "quickstart checks: $passed passed, $failed failed"
+((failed == 0))
