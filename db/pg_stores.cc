@@ -432,7 +432,6 @@ absl::StatusOr<std::vector<MigrationRecord>> MigrationsFromResult(const pqxx::re
 }
 
 absl::StatusOr<MigrationRecord> SelectMigration(pqxx::work& w, int64_t id, bool for_update) {
-  // OF m: the select joins instances (nullable side), which FOR UPDATE cannot lock.
   // Lock the row first: the select joins the instance's name (an outer join cannot be locked).
   if (for_update) w.exec_params("SELECT 1 FROM migrations WHERE id = $1 FOR UPDATE", id);
   pqxx::result r = w.exec_params(MigrationSelect() + "WHERE m.id = $1", id);

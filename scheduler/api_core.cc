@@ -388,7 +388,7 @@ sv1::Evacuation ToProtoEvacuation(const db::EvacuationRecord& e) {
     if (it.outcome == "failed") out.set_failed(out.failed() + 1);
     if (it.outcome == "skipped") out.set_skipped(out.skipped() + 1);
     if (it.outcome == "migrating" || it.outcome == "pending") {
-      out.set_in_progress(out.in_progress() + (it.outcome == "migrating" ? 1 : 0));
+      out.set_in_progress(out.in_progress() + 1);
     }
   }
   return out;
@@ -509,14 +509,11 @@ absl::StatusOr<sv1::ListEvacuationsResponse> ApiCore::ListEvacuations(
                        r.host(), r.page_size() == 0 ? 100 : static_cast<int>(r.page_size())));
   sv1::ListEvacuationsResponse resp;
   for (const auto& e : list) {
-    if (r.include_items()) {
-      auto full = evacuations_->GetEvacuation(e.id);
-      if (full.ok()) {
-        *resp.add_evacuations() = ToProtoEvacuation(*full);
-        continue;
-      }
-    }
-    *resp.add_evacuations() = ToProtoEvacuation(e);
+    // The counts come from the items; the items themselves only when asked for.
+    auto full = evacuations_->GetEvacuation(e.id);
+    sv1::Evacuation out = ToProtoEvacuation(full.ok() ? *full : e);
+    if (!r.include_items()) out.clear_items();
+    *resp.add_evacuations() = std::move(out);
   }
   return resp;
 }

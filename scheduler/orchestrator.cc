@@ -339,11 +339,7 @@ class MigrationRun {
       *pre.mutable_migrate_data() = data_;
       *pre.mutable_options() = options;
       auto p = Retry<cv1::PreLiveMigrationResponse>([&] { return dst->PreLiveMigration(pre); });
-      if (!p.ok()) {
-        RETURN_IF_ERROR(Record("pre_live_migration", false, std::string(p.status().message()), t,
-                               std::nullopt));
-        return RollBack(S::kFailed, std::string(p.status().message()));
-      }
+      if (!p.ok()) return RollBack(S::kFailed, std::string(p.status().message()));
       *data_.mutable_pre_live_migration() = p->pre_live_migration_data();
       prepared_ = true;
       state_before_ = desc->domain().state();
@@ -589,7 +585,8 @@ class MigrationRun {
                     src_done ? "post_live_migration_at_destination" : "post_live_migration", false,
                     "roll-forward could not finish: " + last, t);
       }
-      Note("roll_forward", "post step failed, retrying: " + last);
+      Note(src_done ? "post_live_migration_at_destination" : "post_live_migration",
+           "post step failed, rolling forward (retrying): " + last);
       absl::SleepFor(backoff);
       backoff = std::min(backoff * 2, absl::Seconds(10));
     }
@@ -598,7 +595,13 @@ class MigrationRun {
 
   // ---- rollback (row R) ----------------------------------------------------------------------
   absl::Status RollBack(S final_status, const std::string& reason) {
-    const absl::Time t = absl::Now();
+    // The step in progress failed (or was aborted): its result, then the rollback's intents.
+    const std::string failed = m_.step.empty() ? "pre_checks" : m_.step;
+    RETURN_IF_ERROR(Record(failed, false, reason, absl::Now(),
+                           m_.dest_host.empty()
+                               ? Intent("rollback_live_migration", m_.source_host)
+                               : Intent("rollback_live_migration_at_destination", m_.dest_host)));
+    absl::Time t = absl::Now();
     if (!m_.dest_host.empty()) {
       ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
       auto r = Retry<cv1::RollbackLiveMigrationAtDestinationResponse>([&] {
@@ -619,6 +622,10 @@ class MigrationRun {
             S::kError, "rollback_live_migration_at_destination", false,
             absl::StrCat(reason, "; rollback at destination failed: ", r.status().message()), t);
       }
+      RETURN_IF_ERROR(Record("rollback_live_migration_at_destination", true,
+                             "destination cleaned up", t,
+                             Intent("rollback_live_migration", m_.source_host)));
+      t = absl::Now();
     }
     ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
     auto req = StepReq<cv1::RollbackLiveMigrationRequest>();

@@ -59,7 +59,7 @@ grpc::Status SchedulerApiService::WatchMigration(grpc::ServerContext* ctx,
                                                  grpc::ServerWriter<sv1::Migration>* writer) {
   LIVEMIG_AUTH(false, "WatchMigration");
   const absl::Duration interval = absl::Milliseconds(
-      r->min_interval_ms() == 0 ? 1000 : std::max<uint32_t>(r->min_interval_ms(), 100));
+      r->min_interval_ms() == 0 ? 500 : std::max<uint32_t>(r->min_interval_ms(), 100));
   std::string last;
   while (!ctx->IsCancelled()) {
     auto m = core_->GetMigration(r->migration_id(), r->include_events());

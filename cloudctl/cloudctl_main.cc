@@ -1,0 +1,1078 @@
+// cloudctl: the operator CLI of the live-migration control plane, a client of the scheduler API
+// (gRPC). Commands follow the OpenStack client's conventions (`openstack server migrate
+// --live-migration`, `openstack server migration list/show/abort/force complete`, novaclient's
+// `host-evacuate-live`). See `cloudctl --help`.
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "cloudctl/config.h"
+#include "cloudctl/format.h"
+#include "common/migration_status.h"
+#include "common/status_map.h"
+#include "grpc/support/log.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/scheduler.grpc.pb.h"
+#include "scheduler/convert.h"
+
+namespace livemig::cloudctl {
+namespace {
+
+// Exit codes beyond ExitCodeFor's (0..7): documented in the top-level help.
+constexpr int kExitEndedBadly = 8;     // --wait: the migration/evacuation ended badly
+constexpr int kExitInterrupted = 130;  // Ctrl-C while waiting (the migration goes on)
+
+// After this long without any answer from the scheduler, --wait gives up (the migration goes on
+// server-side; the message says how to follow it).
+constexpr absl::Duration kWaitGiveUp = absl::Minutes(5);
+
+constexpr char kStatusNames[] =
+    "accepted, queued, preparing, running, running (post-copy) (or running-post-copy), "
+    "post-migrating, completed, failed, cancelled, error";
+
+// ---- the connection ------------------------------------------------------------------------
+
+class Client {
+ public:
+  explicit Client(const Settings& s) : settings_(s) {
+    grpc::ChannelArguments args;
+    args.SetUserAgentPrefix("cloudctl/0.1");
+    stub_ = sv1::SchedulerApi::NewStub(
+        grpc::CreateCustomChannel(s.server, grpc::InsecureChannelCredentials(), args));
+  }
+
+  // A context with the per-call deadline and the token.
+  void Prepare(grpc::ClientContext* ctx) const {
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(static_cast<int64_t>(settings_.timeout_s * 1000)));
+    if (!settings_.token.empty()) ctx->AddMetadata("authorization", "Bearer " + settings_.token);
+  }
+
+  // Runs one unary call: fn(stub, ctx) -> grpc::Status.
+  template <typename Fn>
+  grpc::Status Call(Fn fn) const {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    return fn(*stub_, &ctx);
+  }
+
+  sv1::SchedulerApi::Stub& stub() const { return *stub_; }
+  const Settings& settings() const { return settings_; }
+
+ private:
+  Settings settings_;
+  std::unique_ptr<sv1::SchedulerApi::Stub> stub_;
+};
+
+// Prints "cloudctl: <what>: <message>" and what to do, and returns the exit code.
+int ReportError(const Settings& s, const std::string& what, const grpc::Status& st,
+                const std::string& not_found_hint = "") {
+  const absl::Status a = FromGrpcStatus(st, what);
+  std::cerr << "cloudctl: " << a.message() << "\n";
+  const std::string& msg = st.error_message();
+  switch (a.code()) {
+    case absl::StatusCode::kUnavailable:
+      if (msg.find("connect") != std::string::npos ||
+          msg.find("No such file") != std::string::npos ||
+          msg.find("Socket closed") != std::string::npos ||
+          msg.find("DNS resolution") != std::string::npos) {
+        std::cerr << "hint: is the scheduler running? cloudctl tried " << s.server << " (from "
+                  << s.server_origin << "); set --server or LIVEMIG_SERVER\n";
+      } else {
+        std::cerr << "hint: the scheduler or a service it needs is unavailable; retry later\n";
+      }
+      break;
+    case absl::StatusCode::kDeadlineExceeded:
+      std::cerr << "hint: no answer from " << s.server << " within " << s.timeout_s
+                << " s: is the scheduler overloaded or hung? raise --timeout, or check --server / "
+                   "LIVEMIG_SERVER\n";
+      break;
+    case absl::StatusCode::kUnauthenticated:
+      if (msg.find("LIVEMIG_TOKEN") == std::string::npos) {
+        std::cerr << "hint: give a valid token with --token or LIVEMIG_TOKEN\n";
+      }
+      break;
+    case absl::StatusCode::kPermissionDenied:
+      std::cerr << "hint: this command needs a token with the operator role\n";
+      break;
+    case absl::StatusCode::kNotFound:
+      if (!not_found_hint.empty()) std::cerr << "hint: " << not_found_hint << "\n";
+      break;
+    case absl::StatusCode::kAborted:
+      std::cerr << "hint: a concurrent change won or the object is busy; retry when it is done\n";
+      break;
+    default:
+      break;
+  }
+  const int code = ExitCodeFor(a.code());
+  return code == 0 ? 1 : code;
+}
+
+int ArgError(const std::string& message) {
+  std::cerr << "cloudctl: " << message << "\n";
+  return ExitCodeFor(absl::StatusCode::kInvalidArgument);
+}
+
+// ---- output --------------------------------------------------------------------------------
+
+struct Output {
+  bool json = false;
+  // Where --wait draws its progress: stdout, or stderr with --json (stdout holds only JSON).
+  std::ostream& progress() const { return json ? std::cerr : std::cout; }
+  int progress_fd() const { return json ? STDERR_FILENO : STDOUT_FILENO; }
+};
+
+int TerminalColumns(int fd) {
+  winsize w{};
+  if (ioctl(fd, TIOCGWINSZ, &w) == 0 && w.ws_col > 0) return w.ws_col;
+  return 0;
+}
+
+// The one-line progress display of --wait. On a terminal the line is redrawn in place (\r);
+// otherwise (a log, a pipe) one line is printed per change, at most one per second.
+class ProgressView {
+ public:
+  ProgressView(std::ostream& out, int fd) : out_(out), fd_(fd), tty_(isatty(fd) != 0) {}
+
+  void Show(const sv1::Migration& m) {
+    std::string line = ProgressLine(m);
+    if (line == shown_) return;
+    if (tty_) {
+      const int cols = TerminalColumns(fd_);
+      std::string drawn = line;
+      if (cols > 1 && drawn.size() >= static_cast<size_t>(cols)) drawn.resize(cols - 1);
+      out_ << "\r" << drawn << "\x1b[K" << std::flush;
+      shown_ = line;
+      drawn_ = true;
+      return;
+    }
+    const absl::Time now = absl::Now();
+    if (now - last_print_ < absl::Seconds(1)) {
+      pending_ = line;
+      return;
+    }
+    Print(line, now);
+  }
+
+  // A message on its own line (ends the in-place line first).
+  void Note(const std::string& text) {
+    EndLine();
+    out_ << text << "\n" << std::flush;
+  }
+
+  // Prints the latest state if the rate limit held it back, and ends the in-place line.
+  void Finish() {
+    if (!tty_ && !pending_.empty() && pending_ != shown_) Print(pending_, absl::Now());
+    EndLine();
+  }
+
+ private:
+  void Print(const std::string& line, absl::Time now) {
+    out_ << line << "\n" << std::flush;
+    shown_ = line;
+    pending_.clear();
+    last_print_ = now;
+  }
+  void EndLine() {
+    if (tty_ && drawn_) out_ << "\n" << std::flush;
+    drawn_ = false;
+    shown_.clear();
+  }
+
+  std::ostream& out_;
+  int fd_;
+  bool tty_;
+  bool drawn_ = false;
+  std::string shown_, pending_;
+  absl::Time last_print_ = absl::InfinitePast();
+};
+
+// Ctrl-C while waiting: say that the migration goes on and how to follow or stop it.
+char g_interrupt_message[512] = "\ncloudctl: interrupted\n";
+
+extern "C" void OnInterrupt(int) {
+  const ssize_t n = write(STDERR_FILENO, g_interrupt_message, strlen(g_interrupt_message));
+  (void)n;
+  _exit(kExitInterrupted);
+}
+
+void InstallInterruptHint(const std::string& message) {
+  snprintf(g_interrupt_message, sizeof(g_interrupt_message), "\n%s\n", message.c_str());
+  struct sigaction sa {};
+  sa.sa_handler = OnInterrupt;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+bool Retryable(grpc::StatusCode c) {
+  return c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         c == grpc::StatusCode::ABORTED || c == grpc::StatusCode::INTERNAL ||
+         c == grpc::StatusCode::UNKNOWN || c == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+         c == grpc::StatusCode::CANCELLED;
+}
+
+// Follows a migration until it is completed, failed or cancelled, or reaches error: the
+// WatchMigration stream (re-opened after each per-call deadline), falling back to polling
+// GetMigration every second when the stream breaks. Returns the last snapshot, or the error
+// that made waiting impossible.
+grpc::Status WaitForMigration(const Client& client, const std::string& id, ProgressView* view,
+                              sv1::Migration* out) {
+  bool stream = true;
+  std::optional<absl::Time> failing_since;
+  bool announced_outage = false;
+  while (true) {
+    if (stream) {
+      grpc::ClientContext ctx;
+      client.Prepare(&ctx);
+      sv1::WatchMigrationRequest req;
+      req.set_migration_id(id);
+      req.set_min_interval_ms(500);
+      auto reader = client.stub().WatchMigration(&ctx, req);
+      sv1::Migration m;
+      bool got = false;
+      while (reader->Read(&m)) {
+        got = true;
+        *out = m;
+        view->Show(m);
+        if (EndsWait(m.status())) {
+          ctx.TryCancel();  // error does not end the stream on the server's side
+          (void)reader->Finish();
+          return grpc::Status::OK;
+        }
+      }
+      const grpc::Status st = reader->Finish();
+      if (got && st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) continue;  // re-watch
+      if (!st.ok() && !Retryable(st.error_code())) return st;
+      view->Note(absl::StrCat("(the watch stream ended",
+                              st.ok() ? "" : absl::StrCat(": ", st.error_message()),
+                              "; polling the migration every second)"));
+      stream = false;
+      continue;
+    }
+    sv1::GetMigrationRequest req;
+    req.set_migration_id(id);
+    sv1::Migration m;
+    const grpc::Status st =
+        client.Call([&](auto& stub, auto* ctx) { return stub.GetMigration(ctx, req, &m); });
+    if (st.ok()) {
+      if (announced_outage) view->Note("(the scheduler answers again)");
+      failing_since.reset();
+      announced_outage = false;
+      *out = m;
+      view->Show(m);
+      if (EndsWait(m.status())) return grpc::Status::OK;
+    } else {
+      if (!Retryable(st.error_code())) return st;
+      const absl::Time now = absl::Now();
+      if (!failing_since) failing_since = now;
+      if (!announced_outage) {
+        view->Note(absl::StrCat("(cannot reach the scheduler: ", st.error_message(),
+                                "; retrying every second)"));
+        announced_outage = true;
+      }
+      if (now - *failing_since > kWaitGiveUp) {
+        return grpc::Status(
+            st.error_code(),
+            absl::StrCat("no answer from the scheduler for ", HumanDuration(now - *failing_since),
+                         " while waiting (last error: ", st.error_message(), ")"));
+      }
+    }
+    absl::SleepFor(absl::Seconds(1));
+  }
+}
+
+// ---- commands ------------------------------------------------------------------------------
+
+struct MigrateArgs {
+  std::string uuid, dest, block = "auto", completion_action = "abort", request_id;
+  bool offline = false, allow_post_copy = false, dry_run = false, wait = false;
+  uint32_t completion_timeout = 0, max_downtime = 0, bandwidth = 0;
+  CLI::Option *completion_timeout_opt = nullptr, *max_downtime_opt = nullptr,
+              *bandwidth_opt = nullptr, *completion_action_opt = nullptr;
+};
+
+v1::BlockMigration BlockMigrationFrom(const std::string& s) {
+  if (s == "yes") return v1::BLOCK_MIGRATION_YES;
+  if (s == "no") return v1::BLOCK_MIGRATION_NO;
+  return v1::BLOCK_MIGRATION_AUTO;
+}
+
+v1::MigrationOptions OptionsFrom(const MigrateArgs& a) {
+  v1::MigrationOptions o;
+  o.set_mode(a.offline ? v1::MIGRATION_MODE_OFFLINE : v1::MIGRATION_MODE_LIVE);
+  o.set_block_migration(BlockMigrationFrom(a.block));
+  if (a.completion_timeout_opt->count() > 0) o.set_completion_timeout_s(a.completion_timeout);
+  if (a.completion_action_opt->count() > 0) {
+    o.set_completion_action(a.completion_action == "force-complete"
+                                ? v1::COMPLETION_ACTION_FORCE_COMPLETE
+                                : v1::COMPLETION_ACTION_ABORT);
+  }
+  if (a.max_downtime_opt->count() > 0) o.set_max_downtime_ms(a.max_downtime);
+  if (a.bandwidth_opt->count() > 0) o.set_bandwidth_mib_s(a.bandwidth);
+  o.set_allow_post_copy(a.allow_post_copy);
+  return o;
+}
+
+std::string MigrationWhat(const MigrateArgs& a) {
+  return absl::StrCat("live-migration of ", a.uuid, a.dest.empty() ? "" : " to ", a.dest);
+}
+
+// Follows migration `m` to its end with a progress view; prints the summary; returns the exit
+// code.
+int WaitAndSummarize(const Client& client, const Output& o, const sv1::Migration& accepted) {
+  const std::string n = absl::StrCat(accepted.number());
+  InstallInterruptHint(absl::StrCat("cloudctl: stopped waiting; migration ", n,
+                                    " goes on. Follow it: cloudctl migration-show ", n,
+                                    "; stop it: cloudctl migration-abort ", n));
+  ProgressView view(o.progress(), o.progress_fd());
+  sv1::Migration last = accepted;
+  view.Show(accepted);
+  const grpc::Status st = WaitForMigration(client, accepted.id(), &view, &last);
+  view.Finish();
+  if (!st.ok()) {
+    const int code = ReportError(client.settings(), absl::StrCat("waiting for migration ", n), st);
+    std::cerr << "hint: the migration goes on without cloudctl; follow it with cloudctl "
+                 "migration-show "
+              << n << "\n";
+    return code;
+  }
+  if (o.json) {
+    std::cout << ToJson(last);
+  } else {
+    std::cout << SummaryLine(last) << "\n";
+  }
+  if (last.status() == v1::MIGRATION_STATUS_COMPLETED) return 0;
+  std::cerr << "cloudctl: migration " << n << " " << StatusName(last.status()) << ": "
+            << OrDash(last.failure_reason()) << "\n"
+            << "hint: cloudctl migration-show " << n << " shows every step\n";
+  return kExitEndedBadly;
+}
+
+// --dry-run: CheckMigration, which a reader token may call (LiveMigrate with dry_run would need
+// an operator token for the same answer).
+int DryRun(const Client& client, const Output& o, const MigrateArgs& a) {
+  sv1::CheckMigrationRequest req;
+  req.set_instance_uuid(a.uuid);
+  req.set_destination(a.dest);
+  *req.mutable_options() = OptionsFrom(a);
+  sv1::CheckMigrationResponse resp;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.CheckMigration(ctx, req, &resp); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), "dry run of the " + MigrationWhat(a), st,
+                       "cloudctl instance-list and cloudctl host-list show what the scheduler "
+                       "knows");
+  }
+  std::cout << (o.json ? ToJson(resp) : RenderCheck(resp));
+  if (resp.passed()) return 0;
+  if (!o.json) std::cerr << "cloudctl: dry run: the migration would not pass its checks\n";
+  return ExitCodeFor(absl::StatusCode::kFailedPrecondition);
+}
+
+int LiveMigration(const Client& client, const Output& o, const MigrateArgs& a) {
+  if (a.dry_run) return DryRun(client, o, a);
+  sv1::LiveMigrateRequest req;
+  req.set_instance_uuid(a.uuid);
+  req.set_destination(a.dest);
+  *req.mutable_options() = OptionsFrom(a);
+  req.set_request_id(a.request_id);
+  req.set_requester(client.settings().requester);
+  sv1::LiveMigrateResponse resp;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.LiveMigrate(ctx, req, &resp); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), MigrationWhat(a), st,
+                       "cloudctl instance-list and cloudctl host-list show what the scheduler "
+                       "knows");
+  }
+  const sv1::Migration& m = resp.migration();
+  if (!a.wait) {
+    if (o.json) {
+      std::cout << ToJson(resp);
+      return 0;
+    }
+    FieldTable f;
+    f.Add("id", m.id());
+    f.Add("number", absl::StrCat(m.number()));
+    f.Add("status", StatusName(m.status()));
+    f.Add("instance", m.instance_uuid());
+    f.Add("source host", m.source_host());
+    f.Add("destination host", m.dest_host().empty() ? "(scheduler's choice)" : m.dest_host());
+    f.Add("options", OptionsSummary(m.options()));
+    f.Add("requester", OrDash(m.requester()));
+    f.Add("request id", OrDash(m.request_id()));
+    if (resp.existing()) std::cout << "Request id " << a.request_id << " was already used: ";
+    std::cout << (resp.existing() ? "its migration:\n" : "Live migration accepted:\n") << f.Render()
+              << "Follow it: cloudctl migration-show " << m.number()
+              << "   (or wait for it: cloudctl live-migration ... --wait)\n";
+    return 0;
+  }
+  o.progress() << "Migration " << m.number() << " (" << m.id() << ") "
+               << (resp.existing() ? "already requested" : "accepted") << ": " << m.instance_uuid()
+               << " from " << m.source_host() << " to "
+               << (m.dest_host().empty() ? "the scheduler's choice" : m.dest_host()) << "\n"
+               << std::flush;
+  return WaitAndSummarize(client, o, m);
+}
+
+int MigrationList(const Client& client, const Output& o, const std::vector<std::string>& statuses,
+                  const std::string& host, const std::string& instance, uint32_t limit,
+                  const std::string& marker) {
+  sv1::ListMigrationsRequest req;
+  for (const auto& s : statuses) {
+    auto parsed = ParseMigrationStatus(s);
+    if (!parsed) {
+      return ArgError(
+          absl::StrCat("--status '", s, "' is not a migration status: use ", kStatusNames));
+    }
+    req.add_statuses(sched::ToProtoStatus(*parsed));
+  }
+  req.set_host(host);
+  req.set_instance_uuid(instance);
+  req.set_page_size(limit);
+  req.set_page_token(marker);
+  sv1::ListMigrationsResponse resp;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.ListMigrations(ctx, req, &resp); });
+  if (!st.ok()) return ReportError(client.settings(), "migration-list", st);
+  if (o.json) {
+    std::cout << ToJson(resp);
+    return 0;
+  }
+  std::cout << (resp.migrations_size() == 0 ? "No migrations match.\n" : RenderMigrationList(resp));
+  if (!resp.next_page_token().empty()) {
+    std::cout << "More migrations: repeat with the same filters and --marker "
+              << resp.next_page_token() << "\n";
+  }
+  return 0;
+}
+
+int MigrationShow(const Client& client, const Output& o, const std::string& id) {
+  sv1::GetMigrationRequest req;
+  req.set_migration_id(id);
+  sv1::Migration m;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.GetMigration(ctx, req, &m); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), absl::StrCat("migration-show ", id), st,
+                       "cloudctl migration-list shows the migrations");
+  }
+  std::cout << (o.json ? ToJson(m) : RenderMigration(m));
+  return 0;
+}
+
+int MigrationAbort(const Client& client, const Output& o, const std::string& id,
+                   const std::string& reason) {
+  sv1::AbortMigrationRequest req;
+  req.set_migration_id(id);
+  req.set_reason(reason);
+  req.set_requester(client.settings().requester);
+  sv1::AbortMigrationResponse resp;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.AbortMigration(ctx, req, &resp); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), absl::StrCat("migration-abort ", id), st,
+                       "cloudctl migration-list shows the migrations");
+  }
+  if (o.json) {
+    std::cout << ToJson(resp);
+    return 0;
+  }
+  const auto& m = resp.migration();
+  std::cout << "Abort of migration " << m.number() << " recorded (status now "
+            << StatusName(m.status()) << "); it rolls back to " << m.source_host()
+            << " and ends cancelled.\nFollow it: cloudctl migration-show " << m.number() << "\n";
+  return 0;
+}
+
+int MigrationForceComplete(const Client& client, const Output& o, const std::string& id) {
+  sv1::ForceCompleteMigrationRequest req;
+  req.set_migration_id(id);
+  req.set_requester(client.settings().requester);
+  sv1::ForceCompleteMigrationResponse resp;
+  const grpc::Status st = client.Call(
+      [&](auto& stub, auto* ctx) { return stub.ForceCompleteMigration(ctx, req, &resp); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), absl::StrCat("migration-force-complete ", id), st,
+                       "cloudctl migration-list shows the migrations");
+  }
+  if (o.json) {
+    std::cout << ToJson(resp);
+    return 0;
+  }
+  const auto& m = resp.migration();
+  std::cout << "Force-complete of migration " << m.number() << " requested"
+            << (m.options().allow_post_copy() ? " (post-copy allowed: it may switch to post-copy)"
+                                              : " (the guest pauses until the copy completes)")
+            << ".\nFollow it: cloudctl migration-show " << m.number() << "\n";
+  return 0;
+}
+
+int HostList(const Client& client, const Output& o, const std::string& status,
+             const std::string& state, uint32_t limit, const std::string& marker) {
+  sv1::ListHostsRequest req;
+  if (!status.empty()) req.set_enabled(status == "enabled");
+  if (!state.empty()) req.set_up(state == "up");
+  req.set_page_size(limit);
+  req.set_page_token(marker);
+  sv1::ListHostsResponse resp;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.ListHosts(ctx, req, &resp); });
+  if (!st.ok()) return ReportError(client.settings(), "host-list", st);
+  if (o.json) {
+    std::cout << ToJson(resp);
+    return 0;
+  }
+  std::cout << (resp.hosts_size() == 0 ? "No hosts match (no agent has reported yet?).\n"
+                                       : RenderHostList(resp));
+  if (!resp.next_page_token().empty()) {
+    std::cout << "More hosts: repeat with --marker " << resp.next_page_token() << "\n";
+  }
+  return 0;
+}
+
+constexpr char kHostNotFound[] = "cloudctl host-list shows the hosts that have reported";
+
+int HostShow(const Client& client, const Output& o, const std::string& host) {
+  sv1::GetHostRequest req;
+  req.set_hostname(host);
+  sv1::Host h;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.GetHost(ctx, req, &h); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), absl::StrCat("host-show ", host), st, kHostNotFound);
+  }
+  std::cout << (o.json ? ToJson(h) : RenderHost(h));
+  return 0;
+}
+
+int HostSetEnabled(const Client& client, const Output& o, const std::string& host, bool enabled,
+                   const std::string& reason) {
+  sv1::SetHostEnabledRequest req;
+  req.set_hostname(host);
+  req.set_enabled(enabled);
+  req.set_reason(reason);
+  req.set_requester(client.settings().requester);
+  sv1::Host h;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.SetHostEnabled(ctx, req, &h); });
+  if (!st.ok()) {
+    return ReportError(client.settings(),
+                       absl::StrCat(enabled ? "host-enable " : "host-disable ", host), st,
+                       kHostNotFound);
+  }
+  if (o.json) {
+    std::cout << ToJson(h);
+    return 0;
+  }
+  if (enabled) {
+    std::cout << "Host " << host << " enabled: it accepts new migrations and instances again.\n";
+  } else {
+    std::cout << "Host " << host << " disabled (reason: " << h.disabled_reason() << ", by "
+              << OrDash(h.disabled_by())
+              << "): no new migrations to it; migrations in flight go on.\n"
+                 "To move its instances away: cloudctl host-evacuate-live "
+              << host << " --wait\n";
+  }
+  return 0;
+}
+
+grpc::Status GetEvacuation(const Client& client, const std::string& id, sv1::Evacuation* e) {
+  sv1::GetEvacuationRequest req;
+  req.set_evacuation_id(id);
+  return client.Call([&](auto& stub, auto* ctx) { return stub.GetEvacuation(ctx, req, e); });
+}
+
+// Polls an evacuation until it is no longer running, printing each instance's outcome as it
+// changes. Returns the exit code.
+int WaitForEvacuation(const Client& client, const Output& o, sv1::Evacuation e) {
+  InstallInterruptHint(absl::StrCat("cloudctl: stopped waiting; evacuation ", e.id(),
+                                    " goes on. Follow it: cloudctl evacuation-show ", e.id()));
+  std::ostream& out = o.progress();
+  std::map<std::string, std::string> seen;  // instance -> last printed line
+  std::optional<absl::Time> failing_since;
+  while (true) {
+    for (const auto& it : e.items()) {
+      std::string line =
+          absl::StrCat("  ", it.instance_name().empty() ? it.instance_uuid() : it.instance_name(),
+                       ": ", EvacuationItemOutcomeName(it.outcome()));
+      if (!it.migration_id().empty())
+        absl::StrAppend(&line, " (migration ", it.migration_id(), ")");
+      if (!it.dest_host().empty()) absl::StrAppend(&line, " -> ", it.dest_host());
+      if (!it.reason().empty()) absl::StrAppend(&line, ": ", it.reason());
+      if (seen[it.instance_uuid()] != line) {
+        out << line << "\n" << std::flush;
+        seen[it.instance_uuid()] = line;
+      }
+    }
+    if (e.status() != sv1::EVACUATION_STATUS_RUNNING) break;
+    absl::SleepFor(absl::Seconds(1));
+    sv1::Evacuation next;
+    const grpc::Status st = GetEvacuation(client, e.id(), &next);
+    if (st.ok()) {
+      failing_since.reset();
+      e = next;
+      continue;
+    }
+    if (!Retryable(st.error_code())) {
+      return ReportError(client.settings(), absl::StrCat("waiting for evacuation ", e.id()), st);
+    }
+    if (!failing_since) failing_since = absl::Now();
+    if (absl::Now() - *failing_since > kWaitGiveUp) {
+      return ReportError(client.settings(), absl::StrCat("waiting for evacuation ", e.id()), st);
+    }
+  }
+  if (o.json) {
+    std::cout << ToJson(e);
+  } else {
+    std::cout << "Evacuation " << e.id() << " of " << e.host() << " "
+              << EvacuationStatusName(e.status()) << ": " << e.succeeded() << " succeeded, "
+              << e.failed() << " failed, " << e.skipped() << " skipped (of " << e.total() << ").\n";
+  }
+  if (e.status() == sv1::EVACUATION_STATUS_COMPLETED) return 0;
+  std::cerr << "cloudctl: evacuation " << e.id() << " of " << e.host() << " "
+            << EvacuationStatusName(e.status())
+            << (e.failure_reason().empty() ? "" : ": " + e.failure_reason()) << "\n"
+            << "hint: cloudctl evacuation-show " << e.id() << " lists every instance's outcome\n";
+  return kExitEndedBadly;
+}
+
+struct EvacuateArgs {
+  std::string host, target, block = "auto", request_id;
+  uint32_t max_parallel = 0;
+  bool wait = false;
+};
+
+int HostEvacuateLive(const Client& client, const Output& o, const EvacuateArgs& a) {
+  sv1::EvacuateHostRequest req;
+  req.set_hostname(a.host);
+  req.set_max_parallel(a.max_parallel);
+  req.set_destination(a.target);
+  req.mutable_options()->set_mode(v1::MIGRATION_MODE_LIVE);
+  req.mutable_options()->set_block_migration(BlockMigrationFrom(a.block));
+  req.set_request_id(a.request_id);
+  req.set_requester(client.settings().requester);
+  sv1::Evacuation e;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.EvacuateHost(ctx, req, &e); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), absl::StrCat("host-evacuate-live ", a.host), st,
+                       kHostNotFound);
+  }
+  if (!a.wait) {
+    if (o.json) {
+      std::cout << ToJson(e);
+    } else {
+      std::cout << "Evacuation " << e.id() << " of " << e.host() << " started: " << e.total()
+                << " instance(s), at most " << e.max_parallel()
+                << " at once.\nFollow it: cloudctl evacuation-show " << e.id() << "\n";
+    }
+    return 0;
+  }
+  o.progress() << "Evacuation " << e.id() << " of " << e.host() << " started: " << e.total()
+               << " instance(s), at most " << e.max_parallel() << " at once.\n"
+               << std::flush;
+  return WaitForEvacuation(client, o, e);
+}
+
+int EvacuationList(const Client& client, const Output& o, const std::string& host, uint32_t limit,
+                   const std::string& marker) {
+  sv1::ListEvacuationsRequest req;
+  req.set_host(host);
+  req.set_page_size(limit);
+  req.set_page_token(marker);
+  sv1::ListEvacuationsResponse resp;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.ListEvacuations(ctx, req, &resp); });
+  if (!st.ok()) return ReportError(client.settings(), "evacuation-list", st);
+  if (o.json) {
+    std::cout << ToJson(resp);
+    return 0;
+  }
+  std::cout << (resp.evacuations_size() == 0 ? "No evacuations match.\n"
+                                             : RenderEvacuationList(resp));
+  if (!resp.next_page_token().empty()) {
+    std::cout << "More evacuations: repeat with the same filters and --marker "
+              << resp.next_page_token() << "\n";
+  }
+  return 0;
+}
+
+int EvacuationShow(const Client& client, const Output& o, const std::string& id) {
+  sv1::Evacuation e;
+  const grpc::Status st = GetEvacuation(client, id, &e);
+  if (!st.ok()) {
+    return ReportError(client.settings(), absl::StrCat("evacuation-show ", id), st,
+                       "cloudctl evacuation-list shows the evacuations");
+  }
+  std::cout << (o.json ? ToJson(e) : RenderEvacuation(e));
+  return 0;
+}
+
+int InstanceList(const Client& client, const Output& o, const std::string& host, uint32_t limit,
+                 const std::string& marker) {
+  sv1::ListInstancesRequest req;
+  req.set_host(host);
+  req.set_page_size(limit);
+  req.set_page_token(marker);
+  sv1::ListInstancesResponse resp;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.ListInstances(ctx, req, &resp); });
+  if (!st.ok()) return ReportError(client.settings(), "instance-list", st);
+  if (o.json) {
+    std::cout << ToJson(resp);
+    return 0;
+  }
+  std::cout << (resp.instances_size() == 0 ? "No instances match.\n" : RenderInstanceList(resp));
+  if (!resp.next_page_token().empty()) {
+    std::cout << "More instances: repeat with the same filters and --marker "
+              << resp.next_page_token() << "\n";
+  }
+  return 0;
+}
+
+int InstanceShow(const Client& client, const Output& o, const std::string& uuid) {
+  sv1::GetInstanceRequest req;
+  req.set_instance_uuid(uuid);
+  sv1::Instance i;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.GetInstance(ctx, req, &i); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), absl::StrCat("instance-show ", uuid), st,
+                       "cloudctl instance-list shows the instances the agents report");
+  }
+  std::cout << (o.json ? ToJson(i) : RenderInstance(i));
+  return 0;
+}
+
+// ---- help texts ----------------------------------------------------------------------------
+
+constexpr char kTopFooter[] = R"(Server, identity and output:
+  The scheduler's address is --server, else $LIVEMIG_SERVER, else `server = ...` in the config
+  file (--config, else ~/.config/livemig/cloudctl.conf), else unix:/run/livemig/scheduler-api.sock.
+  The config file may also set token, requester and timeout (`key = value` lines).
+  --requester (else $LIVEMIG_USER, else $USER) is recorded with every change you make.
+  --token (else $LIVEMIG_TOKEN, else `token = ...`) is sent as "authorization: Bearer <token>":
+  a reader token may list, show and dry-run; an operator token may also change things.
+  Global options work before or after the command: cloudctl host-list --json.
+
+Exit codes:
+  0  success
+  1  any other error
+  2  invalid argument: bad UUID, host name, option or command line
+  3  not found: unknown instance, host, migration or evacuation
+  4  conflict: the instance is already migrating, or a concurrent change won (retry)
+  5  failed precondition: instance not running, host disabled or down, option not
+     supported by the hypervisor, wrong state for abort / force-complete; a dry run
+     whose checks fail
+  6  authentication: no or bad token, or a role that may not do this
+  7  the scheduler is unreachable or did not answer in time (--timeout)
+  8  --wait: the migration (or evacuation) ended failed, cancelled or in error
+  130 interrupted while waiting (the migration goes on)
+
+Examples:
+  cloudctl host-list
+  cloudctl live-migration 3f2b...-e1 host-b --wait
+  cloudctl live-migration 3f2b...-e1 --dry-run
+  cloudctl migration-list --status running --status post-migrating
+  cloudctl migration-show 42
+  cloudctl host-disable host-a --reason "BIOS update" && cloudctl host-evacuate-live host-a --wait
+
+Run `cloudctl <command> --help` for a command's options and examples.)";
+
+std::string Footer(const std::string& examples) {
+  return absl::StrCat("Examples:\n", examples,
+                      "\n\nGlobal options (--server, --json, --timeout, --token, --requester, "
+                      "--config) go before or after the command; exit codes: cloudctl --help.");
+}
+
+}  // namespace
+}  // namespace livemig::cloudctl
+
+int main(int argc, char** argv) {
+  using namespace livemig::cloudctl;  // NOLINT: main only
+  CLI::App app{
+      "cloudctl: the operator CLI of the live-migration control plane (a client of the\n"
+      "scheduler's gRPC API). Live-migrates instances between Xen hosts, follows and steers\n"
+      "migrations, manages hosts (disable, enable, evacuate) and shows instances.",
+      "cloudctl"};
+  app.get_formatter()->column_width(36);
+  app.require_subcommand(1);
+  app.fallthrough();
+  app.footer(kTopFooter);
+  app.set_version_flag("--version", "cloudctl 0.1.0");
+
+  Flags flags;
+  Output out;
+  double timeout_s = 30;
+  app.add_option("--server", flags.server,
+                 "scheduler API address: unix:/path/api.sock or HOST:PORT (env LIVEMIG_SERVER)");
+  app.add_option("--config", flags.config, "config file (default ~/.config/livemig/cloudctl.conf)");
+  CLI::Option* timeout_opt =
+      app.add_option("--timeout", timeout_s,
+                     "deadline of each call in seconds (default 30; --wait applies it per call)");
+  app.add_option("--token", flags.token, "bearer token (env LIVEMIG_TOKEN)");
+  app.add_option("--requester", flags.requester,
+                 "who you act for, recorded with changes (env LIVEMIG_USER, default $USER)");
+  app.add_flag("--json", out.json, "print the API's objects as JSON instead of tables");
+
+  std::function<int(const Client&)> run;
+  auto sub = [&](const std::string& name, const std::string& description,
+                 const std::string& examples) {
+    CLI::App* s = app.add_subcommand(name, description);
+    s->fallthrough();
+    s->footer(Footer(examples));
+    return s;
+  };
+
+  // live-migration
+  MigrateArgs mig;
+  {
+    CLI::App* s =
+        sub("live-migration",
+            "Live-migrate an instance to a host, or to the scheduler's choice "
+            "(openstack server migrate --live-migration)",
+            "  cloudctl live-migration 33333333-2222-4333-8444-555555555555 host-b --wait\n"
+            "  cloudctl live-migration <uuid> --dry-run        # every check, every "
+            "candidate host\n"
+            "  cloudctl live-migration <uuid> host-b --block-migrate yes "
+            "--completion-timeout 600 \\\n"
+            "      --completion-action force-complete --allow-post-copy --wait\n"
+            "  cloudctl live-migration <uuid> host-b --request-id change-1234   # safe "
+            "to retry");
+    s->add_option("uuid", mig.uuid, "the instance's UUID")->required();
+    s->add_option("dest", mig.dest, "destination host (default: the scheduler chooses)");
+    s->add_option("--block-migrate", mig.block,
+                  "copy local disks: auto (when storage is not shared), yes or no")
+        ->check(CLI::IsMember({"auto", "yes", "no"}))
+        ->capture_default_str();
+    s->add_flag("--offline", mig.offline,
+                "offline migration: the guest is paused during the transfer");
+    mig.completion_timeout_opt =
+        s->add_option("--completion-timeout", mig.completion_timeout,
+                      "seconds the transfer may take before --completion-action applies (0: none)");
+    mig.completion_action_opt =
+        s->add_option("--completion-action", mig.completion_action,
+                      "when the completion timeout expires: abort or force-complete")
+            ->check(CLI::IsMember({"abort", "force-complete"}));
+    mig.max_downtime_opt = s->add_option("--max-downtime", mig.max_downtime,
+                                         "maximum guest downtime at switch-over, ms");
+    mig.bandwidth_opt =
+        s->add_option("--bandwidth", mig.bandwidth, "bandwidth limit in MiB/s (0: unlimited)");
+    s->add_flag("--allow-post-copy", mig.allow_post_copy,
+                "allow switching to post-copy (no rollback to the source after it starts)");
+    s->add_flag("--dry-run", mig.dry_run,
+                "run every check for every candidate host (or the given one) and print them; "
+                "changes nothing");
+    s->add_flag("--wait", mig.wait,
+                "follow the migration with a progress bar until it ends; exit 8 unless it "
+                "completes");
+    s->add_option("--request-id", mig.request_id,
+                  "your id for this request: a retry with the same id returns the same "
+                  "migration");
+    s->callback([&] { run = [&](const Client& c) { return LiveMigration(c, out, mig); }; });
+  }
+
+  // migration-list
+  std::vector<std::string> ml_status;
+  std::string ml_host, ml_instance, ml_marker;
+  uint32_t ml_limit = 0;
+  {
+    CLI::App* s =
+        sub("migration-list", "List migrations, newest first (openstack server migration list)",
+            "  cloudctl migration-list\n"
+            "  cloudctl migration-list --status running --status post-migrating\n"
+            "  cloudctl migration-list --host host-a --limit 20\n"
+            "  cloudctl migration-list --instance <uuid> --json\n"
+            "  cloudctl migration-list --limit 20 --marker <token from the previous "
+            "page>");
+    s->add_option("--status", ml_status,
+                  std::string("only these statuses (repeatable): ") + kStatusNames);
+    s->add_option("--host", ml_host, "only migrations from or to this host");
+    s->add_option("--instance", ml_instance, "only migrations of this instance (UUID)");
+    s->add_option("--limit", ml_limit, "page size (default 50, at most 1000)");
+    s->add_option("--marker", ml_marker, "next-page token printed by the previous page");
+    s->callback([&] {
+      run = [&](const Client& c) {
+        return MigrationList(c, out, ml_status, ml_host, ml_instance, ml_limit, ml_marker);
+      };
+    });
+  }
+
+  // migration-show / -abort / -force-complete
+  std::string migration_id, abort_reason;
+  {
+    CLI::App* s = sub("migration-show",
+                      "Show a migration and its step timeline (openstack server migration show)",
+                      "  cloudctl migration-show 42\n"
+                      "  cloudctl migration-show 0b6f...-9a --json");
+    s->add_option("id", migration_id, "migration number or UUID")->required();
+    s->callback(
+        [&] { run = [&](const Client& c) { return MigrationShow(c, out, migration_id); }; });
+
+    CLI::App* a = sub("migration-abort",
+                      "Abort a migration that has not reached post-copy; it rolls back to the "
+                      "source (openstack server migration abort)",
+                      "  cloudctl migration-abort 42\n"
+                      "  cloudctl migration-abort 42 --reason \"maintenance window over\"");
+    a->add_option("id", migration_id, "migration number or UUID")->required();
+    a->add_option("--reason", abort_reason, "why (recorded with the abort)");
+    a->callback([&] {
+      run = [&](const Client& c) { return MigrationAbort(c, out, migration_id, abort_reason); };
+    });
+
+    CLI::App* f = sub("migration-force-complete",
+                      "Force a running migration to complete: post-copy if allowed, else pause "
+                      "the guest (openstack server migration force complete)",
+                      "  cloudctl migration-force-complete 42");
+    f->add_option("id", migration_id, "migration number or UUID")->required();
+    f->callback([&] {
+      run = [&](const Client& c) { return MigrationForceComplete(c, out, migration_id); };
+    });
+  }
+
+  // hosts
+  std::string host, host_reason, hl_status, hl_state, hl_marker;
+  uint32_t hl_limit = 0;
+  {
+    CLI::App* s = sub("host-list", "List the hosts: enabled/disabled, up/down, memory, migrations",
+                      "  cloudctl host-list\n"
+                      "  cloudctl host-list --status disabled\n"
+                      "  cloudctl host-list --state down --json");
+    s->add_option("--status", hl_status, "only enabled or disabled hosts")
+        ->check(CLI::IsMember({"enabled", "disabled"}));
+    s->add_option("--state", hl_state, "only up or down hosts")
+        ->check(CLI::IsMember({"up", "down"}));
+    s->add_option("--limit", hl_limit, "page size (default 50)");
+    s->add_option("--marker", hl_marker, "next-page token printed by the previous page");
+    s->callback([&] {
+      run = [&](const Client& c) {
+        return HostList(c, out, hl_status, hl_state, hl_limit, hl_marker);
+      };
+    });
+
+    CLI::App* sh = sub("host-show", "Show a host: hypervisor, CPU, memory, storage, capabilities",
+                       "  cloudctl host-show host-a");
+    sh->add_option("host", host, "host name")->required();
+    sh->callback([&] { run = [&](const Client& c) { return HostShow(c, out, host); }; });
+
+    CLI::App* d = sub("host-disable",
+                      "Disable a host for new migrations and placement (migrations in flight go "
+                      "on)",
+                      "  cloudctl host-disable host-a --reason \"BIOS update, ticket 1234\"");
+    d->add_option("host", host, "host name")->required();
+    d->add_option("--reason", host_reason, "why (required; shown by host-list and host-show)")
+        ->required();
+    d->callback([&] {
+      run = [&](const Client& c) { return HostSetEnabled(c, out, host, false, host_reason); };
+    });
+
+    CLI::App* e = sub("host-enable", "Enable a host again (clears the disabled reason)",
+                      "  cloudctl host-enable host-a");
+    e->add_option("host", host, "host name")->required();
+    e->callback(
+        [&] { run = [&](const Client& c) { return HostSetEnabled(c, out, host, true, ""); }; });
+  }
+
+  EvacuateArgs ev;
+  {
+    CLI::App* s = sub("host-evacuate-live",
+                      "Live-migrate every instance off a host (novaclient host-evacuate-live); "
+                      "disable the host first to keep new instances away",
+                      "  cloudctl host-evacuate-live host-a --wait\n"
+                      "  cloudctl host-evacuate-live host-a --max-parallel 4 --target-host "
+                      "host-c");
+    s->add_option("host", ev.host, "host to evacuate")->required();
+    s->add_option("--max-parallel,--max-servers", ev.max_parallel,
+                  "migrations in flight at once (default: the scheduler's per-host limit)");
+    s->add_option("--target-host,--destination", ev.target,
+                  "destination for every instance (default: the scheduler chooses per instance)");
+    s->add_option("--block-migrate", ev.block, "copy local disks: auto, yes or no")
+        ->check(CLI::IsMember({"auto", "yes", "no"}))
+        ->capture_default_str();
+    s->add_option("--request-id", ev.request_id,
+                  "your id for this request: a retry with the same id returns the same "
+                  "evacuation");
+    s->add_flag("--wait", ev.wait,
+                "show each instance's outcome until the evacuation ends; exit 8 unless every "
+                "instance moved");
+    s->callback([&] { run = [&](const Client& c) { return HostEvacuateLive(c, out, ev); }; });
+  }
+
+  std::string evl_host, evl_marker, evacuation_id;
+  uint32_t evl_limit = 0;
+  {
+    CLI::App* s = sub("evacuation-list", "List host evacuations, newest first",
+                      "  cloudctl evacuation-list\n"
+                      "  cloudctl evacuation-list --host host-a");
+    s->add_option("--host", evl_host, "only evacuations of this host");
+    s->add_option("--limit", evl_limit, "page size");
+    s->add_option("--marker", evl_marker, "next-page token printed by the previous page");
+    s->callback([&] {
+      run = [&](const Client& c) {
+        return EvacuationList(c, out, evl_host, evl_limit, evl_marker);
+      };
+    });
+
+    CLI::App* sh = sub("evacuation-show", "Show an evacuation and every instance's outcome",
+                       "  cloudctl evacuation-show 3");
+    sh->add_option("id", evacuation_id, "evacuation id")->required();
+    sh->callback(
+        [&] { run = [&](const Client& c) { return EvacuationShow(c, out, evacuation_id); }; });
+  }
+
+  std::string il_host, il_marker, instance_uuid;
+  uint32_t il_limit = 0;
+  {
+    CLI::App* s = sub("instance-list", "List the instances (domains the agents report)",
+                      "  cloudctl instance-list\n"
+                      "  cloudctl instance-list --host host-a --json");
+    s->add_option("--host", il_host, "only instances on this host");
+    s->add_option("--limit", il_limit, "page size (default 50)");
+    s->add_option("--marker", il_marker, "next-page token printed by the previous page");
+    s->callback([&] {
+      run = [&](const Client& c) { return InstanceList(c, out, il_host, il_limit, il_marker); };
+    });
+
+    CLI::App* sh = sub("instance-show", "Show an instance: host, state, active migration",
+                       "  cloudctl instance-show 33333333-2222-4333-8444-555555555555");
+    sh->add_option("uuid", instance_uuid, "instance UUID")->required();
+    sh->callback(
+        [&] { run = [&](const Client& c) { return InstanceShow(c, out, instance_uuid); }; });
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {  // --help, --help-all, --version
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string where = "cloudctl";
+    for (const CLI::App* s : app.get_subcommands()) where = "cloudctl " + s->get_name();
+    std::cerr << "cloudctl: " << e.what() << "\n"
+              << "hint: " << where << " --help shows the usage\n";
+    return livemig::ExitCodeFor(absl::StatusCode::kInvalidArgument);
+  }
+  if (timeout_opt->count() > 0) flags.timeout_s = timeout_s;
+  // cloudctl reports every failure itself; gRPC's own log lines would only repeat them
+  // (GRPC_VERBOSITY=debug brings them back for troubleshooting).
+  if (std::getenv("GRPC_VERBOSITY") == nullptr) gpr_set_log_function([](gpr_log_func_args*) {});
+  auto settings = ResolveSettings(flags, [](const char* name) { return std::getenv(name); });
+  if (!settings.ok()) return ArgError(std::string(settings.status().message()));
+  if (!run) return ArgError("no command given; see cloudctl --help");
+  const Client client(*settings);
+  return run(client);
+}
