@@ -55,6 +55,8 @@ int main(int argc, char** argv) {
       "Serves the compute agent RPCs (mutual TLS), drives the host-side migration steps through\n"
       "libvirt (or a fake hypervisor for tests) and reports the host to the scheduler."};
   app.set_config("--config", "", "read options from this file (TOML or INI: key = value)");
+  // A misspelt key in a config file is an error, not a silently ignored setting.
+  app.allow_config_extras(CLI::config_extras_mode::error);
   app.get_formatter()->column_width(44);
 
   std::string listen, hostname, advertise;

@@ -26,6 +26,8 @@ PACKAGES=(
   chromium
   # the unchanged OpenStack client, run against the Compute API subset by the tests
   python3-openstackclient
+  # systemd-analyze verifies the production units in the deploy test (not used as init here)
+  systemd python3-yaml
 )
 
 missing=()

@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
       "agents (mutual TLS) through each migration, and resumes in-flight migrations after a\n"
       "restart. Only this process touches the database."};
   app.set_config("--config", "", "read options from this file (TOML or INI: key = value)");
+  // A misspelt key in a config file is an error, not a silently ignored setting.
+  app.allow_config_extras(CLI::config_extras_mode::error);
   app.get_formatter()->column_width(44);
   std::string db = std::getenv("LIVEMIG_DB") ? std::getenv("LIVEMIG_DB") : "";
   app.add_option("--db", db, "PostgreSQL connection string (env LIVEMIG_DB)");
