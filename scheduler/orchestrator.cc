@@ -783,6 +783,28 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
   sv1::CheckMigrationResponse resp;
   resp.set_instance_uuid(inst.uuid);
   resp.set_source_host(inst.host);
+  auto instance_check = [&](const std::string& name, bool ok, const std::string& reason) {
+    v1::CheckResult* c = resp.add_instance_checks();
+    c->set_host(inst.host);
+    c->set_name(name);
+    c->set_passed(ok);
+    c->set_reason(reason);
+  };
+  const bool runs = inst.power_state == "running" || inst.power_state == "paused" ||
+                    inst.power_state == "blocked";
+  instance_check("instance_state", runs && !inst.missing,
+                 inst.missing ? absl::StrCat("instance ", inst.uuid, " is missing on ", inst.host)
+                              : absl::StrCat("instance is ", inst.power_state,
+                                             runs ? ""
+                                                  : ": only a running or paused instance "
+                                                    "can be live-migrated"));
+  instance_check("instance_not_migrating", !inst.task_state.has_value(),
+                 inst.task_state ? absl::StrCat("instance is already migrating",
+                                                inst.active_migration_id
+                                                    ? absl::StrCat(" (migration ",
+                                                                   *inst.active_migration_id, ")")
+                                                    : "")
+                                 : "no migration holds the instance");
   for (auto& c : CheckSource(inst, src, req.options())) *resp.add_instance_checks() = c;
   std::vector<sv1::HostCheck> checks;
   if (!req.destination().empty()) {
@@ -800,7 +822,17 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
   auto desc = src_agent->DescribeInstance(di);
   std::random_device rd;
   for (auto& hc : checks) {
-    if (!hc.passed() || !desc.ok()) continue;
+    if (hc.passed() && !desc.ok()) {
+      v1::CheckResult* c = hc.add_checks();
+      c->set_host(src.report.hostname);
+      c->set_name("agent_source");
+      c->set_reason(
+          absl::StrCat("the source agent cannot describe the instance, so the agent "
+                       "checks did not run: ",
+                       desc.status().message()));
+      hc.set_passed(false);
+    }
+    if (!hc.passed()) continue;
     auto dst = hosts_->GetHost(hc.host(), options_.service_down_time);
     if (!dst.ok()) continue;
     auto dst_agent = agents_->ForHost(hc.host(), dst->report.agent_address);
@@ -838,6 +870,10 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
         for (const auto& c : sr->checks()) *hc.add_checks() = c;
         hc.set_passed(sr->passed());
       } else {
+        v1::CheckResult* c = hc.add_checks();
+        c->set_host(src.report.hostname);
+        c->set_name("agent_src");
+        c->set_reason(std::string(sr.status().message()));
         hc.set_passed(false);
       }
     } else {
