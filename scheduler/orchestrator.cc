@@ -130,9 +130,14 @@ class MigrationRun {
   absl::StatusOr<db::HostRecord> Host(const std::string& name) {
     return o_->hosts_->GetHost(name, opt().service_down_time);
   }
+  // The agent of `name`, resolved from its host report once per run of this state machine.
   absl::StatusOr<std::shared_ptr<AgentClient>> Agent(const std::string& name) {
+    auto it = agents_.find(name);
+    if (it != agents_.end()) return it->second;
     ASSIGN_OR_RETURN(db::HostRecord h, Host(name));
-    return o_->agents_->ForHost(name, h.report.agent_address);
+    auto client = o_->agents_->ForHost(name, h.report.agent_address);
+    agents_[name] = client;
+    return client;
   }
 
   // Retries an idempotent step on Unavailable / DeadlineExceeded.
@@ -668,6 +673,7 @@ class MigrationRun {
   const int64_t id_;
   db::MigrationRecord m_;
   std::vector<std::string> candidates_;
+  std::map<std::string, std::shared_ptr<AgentClient>> agents_;
   cv1::LiveMigrateData data_;
   bool prepared_ = false;
   v1::DomainState state_before_ = v1::DOMAIN_STATE_UNSPECIFIED;
