@@ -102,6 +102,9 @@ ok
 
 stage "building (bazel build //...; the first build takes several minutes)"
 bazel build //... >"$LOG/build.log" 2>&1 || fail "the build failed; see $LOG/build.log"
+# The default configuration's output directory (the bazel-bin symlink follows the last build,
+# which may have been another configuration, e.g. the optimized benchmarks).
+BIN=$(bazel info bazel-bin 2>>"$LOG/build.log") || fail "bazel info failed; see $LOG/build.log"
 CLOUDCTL=("$BIN/cloudctl/cloudctl" --server "unix:$RUN/api.sock")
 ok
 

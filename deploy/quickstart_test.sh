@@ -19,14 +19,15 @@ bash deploy/quickstart.sh >"/tmp/lm-qs-$$.log" 2>&1
 rc=$?
 tail -25 "/tmp/lm-qs-$$.log"
 check "quickstart exits 0" test "$rc" -eq 0
+bin=$(bazel info bazel-bin 2>/dev/null)
 export LIVEMIG_SERVER=unix:$state/run/api.sock
 export LIVEMIG_TOKEN=$(awk '$2 == "operator" {print $1; exit}' "$state/tokens" 2>/dev/null)
 check "the database recorded the migration as completed" \
-  bash -c "bazel-bin/cloudctl/cloudctl --json migration-list --status completed | grep -q MIGRATION_STATUS_COMPLETED"
+  bash -c "$bin/cloudctl/cloudctl --json migration-list --status completed | grep -q MIGRATION_STATUS_COMPLETED"
 check "the VM runs on lab-b only" \
   bash -c "[[ \$(bash integration_tests/lab/lab.sh where $state/lab demo-vm) == b ]]"
 check "the scheduler knows it on lab-b" \
-  bash -c "bazel-bin/cloudctl/cloudctl instance-show 4c1f0d2e-7a3b-4e5c-9d8f-0a1b2c3d4e5f | grep -q lab-b"
+  bash -c "$bin/cloudctl/cloudctl instance-show 4c1f0d2e-7a3b-4e5c-9d8f-0a1b2c3d4e5f | grep -q lab-b"
 check "the dashboard is served" \
   bash -c "curl -sf http://127.0.0.1:$port/dashboard | grep -qi '<html'"
 lab_id=$(sed -n 's/^LAB_ID=//p' "$state/lab/lab.env" 2>/dev/null | tr -d '"')
