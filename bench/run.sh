@@ -5,7 +5,7 @@
 #   bench/run.sh                       all four (the lab one only as root)
 #   bench/run.sh --only scale,lab      some of them (overhead, throughput, scale, lab)
 #   bench/run.sh --quick               small sizes (development; the figures mean little)
-#   bench/run.sh --wait-load 1.5       first wait (up to 30 min) for the 1-min load average < 1.5
+#   bench/run.sh --wait-load 1.5       before each benchmark, wait for the 1-min load average < 1.5
 #
 # Figures go to stdout and bench/results/<date>/figures.txt; each benchmark's log (the
 # scheduler's and agents' lines) to bench/results/<date>/<name>.log.
@@ -36,21 +36,28 @@ bazel build -c opt --config=opt //bench/... //scheduler:scheduler //compute:comp
 bin=$(bazel info -c opt --config=opt bazel-bin 2>/dev/null)
 echo "   built in $(( $(date +%s) - t0 )) s; binaries in $bin"
 
-if [[ -n $wait_load ]]; then
-  deadline=$(( $(date +%s) + 1800 ))
+# With --wait-load: before each benchmark, wait until the 1-min load average is below the limit
+# (at most 30 min before the first, 10 min before the others: the previous benchmark's own load
+# takes a few minutes to leave the average).
+wait_for_load() {
+  [[ -n $wait_load ]] || return 0
+  local deadline=$(( $(date +%s) + $1 )) load
   while :; do
     load=$(cut -d' ' -f1 /proc/loadavg)
-    if awk -v l="$load" -v m="$wait_load" 'BEGIN { exit !(l < m) }'; then break; fi
+    if awk -v l="$load" -v m="$wait_load" 'BEGIN { exit !(l < m) }'; then return 0; fi
     if (( $(date +%s) > deadline )); then
-      echo "   load still $load after 30 min: running anyway" ; break
+      echo "   load average still $load: running anyway"; return 0
     fi
     echo "   load average $load >= $wait_load: waiting"
-    sleep 30
+    sleep 20
   done
-fi
+}
+first_wait=1800
 
 run() {
   local name=$1; shift
+  wait_for_load "$first_wait"
+  first_wait=600
   echo
   echo "######## $name ($(date +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"
   local t=$(date +%s) rc=0

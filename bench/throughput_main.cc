@@ -132,6 +132,8 @@ int Run(int argc, char** argv) {
     const CpuTimes cpu1 = ReadCpu();
     std::vector<int64_t> numbers(migrations, 0);
     std::atomic<int> next{0}, failed_requests{0};
+    absl::Mutex refusal_mu;
+    std::string first_refusal;
     const absl::Time t0 = absl::Now();
     std::vector<std::thread> threads;
     for (int t = 0; t < submitters; ++t) {
@@ -142,6 +144,8 @@ int Run(int argc, char** argv) {
           if (!r.ok()) {
             ++failed_requests;
             std::cerr << "LiveMigrate " << i << ": " << r.status() << "\n";
+            absl::MutexLock l(&refusal_mu);
+            if (first_refusal.empty()) first_refusal = r.status().ToString();
             continue;
           }
           numbers[i] = r->migration().number();
@@ -196,6 +200,10 @@ int Run(int argc, char** argv) {
         absl::ToDoubleSeconds(submitted - t0), rate, wpm, rpm, commits_s, co.db_pool, ceiling,
         rate / ceiling));
     Note("   " + CpuLine(cpu1, cpu2, std::max(1, completed), "migration"));
+    if (!first_refusal.empty()) {
+      Note(absl::StrCat("   first refusal (all in the log): ",
+                        first_refusal.substr(0, first_refusal.find('\n'))));
+    }
     Note(absl::StrFormat(
         "   after the run the database placed %d instance(s) on another host than the one they "
         "run on (a periodic host report read before their migration completed, applied after)",
