@@ -7,6 +7,9 @@
 namespace livemig::db {
 
 std::string SqlState(const std::exception& e) {
+  // libpqxx 6.4's transaction_rollback family is not an sql_error: name their states here.
+  if (dynamic_cast<const pqxx::deadlock_detected*>(&e) != nullptr) return "40P01";
+  if (dynamic_cast<const pqxx::serialization_failure*>(&e) != nullptr) return "40001";
   if (auto* se = dynamic_cast<const pqxx::sql_error*>(&e)) return se->sqlstate();
   return "";
 }

@@ -165,7 +165,7 @@ class PgHostStore : public HostStore {
         "apply host report", [&](pqxx::work& w) -> absl::StatusOr<ReportResult> {
           ReportResult res;
           pqxx::result cur = w.exec_params(
-              "SELECT agent_boot_id, report_seq FROM hosts WHERE hostname = $1 FOR UPDATE",
+              "SELECT agent_boot_id, report_seq FROM hosts WHERE hostname = $1 FOR NO KEY UPDATE",
               p.hostname);
           if (!cur.empty() && Str(cur[0][0]) == p.agent_boot_id &&
               cur[0][1].as<int64_t>() >= p.seq) {
