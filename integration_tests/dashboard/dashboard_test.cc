@@ -288,7 +288,16 @@ TEST_CASE("dashboard: token form, live progress in flight, then completion in th
     return j.value("status", "") == "MIGRATION_STATUS_RUNNING" && j.contains("progress") &&
            j["progress"].contains("elapsed_ms");
   };
-  const json running = c.WaitMigration(id, running_with_progress, absl::Seconds(30));
+  // The first progress sample of a transfer may carry 0 bytes: wait for one that has moved.
+  const json running = c.WaitMigration(
+      id,
+      [&](const json& j) {
+        return running_with_progress(j) && j["progress"].contains("bytes_processed") &&
+               std::stod(j["progress"]["bytes_processed"].is_string()
+                             ? j["progress"]["bytes_processed"].get<std::string>()
+                             : j["progress"]["bytes_processed"].dump()) > 0;
+      },
+      absl::Seconds(30));
   c.WaitMigration(xid, running_with_progress, absl::Seconds(30));
   const absl::Time t_dump = absl::Now();
 
