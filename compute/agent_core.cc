@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "common/test_hooks.h"
 #include "driver/checks.h"
 
 namespace livemig::agent {
@@ -96,6 +97,7 @@ absl::StatusOr<Resp> AgentCore::RunStep(const std::string& id, const std::string
             StepName(step));
     return again;
   }
+  TestPoint(absl::StrCat(StepName(step), ":before"));  // tests only: received, nothing done
   const absl::Time start = absl::Now();
   absl::StatusOr<Resp> r = fn();
   const int64_t ms = absl::ToInt64Milliseconds(absl::Now() - start);
@@ -106,6 +108,7 @@ absl::StatusOr<Resp> AgentCore::RunStep(const std::string& id, const std::string
   }
   rec->done[step] = r->SerializeAsString();
   LogInfo("migration=%s instance=%s step=%s ok in %d ms", id, uuid, StepName(step), ms);
+  TestPoint(absl::StrCat(StepName(step), ":after"));  // tests only: done, answer not sent
   return r;
 }
 
@@ -241,6 +244,7 @@ absl::StatusOr<cv1::LiveMigrationResponse> AgentCore::LiveMigration(
                      ": live_migration needs the destination's pre_live_migration data; "
                      "run PreLiveMigration on the destination first"));
   }
+  TestPoint("live_migration:before");  // tests only: received, nothing started
   {
     absl::MutexLock l(&mu_);
     if (running_ >= options_.max_concurrent_migrations) {
@@ -279,13 +283,16 @@ absl::StatusOr<cv1::LiveMigrationResponse> AgentCore::LiveMigration(
   }
   rec->done[v1::MIGRATION_STEP_LIVE_MIGRATION] = "";
   resp.set_attached(job_running);
-  absl::MutexLock l(&mu_);
-  // Answer once the job is visible, so that progress, abort and force-complete find it.
-  auto seen = [rec]() { return rec->transfer_seen; };
-  mu_.AwaitWithTimeout(absl::Condition(&seen), options_.start_wait);
-  *resp.mutable_report() = rec->latest;
+  {
+    absl::MutexLock l(&mu_);
+    // Answer once the job is visible, so that progress, abort and force-complete find it.
+    auto seen = [rec]() { return rec->transfer_seen; };
+    mu_.AwaitWithTimeout(absl::Condition(&seen), options_.start_wait);
+    *resp.mutable_report() = rec->latest;
+  }
   LogInfo("migration=%s instance=%s step=live_migration %s to %s", id, req.instance_uuid(),
           job_running ? "attached to the running transfer" : "started", req.dest_host());
+  TestPoint("live_migration:after");  // tests only: the transfer runs, answer not sent
   return resp;
 }
 

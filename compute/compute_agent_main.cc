@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "common/log.h"
 #include "common/status_map.h"
+#include "common/test_hooks.h"
 #include "common/tls.h"
 #include "compute/agent_core.h"
 #include "compute/agent_service.h"
@@ -148,6 +149,10 @@ int main(int argc, char** argv) {
     hostname = buf;
   }
   livemig::SetLogComponent("compute_agent[" + hostname + "]");
+  livemig::SetTestPointProcess("agent:" + hostname);
+  if (livemig::TestHooksEnabled()) {
+    livemig::LogWarning("test hooks are ON (LIVEMIG_TEST_HOOK_DIR is set): for tests only");
+  }
   if (tls.insecure) {
     LogWarning(
         "--insecure-plaintext: no TLS and no authentication; every caller may drive "

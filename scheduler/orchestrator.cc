@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "common/test_hooks.h"
 #include "scheduler/convert.h"
 #include "scheduler/prechecks.h"
 
@@ -169,6 +170,7 @@ class MigrationRun {
 
   // ---- accepted: pre-checks from the database, destination choice ---------------------------
   absl::Status Accepted() {
+    TestPoint("pre_checks:before");  // tests only (common/test_hooks.h)
     const absl::Time start = absl::Now();
     if (AbortRequested()) return Move(S::kCancelled, "pre_checks", false, AbortReason(), start);
     ASSIGN_OR_RETURN(db::InstanceRecord inst, o_->instances_->GetInstance(m_.instance_uuid));
@@ -217,6 +219,7 @@ class MigrationRun {
     const std::string detail =
         absl::StrCat("pre-checks passed; destination ", dest,
                      m_.requested_dest.empty() ? " (chosen)" : " (requested)");
+    TestPoint("pre_checks:after");
     if (!slot)
       return Move(S::kQueued, "pre_checks", true, detail + "; waiting for a slot", start,
                   std::nullopt, set_dest);
@@ -301,8 +304,10 @@ class MigrationRun {
       dreq.set_source_hypervisor_version(static_cast<uint64_t>(src_host.report.hypervisor_version));
       *dreq.mutable_instance() = desc->domain();
       *dreq.mutable_options() = options;
+      TestPoint("check_can_live_migrate_on_dest:before");
       auto d = Retry<cv1::CheckCanLiveMigrateOnDestResponse>(
           [&] { return dst->CheckCanLiveMigrateOnDest(dreq); });
+      TestPoint("check_can_live_migrate_on_dest:after");
       if (!d.ok() || !d->passed()) {
         last_reason = d.ok() ? FirstFailure(d->checks()) : std::string(d.status().message());
         RETURN_IF_ERROR(
@@ -319,8 +324,10 @@ class MigrationRun {
       auto sreq = StepReq<cv1::CheckCanLiveMigrateOnSrcRequest>();
       *sreq.mutable_dest_check_data() = d->dest_check_data();
       *sreq.mutable_options() = options;
+      TestPoint("check_can_live_migrate_on_src:before");
       auto s = Retry<cv1::CheckCanLiveMigrateOnSrcResponse>(
           [&] { return src->CheckCanLiveMigrateOnSrc(sreq); });
+      TestPoint("check_can_live_migrate_on_src:after");
       if (!s.ok() || !s->passed()) {
         last_reason = s.ok() ? FirstFailure(s->checks()) : std::string(s.status().message());
         auto cleanup = StepReq<cv1::CheckCanLiveMigrateOnDestCleanupRequest>();
@@ -343,7 +350,9 @@ class MigrationRun {
       auto pre = StepReq<cv1::PreLiveMigrationRequest>();
       *pre.mutable_migrate_data() = data_;
       *pre.mutable_options() = options;
+      TestPoint("pre_live_migration:before");
       auto p = Retry<cv1::PreLiveMigrationResponse>([&] { return dst->PreLiveMigration(pre); });
+      TestPoint("pre_live_migration:after");
       if (!p.ok()) return RollBack(S::kFailed, std::string(p.status().message()));
       *data_.mutable_pre_live_migration() = p->pre_live_migration_data();
       prepared_ = true;
@@ -368,7 +377,9 @@ class MigrationRun {
     *lm.mutable_options() = OptionsFromJson(m_.options_json);
     if (prepared_) {
       *lm.mutable_migrate_data() = data_;
+      TestPoint("live_migration:before");
       auto r = Retry<cv1::LiveMigrationResponse>([&] { return src->LiveMigration(lm); });
+      TestPoint("live_migration:started");
       if (!r.ok() && r.status().code() != absl::StatusCode::kUnavailable &&
           r.status().code() != absl::StatusCode::kDeadlineExceeded) {
         return RollBack(S::kFailed, std::string(r.status().message()));
@@ -470,6 +481,7 @@ class MigrationRun {
       }
       last_ok = now;
       if (r->state() == cv1::TRANSFER_STATE_COMPLETED) {
+        TestPoint("live_migration:after");
         WriteProgress(*r);
         return Move(
             S::kPostMigrating, "live_migration", true,
@@ -566,8 +578,10 @@ class MigrationRun {
     std::string last;
     while (!o_->Stopping()) {
       if (!src_done) {
+        TestPoint("post_live_migration:before");
         auto p = src->PostLiveMigration(StepReq<cv1::PostLiveMigrationRequest>());
         if (p.ok()) {
+          TestPoint("post_live_migration:after");
           src_done = true;
           RETURN_IF_ERROR(Record("post_live_migration", true, "source cleaned up", t,
                                  Intent("post_live_migration_at_destination", m_.dest_host)));
@@ -577,9 +591,11 @@ class MigrationRun {
         }
       }
       if (src_done) {
+        TestPoint("post_live_migration_at_destination:before");
         auto at = dst->PostLiveMigrationAtDestination(
             StepReq<cv1::PostLiveMigrationAtDestinationRequest>());
         if (at.ok()) {
+          TestPoint("post_live_migration_at_destination:after");
           return Move(S::kCompleted, "post_live_migration_at_destination", true,
                       absl::StrCat("the instance runs on ", m_.dest_host), t);
         }
@@ -609,11 +625,13 @@ class MigrationRun {
     absl::Time t = absl::Now();
     if (!m_.dest_host.empty()) {
       ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
+      TestPoint("rollback_live_migration_at_destination:before");
       auto r = Retry<cv1::RollbackLiveMigrationAtDestinationResponse>([&] {
         auto req = StepReq<cv1::RollbackLiveMigrationAtDestinationRequest>();
         *req.mutable_migrate_data() = data_;
         return dst->RollbackLiveMigrationAtDestination(req);
       });
+      TestPoint("rollback_live_migration_at_destination:after");
       if (!r.ok()) {
         if (r.status().code() == absl::StatusCode::kFailedPrecondition &&
             absl::StrContains(r.status().message(), "only running copy") &&
@@ -638,8 +656,10 @@ class MigrationRun {
     req.set_state_before_migration(state_before_ != v1::DOMAIN_STATE_UNSPECIFIED
                                        ? state_before_
                                        : DomainStateFromName(inst.power_state));
+    TestPoint("rollback_live_migration:before");
     auto r =
         Retry<cv1::RollbackLiveMigrationResponse>([&] { return src->RollbackLiveMigration(req); });
+    TestPoint("rollback_live_migration:after");
     if (!r.ok()) {
       return Move(S::kError, "rollback_live_migration", false,
                   absl::StrCat(reason, "; rollback at source failed: ", r.status().message()), t);

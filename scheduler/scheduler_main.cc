@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "common/log.h"
 #include "common/status_map.h"
+#include "common/test_hooks.h"
 #include "common/tls.h"
 #include "db/pg_pool.h"
 #include "db/pg_stores.h"
@@ -117,6 +118,10 @@ int main(int argc, char** argv) {
                                            "token), or --no-auth for development only"));
   }
   if (no_auth) livemig::LogWarning("--no-auth: the APIs accept every caller as an operator");
+  livemig::SetTestPointProcess("scheduler");
+  if (livemig::TestHooksEnabled()) {
+    livemig::LogWarning("test hooks are ON (LIVEMIG_TEST_HOOK_DIR is set): for tests only");
+  }
   auto tokens = livemig::sched::TokenStore::Load(no_auth ? "" : tokens_file);
   if (!tokens.ok()) return Fail("tokens", tokens.status());
 
