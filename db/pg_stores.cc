@@ -643,7 +643,8 @@ class PgMigrationStore : public MigrationStore {
           pqxx::result r = w.exec_params(
               "UPDATE migrations SET status = $3, step = $4, updated_at = now(), "
               "dest_host = COALESCE($5, dest_host), "
-              "memory_claim_mib = COALESCE($6, memory_claim_mib), "
+              // A terminal status releases the claim (scheduler.proto, memory_claimed_mib).
+              "memory_claim_mib = CASE WHEN $9 THEN 0 ELSE COALESCE($6, memory_claim_mib) END, "
               "failure_reason = COALESCE($7, failure_reason), "
               "started_at = CASE WHEN $8 THEN COALESCE(started_at, now()) ELSE started_at END, "
               "finished_at = CASE WHEN $9 THEN now() ELSE NULL END, "

@@ -96,6 +96,14 @@ for label in $targets; do
     continue
   fi
   p=0 f=0
+  # A test that runs a matrix of cases inside one test case prints "CASES: <p> passed, <f> failed"
+  # per matrix; those lines count what really ran, with the other test cases of its binary.
+  cp=0 cf=0 cm=0
+  while read -r cl; do
+    cp=$((cp + $(sed -E 's/^CASES: ([0-9]+) passed.*/\1/' <<<"$cl")))
+    cf=$((cf + $(sed -E 's/.* ([0-9]+) failed$/\1/' <<<"$cl")))
+    cm=$((cm + 1))
+  done < <(grep -E '^CASES: [0-9]+ passed, [0-9]+ failed$' "$log" 2>/dev/null)
   if line=$(grep -E '^All tests passed \([0-9]+ assertions? in [0-9]+ test cases?\)' "$log" | tail -1) && [[ -n $line ]]; then
     p=$(sed -E 's/.* in ([0-9]+) test cases?\)/\1/' <<<"$line")
   elif line=$(grep -E '^test cases: *[0-9]+ \|' "$log" | tail -1) && [[ -n $line ]]; then
@@ -107,6 +115,11 @@ for label in $targets; do
     f=1
   fi
   # A target whose process failed after its summary (e.g. a crash at exit) is still a failure.
+  if ((cm > 0)); then
+    # Each matrix test case is replaced by its cases (it still fails if a case failed).
+    p=$((p > cm ? p - cm + cp : cp))
+    f=$((f + cf))
+  fi
   if ((f == 0)) && ! grep -q 'failures="0"' "$xml" 2>/dev/null; then
     if grep -qE 'failures="[1-9]|errors="[1-9]' "$xml" 2>/dev/null; then f=1; fi
   fi
