@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/lab_cloud.h"
 #include "scheduler/convert.h"
 #include "testing/lab.h"
 #include "testing/process.h"
@@ -17,51 +18,6 @@
 
 namespace livemig::e2e {
 namespace {
-
-constexpr char kGuest[] = "sg1";
-constexpr char kUuid[] = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
-constexpr char kToken[] = "lab-operator-token-0123456789";
-
-struct LabCloud {
-  std::unique_ptr<testing::Lab> lab;
-  std::unique_ptr<Cloud> cloud;
-  int http_port = testing::FreePort();
-  LabCloud() {
-    auto l = testing::Lab::Up();
-    if (!l.ok()) FAIL(l.status().ToString());
-    lab = std::move(l).value();
-    cloud = std::make_unique<Cloud>(lab->dir());
-    std::ofstream(lab->dir() + "/tokens") << kToken << " operator lab-operator\n";
-    cloud->set_token(kToken);
-    cloud->StartScheduler(absl::StrCat("--lease 4 --service-down-time 30 --report-interval 1 ",
-                                       "--tokens-file ", lab->dir(), "/tokens --http-listen ",
-                                       "127.0.0.1:", http_port));
-    for (const std::string h : {"a", "b"}) {
-      cloud->StartAgent(
-          "lab-" + h,
-          absl::StrCat("--listen unix:", lab->dir(), "/agent-", h, ".sock --libvirt-uri '",
-                       lab->Uri(h), "' --profile qemu --instance-path ", lab->InstancePath(),
-                       " --reserved-mib 256 --migration-uri ", lab->PeerUri(h),
-                       " --migration-data-host ", lab->Ip(h), " --no-tunnel --state-dir ",
-                       lab->dir(), "/agent-state-", h),
-          lab->ExecPrefix(h));
-    }
-    REQUIRE(lab->StartGuest("a", kGuest, kUuid).ok());
-    INFO(cloud->SchedulerLog());
-    REQUIRE(cloud->WaitInstanceOn(kUuid, "lab-a", absl::Seconds(30)));
-  }
-  ~LabCloud() {
-    cloud.reset();  // agents and scheduler first, then the lab
-    lab.reset();
-  }
-  std::string Where() {
-    auto w = lab->Where(kGuest);
-    REQUIRE(w.ok());
-    std::string s;
-    for (const auto& h : *w) s += h;
-    return s;
-  }
-};
 
 LabCloud& L() {
   static std::unique_ptr<LabCloud> l = std::make_unique<LabCloud>();
