@@ -736,5 +736,36 @@ TEST_CASE("a lost database connection is Unavailable and the next call reconnect
   CHECK(bad.status().code() == absl::StatusCode::kUnavailable);
 }
 
+// Guards that the guard-removal script (integration_tests/guards/remove_guards.sh) takes out one
+// at a time; each of these must fail when its guard is gone.
+TEST_CASE("the instance's task state is a compare-and-swap claim, whoever set it") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  // Claimed by something other than a migration row (e.g. an operator's lock): no row is active,
+  // so only the compare-and-swap on task_state can refuse the request.
+  db.Exec("UPDATE instances SET task_state = 'migrating' WHERE uuid = '" + Uuid(1) + "'");
+  auto r = migs.CreateMigration(NewMig(1));
+  CHECK(r.status().code() == absl::StatusCode::kAborted);
+  CHECK(r.status().message().find("already migrating") != std::string::npos);
+  CHECK(db.Count("SELECT count(*) FROM migrations") == 0);
+}
+
+TEST_CASE("leases: an owner whose lease expired can no longer move its migration") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  auto c = migs.CreateMigration(NewMig(1));
+  REQUIRE(c.ok());
+  const int64_t id = c->migration.id;
+  REQUIRE(*migs.AcquireLease(id, "sched-1", absl::Seconds(15)) == true);
+  CHECK(*migs.RenewLeases("sched-1", absl::ZeroDuration()) == 1);  // expired, nobody took it yet
+  // Another scheduler may take it over at any moment: the stale owner must not act.
+  auto t = migs.ApplyTransition(Step(id, MigrationStatus::kAccepted, MigrationStatus::kPreparing,
+                                     "check_can_live_migrate_on_dest"));
+  CHECK(t.status().code() == absl::StatusCode::kAborted);
+  CHECK(migs.GetMigration(id)->status == MigrationStatus::kAccepted);
+}
+
 }  // namespace
 }  // namespace livemig::db
