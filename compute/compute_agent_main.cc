@@ -106,6 +106,11 @@ int main(int argc, char** argv) {
   app.add_option("--fake-profile", fk.profile, "fake-qemu or fake-libxl")->capture_default_str();
   uint64_t fake_memory = fk.memory_total_mib;
   app.add_option("--fake-memory-mib", fake_memory, "fake host memory")->capture_default_str();
+  app.add_option("--fake-hypervisor-type", fk.hypervisor_type, "fake hypervisor type")
+      ->capture_default_str();
+  app.add_option("--fake-hypervisor-version", fk.hypervisor_version,
+                 "fake hypervisor version as libvirt encodes it (major*1000000+minor*1000+micro)")
+      ->capture_default_str();
 
   std::string scheduler, scheduler_name;
   double report_interval_s = 10;
@@ -168,6 +173,10 @@ int main(int argc, char** argv) {
     fk.memory_total_mib = fake_memory;
     fk.memory_reserved_mib = lv.memory_reserved_mib;
     if (!bridges.empty()) fk.bridges = absl::StrSplit(bridges, ',', absl::SkipEmpty());
+    if (!cpu_features.empty()) {
+      fk.cpu_features = absl::StrSplit(cpu_features, ',', absl::SkipEmpty());
+    }
+    if (app.count("--instance-path") > 0) fk.instance_path = lv.instance_path;
     auto d = livemig::driver::FakeDriver::Create(fk);
     if (!d.ok()) return Fail("fake driver", d.status());
     driver = std::move(d).value();

@@ -182,6 +182,11 @@ class MigrationRun {
     candidates_.clear();
     if (!m_.requested_dest.empty()) {
       ASSIGN_OR_RETURN(db::HostRecord dst, Host(m_.requested_dest));
+      // The request already claimed the instance's memory on its destination: that claim is
+      // this migration's own and must not count against it.
+      if (m_.dest_host == m_.requested_dest) {
+        dst.memory_claimed_mib = std::max<int64_t>(0, dst.memory_claimed_mib - m_.memory_claim_mib);
+      }
       sv1::HostCheck hc = CheckDestination(inst, src, dst, options);
       if (!hc.passed())
         return Move(S::kFailed, "pre_checks", false, FirstFailure(hc.checks()), start);

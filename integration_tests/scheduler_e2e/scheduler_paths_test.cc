@@ -1,0 +1,261 @@
+// Every path of a migration through the real binaries: the scheduler, PostgreSQL, and FakeDriver
+// compute agents as separate processes talking gRPC with mutual TLS on 127.0.0.1:
+//   - each pre-check failure (memory, hypervisor type, version, CPU, network, storage, an option
+//     the destination's backend lacks) is recorded on the row as failed, with its numbers;
+//   - a failure injected at each step up to the transfer rolls back: failed, VM on the source;
+//   - a failure at each post step rolls forward: completed, VM on the destination;
+//   - abort while queued and while running: cancelled, VM on the source; on Xen's backend an
+//     abort during the transfer is refused with a clear error;
+//   - beyond the per-host limit a migration waits as queued, then runs in FIFO order.
+// One cloud with a host per trait; each case uses its own VM on host-a.
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "driver/fake_driver.h"
+#include "integration_tests/scheduler_e2e/e2e.h"
+#include "testing/process.h"
+#include "testing/run_command.h"
+
+namespace livemig::e2e {
+namespace {
+
+using Loc = std::vector<std::pair<std::string, std::string>>;
+
+class PathsCloud {
+ public:
+  PathsCloud() {
+    cloud_.StartScheduler(
+        "--lease 3 --service-down-time 20 --report-interval 1 --max-outbound-per-host 1");
+    const std::string fake = absl::StrCat("--driver fake --fake-state-dir ", state_);
+    const std::vector<std::pair<std::string, std::string>> hosts = {
+        {"host-a", ""},
+        {"host-b", ""},
+        {"host-small", "--fake-memory-mib 1280"},  // 1280 - 512 reserve = 768 MiB free
+        {"host-kvm", "--fake-hypervisor-type QEMU"},
+        {"host-old", "--fake-hypervisor-version 4016000"},
+        {"host-cpu", "--cpu-features-override sse4.2,avx,aes"},  // no avx2
+        {"host-nobr", "--bridges br-other"},
+        {"host-local", absl::StrCat("--instance-path ", dir_, "/local-instances")},
+        {"xen-a", "--fake-profile fake-libxl"},
+        {"xen-b", "--fake-profile fake-libxl"},
+    };
+    for (const auto& [h, flags] : hosts) {
+      cloud_.StartAgent(
+          h, absl::StrCat(fake, " --listen 127.0.0.1:", testing::FreePort(), " ", flags));
+    }
+    REQUIRE(testing::WaitFor(
+        [&] {
+          auto snap = hv_.Snapshot();
+          if (!snap.ok()) return false;
+          for (const auto& [h, flags] : hosts) {
+            if (!(*snap)["hosts"].contains(h)) return false;
+          }
+          return true;
+        },
+        absl::Seconds(30)));
+  }
+  ~PathsCloud() { testing::RunCommand("rm -rf " + dir_).IgnoreError(); }
+
+  Cloud& cloud() { return cloud_; }
+  driver::FakeHypervisor& hv() { return hv_; }
+
+  // A new running VM of `mib` MiB on `host`, known to the scheduler.
+  std::string NewVm(const std::string& host = "host-a", uint64_t mib = 1024) {
+    char uuid[40];
+    std::snprintf(uuid, sizeof(uuid), "5a5a5a5a-0000-4000-8000-%012d", ++vms_);
+    REQUIRE(hv_.CreateDomain(host, uuid, absl::StrCat("vm-", vms_), mib).ok());
+    INFO(cloud_.SchedulerLog());
+    REQUIRE(cloud_.WaitInstanceOn(uuid, host, absl::Seconds(20)));
+    return uuid;
+  }
+  Loc Where(const std::string& uuid) {
+    auto w = hv_.Locate(uuid);
+    REQUIRE(w.ok());
+    return *w;
+  }
+  sv1::Migration MigrateAndWait(const std::string& uuid, const std::string& dest,
+                                const v1::MigrationOptions& o = {}) {
+    auto r = cloud_.Migrate(uuid, dest, o);
+    INFO(r.status().ToString());
+    REQUIRE(r.ok());
+    return cloud_.WaitTerminal(r->migration().id(), absl::Seconds(60));
+  }
+  absl::Status Abort(const std::string& id) {
+    grpc::ClientContext ctx;
+    cloud_.Prepare(&ctx);
+    sv1::AbortMigrationRequest a;
+    a.set_migration_id(id);
+    a.set_requester("paths-test");
+    sv1::AbortMigrationResponse resp;
+    grpc::Status s = cloud_.api().AbortMigration(&ctx, a, &resp);
+    return s.ok() ? absl::OkStatus()
+                  : absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  }
+  bool WaitStatus(const std::string& id, v1::MigrationStatus st, absl::Duration t) {
+    return testing::WaitFor(
+        [&] {
+          auto m = cloud_.Get(id);
+          return m.ok() && m->status() == st;
+        },
+        t);
+  }
+
+ private:
+  std::string dir_ = testing::MakeShortTempDir("paths");
+  Cloud cloud_{dir_};
+  std::string state_ = dir_ + "/fake";
+  driver::FakeHypervisor hv_{state_};
+  int vms_ = 0;
+};
+
+PathsCloud& P() {
+  static PathsCloud* c = new PathsCloud();
+  return *c;
+}
+
+TEST_CASE("paths: each pre-check failure is recorded as failed with its cause and numbers") {
+  struct Want {
+    std::string dest;
+    std::string check, words;
+    v1::MigrationOptions options;
+  };
+  v1::MigrationOptions no_block;
+  no_block.set_block_migration(v1::BLOCK_MIGRATION_NO);
+  v1::MigrationOptions downtime;
+  downtime.set_max_downtime_ms(300);
+  const std::vector<Want> wants = {
+      {"host-small", "memory", "host-small has 768 MiB free after the 512 MiB dom0 reserve", {}},
+      {"host-kvm", "hypervisor type", "source runs Xen, destination host-kvm runs QEMU", {}},
+      {"host-old",
+       "hypervisor version",
+       "destination host-old has Xen 4.16.0 < the source's 4.17.0",
+       {}},
+      {"host-cpu", "CPU", "host-cpu CPU lacks source features: avx2", {}},
+      {"host-nobr", "network", "host-nobr lacks network segment(s) br-guest", {}},
+      {"host-local", "storage", "block migration is not possible", no_block},
+      {"xen-a", "option", "does not support a maximum downtime", downtime},
+  };
+  for (const Want& w : wants) {
+    INFO(w.check << " via " << w.dest);
+    const std::string vm = P().NewVm();
+    const sv1::Migration m = P().MigrateAndWait(vm, w.dest, w.options);
+    CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+    INFO(m.failure_reason());
+    CHECK(absl::StrContains(m.failure_reason(), w.words));
+    CHECK(P().Where(vm) == Loc{{"host-a", "running"}});
+    CHECK(m.memory_claimed_mib() == 0);
+    std::cout << "  pre-check " << w.check << ": " << m.failure_reason() << std::endl;
+  }
+}
+
+TEST_CASE("paths: a failure at each step up to the transfer rolls back to the source") {
+  const std::vector<std::pair<std::string, std::string>> steps = {
+      {"host-b", "check_can_live_migrate_on_dest"},
+      {"host-a", "check_can_live_migrate_on_src"},
+      {"host-b", "pre_live_migration"},
+      {"host-a", "live_migration"},
+      {"host-a", "transfer"},
+  };
+  for (const auto& [host, step] : steps) {
+    INFO(step << " fails on " << host);
+    const std::string vm = P().NewVm();
+    REQUIRE(P().hv().SetFailure(host, step, "injected for the paths test").ok());
+    const sv1::Migration m = P().MigrateAndWait(vm, "host-b");
+    CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+    INFO(m.failure_reason());
+    CHECK(absl::StrContains(m.failure_reason(), "injected for the paths test"));
+    CHECK(P().Where(vm) == Loc{{"host-a", "running"}});
+    CHECK(P().cloud().WaitInstanceOn(vm, "host-a", absl::Seconds(10)));
+    std::cout << "  " << step << " failed -> " << v1::MigrationStatus_Name(m.status()) << ": "
+              << m.failure_reason() << std::endl;
+  }
+}
+
+TEST_CASE("paths: a failure at each post step rolls forward to the destination") {
+  for (const auto& [host, step] : std::vector<std::pair<std::string, std::string>>{
+           {"host-a", "post_live_migration"}, {"host-b", "post_live_migration_at_destination"}}) {
+    INFO(step << " fails once on " << host);
+    const std::string vm = P().NewVm();
+    REQUIRE(P().hv().SetFailure(host, step, "injected post-step failure").ok());
+    const sv1::Migration m = P().MigrateAndWait(vm, "host-b");
+    CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);
+    CHECK(P().Where(vm) == Loc{{"host-b", "running"}});
+    CHECK(P().cloud().WaitInstanceOn(vm, "host-b", absl::Seconds(10)));
+    bool retried = false;
+    for (const auto& e : m.events()) {
+      retried = retried || absl::StrContains(e.detail(), "rolling forward");
+    }
+    CHECK(retried);
+  }
+}
+
+TEST_CASE("paths: abort while running and while queued cancels; the VM stays on the source") {
+  REQUIRE(P().hv().SetTransferDuration("host-a", absl::Seconds(20)).ok());
+  const std::string first = P().NewVm(), second = P().NewVm();
+  auto r1 = P().cloud().Migrate(first, "host-b");
+  REQUIRE(r1.ok());
+  REQUIRE(P().WaitStatus(r1->migration().id(), v1::MIGRATION_STATUS_RUNNING, absl::Seconds(20)));
+  // host-a may send one at a time (--max-outbound-per-host 1): the second waits.
+  auto r2 = P().cloud().Migrate(second, "host-b");
+  REQUIRE(r2.ok());
+  REQUIRE(P().WaitStatus(r2->migration().id(), v1::MIGRATION_STATUS_QUEUED, absl::Seconds(10)));
+  REQUIRE(P().Abort(r2->migration().id()).ok());
+  auto m2 = P().cloud().WaitTerminal(r2->migration().id(), absl::Seconds(20));
+  CHECK(m2.status() == v1::MIGRATION_STATUS_CANCELLED);
+  CHECK(P().Where(second) == Loc{{"host-a", "running"}});
+  REQUIRE(P().Abort(r1->migration().id()).ok());
+  auto m1 = P().cloud().WaitTerminal(r1->migration().id(), absl::Seconds(30));
+  CHECK(m1.status() == v1::MIGRATION_STATUS_CANCELLED);
+  CHECK(absl::StrContains(m1.failure_reason(), "aborted by"));
+  CHECK(P().Where(first) == Loc{{"host-a", "running"}});
+  CHECK(P().cloud().WaitInstanceOn(first, "host-a", absl::Seconds(10)));
+  REQUIRE(P().hv().SetTransferDuration("host-a", absl::ZeroDuration()).ok());
+}
+
+TEST_CASE("paths: on Xen's backend an abort during the transfer is refused with a clear error") {
+  REQUIRE(P().hv().SetTransferDuration("xen-a", absl::Seconds(4)).ok());
+  const std::string vm = P().NewVm("xen-a");
+  auto r = P().cloud().Migrate(vm, "xen-b");
+  REQUIRE(r.ok());
+  REQUIRE(P().WaitStatus(r->migration().id(), v1::MIGRATION_STATUS_RUNNING, absl::Seconds(20)));
+  const absl::Status a = P().Abort(r->migration().id());
+  INFO(a.ToString());
+  CHECK(a.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(a.message(), "abort"));
+  auto m = P().cloud().WaitTerminal(r->migration().id(), absl::Seconds(30));
+  CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);  // the transfer went on to its end
+  CHECK(P().Where(vm) == Loc{{"xen-b", "running"}});
+}
+
+TEST_CASE("paths: beyond the per-host limit migrations wait as queued, then run in order") {
+  REQUIRE(P().hv().SetTransferDuration("host-a", absl::Seconds(2)).ok());
+  std::vector<std::string> vms, ids;
+  for (int i = 0; i < 3; ++i) vms.push_back(P().NewVm());
+  for (const auto& vm : vms) {
+    auto r = P().cloud().Migrate(vm, "host-b");
+    REQUIRE(r.ok());
+    ids.push_back(r->migration().id());
+  }
+  CHECK(P().WaitStatus(ids[2], v1::MIGRATION_STATUS_QUEUED, absl::Seconds(5)));
+  std::vector<sv1::Migration> done;
+  for (const auto& id : ids) done.push_back(P().cloud().WaitTerminal(id, absl::Seconds(60)));
+  for (size_t i = 0; i < done.size(); ++i) {
+    CHECK(done[i].status() == v1::MIGRATION_STATUS_COMPLETED);
+    CHECK(P().Where(vms[i]) == Loc{{"host-b", "running"}});
+  }
+  // FIFO, one at a time: each started after the previous one finished.
+  for (size_t i = 1; i < done.size(); ++i) {
+    CHECK(done[i].transfer_started_at().seconds() * 1000 +
+              done[i].transfer_started_at().nanos() / 1000000 >=
+          done[i - 1].finished_at().seconds() * 1000 + done[i - 1].finished_at().nanos() / 1000000 -
+              50);
+  }
+  REQUIRE(P().hv().SetTransferDuration("host-a", absl::ZeroDuration()).ok());
+}
+
+}  // namespace
+}  // namespace livemig::e2e
