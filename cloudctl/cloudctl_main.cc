@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cloudctl/args.h"
 #include "cloudctl/config.h"
 #include "cloudctl/format.h"
 #include "common/migration_status.h"
@@ -38,10 +38,6 @@ constexpr int kExitInterrupted = 130;  // Ctrl-C while waiting (the migration go
 // After this long without any answer from the scheduler, --wait gives up (the migration goes on
 // server-side; the message says how to follow it).
 constexpr absl::Duration kWaitGiveUp = absl::Minutes(5);
-
-constexpr char kStatusNames[] =
-    "accepted, queued, preparing, running, running (post-copy) (or running-post-copy), "
-    "post-migrating, completed, failed, cancelled, error";
 
 // ---- the connection ------------------------------------------------------------------------
 
@@ -297,14 +293,6 @@ grpc::Status WaitForMigration(const Client& client, const std::string& id, Progr
 
 // ---- commands ------------------------------------------------------------------------------
 
-struct MigrateArgs {
-  std::string uuid, dest, block = "auto", completion_action = "abort", request_id;
-  bool offline = false, allow_post_copy = false, dry_run = false, wait = false;
-  uint32_t completion_timeout = 0, max_downtime = 0, bandwidth = 0;
-  CLI::Option *completion_timeout_opt = nullptr, *max_downtime_opt = nullptr,
-              *bandwidth_opt = nullptr, *completion_action_opt = nullptr;
-};
-
 v1::BlockMigration BlockMigrationFrom(const std::string& s) {
   if (s == "yes") return v1::BLOCK_MIGRATION_YES;
   if (s == "no") return v1::BLOCK_MIGRATION_NO;
@@ -315,14 +303,14 @@ v1::MigrationOptions OptionsFrom(const MigrateArgs& a) {
   v1::MigrationOptions o;
   o.set_mode(a.offline ? v1::MIGRATION_MODE_OFFLINE : v1::MIGRATION_MODE_LIVE);
   o.set_block_migration(BlockMigrationFrom(a.block));
-  if (a.completion_timeout_opt->count() > 0) o.set_completion_timeout_s(a.completion_timeout);
-  if (a.completion_action_opt->count() > 0) {
+  if (a.has_completion_timeout) o.set_completion_timeout_s(a.completion_timeout);
+  if (a.has_completion_action) {
     o.set_completion_action(a.completion_action == "force-complete"
                                 ? v1::COMPLETION_ACTION_FORCE_COMPLETE
                                 : v1::COMPLETION_ACTION_ABORT);
   }
-  if (a.max_downtime_opt->count() > 0) o.set_max_downtime_ms(a.max_downtime);
-  if (a.bandwidth_opt->count() > 0) o.set_bandwidth_mib_s(a.bandwidth);
+  if (a.has_max_downtime) o.set_max_downtime_ms(a.max_downtime);
+  if (a.has_bandwidth) o.set_bandwidth_mib_s(a.bandwidth);
   o.set_allow_post_copy(a.allow_post_copy);
   return o;
 }
@@ -436,8 +424,7 @@ int MigrationList(const Client& client, const Output& o, const std::vector<std::
   for (const auto& s : statuses) {
     auto parsed = ParseMigrationStatus(s);
     if (!parsed) {
-      return ArgError(
-          absl::StrCat("--status '", s, "' is not a migration status: use ", kStatusNames));
+      return ArgError(absl::StrCat("--status '", s, "' is not a migration status"));
     }
     req.add_statuses(sched::ToProtoStatus(*parsed));
   }
@@ -651,12 +638,6 @@ int WaitForEvacuation(const Client& client, const Output& o, sv1::Evacuation e) 
   return kExitEndedBadly;
 }
 
-struct EvacuateArgs {
-  std::string host, target, block = "auto", request_id;
-  uint32_t max_parallel = 0;
-  bool wait = false;
-};
-
 int HostEvacuateLive(const Client& client, const Output& o, const EvacuateArgs& a) {
   sv1::EvacuateHostRequest req;
   req.set_hostname(a.host);
@@ -759,320 +740,44 @@ int InstanceShow(const Client& client, const Output& o, const std::string& uuid)
   return 0;
 }
 
-// ---- help texts ----------------------------------------------------------------------------
-
-constexpr char kTopFooter[] = R"(Server, identity and output:
-  The scheduler's address is --server, else $LIVEMIG_SERVER, else `server = ...` in the config
-  file (--config, else ~/.config/livemig/cloudctl.conf), else unix:/run/livemig/scheduler-api.sock.
-  The config file may also set token, requester and timeout (`key = value` lines).
-  --requester (else $LIVEMIG_USER, else $USER) is recorded with every change you make.
-  --token (else $LIVEMIG_TOKEN, else `token = ...`) is sent as "authorization: Bearer <token>":
-  a reader token may list, show and dry-run; an operator token may also change things.
-  Global options work before or after the command: cloudctl host-list --json.
-
-Exit codes:
-  0  success
-  1  any other error
-  2  invalid argument: bad UUID, host name, option or command line
-  3  not found: unknown instance, host, migration or evacuation
-  4  conflict: the instance is already migrating, or a concurrent change won (retry)
-  5  failed precondition: instance not running, host disabled or down, option not
-     supported by the hypervisor, wrong state for abort / force-complete; a dry run
-     whose checks fail
-  6  authentication: no or bad token, or a role that may not do this
-  7  the scheduler is unreachable or did not answer in time (--timeout)
-  8  --wait: the migration (or evacuation) ended failed, cancelled or in error
-  130 interrupted while waiting (the migration goes on)
-
-Examples:
-  cloudctl host-list
-  cloudctl live-migration 3f2b...-e1 host-b --wait
-  cloudctl live-migration 3f2b...-e1 --dry-run
-  cloudctl migration-list --status running --status post-migrating
-  cloudctl migration-show 42
-  cloudctl host-disable host-a --reason "BIOS update" && cloudctl host-evacuate-live host-a --wait
-
-Run `cloudctl <command> --help` for a command's options and examples.)";
-
-std::string Footer(const std::string& examples) {
-  return absl::StrCat("Examples:\n", examples,
-                      "\n\nGlobal options (--server, --json, --timeout, --token, --requester, "
-                      "--config) go before or after the command; exit codes: cloudctl --help.");
-}
-
 }  // namespace
 }  // namespace livemig::cloudctl
 
 int main(int argc, char** argv) {
   using namespace livemig::cloudctl;  // NOLINT: main only
-  CLI::App app{
-      "cloudctl: the operator CLI of the live-migration control plane (a client of the\n"
-      "scheduler's gRPC API). Live-migrates instances between Xen hosts, follows and steers\n"
-      "migrations, manages hosts (disable, enable, evacuate) and shows instances.",
-      "cloudctl"};
-  app.get_formatter()->column_width(36);
-  app.require_subcommand(1);
-  app.fallthrough();
-  app.footer(kTopFooter);
-  app.set_version_flag("--version", "cloudctl 0.1.0");
-
-  Flags flags;
-  Output out;
-  double timeout_s = 30;
-  app.add_option("--server", flags.server,
-                 "scheduler API address: unix:/path/api.sock or HOST:PORT (env LIVEMIG_SERVER)");
-  app.add_option("--config", flags.config, "config file (default ~/.config/livemig/cloudctl.conf)");
-  CLI::Option* timeout_opt =
-      app.add_option("--timeout", timeout_s,
-                     "deadline of each call in seconds (default 30; --wait applies it per call)");
-  app.add_option("--token", flags.token, "bearer token (env LIVEMIG_TOKEN)");
-  app.add_option("--requester", flags.requester,
-                 "who you act for, recorded with changes (env LIVEMIG_USER, default $USER)");
-  app.add_flag("--json", out.json, "print the API's objects as JSON instead of tables");
-
-  std::function<int(const Client&)> run;
-  auto sub = [&](const std::string& name, const std::string& description,
-                 const std::string& examples) {
-    CLI::App* s = app.add_subcommand(name, description);
-    s->fallthrough();
-    s->footer(Footer(examples));
-    return s;
-  };
-
-  // live-migration
-  MigrateArgs mig;
-  {
-    CLI::App* s =
-        sub("live-migration",
-            "Live-migrate an instance to a host, or to the scheduler's choice "
-            "(openstack server migrate --live-migration)",
-            "  cloudctl live-migration 33333333-2222-4333-8444-555555555555 host-b --wait\n"
-            "  cloudctl live-migration <uuid> --dry-run        # every check, every "
-            "candidate host\n"
-            "  cloudctl live-migration <uuid> host-b --block-migrate yes "
-            "--completion-timeout 600 \\\n"
-            "      --completion-action force-complete --allow-post-copy --wait\n"
-            "  cloudctl live-migration <uuid> host-b --request-id change-1234   # safe "
-            "to retry");
-    s->add_option("uuid", mig.uuid, "the instance's UUID")->required();
-    s->add_option("dest", mig.dest, "destination host (default: the scheduler chooses)");
-    s->add_option("--block-migrate", mig.block,
-                  "copy local disks: auto (when storage is not shared), yes or no")
-        ->check(CLI::IsMember({"auto", "yes", "no"}))
-        ->capture_default_str();
-    s->add_flag("--offline", mig.offline,
-                "offline migration: the guest is paused during the transfer");
-    mig.completion_timeout_opt =
-        s->add_option("--completion-timeout", mig.completion_timeout,
-                      "seconds the transfer may take before --completion-action applies (0: none)");
-    mig.completion_action_opt =
-        s->add_option("--completion-action", mig.completion_action,
-                      "when the completion timeout expires: abort or force-complete")
-            ->check(CLI::IsMember({"abort", "force-complete"}));
-    mig.max_downtime_opt = s->add_option("--max-downtime", mig.max_downtime,
-                                         "maximum guest downtime at switch-over, ms");
-    mig.bandwidth_opt =
-        s->add_option("--bandwidth", mig.bandwidth, "bandwidth limit in MiB/s (0: unlimited)");
-    s->add_flag("--allow-post-copy", mig.allow_post_copy,
-                "allow switching to post-copy (no rollback to the source after it starts)");
-    s->add_flag("--dry-run", mig.dry_run,
-                "run every check for every candidate host (or the given one) and print them; "
-                "changes nothing");
-    s->add_flag("--wait", mig.wait,
-                "follow the migration with a progress bar until it ends; exit 8 unless it "
-                "completes");
-    s->add_option("--request-id", mig.request_id,
-                  "your id for this request: a retry with the same id returns the same "
-                  "migration");
-    s->callback([&] { run = [&](const Client& c) { return LiveMigration(c, out, mig); }; });
+  ParseResult parsed = ParseCommandLine(std::vector<std::string>(argv, argv + argc));
+  if (!parsed.run) {
+    std::cout << parsed.out << std::flush;
+    std::cerr << parsed.err << std::flush;
+    return parsed.exit_code;
   }
-
-  // migration-list
-  std::vector<std::string> ml_status;
-  std::string ml_host, ml_instance, ml_marker;
-  uint32_t ml_limit = 0;
-  {
-    CLI::App* s =
-        sub("migration-list", "List migrations, newest first (openstack server migration list)",
-            "  cloudctl migration-list\n"
-            "  cloudctl migration-list --status running --status post-migrating\n"
-            "  cloudctl migration-list --host host-a --limit 20\n"
-            "  cloudctl migration-list --instance <uuid> --json\n"
-            "  cloudctl migration-list --limit 20 --marker <token from the previous "
-            "page>");
-    s->add_option("--status", ml_status,
-                  std::string("only these statuses (repeatable): ") + kStatusNames);
-    s->add_option("--host", ml_host, "only migrations from or to this host");
-    s->add_option("--instance", ml_instance, "only migrations of this instance (UUID)");
-    s->add_option("--limit", ml_limit, "page size (default 50, at most 1000)");
-    s->add_option("--marker", ml_marker, "next-page token printed by the previous page");
-    s->callback([&] {
-      run = [&](const Client& c) {
-        return MigrationList(c, out, ml_status, ml_host, ml_instance, ml_limit, ml_marker);
-      };
-    });
-  }
-
-  // migration-show / -abort / -force-complete
-  std::string migration_id, abort_reason;
-  {
-    CLI::App* s = sub("migration-show",
-                      "Show a migration and its step timeline (openstack server migration show)",
-                      "  cloudctl migration-show 42\n"
-                      "  cloudctl migration-show 0b6f...-9a --json");
-    s->add_option("id", migration_id, "migration number or UUID")->required();
-    s->callback(
-        [&] { run = [&](const Client& c) { return MigrationShow(c, out, migration_id); }; });
-
-    CLI::App* a = sub("migration-abort",
-                      "Abort a migration that has not reached post-copy; it rolls back to the "
-                      "source (openstack server migration abort)",
-                      "  cloudctl migration-abort 42\n"
-                      "  cloudctl migration-abort 42 --reason \"maintenance window over\"");
-    a->add_option("id", migration_id, "migration number or UUID")->required();
-    a->add_option("--reason", abort_reason, "why (recorded with the abort)");
-    a->callback([&] {
-      run = [&](const Client& c) { return MigrationAbort(c, out, migration_id, abort_reason); };
-    });
-
-    CLI::App* f = sub("migration-force-complete",
-                      "Force a running migration to complete: post-copy if allowed, else pause "
-                      "the guest (openstack server migration force complete)",
-                      "  cloudctl migration-force-complete 42");
-    f->add_option("id", migration_id, "migration number or UUID")->required();
-    f->callback([&] {
-      run = [&](const Client& c) { return MigrationForceComplete(c, out, migration_id); };
-    });
-  }
-
-  // hosts
-  std::string host, host_reason, hl_status, hl_state, hl_marker;
-  uint32_t hl_limit = 0;
-  {
-    CLI::App* s = sub("host-list", "List the hosts: enabled/disabled, up/down, memory, migrations",
-                      "  cloudctl host-list\n"
-                      "  cloudctl host-list --status disabled\n"
-                      "  cloudctl host-list --state down --json");
-    s->add_option("--status", hl_status, "only enabled or disabled hosts")
-        ->check(CLI::IsMember({"enabled", "disabled"}));
-    s->add_option("--state", hl_state, "only up or down hosts")
-        ->check(CLI::IsMember({"up", "down"}));
-    s->add_option("--limit", hl_limit, "page size (default 50)");
-    s->add_option("--marker", hl_marker, "next-page token printed by the previous page");
-    s->callback([&] {
-      run = [&](const Client& c) {
-        return HostList(c, out, hl_status, hl_state, hl_limit, hl_marker);
-      };
-    });
-
-    CLI::App* sh = sub("host-show", "Show a host: hypervisor, CPU, memory, storage, capabilities",
-                       "  cloudctl host-show host-a");
-    sh->add_option("host", host, "host name")->required();
-    sh->callback([&] { run = [&](const Client& c) { return HostShow(c, out, host); }; });
-
-    CLI::App* d = sub("host-disable",
-                      "Disable a host for new migrations and placement (migrations in flight go "
-                      "on)",
-                      "  cloudctl host-disable host-a --reason \"BIOS update, ticket 1234\"");
-    d->add_option("host", host, "host name")->required();
-    d->add_option("--reason", host_reason, "why (required; shown by host-list and host-show)")
-        ->required();
-    d->callback([&] {
-      run = [&](const Client& c) { return HostSetEnabled(c, out, host, false, host_reason); };
-    });
-
-    CLI::App* e = sub("host-enable", "Enable a host again (clears the disabled reason)",
-                      "  cloudctl host-enable host-a");
-    e->add_option("host", host, "host name")->required();
-    e->callback(
-        [&] { run = [&](const Client& c) { return HostSetEnabled(c, out, host, true, ""); }; });
-  }
-
-  EvacuateArgs ev;
-  {
-    CLI::App* s = sub("host-evacuate-live",
-                      "Live-migrate every instance off a host (novaclient host-evacuate-live); "
-                      "disable the host first to keep new instances away",
-                      "  cloudctl host-evacuate-live host-a --wait\n"
-                      "  cloudctl host-evacuate-live host-a --max-parallel 4 --target-host "
-                      "host-c");
-    s->add_option("host", ev.host, "host to evacuate")->required();
-    s->add_option("--max-parallel,--max-servers", ev.max_parallel,
-                  "migrations in flight at once (default: the scheduler's per-host limit)");
-    s->add_option("--target-host,--destination", ev.target,
-                  "destination for every instance (default: the scheduler chooses per instance)");
-    s->add_option("--block-migrate", ev.block, "copy local disks: auto, yes or no")
-        ->check(CLI::IsMember({"auto", "yes", "no"}))
-        ->capture_default_str();
-    s->add_option("--request-id", ev.request_id,
-                  "your id for this request: a retry with the same id returns the same "
-                  "evacuation");
-    s->add_flag("--wait", ev.wait,
-                "show each instance's outcome until the evacuation ends; exit 8 unless every "
-                "instance moved");
-    s->callback([&] { run = [&](const Client& c) { return HostEvacuateLive(c, out, ev); }; });
-  }
-
-  std::string evl_host, evl_marker, evacuation_id;
-  uint32_t evl_limit = 0;
-  {
-    CLI::App* s = sub("evacuation-list", "List host evacuations, newest first",
-                      "  cloudctl evacuation-list\n"
-                      "  cloudctl evacuation-list --host host-a");
-    s->add_option("--host", evl_host, "only evacuations of this host");
-    s->add_option("--limit", evl_limit, "page size");
-    s->add_option("--marker", evl_marker, "next-page token printed by the previous page");
-    s->callback([&] {
-      run = [&](const Client& c) {
-        return EvacuationList(c, out, evl_host, evl_limit, evl_marker);
-      };
-    });
-
-    CLI::App* sh = sub("evacuation-show", "Show an evacuation and every instance's outcome",
-                       "  cloudctl evacuation-show 3");
-    sh->add_option("id", evacuation_id, "evacuation id")->required();
-    sh->callback(
-        [&] { run = [&](const Client& c) { return EvacuationShow(c, out, evacuation_id); }; });
-  }
-
-  std::string il_host, il_marker, instance_uuid;
-  uint32_t il_limit = 0;
-  {
-    CLI::App* s = sub("instance-list", "List the instances (domains the agents report)",
-                      "  cloudctl instance-list\n"
-                      "  cloudctl instance-list --host host-a --json");
-    s->add_option("--host", il_host, "only instances on this host");
-    s->add_option("--limit", il_limit, "page size (default 50)");
-    s->add_option("--marker", il_marker, "next-page token printed by the previous page");
-    s->callback([&] {
-      run = [&](const Client& c) { return InstanceList(c, out, il_host, il_limit, il_marker); };
-    });
-
-    CLI::App* sh = sub("instance-show", "Show an instance: host, state, active migration",
-                       "  cloudctl instance-show 33333333-2222-4333-8444-555555555555");
-    sh->add_option("uuid", instance_uuid, "instance UUID")->required();
-    sh->callback(
-        [&] { run = [&](const Client& c) { return InstanceShow(c, out, instance_uuid); }; });
-  }
-
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::Success& e) {  // --help, --help-all, --version
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::string where = "cloudctl";
-    for (const CLI::App* s : app.get_subcommands()) where = "cloudctl " + s->get_name();
-    std::cerr << "cloudctl: " << e.what() << "\n"
-              << "hint: " << where << " --help shows the usage\n";
-    return livemig::ExitCodeFor(absl::StatusCode::kInvalidArgument);
-  }
-  if (timeout_opt->count() > 0) flags.timeout_s = timeout_s;
+  const Command& c = parsed.command;
   // cloudctl reports every failure itself; gRPC's own log lines would only repeat them
   // (GRPC_VERBOSITY=debug brings them back for troubleshooting).
   if (std::getenv("GRPC_VERBOSITY") == nullptr) gpr_set_log_function([](gpr_log_func_args*) {});
-  auto settings = ResolveSettings(flags, [](const char* name) { return std::getenv(name); });
+  auto settings = ResolveSettings(c.flags, [](const char* name) { return std::getenv(name); });
   if (!settings.ok()) return ArgError(std::string(settings.status().message()));
-  if (!run) return ArgError("no command given; see cloudctl --help");
   const Client client(*settings);
-  return run(client);
+  Output out;
+  out.json = c.json;
+  const std::string& cmd = c.command;
+  if (cmd == "live-migration") return LiveMigration(client, out, c.migrate);
+  if (cmd == "migration-list") {
+    return MigrationList(client, out, c.statuses, c.host, c.instance, c.limit, c.marker);
+  }
+  if (cmd == "migration-show") return MigrationShow(client, out, c.id);
+  if (cmd == "migration-abort") return MigrationAbort(client, out, c.id, c.reason);
+  if (cmd == "migration-force-complete") return MigrationForceComplete(client, out, c.id);
+  if (cmd == "host-list") {
+    return HostList(client, out, c.status_filter, c.state_filter, c.limit, c.marker);
+  }
+  if (cmd == "host-show") return HostShow(client, out, c.host);
+  if (cmd == "host-disable") return HostSetEnabled(client, out, c.host, false, c.reason);
+  if (cmd == "host-enable") return HostSetEnabled(client, out, c.host, true, "");
+  if (cmd == "host-evacuate-live") return HostEvacuateLive(client, out, c.evacuate);
+  if (cmd == "evacuation-list") return EvacuationList(client, out, c.host, c.limit, c.marker);
+  if (cmd == "evacuation-show") return EvacuationShow(client, out, c.id);
+  if (cmd == "instance-list") return InstanceList(client, out, c.host, c.limit, c.marker);
+  if (cmd == "instance-show") return InstanceShow(client, out, c.instance);
+  return ArgError("unknown command " + cmd + "; see cloudctl --help");
 }

@@ -136,9 +136,11 @@ absl::StatusOr<Settings> ResolveSettings(const Flags& flags,
           absl::StrCat(in_file, ": timeout '", file["timeout"], "' is not a number of seconds"));
     }
   }
-  if (!(s.timeout_s > 0)) {
+  // At most a day: larger values (and inf) would overflow the per-call deadline.
+  if (!(s.timeout_s > 0) || !(s.timeout_s <= kMaxTimeoutS)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("the timeout must be a positive number of seconds, got ", s.timeout_s));
+        absl::StrCat("--timeout: the timeout must be a positive number of seconds, at most ",
+                     kMaxTimeoutS, ", got ", s.timeout_s));
   }
   return s;
 }

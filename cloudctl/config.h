@@ -23,6 +23,8 @@
 namespace livemig::cloudctl {
 
 inline constexpr char kDefaultServer[] = "unix:/run/livemig/scheduler-api.sock";
+// The longest per-call deadline (--timeout, `timeout = ...`), in seconds.
+inline constexpr double kMaxTimeoutS = 86400;
 
 // What the command line said (empty / nullopt: not given).
 struct Flags {

@@ -15,6 +15,8 @@ PACKAGES=(
   libvirt-dev libcpp-httplib-dev libcli11-dev catch2
   # formatting check
   clang-format
+  # fuzz targets (integration_tests/fuzz): clang with libFuzzer, ASan and UBSan runtimes
+  clang libclang-rt-14-dev
   # PostgreSQL server for tests and the quickstart (started by hand, not as a service)
   postgresql-15
   # the two-host libvirt lab (QEMU under TCG in network namespaces); not libvirt-daemon-system

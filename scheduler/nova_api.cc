@@ -13,6 +13,7 @@
 #include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/convert.h"
+#include "scheduler/rest_parse.h"
 
 namespace livemig::sched {
 namespace {
@@ -42,54 +43,27 @@ struct Ctx {
 };
 
 void NovaError(httplib::Response& res, const absl::Status& s) {
-  const int http = HttpCodeFor(s.code());
-  const char* key = http == 400   ? "badRequest"
-                    : http == 401 ? "unauthorized"
-                    : http == 403 ? "forbidden"
-                    : http == 404 ? "itemNotFound"
-                    : http == 409 ? "conflictingRequest"
-                    : http == 406 ? "notAcceptable"
-                    : http == 503 ? "serviceUnavailable"
-                                  : "computeFault";
-  json body;
-  body[key] = {{"code", http}, {"message", std::string(s.message())}};
-  res.status = http;
-  res.set_content(body.dump(), "application/json");
+  NovaErrorReply(res, s, HttpCodeFor(s.code()));
 }
 
+// Replies with `body`; strings that quote the request's bytes may hold invalid UTF-8, which is
+// replaced (U+FFFD) rather than thrown over.
 void Reply(httplib::Response& res, const json& body, int status = 200) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 // Microversion negotiation and authentication; false after answering with an error.
 bool Begin(const httplib::Request& req, httplib::Response& res, const TokenStore* tokens,
            bool mutating, const std::string& op, Ctx* ctx) {
-  std::string v = req.get_header_value("OpenStack-API-Version");
-  if (!v.empty()) {
-    std::vector<std::string> parts = absl::StrSplit(v, ' ', absl::SkipEmpty());
-    v = parts.size() == 2 && parts[0] == "compute" ? parts[1] : "";
+  auto minor =
+      ParseMicroversion(req.get_header_value("OpenStack-API-Version"),
+                        req.get_header_value("X-OpenStack-Nova-API-Version"), kNovaMaxMinor);
+  if (!minor.ok()) {
+    NovaErrorReply(res, minor.status(), 406);
+    return false;
   }
-  if (v.empty()) v = req.get_header_value("X-OpenStack-Nova-API-Version");
-  if (v == "latest") v = absl::StrCat("2.", kNovaMaxMinor);
-  if (!v.empty()) {
-    int major = 0, minor = 0;
-    std::vector<std::string> mm = absl::StrSplit(v, '.');
-    if (mm.size() != 2 || !absl::SimpleAtoi(mm[0], &major) || !absl::SimpleAtoi(mm[1], &minor) ||
-        major != 2 || minor < 1 || minor > kNovaMaxMinor) {
-      res.status = 406;
-      res.set_content(json{{"computeFault",
-                            {{"code", 406},
-                             {"message", absl::StrCat("Version ", v,
-                                                      " is not supported by the API. Minimum is "
-                                                      "2.1 and maximum is 2.",
-                                                      kNovaMaxMinor, ".")}}}}
-                          .dump(),
-                      "application/json");
-      return false;
-    }
-    ctx->minor = minor;
-  }
+  ctx->minor = *minor;
   const std::string ver = absl::StrCat("2.", ctx->minor);
   res.set_header("OpenStack-API-Version", "compute " + ver);
   res.set_header("X-OpenStack-Nova-API-Version", ver);
@@ -280,6 +254,22 @@ absl::StatusOr<sv1::Host> HostById(ApiCore* core, const std::string& id) {
 
 }  // namespace
 
+void NovaErrorReply(httplib::Response& res, const absl::Status& s, int http) {
+  const char* key = http == 400   ? "badRequest"
+                    : http == 401 ? "unauthorized"
+                    : http == 403 ? "forbidden"
+                    : http == 404 ? "itemNotFound"
+                    : http == 409 ? "conflictingRequest"
+                    : http == 406 ? "notAcceptable"
+                    : http == 413 ? "overLimit"
+                    : http == 503 ? "serviceUnavailable"
+                                  : "computeFault";
+  json body;
+  body[key] = {{"code", http}, {"message", std::string(s.message())}};
+  res.status = http;
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
 std::string NovaVersionsJson(const std::string& base_url, bool root) {
   json v = {{"id", "v2.1"},
             {"status", "CURRENT"},
@@ -308,14 +298,18 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
       if (!Begin(req, res, tokens, false, "GET /v2.1/servers", &c)) return;
       sv1::ListInstancesRequest r;
       r.set_host(req.get_param_value("host"));
-      auto list = core->ListInstances(r);
-      if (!list.ok()) return NovaError(res, list.status());
+      r.set_page_size(1000);
       json out = json::array();
       const std::string name = req.get_param_value("name");
-      for (const auto& i : list->instances()) {
-        if (!name.empty() && i.name().find(name) == std::string::npos) continue;
-        out.push_back(ServerJson(i, c, detail));
-      }
+      do {  // every page (ListInstances pages by name, then UUID)
+        auto list = core->ListInstances(r);
+        if (!list.ok()) return NovaError(res, list.status());
+        for (const auto& i : list->instances()) {
+          if (!name.empty() && i.name().find(name) == std::string::npos) continue;
+          out.push_back(ServerJson(i, c, detail));
+        }
+        r.set_page_token(list->next_page_token());
+      } while (!r.page_token().empty());
       Reply(res, {{"servers", out}});
     };
   };
@@ -326,7 +320,7 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
           Ctx c;
           if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}", &c)) return;
           const std::string id = req.matches[1];
-          if (!db::IsValidUuid(id)) {
+          if (!IsUuid(id)) {
             // The client looks servers up by name when the id is not a UUID; this API knows UUIDs.
             return NovaError(
                 res, absl::NotFoundError(absl::StrCat("Instance ", id, " could not be found.")));
@@ -335,48 +329,23 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
           if (!i.ok()) return NovaError(res, i.status());
           Reply(res, {{"server", ServerJson(*i, c, true)}});
         });
-  s.Post(R"(/v2.1/servers/([^/]+)/action)", [core, tokens](const httplib::Request& req,
-                                                           httplib::Response& res) {
-    Ctx c;
-    if (!Begin(req, res, tokens, true, "os-migrateLive", &c)) return;
-    json body = json::parse(req.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object()) {
-      return NovaError(res, absl::InvalidArgumentError("Malformed request body"));
-    }
-    if (!body.contains("os-migrateLive")) {
-      return NovaError(
-          res, absl::InvalidArgumentError("Only the os-migrateLive action is served by this API"));
-    }
-    const json& a = body["os-migrateLive"];
-    if (!a.is_object()) {
-      return NovaError(res, absl::InvalidArgumentError("os-migrateLive must be an object"));
-    }
-    sv1::LiveMigrateRequest r;
-    r.set_instance_uuid(req.matches[1]);
-    if (a.contains("host") && a["host"].is_string())
-      r.set_destination(a["host"].get<std::string>());
-    if (a.contains("block_migration")) {
-      const json& b = a["block_migration"];
-      if (b.is_string() && b == "auto" && c.minor >= 25) {
-        r.mutable_options()->set_block_migration(v1::BLOCK_MIGRATION_AUTO);
-      } else if (b.is_boolean()) {
-        r.mutable_options()->set_block_migration(b.get<bool>() ? v1::BLOCK_MIGRATION_YES
-                                                               : v1::BLOCK_MIGRATION_NO);
-      } else {
-        return NovaError(res,
-                         absl::InvalidArgumentError(absl::StrCat(
-                             "Invalid input for field/attribute block_migration: ", b.dump())));
-      }
-    }
-    r.set_requester("nova-api");
-    auto out = core->LiveMigrate(r, c.who);
-    if (!out.ok()) return NovaError(res, out.status());
-    res.status = 202;
-  });
+  s.Post(R"(/v2.1/servers/([^/]+)/action)",
+         [core, tokens](const httplib::Request& req, httplib::Response& res) {
+           Ctx c;
+           if (!Begin(req, res, tokens, true, "os-migrateLive", &c)) return;
+           auto r = ParseNovaMigrateLive(req.matches[1].str(), req.body, c.minor);
+           if (!r.ok()) return NovaError(res, r.status());
+           auto out = core->LiveMigrate(*r, c.who);
+           if (!out.ok()) return NovaError(res, out.status());
+           res.status = 202;
+         });
   s.Get(R"(/v2.1/servers/([^/]+)/migrations)",
         [core, tokens](const httplib::Request& req, httplib::Response& res) {
           Ctx c;
           if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}/migrations", &c)) return;
+          if (auto st = CheckNovaServerId(req.matches[1].str()); !st.ok()) {
+            return NovaError(res, st);
+          }
           sv1::ListMigrationsRequest r;
           r.set_instance_uuid(req.matches[1]);
           for (MigrationStatus st : AllMigrationStatuses()) {
@@ -394,6 +363,12 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
           if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}/migrations/{mid}", &c)) {
             return;
           }
+          if (auto st = CheckNovaServerId(req.matches[1].str()); !st.ok()) {
+            return NovaError(res, st);
+          }
+          if (auto st = CheckMigrationId(req.matches[2].str()); !st.ok()) {
+            return NovaError(res, st);
+          }
           auto m = core->GetMigration(req.matches[2], false);
           if (!m.ok()) return NovaError(res, m.status());
           if (m->instance_uuid() != req.matches[1].str()) {
@@ -407,6 +382,12 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
            [core, tokens](const httplib::Request& req, httplib::Response& res) {
              Ctx c;
              if (!Begin(req, res, tokens, true, "abort", &c)) return;
+             if (auto st = CheckNovaServerId(req.matches[1].str()); !st.ok()) {
+               return NovaError(res, st);
+             }
+             if (auto st = CheckMigrationId(req.matches[2].str()); !st.ok()) {
+               return NovaError(res, st);
+             }
              sv1::AbortMigrationRequest r;
              r.set_migration_id(req.matches[2]);
              r.set_requester("nova-api");
@@ -414,56 +395,34 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
              if (!out.ok()) return NovaError(res, out.status());
              res.status = 202;
            });
-  s.Post(R"(/v2.1/servers/([^/]+)/migrations/([^/]+)/action)",
-         [core, tokens](const httplib::Request& req, httplib::Response& res) {
-           Ctx c;
-           if (!Begin(req, res, tokens, true, "force_complete", &c)) return;
-           json body = json::parse(req.body, nullptr, false);
-           if (body.is_discarded() || !body.contains("force_complete")) {
-             return NovaError(res, absl::InvalidArgumentError(
-                                       "Only the force_complete action is served by this API"));
-           }
-           sv1::ForceCompleteMigrationRequest r;
-           r.set_migration_id(req.matches[2]);
-           r.set_requester("nova-api");
-           auto out = core->ForceCompleteMigration(r, c.who);
-           if (!out.ok()) return NovaError(res, out.status());
-           res.status = 202;
-         });
+  s.Post(
+      R"(/v2.1/servers/([^/]+)/migrations/([^/]+)/action)",
+      [core, tokens](const httplib::Request& req, httplib::Response& res) {
+        Ctx c;
+        if (!Begin(req, res, tokens, true, "force_complete", &c)) return;
+        if (auto st = ParseNovaForceComplete(req.matches[1].str(), req.matches[2].str(), req.body);
+            !st.ok()) {
+          return NovaError(res, st);
+        }
+        sv1::ForceCompleteMigrationRequest r;
+        r.set_migration_id(req.matches[2]);
+        r.set_requester("nova-api");
+        auto out = core->ForceCompleteMigration(r, c.who);
+        if (!out.ok()) return NovaError(res, out.status());
+        res.status = 202;
+      });
   s.Get("/v2.1/os-migrations", [core, tokens](const httplib::Request& req, httplib::Response& res) {
     Ctx c;
     if (!Begin(req, res, tokens, false, "GET /v2.1/os-migrations", &c)) return;
-    const std::string type = req.get_param_value("migration_type");
-    if (!type.empty() && type != "live-migration")
-      return Reply(res, {{"migrations", json::array()}});
-    sv1::ListMigrationsRequest r;
-    if (req.has_param("status")) {
-      auto st = ParseMigrationStatus(req.get_param_value("status"));
-      if (!st) return Reply(res, {{"migrations", json::array()}});
-      r.add_statuses(ToProtoStatus(*st));
-    }
-    r.set_host(req.get_param_value("host"));
-    r.set_instance_uuid(req.get_param_value("instance_uuid"));
-    if (req.has_param("changes-since")) {
-      absl::Time t;
-      std::string err;
-      if (!absl::ParseTime(absl::RFC3339_full, req.get_param_value("changes-since"), &t, &err) &&
-          !absl::ParseTime("%Y-%m-%dT%H:%M:%S", req.get_param_value("changes-since"), &t, &err)) {
-        return NovaError(res, absl::InvalidArgumentError("Invalid changes-since: " + err));
-      }
-      *r.mutable_created_after() = ToProtoTime(t);
-    }
-    int limit = 1000;
-    if (req.has_param("limit") &&
-        (!absl::SimpleAtoi(req.get_param_value("limit"), &limit) || limit < 0)) {
-      return NovaError(res, absl::InvalidArgumentError("limit must be a non-negative integer"));
-    }
-    r.set_page_size(std::min(std::max(limit, 1), 1000));
-    if (req.has_param("marker")) {
-      auto m = core->GetMigration(req.get_param_value("marker"), false);
+    auto q = ParseNovaMigrationsQuery(req.params);
+    if (!q.ok()) return NovaError(res, q.status());
+    if (q->nothing) return Reply(res, {{"migrations", json::array()}});
+    sv1::ListMigrationsRequest& r = q->request;
+    if (q->marker) {
+      auto m = core->GetMigration(*q->marker, false);
       if (!m.ok()) {
-        return NovaError(res, absl::NotFoundError("Marker " + req.get_param_value("marker") +
-                                                  " could not be found."));
+        return NovaError(res, absl::InvalidArgumentError(
+                                  absl::StrCat("Marker ", *q->marker, " could not be found.")));
       }
       r.set_page_token(db::PageTokenAfter(m->number()));
     }
@@ -471,7 +430,7 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
     if (!list.ok()) return NovaError(res, list.status());
     json out = json::array();
     for (const auto& m : list->migrations()) out.push_back(MigrationJson(m, c, false));
-    if (limit == 0) out = json::array();
+    if (q->limit == 0) out = json::array();
     Reply(res, {{"migrations", out}});
   });
   s.Get("/v2.1/os-services", [core, tokens](const httplib::Request& req, httplib::Response& res) {
@@ -489,40 +448,29 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
     }
     Reply(res, {{"services", out}});
   });
-  s.Put(R"(/v2.1/os-services/([^/]+))", [core, tokens](const httplib::Request& req,
-                                                       httplib::Response& res) {
-    Ctx c;
-    if (!Begin(req, res, tokens, true, "PUT /v2.1/os-services/{id}", &c)) return;
-    if (c.minor < 53) {
-      return NovaError(res, absl::InvalidArgumentError(
-                                "this API serves PUT /os-services/{service_id} (microversion "
-                                "2.53 and later)"));
-    }
-    json body = json::parse(req.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object()) {
-      return NovaError(res, absl::InvalidArgumentError("Malformed request body"));
-    }
-    auto h = HostById(core, req.matches[1]);
-    if (!h.ok()) return NovaError(res, h.status());
-    sv1::SetHostEnabledRequest r;
-    r.set_hostname(h->inventory().hostname());
-    if (body.contains("status")) {
-      if (body["status"] != "enabled" && body["status"] != "disabled") {
-        return NovaError(res, absl::InvalidArgumentError("status must be enabled or disabled"));
-      }
-      r.set_enabled(body["status"] == "enabled");
-    } else {
-      r.set_enabled(h->enabled());
-    }
-    if (body.contains("disabled_reason") && body["disabled_reason"].is_string()) {
-      r.set_reason(body["disabled_reason"].get<std::string>());
-    }
-    if (!r.enabled() && r.reason().empty()) r.set_reason("disabled through the Compute API");
-    r.set_requester("nova-api");
-    auto out = core->SetHostEnabled(r, c.who);
-    if (!out.ok()) return NovaError(res, out.status());
-    Reply(res, {{"service", ServiceJson(*out, c)}});
-  });
+  s.Put(R"(/v2.1/os-services/([^/]+))",
+        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, true, "PUT /v2.1/os-services/{id}", &c)) return;
+          if (c.minor < 53) {
+            return NovaError(res, absl::InvalidArgumentError(
+                                      "this API serves PUT /os-services/{service_id} (microversion "
+                                      "2.53 and later)"));
+          }
+          auto update = ParseNovaServiceUpdate(req.body);
+          if (!update.ok()) return NovaError(res, update.status());
+          auto h = HostById(core, req.matches[1]);
+          if (!h.ok()) return NovaError(res, h.status());
+          sv1::SetHostEnabledRequest r;
+          r.set_hostname(h->inventory().hostname());
+          r.set_enabled(update->enabled.value_or(h->enabled()));
+          if (update->reason) r.set_reason(*update->reason);
+          if (!r.enabled() && r.reason().empty()) r.set_reason("disabled through the Compute API");
+          r.set_requester("nova-api");
+          auto out = core->SetHostEnabled(r, c.who);
+          if (!out.ok()) return NovaError(res, out.status());
+          Reply(res, {{"service", ServiceJson(*out, c)}});
+        });
   auto hypervisors = [core, tokens](bool detail) {
     return [core, tokens, detail](const httplib::Request& req, httplib::Response& res) {
       Ctx c;

@@ -6,13 +6,13 @@
 #include "common/status_map.h"
 #include "google/protobuf/util/json_util.h"
 #include "httplib.h"
+#include "nlohmann/json.hpp"
 #include "scheduler/convert.h"
 #include "scheduler/nova_api.h"
+#include "scheduler/rest_parse.h"
 
 namespace livemig::sched {
 namespace {
-
-constexpr size_t kMaxBody = 1 << 20;  // 1 MiB
 
 std::string Json(const google::protobuf::Message& m) {
   std::string out;
@@ -48,8 +48,11 @@ std::string Escape(const std::string& s) {
 
 void SendError(httplib::Response& res, const absl::Status& s) {
   res.status = HttpCodeFor(s.code());
-  res.set_content(absl::StrCat("{\"error\":{\"code\":\"", absl::StatusCodeToString(s.code()),
-                               "\",\"message\":\"", Escape(std::string(s.message())), "\"}}"),
+  nlohmann::json body;
+  body["error"] = {{"code", absl::StatusCodeToString(s.code())},
+                   {"message", std::string(s.message())}};
+  // A message may quote the request's bytes: invalid UTF-8 becomes U+FFFD, never an exception.
+  res.set_content(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
                   "application/json");
 }
 
@@ -58,18 +61,6 @@ void Send(httplib::Response& res, const absl::StatusOr<Msg>& r, int ok_status = 
   if (!r.ok()) return SendError(res, r.status());
   res.status = ok_status;
   res.set_content(Json(*r), "application/json");
-}
-
-// Parses a JSON body into `msg` (an empty body is an empty message).
-absl::Status ParseBody(const httplib::Request& req, google::protobuf::Message* msg) {
-  if (req.body.empty()) return absl::OkStatus();
-  google::protobuf::util::JsonParseOptions o;
-  auto s = google::protobuf::util::JsonStringToMessage(req.body, msg, o);
-  if (!s.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the request body is not valid JSON for this call: ", s.message().ToString()));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -103,7 +94,7 @@ void RestServer::Stop() {
 
 void RestServer::Routes() {
   httplib::Server& s = *server_;
-  s.set_payload_max_length(kMaxBody);
+  s.set_payload_max_length(kMaxRequestBody);
   auto auth = [this](const httplib::Request& req, httplib::Response& res, bool mutating,
                      const std::string& op) -> std::optional<std::string> {
     auto p = tokens_->Check(req.get_header_value("Authorization"), mutating, op);
@@ -149,39 +140,16 @@ void RestServer::Routes() {
          [this, auth](const httplib::Request& req, httplib::Response& res) {
            auto who = auth(req, res, true, "live-migration");
            if (!who) return;
-           sv1::LiveMigrateRequest r;
-           if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
-           r.set_instance_uuid(req.matches[1]);
-           auto out = core_->LiveMigrate(r, *who);
-           Send(res, out, out.ok() && !out->existing() && !r.dry_run() ? 202 : 200);
+           auto r = ParseLiveMigrate(req.matches[1].str(), req.body);
+           if (!r.ok()) return SendError(res, r.status());
+           auto out = core_->LiveMigrate(*r, *who);
+           Send(res, out, out.ok() && !out->existing() && !r->dry_run() ? 202 : 200);
          });
   s.Get("/v1/migrations", [this, auth](const httplib::Request& req, httplib::Response& res) {
     if (!auth(req, res, false, "GET /v1/migrations")) return;
-    sv1::ListMigrationsRequest r;
-    for (size_t i = 0; i < req.get_param_value_count("status"); ++i) {
-      const std::string name = req.get_param_value("status", i);
-      auto st = ParseMigrationStatus(name);
-      if (!st) {
-        return SendError(res, absl::InvalidArgumentError(absl::StrCat(
-                                  "unknown status '", name,
-                                  "': use accepted, queued, preparing, "
-                                  "running, running (post-copy), post-migrating, completed, "
-                                  "failed, cancelled or error")));
-      }
-      r.add_statuses(ToProtoStatus(*st));
-    }
-    r.set_host(req.get_param_value("host"));
-    r.set_instance_uuid(req.get_param_value("instance"));
-    if (req.has_param("limit")) {
-      int limit = 0;
-      if (!absl::SimpleAtoi(req.get_param_value("limit"), &limit) || limit < 1 || limit > 1000) {
-        return SendError(res, absl::InvalidArgumentError("limit must be a number from 1 to 1000"));
-      }
-      r.set_page_size(limit);
-    }
-    r.set_page_token(req.get_param_value("marker"));
-    r.set_include_events(req.get_param_value("events") == "true");
-    auto out = core_->ListMigrations(r);
+    auto r = ParseListMigrations(req.params);
+    if (!r.ok()) return SendError(res, r.status());
+    auto out = core_->ListMigrations(*r);
     if (!out.ok()) return SendError(res, out.status());
     std::string body = "{\"migrations\":[";
     for (int i = 0; i < out->migrations_size(); ++i) {
@@ -192,32 +160,33 @@ void RestServer::Routes() {
   });
   s.Post("/v1/migrations/check", [this, auth](const httplib::Request& req, httplib::Response& res) {
     if (!auth(req, res, false, "POST /v1/migrations/check")) return;
-    sv1::CheckMigrationRequest r;
-    if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
-    Send(res, core_->CheckMigration(r));
+    auto r = ParseCheckMigration(req.body);
+    if (!r.ok()) return SendError(res, r.status());
+    Send(res, core_->CheckMigration(*r));
   });
   s.Get(R"(/v1/migrations/([^/]+))",
         [this, auth](const httplib::Request& req, httplib::Response& res) {
           if (!auth(req, res, false, "GET /v1/migrations/{id}")) return;
+          if (auto st = CheckMigrationId(req.matches[1].str()); !st.ok()) {
+            return SendError(res, st);
+          }
           Send(res, core_->GetMigration(req.matches[1]));
         });
   s.Post(R"(/v1/migrations/([^/]+)/abort)",
          [this, auth](const httplib::Request& req, httplib::Response& res) {
            auto who = auth(req, res, true, "abort");
            if (!who) return;
-           sv1::AbortMigrationRequest r;
-           if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
-           r.set_migration_id(req.matches[1]);
-           Send(res, core_->AbortMigration(r, *who));
+           auto r = ParseAbortMigration(req.matches[1].str(), req.body);
+           if (!r.ok()) return SendError(res, r.status());
+           Send(res, core_->AbortMigration(*r, *who));
          });
   s.Post(R"(/v1/migrations/([^/]+)/force-complete)",
          [this, auth](const httplib::Request& req, httplib::Response& res) {
            auto who = auth(req, res, true, "force-complete");
            if (!who) return;
-           sv1::ForceCompleteMigrationRequest r;
-           if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
-           r.set_migration_id(req.matches[1]);
-           Send(res, core_->ForceCompleteMigration(r, *who));
+           auto r = ParseForceComplete(req.matches[1].str(), req.body);
+           if (!r.ok()) return SendError(res, r.status());
+           Send(res, core_->ForceCompleteMigration(*r, *who));
          });
   s.Get("/v1/hosts", [this, auth](const httplib::Request& req, httplib::Response& res) {
     if (!auth(req, res, false, "GET /v1/hosts")) return;
@@ -225,58 +194,78 @@ void RestServer::Routes() {
   });
   s.Get(R"(/v1/hosts/([^/]+))", [this, auth](const httplib::Request& req, httplib::Response& res) {
     if (!auth(req, res, false, "GET /v1/hosts/{name}")) return;
+    if (auto st = CheckHostname("host", req.matches[1].str()); !st.ok()) return SendError(res, st);
     Send(res, core_->GetHost(req.matches[1]));
   });
   s.Put(R"(/v1/hosts/([^/]+)/enabled)",
         [this, auth](const httplib::Request& req, httplib::Response& res) {
           auto who = auth(req, res, true, "host enable/disable");
           if (!who) return;
-          sv1::SetHostEnabledRequest r;
-          if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
-          r.set_hostname(req.matches[1]);
-          Send(res, core_->SetHostEnabled(r, *who));
+          auto r = ParseSetHostEnabled(req.matches[1].str(), req.body);
+          if (!r.ok()) return SendError(res, r.status());
+          Send(res, core_->SetHostEnabled(*r, *who));
         });
   s.Post(R"(/v1/hosts/([^/]+)/evacuate-live)",
          [this, auth](const httplib::Request& req, httplib::Response& res) {
            auto who = auth(req, res, true, "evacuate-live");
            if (!who) return;
-           sv1::EvacuateHostRequest r;
-           if (auto st = ParseBody(req, &r); !st.ok()) return SendError(res, st);
-           r.set_hostname(req.matches[1]);
-           Send(res, core_->EvacuateHost(r, *who), 202);
+           auto r = ParseEvacuateHost(req.matches[1].str(), req.body);
+           if (!r.ok()) return SendError(res, r.status());
+           Send(res, core_->EvacuateHost(*r, *who), 202);
          });
   s.Get("/v1/evacuations", [this, auth](const httplib::Request& req, httplib::Response& res) {
     if (!auth(req, res, false, "GET /v1/evacuations")) return;
-    sv1::ListEvacuationsRequest r;
-    r.set_host(req.get_param_value("host"));
-    Send(res, core_->ListEvacuations(r));
+    auto r = ParseListEvacuations(req.params);
+    if (!r.ok()) return SendError(res, r.status());
+    Send(res, core_->ListEvacuations(*r));
   });
   s.Get(R"(/v1/evacuations/([^/]+))",
         [this, auth](const httplib::Request& req, httplib::Response& res) {
           if (!auth(req, res, false, "GET /v1/evacuations/{id}")) return;
+          if (auto st = CheckEvacuationId(req.matches[1].str()); !st.ok()) {
+            return SendError(res, st);
+          }
           Send(res, core_->GetEvacuation(req.matches[1]));
         });
   s.Get("/v1/instances", [this, auth](const httplib::Request& req, httplib::Response& res) {
     if (!auth(req, res, false, "GET /v1/instances")) return;
-    sv1::ListInstancesRequest r;
-    r.set_host(req.get_param_value("host"));
-    Send(res, core_->ListInstances(r));
+    auto r = ParseListInstances(req.params);
+    if (!r.ok()) return SendError(res, r.status());
+    Send(res, core_->ListInstances(*r));
   });
   s.Get(R"(/v1/instances/([^/]+))",
         [this, auth](const httplib::Request& req, httplib::Response& res) {
           if (!auth(req, res, false, "GET /v1/instances/{uuid}")) return;
+          if (auto st = CheckUuid("instance", req.matches[1].str()); !st.ok()) {
+            return SendError(res, st);
+          }
           Send(res, core_->GetInstance(req.matches[1]));
         });
   s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    if (res.status == 404) {
-      SendError(res, absl::NotFoundError(absl::StrCat("no such endpoint: ", req.method, " ",
-                                                      req.path, " (see api/openapi.json)")));
-      res.status = 404;
-    } else if (res.status == 413) {
-      SendError(res, absl::InvalidArgumentError("request body too large (at most 1 MiB)"));
-      res.status = 413;
+    // The Compute API's clients expect its error document; everyone else gets ours.
+    const bool nova = req.path == "/v2.1" || req.path.rfind("/v2.1/", 0) == 0;
+    const int status = res.status;
+    absl::Status error;
+    if (status == 404) {
+      error = absl::NotFoundError(
+          absl::StrCat("no such endpoint: ", req.method, " ", req.path, " (see api/openapi.json)"));
+    } else if (status == 413) {
+      error = absl::InvalidArgumentError(
+          absl::StrCat("the request body is too large (at most ", kMaxRequestBody, " bytes)"));
+    } else if (status == 414) {
+      error = absl::InvalidArgumentError("the request URI is too long");
+    } else if (status >= 400 && status < 500) {
+      error = absl::InvalidArgumentError(absl::StrCat("malformed request (HTTP ", status, ")"));
+    } else {
+      return;
     }
+    if (nova) {
+      NovaErrorReply(res, error, status);
+    } else {
+      SendError(res, error);
+    }
+    res.status = status;
   });
   s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
     SendError(res, absl::InternalError("internal error while handling the request"));
