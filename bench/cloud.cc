@@ -155,9 +155,10 @@ class CountingMigrationStore : public db::MigrationStore {
     Timed timed(c_, "migrations.ListOrphaned");
     return in_->ListOrphaned();
   }
-  absl::StatusOr<db::MigrationRecord> RequestAbort(int64_t id, const std::string& by) override {
+  absl::StatusOr<db::MigrationRecord> RequestAbort(int64_t id, const std::string& by,
+                                                   const std::string& reason) override {
     Timed timed(c_, "migrations.RequestAbort");
-    return in_->RequestAbort(id, by);
+    return in_->RequestAbort(id, by, reason);
   }
   absl::StatusOr<db::MigrationRecord> RequestForceComplete(int64_t id,
                                                            const std::string& by) override {
@@ -214,6 +215,16 @@ class CountingHostStore : public db::HostStore {
     Timed timed(c_, "hosts.ListHosts");
     return in_->ListHosts(service_down_time);
   }
+  absl::StatusOr<db::HostPage> ListHostsPage(const db::HostFilter& filter,
+                                             absl::Duration service_down_time) override {
+    Timed timed(c_, "hosts.ListHostsPage");
+    return in_->ListHostsPage(filter, service_down_time);
+  }
+  absl::StatusOr<std::vector<db::HostRecord>> ListDestinationCandidates(
+      const db::DestinationQuery& q, absl::Duration service_down_time) override {
+    Timed timed(c_, "hosts.ListDestinationCandidates");
+    return in_->ListDestinationCandidates(q, service_down_time);
+  }
   absl::StatusOr<db::HostRecord> SetHostEnabled(const std::string& hostname, bool enabled,
                                                 const std::string& reason,
                                                 const std::string& by) override {
@@ -237,6 +248,10 @@ class CountingInstanceStore : public db::InstanceStore {
                                                                 int limit) override {
     Timed timed(c_, "instances.ListInstances");
     return in_->ListInstances(host, limit);
+  }
+  absl::StatusOr<db::InstancePage> ListInstancesPage(const db::InstanceFilter& filter) override {
+    Timed timed(c_, "instances.ListInstancesPage");
+    return in_->ListInstancesPage(filter);
   }
   absl::Status CompareAndSetTaskState(const std::string& uuid,
                                       const std::optional<std::string>& expected,

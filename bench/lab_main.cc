@@ -310,7 +310,7 @@ int Run(int argc, char** argv) {
     Figure(absl::StrCat(kKinds[kind], ": from the agent's log"),
            absl::StrFormat("medians: transfer %.2f s (LiveMigration answered .. libvirt's "
                            "migration returned); the scheduler noticed its end %.3f s later "
-                           "(progress_poll 500 ms)",
+                           "(progress_poll 100 ms)",
                            Median(agent_transfer), Median(detect)));
   }
   const double ratio = Median(total[0]) / Median(total[2]);

@@ -2,8 +2,8 @@
 # Builds the benchmarks optimized and runs them; prints every figure with its target and the
 # machine it ran on. See bench/README.md.
 #
-#   bench/run.sh                       all four (the lab one only as root)
-#   bench/run.sh --only scale,lab      some of them (overhead, throughput, scale, lab)
+#   bench/run.sh                       all five (the lab one only as root)
+#   bench/run.sh --only scale,lab      some of them (overhead, throughput, scale, evacuation, lab)
 #   bench/run.sh --quick               small sizes (development; the figures mean little)
 #   bench/run.sh --wait-load 1.5       before each benchmark, wait for the 1-min load average < 1.5
 #
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-only="overhead,throughput,scale,lab"
+only="overhead,throughput,scale,evacuation,lab"
 quick=""
 wait_load=""
 while (($#)); do
@@ -79,6 +79,9 @@ run() {
       scale)
         if [[ -n $quick ]]; then run scale --hosts 1000 --migrations 10000 --rounds 2 --reps 5
         else run scale; fi ;;
+      evacuation)
+        if [[ -n $quick ]]; then run evacuation --instances 20 --duration-ms 200
+        else run evacuation; fi ;;
       lab)
         run lab --scheduler-bin "$bin/scheduler/scheduler" --agent-bin "$bin/compute/compute_agent" ;;
       *) echo "unknown benchmark '$b'" ;;

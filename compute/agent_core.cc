@@ -318,12 +318,24 @@ absl::StatusOr<cv1::AbortLiveMigrationResponse> AgentCore::AbortLiveMigration(
   p.set_migration_id(req.migration_id());
   p.set_instance_uuid(req.instance_uuid());
   ASSIGN_OR_RETURN(auto before, GetMigrationProgress(p));  // NotFound without a trace
+  // Idempotent: a repeated abort answers as the first did (the transfer, aborted or aborting)
+  // instead of "already ended".
+  if (before.abort_requested() && (before.state() == cv1::TRANSFER_STATE_RUNNING ||
+                                   before.state() == cv1::TRANSFER_STATE_CANCELLED)) {
+    cv1::AbortLiveMigrationResponse again;
+    *again.mutable_report() = before;
+    return again;
+  }
   if (before.state() != cv1::TRANSFER_STATE_RUNNING) {
     return absl::FailedPreconditionError(
         absl::StrCat("the transfer of migration ", req.migration_id(), " already ended (",
                      cv1::TransferState_Name(before.state()), ")"));
   }
   RETURN_IF_ERROR(driver_->AbortLiveMigration(req.migration_id(), req.instance_uuid()));
+  if (auto rec = Find(req.migration_id())) {
+    absl::MutexLock l(&mu_);
+    rec->latest.set_abort_requested(true);  // until the monitor's next sample says so too
+  }
   LogInfo("migration=%s instance=%s abort requested", req.migration_id(), req.instance_uuid());
   cv1::AbortLiveMigrationResponse resp;
   ASSIGN_OR_RETURN(*resp.mutable_report(), GetMigrationProgress(p));
@@ -337,12 +349,23 @@ absl::StatusOr<cv1::ForceCompleteLiveMigrationResponse> AgentCore::ForceComplete
   p.set_migration_id(req.migration_id());
   p.set_instance_uuid(req.instance_uuid());
   ASSIGN_OR_RETURN(auto before, GetMigrationProgress(p));
+  // Idempotent: a repeated force-complete answers as the first did.
+  if (before.force_complete_requested() && (before.state() == cv1::TRANSFER_STATE_RUNNING ||
+                                            before.state() == cv1::TRANSFER_STATE_COMPLETED)) {
+    cv1::ForceCompleteLiveMigrationResponse again;
+    *again.mutable_report() = before;
+    return again;
+  }
   if (before.state() != cv1::TRANSFER_STATE_RUNNING) {
     return absl::FailedPreconditionError(
         absl::StrCat("the transfer of migration ", req.migration_id(), " already ended (",
                      cv1::TransferState_Name(before.state()), ")"));
   }
   RETURN_IF_ERROR(driver_->ForceCompleteLiveMigration(req.migration_id(), req.instance_uuid()));
+  if (auto rec = Find(req.migration_id())) {
+    absl::MutexLock l(&mu_);
+    rec->latest.set_force_complete_requested(true);
+  }
   LogInfo("migration=%s instance=%s force-complete requested", req.migration_id(),
           req.instance_uuid());
   cv1::ForceCompleteLiveMigrationResponse resp;

@@ -216,7 +216,14 @@ TEST_CASE("agent: unknown migrations, bad input, unsupported options, limits") {
   auto ab = h.a->AbortLiveMigration(Step<cv1::AbortLiveMigrationRequest>("m-5"));
   INFO(ab.status().ToString());
   REQUIRE(ab.ok());
+  // Repeated at once and after the end, the abort answers the same (idempotent).
+  auto ab2 = h.a->AbortLiveMigration(Step<cv1::AbortLiveMigrationRequest>("m-5"));
+  INFO(ab2.status().ToString());
+  CHECK(ab2.ok());
   CHECK(WaitForEnd(*h.a, "m-5").state() == cv1::TRANSFER_STATE_CANCELLED);
+  auto ab3 = h.a->AbortLiveMigration(Step<cv1::AbortLiveMigrationRequest>("m-5"));
+  INFO(ab3.status().ToString());
+  CHECK(ab3.ok());
   CHECK(h.a->RollbackLiveMigration(Step<cv1::RollbackLiveMigrationRequest>("m-5")).ok());
   CHECK(h.Where() == std::vector<std::pair<std::string, std::string>>{{"fake-a", "running"}});
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "db/pg_stores.h"
 #include "db/schema.h"
+#include "nlohmann/json.hpp"
 #include "testing/pg_server.h"
 
 namespace livemig::db {
@@ -322,6 +323,26 @@ TEST_CASE("creating a migration claims the instance in one transaction") {
     other.request_id = "req-42";
     CHECK(migs.CreateMigration(other).status().code() == absl::StatusCode::kInvalidArgument);
   }
+  SECTION("request ids are 1 to 128 printable ASCII characters") {
+    CHECK(IsValidRequestId(std::string(128, '~')));
+    CHECK(IsValidRequestId(" '; DROP TABLE x; --"));
+    CHECK_FALSE(IsValidRequestId(""));
+    CHECK_FALSE(IsValidRequestId(std::string(129, 'r')));
+    CHECK_FALSE(IsValidRequestId("tab\there"));
+    CHECK_FALSE(IsValidRequestId("caf\xc3\xa9"));
+    CHECK_FALSE(IsValidRequestId(std::string("nul\0", 4)));
+    CHECK(CheckRequestId("request_id", "").ok());
+    for (const std::string& bad :
+         {std::string(129, 'r'), std::string("new\nline"), std::string("\x7f")}) {
+      NewMigration m = NewMig(2);
+      m.request_id = bad;
+      auto r = migs.CreateMigration(m);
+      CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+      CHECK(r.status().message().find("request_id") != std::string::npos);
+      CHECK(r.status().message().find("128 printable ASCII") != std::string::npos);
+    }
+    CHECK(db.Count("SELECT count(*) FROM migrations") == 1);
+  }
 }
 
 TEST_CASE("50 concurrent claims of one instance: exactly one wins") {
@@ -554,24 +575,29 @@ TEST_CASE("operator requests record who asked") {
   auto& migs = db.stores->migrations();
   auto c = migs.CreateMigration(NewMig(1));
   REQUIRE(c.ok());
-  auto a = migs.RequestAbort(c->migration.id, "dave");
+  auto a = migs.RequestAbort(c->migration.id, "dave", "maintenance of rack 4; it's 'late'");
   INFO(a.status().ToString());
   REQUIRE(a.ok());
   CHECK(a->aborted_by == "dave");
+  CHECK(a->abort_reason == "maintenance of rack 4; it's 'late'");
   CHECK(a->abort_requested_at.has_value());
+  // A repeated abort without a reason keeps the recorded one; the read path returns it too.
+  REQUIRE(migs.RequestAbort(c->migration.id, "dave", "").ok());
+  CHECK(migs.GetMigration(c->migration.id)->abort_reason == "maintenance of rack 4; it's 'late'");
   auto fc = migs.RequestForceComplete(c->migration.id, "erin");
   REQUIRE(fc.ok());
   CHECK(fc->force_complete_requested_by == "erin");
-  CHECK(migs.RequestAbort(999999, "dave").status().code() == absl::StatusCode::kNotFound);
+  CHECK(migs.RequestAbort(999999, "dave", "").status().code() == absl::StatusCode::kNotFound);
   Transition cancel =
       Step(c->migration.id, MigrationStatus::kAccepted, MigrationStatus::kCancelled, "rollback");
   REQUIRE(migs.ApplyTransition(cancel).ok());
-  CHECK(migs.RequestAbort(c->migration.id, "dave").status().code() ==
+  CHECK(migs.RequestAbort(c->migration.id, "dave", "").status().code() ==
         absl::StatusCode::kFailedPrecondition);
   auto events = migs.ListEvents(c->migration.id);
   REQUIRE(events.ok());
-  CHECK(events->size() == 4);
+  CHECK(events->size() == 5);
   CHECK(events->at(1).actor == "dave");
+  CHECK(events->at(1).detail == "abort requested by dave: maintenance of rack 4; it's 'late'");
 }
 
 // Creates and finishes a migration of instance n (so the instance can migrate again).
@@ -700,6 +726,150 @@ TEST_CASE("evacuations keep each instance's outcome") {
         absl::StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("evacuations keep their request id and each instance's name at planning time") {
+  Db db;
+  Seed(db);
+  auto& ev = db.stores->evacuations();
+  const std::string rid = "evac-'; DROP TABLE evacuations; --";
+  auto e = ev.CreateEvacuation("host-a", 2, "frank", "", {Uuid(1), Uuid(3)}, rid);
+  REQUIRE(e.ok());
+  CHECK(e->request_id == std::optional<std::string>(rid));
+  REQUIRE(e->items.size() == 2);
+  CHECK(e->items[0].instance_name == "vm-1");
+  CHECK(e->items[1].instance_name == "vm-3");
+  // The name is the plan's: a later rename does not change it.
+  db.Exec("UPDATE instances SET name = 'renamed' WHERE uuid = '" + Uuid(1) + "'");
+  CHECK(ev.GetEvacuation(e->id)->items[0].instance_name == "vm-1");
+  // The request id is unique: a second one is AlreadyExists, and finds the first.
+  auto again = ev.CreateEvacuation("host-a", 2, "frank", "", {Uuid(1)}, rid);
+  CHECK(again.status().code() == absl::StatusCode::kAlreadyExists);
+  CHECK(db.Count("SELECT count(*) FROM evacuations") == 1);
+  auto found = ev.FindEvacuationByRequestId(rid);
+  REQUIRE(found.ok());
+  CHECK(found->id == e->id);
+  CHECK(found->items.size() == 2);
+  CHECK(ev.FindEvacuationByRequestId("evac-other").status().code() == absl::StatusCode::kNotFound);
+  // Without a request id, any number of evacuations; a bad one is refused.
+  auto plain = ev.CreateEvacuation("host-a", 1, "frank", "", {});
+  REQUIRE(plain.ok());
+  CHECK_FALSE(plain->request_id.has_value());
+  CHECK(ev.CreateEvacuation("host-a", 1, "frank", "", {}).ok());
+  CHECK(ev.CreateEvacuation("host-a", 1, "frank", "", {}, std::string(129, 'x')).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("instances page by name, then UUID, filtered in the database") {
+  Db db;
+  // 7 instances on host-a: two share a name (ordered by UUID), names with metacharacters.
+  std::vector<DomainReport> doms;
+  const std::vector<std::string> names = {"web", "web", "db '1'", "", "z\\%_", "b", "app"};
+  for (int i = 0; i < static_cast<int>(names.size()); ++i) {
+    DomainReport d = Dom(i + 1, i == 5 ? "paused" : "running");
+    d.name = names[i];
+    doms.push_back(d);
+  }
+  REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 1, doms)).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(Report("host-b", 1, {Dom(20)})).ok());
+  auto& inst = db.stores->instances();
+  InstanceFilter f;
+  f.host = "host-a";
+  f.page_size = 3;
+  std::vector<std::string> seen;
+  int pages = 0;
+  while (true) {
+    auto page = inst.ListInstancesPage(f);
+    INFO(page.status().ToString());
+    REQUIRE(page.ok());
+    CHECK(page->instances.size() <= 3);
+    for (const auto& i : page->instances) seen.push_back(i.uuid);
+    ++pages;
+    REQUIRE(pages <= 3);
+    if (page->next_page_token.empty()) break;
+    f.page_token = page->next_page_token;
+  }
+  CHECK(pages == 3);
+  // The same order as the unpaged list (by name, then UUID), each instance once.
+  std::vector<std::string> all;
+  auto unpaged = inst.ListInstances("host-a", 100);
+  REQUIRE(unpaged.ok());
+  for (const auto& i : *unpaged) all.push_back(i.uuid);
+  CHECK(seen == all);
+  CHECK(seen.size() == names.size());
+
+  SECTION("filters") {
+    InstanceFilter paused;
+    paused.power_states = {"paused"};
+    auto p = inst.ListInstancesPage(paused);
+    REQUIRE(p.ok());
+    REQUIRE(p->instances.size() == 1);
+    CHECK(p->instances[0].uuid == Uuid(6));
+    CHECK(p->next_page_token.empty());
+    REQUIRE(inst.CompareAndSetTaskState(Uuid(2), std::nullopt, "migrating").ok());
+    InstanceFilter migrating;
+    migrating.migrating = true;
+    auto m = inst.ListInstancesPage(migrating);
+    REQUIRE(m.ok());
+    REQUIRE(m->instances.size() == 1);
+    CHECK(m->instances[0].uuid == Uuid(2));
+    InstanceFilter present;
+    present.missing = false;
+    present.page_size = 1000;
+    CHECK(inst.ListInstancesPage(present)->instances.size() == names.size() + 1);
+    InstanceFilter other;
+    other.host = "host-b";
+    CHECK(inst.ListInstancesPage(other)->instances.size() == 1);
+  }
+  SECTION("bad tokens, sizes and hosts are clear errors") {
+    InstanceFilter bad;
+    for (const std::string& token : {std::string("garbage"), std::string("i1.!!!." + Uuid(1)),
+                                     std::string("i1.d2Vi.not-a-uuid"), std::string("m1.5")}) {
+      INFO(token);
+      bad.page_token = token;
+      auto r = inst.ListInstancesPage(bad);
+      CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+      CHECK(r.status().message().find("next_page_token") != std::string::npos);
+    }
+    bad.page_token = "";
+    bad.page_size = 1001;
+    CHECK(inst.ListInstancesPage(bad).status().code() == absl::StatusCode::kInvalidArgument);
+    bad.page_size = 10;
+    bad.host = "x' OR 1=1 --";
+    CHECK(inst.ListInstancesPage(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("a transition stores the ranked destination candidates with the destination") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  auto c = migs.CreateMigration(NewMig(1, ""));
+  REQUIRE(c.ok());
+  CHECK(c->migration.candidates_json.empty());
+  const std::string ranked =
+      R"([{"host":"host-b","passed":true,"rank":1},{"host":"host-c","passed":false,)"
+      R"("checks":[{"reason":"host-c is down"}]}])";
+  Transition t = Step(c->migration.id, MigrationStatus::kAccepted, MigrationStatus::kPreparing,
+                      "check_can_live_migrate_on_dest");
+  t.dest_host = "host-b";
+  t.candidates_json = ranked;
+  auto after = migs.ApplyTransition(t);
+  INFO(after.status().ToString());
+  REQUIRE(after.ok());
+  CHECK(after->dest_host == "host-b");
+  auto stored = nlohmann::json::parse(after->candidates_json);
+  CHECK(stored == nlohmann::json::parse(ranked));
+  // A later transition without candidates keeps them.
+  auto run = migs.ApplyTransition(Step(c->migration.id, MigrationStatus::kPreparing,
+                                       MigrationStatus::kRunning, "live_migration"));
+  REQUIRE(run.ok());
+  CHECK(nlohmann::json::parse(run->candidates_json) == nlohmann::json::parse(ranked));
+  // Only a JSON array is a candidate list.
+  Transition bad = Step(c->migration.id, MigrationStatus::kRunning, MigrationStatus::kPostMigrating,
+                        "post_live_migration");
+  bad.candidates_json = R"({"host":"x"})";
+  CHECK_FALSE(migs.ApplyTransition(bad).ok());
+}
+
 TEST_CASE("dashboard views answer") {
   Db db;
   Seed(db);
@@ -765,6 +935,68 @@ TEST_CASE("leases: an owner whose lease expired can no longer move its migration
                                      "check_can_live_migrate_on_dest"));
   CHECK(t.status().code() == absl::StatusCode::kAborted);
   CHECK(migs.GetMigration(id)->status == MigrationStatus::kAccepted);
+}
+
+TEST_CASE("host pages and destination candidates are chosen in the database") {
+  Db db;
+  HostStore& hosts = db.stores->hosts();
+  // host-00 .. host-06; free memory grows with the number; host-03 is disabled, host-05 runs
+  // another hypervisor, host-06 is too small.
+  for (int i = 0; i < 7; ++i) {
+    HostReport r = Report(absl::StrFormat("host-%02d", i), 1,
+                          i == 0 ? std::vector<DomainReport>{Dom(1)} : std::vector<DomainReport>{});
+    r.memory_free_mib = 4000 + 1000 * i;
+    if (i == 5) r.hypervisor_type = "QEMU";
+    if (i == 6) r.memory_free_mib = 1000;
+    REQUIRE(hosts.ApplyReport(r).ok());
+  }
+  REQUIRE(hosts.SetHostEnabled("host-03", false, "maintenance", "ops").ok());
+
+  // Pages of 3 by name, then the filter in SQL.
+  HostFilter f;
+  f.page_size = 3;
+  std::vector<std::string> names;
+  for (int pages = 0; pages < 10; ++pages) {
+    auto page = hosts.ListHostsPage(f, absl::Seconds(60));
+    REQUIRE(page.ok());
+    for (const auto& h : page->hosts) names.push_back(h.report.hostname);
+    if (page->next_page_token.empty()) break;
+    f.page_token = page->next_page_token;
+  }
+  CHECK(names == std::vector<std::string>{"host-00", "host-01", "host-02", "host-03", "host-04",
+                                          "host-05", "host-06"});
+  HostFilter disabled;
+  disabled.enabled = false;
+  auto d = hosts.ListHostsPage(disabled, absl::Seconds(60));
+  REQUIRE(d.ok());
+  REQUIRE(d->hosts.size() == 1);
+  CHECK(d->hosts[0].report.hostname == "host-03");
+  HostFilter bad;
+  bad.page_token = "nonsense";
+  CHECK(hosts.ListHostsPage(bad, absl::Seconds(60)).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+  auto first = hosts.ListHostsPage(HostFilter{}, absl::Seconds(60));
+  REQUIRE(first.ok());
+  CHECK(first->hosts[0].instances == 1);
+
+  // An inbound claim of 4000 MiB on host-04 moves it below host-02 (5000 - 512 - 4000).
+  NewMigration m = NewMig(1, "host-04");
+  m.memory_claim_mib = 4000;
+  REQUIRE(db.stores->migrations().CreateMigration(m).ok());
+  DestinationQuery q;
+  q.source = "host-00";
+  q.hypervisor_type = "Xen";
+  q.min_hypervisor_version = 4017000;
+  q.cpu_arch = "x86_64";
+  q.memory_mib = 1024;
+  q.limit = 3;
+  auto c = hosts.ListDestinationCandidates(q, absl::Seconds(60));
+  REQUIRE(c.ok());
+  std::vector<std::string> chosen;
+  for (const auto& h : *c) chosen.push_back(h.report.hostname);
+  CHECK(chosen == std::vector<std::string>{"host-02", "host-01", "host-04"});
+  CHECK(c->at(2).memory_claimed_mib == 4000);
+  CHECK(c->at(2).migrations_in == 1);
 }
 
 }  // namespace

@@ -77,7 +77,7 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
         options_.conninfo,
         " connect_timeout=", std::max<int64_t>(1, absl::ToInt64Seconds(options_.connect_timeout)),
         " options='-c statement_timeout=", absl::ToInt64Milliseconds(options_.statement_timeout),
-        " -c TimeZone=UTC'");
+        " -c TimeZone=UTC -c jit=off'");
     return std::make_unique<pqxx::connection>(conninfo);
   } catch (const std::exception& e) {
     absl::MutexLock l(&mu_);
@@ -97,6 +97,18 @@ void PgPool::Release(std::unique_ptr<pqxx::connection> conn) {
 
 absl::Status PgPool::Run(const std::string& what,
                          const std::function<absl::Status(pqxx::work&)>& fn) {
+  return RunImpl(what, false, [&](pqxx::transaction_base& t) {
+    return fn(static_cast<pqxx::work&>(t));  // RunImpl makes a pqxx::work when !read_only
+  });
+}
+
+absl::Status PgPool::Read(const std::string& what,
+                          const std::function<absl::Status(pqxx::transaction_base&)>& fn) {
+  return RunImpl(what, true, fn);
+}
+
+absl::Status PgPool::RunImpl(const std::string& what, bool read_only,
+                             const std::function<absl::Status(pqxx::transaction_base&)>& fn) {
   absl::Status last;
   for (int attempt = 0; attempt <= options_.max_retries; ++attempt) {
     auto conn_or = Acquire();
@@ -104,12 +116,18 @@ absl::Status PgPool::Run(const std::string& what,
     std::unique_ptr<pqxx::connection> conn = std::move(conn_or).value();
     bool retry = false;
     try {
-      pqxx::work w(*conn, what);
-      absl::Status s = fn(w);
-      if (s.ok()) {
-        w.commit();
+      absl::Status s;
+      if (read_only) {
+        pqxx::nontransaction w(*conn, what);
+        s = fn(w);
       } else {
-        w.abort();
+        pqxx::work w(*conn, what);
+        s = fn(w);
+        if (s.ok()) {
+          w.commit();
+        } else {
+          w.abort();
+        }
       }
       Release(std::move(conn));
       return s;

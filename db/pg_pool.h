@@ -53,12 +53,32 @@ class PgPool {
     return out;
   }
 
+  // For reads: runs `fn` outside a transaction block (each statement commits on its own), which
+  // saves the BEGIN and COMMIT round trips. Use it for reads of one statement, or of several that
+  // need no common snapshot. Same error and retry policy as Run.
+  absl::Status Read(const std::string& what,
+                    const std::function<absl::Status(pqxx::transaction_base&)>& fn);
+
+  template <typename T>
+  absl::StatusOr<T> ReadQuery(const std::string& what,
+                              const std::function<absl::StatusOr<T>(pqxx::transaction_base&)>& fn) {
+    absl::StatusOr<T> out = absl::UnknownError("not run");
+    absl::Status s = Read(what, [&](pqxx::transaction_base& t) -> absl::Status {
+      out = fn(t);
+      return out.status();
+    });
+    if (!s.ok()) return s;
+    return out;
+  }
+
   const Options& options() const { return options_; }
 
  private:
   explicit PgPool(Options options) : options_(std::move(options)) {}
   absl::StatusOr<std::unique_ptr<pqxx::connection>> Acquire();
   void Release(std::unique_ptr<pqxx::connection> conn);
+  absl::Status RunImpl(const std::string& what, bool read_only,
+                       const std::function<absl::Status(pqxx::transaction_base&)>& fn);
 
   const Options options_;
   absl::Mutex mu_;

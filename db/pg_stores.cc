@@ -1,8 +1,11 @@
 #include "db/pg_stores.h"
 
+#include <algorithm>
+#include <functional>
 #include <regex>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -66,11 +69,23 @@ absl::Status CheckJsonObject(const std::string& text, const char* what) {
   return absl::OkStatus();
 }
 
+// Runs `sql` as a named prepared statement of the transaction's connection, so that it is parsed
+// and planned once per connection instead of at every call (libpqxx prepares it at its first use
+// there; defining the same text again is a no-op). Only for statements whose plan suits every
+// parameter value (no optional filters).
+template <typename... Args>
+pqxx::result Prep(pqxx::transaction_base& w, const std::string& sql, Args&&... args) {
+  const std::string name = absl::StrCat("lm_", std::hash<std::string>()(sql));
+  w.conn().prepare(name, sql);
+  return w.exec_prepared(name, std::forward<Args>(args)...);
+}
+
 // ---- hosts -------------------------------------------------------------------------------
 
-std::string HostSelect() {
+// The hosts columns (of alias h) and `up`, which compares with service_down_time in $1.
+std::string HostColumns() {
   return absl::StrCat(
-      "SELECT h.hostname, h.agent_address, h.agent_version, h.hypervisor_type, "
+      "h.hostname, h.agent_address, h.agent_version, h.hypervisor_type, "
       "h.hypervisor_version, h.libvirt_version, h.cpu_arch, h.cpu_model, "
       "h.cpu_features::text AS cpu_features, h.cpu_xml, h.memory_total_mib, h.memory_free_mib, "
       "h.memory_reserved_mib, h.network_segments::text AS network_segments, "
@@ -79,7 +94,14 @@ std::string HostSelect() {
       "h.disabled_reason, h.disabled_by, ",
       Us("h.disabled_at"), " AS disabled_at, ", Us("h.last_report_at"),
       " AS last_report_at, COALESCE(h.last_report_at > now() - make_interval(secs => $1), false) "
-      "AS up, COALESCE(c.claimed, 0) AS claimed, COALESCE(c.mig_in, 0) AS mig_in, "
+      "AS up");
+}
+
+// Every host with its counts: each count aggregated once over its table, then joined.
+std::string HostSelect() {
+  return absl::StrCat(
+      "SELECT ", HostColumns(),
+      ", COALESCE(c.claimed, 0) AS claimed, COALESCE(c.mig_in, 0) AS mig_in, "
       "COALESCE(o.mig_out, 0) AS mig_out, COALESCE(ic.n, 0) AS n_instances "
       "FROM hosts h "
       "LEFT JOIN (SELECT dest_host, sum(memory_claim_mib) AS claimed, count(*) AS mig_in "
@@ -92,6 +114,25 @@ std::string HostSelect() {
       "LEFT JOIN (SELECT host, count(*) AS n FROM instances WHERE NOT missing GROUP BY host) ic "
       "ON ic.host = h.hostname ");
 }
+
+// A few hosts (the rows of `from`, a subquery of hosts rows) with their counts, each looked up
+// per row through the partial indexes: cost proportional to the rows, not to the tables.
+std::string HostSelectFew(const std::string& from) {
+  return absl::StrCat(
+      "SELECT ", HostColumns(),
+      ", COALESCE(c.claimed, 0) AS claimed, c.mig_in, o.mig_out, ic.n AS n_instances FROM ", from,
+      " h LEFT JOIN LATERAL (SELECT sum(memory_claim_mib)::bigint AS claimed, count(*) AS mig_in "
+      "FROM "
+      "migrations WHERE dest_host = h.hostname AND ",
+      kActive,
+      ") c ON true LEFT JOIN LATERAL (SELECT count(*) AS mig_out FROM migrations WHERE "
+      "source_host = h.hostname AND ",
+      kActive,
+      ") o ON true LEFT JOIN LATERAL (SELECT count(*) AS n FROM instances WHERE host = "
+      "h.hostname AND NOT missing) ic ON true ");
+}
+
+constexpr char kHostPageTokenPrefix[] = "h1.";
 
 HostRecord HostFromRow(const pqxx::row& r) {
   HostRecord h;
@@ -141,6 +182,20 @@ bool IsValidUuid(const std::string& uuid) {
 bool IsValidHostname(const std::string& hostname) {
   static const std::regex kRe("^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$");
   return std::regex_match(hostname, kRe);
+}
+
+bool IsValidRequestId(const std::string& request_id) {
+  if (request_id.empty() || request_id.size() > kMaxRequestIdLength) return false;
+  return std::all_of(request_id.begin(), request_id.end(),
+                     [](char c) { return c >= 0x20 && c <= 0x7e; });
+}
+
+absl::Status CheckRequestId(const std::string& field, const std::string& value) {
+  if (value.empty() || IsValidRequestId(value)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "field '", field, "' must be 1 to ", kMaxRequestIdLength,
+      " printable ASCII characters (space to '~'), got ", value.size(), " bytes",
+      value.size() > kMaxRequestIdLength ? "" : " with a control or non-ASCII character"));
 }
 
 class PgHostStore : public HostStore {
@@ -225,23 +280,103 @@ class PgHostStore : public HostStore {
 
   absl::StatusOr<HostRecord> GetHost(const std::string& hostname,
                                      absl::Duration service_down_time) override {
-    return pool_->Query<HostRecord>("get host", [&](pqxx::work& w) -> absl::StatusOr<HostRecord> {
-      pqxx::result r =
-          w.exec_params(HostSelect() + "WHERE h.hostname = $2", Secs(service_down_time), hostname);
-      if (r.empty()) {
-        return absl::NotFoundError(
-            absl::StrCat("host '", hostname, "' is unknown: it has never reported"));
-      }
-      return HostFromRow(r[0]);
-    });
+    return pool_->ReadQuery<HostRecord>(
+        "get host", [&](pqxx::transaction_base& w) -> absl::StatusOr<HostRecord> {
+          pqxx::result r = Prep(w, HostSelectFew("(SELECT * FROM hosts WHERE hostname = $2)"),
+                                Secs(service_down_time), hostname);
+          if (r.empty()) {
+            return absl::NotFoundError(
+                absl::StrCat("host '", hostname, "' is unknown: it has never reported"));
+          }
+          return HostFromRow(r[0]);
+        });
   }
 
   absl::StatusOr<std::vector<HostRecord>> ListHosts(absl::Duration service_down_time) override {
-    return pool_->Query<std::vector<HostRecord>>(
-        "list hosts", [&](pqxx::work& w) -> absl::StatusOr<std::vector<HostRecord>> {
+    return pool_->ReadQuery<std::vector<HostRecord>>(
+        "list hosts", [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<HostRecord>> {
           pqxx::result r =
               w.exec_params(HostSelect() + "ORDER BY h.hostname", Secs(service_down_time));
           std::vector<HostRecord> out;
+          for (const auto& row : r) out.push_back(HostFromRow(row));
+          return out;
+        });
+  }
+
+  absl::StatusOr<HostPage> ListHostsPage(const HostFilter& f,
+                                         absl::Duration service_down_time) override {
+    if (f.page_size < 1 || f.page_size > 1000) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page size must be between 1 and 1000, got ", f.page_size));
+    }
+    std::optional<std::string> after;
+    if (!f.page_token.empty()) {
+      const std::string name =
+          f.page_token.substr(std::min(f.page_token.size(), sizeof(kHostPageTokenPrefix) - 1));
+      if (f.page_token.rfind(kHostPageTokenPrefix, 0) != 0 || !IsValidHostname(name)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page token '", f.page_token,
+            "' is not one this server issued: pass the next_page_token of the previous page"));
+      }
+      after = name;
+    }
+    return pool_->ReadQuery<
+        HostPage>("list hosts", [&](pqxx::transaction_base& w) -> absl::StatusOr<HostPage> {
+      pqxx::result r = w.exec_params(
+          HostSelectFew(
+              "(SELECT * FROM hosts WHERE ($2::boolean IS NULL OR enabled = $2) AND ($3::boolean "
+              "IS NULL OR COALESCE(last_report_at > now() - make_interval(secs => $1), false) = "
+              "$3) AND ($4::text IS NULL OR hostname > $4) ORDER BY hostname LIMIT $5)") +
+              "ORDER BY h.hostname",
+          Secs(service_down_time), f.enabled, f.up, after, f.page_size + 1);
+      HostPage page;
+      for (const auto& row : r) page.hosts.push_back(HostFromRow(row));
+      if (static_cast<int>(page.hosts.size()) > f.page_size) {
+        page.hosts.pop_back();
+        page.next_page_token =
+            absl::StrCat(kHostPageTokenPrefix, page.hosts.back().report.hostname);
+      }
+      return page;
+    });
+  }
+
+  // Reads hosts in the order of the index hosts_memory_available (memory after the dom0
+  // reserve, then name), and stops after `limit` + K of them, where K counts the hosts with an
+  // active migration: only those have claims or migrations in flight, so at least `limit` of the
+  // hosts read keep their rank, and every host not read ranks below them.
+  absl::StatusOr<std::vector<HostRecord>> ListDestinationCandidates(
+      const DestinationQuery& q, absl::Duration service_down_time) override {
+    const int limit = std::clamp(q.limit, 1, 1000);
+    const std::string busy = absl::StrCat(
+        "(SELECT host, sum(claimed)::bigint AS claimed, sum(n)::bigint AS n FROM (SELECT "
+        "dest_host AS host, memory_claim_mib AS claimed, 1 AS n FROM migrations WHERE ",
+        kActive, " AND dest_host IS NOT NULL UNION ALL SELECT source_host, 0, 1 FROM migrations ",
+        "WHERE ", kActive, ") x GROUP BY host)");
+    return pool_->ReadQuery<std::vector<HostRecord>>(
+        "list destination candidates",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<HostRecord>> {
+          const int64_t k =
+              w.exec(absl::StrCat("SELECT count(*) FROM ", busy, " b"))[0][0].as<int64_t>();
+          pqxx::result r = w.exec_params(
+              HostSelectFew(absl::StrCat(
+                  "(SELECT hosts.* FROM (SELECT t.hostname FROM (SELECT hh.hostname, "
+                  "hh.memory_free_mib - hh.memory_reserved_mib AS raw FROM hosts hh WHERE "
+                  "hh.hostname <> $2 AND hh.enabled AND hh.last_report_at > now() - "
+                  "make_interval(secs => $1) AND hh.hypervisor_type = $3 AND "
+                  "hh.hypervisor_version >= $4 AND hh.cpu_arch = $5 AND hh.memory_free_mib - "
+                  "hh.memory_reserved_mib >= $6 ORDER BY hh.memory_free_mib - "
+                  "hh.memory_reserved_mib DESC, hh.hostname LIMIT $7::bigint + $8::bigint) t "
+                  "LEFT JOIN ",
+                  busy,
+                  " b ON b.host = t.hostname WHERE t.raw - COALESCE(b.claimed, 0) >= $6 ORDER BY "
+                  "t.raw - COALESCE(b.claimed, 0) DESC, COALESCE(b.n, 0), t.hostname LIMIT $7) "
+                  "top JOIN hosts ON hosts.hostname = top.hostname)")) +
+                  "ORDER BY h.memory_free_mib - h.memory_reserved_mib - COALESCE(c.claimed, 0) "
+                  "DESC, c.mig_in + o.mig_out, h.hostname",
+              Secs(service_down_time), q.source, q.hypervisor_type, q.min_hypervisor_version,
+              q.cpu_arch, q.memory_mib, limit, k);
+          std::vector<HostRecord> out;
+          out.reserve(r.size());
           for (const auto& row : r) out.push_back(HostFromRow(row));
           return out;
         });
@@ -301,6 +436,30 @@ absl::Status CheckUuid(const std::string& uuid, const char* what) {
   return absl::InvalidArgumentError(
       absl::StrCat(what, " '", uuid, "' is not a UUID (expected 8-4-4-4-12 hexadecimal digits)"));
 }
+
+// Instance pages continue after (name, uuid): "i1.<name, web-safe base64>.<uuid>".
+constexpr char kInstancePageTokenPrefix[] = "i1.";
+
+std::string InstancePageToken(const InstanceRecord& last) {
+  std::string name;
+  absl::WebSafeBase64Escape(last.name, &name);
+  return absl::StrCat(kInstancePageTokenPrefix, name, ".", last.uuid);
+}
+
+absl::Status ParseInstancePageToken(const std::string& token, std::string* name,
+                                    std::string* uuid) {
+  const size_t prefix = sizeof(kInstancePageTokenPrefix) - 1;
+  const size_t dot = token.rfind('.');
+  if (token.rfind(kInstancePageTokenPrefix, 0) != 0 || dot == std::string::npos || dot < prefix ||
+      !IsValidUuid(token.substr(dot + 1)) ||
+      !absl::WebSafeBase64Unescape(token.substr(prefix, dot - prefix), name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "page token '", token.substr(0, 300),
+        "' is not one this server issued: pass the next_page_token of the previous page"));
+  }
+  *uuid = token.substr(dot + 1);
+  return absl::OkStatus();
+}
 }  // namespace
 
 class PgInstanceStore : public InstanceStore {
@@ -309,9 +468,9 @@ class PgInstanceStore : public InstanceStore {
 
   absl::StatusOr<InstanceRecord> GetInstance(const std::string& uuid) override {
     RETURN_IF_ERROR(CheckUuid(uuid, "instance"));
-    return pool_->Query<InstanceRecord>(
-        "get instance", [&](pqxx::work& w) -> absl::StatusOr<InstanceRecord> {
-          pqxx::result r = w.exec_params(InstanceSelect() + "WHERE i.uuid = $1::uuid", uuid);
+    return pool_->ReadQuery<InstanceRecord>(
+        "get instance", [&](pqxx::transaction_base& w) -> absl::StatusOr<InstanceRecord> {
+          pqxx::result r = Prep(w, InstanceSelect() + "WHERE i.uuid = $1::uuid", uuid);
           if (r.empty()) {
             return absl::NotFoundError(absl::StrCat(
                 "instance ", uuid, " is unknown: no host has reported a domain with this UUID"));
@@ -323,14 +482,54 @@ class PgInstanceStore : public InstanceStore {
   absl::StatusOr<std::vector<InstanceRecord>> ListInstances(const std::string& host,
                                                             int limit) override {
     if (limit <= 0 || limit > 100000) limit = 1000;
-    return pool_->Query<std::vector<InstanceRecord>>(
-        "list instances", [&](pqxx::work& w) -> absl::StatusOr<std::vector<InstanceRecord>> {
+    return pool_->ReadQuery<std::vector<InstanceRecord>>(
+        "list instances",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<InstanceRecord>> {
           pqxx::result r = w.exec_params(
               InstanceSelect() + "WHERE ($1 = '' OR i.host = $1) ORDER BY i.name, i.uuid LIMIT $2",
               host, limit);
           std::vector<InstanceRecord> out;
           for (const auto& row : r) out.push_back(InstanceFromRow(row));
           return out;
+        });
+  }
+
+  absl::StatusOr<InstancePage> ListInstancesPage(const InstanceFilter& f) override {
+    if (f.page_size < 1 || f.page_size > 1000) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page size must be between 1 and 1000, got ", f.page_size));
+    }
+    if (!f.host.empty() && !IsValidHostname(f.host)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("host filter '", f.host, "' is not a valid host name"));
+    }
+    std::optional<std::string> after_name, after_uuid;
+    if (!f.page_token.empty()) {
+      std::string name, uuid;
+      RETURN_IF_ERROR(ParseInstancePageToken(f.page_token, &name, &uuid));
+      after_name = std::move(name);
+      after_uuid = std::move(uuid);
+    }
+    std::optional<std::string> states;
+    if (!f.power_states.empty()) states = TextArray(f.power_states);
+    return pool_->ReadQuery<InstancePage>(
+        "list instances", [&](pqxx::transaction_base& w) -> absl::StatusOr<InstancePage> {
+          pqxx::result r = w.exec_params(
+              InstanceSelect() +
+                  "WHERE ($1 = '' OR i.host = $1) "
+                  "AND ($2::text[] IS NULL OR i.power_state = ANY($2::text[])) "
+                  "AND ($3::boolean IS NULL OR i.missing = $3) "
+                  "AND ($4::boolean IS NULL OR (i.task_state IS NOT NULL) = $4) "
+                  "AND ($5::text IS NULL OR (i.name, i.uuid) > ($5::text, $6::uuid)) "
+                  "ORDER BY i.name, i.uuid LIMIT $7",
+              f.host, states, f.missing, f.migrating, after_name, after_uuid, f.page_size + 1);
+          InstancePage page;
+          for (const auto& row : r) page.instances.push_back(InstanceFromRow(row));
+          if (static_cast<int>(page.instances.size()) > f.page_size) {
+            page.instances.pop_back();
+            page.next_page_token = InstancePageToken(page.instances.back());
+          }
+          return page;
         });
   }
 
@@ -366,7 +565,8 @@ std::string MigrationSelect() {
       "m.instance_uuid::text AS instance_uuid, "
       "m.source_host, "
       "m.dest_host, m.requested_dest, m.status, m.step, m.live, m.block_migration, "
-      "m.options::text AS options, m.memory_claim_mib, m.requested_by, m.aborted_by, ",
+      "m.options::text AS options, m.memory_claim_mib, m.requested_by, m.aborted_by, "
+      "m.abort_reason, COALESCE(m.candidates::text, '') AS candidates, ",
       Us("m.abort_requested_at"), " AS abort_requested_at, m.force_complete_requested_by, ",
       Us("m.force_complete_requested_at"),
       " AS force_complete_requested_at, m.failure_reason, m.phase, m.bytes_total, "
@@ -400,6 +600,8 @@ absl::StatusOr<MigrationRecord> MigrationFromRow(const pqxx::row& r) {
   m.memory_claim_mib = r["memory_claim_mib"].as<int64_t>();
   m.requested_by = Str(r["requested_by"]);
   m.aborted_by = Str(r["aborted_by"]);
+  m.abort_reason = Str(r["abort_reason"]);
+  m.candidates_json = Str(r["candidates"]);
   m.abort_requested_at = OptTime(r["abort_requested_at"]);
   m.force_complete_requested_by = Str(r["force_complete_requested_by"]);
   m.force_complete_requested_at = OptTime(r["force_complete_requested_at"]);
@@ -431,22 +633,23 @@ absl::StatusOr<std::vector<MigrationRecord>> MigrationsFromResult(const pqxx::re
   return out;
 }
 
-absl::StatusOr<MigrationRecord> SelectMigration(pqxx::work& w, int64_t id, bool for_update) {
+absl::StatusOr<MigrationRecord> SelectMigration(pqxx::transaction_base& w, int64_t id,
+                                                bool for_update) {
   // Lock the row first: the select joins the instance's name (an outer join cannot be locked).
-  if (for_update) w.exec_params("SELECT 1 FROM migrations WHERE id = $1 FOR UPDATE", id);
-  pqxx::result r = w.exec_params(MigrationSelect() + "WHERE m.id = $1", id);
+  if (for_update) Prep(w, "SELECT 1 FROM migrations WHERE id = $1 FOR UPDATE", id);
+  pqxx::result r = Prep(w, MigrationSelect() + "WHERE m.id = $1", id);
   if (r.empty()) return absl::NotFoundError(absl::StrCat("migration ", id, " does not exist"));
   return MigrationFromRow(r[0]);
 }
 
 void InsertEvent(pqxx::work& w, const MigrationEvent& e) {
-  w.exec_params(
-      "INSERT INTO migration_events (migration_id, step, kind, outcome, status, actor, detail, "
-      "started_at, finished_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, "
-      "to_timestamp($8::double precision / 1000000), CASE WHEN $9::bigint IS NULL THEN NULL "
-      "ELSE to_timestamp($9::double precision / 1000000) END, $10)",
-      e.migration_id, e.step, e.kind, e.outcome, e.status, e.actor, e.detail, ToUs(e.started_at),
-      e.finished_at ? std::optional<int64_t>(ToUs(*e.finished_at)) : std::nullopt, e.duration_ms);
+  Prep(w,
+       "INSERT INTO migration_events (migration_id, step, kind, outcome, status, actor, detail, "
+       "started_at, finished_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+       "to_timestamp($8::double precision / 1000000), CASE WHEN $9::bigint IS NULL THEN NULL "
+       "ELSE to_timestamp($9::double precision / 1000000) END, $10)",
+       e.migration_id, e.step, e.kind, e.outcome, e.status, e.actor, e.detail, ToUs(e.started_at),
+       e.finished_at ? std::optional<int64_t>(ToUs(*e.finished_at)) : std::nullopt, e.duration_ms);
 }
 
 constexpr char kPageTokenPrefix[] = "m1.";
@@ -460,8 +663,9 @@ class PgMigrationStore : public MigrationStore {
 
   absl::StatusOr<CreateMigrationResult> CreateMigration(const NewMigration& m) override {
     RETURN_IF_ERROR(CheckUuid(m.instance_uuid, "instance"));
-    if (m.request_id && (m.request_id->empty() || m.request_id->size() > 255)) {
-      return absl::InvalidArgumentError("request id must be 1 to 255 characters");
+    if (m.request_id) {
+      if (m.request_id->empty()) return absl::InvalidArgumentError("request id must not be empty");
+      RETURN_IF_ERROR(CheckRequestId("request_id", *m.request_id));
     }
     if (!m.dest_host.empty() && !IsValidHostname(m.dest_host)) {
       return absl::InvalidArgumentError(
@@ -486,7 +690,8 @@ class PgMigrationStore : public MigrationStore {
             }
           }
           // Compare-and-swap claim of the instance: only an idle, present instance.
-          pqxx::result claim = w.exec_params(
+          pqxx::result claim = Prep(
+              w,
               "UPDATE instances SET task_state = 'migrating', updated_at = now() "
               "WHERE uuid = $1::uuid AND task_state IS NULL AND NOT missing AND host IS NOT NULL "
               "RETURNING host",
@@ -500,7 +705,8 @@ class PgMigrationStore : public MigrationStore {
           pqxx::result ins;
           try {
             pqxx::subtransaction sub(w, "insert migration");
-            ins = sub.exec_params(
+            ins = Prep(
+                sub,
                 "INSERT INTO migrations (request_id, instance_uuid, source_host, dest_host, "
                 "requested_dest, status, step, live, block_migration, options, memory_claim_mib, "
                 "requested_by, owner, lease_expires_at) VALUES ($1, $2::uuid, $3, NULLIF($4, ''), "
@@ -548,17 +754,17 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<MigrationRecord> GetMigration(int64_t id) override {
-    return pool_->Query<MigrationRecord>("get migration",
-                                         [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
-                                           return SelectMigration(w, id, false);
-                                         });
+    return pool_->ReadQuery<MigrationRecord>(
+        "get migration", [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationRecord> {
+          return SelectMigration(w, id, false);
+        });
   }
 
   absl::StatusOr<MigrationRecord> GetMigrationByUuid(const std::string& uuid) override {
     RETURN_IF_ERROR(CheckUuid(uuid, "migration id"));
-    return pool_->Query<MigrationRecord>(
-        "get migration", [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
-          pqxx::result r = w.exec_params(MigrationSelect() + "WHERE m.uuid = $1::uuid", uuid);
+    return pool_->ReadQuery<MigrationRecord>(
+        "get migration", [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationRecord> {
+          pqxx::result r = Prep(w, MigrationSelect() + "WHERE m.uuid = $1::uuid", uuid);
           if (r.empty())
             return absl::NotFoundError(absl::StrCat("migration ", uuid, " does not exist"));
           return MigrationFromRow(r[0]);
@@ -566,10 +772,11 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<MigrationRecord> FindByRequestId(const std::string& request_id) override {
-    return pool_->Query<MigrationRecord>("find migration by request id",
-                                         [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
-                                           return FindByRequestIdIn(w, request_id, "");
-                                         });
+    return pool_->ReadQuery<MigrationRecord>(
+        "find migration by request id",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationRecord> {
+          return FindByRequestIdIn(w, request_id, "");
+        });
   }
 
   absl::StatusOr<MigrationPage> ListMigrations(const MigrationFilter& f) override {
@@ -598,8 +805,8 @@ class PgMigrationStore : public MigrationStore {
     auto opt_us = [](const std::optional<absl::Time>& t) {
       return t ? std::optional<int64_t>(ToUs(*t)) : std::nullopt;
     };
-    return pool_->Query<MigrationPage>(
-        "list migrations", [&](pqxx::work& w) -> absl::StatusOr<MigrationPage> {
+    return pool_->ReadQuery<MigrationPage>(
+        "list migrations", [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationPage> {
           pqxx::result r = w.exec_params(
               MigrationSelect() +
                   "WHERE ($1::text[] IS NULL OR m.status = ANY($1::text[])) "
@@ -622,9 +829,9 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<std::vector<MigrationRecord>> ListActiveMigrations() override {
-    return pool_->Query<std::vector<MigrationRecord>>(
+    return pool_->ReadQuery<std::vector<MigrationRecord>>(
         "list active migrations",
-        [&](pqxx::work& w) -> absl::StatusOr<std::vector<MigrationRecord>> {
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<MigrationRecord>> {
           return MigrationsFromResult(
               w.exec(MigrationSelect() + "WHERE m." + kActive + " ORDER BY m.id"));
         });
@@ -640,12 +847,14 @@ class PgMigrationStore : public MigrationStore {
     const bool terminal = IsTerminal(t.to);
     return pool_->Query<MigrationRecord>(
         "apply migration transition", [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
-          pqxx::result r = w.exec_params(
+          pqxx::result r = Prep(
+              w,
               "UPDATE migrations SET status = $3, step = $4, updated_at = now(), "
               "dest_host = COALESCE($5, dest_host), "
               // A terminal status releases the claim (scheduler.proto, memory_claimed_mib).
               "memory_claim_mib = CASE WHEN $9 THEN 0 ELSE COALESCE($6, memory_claim_mib) END, "
               "failure_reason = COALESCE($7, failure_reason), "
+              "candidates = COALESCE($11::jsonb, candidates), "
               "started_at = CASE WHEN $8 THEN COALESCE(started_at, now()) ELSE started_at END, "
               "finished_at = CASE WHEN $9 THEN now() ELSE NULL END, "
               "owner = CASE WHEN $9 THEN NULL ELSE owner END, "
@@ -653,7 +862,8 @@ class PgMigrationStore : public MigrationStore {
               "WHERE id = $1 AND status = $2 AND owner = $10 AND lease_expires_at > now() "
               "RETURNING instance_uuid::text, dest_host",
               t.migration_id, std::string(ToString(t.from)), std::string(ToString(t.to)), t.step,
-              t.dest_host, t.memory_claim_mib, t.failure_reason, t.mark_started, terminal, t.owner);
+              t.dest_host, t.memory_claim_mib, t.failure_reason, t.mark_started, terminal, t.owner,
+              t.candidates_json);
           if (r.empty()) {
             pqxx::result cur = w.exec_params(
                 "SELECT status, COALESCE(owner, ''), lease_expires_at > now() FROM migrations "
@@ -679,14 +889,14 @@ class PgMigrationStore : public MigrationStore {
               return absl::FailedPreconditionError(absl::StrCat(
                   "migration ", t.migration_id, " cannot complete without a destination"));
             }
-            w.exec_params(
-                "UPDATE instances SET host = $2, task_state = NULL, missing = false, "
-                "missing_since = NULL, updated_at = now() WHERE uuid = $1::uuid",
-                instance, dest);
+            Prep(w,
+                 "UPDATE instances SET host = $2, task_state = NULL, missing = false, "
+                 "missing_since = NULL, updated_at = now() WHERE uuid = $1::uuid",
+                 instance, dest);
           } else if (terminal) {
-            w.exec_params(
-                "UPDATE instances SET task_state = NULL, updated_at = now() WHERE uuid = $1::uuid",
-                instance);
+            Prep(w,
+                 "UPDATE instances SET task_state = NULL, updated_at = now() WHERE uuid = $1::uuid",
+                 instance);
           }
           MigrationEvent ev;
           ev.migration_id = t.migration_id;
@@ -715,11 +925,12 @@ class PgMigrationStore : public MigrationStore {
                           const std::optional<std::string>& dest_host,
                           const std::optional<int64_t>& memory_claim_mib) override {
     return pool_->Run("record migration step", [&](pqxx::work& w) -> absl::Status {
-      pqxx::result r = w.exec_params(
-          "UPDATE migrations SET step = $4, updated_at = now(), dest_host = COALESCE($5, "
-          "dest_host), memory_claim_mib = COALESCE($6, memory_claim_mib) WHERE id = $1 AND "
-          "status = $2 AND owner = $3 AND lease_expires_at > now()",
-          id, ToString(status), owner, step, dest_host, memory_claim_mib);
+      pqxx::result r =
+          Prep(w,
+               "UPDATE migrations SET step = $4, updated_at = now(), dest_host = COALESCE($5, "
+               "dest_host), memory_claim_mib = COALESCE($6, memory_claim_mib) WHERE id = $1 AND "
+               "status = $2 AND owner = $3 AND lease_expires_at > now()",
+               id, ToString(status), owner, step, dest_host, memory_claim_mib);
       if (r.affected_rows() == 0) {
         return absl::AbortedError(absl::StrCat(
             "migration ", id, ": step ", step, " not recorded: the migration is no longer '",
@@ -743,9 +954,11 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<std::vector<MigrationEvent>> ListEvents(int64_t migration_id) override {
-    return pool_->Query<std::vector<MigrationEvent>>(
-        "list migration events", [&](pqxx::work& w) -> absl::StatusOr<std::vector<MigrationEvent>> {
-          pqxx::result r = w.exec_params(
+    return pool_->ReadQuery<std::vector<MigrationEvent>>(
+        "list migration events",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<MigrationEvent>> {
+          pqxx::result r = Prep(
+              w,
               absl::StrCat("SELECT id, migration_id, step, kind, outcome, status, actor, detail, ",
                            Us("started_at"), " AS started_at, ", Us("finished_at"),
                            " AS finished_at, duration_ms FROM migration_events "
@@ -774,14 +987,15 @@ class PgMigrationStore : public MigrationStore {
   absl::Status UpdateProgress(int64_t id, const std::string& owner,
                               const MigrationProgress& p) override {
     return pool_->Run("update migration progress", [&](pqxx::work& w) -> absl::Status {
-      pqxx::result r = w.exec_params(
-          "UPDATE migrations SET phase = $3, bytes_total = $4, bytes_processed = $5, "
-          "bytes_remaining = $6, percent = $7, downtime_ms = $8, elapsed_ms = $9, "
-          "progress_at = now(), updated_at = now() WHERE id = $1 AND owner = $2 AND "
-          "lease_expires_at > now() AND " +
-              std::string(kActive),
-          id, owner, p.phase, p.bytes_total, p.bytes_processed, p.bytes_remaining, p.percent,
-          p.downtime_ms, p.elapsed_ms);
+      pqxx::result r =
+          Prep(w,
+               "UPDATE migrations SET phase = $3, bytes_total = $4, bytes_processed = $5, "
+               "bytes_remaining = $6, percent = $7, downtime_ms = $8, elapsed_ms = $9, "
+               "progress_at = now(), updated_at = now() WHERE id = $1 AND owner = $2 AND "
+               "lease_expires_at > now() AND " +
+                   std::string(kActive),
+               id, owner, p.phase, p.bytes_total, p.bytes_processed, p.bytes_remaining, p.percent,
+               p.downtime_ms, p.elapsed_ms);
       if (r.affected_rows() == 0) {
         return absl::AbortedError(absl::StrCat("migration ", id, ": progress not written: '", owner,
                                                "' does not hold an active lease on it"));
@@ -816,19 +1030,20 @@ class PgMigrationStore : public MigrationStore {
 
   absl::StatusOr<int> RenewLeases(const std::string& owner, absl::Duration ttl) override {
     return pool_->Query<int>("renew migration leases", [&](pqxx::work& w) -> absl::StatusOr<int> {
-      pqxx::result r = w.exec_params(
-          "UPDATE migrations SET lease_expires_at = now() + make_interval(secs => $2) WHERE "
-          "owner = $1 AND lease_expires_at > now() AND " +
-              std::string(kActive),
-          owner, absl::ToDoubleSeconds(ttl));
+      pqxx::result r =
+          Prep(w,
+               "UPDATE migrations SET lease_expires_at = now() + make_interval(secs => $2) WHERE "
+               "owner = $1 AND lease_expires_at > now() AND " +
+                   std::string(kActive),
+               owner, absl::ToDoubleSeconds(ttl));
       return static_cast<int>(r.affected_rows());
     });
   }
 
   absl::StatusOr<std::vector<MigrationRecord>> ListOrphaned() override {
-    return pool_->Query<std::vector<MigrationRecord>>(
+    return pool_->ReadQuery<std::vector<MigrationRecord>>(
         "list orphaned migrations",
-        [&](pqxx::work& w) -> absl::StatusOr<std::vector<MigrationRecord>> {
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<MigrationRecord>> {
           return MigrationsFromResult(
               w.exec(MigrationSelect() + "WHERE m." + kActive +
                      " AND (m.owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= "
@@ -836,8 +1051,9 @@ class PgMigrationStore : public MigrationStore {
         });
   }
 
-  absl::StatusOr<MigrationRecord> RequestAbort(int64_t id, const std::string& by) override {
-    return RecordRequest(id, by, "aborted_by", "abort_requested_at", "abort requested by ");
+  absl::StatusOr<MigrationRecord> RequestAbort(int64_t id, const std::string& by,
+                                               const std::string& reason) override {
+    return RecordRequest(id, by, "aborted_by", "abort_requested_at", "abort requested by ", reason);
   }
 
   absl::StatusOr<MigrationRecord> RequestForceComplete(int64_t id, const std::string& by) override {
@@ -846,8 +1062,9 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<std::map<std::string, int64_t>> CountByStatus() override {
-    return pool_->Query<std::map<std::string, int64_t>>(
-        "count migrations", [&](pqxx::work& w) -> absl::StatusOr<std::map<std::string, int64_t>> {
+    return pool_->ReadQuery<std::map<std::string, int64_t>>(
+        "count migrations",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::map<std::string, int64_t>> {
           std::map<std::string, int64_t> out;
           for (const auto& row :
                w.exec("SELECT status, count(*) FROM migrations GROUP BY status")) {
@@ -863,8 +1080,9 @@ class PgMigrationStore : public MigrationStore {
     for (size_t i = 0; i < bounds_ms.size(); ++i) {
       absl::StrAppend(&cols, ", count(*) FILTER (WHERE duration_ms <= ", bounds_ms[i], ")");
     }
-    return pool_->Query<std::vector<StepHistogram>>(
-        "step durations", [&](pqxx::work& w) -> absl::StatusOr<std::vector<StepHistogram>> {
+    return pool_->ReadQuery<std::vector<StepHistogram>>(
+        "step durations",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<StepHistogram>> {
           std::vector<StepHistogram> out;
           pqxx::result r = w.exec(absl::StrCat(
               "SELECT step, count(*), COALESCE(sum(duration_ms), 0)", cols,
@@ -885,8 +1103,8 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<int64_t> MemoryClaimedOn(const std::string& host) override {
-    return pool_->Query<
-        int64_t>("sum memory claims", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
+    return pool_->ReadQuery<
+        int64_t>("sum memory claims", [&](pqxx::transaction_base& w) -> absl::StatusOr<int64_t> {
       pqxx::result r = w.exec_params(
           "SELECT COALESCE(sum(memory_claim_mib), 0)::bigint FROM migrations WHERE dest_host = $1 "
           "AND " +
@@ -909,9 +1127,10 @@ class PgMigrationStore : public MigrationStore {
   }
 
  private:
-  absl::StatusOr<MigrationRecord> FindByRequestIdIn(pqxx::work& w, const std::string& request_id,
+  absl::StatusOr<MigrationRecord> FindByRequestIdIn(pqxx::transaction_base& w,
+                                                    const std::string& request_id,
                                                     const std::string& instance_uuid) {
-    pqxx::result r = w.exec_params(MigrationSelect() + "WHERE m.request_id = $1", request_id);
+    pqxx::result r = Prep(w, MigrationSelect() + "WHERE m.request_id = $1", request_id);
     if (r.empty()) {
       return absl::NotFoundError(absl::StrCat("no migration has request id '", request_id, "'"));
     }
@@ -951,9 +1170,10 @@ class PgMigrationStore : public MigrationStore {
     return absl::FailedPreconditionError(absl::StrCat("instance ", uuid, " has no known host"));
   }
 
+  // `reason` (an abort's) is recorded in abort_reason when not empty.
   absl::StatusOr<MigrationRecord> RecordRequest(int64_t id, const std::string& by,
                                                 const char* by_col, const char* at_col,
-                                                const char* what) {
+                                                const char* what, const std::string& reason = "") {
     if (by.empty()) return absl::InvalidArgumentError("the request needs the caller's identity");
     return pool_->Query<MigrationRecord>(
         "record operator request", [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
@@ -965,8 +1185,12 @@ class PgMigrationStore : public MigrationStore {
           }
           w.exec_params(
               absl::StrCat("UPDATE migrations SET ", by_col, " = $2, ", at_col, " = COALESCE(",
-                           at_col, ", now()), updated_at = now() WHERE id = $1"),
-              id, by);
+                           at_col, ", now()), ",
+                           std::string(by_col) == "aborted_by"
+                               ? "abort_reason = COALESCE(NULLIF($3::text, ''), abort_reason), "
+                               : "",
+                           "updated_at = now() WHERE id = $1 AND $3::text IS NOT NULL"),
+              id, by, reason);
           MigrationEvent ev;
           ev.migration_id = id;
           ev.step = cur.step;
@@ -974,7 +1198,7 @@ class PgMigrationStore : public MigrationStore {
           ev.outcome = "requested";
           ev.status = std::string(ToString(cur.status));
           ev.actor = by;
-          ev.detail = absl::StrCat(what, by);
+          ev.detail = absl::StrCat(what, by, reason.empty() ? "" : ": ", reason);
           ev.started_at = absl::Now();
           ev.finished_at = ev.started_at;
           ev.duration_ms = 0;
@@ -994,7 +1218,12 @@ class PgEvacuationStore : public EvacuationStore {
 
   absl::StatusOr<EvacuationRecord> CreateEvacuation(
       const std::string& host, int32_t max_parallel, const std::string& requested_by,
-      const std::string& reason, const std::vector<std::string>& instance_uuids) override {
+      const std::string& reason, const std::vector<std::string>& instance_uuids,
+      const std::optional<std::string>& request_id) override {
+    if (request_id) {
+      if (request_id->empty()) return absl::InvalidArgumentError("request id must not be empty");
+      RETURN_IF_ERROR(CheckRequestId("request_id", *request_id));
+    }
     if (max_parallel < 1) {
       return absl::InvalidArgumentError(
           absl::StrCat("max parallel must be at least 1, got ", max_parallel));
@@ -1006,14 +1235,25 @@ class PgEvacuationStore : public EvacuationStore {
         pool_->Query<int64_t>("create evacuation", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
           pqxx::result h = w.exec_params("SELECT 1 FROM hosts WHERE hostname = $1", host);
           if (h.empty()) return absl::NotFoundError(absl::StrCat("host '", host, "' is unknown"));
-          pqxx::result r = w.exec_params(
-              "INSERT INTO evacuations (host, status, max_parallel, requested_by, reason) VALUES "
-              "($1, 'running', $2, $3, $4) RETURNING id",
-              host, max_parallel, requested_by, reason);
+          pqxx::result r;
+          try {
+            pqxx::subtransaction sub(w, "insert evacuation");
+            r = sub.exec_params(
+                "INSERT INTO evacuations (host, status, max_parallel, requested_by, reason, "
+                "request_id) VALUES ($1, 'running', $2, $3, $4, $5) RETURNING id",
+                host, max_parallel, requested_by, reason, request_id);
+            sub.commit();
+          } catch (const pqxx::unique_violation&) {
+            return absl::AlreadyExistsError(absl::StrCat("an evacuation with request id '",
+                                                         request_id.value_or(""), "' exists"));
+          }
           const int64_t id = r[0][0].as<int64_t>();
+          // The plan keeps each instance's name at planning time.
           for (const auto& u : instance_uuids) {
             w.exec_params(
-                "INSERT INTO evacuation_items (evacuation_id, instance_uuid) VALUES ($1, $2::uuid)",
+                "INSERT INTO evacuation_items (evacuation_id, instance_uuid, instance_name) "
+                "SELECT $1, $2::uuid, COALESCE((SELECT name FROM instances WHERE uuid = "
+                "$2::uuid), '')",
                 id, u);
           }
           return id;
@@ -1023,16 +1263,18 @@ class PgEvacuationStore : public EvacuationStore {
   }
 
   absl::StatusOr<EvacuationRecord> GetEvacuation(int64_t id) override {
-    return pool_->Query<EvacuationRecord>(
-        "get evacuation", [&](pqxx::work& w) -> absl::StatusOr<EvacuationRecord> {
+    return pool_->ReadQuery<EvacuationRecord>(
+        "get evacuation", [&](pqxx::transaction_base& w) -> absl::StatusOr<EvacuationRecord> {
           pqxx::result r = w.exec_params(EvacuationSelect() + "WHERE id = $1", id);
           if (r.empty()) {
             return absl::NotFoundError(absl::StrCat("evacuation ", id, " does not exist"));
           }
           EvacuationRecord e = EvacuationFromRow(r[0]);
           pqxx::result items = w.exec_params(
-              "SELECT instance_uuid::text, migration_id, outcome, reason FROM evacuation_items "
-              "WHERE evacuation_id = $1 ORDER BY instance_uuid",
+              "SELECT it.instance_uuid::text, it.migration_id, it.outcome, it.reason, m.status, "
+              "m.failure_reason, it.instance_name FROM evacuation_items it LEFT JOIN migrations m "
+              "ON m.id = "
+              "it.migration_id WHERE it.evacuation_id = $1 ORDER BY it.instance_uuid",
               id);
           for (const auto& row : items) {
             EvacuationItem it;
@@ -1040,17 +1282,37 @@ class PgEvacuationStore : public EvacuationStore {
             it.migration_id = Opt<int64_t>(row[1]);
             it.outcome = Str(row[2]);
             it.reason = Str(row[3]);
+            it.migration_status = Str(row[4]);
+            it.migration_failure_reason = Str(row[5]);
+            it.instance_name = Str(row[6]);
             e.items.push_back(std::move(it));
           }
           return e;
         });
   }
 
+  absl::StatusOr<EvacuationRecord> FindEvacuationByRequestId(
+      const std::string& request_id) override {
+    auto id = pool_->ReadQuery<int64_t>(
+        "find evacuation by request id", [&](pqxx::transaction_base& w) -> absl::StatusOr<int64_t> {
+          pqxx::result r =
+              w.exec_params("SELECT id FROM evacuations WHERE request_id = $1", request_id);
+          if (r.empty()) {
+            return absl::NotFoundError(
+                absl::StrCat("no evacuation has request id '", request_id, "'"));
+          }
+          return r[0][0].as<int64_t>();
+        });
+    if (!id.ok()) return id.status();
+    return GetEvacuation(*id);
+  }
+
   absl::StatusOr<std::vector<EvacuationRecord>> ListEvacuations(const std::string& host,
                                                                 int limit) override {
     if (limit <= 0 || limit > 1000) limit = 100;
-    return pool_->Query<std::vector<EvacuationRecord>>(
-        "list evacuations", [&](pqxx::work& w) -> absl::StatusOr<std::vector<EvacuationRecord>> {
+    return pool_->ReadQuery<std::vector<EvacuationRecord>>(
+        "list evacuations",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<EvacuationRecord>> {
           pqxx::result r = w.exec_params(
               EvacuationSelect() + "WHERE ($1 = '' OR host = $1) ORDER BY id DESC LIMIT $2", host,
               limit);
@@ -1098,7 +1360,7 @@ class PgEvacuationStore : public EvacuationStore {
 
  private:
   static std::string EvacuationSelect() {
-    return absl::StrCat("SELECT id, host, status, max_parallel, requested_by, reason, ",
+    return absl::StrCat("SELECT id, host, status, max_parallel, requested_by, reason, request_id, ",
                         Us("created_at"), " AS created_at, ", Us("updated_at"), " AS updated_at, ",
                         Us("finished_at"), " AS finished_at FROM evacuations ");
   }
@@ -1110,6 +1372,7 @@ class PgEvacuationStore : public EvacuationStore {
     e.max_parallel = r["max_parallel"].as<int32_t>();
     e.requested_by = Str(r["requested_by"]);
     e.reason = Str(r["reason"]);
+    e.request_id = Opt<std::string>(r["request_id"]);
     e.created_at = FromUs(r["created_at"].as<int64_t>());
     e.updated_at = FromUs(r["updated_at"].as<int64_t>());
     e.finished_at = OptTime(r["finished_at"]);

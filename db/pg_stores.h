@@ -39,9 +39,16 @@ class PgStores {
 // markers name a migration, like Nova's).
 std::string PageTokenAfter(int64_t id);
 
-// Validation shared by the stores and the API layer.
+// Validation shared by the stores and the API layer (one place for each rule).
 bool IsValidUuid(const std::string& uuid);
 bool IsValidHostname(const std::string& hostname);
+// A caller's request id (scheduler.proto, LiveMigrateRequest and EvacuateHostRequest): 1 to 128
+// printable ASCII characters (space to '~').
+inline constexpr size_t kMaxRequestIdLength = 128;
+bool IsValidRequestId(const std::string& request_id);
+// OK for an empty value (no request id) or a valid one; else InvalidArgument naming `field` and
+// the rule.
+absl::Status CheckRequestId(const std::string& field, const std::string& value);
 
 }  // namespace livemig::db
 

@@ -61,6 +61,32 @@ struct HostRecord {
   int64_t instances = 0;           // instances on the host, not missing
 };
 
+// One page of hosts, by host name (HostStore::ListHostsPage).
+struct HostFilter {
+  std::optional<bool> enabled;  // unset: both
+  std::optional<bool> up;       // unset: both
+  int page_size = 50;           // 1..1000
+  std::string page_token;       // from a previous page; empty: first page
+};
+
+struct HostPage {
+  std::vector<HostRecord> hosts;
+  std::string next_page_token;  // empty: no more
+};
+
+// The hosts that could take an instance (HostStore::ListDestinationCandidates): every host but
+// `source` that is enabled, up, runs `hypervisor_type` at `min_hypervisor_version` or later on
+// `cpu_arch`, and has `memory_mib` available after its dom0 reserve and inbound claims. Ordered
+// as RankDestinations ranks (most memory available, then fewest migrations in flight, then name).
+struct DestinationQuery {
+  std::string source;
+  std::string hypervisor_type;
+  int64_t min_hypervisor_version = 0;
+  std::string cpu_arch;
+  int64_t memory_mib = 0;
+  int limit = 32;
+};
+
 struct ReportResult {
   bool accepted = false;  // false: stale (a newer report was already applied)
   int64_t seq = 0;        // the sequence number the store now holds
@@ -80,6 +106,21 @@ struct InstanceRecord {
   std::optional<absl::Time> missing_since;
   std::optional<int64_t> active_migration_id;
   absl::Time updated_at;
+};
+
+// One page of instances, by name, then UUID (InstanceStore::ListInstancesPage).
+struct InstanceFilter {
+  std::string host;                       // empty: every host
+  std::vector<std::string> power_states;  // empty: any
+  std::optional<bool> missing;            // unset: both
+  std::optional<bool> migrating;          // unset: both (migrating: task_state set)
+  int page_size = 50;                     // 1..1000
+  std::string page_token;                 // from a previous page; empty: first page
+};
+
+struct InstancePage {
+  std::vector<InstanceRecord> instances;
+  std::string next_page_token;  // empty: no more
 };
 
 struct MigrationProgress {
@@ -110,10 +151,14 @@ struct MigrationRecord {
   int64_t memory_claim_mib = 0;
   std::string requested_by;
   std::string aborted_by;
+  std::string abort_reason;  // the reason given with the abort ("" without one)
   std::optional<absl::Time> abort_requested_at;
   std::string force_complete_requested_by;
   std::optional<absl::Time> force_complete_requested_at;
   std::string failure_reason;
+  // The destination candidates ranked when the scheduler chose the destination: a JSON array of
+  // scheduler.v1.HostCheck (proto3 JSON), best first; "" when none (destination requested).
+  std::string candidates_json;
   MigrationProgress progress;
   std::string owner;
   std::optional<absl::Time> lease_expires_at;
@@ -172,6 +217,8 @@ struct Transition {
   std::optional<std::string> dest_host;
   std::optional<int64_t> memory_claim_mib;
   std::optional<std::string> failure_reason;
+  // The ranked destination candidates (MigrationRecord::candidates_json), when choosing one.
+  std::optional<std::string> candidates_json;
   bool mark_started = false;  // sets started_at (the transfer began)
   // More events in the same transaction (e.g. the next step's intent).
   std::vector<MigrationEvent> extra_events;
@@ -197,6 +244,11 @@ struct EvacuationItem {
   std::optional<int64_t> migration_id;
   std::string outcome = "pending";  // pending, migrating, completed, failed, skipped
   std::string reason;
+  // Read only (GetEvacuation): the status of the item's migration ("" without one) and its
+  // failure reason, so that an evacuation's progress is one read, not one per migration.
+  std::string migration_status;
+  std::string migration_failure_reason;
+  std::string instance_name;  // at planning time (read only)
 };
 
 struct EvacuationRecord {
@@ -206,6 +258,7 @@ struct EvacuationRecord {
   int32_t max_parallel = 1;
   std::string requested_by;
   std::string reason;
+  std::optional<std::string> request_id;  // the caller's idempotency key
   absl::Time created_at;
   absl::Time updated_at;
   std::optional<absl::Time> finished_at;

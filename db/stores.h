@@ -34,6 +34,13 @@ class HostStore {
   virtual absl::StatusOr<HostRecord> GetHost(const std::string& hostname,
                                              absl::Duration service_down_time) = 0;
   virtual absl::StatusOr<std::vector<HostRecord>> ListHosts(absl::Duration service_down_time) = 0;
+  // One page by host name; InvalidArgument for a bad page size or token.
+  virtual absl::StatusOr<HostPage> ListHostsPage(const HostFilter& filter,
+                                                 absl::Duration service_down_time) = 0;
+  // The best `q.limit` hosts that pass the checks the database can decide (see DestinationQuery);
+  // the caller runs the full checks on them.
+  virtual absl::StatusOr<std::vector<HostRecord>> ListDestinationCandidates(
+      const DestinationQuery& q, absl::Duration service_down_time) = 0;
 
   // Records who changed it and why. NotFound for an unknown host.
   virtual absl::StatusOr<HostRecord> SetHostEnabled(const std::string& hostname, bool enabled,
@@ -48,6 +55,9 @@ class InstanceStore {
   // Ordered by name, then uuid. `host` empty: every host.
   virtual absl::StatusOr<std::vector<InstanceRecord>> ListInstances(const std::string& host,
                                                                     int limit) = 0;
+  // One page by name, then uuid (keyset pagination, stable while rows are inserted), filtered in
+  // the database. InvalidArgument for a bad page size, host name or token.
+  virtual absl::StatusOr<InstancePage> ListInstancesPage(const InstanceFilter& filter) = 0;
   // Compare-and-swap on task_state: sets `desired` only if the current value equals
   // `expected` (nullopt = idle). Aborted when it does not; NotFound for an unknown instance.
   virtual absl::Status CompareAndSetTaskState(const std::string& uuid,
@@ -109,8 +119,10 @@ class MigrationStore {
   // Active migrations with no owner or an expired lease (candidates for a takeover).
   virtual absl::StatusOr<std::vector<MigrationRecord>> ListOrphaned() = 0;
 
-  // Records an operator's request. FailedPrecondition if the migration is terminal.
-  virtual absl::StatusOr<MigrationRecord> RequestAbort(int64_t id, const std::string& by) = 0;
+  // Records an operator's request. FailedPrecondition if the migration is terminal. An abort
+  // records its reason (abort_reason; "" keeps the one recorded before, if any).
+  virtual absl::StatusOr<MigrationRecord> RequestAbort(int64_t id, const std::string& by,
+                                                       const std::string& reason) = 0;
   virtual absl::StatusOr<MigrationRecord> RequestForceComplete(int64_t id,
                                                                const std::string& by) = 0;
 
@@ -137,10 +149,16 @@ class MigrationStore {
 class EvacuationStore {
  public:
   virtual ~EvacuationStore() = default;
+  // Creates the evacuation and its plan (each item with the instance's name at planning time).
+  // With a request id: AlreadyExists when an evacuation already has it (FindByRequestId).
   virtual absl::StatusOr<EvacuationRecord> CreateEvacuation(
       const std::string& host, int32_t max_parallel, const std::string& requested_by,
-      const std::string& reason, const std::vector<std::string>& instance_uuids) = 0;
+      const std::string& reason, const std::vector<std::string>& instance_uuids,
+      const std::optional<std::string>& request_id = std::nullopt) = 0;
   virtual absl::StatusOr<EvacuationRecord> GetEvacuation(int64_t id) = 0;
+  // The evacuation created with `request_id` (with its items); NotFound when none.
+  virtual absl::StatusOr<EvacuationRecord> FindEvacuationByRequestId(
+      const std::string& request_id) = 0;
   // Newest first; `host` empty: every host.
   virtual absl::StatusOr<std::vector<EvacuationRecord>> ListEvacuations(const std::string& host,
                                                                         int limit) = 0;

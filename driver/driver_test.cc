@@ -334,6 +334,32 @@ TEST_CASE("fake: a live migration follows libvirt peer-to-peer's contract") {
   CHECK(p.Where() == Loc{{"fake-b", "running"}});
 }
 
+TEST_CASE("fake: the action journal records every driver action, once, with its time") {
+  FakePair p;
+  const absl::Time t0 = absl::Now() - absl::Milliseconds(1);
+  auto lm = p.Prepare("m-j");
+  REQUIRE(p.a->LiveMigration(lm, nullptr).ok());
+  cv1::PostLiveMigrationRequest post;
+  post.set_migration_id("m-j");
+  post.set_instance_uuid(kFakeUuid);
+  REQUIRE(p.a->PostLiveMigration(post).ok());
+  REQUIRE(p.a->LiveMigration(lm, nullptr).ok());  // attaches: no action, no entry
+  auto j = p.a->hypervisor().Journal();
+  REQUIRE(j.ok());
+  std::vector<std::string> steps;
+  for (const auto& e : *j) {
+    if (e.migration_id != "m-j") continue;
+    steps.push_back(absl::StrCat(e.host, ":", e.step, e.automatic ? ":auto" : ""));
+    CHECK(e.time >= t0);
+    CHECK(e.time <= absl::Now());
+  }
+  CHECK(steps == std::vector<std::string>{"fake-b:check_can_live_migrate_on_dest",
+                                          "fake-a:check_can_live_migrate_on_src",
+                                          "fake-b:pre_live_migration", "fake-a:live_migration",
+                                          "fake-a:transfer_completed:auto",
+                                          "fake-a:post_live_migration"});
+}
+
 TEST_CASE("fake: a transfer proceeds without its agent, and a new agent attaches to it") {
   FakePair p;
   REQUIRE(p.a->hypervisor().SetTransferDuration("fake-a", absl::Milliseconds(300)).ok());

@@ -65,6 +65,24 @@ v1::DomainState StateOf(const std::string& s) {
   return v1::DOMAIN_STATE_UNSPECIFIED;
 }
 
+// Journals a driver action (see FakeHypervisor::Journal): queued in the state under the lock,
+// then appended to <state_dir>/journal.jsonl by FlushJournal (an append-only file, so that a
+// long benchmark does not make state.json grow).
+void Journal(json& st, const std::string& host, const std::string& step, const std::string& id,
+             int64_t ms, bool automatic = false) {
+  st["journal_pending"].push_back(
+      {{"host", host}, {"step", step}, {"migration_id", id}, {"ms", ms}, {"auto", automatic}});
+}
+
+absl::Status FlushJournal(const std::string& dir, json& st) {
+  if (!st.contains("journal_pending")) return absl::OkStatus();
+  std::ofstream out(dir + "/journal.jsonl", std::ios::app);
+  for (const auto& e : st["journal_pending"]) out << e.dump() << "\n";
+  st.erase("journal_pending");
+  if (!out) return Errno("append " + dir + "/journal.jsonl");
+  return absl::OkStatus();
+}
+
 // Moves every running transfer whose time has come to its end.
 void AdvanceTransfers(json& st, int64_t now) {
   for (auto& [id, t] : st["transfers"].items()) {
@@ -74,7 +92,10 @@ void AdvanceTransfers(json& st, int64_t now) {
     json& dst = st["hosts"][t["dst"].get<std::string>()];
     const std::string uuid = t["uuid"];
     t["finished_ms"] = t["start_ms"].get<int64_t>() + t["duration_ms"].get<int64_t>();
-    if (t.value("fail_transfer", std::string()) != "") {
+    const bool fails = t.value("fail_transfer", std::string()) != "";
+    Journal(st, t["src"].get<std::string>(), fails ? "transfer_failed" : "transfer_completed", id,
+            t["finished_ms"].get<int64_t>(), /*automatic=*/true);
+    if (fails) {
       t["state"] = "failed";
       t["error"] = t["fail_transfer"];
       dst["domains"].erase(uuid);
@@ -178,8 +199,10 @@ absl::Status FakeHypervisor::Mutate(const std::function<absl::Status(json&, bool
   ASSIGN_OR_RETURN(json st, ReadState(dir_));
   json before = st;
   AdvanceTransfers(st, NowMs(clock_));
+  RETURN_IF_ERROR(FlushJournal(dir_, st));
   bool changed = st != before;
   absl::Status s = fn(st, &changed);
+  RETURN_IF_ERROR(FlushJournal(dir_, st));
   if (changed) RETURN_IF_ERROR(WriteState(dir_, st));
   return s;
 }
@@ -256,6 +279,29 @@ absl::StatusOr<json> FakeHypervisor::Snapshot() {
     return absl::OkStatus();
   }));
   return copy;
+}
+
+absl::StatusOr<std::vector<FakeHypervisor::JournalEntry>> FakeHypervisor::Journal() {
+  std::vector<std::string> lines;
+  RETURN_IF_ERROR(Mutate([&](json&, bool*) -> absl::Status {
+    std::ifstream in(dir_ + "/journal.jsonl");
+    std::string line;
+    while (std::getline(in, line)) lines.push_back(line);
+    return absl::OkStatus();
+  }));
+  std::vector<JournalEntry> out;
+  for (const auto& line : lines) {
+    json j = json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) continue;
+    JournalEntry e;
+    e.host = j.value("host", std::string());
+    e.step = j.value("step", std::string());
+    e.migration_id = j.value("migration_id", std::string());
+    e.time = absl::FromUnixMillis(j.value("ms", int64_t{0}));
+    e.automatic = j.value("auto", false);
+    out.push_back(std::move(e));
+  }
+  return out;
 }
 
 // ---- FakeDriver ---------------------------------------------------------------------------
@@ -373,6 +419,8 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> FakeDriver::CheckCanLiveM
   RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
   ASSIGN_OR_RETURN(v1::HostInventory inv, GetHostInfo());
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) {
+    Journal(st, options_.hostname, "check_can_live_migrate_on_dest", req.migration_id(),
+            NowMs(hv_.clock()));
     return TakeFailure(st, options_.hostname, "check_can_live_migrate_on_dest", changed);
   }));
   return EvaluateDestChecks(req, DestFactsFrom(inv, options_.hostname, options_.bridges,
@@ -386,6 +434,8 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> FakeDriver::CheckCanLiveMi
   v1::DomainInfo dom;
   std::string xml;
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    Journal(st, options_.hostname, "check_can_live_migrate_on_src", req.migration_id(),
+            NowMs(hv_.clock()));
     RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "check_can_live_migrate_on_src", changed));
     const json& doms = st["hosts"][options_.hostname]["domains"];
     if (!doms.contains(req.instance_uuid())) {
@@ -403,6 +453,11 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> FakeDriver::CheckCanLiveMi
 absl::Status FakeDriver::CheckCanLiveMigrateOnDestCleanup(
     const cv1::CheckCanLiveMigrateOnDestCleanupRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    Journal(st, options_.hostname, "check_can_live_migrate_on_dest_cleanup", req.migration_id(),
+            NowMs(hv_.clock()));
+    return absl::OkStatus();
+  }));
   RemoveProbe(options_.instance_path, req.migration_id());
   return absl::OkStatus();
 }
@@ -413,6 +468,7 @@ absl::StatusOr<cv1::PreLiveMigrationData> FakeDriver::PreLiveMigration(
   RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
   cv1::PreLiveMigrationData data;
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    Journal(st, options_.hostname, "pre_live_migration", req.migration_id(), NowMs(hv_.clock()));
     RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "pre_live_migration", changed));
     const auto& domain = req.migrate_data().src_check().domain();
     for (const auto& nic : domain.interfaces()) {
@@ -502,6 +558,7 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
       return absl::OkStatus();
     }
     RETURN_IF_ERROR(CheckOptionsSupported(o, caps_, HypervisorName()));
+    Journal(st, options_.hostname, "live_migration", id, NowMs(hv_.clock()));
     RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "live_migration", changed));
     json& src = st["hosts"][options_.hostname];
     if (!src["domains"].contains(req.instance_uuid())) {
@@ -560,6 +617,8 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
         json& t = st["transfers"][id];
         if (t["state"] != "running") return absl::OkStatus();
         t["timeout_expired"] = true;
+        Journal(st, options_.hostname, "completion_timeout", id, NowMs(hv_.clock()),
+                /*automatic=*/true);
         *changed = true;
         if (o.completion_action() == v1::COMPLETION_ACTION_FORCE_COMPLETE) {
           t["duration_ms"] = NowMs(hv_.clock()) - t["start_ms"].get<int64_t>();
@@ -597,6 +656,7 @@ absl::Status FakeDriver::AbortLiveMigration(const std::string& migration_id,
         absl::StrCat(HypervisorName(), " cannot abort a running migration: wait for it to finish"));
   }
   return hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    Journal(st, options_.hostname, "abort", migration_id, NowMs(hv_.clock()));
     RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "abort", changed));
     if (!st["transfers"].contains(migration_id)) {
       return absl::NotFoundError(absl::StrCat("no transfer for migration ", migration_id));
@@ -636,6 +696,7 @@ absl::Status FakeDriver::ForceCompleteLiveMigration(const std::string& migration
         absl::StrCat(HypervisorName(), " cannot force a running migration to complete"));
   }
   return hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    Journal(st, options_.hostname, "force_complete", migration_id, NowMs(hv_.clock()));
     RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "force_complete", changed));
     if (!st["transfers"].contains(migration_id)) {
       return absl::NotFoundError(absl::StrCat("no transfer for migration ", migration_id));
@@ -663,6 +724,7 @@ absl::Status FakeDriver::ForceCompleteLiveMigration(const std::string& migration
 absl::Status FakeDriver::PostLiveMigration(const cv1::PostLiveMigrationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
   return hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    Journal(st, options_.hostname, "post_live_migration", req.migration_id(), NowMs(hv_.clock()));
     RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "post_live_migration", changed));
     json& doms = st["hosts"][options_.hostname]["domains"];
     if (doms.contains(req.instance_uuid())) {
@@ -684,6 +746,8 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::PostLiveMigrationAtDestination(
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
   v1::DomainInfo info;
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    Journal(st, options_.hostname, "post_live_migration_at_destination", req.migration_id(),
+            NowMs(hv_.clock()));
     RETURN_IF_ERROR(
         TakeFailure(st, options_.hostname, "post_live_migration_at_destination", changed));
     json& h = st["hosts"][options_.hostname];
@@ -717,6 +781,8 @@ absl::Status FakeDriver::RollbackLiveMigrationAtDestination(
     const cv1::RollbackLiveMigrationAtDestinationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    Journal(st, options_.hostname, "rollback_live_migration_at_destination", req.migration_id(),
+            NowMs(hv_.clock()));
     RETURN_IF_ERROR(
         TakeFailure(st, options_.hostname, "rollback_live_migration_at_destination", changed));
     json& h = st["hosts"][options_.hostname];
@@ -745,6 +811,8 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::RollbackLiveMigration(
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
   v1::DomainInfo info;
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+    Journal(st, options_.hostname, "rollback_live_migration", req.migration_id(),
+            NowMs(hv_.clock()));
     RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "rollback_live_migration", changed));
     json& doms = st["hosts"][options_.hostname]["domains"];
     if (!doms.contains(req.instance_uuid())) {

@@ -11,6 +11,13 @@
 //   hv.SetFailure("fake-b", "pre_live_migration", "disk full");   // fail that step once
 //   FakeDriver a({.state_dir = "/tmp/state", .hostname = "fake-a"});
 //
+// Action journal: every mutating driver action (a step that reached the driver, a transfer
+// started, aborted or forced, and the transfer ending by itself, marked `automatic`) appends an
+// entry {host, step, migration_id, time} to <state_dir>/journal.jsonl, so that fault tests can
+// check that the scheduler recorded each step's intent before the hypervisor acted
+// (FakeHypervisor::Journal). Repeated steps answered from an agent's record never reach the driver
+// and are not journaled.
+//
 // Contract: after pre_live_migration the destination holds only staged configuration; during
 // the transfer it has an incoming paused domain; when the transfer succeeds the destination runs
 // the domain and the source has none.
@@ -32,6 +39,16 @@ namespace livemig::driver {
 // Thread- and process-safe (every operation holds the state directory's lock).
 class FakeHypervisor {
  public:
+  // One journaled driver action (see the file comment).
+  struct JournalEntry {
+    std::string host;  // the fake host whose driver acted (the source for a transfer's end)
+    std::string step;  // the driver method's step name, e.g. "pre_live_migration", or
+                       // "transfer_completed" / "transfer_failed" / "completion_timeout"
+    std::string migration_id;
+    absl::Time time;         // when it happened (the hypervisor's clock, ms resolution)
+    bool automatic = false;  // no agent call: the transfer progressing by itself
+  };
+
   explicit FakeHypervisor(std::string state_dir, Clock* clock = Clock::Real());
 
   // Runs `fn` on the state under the lock, after advancing transfers to `now`; writes the state
@@ -58,6 +75,8 @@ class FakeHypervisor {
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Locate(const std::string& uuid);
   // A copy of the whole state (after advancing transfers).
   absl::StatusOr<nlohmann::json> Snapshot();
+  // Every journaled driver action so far, oldest first (after advancing transfers).
+  absl::StatusOr<std::vector<JournalEntry>> Journal();
 
   Clock* clock() const { return clock_; }
   const std::string& state_dir() const { return dir_; }

@@ -446,7 +446,7 @@ void LibvirtDriver::UpdateTransfer(const std::string& id, const cv1::MigrationPr
 
 absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::Monitor(
     const std::string& id, virDomainPtr dom, const ProgressSink& sink,
-    const std::function<bool()>& done) {
+    const std::function<bool()>& done, absl::Notification* wake) {
   v1::MigrationOptions o;
   {
     absl::MutexLock l(&mu_);
@@ -501,7 +501,13 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::Monitor(
         api_->AbortJob(dom).IgnoreError();
       }
     }
-    absl::SleepFor(options_.poll_interval);
+    // `wake` ends the wait as soon as the transfer returns, so that its end is reported at
+    // once rather than up to poll_interval later.
+    if (wake != nullptr) {
+      wake->WaitForNotificationWithTimeout(options_.poll_interval);
+    } else {
+      absl::SleepFor(options_.poll_interval);
+    }
   }
   return last;
 }
@@ -594,10 +600,15 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::LiveMigration(
       transfers_.erase(id);
       return mig_dom.status();
     }
-    std::thread monitor(
-        [&] { Monitor(id, dom.get(), sink, [&] { return finished.load(); }).IgnoreError(); });
+    absl::Notification ended;
+    std::thread monitor([&] {
+      Monitor(
+          id, dom.get(), sink, [&] { return finished.load(); }, &ended)
+          .IgnoreError();
+    });
     result = api_->MigrateToURI3(mig_dom->get(), pre.migration_uri(), params, flags);
     finished = true;
+    ended.Notify();
     monitor.join();
   }
 

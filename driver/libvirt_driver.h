@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "driver/compute_driver.h"
 #include "driver/libvirt_api.h"
@@ -117,7 +118,8 @@ class LibvirtDriver : public ComputeDriver {
                                                const DomainBasics* state);
   absl::StatusOr<cv1::MigrationProgressReport> Monitor(const std::string& migration_id,
                                                        virDomainPtr dom, const ProgressSink& sink,
-                                                       const std::function<bool()>& done);
+                                                       const std::function<bool()>& done,
+                                                       absl::Notification* wake = nullptr);
   void UpdateTransfer(const std::string& id, const cv1::MigrationProgressReport& r);
 
   const Options options_;

@@ -1,7 +1,10 @@
 #include "scheduler/agent_client.h"
 
+#include <functional>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
 #include "common/status_map.h"
 #include "compute/agent_core.h"
 
@@ -151,7 +154,182 @@ class UnreachableAgentClient : public AgentClient {
   std::string why_;
 };
 
+// ---- replay (tests only) -------------------------------------------------------------------
+
+// A transfer report without the fields that legitimately change between two deliveries.
+cv1::MigrationProgressReport Stable(cv1::MigrationProgressReport r) {
+  r.clear_progress();
+  r.clear_current_max_downtime_ms();
+  r.clear_monitor_attached();
+  r.clear_finished_at();
+  return r;
+}
+
+// Whether `later` may follow `first` for the same transfer.
+bool SameReport(const cv1::MigrationProgressReport& first,
+                const cv1::MigrationProgressReport& later, std::string* why) {
+  if (first.state() != later.state()) {
+    // The transfer moved on between the deliveries: only its identity must agree.
+    if (first.state() == cv1::TRANSFER_STATE_RUNNING &&
+        first.migration_id() == later.migration_id() &&
+        first.instance_uuid() == later.instance_uuid()) {
+      return true;
+    }
+    *why = absl::StrCat("transfer state ", cv1::TransferState_Name(first.state()), " then ",
+                        cv1::TransferState_Name(later.state()));
+    return false;
+  }
+  if (Stable(first).SerializeAsString() != Stable(later).SerializeAsString()) {
+    *why = "different transfer reports";
+    return false;
+  }
+  return true;
+}
+
+template <typename Resp>
+bool SameOk(const Resp& a, const Resp& b, std::string* why) {
+  if (a.SerializeAsString() == b.SerializeAsString()) return true;
+  *why = "different answers";
+  return false;
+}
+bool SameOk(const cv1::LiveMigrationResponse& a, const cv1::LiveMigrationResponse& b,
+            std::string* why) {
+  if (a.attached() && !b.attached()) {
+    *why = "the first delivery attached, a later one started a transfer";
+    return false;
+  }
+  return SameReport(a.report(), b.report(), why);
+}
+bool SameOk(const cv1::AbortLiveMigrationResponse& a, const cv1::AbortLiveMigrationResponse& b,
+            std::string* why) {
+  return SameReport(a.report(), b.report(), why);
+}
+bool SameOk(const cv1::ForceCompleteLiveMigrationResponse& a,
+            const cv1::ForceCompleteLiveMigrationResponse& b, std::string* why) {
+  return SameReport(a.report(), b.report(), why);
+}
+
+template <typename Resp>
+bool SameAnswer(const absl::StatusOr<Resp>& a, const absl::StatusOr<Resp>& b, std::string* why) {
+  if (a.ok() != b.ok()) {
+    *why = a.ok() ? "OK then an error" : "an error then OK";
+    return false;
+  }
+  if (!a.ok()) {
+    if (a.status().code() == b.status().code() && a.status().message() == b.status().message()) {
+      return true;
+    }
+    *why = "different errors";
+    return false;
+  }
+  return SameOk(*a, *b, why);
+}
+
+template <typename Resp>
+std::string Show(const absl::StatusOr<Resp>& r) {
+  return r.ok() ? absl::StrCat("OK {", r->ShortDebugString(), "}") : r.status().ToString();
+}
+
+class ReplayingAgentClient : public AgentClient {
+ public:
+  ReplayingAgentClient(std::string hostname, std::shared_ptr<AgentClient> inner, int times,
+                       std::shared_ptr<ReplayingAgentClientFactory::Counters> counters)
+      : hostname_(std::move(hostname)),
+        inner_(std::move(inner)),
+        times_(times),
+        counters_(std::move(counters)) {}
+
+  absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override { return inner_->GetHostInfo(); }
+  absl::StatusOr<cv1::DescribeInstanceResponse> DescribeInstance(
+      const cv1::DescribeInstanceRequest& r) override {
+    return inner_->DescribeInstance(r);
+  }
+  absl::StatusOr<cv1::MigrationProgressReport> GetMigrationProgress(
+      const cv1::GetMigrationProgressRequest& r) override {
+    return inner_->GetMigrationProgress(r);
+  }
+
+#define LIVEMIG_REPLAY_RPC(Name, Req, Resp)                                        \
+  absl::StatusOr<Resp> Name(const Req& r) override {                               \
+    return Replay<Resp>(#Name, r.migration_id(), [&] { return inner_->Name(r); }); \
+  }
+  LIVEMIG_REPLAY_RPC(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,
+                     cv1::CheckCanLiveMigrateOnDestResponse)
+  LIVEMIG_REPLAY_RPC(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,
+                     cv1::CheckCanLiveMigrateOnSrcResponse)
+  LIVEMIG_REPLAY_RPC(CheckCanLiveMigrateOnDestCleanup, cv1::CheckCanLiveMigrateOnDestCleanupRequest,
+                     cv1::CheckCanLiveMigrateOnDestCleanupResponse)
+  LIVEMIG_REPLAY_RPC(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse)
+  LIVEMIG_REPLAY_RPC(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse)
+  LIVEMIG_REPLAY_RPC(AbortLiveMigration, cv1::AbortLiveMigrationRequest,
+                     cv1::AbortLiveMigrationResponse)
+  LIVEMIG_REPLAY_RPC(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,
+                     cv1::ForceCompleteLiveMigrationResponse)
+  LIVEMIG_REPLAY_RPC(PostLiveMigration, cv1::PostLiveMigrationRequest,
+                     cv1::PostLiveMigrationResponse)
+  LIVEMIG_REPLAY_RPC(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,
+                     cv1::PostLiveMigrationAtDestinationResponse)
+  LIVEMIG_REPLAY_RPC(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest,
+                     cv1::RollbackLiveMigrationResponse)
+  LIVEMIG_REPLAY_RPC(RollbackLiveMigrationAtDestination,
+                     cv1::RollbackLiveMigrationAtDestinationRequest,
+                     cv1::RollbackLiveMigrationAtDestinationResponse)
+#undef LIVEMIG_REPLAY_RPC
+
+ private:
+  template <typename Resp>
+  absl::StatusOr<Resp> Replay(const char* name, const std::string& migration_id,
+                              const std::function<absl::StatusOr<Resp>()>& call) {
+    const absl::StatusOr<Resp> first = call();
+    absl::StatusOr<Resp> last = first;
+    int different = 0;
+    for (int i = 2; i <= times_; ++i) {
+      absl::StatusOr<Resp> again = call();
+      std::string why;
+      if (!SameAnswer(first, again, &why)) {
+        ++different;
+        LogWarning(
+            "replay: %s of migration=%s on %s: delivery %d of %d answered differently (%s): "
+            "first %s, now %s",
+            name, migration_id, hostname_, i, times_, why, Show(first), Show(again));
+      }
+      last = std::move(again);
+    }
+    ReplayingAgentClientFactory::Stats now;
+    {
+      absl::MutexLock l(&counters_->mu);
+      counters_->stats.steps += 1;
+      counters_->stats.different += different;
+      now = counters_->stats;
+    }
+    LogInfo(
+        "replay: %d steps delivered %d times, %d different answers (last: %s of migration=%s "
+        "on %s)",
+        now.steps, times_, now.different, name, migration_id, hostname_);
+    return last;
+  }
+
+  const std::string hostname_;
+  std::shared_ptr<AgentClient> inner_;
+  const int times_;
+  std::shared_ptr<ReplayingAgentClientFactory::Counters> counters_;
+};
+
 }  // namespace
+
+ReplayingAgentClientFactory::ReplayingAgentClientFactory(AgentClientFactory* inner, int times)
+    : inner_(inner), times_(times < 1 ? 1 : times) {}
+
+std::shared_ptr<AgentClient> ReplayingAgentClientFactory::ForHost(const std::string& hostname,
+                                                                  const std::string& address) {
+  return std::make_shared<ReplayingAgentClient>(hostname, inner_->ForHost(hostname, address),
+                                                times_, counters_);
+}
+
+ReplayingAgentClientFactory::Stats ReplayingAgentClientFactory::stats() {
+  absl::MutexLock l(&counters_->mu);
+  return counters_->stats;
+}
 
 std::shared_ptr<AgentClient> GrpcAgentClientFactory::ForHost(const std::string& hostname,
                                                              const std::string& address) {

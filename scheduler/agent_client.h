@@ -82,6 +82,40 @@ class GrpcAgentClientFactory : public AgentClientFactory {
   std::map<std::string, std::shared_ptr<AgentClient>> clients_ ABSL_GUARDED_BY(mu_);
 };
 
+// TESTS ONLY (scheduler --test-replay-agent-steps=N): wraps another factory's clients so that
+// every step RPC (the checks, pre_live_migration, live_migration, abort, force-complete, the post
+// and rollback steps; not the reads DescribeInstance, GetMigrationProgress, GetHostInfo) is
+// delivered `times` times in a row, as a network that duplicates requests would. The answers are
+// compared with the first one: OK answers by their serialized protos, errors by status code and
+// message; a transfer report's time-varying fields are ignored (progress, current downtime,
+// monitor_attached, finished_at; its state may move on from RUNNING, and `attached` of a repeated
+// LiveMigration may turn true, as the proto documents). The last answer is returned (the earlier
+// ones were "lost"). Logs a warning per different answer and, after each step, the running
+// summary "replay: <steps> steps delivered <times> times, <different> different answers".
+class ReplayingAgentClientFactory : public AgentClientFactory {
+ public:
+  struct Stats {
+    int64_t steps = 0;      // step RPCs replayed
+    int64_t different = 0;  // deliveries whose answer differed from the first
+  };
+  ReplayingAgentClientFactory(AgentClientFactory* inner, int times);
+  std::shared_ptr<AgentClient> ForHost(const std::string& hostname,
+                                       const std::string& address) override;
+  Stats stats();
+  int times() const { return times_; }
+
+  // Shared with the clients.
+  struct Counters {
+    absl::Mutex mu;
+    Stats stats ABSL_GUARDED_BY(mu);
+  };
+
+ private:
+  AgentClientFactory* inner_;
+  const int times_;
+  std::shared_ptr<Counters> counters_ = std::make_shared<Counters>();
+};
+
 // Calls AgentCores in this process, by hostname (tests, benchmarks).
 class LocalAgentClientFactory : public AgentClientFactory {
  public:

@@ -1,5 +1,7 @@
 #include "scheduler/api_core.h"
 
+#include <algorithm>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -11,6 +13,15 @@
 
 namespace livemig::sched {
 namespace {
+
+// Lists (scheduler.proto): page_size 0 = 50; at most 1000, larger values are lowered to 1000.
+int PageSize(uint32_t requested) {
+  if (requested == 0) return 50;
+  return static_cast<int>(std::min<uint32_t>(requested, 1000));
+}
+
+// Free-text reasons (AbortMigrationRequest.reason): at most this many characters.
+constexpr size_t kMaxReasonLength = 255;
 
 bool CapsAllow(const db::HostRecord& h, bool (v1::BackendCapabilities::*has)() const) {
   v1::BackendCapabilities c;
@@ -75,9 +86,7 @@ absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrate(const sv1::LiveMig
     return absl::InvalidArgumentError(
         absl::StrCat("destination '", r.destination(), "' is not a valid host name"));
   }
-  if (r.request_id().size() > 255) {
-    return absl::InvalidArgumentError("request id must be at most 255 characters");
-  }
+  RETURN_IF_ERROR(db::CheckRequestId("request_id", r.request_id()));
   RETURN_IF_ERROR(ValidateOptions(r.options()));
   sv1::LiveMigrateResponse resp;
   if (r.dry_run()) {
@@ -103,6 +112,19 @@ absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrate(const sv1::LiveMig
     }
     if (existing.status().code() != absl::StatusCode::kNotFound) return existing.status();
   }
+  // A concurrent request with the same request id may have claimed the instance first: then this
+  // one is its retry and answers with that migration, not ABORTED (found by the fault tests).
+  auto same_request = [&]() -> std::optional<sv1::LiveMigrateResponse> {
+    if (r.request_id().empty()) return std::nullopt;
+    auto existing = migrations_->FindByRequestId(r.request_id());
+    if (!existing.ok() || existing->instance_uuid != r.instance_uuid()) return std::nullopt;
+    auto m = GetMigration(existing->uuid);
+    if (!m.ok()) return std::nullopt;
+    sv1::LiveMigrateResponse again;
+    *again.mutable_migration() = *std::move(m);
+    again.set_existing(true);
+    return again;
+  };
   ASSIGN_OR_RETURN(db::InstanceRecord inst, instances_->GetInstance(r.instance_uuid()));
   if (inst.missing) {
     return absl::FailedPreconditionError(
@@ -110,6 +132,7 @@ absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrate(const sv1::LiveMig
                      " no longer reports it; check the host before migrating"));
   }
   if (inst.task_state) {
+    if (auto again = same_request()) return *again;
     return absl::AbortedError(absl::StrCat(
         "instance ", inst.uuid, " is already migrating",
         inst.active_migration_id ? absl::StrCat(" (migration ", *inst.active_migration_id, ")")
@@ -153,12 +176,16 @@ absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrate(const sv1::LiveMig
   nm.requested_by = Who(caller, r.requester());
   nm.owner = orchestrator_->options().scheduler_id;
   nm.lease = orchestrator_->options().lease;
-  ASSIGN_OR_RETURN(db::CreateMigrationResult created, migrations_->CreateMigration(nm));
+  auto create = migrations_->CreateMigration(nm);
+  if (create.status().code() == absl::StatusCode::kAborted) {
+    if (auto again = same_request()) return *again;
+  }
+  ASSIGN_OR_RETURN(db::CreateMigrationResult created, std::move(create));
   if (created.created) {
     LogInfo("migration=%d instance=%s accepted: %s -> %s, requested by %s", created.migration.id,
             inst.uuid, inst.host,
             r.destination().empty() ? "(scheduler's choice)" : r.destination(), nm.requested_by);
-    orchestrator_->Kick();
+    orchestrator_->Launch(created.migration.id);
   }
   *resp.mutable_migration() = ToProtoMigration(created.migration);
   resp.set_existing(!created.created);
@@ -189,11 +216,22 @@ absl::StatusOr<sv1::ListMigrationsResponse> ApiCore::ListMigrations(
     ASSIGN_OR_RETURN(MigrationStatus st, FromProtoStatus(static_cast<v1::MigrationStatus>(s)));
     f.statuses.push_back(st);
   }
+  if (!r.host().empty() && !db::IsValidHostname(r.host())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("host filter '", r.host(), "' is not a valid host name"));
+  }
+  if (!r.instance_uuid().empty() && !db::IsValidUuid(r.instance_uuid())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "instance filter '", r.instance_uuid(), "' is not a UUID (8-4-4-4-12 hexadecimal digits)"));
+  }
   f.host = r.host();
   f.instance_uuid = r.instance_uuid();
   if (r.has_created_after()) f.created_after = FromProtoTime(r.created_after());
   if (r.has_created_before()) f.created_before = FromProtoTime(r.created_before());
-  f.page_size = r.page_size() == 0 ? 50 : static_cast<int>(r.page_size());
+  if (f.created_after && f.created_before && *f.created_after > *f.created_before) {
+    return absl::InvalidArgumentError("created_after is after created_before: nothing can match");
+  }
+  f.page_size = PageSize(r.page_size());
   f.page_token = r.page_token();
   ASSIGN_OR_RETURN(db::MigrationPage page, migrations_->ListMigrations(f));
   sv1::ListMigrationsResponse resp;
@@ -230,8 +268,13 @@ absl::StatusOr<sv1::AbortMigrationResponse> ApiCore::AbortMigration(
           "wait for it to finish"));
     }
   }
+  if (r.reason().size() > kMaxReasonLength) {
+    return absl::InvalidArgumentError(absl::StrCat("field 'reason' must be at most ",
+                                                   kMaxReasonLength, " characters, got ",
+                                                   r.reason().size()));
+  }
   ASSIGN_OR_RETURN(db::MigrationRecord after,
-                   migrations_->RequestAbort(m.id, Who(caller, r.requester())));
+                   migrations_->RequestAbort(m.id, Who(caller, r.requester()), r.reason()));
   orchestrator_->Kick();
   sv1::AbortMigrationResponse resp;
   *resp.mutable_migration() = ToProtoMigration(after);
@@ -270,14 +313,30 @@ absl::StatusOr<sv1::CheckMigrationResponse> ApiCore::CheckMigration(
   return orchestrator_->CheckMigration(r);
 }
 
+absl::StatusOr<std::vector<sv1::Host>> ApiCore::ListAllHosts() {
+  std::vector<sv1::Host> all;
+  sv1::ListHostsRequest r;
+  r.set_page_size(1000);
+  do {
+    ASSIGN_OR_RETURN(sv1::ListHostsResponse page, ListHosts(r));
+    for (auto& h : *page.mutable_hosts()) all.push_back(std::move(h));
+    r.set_page_token(page.next_page_token());
+  } while (!r.page_token().empty());
+  return all;
+}
+
 absl::StatusOr<sv1::ListHostsResponse> ApiCore::ListHosts(const sv1::ListHostsRequest& r) {
-  ASSIGN_OR_RETURN(auto hosts, hosts_->ListHosts(orchestrator_->options().service_down_time));
+  // Paged in the database (by host name): a page costs the same with 10 or 10,000 hosts.
+  db::HostFilter f;
+  if (r.has_enabled()) f.enabled = r.enabled();
+  if (r.has_up()) f.up = r.up();
+  f.page_size = PageSize(r.page_size());
+  f.page_token = r.page_token();
+  ASSIGN_OR_RETURN(db::HostPage page,
+                   hosts_->ListHostsPage(f, orchestrator_->options().service_down_time));
   sv1::ListHostsResponse resp;
-  for (const auto& h : hosts) {
-    if (r.has_enabled() && h.enabled != r.enabled()) continue;
-    if (r.has_up() && h.up != r.up()) continue;
-    *resp.add_hosts() = ToProtoHost(h);
-  }
+  for (const auto& h : page.hosts) *resp.add_hosts() = ToProtoHost(h);
+  resp.set_next_page_token(page.next_page_token);
   return resp;
 }
 
@@ -310,13 +369,25 @@ absl::StatusOr<sv1::ListInstancesResponse> ApiCore::ListInstances(
   if (!r.host().empty() && !db::IsValidHostname(r.host())) {
     return absl::InvalidArgumentError(absl::StrCat("'", r.host(), "' is not a valid host name"));
   }
-  ASSIGN_OR_RETURN(auto list, instances_->ListInstances(r.host(), 100000));
-  sv1::ListInstancesResponse resp;
-  for (const auto& i : list) {
-    if (r.has_missing() && i.missing != r.missing()) continue;
-    if (r.has_migrating() && i.task_state.has_value() != r.migrating()) continue;
-    *resp.add_instances() = ToProtoInstance(i);
+  // Paged and filtered in the database (by name, then UUID).
+  db::InstanceFilter f;
+  f.host = r.host();
+  for (int s : r.states()) {
+    const auto state = static_cast<v1::DomainState>(s);
+    if (state == v1::DOMAIN_STATE_UNSPECIFIED || !v1::DomainState_IsValid(s)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("state filter ", s, " is not a domain state (UNSPECIFIED or unknown)"));
+    }
+    f.power_states.push_back(DomainStateName(state));
   }
+  if (r.has_missing()) f.missing = r.missing();
+  if (r.has_migrating()) f.migrating = r.migrating();
+  f.page_size = PageSize(r.page_size());
+  f.page_token = r.page_token();
+  ASSIGN_OR_RETURN(db::InstancePage page, instances_->ListInstancesPage(f));
+  sv1::ListInstancesResponse resp;
+  for (const auto& i : page.instances) *resp.add_instances() = ToProtoInstance(i);
+  resp.set_next_page_token(page.next_page_token);
   return resp;
 }
 
@@ -370,12 +441,14 @@ sv1::Evacuation ToProtoEvacuation(const db::EvacuationRecord& e) {
                                            : sv1::EVACUATION_STATUS_COMPLETED_WITH_ERRORS);
   out.set_max_parallel(static_cast<uint32_t>(e.max_parallel));
   out.set_requested_by(e.requested_by);
+  out.set_request_id(e.request_id.value_or(""));
   *out.mutable_created_at() = ToProtoTime(e.created_at);
   *out.mutable_updated_at() = ToProtoTime(e.updated_at);
   if (e.finished_at) *out.mutable_finished_at() = ToProtoTime(*e.finished_at);
   for (const auto& it : e.items) {
     auto* p = out.add_items();
     p->set_instance_uuid(it.instance_uuid);
+    p->set_instance_name(it.instance_name);
     if (it.migration_id) p->set_migration_id(std::to_string(*it.migration_id));
     p->set_reason(it.reason);
     p->set_outcome(it.outcome == "pending"     ? sv1::EVACUATION_ITEM_OUTCOME_PENDING
@@ -401,7 +474,25 @@ absl::StatusOr<sv1::Evacuation> ApiCore::EvacuateHost(const sv1::EvacuateHostReq
     return absl::InvalidArgumentError(
         absl::StrCat("'", r.hostname(), "' is not a valid host name"));
   }
+  RETURN_IF_ERROR(db::CheckRequestId("request_id", r.request_id()));
   RETURN_IF_ERROR(ValidateOptions(r.options()));
+  // A retried request returns its evacuation, whatever happened since (scheduler.proto).
+  auto same_request = [&]() -> absl::StatusOr<std::optional<sv1::Evacuation>> {
+    if (r.request_id().empty()) return std::nullopt;
+    auto existing = evacuations_->FindEvacuationByRequestId(r.request_id());
+    if (existing.status().code() == absl::StatusCode::kNotFound) return std::nullopt;
+    if (!existing.ok()) return existing.status();
+    if (existing->host != r.hostname()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("request id '", r.request_id(), "' was used for the evacuation of ",
+                       existing->host, " (evacuation ", existing->id, "): use a new request id"));
+    }
+    return ToProtoEvacuation(*existing);
+  };
+  {
+    ASSIGN_OR_RETURN(auto again, same_request());
+    if (again) return *std::move(again);
+  }
   ASSIGN_OR_RETURN(auto host,
                    hosts_->GetHost(r.hostname(), orchestrator_->options().service_down_time));
   ASSIGN_OR_RETURN(auto list, instances_->ListInstances(r.hostname(), 100000));
@@ -410,9 +501,16 @@ absl::StatusOr<sv1::Evacuation> ApiCore::EvacuateHost(const sv1::EvacuateHostReq
     if (!i.missing) uuids.push_back(i.uuid);
   }
   const int max_parallel = r.max_parallel() == 0 ? 2 : static_cast<int>(r.max_parallel());
-  ASSIGN_OR_RETURN(db::EvacuationRecord e,
-                   evacuations_->CreateEvacuation(r.hostname(), max_parallel,
-                                                  Who(caller, r.requester()), "", uuids));
+  std::optional<std::string> request_id;
+  if (!r.request_id().empty()) request_id = r.request_id();
+  auto created = evacuations_->CreateEvacuation(r.hostname(), max_parallel,
+                                                Who(caller, r.requester()), "", uuids, request_id);
+  if (created.status().code() == absl::StatusCode::kAlreadyExists) {
+    // A concurrent request with the same request id committed first: this one is its retry.
+    ASSIGN_OR_RETURN(auto again, same_request());
+    if (again) return *std::move(again);
+  }
+  ASSIGN_OR_RETURN(db::EvacuationRecord e, std::move(created));
   LogInfo("evacuation %d of %s: %d instance(s), at most %d at once, by %s", e.id, r.hostname(),
           uuids.size(), max_parallel, Who(caller, r.requester()));
   {
@@ -428,16 +526,27 @@ absl::StatusOr<sv1::Evacuation> ApiCore::EvacuateHost(const sv1::EvacuateHostReq
 
 void ApiCore::DriveEvacuation(int64_t id, v1::MigrationOptions options, std::string destination,
                               std::string requester) {
-  while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(500))) {
+  int64_t ended_seen = 0;
+  // A pass runs at once, then whenever a migration of this scheduler ends (its slot is reused
+  // at once), and at least every 500 ms (migrations another scheduler drives). One read per pass:
+  // the items come with their migrations' statuses.
+  bool first = true;
+  while (!stop_.HasBeenNotified()) {
+    if (!first) {
+      orchestrator_->AwaitMigrationsEnded(ended_seen, absl::Milliseconds(500));
+      if (stop_.HasBeenNotified()) return;
+    }
+    first = false;
+    ended_seen = orchestrator_->MigrationsEnded();
     auto e = evacuations_->GetEvacuation(id);
     if (!e.ok() || e->status != "running") return;
     int in_flight = 0, pending = 0;
     for (auto& it : e->items) {
       if (it.outcome == "migrating" && it.migration_id) {
-        auto m = migrations_->GetMigration(*it.migration_id);
-        if (m.ok() && IsTerminal(m->status)) {
-          it.outcome = m->status == MigrationStatus::kCompleted ? "completed" : "failed";
-          it.reason = m->failure_reason;
+        const auto status = ParseMigrationStatus(it.migration_status);
+        if (status && IsTerminal(*status)) {
+          it.outcome = *status == MigrationStatus::kCompleted ? "completed" : "failed";
+          it.reason = it.migration_failure_reason;
           evacuations_->UpdateEvacuationItem(id, it).IgnoreError();
         } else {
           ++in_flight;

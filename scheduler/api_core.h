@@ -39,6 +39,8 @@ class ApiCore {
       const sv1::ForceCompleteMigrationRequest& r, const std::string& caller);
   absl::StatusOr<sv1::CheckMigrationResponse> CheckMigration(const sv1::CheckMigrationRequest& r);
   absl::StatusOr<sv1::ListHostsResponse> ListHosts(const sv1::ListHostsRequest& r);
+  // Every host, walking all pages of ListHosts (for small views such as Nova's services).
+  absl::StatusOr<std::vector<sv1::Host>> ListAllHosts();
   absl::StatusOr<sv1::Host> GetHost(const std::string& hostname);
   absl::StatusOr<sv1::Host> SetHostEnabled(const sv1::SetHostEnabledRequest& r,
                                            const std::string& caller);

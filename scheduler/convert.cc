@@ -211,6 +211,27 @@ sv1::Instance ToProtoInstance(const db::InstanceRecord& i) {
   return out;
 }
 
+std::string CandidatesToJson(const std::vector<sv1::HostCheck>& ranked, size_t max) {
+  // The array of a message's repeated field, as proto3 JSON: print the message, cut the array.
+  sv1::Migration holder;
+  for (size_t i = 0; i < ranked.size() && i < max; ++i) *holder.add_candidates() = ranked[i];
+  std::string out;
+  google::protobuf::util::JsonPrintOptions p;
+  p.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(holder, &out, p).ok()) return "[]";
+  const size_t open = out.find('['), close = out.rfind(']');
+  if (open == std::string::npos || close == std::string::npos) return "[]";
+  return out.substr(open, close - open + 1);
+}
+
+google::protobuf::RepeatedPtrField<sv1::HostCheck> CandidatesFromJson(const std::string& json) {
+  sv1::Migration holder;
+  google::protobuf::util::JsonParseOptions p;
+  p.ignore_unknown_fields = true;
+  (void)google::protobuf::util::JsonStringToMessage("{\"candidates\":" + json + "}", &holder, p);
+  return std::move(*holder.mutable_candidates());
+}
+
 sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
                                 const std::vector<db::MigrationEvent>& events) {
   sv1::Migration out;
@@ -242,10 +263,14 @@ sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
   out.set_post_copy_started(m.status == MigrationStatus::kRunningPostCopy || ph == "post-copy");
   out.set_requester(m.requested_by);
   out.set_aborted_by(m.aborted_by);
+  out.set_abort_reason(m.abort_reason);
   out.set_force_completed_by(m.force_complete_requested_by);
   out.set_failure_reason(m.failure_reason);
   out.set_request_id(m.request_id.value_or(""));
   out.set_memory_claimed_mib(static_cast<uint64_t>(m.memory_claim_mib));
+  if (!m.candidates_json.empty()) {
+    *out.mutable_candidates() = CandidatesFromJson(m.candidates_json);
+  }
   *out.mutable_created_at() = ToProtoTime(m.created_at);
   *out.mutable_updated_at() = ToProtoTime(m.updated_at);
   if (m.started_at) *out.mutable_transfer_started_at() = ToProtoTime(*m.started_at);

@@ -36,6 +36,10 @@ db::HostReport ReportFromInventory(const v1::HostInventory& inv);
 // The stored host as the API shows it (with the capabilities parsed back).
 sv1::Host ToProtoHost(const db::HostRecord& h);
 sv1::Instance ToProtoInstance(const db::InstanceRecord& i);
+// The ranked destination candidates as stored on the migration row (a JSON array of HostCheck,
+// proto3 JSON, at most `max` of them), and back (an unparsable value gives none).
+std::string CandidatesToJson(const std::vector<sv1::HostCheck>& ranked, size_t max);
+google::protobuf::RepeatedPtrField<sv1::HostCheck> CandidatesFromJson(const std::string& json);
 sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
                                 const std::vector<db::MigrationEvent>& events = {});
 v1::DomainState DomainStateFromName(const std::string& s);

@@ -244,9 +244,9 @@ json HypervisorJson(const sv1::Host& h, const Ctx& c, bool detail) {
 
 // Finds the host whose service/hypervisor UUID (or name) is `id`.
 absl::StatusOr<sv1::Host> HostById(ApiCore* core, const std::string& id) {
-  auto hosts = core->ListHosts({});
+  auto hosts = core->ListAllHosts();
   if (!hosts.ok()) return hosts.status();
-  for (const auto& h : hosts->hosts()) {
+  for (const auto& h : *hosts) {
     if (HostUuid(h.inventory().hostname()) == id || h.inventory().hostname() == id) return h;
   }
   return absl::NotFoundError(absl::StrCat("Service ", id, " could not be found."));
@@ -436,12 +436,12 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
   s.Get("/v2.1/os-services", [core, tokens](const httplib::Request& req, httplib::Response& res) {
     Ctx c;
     if (!Begin(req, res, tokens, false, "GET /v2.1/os-services", &c)) return;
-    auto hosts = core->ListHosts({});
+    auto hosts = core->ListAllHosts();
     if (!hosts.ok()) return NovaError(res, hosts.status());
     json out = json::array();
     const std::string host = req.get_param_value("host");
     const std::string binary = req.get_param_value("binary");
-    for (const auto& h : hosts->hosts()) {
+    for (const auto& h : *hosts) {
       if (!host.empty() && h.inventory().hostname() != host) continue;
       if (!binary.empty() && binary != "nova-compute") continue;
       out.push_back(ServiceJson(h, c));
@@ -475,11 +475,11 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
     return [core, tokens, detail](const httplib::Request& req, httplib::Response& res) {
       Ctx c;
       if (!Begin(req, res, tokens, false, "GET /v2.1/os-hypervisors", &c)) return;
-      auto hosts = core->ListHosts({});
+      auto hosts = core->ListAllHosts();
       if (!hosts.ok()) return NovaError(res, hosts.status());
       json out = json::array();
       const std::string pattern = req.get_param_value("hypervisor_hostname_pattern");
-      for (const auto& h : hosts->hosts()) {
+      for (const auto& h : *hosts) {
         if (!pattern.empty() && h.inventory().hostname().find(pattern) == std::string::npos)
           continue;
         out.push_back(HypervisorJson(h, c, detail));

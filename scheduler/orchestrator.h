@@ -15,6 +15,7 @@
 #ifndef LIVEMIG_SCHEDULER_ORCHESTRATOR_H_
 #define LIVEMIG_SCHEDULER_ORCHESTRATOR_H_
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <set>
@@ -37,8 +38,10 @@ struct OrchestratorOptions {
   absl::Duration lease = absl::Seconds(15);  // renewed every lease/3
   absl::Duration service_down_time = absl::Seconds(60);
   absl::Duration dispatch_interval = absl::Milliseconds(250);
-  absl::Duration progress_poll = absl::Milliseconds(500);  // agent progress polling
-  absl::Duration progress_write = absl::Seconds(1);        // at most one progress commit per
+  // Agent progress polling: one agent RPC, no database write (the end of a transfer is seen at
+  // most this late).
+  absl::Duration progress_poll = absl::Milliseconds(100);
+  absl::Duration progress_write = absl::Seconds(1);  // at most one progress commit per
   int max_outbound_per_host = 2;
   int max_inbound_per_host = 2;
   int max_total = 20;
@@ -62,6 +65,9 @@ class Orchestrator {
   void Stop();
   // Wakes the dispatcher (a migration was created).
   void Kick();
+  // Starts driving migration `id` (just created with this scheduler as its owner) at once,
+  // without waiting for a dispatcher pass; before Start() or while stopping, only Kick()s.
+  void Launch(int64_t id);
 
   // Dry run: every check for the given destination (or every candidate), including the agent
   // checks (steps 4-5) on hosts that pass the database checks; changes nothing (the probe file
@@ -69,6 +75,11 @@ class Orchestrator {
   absl::StatusOr<sv1::CheckMigrationResponse> CheckMigration(const sv1::CheckMigrationRequest& r);
 
   int RunningStateMachines();
+
+  // How many migrations this process has driven to a terminal status, and a wait until that
+  // number exceeds `seen` (or `timeout` passes): an evacuation reuses a slot at once.
+  int64_t MigrationsEnded();
+  void AwaitMigrationsEnded(int64_t seen, absl::Duration timeout);
   const OrchestratorOptions& options() const { return options_; }
 
  private:
@@ -78,6 +89,7 @@ class Orchestrator {
   // The state machine; returns when the migration is terminal or no longer ours.
   void Drive(int64_t id);
   bool Stopping() const { return stop_.HasBeenNotified(); }
+  void MigrationEnded();
 
   OrchestratorOptions options_;
   db::MigrationStore* migrations_;
@@ -93,6 +105,9 @@ class Orchestrator {
   std::map<int64_t, std::thread> threads_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> finished_ ABSL_GUARDED_BY(mu_);
   std::thread dispatcher_, renewer_;
+  std::atomic<bool> started_{false};
+  absl::Mutex ended_mu_;
+  int64_t ended_ ABSL_GUARDED_BY(ended_mu_) = 0;
 
   friend class MigrationRun;
 };

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <set>
+#include <unordered_map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "driver/checks.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -21,16 +23,30 @@ v1::CheckResult Result(const std::string& host, const std::string& name, bool ok
   return c;
 }
 
+// Parsing a host's capabilities JSON costs about 20 us; hosts share a few distinct texts, so
+// each text is parsed once per process (bounded: cleared when it grows past kMaxCached).
 v1::BackendCapabilities Caps(const db::HostRecord& h) {
+  static constexpr size_t kMaxCached = 1024;
+  static absl::Mutex mu(absl::kConstInit);
+  static auto* cache = new std::unordered_map<std::string, v1::BackendCapabilities>();
+  const std::string& json = h.report.capabilities_json;
+  {
+    absl::MutexLock l(&mu);
+    auto it = cache->find(json);
+    if (it != cache->end()) return it->second;
+  }
   v1::BackendCapabilities c;
   google::protobuf::util::JsonParseOptions p;
   p.ignore_unknown_fields = true;
-  (void)google::protobuf::util::JsonStringToMessage(h.report.capabilities_json, &c, p);
+  (void)google::protobuf::util::JsonStringToMessage(json, &c, p);
+  absl::MutexLock l(&mu);
+  if (cache->size() >= kMaxCached) cache->clear();
+  cache->emplace(json, c);
   return c;
 }
 
-std::string Hypervisor(const db::HostRecord& h) {
-  const std::string profile = Caps(h).profile();
+std::string Hypervisor(const db::HostRecord& h, const v1::BackendCapabilities& caps) {
+  const std::string& profile = caps.profile();
   return absl::StrCat(
       h.report.hypervisor_type.empty() ? "the hypervisor" : h.report.hypervisor_type,
       profile.empty() ? "" : absl::StrCat(" (", profile, ")"), " on ", h.report.hostname);
@@ -53,7 +69,8 @@ std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const d
       Result(h, "source_up", src.up,
              src.up ? absl::StrCat("source ", h, " reports in time")
                     : absl::StrCat("source ", h, " is down: no report within service_down_time")));
-  absl::Status s = driver::CheckOptionsSupported(options, Caps(src), Hypervisor(src));
+  const v1::BackendCapabilities caps = Caps(src);
+  absl::Status s = driver::CheckOptionsSupported(options, caps, Hypervisor(src, caps));
   out.push_back(
       Result(h, "source_options", s.ok(),
              s.ok() ? "the source supports every requested option" : std::string(s.message())));
@@ -134,7 +151,7 @@ sv1::HostCheck CheckDestination(const db::InstanceRecord& inst, const db::HostRe
           : absl::StrCat("destination ", h, " uses instance path ", dst.report.instance_path,
                          ", the source ", src.report.instance_path, ", and block migration is ",
                          block_ok ? "possible" : "not possible"));
-  absl::Status s = driver::CheckOptionsSupported(options, dcaps, Hypervisor(dst));
+  absl::Status s = driver::CheckOptionsSupported(options, dcaps, Hypervisor(dst, dcaps));
   add("options", s.ok(),
       s.ok() ? "the destination supports every requested option" : std::string(s.message()));
   bool passed = true;
@@ -167,6 +184,26 @@ std::vector<sv1::HostCheck> RankDestinations(const db::InstanceRecord& inst,
     if (c.passed()) c.set_rank(++rank);
   }
   return all;
+}
+
+absl::StatusOr<std::vector<sv1::HostCheck>> ChooseDestinations(
+    db::HostStore& hosts, const db::InstanceRecord& inst, const db::HostRecord& src,
+    const v1::MigrationOptions& options, absl::Duration service_down_time, int limit) {
+  db::DestinationQuery q;
+  q.source = src.report.hostname;
+  q.hypervisor_type = src.report.hypervisor_type;
+  q.min_hypervisor_version = src.report.hypervisor_version;
+  q.cpu_arch = src.report.cpu_arch;
+  q.memory_mib = inst.memory_mib;
+  q.limit = limit;
+  auto few = hosts.ListDestinationCandidates(q, service_down_time);
+  if (!few.ok()) return few.status();
+  std::vector<sv1::HostCheck> ranked = RankDestinations(inst, src, *few, options);
+  if (!ranked.empty() && ranked.front().passed()) return ranked;
+  // None of them passes: check every host, so that the reasons name each one.
+  auto all = hosts.ListHosts(service_down_time);
+  if (!all.ok()) return all.status();
+  return RankDestinations(inst, src, *all, options);
 }
 
 }  // namespace livemig::sched

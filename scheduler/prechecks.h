@@ -8,7 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "db/records.h"
+#include "db/stores.h"
 #include "proto/scheduler.pb.h"
 
 namespace livemig::sched {
@@ -27,6 +30,16 @@ std::vector<sv1::HostCheck> RankDestinations(const db::InstanceRecord& inst,
                                              const db::HostRecord& src,
                                              const std::vector<db::HostRecord>& hosts,
                                              const v1::MigrationOptions& options);
+
+// The orchestrator's choice when no destination is given, without reading every host: the
+// database returns the best `limit` hosts that pass the checks it can decide (enabled, up, same
+// hypervisor type, version not older, same CPU architecture, enough memory after claims;
+// HostStore::ListDestinationCandidates), and RankDestinations runs the full checks on those. The
+// passed hosts and their order are RankDestinations' over every host, up to `limit`. When none of
+// them passes, every host is checked (ListHosts), so that the reasons name each rejected host.
+absl::StatusOr<std::vector<sv1::HostCheck>> ChooseDestinations(
+    db::HostStore& hosts, const db::InstanceRecord& inst, const db::HostRecord& src,
+    const v1::MigrationOptions& options, absl::Duration service_down_time, int limit = 32);
 
 // Whether the source host can drive the migration (up; options supported by its backend).
 std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const db::HostRecord& src,

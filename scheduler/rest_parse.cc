@@ -478,12 +478,12 @@ absl::StatusOr<sv1::ListEvacuationsRequest> ParseListEvacuations(const QueryPara
   return r;
 }
 
-absl::StatusOr<sv1::ListInstancesRequest> ParseListInstances(const QueryParams& q) {
-  sv1::ListInstancesRequest r;
-  std::string host, limit, marker;
-  LIVEMIG_ASSIGN(host, Param(q, "host"));
-  LIVEMIG_RETURN(CheckOptionalHostname("query parameter 'host':", host));
-  r.set_host(host);
+namespace {
+// `limit` (1..kMaxPageSize; absent: the server's default) and `marker` (the previous page's
+// next_page_token, at most `max_marker` bytes) of a paged list route.
+absl::Status ParsePage(const QueryParams& q, size_t max_marker, uint32_t* page_size,
+                       std::string* page_token) {
+  std::string limit, marker;
   if (q.count("limit")) {
     LIVEMIG_ASSIGN(limit, Param(q, "limit"));
     int n = 0;
@@ -492,12 +492,33 @@ absl::StatusOr<sv1::ListInstancesRequest> ParseListInstances(const QueryParams& 
       return Invalid("limit must be a number from 1 to ", absl::StrCat(kMaxPageSize), ", got '",
                      Printable(limit), "'");
     }
-    r.set_page_size(static_cast<uint32_t>(n));
+    *page_size = static_cast<uint32_t>(n);
   }
-  // Instance page tokens carry the last name (base64): longer than the other markers.
   LIVEMIG_ASSIGN(marker, Param(q, "marker"));
-  LIVEMIG_RETURN(CheckLength("marker", marker, 8192));
-  r.set_page_token(marker);
+  LIVEMIG_RETURN(CheckLength("marker", marker, max_marker));
+  *page_token = marker;
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::StatusOr<sv1::ListInstancesRequest> ParseListInstances(const QueryParams& q) {
+  sv1::ListInstancesRequest r;
+  std::string host;
+  LIVEMIG_ASSIGN(host, Param(q, "host"));
+  LIVEMIG_RETURN(CheckOptionalHostname("query parameter 'host':", host));
+  r.set_host(host);
+  uint32_t size = 0;
+  // Instance page tokens carry the last name (base64): longer than the other markers.
+  LIVEMIG_RETURN(ParsePage(q, 8192, &size, r.mutable_page_token()));
+  if (size > 0) r.set_page_size(size);
+  return r;
+}
+
+absl::StatusOr<sv1::ListHostsRequest> ParseListHosts(const QueryParams& q) {
+  sv1::ListHostsRequest r;
+  uint32_t size = 0;
+  LIVEMIG_RETURN(ParsePage(q, 1024, &size, r.mutable_page_token()));
+  if (size > 0) r.set_page_size(size);
   return r;
 }
 

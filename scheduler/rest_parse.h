@@ -80,6 +80,8 @@ absl::StatusOr<sv1::ListMigrationsRequest> ParseListMigrations(const QueryParams
 absl::StatusOr<sv1::ListEvacuationsRequest> ParseListEvacuations(const QueryParams& q);
 // GET /v1/instances?host=..&limit=..&marker=.. (marker: the previous page's next_page_token)
 absl::StatusOr<sv1::ListInstancesRequest> ParseListInstances(const QueryParams& q);
+// GET /v1/hosts?limit=&marker=
+absl::StatusOr<sv1::ListHostsRequest> ParseListHosts(const QueryParams& q);
 
 // ---- /v2.1 (Nova) -------------------------------------------------------------------------
 

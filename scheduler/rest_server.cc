@@ -109,7 +109,9 @@ void RestServer::Routes() {
   };
 
   s.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
-    auto h = core_->ListHosts({});
+    sv1::ListHostsRequest one;  // a cheap query that needs the database
+    one.set_page_size(1);
+    auto h = core_->ListHosts(one);
     if (!h.ok()) return SendError(res, h.status());
     res.set_content("{\"status\":\"ok\"}", "application/json");
   });
@@ -190,7 +192,9 @@ void RestServer::Routes() {
          });
   s.Get("/v1/hosts", [this, auth](const httplib::Request& req, httplib::Response& res) {
     if (!auth(req, res, false, "GET /v1/hosts")) return;
-    Send(res, core_->ListHosts({}));
+    auto r = ParseListHosts(req.params);
+    if (!r.ok()) return SendError(res, r.status());
+    Send(res, core_->ListHosts(*r));
   });
   s.Get(R"(/v1/hosts/([^/]+))", [this, auth](const httplib::Request& req, httplib::Response& res) {
     if (!auth(req, res, false, "GET /v1/hosts/{name}")) return;

@@ -96,6 +96,12 @@ int main(int argc, char** argv) {
   int retention_days = 30;
   app.add_option("--retention-days", retention_days, "purge finished migrations after this")
       ->capture_default_str();
+  int replay_agent_steps = 1;
+  app.add_option("--test-replay-agent-steps", replay_agent_steps,
+                 "FOR TESTS ONLY: deliver every agent step RPC this many times and log whether "
+                 "the answers agree (idempotency check; never in production)")
+      ->check(CLI::Range(1, 5))
+      ->group("Testing (not for production)");
   CLI11_PARSE(app, argc, argv);
 
   sigset_t sigs;
@@ -145,11 +151,21 @@ int main(int argc, char** argv) {
   ao.tls = tls;
   ao.deadline = absl::Seconds(agent_deadline_s);
   livemig::sched::GrpcAgentClientFactory agents(ao);
+  livemig::sched::AgentClientFactory* agent_factory = &agents;
+  std::unique_ptr<livemig::sched::ReplayingAgentClientFactory> replaying;
+  if (replay_agent_steps > 1) {
+    replaying =
+        std::make_unique<livemig::sched::ReplayingAgentClientFactory>(&agents, replay_agent_steps);
+    agent_factory = replaying.get();
+    livemig::LogWarning(
+        "--test-replay-agent-steps=%d: every agent step is sent %d times (tests only)",
+        replay_agent_steps, replay_agent_steps);
+  }
   o.service_down_time = absl::Seconds(down_s);
   o.lease = absl::Seconds(lease_s);
   o.progress_write = absl::Seconds(progress_s);
   livemig::sched::Orchestrator orchestrator(o, &stores.migrations(), &stores.hosts(),
-                                            &stores.instances(), &agents);
+                                            &stores.instances(), agent_factory);
   livemig::sched::ApiCore api(&stores.migrations(), &stores.hosts(), &stores.instances(),
                               &stores.evacuations(), &orchestrator);
   livemig::sched::SchedulerApiService api_service(&api, tokens->get());

@@ -204,11 +204,28 @@ TEST_CASE("rest: hosts, evacuations and instances") {
   CHECK(h["disabled_by"] == "ops-alice");
   auto en = R().Put("/v1/hosts/host-a/enabled", R"({"enabled":true})", kOp);
   CHECK(en->status == 200);
-  auto ev = R().Post("/v1/hosts/host-b/evacuate-live", R"({"max_parallel":1})", kOp);
+  // A malformed request id is refused before anything starts.
+  auto bad_id = R().Post("/v1/hosts/host-b/evacuate-live",
+                         absl::StrCat(R"({"request_id":")", std::string(129, 'e'), R"("})"), kOp);
+  REQUIRE(bad_id);
+  CHECK(bad_id->status == 400);
+  CHECK(absl::StrContains(bad_id->body, "request_id"));
+  auto ev = R().Post("/v1/hosts/host-b/evacuate-live",
+                     R"({"max_parallel":1,"request_id":"rest-evac-1"})", kOp);
   REQUIRE(ev);
   INFO(ev->body);
   CHECK(ev->status == 202);
   const std::string evid = json::parse(ev->body)["id"];
+  CHECK(json::parse(ev->body)["request_id"] == "rest-evac-1");
+  // Its plan names each instance as it was at planning time.
+  for (const auto& item : json::parse(ev->body)["items"]) {
+    CHECK_FALSE(item.value("instance_name", "").empty());
+  }
+  // A retry with the same request id returns the same evacuation.
+  auto retry = R().Post("/v1/hosts/host-b/evacuate-live",
+                        R"({"max_parallel":1,"request_id":"rest-evac-1"})", kOp);
+  REQUIRE(retry);
+  CHECK(json::parse(retry->body)["id"] == evid);
   REQUIRE(testing::WaitFor(
       [&] {
         auto g = R().Get("/v1/evacuations/" + evid, kReader);
@@ -221,6 +238,13 @@ TEST_CASE("rest: hosts, evacuations and instances") {
   auto insts = json::parse(R().Get("/v1/instances", kReader)->body);
   REQUIRE(insts["instances"].size() == 1);
   CHECK(insts["instances"][0]["host"] == "host-a");
+  CHECK(insts.value("next_page_token", "").empty());
+  // Keyset pages: limit and marker (the previous page's next_page_token); bad ones are 400.
+  auto page = json::parse(R().Get("/v1/instances?limit=1", kReader)->body);
+  CHECK(page["instances"].size() == 1);
+  CHECK(page.value("next_page_token", "").empty());
+  CHECK(R().Get("/v1/instances?limit=0", kReader)->status == 400);
+  CHECK(R().Get("/v1/instances?marker=garbage", kReader)->status == 400);
 }
 
 TEST_CASE("rest: the OpenAPI document matches the server") {
@@ -245,6 +269,45 @@ TEST_CASE("rest: the OpenAPI document matches the server") {
     }
   }
   CHECK(checked == 16);
+}
+
+TEST_CASE("rest: instances page by name with limit and marker") {
+  const std::vector<std::pair<std::string, std::string>> more = {
+      {"44444444-2222-4333-8444-000000000001", "app-1"},
+      {"44444444-2222-4333-8444-000000000002", "zz-1"}};
+  for (const auto& [uuid, name] : more) {
+    REQUIRE(R().hv->CreateDomain("host-b", uuid, name, 64).ok());
+  }
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto r = R().Get("/v1/instances?limit=1000", kReader);
+        return r && r->status == 200 && json::parse(r->body)["instances"].size() == 3;
+      },
+      absl::Seconds(20)));
+  std::vector<std::string> names;
+  std::string marker;
+  int pages = 0;
+  do {
+    auto r =
+        R().Get("/v1/instances?limit=2" + (marker.empty() ? "" : "&marker=" + marker), kReader);
+    REQUIRE(r);
+    INFO(r->body);
+    REQUIRE(r->status == 200);
+    auto j = json::parse(r->body);
+    CHECK(j["instances"].size() <= 2);
+    for (const auto& i : j["instances"]) names.push_back(i["name"]);
+    marker = j.value("next_page_token", "");
+    // Tokens are URL-safe (base64url and a UUID).
+    CHECK(marker.find_first_of("+/=&? ") == std::string::npos);
+    REQUIRE(++pages <= 3);
+  } while (!marker.empty());
+  CHECK(pages == 2);
+  CHECK(names == std::vector<std::string>{"app-1", "web-1", "zz-1"});
+  // Filters apply to every page.
+  auto by_host = json::parse(R().Get("/v1/instances?host=host-b&limit=1", kReader)->body);
+  CHECK(by_host["instances"].size() == 1);
+  CHECK(by_host["instances"][0]["name"] == "app-1");
+  CHECK_FALSE(by_host.value("next_page_token", "").empty());
 }
 
 }  // namespace

@@ -1,6 +1,9 @@
 #include "integration_tests/scheduler_e2e/e2e.h"
 
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -25,7 +28,9 @@ Cloud::Cloud(std::string dir) : dir_(std::move(dir)), pki_(dir_ + "/pki") {
 
 Cloud::~Cloud() {
   api_.reset();
+  api2_.reset();
   for (auto& [h, a] : agents_) a->Stop(absl::Seconds(10));
+  if (scheduler2_) scheduler2_->Stop(absl::Seconds(10));
   if (scheduler_) scheduler_->Stop(absl::Seconds(10));
 }
 
@@ -59,6 +64,40 @@ void Cloud::StartScheduler(const std::string& extra) {
 }
 
 void Cloud::KillScheduler() { scheduler_->Kill(); }
+
+void Cloud::StartSecondScheduler(const std::string& extra) {
+  scheduler2_ = std::make_unique<testing::ChildProcess>(
+      absl::StrCat(RunfilePath("scheduler/scheduler"), " --db '", db_, "' --listen unix:", dir_,
+                   "/api2.sock --registry-listen unix:", dir_, "/registry2.sock --tls-ca ", pki_,
+                   "/ca.pem --tls-cert ", pki_, "/scheduler.pem --tls-key ", pki_,
+                   "/scheduler.key ",
+                   extra.find("--tokens-file") == std::string::npos ? "--no-auth " : "", extra),
+      dir_ + "/scheduler2.log");
+  api2_ = sv1::SchedulerApi::NewStub(
+      grpc::CreateChannel("unix:" + dir_ + "/api2.sock", grpc::InsecureChannelCredentials()));
+  const bool up = testing::WaitFor(
+      [&] {
+        grpc::ClientContext ctx;
+        Prepare(&ctx, absl::Seconds(1));
+        sv1::ListHostsResponse r;
+        return api2_->ListHosts(&ctx, {}, &r).ok();
+      },
+      absl::Seconds(30));
+  INFO(scheduler2_->LogTail(40));
+  REQUIRE(up);
+}
+
+absl::StatusOr<std::string> Cloud::Sql(const std::string& query) const {
+  static std::atomic<int> n{0};
+  const std::string file = absl::StrCat(dir_, "/query-", n++, ".sql");
+  {
+    std::ofstream out(file);
+    out << query << "\n";
+  }
+  auto r = RunCommand(absl::StrCat("psql -X -q -A -t -v ON_ERROR_STOP=1 '", db_, "' -f ", file));
+  std::remove(file.c_str());
+  return r;
+}
 
 void Cloud::Prepare(grpc::ClientContext* ctx, absl::Duration deadline) const {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + deadline));

@@ -47,6 +47,17 @@ class Cloud {
                                                    const v1::MigrationOptions& o = {});
   absl::StatusOr<sv1::Migration> Get(const std::string& id);
   std::string SchedulerLog() const;
+  // A second scheduler process on the same database (its own --scheduler-id, API socket
+  // api2.sock, registry socket registry2.sock, log scheduler2.log); agents keep reporting to the
+  // first one. Waits until its API answers.
+  void StartSecondScheduler(const std::string& extra_flags = "");
+  testing::ChildProcess* scheduler2() { return scheduler2_.get(); }
+  sv1::SchedulerApi::Stub& api2() { return *api2_; }
+  // The PostgreSQL server (e.g. to Stop() and Restart() it).
+  testing::PgServer& pg() { return *pg_; }
+  // Runs SQL on the cloud's database with psql; returns the rows, one per line, fields
+  // separated by '|' (psql -A -t).
+  absl::StatusOr<std::string> Sql(const std::string& query) const;
   // The bearer token sent on every API call (when the scheduler runs with --tokens-file).
   void set_token(const std::string& token) { token_ = token; }
   // Sets the deadline and the token on a client context.
@@ -59,6 +70,8 @@ class Cloud {
   std::string scheduler_flags_;
   std::map<std::string, std::unique_ptr<testing::ChildProcess>> agents_;
   std::unique_ptr<sv1::SchedulerApi::Stub> api_;
+  std::unique_ptr<testing::ChildProcess> scheduler2_;
+  std::unique_ptr<sv1::SchedulerApi::Stub> api2_;
 };
 
 }  // namespace livemig::e2e

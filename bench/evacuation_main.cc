@@ -1,0 +1,156 @@
+// Benchmark 5: evacuation. `--instances` (100) instances on one fake host are evacuated with
+// ApiCore::EvacuateHost and `--max-parallel` k in {1, 4, 16}; every transfer takes
+// `--duration-ms` (FakeDriver). The figure is the total time (the request until the evacuation
+// is finished) against its floor ceil(instances / k) x duration. The scheduler chooses each
+// destination among `--dests` hosts (ChooseDestinations); the orchestrator's and the agents'
+// limits are off, so that max_parallel alone limits the evacuation.
+#include <cmath>
+#include <iostream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "bench/bench_util.h"
+#include "bench/cloud.h"
+#include "testing/run_command.h"
+
+namespace livemig::bench {
+namespace {
+
+std::string InstanceUuid(int round, int i) {
+  return absl::StrFormat("e7ac0000-0000-4000-8000-%04d%08d", round, i);
+}
+
+int Run(int argc, char** argv) {
+  Flags flags(argc, argv);
+  const int instances = flags.GetInt("instances", 100);
+  const int duration_ms = flags.GetInt("duration-ms", 1000);
+  const int dests = flags.GetInt("dests", 4);
+  std::vector<int> ks;
+  for (absl::string_view k : absl::StrSplit(flags.Get("max-parallel", "1,4,16"), ',')) {
+    int v = 0;
+    if (!absl::SimpleAtoi(k, &v) || v < 1) {
+      std::cerr << "--max-parallel: a comma-separated list of positive numbers\n";
+      return 2;
+    }
+    ks.push_back(v);
+  }
+
+  std::cout << MachineLine() << "\n";
+  Section(absl::StrFormat(
+      "5. Evacuation: %d instances, max_parallel %s, transfers of %d ms (FakeDriver), %d "
+      "destination hosts",
+      instances, flags.Get("max-parallel", "1,4,16"), duration_ms, dests));
+  const std::string src = "evac-src";
+  std::vector<std::string> names = {"scheduler", src};
+  for (int i = 0; i < dests; ++i) names.push_back(absl::StrFormat("evac-dst-%d", i));
+  const std::string pki = testing::MakeShortTempDir("bench-pki");
+  if (auto s = MakePki(pki, names); !s.ok()) {
+    std::cerr << "PKI: " << s << "\n";
+    return 1;
+  }
+  auto db = NewDatabase();
+  if (!db.ok()) {
+    std::cerr << "database: " << db.status() << "\n";
+    return 1;
+  }
+  CloudOptions co;
+  co.conninfo = *db;
+  co.pki = pki;
+  co.hosts.assign(names.begin() + 1, names.end());
+  co.partitions = 1;
+  co.orch.max_outbound_per_host = 1 << 20;
+  co.orch.max_inbound_per_host = 1 << 20;
+  co.orch.max_total = 1 << 20;
+  co.agent_max_concurrent = 1 << 20;
+  // Reports are held back during each evacuation (see BenchCloud::PauseReports): the hosts must
+  // stay `up` meanwhile.
+  co.orch.service_down_time = absl::Hours(1);
+  auto cloud = BenchCloud::Create(co);
+  if (!cloud.ok()) {
+    std::cerr << "cloud: " << cloud.status() << "\n";
+    return 1;
+  }
+  BenchCloud& c = **cloud;
+  Note(PgSettingsLine(*db));
+  Note(absl::StrFormat(
+      "in-process scheduler (product default intervals: dispatch %s, progress_poll %s; limits "
+      "off) and %d agents over gRPC with mutual TLS; instances of 64 MiB; the scheduler chooses "
+      "the destinations",
+      absl::FormatDuration(co.orch.dispatch_interval), absl::FormatDuration(co.orch.progress_poll),
+      dests + 1));
+  if (auto s = c.hypervisor(src).SetTransferDuration(src, absl::Milliseconds(duration_ms));
+      !s.ok()) {
+    std::cerr << s << "\n";
+    return 1;
+  }
+
+  for (size_t round = 0; round < ks.size(); ++round) {
+    const int k = ks[round];
+    for (int i = 0; i < instances; ++i) {
+      auto s = c.CreateDomain(src, InstanceUuid(static_cast<int>(round), i),
+                              absl::StrFormat("evac-%d-%d", round, i), 64);
+      if (!s.ok()) {
+        std::cerr << s << "\n";
+        return 1;
+      }
+    }
+    if (auto s = c.ReportAll(); !s.ok()) {
+      std::cerr << "report: " << s << "\n";
+      return 1;
+    }
+    c.PauseReports();
+    sv1::EvacuateHostRequest req;
+    req.set_hostname(src);
+    req.set_max_parallel(static_cast<uint32_t>(k));
+    req.set_requester("bench");
+    const absl::Time t0 = absl::Now();
+    auto ev = c.api_core().EvacuateHost(req, "bench");
+    if (!ev.ok()) {
+      c.ResumeReports();
+      std::cerr << "evacuate: " << ev.status() << "\n";
+      return 1;
+    }
+    absl::StatusOr<sv1::Evacuation> last = *ev;
+    const absl::Time deadline =
+        t0 + absl::Milliseconds(duration_ms) * instances * 3 + absl::Seconds(60);
+    while (absl::Now() < deadline) {
+      last = c.api_core().GetEvacuation(ev->id());
+      if (!last.ok() || last->status() != sv1::EVACUATION_STATUS_RUNNING) break;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    const absl::Duration total = absl::Now() - t0;
+    c.ResumeReports();
+    if (!last.ok() || last->status() == sv1::EVACUATION_STATUS_RUNNING) {
+      std::cerr << "evacuation " << ev->id()
+                << " did not finish: " << (last.ok() ? "still running" : last.status().ToString())
+                << "\n";
+      return 1;
+    }
+    const int waves = (instances + k - 1) / k;
+    const double floor_s = waves * duration_ms / 1000.0;
+    const double ratio = absl::ToDoubleSeconds(total) / floor_s;
+    Figure(absl::StrFormat("evacuation, max_parallel %d", k),
+           absl::StrFormat("total %.2f s vs ceil(%d/%d) x %.2f s = %.2f s: ratio %.3f (%d "
+                           "succeeded, %d failed, %d skipped; %.0f ms per wave above the transfer)",
+                           absl::ToDoubleSeconds(total), instances, k, duration_ms / 1000.0,
+                           floor_s, ratio, last->succeeded(), last->failed(), last->skipped(),
+                           (absl::ToDoubleSeconds(total) - floor_s) * 1000 / waves),
+           "<= 1.1", ratio <= 1.1 && last->succeeded() == instances);
+    if (auto p = c.PruneFakeTransfers(); !p.ok()) {
+      std::cerr << "prune: " << p.status() << "\n";
+      return 1;
+    }
+  }
+  PrintSummary("evacuation");
+  cloud->reset();
+  StopDatabaseServer();
+  return 0;
+}
+
+}  // namespace
+}  // namespace livemig::bench
+
+int main(int argc, char** argv) { return livemig::bench::Run(argc, argv); }

@@ -1,0 +1,195 @@
+// Partitions between the scheduler and an agent, in the middle of a migration's transfer:
+//  (a) the agent SIGSTOPped (DESIGN.md: "A stopped agent (SIGSTOP) is a partition"): the
+//      scheduler's calls fail by their deadline (--agent-deadline 2), the host is marked down
+//      after --service-down-time, and after SIGCONT the migration resolves;
+//  (b) a dropped port: the scheduler reaches the agent through a proxy on 127.0.0.1
+//      (testing/blackhole_proxy.h; the agent advertises the proxy's address) that is switched to
+//      black-holing — nothing answered, nothing closed or refused — and then restored.
+// Either way the migration resolves (completed, or failed and rolled back; never stuck and never
+// `error`, as there is no post-copy here), the VM runs on exactly one host and the database says
+// which. Everything listens on 127.0.0.1 only.
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "integration_tests/faults/fault_cloud.h"
+#include "testing/blackhole_proxy.h"
+#include "testing/process.h"
+
+namespace livemig::faults {
+namespace {
+
+constexpr char kUuid[] = "77777777-2222-4333-8444-555555555555";
+constexpr int kAgentDeadlineS = 2;
+constexpr int kDownTimeS = 4;
+const std::string kFlags = absl::StrCat("--lease 6 --report-interval 1 --service-down-time ",
+                                        kDownTimeS, " --agent-deadline ", kAgentDeadlineS);
+
+std::optional<bool> HostUp(FaultCloud& f, const std::string& host) {
+  grpc::ClientContext ctx;
+  f.cloud.Prepare(&ctx);
+  sv1::ListHostsResponse r;
+  if (!f.cloud.api().ListHosts(&ctx, {}, &r).ok()) return std::nullopt;
+  for (const auto& h : r.hosts()) {
+    if (h.inventory().hostname() == host) return h.up();
+  }
+  return std::nullopt;
+}
+
+void WaitTransferRunning(FaultCloud& f, const std::string& id) {
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto m = f.cloud.Get(id);
+        return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING &&
+               m->transfer_started_at().seconds() > 0;
+      },
+      absl::Seconds(30)));
+}
+
+// Both agents behind a proxy of their own.
+struct PartitionCloud {
+  FaultCloud f{kFlags};
+  std::map<std::string, std::unique_ptr<testing::BlackholeProxy>> proxy;
+  PartitionCloud() {
+    for (const char* h : {"host-a", "host-b"}) {
+      const int real = testing::FreePort();
+      auto p = testing::BlackholeProxy::Start(real);
+      REQUIRE(p.ok());
+      proxy[h] = std::move(p).value();
+      f.StartAgent(h, real, absl::StrCat("127.0.0.1:", proxy[h]->port()));
+    }
+    f.AddVm(kUuid, "host-a");
+  }
+  // Starts the migration; once its transfer runs, both agents were reached through the proxies.
+  std::string MigrateToB() {
+    const std::string id = f.Migrate(kUuid, "host-b");
+    WaitTransferRunning(f, id);
+    for (auto& [h, p] : proxy) {
+      INFO(h);
+      CHECK(p->connections() >= 1);
+      CHECK(p->bytes_forwarded() > 0);
+    }
+    return id;
+  }
+};
+
+// A dry run needs the source agent: while it cannot answer, the scheduler's call to it fails by
+// its deadline (not later, not hanging) and the dry run says why.
+void CheckCallsFailByDeadline(FaultCloud& f) {
+  sv1::LiveMigrateRequest r;
+  r.set_instance_uuid(kUuid);
+  r.set_dry_run(true);
+  grpc::ClientContext ctx;
+  f.cloud.Prepare(&ctx, absl::Seconds(60));
+  sv1::LiveMigrateResponse resp;
+  const absl::Time t0 = absl::Now();
+  grpc::Status s = f.cloud.api().LiveMigrate(&ctx, r, &resp);
+  const absl::Duration took = absl::Now() - t0;
+  INFO(s.error_message() << "\n" << resp.check().DebugString());
+  REQUIRE(s.ok());
+  CHECK_FALSE(resp.check().passed());
+  CHECK(took >= absl::Seconds(kAgentDeadlineS) - absl::Milliseconds(200));
+  CHECK(took < absl::Seconds(kAgentDeadlineS + 4));
+  bool deadline_named = false;
+  for (const auto& h : resp.check().hosts()) {
+    for (const auto& c : h.checks()) {
+      deadline_named = deadline_named || c.reason().find("eadline") != std::string::npos;
+    }
+  }
+  CHECK(deadline_named);
+}
+
+// The migration resolves without `error`, the VM on one host, the database agreeing.
+void CheckResolved(FaultCloud& f, const std::string& id) {
+  auto m = f.cloud.WaitTerminal(id, absl::Seconds(90));
+  CHECK(m.status() != v1::MIGRATION_STATUS_ERROR);
+  const std::string host = f.ExpectOneHost(kUuid);
+  if (m.status() == v1::MIGRATION_STATUS_COMPLETED) {
+    CHECK(host == "host-b");
+  } else {
+    CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+    CHECK(host == "host-a");
+  }
+  WARN("migration " << id << " resolved as " << v1::MigrationStatus_Name(m.status()) << " on "
+                    << host);
+  CHECK(f.cloud.WaitInstanceOn(kUuid, host, absl::Seconds(30)));
+}
+
+// SIGSTOPs `host`'s agent while holding the fake hypervisors' state lock, so that the stopped
+// agent cannot be frozen inside it (a real hypervisor does not stop with its agent).
+void StopAgent(FaultCloud& f, const std::string& host) {
+  REQUIRE(f.hv.Mutate([&](nlohmann::json&, bool*) {
+                f.cloud.agent(host)->Signal(SIGSTOP);
+                return absl::OkStatus();
+              })
+              .ok());
+}
+
+TEST_CASE("partition: the source agent SIGSTOPped during the transfer, then continued") {
+  PartitionCloud c;
+  FaultCloud& f = c.f;
+  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(12)).ok());
+  const std::string id = c.MigrateToB();
+  StopAgent(f, "host-a");
+  CheckCallsFailByDeadline(f);
+  CHECK(testing::WaitFor([&] { return HostUp(f, "host-a") == std::optional<bool>(false); },
+                         absl::Seconds(kDownTimeS + 6)));
+  CHECK(HostUp(f, "host-b") == std::optional<bool>(true));
+  absl::SleepFor(absl::Seconds(8));  // the transfer ends meanwhile, by itself
+  f.cloud.agent("host-a")->Signal(SIGCONT);
+  CheckResolved(f, id);
+  CHECK(testing::WaitFor([&] { return HostUp(f, "host-a") == std::optional<bool>(true); },
+                         absl::Seconds(10)));
+}
+
+TEST_CASE("partition: the destination agent SIGSTOPped; the post steps wait for it") {
+  PartitionCloud c;
+  FaultCloud& f = c.f;
+  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(4)).ok());
+  const std::string id = c.MigrateToB();
+  StopAgent(f, "host-b");
+  CHECK(testing::WaitFor([&] { return HostUp(f, "host-b") == std::optional<bool>(false); },
+                         absl::Seconds(kDownTimeS + 6)));
+  absl::SleepFor(absl::Seconds(8));
+  // The transfer has ended: the VM runs on the destination only, whose agent is stopped.
+  CHECK(f.Where() == Loc{{"host-b", "running"}});
+  f.cloud.agent("host-b")->Signal(SIGCONT);
+  CheckResolved(f, id);
+}
+
+TEST_CASE("partition: the source's port black-holed during the transfer, then restored") {
+  PartitionCloud c;
+  FaultCloud& f = c.f;
+  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(10)).ok());
+  const std::string id = c.MigrateToB();
+  c.proxy["host-a"]->SetBlackhole(true);
+  CheckCallsFailByDeadline(f);
+  absl::SleepFor(absl::Seconds(12));  // the transfer ends meanwhile
+  // Reports do not cross the proxy: the host stays up while the scheduler cannot reach it.
+  CHECK(HostUp(f, "host-a") == std::optional<bool>(true));
+  auto during = f.cloud.Get(id);
+  REQUIRE(during.ok());
+  CHECK(during->status() == v1::MIGRATION_STATUS_RUNNING);  // no progress without the agent
+  c.proxy["host-a"]->SetBlackhole(false);
+  CheckResolved(f, id);
+}
+
+TEST_CASE("partition: the destination's port black-holed across the end of the transfer") {
+  PartitionCloud c;
+  FaultCloud& f = c.f;
+  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(3)).ok());
+  const std::string id = c.MigrateToB();
+  c.proxy["host-b"]->SetBlackhole(true);
+  absl::SleepFor(absl::Seconds(12));
+  auto during = f.cloud.Get(id);
+  REQUIRE(during.ok());
+  CHECK(during->status() == v1::MIGRATION_STATUS_POST_MIGRATING);  // waits for the destination
+  CHECK(f.Where() == Loc{{"host-b", "running"}});
+  c.proxy["host-b"]->SetBlackhole(false);
+  CheckResolved(f, id);
+}
+
+}  // namespace
+}  // namespace livemig::faults
