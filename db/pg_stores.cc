@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <regex>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -173,21 +172,13 @@ double Secs(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
 }  // namespace
 
-bool IsValidUuid(const std::string& uuid) {
-  static const std::regex kRe(
-      "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$");
-  return std::regex_match(uuid, kRe);
-}
+// The rules live in common/validate.h (shared with the API parsers and cloudctl).
+bool IsValidUuid(const std::string& uuid) { return ::livemig::IsValidUuid(uuid); }
 
-bool IsValidHostname(const std::string& hostname) {
-  static const std::regex kRe("^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$");
-  return std::regex_match(hostname, kRe);
-}
+bool IsValidHostname(const std::string& hostname) { return ::livemig::IsValidHostname(hostname); }
 
 bool IsValidRequestId(const std::string& request_id) {
-  if (request_id.empty() || request_id.size() > kMaxRequestIdLength) return false;
-  return std::all_of(request_id.begin(), request_id.end(),
-                     [](char c) { return c >= 0x20 && c <= 0x7e; });
+  return ::livemig::IsValidRequestId(request_id);
 }
 
 absl::Status CheckRequestId(const std::string& field, const std::string& value) {

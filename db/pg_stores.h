@@ -8,6 +8,7 @@
 
 #include <memory>
 
+#include "common/validate.h"
 #include "db/pg_pool.h"
 #include "db/stores.h"
 
@@ -44,7 +45,7 @@ bool IsValidUuid(const std::string& uuid);
 bool IsValidHostname(const std::string& hostname);
 // A caller's request id (scheduler.proto, LiveMigrateRequest and EvacuateHostRequest): 1 to 128
 // printable ASCII characters (space to '~').
-inline constexpr size_t kMaxRequestIdLength = 128;
+using ::livemig::kMaxRequestIdLength;  // common/validate.h
 bool IsValidRequestId(const std::string& request_id);
 // OK for an empty value (no request id) or a valid one; else InvalidArgument naming `field` and
 // the rule.

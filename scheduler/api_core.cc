@@ -7,6 +7,7 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "common/validate.h"
 #include "db/pg_stores.h"
 #include "google/protobuf/util/json_util.h"
 #include "scheduler/convert.h"
@@ -476,6 +477,11 @@ absl::StatusOr<sv1::Evacuation> ApiCore::EvacuateHost(const sv1::EvacuateHostReq
   }
   RETURN_IF_ERROR(db::CheckRequestId("request_id", r.request_id()));
   RETURN_IF_ERROR(ValidateOptions(r.options()));
+  if (r.max_parallel() > kMaxEvacuationParallel) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("field 'max_parallel' must be 0 (the default) to ", kMaxEvacuationParallel,
+                     ", got ", r.max_parallel()));
+  }
   // A retried request returns its evacuation, whatever happened since (scheduler.proto).
   auto same_request = [&]() -> absl::StatusOr<std::optional<sv1::Evacuation>> {
     if (r.request_id().empty()) return std::nullopt;

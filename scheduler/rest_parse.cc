@@ -283,29 +283,9 @@ bool IsPositiveNumber(absl::string_view s) {
 
 }  // namespace
 
-bool IsUuid(absl::string_view s) {
-  if (s.size() != 36) return false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i == 8 || i == 13 || i == 18 || i == 23) {
-      if (s[i] != '-') return false;
-    } else if (!absl::ascii_isxdigit(static_cast<unsigned char>(s[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
+bool IsUuid(absl::string_view s) { return IsValidUuid(s); }  // common/validate.h
 
-bool IsHostname(absl::string_view s) {
-  if (s.empty() || s.size() > 253 || !absl::ascii_isalnum(static_cast<unsigned char>(s[0]))) {
-    return false;
-  }
-  for (char c : s) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
-      return false;
-    }
-  }
-  return true;
-}
+bool IsHostname(absl::string_view s) { return IsValidHostname(s); }
 
 std::string Printable(absl::string_view s) {
   constexpr size_t kMax = 64;
@@ -418,10 +398,6 @@ absl::StatusOr<sv1::EvacuateHostRequest> ParseEvacuateHost(absl::string_view hos
   sv1::EvacuateHostRequest r;
   LIVEMIG_RETURN(ParseJsonBody(body, &r));
   r.set_hostname(std::string(hostname));
-  if (r.max_parallel() > kMaxEvacuationParallel) {
-    return Invalid("field 'max_parallel' must be 0 (the default) to ",
-                   absl::StrCat(kMaxEvacuationParallel), ", got ", absl::StrCat(r.max_parallel()));
-  }
   LIVEMIG_RETURN(CheckOptionalHostname("destination", r.destination()));
   if (r.destination() == hostname) {
     return Invalid("field 'destination' is the host being evacuated");

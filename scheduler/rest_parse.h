@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/validate.h"
 #include "google/protobuf/message.h"
 #include "proto/scheduler.pb.h"
 
@@ -35,7 +36,7 @@ inline constexpr int kMaxJsonDepth = 32;
 inline constexpr int kMaxPageSize = 1000;
 inline constexpr size_t kMaxTokenLength = 255;  // markers, request ids
 // At most this many migrations of one evacuation in flight at once (0: the default).
-inline constexpr uint32_t kMaxEvacuationParallel = 100;
+using ::livemig::kMaxEvacuationParallel;  // common/validate.h
 // Longest delay between two downtime steps.
 inline constexpr uint32_t kMaxDowntimeStepDelayS = 3600;
 
