@@ -82,6 +82,13 @@ absl::Status CheckOptionalHost(const std::string& option, const std::string& val
   return value.empty() ? absl::OkStatus() : sched::CheckHostname(option, value);
 }
 
+// The scheduler's rule for idempotency keys (common/validate.h), checked before connecting.
+absl::Status CheckRequestId(const std::string& option, const std::string& value) {
+  if (value.empty() || IsValidRequestId(value)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(option, " must be 1 to ", kMaxRequestIdLength, " printable ASCII characters"));
+}
+
 // The checks CLI11 cannot express: the syntax of UUIDs, host names and ids, text lengths.
 absl::Status Validate(const Command& c) {
   const std::string& cmd = c.command;
@@ -93,7 +100,7 @@ absl::Status Validate(const Command& c) {
   if (cmd == "live-migration") {
     check(sched::CheckUuid("uuid", c.migrate.uuid));
     check(CheckOptionalHost("dest", c.migrate.dest));
-    check(CheckLength("--request-id", c.migrate.request_id, kMaxTextLength));
+    check(CheckRequestId("--request-id", c.migrate.request_id));
   } else if (cmd == "migration-list") {
     for (const auto& s : c.statuses) {
       if (!ParseMigrationStatus(s)) {
@@ -123,7 +130,7 @@ absl::Status Validate(const Command& c) {
     if (!c.evacuate.target.empty() && c.evacuate.target == c.evacuate.host) {
       check(absl::InvalidArgumentError("--target-host is the host being evacuated"));
     }
-    check(CheckLength("--request-id", c.evacuate.request_id, kMaxTextLength));
+    check(CheckRequestId("--request-id", c.evacuate.request_id));
   } else if (cmd == "evacuation-show") {
     check(sched::CheckEvacuationId(c.id));
   } else if (cmd == "instance-show") {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cloudctl/config.h"
+#include "common/validate.h"
 
 namespace livemig::cloudctl {
 
@@ -22,9 +23,9 @@ inline constexpr uint32_t kMaxLimit = 1000;  // --limit
 inline constexpr uint32_t kMaxCompletionTimeoutS = 7 * 24 * 3600;
 inline constexpr uint32_t kMaxDowntimeMs = 600000;
 inline constexpr uint32_t kMaxBandwidthMibS = 1000000;
-inline constexpr uint32_t kMaxParallel = 100;     // --max-parallel
-inline constexpr size_t kMaxTextLength = 255;     // --request-id
-inline constexpr size_t kMaxReasonLength = 1024;  // --reason
+inline constexpr uint32_t kMaxParallel = kMaxEvacuationParallel;  // --max-parallel
+inline constexpr size_t kMaxTextLength = 255;                     // --requester, --marker
+inline constexpr size_t kMaxReasonLength = 1024;                  // --reason
 
 struct MigrateArgs {
   std::string uuid, dest, block = "auto", completion_action = "abort", request_id;
