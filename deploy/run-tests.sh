@@ -55,8 +55,8 @@ else
 fi
 stage_done "format check"
 
-stage "tests (bazel test ${patterns[*]})"
-bazel test --keep_going "${patterns[@]}" 2>&1 | grep -vE '^(Loading|Analyzing|INFO: (Analyzed|Found|From)|\[[0-9,]+ / [0-9,]+\])'
+stage "tests (bazel test --nocache_test_results ${patterns[*]}: every test runs, none is taken from a cache)"
+bazel test --keep_going --nocache_test_results "${patterns[@]}" 2>&1 | grep -vE '^(Loading|Analyzing|INFO: (Analyzed|Found|From)|\[[0-9,]+ / [0-9,]+\])'
 test_rc=${PIPESTATUS[0]}
 stage_done tests
 
