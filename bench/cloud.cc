@@ -280,36 +280,12 @@ class CountingAgentClient : public AgentClient {
     Timed timed(c_, "agent.GetHostInfo");
     return in_->GetHostInfo();
   }
-#define LIVEMIG_COUNTED_RPC(Name, Req, Resp)         \
+#define LIVEMIG_COUNTED_RPC(Name, Req, Resp, step)   \
   absl::StatusOr<Resp> Name(const Req& r) override { \
     Timed timed(c_, "agent." #Name);                 \
     return in_->Name(r);                             \
   }
-  LIVEMIG_COUNTED_RPC(DescribeInstance, cv1::DescribeInstanceRequest, cv1::DescribeInstanceResponse)
-  LIVEMIG_COUNTED_RPC(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,
-                      cv1::CheckCanLiveMigrateOnDestResponse)
-  LIVEMIG_COUNTED_RPC(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,
-                      cv1::CheckCanLiveMigrateOnSrcResponse)
-  LIVEMIG_COUNTED_RPC(CheckCanLiveMigrateOnDestCleanup,
-                      cv1::CheckCanLiveMigrateOnDestCleanupRequest,
-                      cv1::CheckCanLiveMigrateOnDestCleanupResponse)
-  LIVEMIG_COUNTED_RPC(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse)
-  LIVEMIG_COUNTED_RPC(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse)
-  LIVEMIG_COUNTED_RPC(GetMigrationProgress, cv1::GetMigrationProgressRequest,
-                      cv1::MigrationProgressReport)
-  LIVEMIG_COUNTED_RPC(AbortLiveMigration, cv1::AbortLiveMigrationRequest,
-                      cv1::AbortLiveMigrationResponse)
-  LIVEMIG_COUNTED_RPC(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,
-                      cv1::ForceCompleteLiveMigrationResponse)
-  LIVEMIG_COUNTED_RPC(PostLiveMigration, cv1::PostLiveMigrationRequest,
-                      cv1::PostLiveMigrationResponse)
-  LIVEMIG_COUNTED_RPC(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,
-                      cv1::PostLiveMigrationAtDestinationResponse)
-  LIVEMIG_COUNTED_RPC(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest,
-                      cv1::RollbackLiveMigrationResponse)
-  LIVEMIG_COUNTED_RPC(RollbackLiveMigrationAtDestination,
-                      cv1::RollbackLiveMigrationAtDestinationRequest,
-                      cv1::RollbackLiveMigrationAtDestinationResponse)
+  LIVEMIG_AGENT_RPCS(LIVEMIG_COUNTED_RPC)
 #undef LIVEMIG_COUNTED_RPC
 
  private:
@@ -476,6 +452,32 @@ absl::StatusOr<std::unique_ptr<BenchCloud>> BenchCloud::Create(CloudOptions opti
   return c;
 }
 
+void LiftLimits(CloudOptions& o) {
+  o.orch.max_outbound_per_host = 1 << 20;
+  o.orch.max_inbound_per_host = 1 << 20;
+  o.orch.max_total = 1 << 20;
+  o.agent_max_concurrent = 1 << 20;
+}
+
+absl::StatusOr<std::unique_ptr<BenchCloud>> BenchCloud::CreateWithNewPkiAndDatabase(
+    CloudOptions options) {
+  auto stage = [](const char* what, const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+  };
+  const std::string pki = testing::MakeShortTempDir("bench-pki");
+  std::unique_ptr<BenchCloud> c(new BenchCloud(std::move(options)));
+  c->owned_pki_ = pki;  // removed with `c`, also on failure
+  std::vector<std::string> names = {"scheduler"};
+  names.insert(names.end(), c->options_.hosts.begin(), c->options_.hosts.end());
+  if (auto s = MakePki(pki, names); !s.ok()) return stage("PKI", s);
+  auto db = NewDatabase();
+  if (!db.ok()) return stage("database", db.status());
+  c->options_.pki = pki;
+  c->options_.conninfo = *db;
+  if (auto s = c->Start(); !s.ok()) return stage("cloud", s);
+  return c;
+}
+
 db::HostStore& BenchCloud::hosts() { return *hosts_; }
 db::MigrationStore& BenchCloud::migrations() { return *migrations_; }
 db::InstanceStore& BenchCloud::instances() { return *instances_; }
@@ -598,6 +600,10 @@ BenchCloud::~BenchCloud() {
   if (!state_dirs_.empty()) {
     std::error_code ec;
     std::filesystem::remove_all(std::filesystem::path(state_dirs_[0]).parent_path(), ec);
+  }
+  if (!owned_pki_.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(owned_pki_, ec);
   }
 }
 

@@ -104,9 +104,19 @@ struct CloudOptions {
   absl::Duration report_interval = absl::Seconds(10);
 };
 
+// Turns the orchestrator's and the agents' concurrency limits off (1 << 20 each), so that only
+// the benchmark's own load (or an evacuation's max_parallel) bounds the migrations in flight.
+void LiftLimits(CloudOptions& options);
+
 class BenchCloud {
  public:
   static absl::StatusOr<std::unique_ptr<BenchCloud>> Create(CloudOptions options);
+  // Create, after the set-up the benchmarks share: a PKI (MakePki) for "scheduler" and every host
+  // of options.hosts in a new temporary directory, removed with the cloud, and a fresh database
+  // (NewDatabase); they replace options.pki and options.conninfo. Errors name the stage ("PKI: ",
+  // "database: ", "cloud: ").
+  static absl::StatusOr<std::unique_ptr<BenchCloud>> CreateWithNewPkiAndDatabase(
+      CloudOptions options);
   ~BenchCloud();
 
   // A running fake guest on `host`.
@@ -160,6 +170,7 @@ class BenchCloud {
   absl::Status ReportAllLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(report_mu_);
 
   CloudOptions options_;
+  std::string owned_pki_;  // removed by the destructor (CreateWithNewPkiAndDatabase)
   std::vector<std::string> state_dirs_;
   Counters db_calls_, rpcs_;
   std::unique_ptr<db::PgPool> pool_;

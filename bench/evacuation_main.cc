@@ -14,7 +14,6 @@
 #include "absl/time/clock.h"
 #include "bench/bench_util.h"
 #include "bench/cloud.h"
-#include "testing/run_command.h"
 
 namespace livemig::bench {
 namespace {
@@ -44,37 +43,21 @@ int Run(int argc, char** argv) {
       "destination hosts",
       instances, flags.Get("max-parallel", "1,4,16"), duration_ms, dests));
   const std::string src = "evac-src";
-  std::vector<std::string> names = {"scheduler", src};
-  for (int i = 0; i < dests; ++i) names.push_back(absl::StrFormat("evac-dst-%d", i));
-  const std::string pki = testing::MakeShortTempDir("bench-pki");
-  if (auto s = MakePki(pki, names); !s.ok()) {
-    std::cerr << "PKI: " << s << "\n";
-    return 1;
-  }
-  auto db = NewDatabase();
-  if (!db.ok()) {
-    std::cerr << "database: " << db.status() << "\n";
-    return 1;
-  }
   CloudOptions co;
-  co.conninfo = *db;
-  co.pki = pki;
-  co.hosts.assign(names.begin() + 1, names.end());
+  co.hosts.push_back(src);
+  for (int i = 0; i < dests; ++i) co.hosts.push_back(absl::StrFormat("evac-dst-%d", i));
   co.partitions = 1;
-  co.orch.max_outbound_per_host = 1 << 20;
-  co.orch.max_inbound_per_host = 1 << 20;
-  co.orch.max_total = 1 << 20;
-  co.agent_max_concurrent = 1 << 20;
+  LiftLimits(co);
   // Reports are held back during each evacuation (see BenchCloud::PauseReports): the hosts must
   // stay `up` meanwhile.
   co.orch.service_down_time = absl::Hours(1);
-  auto cloud = BenchCloud::Create(co);
+  auto cloud = BenchCloud::CreateWithNewPkiAndDatabase(co);
   if (!cloud.ok()) {
-    std::cerr << "cloud: " << cloud.status() << "\n";
+    std::cerr << cloud.status() << "\n";
     return 1;
   }
   BenchCloud& c = **cloud;
-  Note(PgSettingsLine(*db));
+  Note(PgSettingsLine(c.conninfo()));
   Note(absl::StrFormat(
       "in-process scheduler (product default intervals: dispatch %s, progress_poll %s; limits "
       "off) and %d agents over gRPC with mutual TLS; instances of 64 MiB; the scheduler chooses "
@@ -145,7 +128,7 @@ int Run(int argc, char** argv) {
     }
   }
   PrintSummary("evacuation");
-  cloud->reset();
+  cloud->reset();  // also removes its PKI
   StopDatabaseServer();
   return 0;
 }

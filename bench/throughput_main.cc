@@ -12,7 +12,6 @@
 #include "absl/time/clock.h"
 #include "bench/bench_util.h"
 #include "bench/cloud.h"
-#include "testing/run_command.h"
 
 namespace livemig::bench {
 namespace {
@@ -63,34 +62,17 @@ int Run(int argc, char** argv) {
   Section(absl::StrFormat(
       "2. Throughput: %d migrations across %d agent hosts (FakeDriver, transfer 0 ms, limits off)",
       migrations, hosts));
-  std::vector<std::string> names = {"scheduler"};
-  for (int i = 0; i < hosts; ++i) names.push_back(HostName(i));
-  const std::string pki = testing::MakeShortTempDir("bench-pki");
-  if (auto s = MakePki(pki, names); !s.ok()) {
-    std::cerr << "PKI: " << s << "\n";
-    return 1;
-  }
-  auto db = NewDatabase();
-  if (!db.ok()) {
-    std::cerr << "database: " << db.status() << "\n";
-    return 1;
-  }
   CloudOptions co;
-  co.conninfo = *db;
-  co.pki = pki;
-  co.hosts.assign(names.begin() + 1, names.end());
+  for (int i = 0; i < hosts; ++i) co.hosts.push_back(HostName(i));
   co.partitions = partitions;
-  co.orch.max_outbound_per_host = 1 << 20;
-  co.orch.max_inbound_per_host = 1 << 20;
-  co.orch.max_total = 1 << 20;
-  co.agent_max_concurrent = 1 << 20;
-  auto cloud = BenchCloud::Create(co);
+  LiftLimits(co);
+  auto cloud = BenchCloud::CreateWithNewPkiAndDatabase(co);
   if (!cloud.ok()) {
-    std::cerr << "cloud: " << cloud.status() << "\n";
+    std::cerr << cloud.status() << "\n";
     return 1;
   }
   BenchCloud& c = **cloud;
-  Note(PgSettingsLine(*db));
+  Note(PgSettingsLine(c.conninfo()));
   Note(absl::StrFormat(
       "in-process scheduler (product default intervals, limits off, db pool %d) and %d agents "
       "(in-process gRPC servers, mutual TLS, 127.0.0.1); %d submitter threads call LiveMigrate "
@@ -227,8 +209,7 @@ int Run(int argc, char** argv) {
          absl::StrFormat("%.1f migrations/s", Median(ceilings)));
   Figure("throughput / ceiling", Fmt(Median(fractions), 3), ">= 0.5", Median(fractions) >= 0.5);
   PrintSummary("throughput");
-  cloud->reset();
-  testing::RunCommand("rm -rf " + pki).IgnoreError();
+  cloud->reset();  // also removes its PKI
   StopDatabaseServer();
   return 0;
 }

@@ -20,35 +20,12 @@ class GrpcAgentClient : public AgentClient {
         deadline_(deadline),
         retries_(retries) {}
 
-#define LIVEMIG_AGENT_RPC(Name, Req, Resp)                            \
+#define LIVEMIG_GRPC_RPC(Name, Req, Resp, step)                       \
   absl::StatusOr<Resp> Name(const Req& r) override {                  \
     return Call<Req, Resp>(#Name, r, &cv1::ComputeAgent::Stub::Name); \
   }
-  LIVEMIG_AGENT_RPC(DescribeInstance, cv1::DescribeInstanceRequest, cv1::DescribeInstanceResponse)
-  LIVEMIG_AGENT_RPC(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,
-                    cv1::CheckCanLiveMigrateOnDestResponse)
-  LIVEMIG_AGENT_RPC(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,
-                    cv1::CheckCanLiveMigrateOnSrcResponse)
-  LIVEMIG_AGENT_RPC(CheckCanLiveMigrateOnDestCleanup, cv1::CheckCanLiveMigrateOnDestCleanupRequest,
-                    cv1::CheckCanLiveMigrateOnDestCleanupResponse)
-  LIVEMIG_AGENT_RPC(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse)
-  LIVEMIG_AGENT_RPC(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse)
-  LIVEMIG_AGENT_RPC(GetMigrationProgress, cv1::GetMigrationProgressRequest,
-                    cv1::MigrationProgressReport)
-  LIVEMIG_AGENT_RPC(AbortLiveMigration, cv1::AbortLiveMigrationRequest,
-                    cv1::AbortLiveMigrationResponse)
-  LIVEMIG_AGENT_RPC(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,
-                    cv1::ForceCompleteLiveMigrationResponse)
-  LIVEMIG_AGENT_RPC(PostLiveMigration, cv1::PostLiveMigrationRequest,
-                    cv1::PostLiveMigrationResponse)
-  LIVEMIG_AGENT_RPC(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,
-                    cv1::PostLiveMigrationAtDestinationResponse)
-  LIVEMIG_AGENT_RPC(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest,
-                    cv1::RollbackLiveMigrationResponse)
-  LIVEMIG_AGENT_RPC(RollbackLiveMigrationAtDestination,
-                    cv1::RollbackLiveMigrationAtDestinationRequest,
-                    cv1::RollbackLiveMigrationAtDestinationResponse)
-#undef LIVEMIG_AGENT_RPC
+  LIVEMIG_AGENT_RPCS(LIVEMIG_GRPC_RPC)
+#undef LIVEMIG_GRPC_RPC
 
   absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override {
     return Call<cv1::GetHostInfoRequest, cv1::GetHostInfoResponse>(
@@ -86,32 +63,9 @@ class LocalAgentClient : public AgentClient {
  public:
   explicit LocalAgentClient(agent::AgentCore* core) : core_(core) {}
   absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override { return core_->GetHostInfo(); }
-#define LIVEMIG_LOCAL_RPC(Name, Req, Resp) \
+#define LIVEMIG_LOCAL_RPC(Name, Req, Resp, step) \
   absl::StatusOr<Resp> Name(const Req& r) override { return core_->Name(r); }
-  LIVEMIG_LOCAL_RPC(DescribeInstance, cv1::DescribeInstanceRequest, cv1::DescribeInstanceResponse)
-  LIVEMIG_LOCAL_RPC(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,
-                    cv1::CheckCanLiveMigrateOnDestResponse)
-  LIVEMIG_LOCAL_RPC(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,
-                    cv1::CheckCanLiveMigrateOnSrcResponse)
-  LIVEMIG_LOCAL_RPC(CheckCanLiveMigrateOnDestCleanup, cv1::CheckCanLiveMigrateOnDestCleanupRequest,
-                    cv1::CheckCanLiveMigrateOnDestCleanupResponse)
-  LIVEMIG_LOCAL_RPC(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse)
-  LIVEMIG_LOCAL_RPC(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse)
-  LIVEMIG_LOCAL_RPC(GetMigrationProgress, cv1::GetMigrationProgressRequest,
-                    cv1::MigrationProgressReport)
-  LIVEMIG_LOCAL_RPC(AbortLiveMigration, cv1::AbortLiveMigrationRequest,
-                    cv1::AbortLiveMigrationResponse)
-  LIVEMIG_LOCAL_RPC(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,
-                    cv1::ForceCompleteLiveMigrationResponse)
-  LIVEMIG_LOCAL_RPC(PostLiveMigration, cv1::PostLiveMigrationRequest,
-                    cv1::PostLiveMigrationResponse)
-  LIVEMIG_LOCAL_RPC(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,
-                    cv1::PostLiveMigrationAtDestinationResponse)
-  LIVEMIG_LOCAL_RPC(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest,
-                    cv1::RollbackLiveMigrationResponse)
-  LIVEMIG_LOCAL_RPC(RollbackLiveMigrationAtDestination,
-                    cv1::RollbackLiveMigrationAtDestinationRequest,
-                    cv1::RollbackLiveMigrationAtDestinationResponse)
+  LIVEMIG_AGENT_RPCS(LIVEMIG_LOCAL_RPC)
 #undef LIVEMIG_LOCAL_RPC
 
  private:
@@ -123,30 +77,9 @@ class UnreachableAgentClient : public AgentClient {
  public:
   explicit UnreachableAgentClient(std::string why) : why_(std::move(why)) {}
   absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override { return Err(); }
-#define LIVEMIG_NO_RPC(Name, Req, Resp) \
+#define LIVEMIG_NO_RPC(Name, Req, Resp, step) \
   absl::StatusOr<Resp> Name(const Req&) override { return Err(); }
-  LIVEMIG_NO_RPC(DescribeInstance, cv1::DescribeInstanceRequest, cv1::DescribeInstanceResponse)
-  LIVEMIG_NO_RPC(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,
-                 cv1::CheckCanLiveMigrateOnDestResponse)
-  LIVEMIG_NO_RPC(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,
-                 cv1::CheckCanLiveMigrateOnSrcResponse)
-  LIVEMIG_NO_RPC(CheckCanLiveMigrateOnDestCleanup, cv1::CheckCanLiveMigrateOnDestCleanupRequest,
-                 cv1::CheckCanLiveMigrateOnDestCleanupResponse)
-  LIVEMIG_NO_RPC(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse)
-  LIVEMIG_NO_RPC(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse)
-  LIVEMIG_NO_RPC(GetMigrationProgress, cv1::GetMigrationProgressRequest,
-                 cv1::MigrationProgressReport)
-  LIVEMIG_NO_RPC(AbortLiveMigration, cv1::AbortLiveMigrationRequest,
-                 cv1::AbortLiveMigrationResponse)
-  LIVEMIG_NO_RPC(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,
-                 cv1::ForceCompleteLiveMigrationResponse)
-  LIVEMIG_NO_RPC(PostLiveMigration, cv1::PostLiveMigrationRequest, cv1::PostLiveMigrationResponse)
-  LIVEMIG_NO_RPC(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,
-                 cv1::PostLiveMigrationAtDestinationResponse)
-  LIVEMIG_NO_RPC(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest,
-                 cv1::RollbackLiveMigrationResponse)
-  LIVEMIG_NO_RPC(RollbackLiveMigrationAtDestination, cv1::RollbackLiveMigrationAtDestinationRequest,
-                 cv1::RollbackLiveMigrationAtDestinationResponse)
+  LIVEMIG_AGENT_RPCS(LIVEMIG_NO_RPC)
 #undef LIVEMIG_NO_RPC
 
  private:
@@ -240,40 +173,18 @@ class ReplayingAgentClient : public AgentClient {
         counters_(std::move(counters)) {}
 
   absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override { return inner_->GetHostInfo(); }
-  absl::StatusOr<cv1::DescribeInstanceResponse> DescribeInstance(
-      const cv1::DescribeInstanceRequest& r) override {
-    return inner_->DescribeInstance(r);
-  }
-  absl::StatusOr<cv1::MigrationProgressReport> GetMigrationProgress(
-      const cv1::GetMigrationProgressRequest& r) override {
-    return inner_->GetMigrationProgress(r);
-  }
-
-#define LIVEMIG_REPLAY_RPC(Name, Req, Resp)                                        \
+  // The steps are delivered `times_` times (LIVEMIG_REPLAY_RPC_true), the reads once
+  // (LIVEMIG_REPLAY_RPC_false): `step` of LIVEMIG_AGENT_RPCS picks the macro.
+#define LIVEMIG_REPLAY_RPC(Name, Req, Resp, step) LIVEMIG_REPLAY_RPC_##step(Name, Req, Resp)
+#define LIVEMIG_REPLAY_RPC_true(Name, Req, Resp)                                   \
   absl::StatusOr<Resp> Name(const Req& r) override {                               \
     return Replay<Resp>(#Name, r.migration_id(), [&] { return inner_->Name(r); }); \
   }
-  LIVEMIG_REPLAY_RPC(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,
-                     cv1::CheckCanLiveMigrateOnDestResponse)
-  LIVEMIG_REPLAY_RPC(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,
-                     cv1::CheckCanLiveMigrateOnSrcResponse)
-  LIVEMIG_REPLAY_RPC(CheckCanLiveMigrateOnDestCleanup, cv1::CheckCanLiveMigrateOnDestCleanupRequest,
-                     cv1::CheckCanLiveMigrateOnDestCleanupResponse)
-  LIVEMIG_REPLAY_RPC(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse)
-  LIVEMIG_REPLAY_RPC(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse)
-  LIVEMIG_REPLAY_RPC(AbortLiveMigration, cv1::AbortLiveMigrationRequest,
-                     cv1::AbortLiveMigrationResponse)
-  LIVEMIG_REPLAY_RPC(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,
-                     cv1::ForceCompleteLiveMigrationResponse)
-  LIVEMIG_REPLAY_RPC(PostLiveMigration, cv1::PostLiveMigrationRequest,
-                     cv1::PostLiveMigrationResponse)
-  LIVEMIG_REPLAY_RPC(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,
-                     cv1::PostLiveMigrationAtDestinationResponse)
-  LIVEMIG_REPLAY_RPC(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest,
-                     cv1::RollbackLiveMigrationResponse)
-  LIVEMIG_REPLAY_RPC(RollbackLiveMigrationAtDestination,
-                     cv1::RollbackLiveMigrationAtDestinationRequest,
-                     cv1::RollbackLiveMigrationAtDestinationResponse)
+#define LIVEMIG_REPLAY_RPC_false(Name, Req, Resp) \
+  absl::StatusOr<Resp> Name(const Req& r) override { return inner_->Name(r); }
+  LIVEMIG_AGENT_RPCS(LIVEMIG_REPLAY_RPC)
+#undef LIVEMIG_REPLAY_RPC_false
+#undef LIVEMIG_REPLAY_RPC_true
 #undef LIVEMIG_REPLAY_RPC
 
  private:

@@ -25,36 +25,50 @@ namespace livemig::sched {
 namespace v1 = ::livemig::v1;
 namespace cv1 = ::livemig::compute::v1;
 
+// The agent RPCs that take a request, listed once: X(Name, Request, Response, step). AgentClient's
+// methods and every client and decorator of it (gRPC, local, unreachable and replay in
+// agent_client.cc; counting in bench/cloud.cc) are generated from this list, so an RPC added here
+// reaches all of them.
+// `step`: a step of the flow, keyed by the migration id (the checks, pre_live_migration,
+// live_migration, abort, force-complete, the post and rollback steps); the replay decorator
+// delivers exactly these more than once. false: a read (DescribeInstance, GetMigrationProgress).
+// Not "changes state": CheckCanLiveMigrateOnSrc is read-only on the host yet a replayed step.
+// GetHostInfo, a read without a request, is declared on its own. The types use the cv1 alias
+// above: expand the list where `cv1` names ::livemig::compute::v1.
+#define LIVEMIG_AGENT_RPCS(X)                                                                      \
+  X(DescribeInstance, cv1::DescribeInstanceRequest, cv1::DescribeInstanceResponse, /*step=*/false) \
+  X(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,                              \
+    cv1::CheckCanLiveMigrateOnDestResponse, /*step=*/true)                                         \
+  X(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,                                \
+    cv1::CheckCanLiveMigrateOnSrcResponse, /*step=*/true)                                          \
+  X(CheckCanLiveMigrateOnDestCleanup, cv1::CheckCanLiveMigrateOnDestCleanupRequest,                \
+    cv1::CheckCanLiveMigrateOnDestCleanupResponse, /*step=*/true)                                  \
+  X(PreLiveMigration, cv1::PreLiveMigrationRequest, cv1::PreLiveMigrationResponse, /*step=*/true)  \
+  X(LiveMigration, cv1::LiveMigrationRequest, cv1::LiveMigrationResponse, /*step=*/true)           \
+  X(GetMigrationProgress, cv1::GetMigrationProgressRequest, cv1::MigrationProgressReport,          \
+    /*step=*/false)                                                                                \
+  X(AbortLiveMigration, cv1::AbortLiveMigrationRequest, cv1::AbortLiveMigrationResponse,           \
+    /*step=*/true)                                                                                 \
+  X(ForceCompleteLiveMigration, cv1::ForceCompleteLiveMigrationRequest,                            \
+    cv1::ForceCompleteLiveMigrationResponse, /*step=*/true)                                        \
+  X(PostLiveMigration, cv1::PostLiveMigrationRequest, cv1::PostLiveMigrationResponse,              \
+    /*step=*/true)                                                                                 \
+  X(PostLiveMigrationAtDestination, cv1::PostLiveMigrationAtDestinationRequest,                    \
+    cv1::PostLiveMigrationAtDestinationResponse, /*step=*/true)                                    \
+  X(RollbackLiveMigration, cv1::RollbackLiveMigrationRequest, cv1::RollbackLiveMigrationResponse,  \
+    /*step=*/true)                                                                                 \
+  X(RollbackLiveMigrationAtDestination, cv1::RollbackLiveMigrationAtDestinationRequest,            \
+    cv1::RollbackLiveMigrationAtDestinationResponse, /*step=*/true)
+
 class AgentClient {
  public:
   virtual ~AgentClient() = default;
   virtual absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() = 0;
-  virtual absl::StatusOr<cv1::DescribeInstanceResponse> DescribeInstance(
-      const cv1::DescribeInstanceRequest& r) = 0;
-  virtual absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> CheckCanLiveMigrateOnDest(
-      const cv1::CheckCanLiveMigrateOnDestRequest& r) = 0;
-  virtual absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> CheckCanLiveMigrateOnSrc(
-      const cv1::CheckCanLiveMigrateOnSrcRequest& r) = 0;
-  virtual absl::StatusOr<cv1::CheckCanLiveMigrateOnDestCleanupResponse>
-  CheckCanLiveMigrateOnDestCleanup(const cv1::CheckCanLiveMigrateOnDestCleanupRequest& r) = 0;
-  virtual absl::StatusOr<cv1::PreLiveMigrationResponse> PreLiveMigration(
-      const cv1::PreLiveMigrationRequest& r) = 0;
-  virtual absl::StatusOr<cv1::LiveMigrationResponse> LiveMigration(
-      const cv1::LiveMigrationRequest& r) = 0;
-  virtual absl::StatusOr<cv1::MigrationProgressReport> GetMigrationProgress(
-      const cv1::GetMigrationProgressRequest& r) = 0;
-  virtual absl::StatusOr<cv1::AbortLiveMigrationResponse> AbortLiveMigration(
-      const cv1::AbortLiveMigrationRequest& r) = 0;
-  virtual absl::StatusOr<cv1::ForceCompleteLiveMigrationResponse> ForceCompleteLiveMigration(
-      const cv1::ForceCompleteLiveMigrationRequest& r) = 0;
-  virtual absl::StatusOr<cv1::PostLiveMigrationResponse> PostLiveMigration(
-      const cv1::PostLiveMigrationRequest& r) = 0;
-  virtual absl::StatusOr<cv1::PostLiveMigrationAtDestinationResponse>
-  PostLiveMigrationAtDestination(const cv1::PostLiveMigrationAtDestinationRequest& r) = 0;
-  virtual absl::StatusOr<cv1::RollbackLiveMigrationResponse> RollbackLiveMigration(
-      const cv1::RollbackLiveMigrationRequest& r) = 0;
-  virtual absl::StatusOr<cv1::RollbackLiveMigrationAtDestinationResponse>
-  RollbackLiveMigrationAtDestination(const cv1::RollbackLiveMigrationAtDestinationRequest& r) = 0;
+  // absl::StatusOr<Response> Name(const Request& r), for every RPC of LIVEMIG_AGENT_RPCS.
+#define LIVEMIG_AGENT_RPC_DECLARE(Name, Req, Resp, step) \
+  virtual absl::StatusOr<Resp> Name(const Req& r) = 0;
+  LIVEMIG_AGENT_RPCS(LIVEMIG_AGENT_RPC_DECLARE)
+#undef LIVEMIG_AGENT_RPC_DECLARE
 };
 
 class AgentClientFactory {

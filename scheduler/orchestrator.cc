@@ -16,9 +16,6 @@ namespace livemig::sched {
 
 using S = MigrationStatus;
 
-// At most this many ranked destination candidates are stored on a migration (best first).
-constexpr size_t kMaxStoredCandidates = 20;
-
 // One migration's state machine, for as long as this scheduler drives it.
 class MigrationRun {
  public:
@@ -215,7 +212,7 @@ class MigrationRun {
       ASSIGN_OR_RETURN(
           std::vector<sv1::HostCheck> ranked,
           ChooseDestinations(*o_->hosts_, inst, src, options, opt().service_down_time));
-      ranked_json = CandidatesToJson(ranked, kMaxStoredCandidates);
+      ranked_json = CandidatesToJson(ranked, kDestinationCandidates);
       std::string rejected;
       for (const auto& hc : ranked) {
         if (hc.passed()) {
@@ -290,6 +287,12 @@ class MigrationRun {
       if (AbortRequested())
         return Move(S::kCancelled, "wait_for_slot", false, AbortReason(), start);
       if (SlotFree(m_.source_host, m_.dest_host)) {
+        // Leaving `queued`: the wait may have been long, so the host records cached since the
+        // pre-checks (and the agents resolved from their addresses) are dropped, and Preparing
+        // reads the source's and the destination's current reports. Without a wait (accepted ->
+        // preparing) the cache is kept.
+        host_records_.clear();
+        agents_.clear();
         return Move(S::kPreparing, "wait_for_slot", true, "a slot is free", start,
                     Intent("check_can_live_migrate_on_dest", m_.dest_host));
       }

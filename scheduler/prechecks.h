@@ -31,15 +31,24 @@ std::vector<sv1::HostCheck> RankDestinations(const db::InstanceRecord& inst,
                                              const std::vector<db::HostRecord>& hosts,
                                              const v1::MigrationOptions& options);
 
+// How many destination candidates the scheduler considers when it chooses the destination: the
+// database returns the best this many (ChooseDestinations' `limit`), and a migration stores at most
+// this many of the ranked candidates, best first (Migration.candidates: every one considered, when
+// one passed; the first this many of every host, when none did).
+inline constexpr int kDestinationCandidates = 32;
+
 // The orchestrator's choice when no destination is given, without reading every host: the
 // database returns the best `limit` hosts that pass the checks it can decide (enabled, up, same
 // hypervisor type, version not older, same CPU architecture, enough memory after claims;
 // HostStore::ListDestinationCandidates), and RankDestinations runs the full checks on those. The
 // passed hosts and their order are RankDestinations' over every host, up to `limit`. When none of
 // them passes, every host is checked (ListHosts), so that the reasons name each rejected host.
-absl::StatusOr<std::vector<sv1::HostCheck>> ChooseDestinations(
-    db::HostStore& hosts, const db::InstanceRecord& inst, const db::HostRecord& src,
-    const v1::MigrationOptions& options, absl::Duration service_down_time, int limit = 32);
+absl::StatusOr<std::vector<sv1::HostCheck>> ChooseDestinations(db::HostStore& hosts,
+                                                               const db::InstanceRecord& inst,
+                                                               const db::HostRecord& src,
+                                                               const v1::MigrationOptions& options,
+                                                               absl::Duration service_down_time,
+                                                               int limit = kDestinationCandidates);
 
 // Whether the source host can drive the migration (up; options supported by its backend).
 std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const db::HostRecord& src,
