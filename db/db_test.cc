@@ -999,5 +999,80 @@ TEST_CASE("host pages and destination candidates are chosen in the database") {
   CHECK(c->at(2).migrations_in == 1);
 }
 
+TEST_CASE("a transition is one statement: all of it or nothing, events in order, any text") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  using S = MigrationStatus;
+  auto c = migs.CreateMigration(NewMig(1, ""));  // the scheduler chooses the destination
+  REQUIRE(c.ok());
+  const int64_t id = c->migration.id;
+  auto first = migs.ListEvents(id);
+  REQUIRE(first.ok());
+  REQUIRE(first->size() == 1);
+  CHECK(first->at(0).detail ==
+        "live migration of " + Uuid(1) +
+            " from host-a to a host the scheduler chooses requested by alice");
+
+  // A failing part (an event the schema refuses) leaves the row, the instance and the events
+  // as they were.
+  Transition bad = Step(id, S::kAccepted, S::kFailed, "pre-checks");
+  bad.event_kind = "not-a-kind";
+  CHECK_FALSE(migs.ApplyTransition(bad).ok());
+  CHECK(migs.GetMigration(id)->status == S::kAccepted);
+  CHECK(db.stores->instances().GetInstance(Uuid(1))->task_state ==
+        std::optional<std::string>("migrating"));
+  CHECK(migs.ListEvents(id)->size() == 1);
+  MigrationEvent bad_step;
+  bad_step.kind = "nope";
+  bad_step.step = "x";
+  CHECK_FALSE(
+      migs.RecordStep(id, "sched-1", S::kAccepted, "checked", {bad_step}, "host-b", 2048).ok());
+  CHECK(migs.GetMigration(id)->step == "accepted");
+  CHECK(migs.GetMigration(id)->dest_host.empty());
+
+  // Completing needs a destination: refused, nothing changed.
+  REQUIRE(migs.ApplyTransition(Step(id, S::kAccepted, S::kPreparing, "checks")).ok());
+  REQUIRE(migs.ApplyTransition(Step(id, S::kPreparing, S::kRunning, "live_migration")).ok());
+  REQUIRE(migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post")).ok());
+  auto no_dest = migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "completed"));
+  CHECK(no_dest.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(no_dest.status().message().find("without a destination") != std::string::npos);
+  CHECK(migs.GetMigration(id)->status == S::kPostMigrating);
+  CHECK(db.stores->instances().GetInstance(Uuid(1))->host == "host-a");
+
+  // The main event and the extra ones, in order; text that PostgreSQL cannot hold verbatim
+  // (NUL, invalid UTF-8) is stored with U+FFFD, quotes and SQL as they are.
+  Transition done = Step(id, S::kPostMigrating, S::kCompleted, "completed");
+  done.dest_host = "host-b";
+  done.event_detail = std::string("a\0b", 3) + " '; DROP TABLE migrations; -- \"q\" \xff";
+  for (int i = 0; i < 3; ++i) {
+    MigrationEvent e;
+    e.step = "extra-" + std::to_string(i);
+    e.kind = "info";
+    e.started_at = absl::Now();
+    done.extra_events.push_back(e);
+  }
+  auto d = migs.ApplyTransition(done);
+  REQUIRE(d.ok());
+  CHECK(d->status == S::kCompleted);
+  CHECK(d->dest_host == "host-b");
+  CHECK(d->instance_name == "vm-1");
+  CHECK(db.stores->instances().GetInstance(Uuid(1))->host == "host-b");
+  auto ev = migs.ListEvents(id);
+  REQUIRE(ev.ok());
+  REQUIRE(ev->size() == 8);
+  CHECK(ev->at(4).step == "completed");
+  CHECK(ev->at(4).detail ==
+        "a\xEF\xBF\xBD"
+        "b '; DROP TABLE migrations; -- \"q\" \xEF\xBF\xBD");
+  for (int i = 0; i < 3; ++i) {
+    CHECK(ev->at(5 + i).step == "extra-" + std::to_string(i));
+    CHECK(ev->at(5 + i).status == "completed");
+    CHECK(ev->at(5 + i).actor == "sched-1");
+  }
+  CHECK(db.Count("SELECT count(*) FROM migrations") == 1);
+}
+
 }  // namespace
 }  // namespace livemig::db

@@ -71,6 +71,22 @@ class PgPool {
     return out;
   }
 
+  // For a write that is ONE statement (several tables at once through data-modifying CTEs):
+  // outside a transaction block the statement commits on its own, atomically, and saves the
+  // BEGIN and COMMIT round trips. Statements `fn` runs after it (e.g. to explain why it changed
+  // nothing) commit separately. A retried statement (serialization failure, deadlock) had
+  // changed nothing.
+  absl::Status Single(const std::string& what,
+                      const std::function<absl::Status(pqxx::transaction_base&)>& fn) {
+    return RunImpl(what, true, fn);
+  }
+  template <typename T>
+  absl::StatusOr<T> SingleQuery(
+      const std::string& what,
+      const std::function<absl::StatusOr<T>(pqxx::transaction_base&)>& fn) {
+    return ReadQuery<T>(what, fn);
+  }
+
   const Options& options() const { return options_; }
 
  private:

@@ -550,7 +550,8 @@ class PgInstanceStore : public InstanceStore {
 // ---- migrations ---------------------------------------------------------------------------
 
 namespace {
-std::string MigrationSelect() {
+// The migration columns read from `source` (the table, or a data-modifying CTE's RETURNING *).
+std::string MigrationSelectFrom(const std::string& source) {
   return absl::StrCat(
       "SELECT m.id, m.uuid::text AS uuid, COALESCE(mi.name, '') AS instance_name, m.request_id, "
       "m.instance_uuid::text AS instance_uuid, "
@@ -565,8 +566,10 @@ std::string MigrationSelect() {
       Us("m.progress_at"), " AS progress_at, m.owner, ", Us("m.lease_expires_at"),
       " AS lease_expires_at, ", Us("m.created_at"), " AS created_at, ", Us("m.updated_at"),
       " AS updated_at, ", Us("m.started_at"), " AS started_at, ", Us("m.finished_at"),
-      " AS finished_at FROM migrations m LEFT JOIN instances mi ON mi.uuid = m.instance_uuid ");
+      " AS finished_at FROM ", source, " m LEFT JOIN instances mi ON mi.uuid = m.instance_uuid ");
 }
+
+std::string MigrationSelect() { return MigrationSelectFrom("migrations"); }
 
 absl::StatusOr<MigrationRecord> MigrationFromRow(const pqxx::row& r) {
   MigrationRecord m;
@@ -633,7 +636,48 @@ absl::StatusOr<MigrationRecord> SelectMigration(pqxx::transaction_base& w, int64
   return MigrationFromRow(r[0]);
 }
 
-void InsertEvent(pqxx::work& w, const MigrationEvent& e) {
+// Events travel as one JSON array parameter, so that a state change and its events are one
+// statement (see EventsInsertFrom). PostgreSQL's text cannot hold NUL: it becomes U+FFFD, as
+// invalid UTF-8 does.
+std::string EventsJson(const std::vector<MigrationEvent>& events) {
+  nlohmann::json a = nlohmann::json::array();
+  auto text = [](std::string v) {
+    size_t at;
+    while ((at = v.find('\0')) != std::string::npos) v.replace(at, 1, "\xEF\xBF\xBD");
+    return v;
+  };
+  for (const MigrationEvent& e : events) {
+    a.push_back({{"step", text(e.step)},
+                 {"kind", text(e.kind)},
+                 {"outcome", text(e.outcome)},
+                 {"status", text(e.status)},
+                 {"actor", text(e.actor)},
+                 {"detail", text(e.detail)},
+                 {"started_us", ToUs(e.started_at)},
+                 {"finished_us", e.finished_at ? nlohmann::json(ToUs(*e.finished_at)) : nullptr},
+                 {"duration_ms", e.duration_ms ? nlohmann::json(*e.duration_ms) : nullptr}});
+  }
+  return a.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// A data-modifying CTE body that inserts the events of JSON parameter `param` (EventsJson) for
+// the migration row of CTE `cte` (if it has one), in array order.
+std::string EventsInsertFrom(const std::string& cte, const std::string& param) {
+  return absl::StrCat(
+      "INSERT INTO migration_events (migration_id, step, kind, outcome, status, actor, detail, "
+      "started_at, finished_at, duration_ms) SELECT ",
+      cte,
+      ".id, e.step, e.kind, e.outcome, e.status, e.actor, e.detail, "
+      "to_timestamp(e.started_us::double precision / 1000000), "
+      "to_timestamp(e.finished_us::double precision / 1000000), e.duration_ms FROM ",
+      cte, ", ROWS FROM (jsonb_to_recordset(", param,
+      "::jsonb) AS (step text, kind text, outcome text, status text, actor text, detail text, "
+      "started_us bigint, finished_us bigint, duration_ms bigint)) WITH ORDINALITY AS e(step, "
+      "kind, outcome, status, actor, detail, started_us, finished_us, duration_ms, ord) "
+      "ORDER BY e.ord RETURNING 1");
+}
+
+void InsertEvent(pqxx::transaction_base& w, const MigrationEvent& e) {
   Prep(w,
        "INSERT INTO migration_events (migration_id, step, kind, outcome, status, actor, detail, "
        "started_at, finished_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, "
@@ -670,43 +714,62 @@ class PgMigrationStore : public MigrationStore {
           absl::StrCat("block migration must be auto, yes or no, got '", m.block_migration, "'"));
     }
     RETURN_IF_ERROR(CheckJsonObject(m.options_json, "migration options"));
+    if (m.request_id) {
+      // A retried request: answer with the migration it made.
+      auto existing = FindByRequestIdOf(*m.request_id, m.instance_uuid);
+      if (existing.ok() || existing.status().code() != absl::StatusCode::kNotFound) {
+        if (!existing.ok()) return existing.status();
+        return CreateMigrationResult{std::move(existing).value(), false};
+      }
+    }
+    MigrationEvent ev;
+    ev.step = "accepted";
+    ev.kind = "result";
+    ev.outcome = "ok";
+    ev.status = "accepted";
+    ev.actor = m.requested_by;
+    ev.started_at = absl::Now();
+    ev.finished_at = ev.started_at;
+    ev.duration_ms = 0;
+    // The detail names the source, which only the claim knows: the statement appends it.
+    ev.detail = absl::StrCat("live migration of ", m.instance_uuid, " from ");
+    const std::string detail_tail =
+        absl::StrCat(" to ", m.dest_host.empty() ? "a host the scheduler chooses" : m.dest_host,
+                     " requested by ", m.requested_by);
     bool lost_request_id_race = false;
-    auto result = pool_->Query<CreateMigrationResult>(
-        "create migration", [&](pqxx::work& w) -> absl::StatusOr<CreateMigrationResult> {
-          if (m.request_id) {
-            auto existing = FindByRequestIdIn(w, *m.request_id, m.instance_uuid);
-            if (existing.ok() || existing.status().code() != absl::StatusCode::kNotFound) {
-              if (!existing.ok()) return existing.status();
-              return CreateMigrationResult{std::move(existing).value(), false};
-            }
-          }
-          // Compare-and-swap claim of the instance: only an idle, present instance.
-          pqxx::result claim = Prep(
-              w,
-              "UPDATE instances SET task_state = 'migrating', updated_at = now() "
-              "WHERE uuid = $1::uuid AND task_state IS NULL AND NOT missing AND host IS NOT NULL "
-              "RETURNING host",
-              m.instance_uuid);
-          if (claim.empty()) return DiagnoseClaim(w, m.instance_uuid);
-          const std::string source = Str(claim[0][0]);
-          if (!m.dest_host.empty() && m.dest_host == source) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "destination ", m.dest_host, " is the instance's current host: choose another"));
-          }
-          pqxx::result ins;
+    // One statement, committed on its own: the compare-and-swap claim of the instance (only an
+    // idle, present instance, and not onto its own host), the migration row, its first event,
+    // then the row as committed. If any part fails, nothing changed.
+    auto result = pool_->SingleQuery<CreateMigrationResult>(
+        "create migration",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<CreateMigrationResult> {
+          pqxx::result r;
           try {
-            pqxx::subtransaction sub(w, "insert migration");
-            ins = Prep(
-                sub,
-                "INSERT INTO migrations (request_id, instance_uuid, source_host, dest_host, "
-                "requested_dest, status, step, live, block_migration, options, memory_claim_mib, "
-                "requested_by, owner, lease_expires_at) VALUES ($1, $2::uuid, $3, NULLIF($4, ''), "
-                "NULLIF($4, ''), 'accepted', 'accepted', $5, $6, $7::jsonb, $8, $9, NULLIF($10, "
-                "''), now() + make_interval(secs => $11)) RETURNING id",
-                m.request_id, m.instance_uuid, source, m.dest_host, m.live, m.block_migration,
+            r = Prep(
+                w,
+                "WITH claim AS (UPDATE instances SET task_state = 'migrating', updated_at = now() "
+                "WHERE uuid = $2::uuid AND task_state IS NULL AND NOT missing AND host IS NOT "
+                "NULL AND host IS DISTINCT FROM NULLIF($3, '') RETURNING host), "
+                "ins AS (INSERT INTO migrations (request_id, instance_uuid, source_host, "
+                "dest_host, requested_dest, status, step, live, block_migration, options, "
+                "memory_claim_mib, requested_by, owner, lease_expires_at) SELECT $1::text, "
+                "$2::uuid, "
+                "claim.host, NULLIF($3, ''), NULLIF($3, ''), 'accepted', 'accepted', $4::boolean, "
+                "$5::text, $6::jsonb, $7::bigint, $8::text, NULLIF($9::text, ''), now() + "
+                "make_interval(secs => $10::double precision) FROM "
+                "claim RETURNING *), "
+                "ev AS (INSERT INTO migration_events (migration_id, step, kind, outcome, status, "
+                "actor, detail, started_at, finished_at, duration_ms) SELECT ins.id, e.step, "
+                "e.kind, e.outcome, e.status, e.actor, e.detail || ins.source_host || $12, "
+                "to_timestamp(e.started_us::double precision / 1000000), "
+                "to_timestamp(e.finished_us::double precision / 1000000), e.duration_ms FROM ins, "
+                "jsonb_to_recordset($11::jsonb) AS e(step text, kind text, outcome text, status "
+                "text, actor text, detail text, started_us bigint, finished_us bigint, "
+                "duration_ms bigint) RETURNING 1) " +
+                    MigrationSelectFrom("ins"),
+                m.request_id, m.instance_uuid, m.dest_host, m.live, m.block_migration,
                 m.options_json, m.memory_claim_mib, m.requested_by, m.owner,
-                absl::ToDoubleSeconds(m.lease));
-            sub.commit();
+                absl::ToDoubleSeconds(m.lease), EventsJson({ev}), detail_tail);
           } catch (const pqxx::unique_violation& e) {
             if (std::string(e.what()).find("request_id") != std::string::npos) {
               lost_request_id_race = true;
@@ -715,23 +778,8 @@ class PgMigrationStore : public MigrationStore {
             return absl::AbortedError(absl::StrCat(
                 "instance ", m.instance_uuid, " is already migrating (a concurrent request won)"));
           }
-          const int64_t id = ins[0][0].as<int64_t>();
-          MigrationEvent ev;
-          ev.migration_id = id;
-          ev.step = "accepted";
-          ev.kind = "result";
-          ev.outcome = "ok";
-          ev.status = "accepted";
-          ev.actor = m.requested_by;
-          ev.detail =
-              absl::StrCat("live migration of ", m.instance_uuid, " from ", source, " to ",
-                           m.dest_host.empty() ? "a host the scheduler chooses" : m.dest_host,
-                           " requested by ", m.requested_by);
-          ev.started_at = absl::Now();
-          ev.finished_at = ev.started_at;
-          ev.duration_ms = 0;
-          InsertEvent(w, ev);
-          ASSIGN_OR_RETURN(MigrationRecord rec, SelectMigration(w, id, false));
+          if (r.empty()) return DiagnoseClaim(w, m.instance_uuid, m.dest_host);
+          ASSIGN_OR_RETURN(MigrationRecord rec, MigrationFromRow(r[0]));
           return CreateMigrationResult{std::move(rec), true};
         });
     if (!result.ok() && lost_request_id_race) {
@@ -836,11 +884,33 @@ class PgMigrationStore : public MigrationStore {
     }
     if (t.owner.empty()) return absl::InvalidArgumentError("a transition needs its owner");
     const bool terminal = IsTerminal(t.to);
-    return pool_->Query<MigrationRecord>(
-        "apply migration transition", [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
+    const absl::Time now = absl::Now();
+    std::vector<MigrationEvent> events;
+    MigrationEvent ev;
+    ev.step = t.event_step.empty() ? t.step : t.event_step;
+    ev.kind = t.event_kind;
+    ev.outcome = t.event_outcome;
+    ev.status = std::string(ToString(t.to));
+    ev.actor = t.owner;
+    ev.detail = t.event_detail;
+    ev.finished_at = now;
+    ev.started_at = t.event_started_at.value_or(now);
+    ev.duration_ms = absl::ToInt64Milliseconds(now - ev.started_at);
+    events.push_back(std::move(ev));
+    for (MigrationEvent extra : t.extra_events) {
+      if (extra.status.empty()) extra.status = ToString(t.to);
+      if (extra.actor.empty()) extra.actor = t.owner;
+      events.push_back(std::move(extra));
+    }
+    // One statement, committed on its own: the compare-and-swap of the row, the instance (its
+    // host when completed; its task state when terminal) and the events, then the row as
+    // committed. A completion needs a destination: without one nothing changes.
+    return pool_->SingleQuery<MigrationRecord>(
+        "apply migration transition",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationRecord> {
           pqxx::result r = Prep(
               w,
-              "UPDATE migrations SET status = $3, step = $4, updated_at = now(), "
+              "WITH upd AS (UPDATE migrations SET status = $3, step = $4, updated_at = now(), "
               "dest_host = COALESCE($5, dest_host), "
               // A terminal status releases the claim (scheduler.proto, memory_claimed_mib).
               "memory_claim_mib = CASE WHEN $9 THEN 0 ELSE COALESCE($6, memory_claim_mib) END, "
@@ -851,63 +921,40 @@ class PgMigrationStore : public MigrationStore {
               "owner = CASE WHEN $9 THEN NULL ELSE owner END, "
               "lease_expires_at = CASE WHEN $9 THEN NULL ELSE lease_expires_at END "
               "WHERE id = $1 AND status = $2 AND owner = $10 AND lease_expires_at > now() "
-              "RETURNING instance_uuid::text, dest_host",
+              "AND ($3 <> 'completed' OR COALESCE($5, dest_host) IS NOT NULL) RETURNING *), "
+              "inst AS (UPDATE instances i SET task_state = NULL, updated_at = now(), "
+              "host = CASE WHEN $3 = 'completed' THEN upd.dest_host ELSE i.host END, "
+              "missing = CASE WHEN $3 = 'completed' THEN false ELSE i.missing END, "
+              "missing_since = CASE WHEN $3 = 'completed' THEN NULL ELSE i.missing_since END "
+              "FROM upd WHERE $9 AND i.uuid = upd.instance_uuid RETURNING 1), "
+              "ev AS (" +
+                  EventsInsertFrom("upd", "$12") + ") " + MigrationSelectFrom("upd"),
               t.migration_id, std::string(ToString(t.from)), std::string(ToString(t.to)), t.step,
               t.dest_host, t.memory_claim_mib, t.failure_reason, t.mark_started, terminal, t.owner,
-              t.candidates_json);
-          if (r.empty()) {
-            pqxx::result cur = w.exec_params(
-                "SELECT status, COALESCE(owner, ''), lease_expires_at > now() FROM migrations "
-                "WHERE id = $1",
-                t.migration_id);
-            if (cur.empty()) {
-              return absl::NotFoundError(
-                  absl::StrCat("migration ", t.migration_id, " does not exist"));
-            }
-            if (Str(cur[0][0]) != ToString(t.from)) {
-              return absl::AbortedError(absl::StrCat("migration ", t.migration_id, " is '",
-                                                     Str(cur[0][0]), "', not '", ToString(t.from),
-                                                     "': another actor moved it"));
-            }
-            return absl::AbortedError(absl::StrCat("migration ", t.migration_id, ": scheduler '",
-                                                   t.owner, "' does not hold its lease (owner '",
-                                                   Str(cur[0][1]), "')"));
+              t.candidates_json, EventsJson(events));
+          if (!r.empty()) return MigrationFromRow(r[0]);
+          // Nothing changed: say why.
+          pqxx::result cur = Prep(w,
+                                  "SELECT status, COALESCE(owner, ''), lease_expires_at > now(), "
+                                  "dest_host IS NOT NULL FROM migrations WHERE id = $1",
+                                  t.migration_id);
+          if (cur.empty()) {
+            return absl::NotFoundError(
+                absl::StrCat("migration ", t.migration_id, " does not exist"));
           }
-          const std::string instance = Str(r[0][0]);
-          const std::string dest = Str(r[0][1]);
-          if (t.to == MigrationStatus::kCompleted) {
-            if (dest.empty()) {
-              return absl::FailedPreconditionError(absl::StrCat(
-                  "migration ", t.migration_id, " cannot complete without a destination"));
-            }
-            Prep(w,
-                 "UPDATE instances SET host = $2, task_state = NULL, missing = false, "
-                 "missing_since = NULL, updated_at = now() WHERE uuid = $1::uuid",
-                 instance, dest);
-          } else if (terminal) {
-            Prep(w,
-                 "UPDATE instances SET task_state = NULL, updated_at = now() WHERE uuid = $1::uuid",
-                 instance);
+          if (Str(cur[0][0]) != ToString(t.from)) {
+            return absl::AbortedError(absl::StrCat("migration ", t.migration_id, " is '",
+                                                   Str(cur[0][0]), "', not '", ToString(t.from),
+                                                   "': another actor moved it"));
           }
-          MigrationEvent ev;
-          ev.migration_id = t.migration_id;
-          ev.step = t.event_step.empty() ? t.step : t.event_step;
-          ev.kind = t.event_kind;
-          ev.outcome = t.event_outcome;
-          ev.status = std::string(ToString(t.to));
-          ev.actor = t.owner;
-          ev.detail = t.event_detail;
-          ev.finished_at = absl::Now();
-          ev.started_at = t.event_started_at.value_or(*ev.finished_at);
-          ev.duration_ms = absl::ToInt64Milliseconds(*ev.finished_at - ev.started_at);
-          InsertEvent(w, ev);
-          for (MigrationEvent extra : t.extra_events) {
-            extra.migration_id = t.migration_id;
-            if (extra.status.empty()) extra.status = ToString(t.to);
-            if (extra.actor.empty()) extra.actor = t.owner;
-            InsertEvent(w, extra);
+          if (Str(cur[0][1]) == t.owner && !cur[0][2].is_null() && cur[0][2].as<bool>() &&
+              t.to == MigrationStatus::kCompleted && !t.dest_host && !cur[0][3].as<bool>()) {
+            return absl::FailedPreconditionError(absl::StrCat(
+                "migration ", t.migration_id, " cannot complete without a destination"));
           }
-          return SelectMigration(w, t.migration_id, false);
+          return absl::AbortedError(absl::StrCat("migration ", t.migration_id, ": scheduler '",
+                                                 t.owner, "' does not hold its lease (owner '",
+                                                 Str(cur[0][1]), "')"));
         });
   }
 
@@ -915,30 +962,32 @@ class PgMigrationStore : public MigrationStore {
                           const std::string& step, const std::vector<MigrationEvent>& events,
                           const std::optional<std::string>& dest_host,
                           const std::optional<int64_t>& memory_claim_mib) override {
-    return pool_->Run("record migration step", [&](pqxx::work& w) -> absl::Status {
+    std::vector<MigrationEvent> evs = events;
+    for (MigrationEvent& e : evs) {
+      if (e.status.empty()) e.status = ToString(status);
+      if (e.actor.empty()) e.actor = owner;
+    }
+    // One statement: the step (under the lease) and its events.
+    return pool_->Single("record migration step", [&](pqxx::transaction_base& w) -> absl::Status {
       pqxx::result r =
           Prep(w,
-               "UPDATE migrations SET step = $4, updated_at = now(), dest_host = COALESCE($5, "
-               "dest_host), memory_claim_mib = COALESCE($6, memory_claim_mib) WHERE id = $1 AND "
-               "status = $2 AND owner = $3 AND lease_expires_at > now()",
-               id, ToString(status), owner, step, dest_host, memory_claim_mib);
-      if (r.affected_rows() == 0) {
+               "WITH upd AS (UPDATE migrations SET step = $4, updated_at = now(), dest_host = "
+               "COALESCE($5, dest_host), memory_claim_mib = COALESCE($6, memory_claim_mib) WHERE "
+               "id = $1 AND status = $2 AND owner = $3 AND lease_expires_at > now() RETURNING "
+               "id), ev AS (" +
+                   EventsInsertFrom("upd", "$7") + ") SELECT count(*) FROM upd",
+               id, ToString(status), owner, step, dest_host, memory_claim_mib, EventsJson(evs));
+      if (r[0][0].as<int64_t>() == 0) {
         return absl::AbortedError(absl::StrCat(
             "migration ", id, ": step ", step, " not recorded: the migration is no longer '",
             ToString(status), "' under the lease of '", owner, "'"));
-      }
-      for (MigrationEvent e : events) {
-        e.migration_id = id;
-        if (e.status.empty()) e.status = ToString(status);
-        if (e.actor.empty()) e.actor = owner;
-        InsertEvent(w, e);
       }
       return absl::OkStatus();
     });
   }
 
   absl::Status AppendEvent(const MigrationEvent& event) override {
-    return pool_->Run("append migration event", [&](pqxx::work& w) -> absl::Status {
+    return pool_->Single("append migration event", [&](pqxx::transaction_base& w) -> absl::Status {
       InsertEvent(w, event);
       return absl::OkStatus();
     });
@@ -1138,7 +1187,18 @@ class PgMigrationStore : public MigrationStore {
         m.instance_uuid, ": use a new request id for a different request"));
   }
 
-  absl::Status DiagnoseClaim(pqxx::work& w, const std::string& uuid) {
+  absl::StatusOr<MigrationRecord> FindByRequestIdOf(const std::string& request_id,
+                                                    const std::string& instance_uuid) {
+    return pool_->ReadQuery<MigrationRecord>(
+        "find migration by request id",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationRecord> {
+          return FindByRequestIdIn(w, request_id, instance_uuid);
+        });
+  }
+
+  // Why the claim of `uuid` (for a migration to `dest`, "" if the scheduler chooses) failed.
+  absl::Status DiagnoseClaim(pqxx::transaction_base& w, const std::string& uuid,
+                             const std::string& dest) {
     pqxx::result r = w.exec_params(
         "SELECT i.task_state, i.missing, i.host, (SELECT m.id::text || ' (' || m.status || ')' "
         "FROM migrations m WHERE m.instance_uuid = i.uuid AND m." +
@@ -1158,7 +1218,15 @@ class PgMigrationStore : public MigrationStore {
           absl::StrCat("instance ", uuid, " is missing: its host ", Str(r[0][2]),
                        " no longer reports it; check the host before migrating"));
     }
-    return absl::FailedPreconditionError(absl::StrCat("instance ", uuid, " has no known host"));
+    if (r[0][2].is_null()) {
+      return absl::FailedPreconditionError(absl::StrCat("instance ", uuid, " has no known host"));
+    }
+    if (!dest.empty() && Str(r[0][2]) == dest) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("destination ", dest, " is the instance's current host: choose another"));
+    }
+    return absl::AbortedError(
+        absl::StrCat("instance ", uuid, " changed while it was claimed: retry the request"));
   }
 
   // `reason` (an abort's) is recorded in abort_reason when not empty.
