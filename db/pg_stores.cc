@@ -1,6 +1,7 @@
 #include "db/pg_stores.h"
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <utility>
 
@@ -8,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -207,7 +209,7 @@ class PgHostStore : public HostStore {
       }
       uuids.push_back(d.uuid);
     }
-    return pool_->Query<ReportResult>(
+    auto applied = pool_->Query<ReportResult>(
         "apply host report", [&](pqxx::work& w) -> absl::StatusOr<ReportResult> {
           ReportResult res;
           pqxx::result cur = w.exec_params(
@@ -267,6 +269,24 @@ class PgHostStore : public HostStore {
           res.seq = p.seq;
           return res;
         });
+    if (applied.ok() && applied->accepted) MaybeFoldInstanceCounts();
+    return applied;
+  }
+
+  // Folds the per-host instance-count deltas into the counters (schema version 4), at most
+  // every kFoldEvery per process, so that the deltas stay few. Counts read through
+  // v_host_summary are exact with or without it; a failed fold leaves the deltas for the next.
+  void MaybeFoldInstanceCounts() {
+    constexpr int64_t kFoldEveryUs = 5'000'000;
+    const int64_t now = ToUs(absl::Now());
+    int64_t last = last_fold_us_.load();
+    if (now - last < kFoldEveryUs || !last_fold_us_.compare_exchange_strong(last, now)) return;
+    absl::Status s =
+        pool_->Single("fold host instance counts", [](pqxx::transaction_base& w) -> absl::Status {
+          w.exec("SELECT fold_host_instance_counts()");
+          return absl::OkStatus();
+        });
+    if (!s.ok()) LogWarning("%s (the counts stay exact; the next report retries)", s.ToString());
   }
 
   absl::StatusOr<HostRecord> GetHost(const std::string& hostname,
@@ -392,6 +412,7 @@ class PgHostStore : public HostStore {
 
  private:
   PgPool* pool_;
+  std::atomic<int64_t> last_fold_us_{0};
 };
 
 // ---- instances ----------------------------------------------------------------------------
