@@ -3,14 +3,20 @@
 // inventory, lookup, lifecycle). Migration on LibvirtDriver runs in the lab tests.
 // Plus the shared checks and the strict libxl layer.
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/clock.h"
 #include "driver/checks.h"
 #include "driver/fake_driver.h"
 #include "driver/libvirt_api.h"
@@ -480,6 +486,252 @@ TEST_CASE("fake: offline migration pauses the guest and runs it on the destinati
   *lm.mutable_options() = bw;
   auto refused = p.b->LiveMigration(lm, nullptr);
   CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+}
+
+// ---- FakeHypervisor's cached state, pruning and the monitor's wake-up -------------------------
+
+constexpr char kOtherUuid[] = "22222222-3333-4444-8555-666666666666";
+
+nlohmann::json StateFile(const std::string& dir) {
+  std::ifstream in(dir + "/state.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return nlohmann::json::parse(ss.str(), nullptr, false);
+}
+
+nlohmann::json SnapshotOf(FakeHypervisor& hv) {
+  auto s = hv.Snapshot();
+  REQUIRE(s.ok());
+  return *s;
+}
+
+TEST_CASE("fake: the cached state sees every other writer") {
+  FakePair p;
+  FakeHypervisor other(p.dir);  // a second object of this process on the same directory
+  REQUIRE(other.CreateDomain("fake-b", kOtherUuid, "db-1", 128).ok());
+  auto d = p.b->DescribeDomain(kOtherUuid);
+  REQUIRE(d.ok());
+  CHECK(d->has_value());
+
+  SECTION("another process, two same-size writes at once, many times") {
+    for (int round = 0; round < 40; ++round) {
+      // This process writes (and caches what it wrote); a child process at once writes twice,
+      // the same size each time: a new file may get the inode number just freed, in the same
+      // clock tick.
+      REQUIRE(other.SetFailure("fake-a", "abort", "x", 1 + round % 9).ok());
+      const pid_t pid = fork();
+      REQUIRE(pid >= 0);
+      if (pid == 0) {
+        FakeHypervisor child(p.dir);
+        const bool ok = child.SetFailure("fake-a", "abort", "x", 1 + (round + 3) % 9).ok() &&
+                        child.SetFailure("fake-a", "abort", "x", 1 + (round + 5) % 9).ok();
+        _exit(ok ? 0 : 1);
+      }
+      int status = 0;
+      REQUIRE(waitpid(pid, &status, 0) == pid);
+      REQUIRE(WIFEXITED(status));
+      REQUIRE(WEXITSTATUS(status) == 0);
+      const auto snap = SnapshotOf(p.a->hypervisor());
+      REQUIRE(snap["hosts"]["fake-a"]["failures"]["abort"]["remaining"] == 1 + (round + 5) % 9);
+    }
+  }
+  SECTION("a test rewriting state.json in place, the same size, or deleting it") {
+    REQUIRE(other.SetFailure("fake-a", "abort", "x", 3).ok());
+    REQUIRE(SnapshotOf(p.a->hypervisor())["hosts"]["fake-a"]["failures"]["abort"]["remaining"] ==
+            3);
+    nlohmann::json st = StateFile(p.dir);
+    REQUIRE(st.is_object());
+    const std::string before = st.dump();
+    st["hosts"]["fake-a"]["failures"]["abort"]["remaining"] = 4;
+    const std::string after = st.dump();
+    REQUIRE(after.size() == before.size());
+    {
+      std::ofstream out(p.dir + "/state.json", std::ios::trunc);  // the same inode
+      out << after;
+    }
+    CHECK(SnapshotOf(p.a->hypervisor())["hosts"]["fake-a"]["failures"]["abort"]["remaining"] == 4);
+    REQUIRE(unlink((p.dir + "/state.json").c_str()) == 0);
+    auto where = other.Locate(kFakeUuid);
+    REQUIRE(where.ok());
+    CHECK(where->empty());
+    CHECK(SnapshotOf(other)["hosts"].empty());
+  }
+  SECTION("threads of this process on several objects") {
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        FakeHypervisor mine(p.dir);
+        for (int i = 0; i < 25; ++i) {
+          const std::string uuid = absl::StrFormat("33333333-4444-4555-8666-%06d%06d", t, i);
+          if (!mine.CreateDomain(t % 2 ? "fake-a" : "fake-b", uuid, "vm", 64).ok()) ++failures;
+          auto w = (i % 2 ? other : p.a->hypervisor()).Locate(uuid);
+          if (!w.ok() || w->size() != 1) ++failures;
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    CHECK(failures == 0);
+    const auto snap = StateFile(p.dir);
+    CHECK(snap["hosts"]["fake-a"]["domains"].size() + snap["hosts"]["fake-b"]["domains"].size() ==
+          102);
+    CHECK(snap == SnapshotOf(other));
+  }
+}
+
+TEST_CASE("fake: a change Mutate's callback does not flag never outlives the call") {
+  FakePair p;
+  FakeHypervisor& hv = p.a->hypervisor();
+  auto has = [&](const std::string& host) {
+    const bool cached = SnapshotOf(hv)["hosts"].contains(host);
+    CHECK(StateFile(p.dir)["hosts"].contains(host) == cached);  // the file says the same
+    return cached;
+  };
+  REQUIRE(!has("ghost-1"));
+  REQUIRE(hv.Mutate([](nlohmann::json& st, bool*) {
+              st["hosts"]["ghost-1"] = nlohmann::json::object();  // not flagged
+              return absl::OkStatus();
+            }).ok());
+  CHECK_FALSE(has("ghost-1"));
+  CHECK(hv.Mutate([](nlohmann::json& st, bool*) {
+            st["hosts"]["ghost-2"] = nlohmann::json::object();
+            return absl::InternalError("refused");
+          }).code() == absl::StatusCode::kInternal);
+  CHECK_FALSE(has("ghost-2"));
+  CHECK_THROWS(hv.Mutate([](nlohmann::json& st, bool* changed) -> absl::Status {
+    st["hosts"]["ghost-3"] = nlohmann::json::object();
+    *changed = true;
+    throw std::runtime_error("boom");
+  }));
+  CHECK_FALSE(has("ghost-3"));
+  // Flagged, with an error: written (like an injected failure consumed by a failing step).
+  CHECK(hv.Mutate([](nlohmann::json& st, bool* changed) {
+            st["hosts"]["ghost-4"] = nlohmann::json::object();
+            *changed = true;
+            return absl::InternalError("failed after the change");
+          }).code() == absl::StatusCode::kInternal);
+  CHECK(has("ghost-4"));
+  // A read-only view is never written and keeps the state.
+  REQUIRE(hv.Read([](const nlohmann::json& st) {
+              CHECK(st["hosts"].contains("ghost-4"));
+              return absl::OkStatus();
+            }).ok());
+}
+
+TEST_CASE("fake: finished transfers are kept 10 minutes, the 1000 most recent, then pruned") {
+  FakeClock clock;
+  const std::string dir = TempDir("prune");
+  std::unique_ptr<FakeDriver> a, b;
+  for (auto* p : {&a, &b}) {
+    FakeDriver::Options o;
+    o.state_dir = dir;
+    o.hostname = p == &a ? "fake-a" : "fake-b";
+    o.poll_interval = absl::Milliseconds(5);
+    o.clock = &clock;
+    auto d = FakeDriver::Create(o);
+    REQUIRE(d.ok());
+    *p = std::move(d).value();
+  }
+  FakeHypervisor& hv = a->hypervisor();
+  REQUIRE(hv.CreateDomain("fake-a", kFakeUuid, "web-1", 256).ok());
+  REQUIRE(hv.SetTransferDuration("fake-a", absl::Milliseconds(200)).ok());
+  cv1::LiveMigrationRequest lm;
+  lm.set_migration_id("m-p");
+  lm.set_instance_uuid(kFakeUuid);
+  lm.set_source_host("fake-a");
+  lm.set_dest_host("fake-b");
+  absl::StatusOr<cv1::MigrationProgressReport> r;
+  std::thread t([&] { r = a->LiveMigration(lm, nullptr); });
+  while (true) {  // the transfer runs (the fake clock stands still)
+    auto w = hv.Locate(kFakeUuid);
+    REQUIRE(w.ok());
+    if (w->size() == 2) break;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  clock.Advance(absl::Milliseconds(200));
+  t.join();
+  REQUIRE(r.ok());
+  CHECK(r->state() == cv1::TRANSFER_STATE_COMPLETED);
+  // Right after it finished, and 9 minutes later: still reported, and a repeated call attaches.
+  auto progress = a->GetMigrationProgress("m-p", kFakeUuid);
+  REQUIRE(progress.ok());
+  CHECK(progress->state() == cv1::TRANSFER_STATE_COMPLETED);
+  clock.Advance(absl::Minutes(9));
+  progress = b->GetMigrationProgress("m-p", kFakeUuid);
+  REQUIRE(progress.ok());
+  CHECK(progress->state() == cv1::TRANSFER_STATE_COMPLETED);
+  auto again = a->LiveMigration(lm, nullptr);
+  REQUIRE(again.ok());
+  CHECK(again->state() == cv1::TRANSFER_STATE_COMPLETED);
+  // Past 10 minutes: gone, from the file too.
+  clock.Advance(absl::Seconds(61));
+  CHECK(a->GetMigrationProgress("m-p", kFakeUuid).status().code() == absl::StatusCode::kNotFound);
+  CHECK(SnapshotOf(hv)["transfers"].empty());
+  CHECK(StateFile(dir)["transfers"].empty());
+
+  // 1100 finished in the last 11 s, and a running one started an hour ago: the running one and
+  // the 1000 most recent stay.
+  const int64_t now = absl::ToUnixMillis(clock.Now());
+  REQUIRE(hv.Mutate([&](nlohmann::json& st, bool* changed) {
+              for (int i = 0; i < 1100; ++i) {
+                st["transfers"][absl::StrFormat("f-%04d", i)] = {
+                    {"uuid", kOtherUuid},         {"src", "fake-b"},   {"dst", "fake-a"},
+                    {"start_ms", now - 20'000},   {"duration_ms", 10}, {"state", "completed"},
+                    {"finished_ms", now - 10 * i}};
+              }
+              st["transfers"]["r-long"] = {
+                  {"uuid", kOtherUuid},          {"src", "fake-b"},          {"dst", "fake-a"},
+                  {"start_ms", now - 3'600'000}, {"duration_ms", 7'200'000}, {"state", "running"}};
+              *changed = true;
+              return absl::OkStatus();
+            }).ok());
+  for (const auto& st : {SnapshotOf(hv), StateFile(dir)}) {
+    const auto& transfers = st["transfers"];
+    CHECK(transfers.size() == 1001);
+    CHECK(transfers.contains("r-long"));
+    CHECK(transfers.contains("f-0000"));
+    CHECK(transfers.contains("f-0999"));
+    CHECK_FALSE(transfers.contains("f-1000"));
+    CHECK_FALSE(transfers.contains("f-1099"));
+  }
+  auto dom = b->DescribeDomain(kFakeUuid);  // on fake-b after the migration
+  REQUIRE(dom.ok());
+  REQUIRE(dom->has_value());
+  CHECK_FALSE((*dom)->migration_job_active());
+  clock.Advance(absl::Minutes(11));
+  const auto left = SnapshotOf(hv)["transfers"];
+  CHECK(left.size() == 1);
+  CHECK(left.contains("r-long"));
+}
+
+TEST_CASE("fake: the monitor reports a transfer's end when it happens, not at the next poll") {
+  const std::string dir = TempDir("wake");
+  std::unique_ptr<FakeDriver> a, b;
+  for (auto* p : {&a, &b}) {
+    FakeDriver::Options o;
+    o.state_dir = dir;
+    o.hostname = p == &a ? "fake-a" : "fake-b";
+    o.poll_interval = absl::Seconds(2);
+    auto d = FakeDriver::Create(o);
+    REQUIRE(d.ok());
+    *p = std::move(d).value();
+  }
+  REQUIRE(a->hypervisor().CreateDomain("fake-a", kFakeUuid, "web-1", 256).ok());
+  REQUIRE(a->hypervisor().SetTransferDuration("fake-a", absl::Milliseconds(200)).ok());
+  cv1::LiveMigrationRequest lm;
+  lm.set_migration_id("m-w");
+  lm.set_instance_uuid(kFakeUuid);
+  lm.set_source_host("fake-a");
+  lm.set_dest_host("fake-b");
+  int reports = 0;
+  const absl::Time t0 = absl::Now();
+  auto r = a->LiveMigration(lm, [&](const cv1::MigrationProgressReport&) { ++reports; });
+  const absl::Duration took = absl::Now() - t0;
+  REQUIRE(r.ok());
+  CHECK(r->state() == cv1::TRANSFER_STATE_COMPLETED);
+  CHECK(reports >= 1);
+  CHECK(took >= absl::Milliseconds(199));
+  CHECK(took < absl::Milliseconds(700));  // was up to a whole poll_interval (2 s) late
 }
 
 // ---- shared checks and the strict layer ---------------------------------------------------

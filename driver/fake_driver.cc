@@ -3,12 +3,15 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <fstream>
-#include <sstream>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -16,9 +19,50 @@
 #include "driver/checks.h"
 
 namespace livemig::driver {
-namespace {
 
 using json = nlohmann::json;
+
+namespace internal {
+
+// What a process derives from the state when it parses it, kept up to date with it: running
+// transfers are found without scanning the finished ones, and pruning is due only when the
+// finished ones exceed a limit.
+struct FakeStateIndex {
+  std::map<std::string, std::string> running;  // migration id -> domain uuid, state "running"
+  size_t finished = 0;                         // transfers in any other state
+  int64_t oldest_finished_ms = INT64_MAX;      // the earliest finished_ms among them
+};
+
+// Identity of state.json: a write replaces the file (rename) with a new inode whose mtime is
+// strictly later than the replaced file's (see WriteState).
+struct FileId {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = -1;
+  int64_t mtime_ns = -1;
+  bool operator==(const FileId& o) const {
+    return dev == o.dev && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns;
+  }
+};
+
+// The parsed state of one state directory, shared by the process's FakeHypervisor objects on
+// it. `mu` serializes the process's threads (the flock serializes processes). While a
+// transaction runs, the state is moved out and `valid` is false: a transaction that fails or
+// throws leaves nothing half-done behind, and the next one re-reads the file.
+struct FakeStateCache {
+  std::mutex mu;
+  bool valid = false;  // st and index hold state.json as of `id`
+  FileId id;
+  json st;
+  FakeStateIndex index;
+};
+
+}  // namespace internal
+
+namespace {
+
+using internal::FakeStateIndex;
+using internal::FileId;
 
 constexpr uint64_t kMiB = 1ull << 20;
 
@@ -41,21 +85,56 @@ absl::Status MkdirP(const std::string& path) {
   return absl::OkStatus();
 }
 
-// Holds the state directory's flock for its lifetime.
+// Holds the state directory's flock for its lifetime (creating the directory if needed).
 class StateLock {
  public:
-  explicit StateLock(const std::string& dir) {
-    fd_ = open((dir + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ >= 0) flock(fd_, LOCK_EX);
-  }
+  StateLock() = default;
+  StateLock(const StateLock&) = delete;
+  StateLock& operator=(const StateLock&) = delete;
   ~StateLock() {
     if (fd_ >= 0) close(fd_);  // releases the lock
   }
-  bool ok() const { return fd_ >= 0; }
+  absl::Status Acquire(const std::string& dir) {
+    const std::string path = dir + "/lock";
+    fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0 && errno == ENOENT) {
+      RETURN_IF_ERROR(MkdirP(dir));
+      fd_ = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    }
+    if (fd_ < 0) return Errno("lock " + path);
+    while (flock(fd_, LOCK_EX) != 0) {
+      if (errno != EINTR) return Errno("flock " + path);
+    }
+    return absl::OkStatus();
+  }
 
  private:
   int fd_ = -1;
 };
+
+// The process's cache for `dir`: one per directory name while any object on it lives.
+std::shared_ptr<internal::FakeStateCache> CacheFor(const std::string& dir) {
+  static std::mutex* mu = new std::mutex;
+  static auto* caches = new std::map<std::string, std::weak_ptr<internal::FakeStateCache>>;
+  std::lock_guard<std::mutex> l(*mu);
+  for (auto it = caches->begin(); it != caches->end();) {
+    it = it->second.expired() && it->first != dir ? caches->erase(it) : std::next(it);
+  }
+  std::shared_ptr<internal::FakeStateCache> c = (*caches)[dir].lock();
+  if (!c) {
+    c = std::make_shared<internal::FakeStateCache>();
+    (*caches)[dir] = c;
+  }
+  return c;
+}
+
+// Read-only member access: a null value when `j` is not an object or lacks `key`.
+const json& Get(const json& j, const std::string& key) {
+  static const json* const kNull = new json();
+  if (!j.is_object()) return *kNull;
+  auto it = j.find(key);
+  return it == j.end() ? *kNull : *it;
+}
 
 v1::DomainState StateOf(const std::string& s) {
   if (s == "running") return v1::DOMAIN_STATE_RUNNING;
@@ -83,15 +162,59 @@ absl::Status FlushJournal(const std::string& dir, json& st) {
   return absl::OkStatus();
 }
 
-// Moves every running transfer whose time has come to its end.
-void AdvanceTransfers(json& st, int64_t now) {
-  for (auto& [id, t] : st["transfers"].items()) {
-    if (t["state"] != "running") continue;
-    if (now < t["start_ms"].get<int64_t>() + t["duration_ms"].get<int64_t>()) continue;
+bool IsRunning(const json& t) { return Get(t, "state") == "running"; }
+
+// When a finished transfer ended (its scheduled end if it does not say).
+int64_t FinishedMs(const json& t) {
+  const json& f = Get(t, "finished_ms");
+  if (f.is_number()) return f.get<int64_t>();
+  const json& s = Get(t, "start_ms");
+  const json& d = Get(t, "duration_ms");
+  return (s.is_number() ? s.get<int64_t>() : 0) + (d.is_number() ? d.get<int64_t>() : 0);
+}
+
+void NoteFinished(FakeStateIndex& idx, int64_t finished_ms) {
+  ++idx.finished;
+  idx.oldest_finished_ms = std::min(idx.oldest_finished_ms, finished_ms);
+}
+
+FakeStateIndex BuildIndex(const json& st) {
+  FakeStateIndex idx;
+  for (const auto& [id, t] : Get(st, "transfers").items()) {
+    if (IsRunning(t)) {
+      const json& uuid = Get(t, "uuid");
+      idx.running[id] = uuid.is_string() ? uuid.get<std::string>() : std::string();
+    } else {
+      NoteFinished(idx, FinishedMs(t));
+    }
+  }
+  return idx;
+}
+
+// Moves every running transfer whose time has come to its end (in migration id order). Returns
+// whether anything changed.
+bool AdvanceTransfers(json& st, FakeStateIndex& idx, int64_t now) {
+  bool changed = false;
+  json& transfers = st["transfers"];
+  for (auto it = idx.running.begin(); it != idx.running.end();) {
+    const std::string id = it->first;
+    auto found = transfers.find(id);
+    if (found == transfers.end() || !IsRunning(*found)) {  // never: the index follows the state
+      it = idx.running.erase(it);
+      continue;
+    }
+    json& t = *found;
+    if (now < t["start_ms"].get<int64_t>() + t["duration_ms"].get<int64_t>()) {
+      ++it;
+      continue;
+    }
+    changed = true;
+    it = idx.running.erase(it);
     json& src = st["hosts"][t["src"].get<std::string>()];
     json& dst = st["hosts"][t["dst"].get<std::string>()];
     const std::string uuid = t["uuid"];
     t["finished_ms"] = t["start_ms"].get<int64_t>() + t["duration_ms"].get<int64_t>();
+    NoteFinished(idx, t["finished_ms"].get<int64_t>());
     const bool fails = t.value("fail_transfer", std::string()) != "";
     Journal(st, t["src"].get<std::string>(), fails ? "transfer_failed" : "transfer_completed", id,
             t["finished_ms"].get<int64_t>(), /*automatic=*/true);
@@ -112,36 +235,107 @@ void AdvanceTransfers(json& st, int64_t now) {
     src["domains"].erase(uuid);
     dst["staged"].erase(id);
   }
+  return changed;
 }
 
-absl::StatusOr<json> ReadState(const std::string& dir) {
-  std::ifstream in(dir + "/state.json");
-  if (!in) return json{{"hosts", json::object()}, {"transfers", json::object()}};
-  std::stringstream ss;
-  ss << in.rdbuf();
-  json st = json::parse(ss.str(), nullptr, false);
-  if (st.is_discarded())
-    return absl::DataLossError("fake hypervisor state.json is corrupt in " + dir);
-  return st;
-}
-
-absl::Status WriteState(const std::string& dir, const json& st) {
-  const std::string tmp = dir + "/state.json.tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!out) return Errno("write " + tmp);
-    out << st.dump();
-    if (!out) return Errno("write " + tmp);
+// Drops the finished transfers that finished more than kFinishedTransferKeep ago, and all but
+// the kMaxFinishedTransfers most recent. Returns whether anything changed. Scans the transfers
+// only when the index says something is due.
+bool PruneTransfers(json& st, FakeStateIndex& idx, int64_t now) {
+  const int64_t keep_ms = absl::ToInt64Milliseconds(FakeHypervisor::kFinishedTransferKeep);
+  if (idx.finished <= FakeHypervisor::kMaxFinishedTransfers &&
+      (idx.finished == 0 || now - idx.oldest_finished_ms <= keep_ms)) {
+    return false;
   }
+  json& transfers = st["transfers"];
+  std::vector<std::pair<int64_t, std::string>> finished;  // (finished_ms, id)
+  for (const auto& [id, t] : transfers.items()) {
+    if (!IsRunning(t)) finished.emplace_back(FinishedMs(t), id);
+  }
+  std::sort(finished.begin(), finished.end(), std::greater<>());  // most recent first
+  bool changed = false;
+  idx.finished = 0;
+  idx.oldest_finished_ms = INT64_MAX;
+  for (const auto& [ms, id] : finished) {
+    if (idx.finished < FakeHypervisor::kMaxFinishedTransfers && now - ms <= keep_ms) {
+      NoteFinished(idx, ms);
+    } else {
+      transfers.erase(id);
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+absl::StatusOr<std::string> ReadAll(int fd, const std::string& path) {
+  std::string data;
+  char buf[1 << 16];
+  while (true) {
+    const ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Errno("read " + path);
+    if (n == 0) return data;
+    data.append(buf, static_cast<size_t>(n));
+  }
+}
+
+FileId IdOf(const struct stat& sb) {
+  FileId id;
+  id.dev = sb.st_dev;
+  id.ino = sb.st_ino;
+  id.size = sb.st_size;
+  id.mtime_ns = int64_t{sb.st_mtim.tv_sec} * 1'000'000'000 + sb.st_mtim.tv_nsec;
+  return id;
+}
+
+// Writes the state to a new file that replaces state.json. Its mtime is set to now, or 1 ns
+// after the replaced file's (`prev`, if any) when that is not earlier, so that no two versions
+// written by FakeHypervisor share an identity, even within one clock tick with a reused inode
+// number. Returns the new file's identity, or an empty one (ino 0) when the filesystem does not
+// keep the mtime exactly (then the state is not cached).
+absl::StatusOr<FileId> WriteState(const std::string& dir, const json& st, const FileId* prev) {
+  const std::string tmp = dir + "/state.json.tmp";
+  const std::string data = st.dump();
+  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno("write " + tmp);
+  size_t off = 0;
+  while (off < data.size()) {
+    const ssize_t n = write(fd, data.data() + off, data.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      absl::Status s = Errno("write " + tmp);
+      close(fd);
+      return s;
+    }
+    off += static_cast<size_t>(n);
+  }
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  int64_t ns = int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
+  if (prev != nullptr && prev->mtime_ns >= ns) ns = prev->mtime_ns + 1;
+  struct timespec times[2];
+  times[0].tv_sec = times[1].tv_sec = ns / 1'000'000'000;
+  times[0].tv_nsec = times[1].tv_nsec = ns % 1'000'000'000;
+  FileId id;
+  struct stat sb;
+  if (futimens(fd, times) == 0 && fstat(fd, &sb) == 0) {
+    id = IdOf(sb);
+    if (id.mtime_ns != ns) id = FileId();  // coarse timestamps: not a safe identity
+  }
+  if (close(fd) != 0) return Errno("write " + tmp);
   if (rename(tmp.c_str(), (dir + "/state.json").c_str()) != 0) return Errno("rename state.json");
-  return absl::OkStatus();
+  return id;
 }
 
 // Consumes one injected failure of `step` on `host`, if any.
 absl::Status TakeFailure(json& st, const std::string& host, const std::string& step,
                          bool* changed) {
-  json& f = st["hosts"][host]["failures"];
-  if (!f.is_object() || !f.contains(step)) return absl::OkStatus();
+  // Looks without inserting: a call without an injected failure leaves the state as it was.
+  auto h = st["hosts"].find(host);
+  if (h == st["hosts"].end() || !h->is_object()) return absl::OkStatus();
+  auto fit = h->find("failures");
+  if (fit == h->end() || !fit->is_object() || !fit->contains(step)) return absl::OkStatus();
+  json& f = *fit;
   json& k = f[step];
   int remaining = k.value("remaining", 1);
   absl::Status s(static_cast<absl::StatusCode>(k.value("code", 13)),
@@ -156,7 +350,7 @@ absl::Status TakeFailure(json& st, const std::string& host, const std::string& s
   return s;
 }
 
-v1::DomainInfo DomainFromJson(const std::string& uuid, const json& d, const json& st) {
+v1::DomainInfo DomainFromJson(const std::string& uuid, const json& d, const FakeStateIndex& idx) {
   v1::DomainInfo info;
   info.set_uuid(uuid);
   info.set_name(d.value("name", std::string()));
@@ -170,8 +364,8 @@ v1::DomainInfo DomainFromJson(const std::string& uuid, const json& d, const json
     nic->set_bridge(b.get<std::string>());
     nic->set_model("e1000");
   }
-  for (const auto& [id, t] : st["transfers"].items()) {
-    if (t["uuid"] == uuid && t["state"] == "running") {
+  for (const auto& [id, running_uuid] : idx.running) {  // the last one in id order, as ever
+    if (running_uuid == uuid) {
       info.set_migration_job_active(true);
       info.set_migration_id(id);
     }
@@ -190,21 +384,97 @@ std::string DomainXml(const std::string& uuid, const json& d) {
 // ---- FakeHypervisor -----------------------------------------------------------------------
 
 FakeHypervisor::FakeHypervisor(std::string state_dir, Clock* clock)
-    : dir_(std::move(state_dir)), clock_(clock) {}
+    : dir_(std::move(state_dir)), clock_(clock), cache_(CacheFor(dir_)) {}
+
+absl::Status FakeHypervisor::Transact(const MutateFn* mutate, const ReadFn* read) {
+  internal::FakeStateCache& cache = *cache_;
+  std::lock_guard<std::mutex> in_process(cache.mu);
+  StateLock lock;
+  RETURN_IF_ERROR(lock.Acquire(dir_));
+
+  // The state: the cached one if state.json is still the file this process last read or wrote.
+  // It is moved out of the cache; only a transaction that ends consistently puts it back.
+  const std::string path = dir_ + "/state.json";
+  json st;
+  FakeStateIndex idx;
+  FileId id;
+  bool have_file = false;
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOENT) return Errno("open " + path);
+    cache.valid = false;
+    cache.st = json();
+    st = json{{"hosts", json::object()}, {"transfers", json::object()}};
+  } else {
+    have_file = true;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+      absl::Status s = Errno("stat " + path);
+      close(fd);
+      return s;
+    }
+    id = IdOf(sb);
+    if (cache.valid && cache.id == id) {
+      close(fd);
+      st = std::move(cache.st);
+      idx = std::move(cache.index);
+    } else {
+      absl::StatusOr<std::string> data = ReadAll(fd, path);
+      close(fd);
+      if (!data.ok()) return data.status();
+      st = json::parse(*data, nullptr, false);
+      if (st.is_discarded() || !st.is_object()) {
+        cache.valid = false;
+        cache.st = json();
+        return absl::DataLossError("fake hypervisor state.json is corrupt in " + dir_);
+      }
+      for (const char* k : {"hosts", "transfers"}) {
+        if (!st[k].is_object()) st[k] = json::object();
+      }
+      idx = BuildIndex(st);
+    }
+    cache.valid = false;
+  }
+
+  const int64_t now = NowMs(clock_);
+  bool changed = AdvanceTransfers(st, idx, now);
+  changed = PruneTransfers(st, idx, now) || changed;
+  RETURN_IF_ERROR(FlushJournal(dir_, st));
+  absl::Status s;
+  bool keep = true;
+  if (mutate != nullptr) {
+    s = (*mutate)(st, &changed, idx);
+    // fn may have modified the state without saying so: such a change must not outlive this
+    // call (it was never written). When something else changed, all of it is written.
+    if (!changed) keep = false;
+    if (changed) idx = BuildIndex(st);  // fn may have changed transfers
+  } else {
+    s = (*read)(st, idx);
+  }
+  RETURN_IF_ERROR(FlushJournal(dir_, st));
+  if (changed) {
+    ASSIGN_OR_RETURN(id, WriteState(dir_, st, have_file ? &id : nullptr));
+    have_file = true;
+  }
+  if (keep && have_file && id.ino != 0) {
+    cache.st = std::move(st);
+    cache.index = std::move(idx);
+    cache.id = id;
+    cache.valid = true;
+  }
+  return s;
+}
 
 absl::Status FakeHypervisor::Mutate(const std::function<absl::Status(json&, bool*)>& fn) {
-  RETURN_IF_ERROR(MkdirP(dir_));
-  StateLock lock(dir_);
-  if (!lock.ok()) return Errno("lock " + dir_ + "/lock");
-  ASSIGN_OR_RETURN(json st, ReadState(dir_));
-  json before = st;
-  AdvanceTransfers(st, NowMs(clock_));
-  RETURN_IF_ERROR(FlushJournal(dir_, st));
-  bool changed = st != before;
-  absl::Status s = fn(st, &changed);
-  RETURN_IF_ERROR(FlushJournal(dir_, st));
-  if (changed) RETURN_IF_ERROR(WriteState(dir_, st));
-  return s;
+  const MutateFn f = [&](json& st, bool* changed, const internal::FakeStateIndex&) {
+    return fn(st, changed);
+  };
+  return Transact(&f, nullptr);
+}
+
+absl::Status FakeHypervisor::Read(const std::function<absl::Status(const json&)>& fn) {
+  const ReadFn f = [&](const json& st, const internal::FakeStateIndex&) { return fn(st); };
+  return Transact(nullptr, &f);
 }
 
 absl::Status FakeHypervisor::CreateDomain(const std::string& host, const std::string& uuid,
@@ -261,11 +531,10 @@ absl::Status FakeHypervisor::SetTransferDuration(const std::string& host, absl::
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> FakeHypervisor::Locate(
     const std::string& uuid) {
   std::vector<std::pair<std::string, std::string>> out;
-  RETURN_IF_ERROR(Mutate([&](json& st, bool*) -> absl::Status {
-    for (auto& [h, hj] : st["hosts"].items()) {
-      if (hj["domains"].contains(uuid)) {
-        out.emplace_back(h, hj["domains"][uuid].value("state", std::string()));
-      }
+  RETURN_IF_ERROR(Read([&](const json& st) -> absl::Status {
+    for (const auto& [h, hj] : Get(st, "hosts").items()) {
+      const json& d = Get(Get(hj, "domains"), uuid);
+      if (!d.is_null()) out.emplace_back(h, d.value("state", std::string()));
     }
     return absl::OkStatus();
   }));
@@ -274,7 +543,7 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> FakeHypervisor:
 
 absl::StatusOr<json> FakeHypervisor::Snapshot() {
   json copy;
-  RETURN_IF_ERROR(Mutate([&](json& st, bool*) -> absl::Status {
+  RETURN_IF_ERROR(Read([&](const json& st) -> absl::Status {
     copy = st;
     return absl::OkStatus();
   }));
@@ -283,7 +552,7 @@ absl::StatusOr<json> FakeHypervisor::Snapshot() {
 
 absl::StatusOr<std::vector<FakeHypervisor::JournalEntry>> FakeHypervisor::Journal() {
   std::vector<std::string> lines;
-  RETURN_IF_ERROR(Mutate([&](json&, bool*) -> absl::Status {
+  RETURN_IF_ERROR(Read([&](const json&) -> absl::Status {
     std::ifstream in(dir_ + "/journal.jsonl");
     std::string line;
     while (std::getline(in, line)) lines.push_back(line);
@@ -363,12 +632,12 @@ std::string FakeDriver::HypervisorName() const {
 
 absl::StatusOr<v1::HostInventory> FakeDriver::GetHostInfo() {
   v1::HostInventory inv;
-  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool*) -> absl::Status {
-    const json& h = st["hosts"][options_.hostname];
+  RETURN_IF_ERROR(hv_.ReadIndexed([&](const json& st, const FakeStateIndex& idx) -> absl::Status {
+    const json& h = Get(Get(st, "hosts"), options_.hostname);
     uint64_t used = 0;
-    for (auto& [uuid, d] : h["domains"].items()) {
+    for (const auto& [uuid, d] : Get(h, "domains").items()) {
       used += d.value("memory_mib", 0ull);
-      *inv.add_domains() = DomainFromJson(uuid, d, st);
+      *inv.add_domains() = DomainFromJson(uuid, d, idx);
     }
     inv.set_memory_free_mib(options_.memory_total_mib > used ? options_.memory_total_mib - used
                                                              : 0);
@@ -405,9 +674,9 @@ absl::StatusOr<std::vector<v1::DomainInfo>> FakeDriver::ListDomains() {
 absl::StatusOr<std::optional<v1::DomainInfo>> FakeDriver::DescribeDomain(const std::string& uuid) {
   RETURN_IF_ERROR(ValidateUuid(uuid));
   std::optional<v1::DomainInfo> out;
-  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool*) -> absl::Status {
-    const json& doms = st["hosts"][options_.hostname]["domains"];
-    if (doms.contains(uuid)) out = DomainFromJson(uuid, doms[uuid], st);
+  RETURN_IF_ERROR(hv_.ReadIndexed([&](const json& st, const FakeStateIndex& idx) -> absl::Status {
+    const json& d = Get(Get(Get(Get(st, "hosts"), options_.hostname), "domains"), uuid);
+    if (!d.is_null()) out = DomainFromJson(uuid, d, idx);
     return absl::OkStatus();
   }));
   return out;
@@ -433,7 +702,8 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> FakeDriver::CheckCanLiveMi
   RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
   v1::DomainInfo dom;
   std::string xml;
-  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
+  RETURN_IF_ERROR(hv_.MutateIndexed([&](json& st, bool* changed,
+                                        const FakeStateIndex& idx) -> absl::Status {
     Journal(st, options_.hostname, "check_can_live_migrate_on_src", req.migration_id(),
             NowMs(hv_.clock()));
     RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "check_can_live_migrate_on_src", changed));
@@ -442,7 +712,7 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> FakeDriver::CheckCanLiveMi
       return absl::NotFoundError(
           absl::StrCat("domain ", req.instance_uuid(), " is not on ", options_.hostname));
     }
-    dom = DomainFromJson(req.instance_uuid(), doms[req.instance_uuid()], st);
+    dom = DomainFromJson(req.instance_uuid(), doms[req.instance_uuid()], idx);
     xml = DomainXml(req.instance_uuid(), doms[req.instance_uuid()]);
     return absl::OkStatus();
   }));
@@ -496,13 +766,15 @@ absl::StatusOr<cv1::PreLiveMigrationData> FakeDriver::PreLiveMigration(
   return data;
 }
 
-absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::Report(const std::string& id) {
+absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::Report(const std::string& id,
+                                                                int64_t* end_ms) {
   cv1::MigrationProgressReport r;
   bool found = false;
-  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool*) -> absl::Status {
-    if (!st["transfers"].contains(id)) return absl::OkStatus();
+  if (end_ms != nullptr) *end_ms = -1;
+  RETURN_IF_ERROR(hv_.Read([&](const json& st) -> absl::Status {
+    const json& t = Get(Get(st, "transfers"), id);
+    if (t.is_null()) return absl::OkStatus();
     found = true;
-    const json& t = st["transfers"][id];
     r.set_migration_id(id);
     r.set_instance_uuid(t["uuid"].get<std::string>());
     const std::string state = t["state"];
@@ -516,6 +788,7 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::Report(const std::strin
     r.set_abort_requested(t.value("abort_requested", false));
     r.set_force_complete_requested(t.value("force_complete_requested", false));
     const int64_t start = t["start_ms"], dur = t["duration_ms"];
+    if (end_ms != nullptr && state == "running") *end_ms = start + dur;
     const int64_t end = t.value("finished_ms", NowMs(hv_.clock()));
     const int64_t elapsed = std::max<int64_t>(0, end - start);
     auto* p = r.mutable_progress();
@@ -607,7 +880,8 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
   const absl::Time started = hv_.clock()->Now();
   const bool has_timeout = o.has_completion_timeout_s() && o.completion_timeout_s() > 0;
   while (true) {
-    ASSIGN_OR_RETURN(cv1::MigrationProgressReport r, Report(id));
+    int64_t end_ms = -1;
+    ASSIGN_OR_RETURN(cv1::MigrationProgressReport r, Report(id, &end_ms));
     r.set_monitor_attached(true);
     if (r.state() != cv1::TRANSFER_STATE_RUNNING) return r;
     if (sink) sink(r);
@@ -637,7 +911,17 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
       }));
       continue;
     }
-    absl::SleepFor(options_.poll_interval);
+    // Wake at the scheduled end (or the completion timeout) if it comes before the next poll.
+    const absl::Time now = hv_.clock()->Now();
+    absl::Duration wait = options_.poll_interval;
+    if (end_ms >= 0) {
+      wait = std::min(wait, std::max(absl::Milliseconds(1), absl::FromUnixMillis(end_ms) - now));
+    }
+    if (has_timeout && !r.completion_timeout_expired()) {
+      const absl::Time expiry = started + absl::Seconds(o.completion_timeout_s());
+      wait = std::min(wait, std::max(absl::Milliseconds(1), expiry - now + absl::Milliseconds(1)));
+    }
+    absl::SleepFor(wait);
   }
 }
 
@@ -745,34 +1029,35 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::PostLiveMigrationAtDestination(
     const cv1::PostLiveMigrationAtDestinationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
   v1::DomainInfo info;
-  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
-    Journal(st, options_.hostname, "post_live_migration_at_destination", req.migration_id(),
-            NowMs(hv_.clock()));
-    RETURN_IF_ERROR(
-        TakeFailure(st, options_.hostname, "post_live_migration_at_destination", changed));
-    json& h = st["hosts"][options_.hostname];
-    if (!h["domains"].contains(req.instance_uuid())) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "domain ", req.instance_uuid(), " is not on the destination ", options_.hostname));
-    }
-    json& d = h["domains"][req.instance_uuid()];
-    const std::string state = d.value("state", std::string());
-    if (state != "running" && state != "paused") {
-      return absl::FailedPreconditionError(absl::StrCat("domain ", req.instance_uuid(), " is ",
-                                                        state, " on ", options_.hostname,
-                                                        ": the transfer has not completed"));
-    }
-    if (!d.value("persistent", false)) {
-      d["persistent"] = true;
-      *changed = true;
-    }
-    if (h["staged"].contains(req.migration_id())) {
-      h["staged"].erase(req.migration_id());
-      *changed = true;
-    }
-    info = DomainFromJson(req.instance_uuid(), d, st);
-    return absl::OkStatus();
-  }));
+  RETURN_IF_ERROR(
+      hv_.MutateIndexed([&](json& st, bool* changed, const FakeStateIndex& idx) -> absl::Status {
+        Journal(st, options_.hostname, "post_live_migration_at_destination", req.migration_id(),
+                NowMs(hv_.clock()));
+        RETURN_IF_ERROR(
+            TakeFailure(st, options_.hostname, "post_live_migration_at_destination", changed));
+        json& h = st["hosts"][options_.hostname];
+        if (!h["domains"].contains(req.instance_uuid())) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "domain ", req.instance_uuid(), " is not on the destination ", options_.hostname));
+        }
+        json& d = h["domains"][req.instance_uuid()];
+        const std::string state = d.value("state", std::string());
+        if (state != "running" && state != "paused") {
+          return absl::FailedPreconditionError(absl::StrCat("domain ", req.instance_uuid(), " is ",
+                                                            state, " on ", options_.hostname,
+                                                            ": the transfer has not completed"));
+        }
+        if (!d.value("persistent", false)) {
+          d["persistent"] = true;
+          *changed = true;
+        }
+        if (h["staged"].contains(req.migration_id())) {
+          h["staged"].erase(req.migration_id());
+          *changed = true;
+        }
+        info = DomainFromJson(req.instance_uuid(), d, idx);
+        return absl::OkStatus();
+      }));
   RemoveProbe(options_.instance_path, req.migration_id());
   return info;
 }
@@ -810,25 +1095,26 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::RollbackLiveMigration(
     const cv1::RollbackLiveMigrationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
   v1::DomainInfo info;
-  RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
-    Journal(st, options_.hostname, "rollback_live_migration", req.migration_id(),
-            NowMs(hv_.clock()));
-    RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "rollback_live_migration", changed));
-    json& doms = st["hosts"][options_.hostname]["domains"];
-    if (!doms.contains(req.instance_uuid())) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("domain ", req.instance_uuid(), " is not on the source ", options_.hostname,
-                       ": it cannot be rolled back here (check where it runs)"));
-    }
-    json& d = doms[req.instance_uuid()];
-    const bool was_running = req.state_before_migration() != v1::DOMAIN_STATE_PAUSED;
-    if (d.value("state", std::string()) == "paused" && was_running) {
-      d["state"] = "running";
-      *changed = true;
-    }
-    info = DomainFromJson(req.instance_uuid(), d, st);
-    return absl::OkStatus();
-  }));
+  RETURN_IF_ERROR(
+      hv_.MutateIndexed([&](json& st, bool* changed, const FakeStateIndex& idx) -> absl::Status {
+        Journal(st, options_.hostname, "rollback_live_migration", req.migration_id(),
+                NowMs(hv_.clock()));
+        RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "rollback_live_migration", changed));
+        json& doms = st["hosts"][options_.hostname]["domains"];
+        if (!doms.contains(req.instance_uuid())) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "domain ", req.instance_uuid(), " is not on the source ", options_.hostname,
+              ": it cannot be rolled back here (check where it runs)"));
+        }
+        json& d = doms[req.instance_uuid()];
+        const bool was_running = req.state_before_migration() != v1::DOMAIN_STATE_PAUSED;
+        if (d.value("state", std::string()) == "paused" && was_running) {
+          d["state"] = "running";
+          *changed = true;
+        }
+        info = DomainFromJson(req.instance_uuid(), d, idx);
+        return absl::OkStatus();
+      }));
   return info;
 }
 

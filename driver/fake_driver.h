@@ -16,7 +16,16 @@
 // entry {host, step, migration_id, time} to <state_dir>/journal.jsonl, so that fault tests can
 // check that the scheduler recorded each step's intent before the hypervisor acted
 // (FakeHypervisor::Journal). Repeated steps answered from an agent's record never reach the driver
-// and are not journaled.
+// and are not journaled. The journal is never truncated: it grows with every action (about 100
+// bytes each) for as long as the state directory lives.
+//
+// Cost: each process keeps the parsed state of a state directory in memory (shared by every
+// FakeHypervisor/FakeDriver object of that process on that directory) and re-reads state.json
+// only when its identity (device, inode, size, mtime in ns) differs from what the process last
+// read or wrote; writers give each new state.json a strictly later mtime than the one it
+// replaces, so that a write by another process is always seen. Only running transfers are
+// scanned on each call; finished transfers are pruned (FakeHypervisor::kFinishedTransferKeep,
+// kMaxFinishedTransfers).
 //
 // Contract: after pre_live_migration the destination holds only staged configuration; during
 // the transfer it has an incoming paused domain; when the transfer succeeds the destination runs
@@ -24,6 +33,9 @@
 #ifndef LIVEMIG_DRIVER_FAKE_DRIVER_H_
 #define LIVEMIG_DRIVER_FAKE_DRIVER_H_
 
+#include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +46,13 @@
 #include "nlohmann/json.hpp"
 
 namespace livemig::driver {
+
+namespace internal {
+struct FakeStateCache;  // the per-process, per-directory parsed state (fake_driver.cc)
+struct FakeStateIndex;  // derived from the state: running transfers, finished ones' count
+}  // namespace internal
+
+class FakeDriver;
 
 // Direct access to the shared fake hypervisor state (for tests, tools and benchmarks).
 // Thread- and process-safe (every operation holds the state directory's lock).
@@ -49,11 +68,23 @@ class FakeHypervisor {
     bool automatic = false;  // no agent call: the transfer progressing by itself
   };
 
+  // A finished transfer (completed, failed, cancelled) stays in the state, so that its progress
+  // can still be asked for (e.g. by an agent restarted after a crash), for at least this long
+  // after it finished, unless more than kMaxFinishedTransfers finished after it: only that many
+  // of the most recently finished are kept. Running transfers are never pruned. Pruning happens
+  // in any call (time is the hypervisor's clock).
+  static constexpr absl::Duration kFinishedTransferKeep = absl::Minutes(10);
+  static constexpr size_t kMaxFinishedTransfers = 1000;
+
   explicit FakeHypervisor(std::string state_dir, Clock* clock = Clock::Real());
 
   // Runs `fn` on the state under the lock, after advancing transfers to `now`; writes the state
-  // back if fn returns true.
+  // back if fn sets *changed (also when fn returns an error). fn must set *changed whenever it
+  // modifies the state: a modification without it is discarded, as if fn had not run (the
+  // process's cached copy is dropped and the next call re-reads state.json).
   absl::Status Mutate(const std::function<absl::Status(nlohmann::json&, bool* changed)>& fn);
+  // Runs `fn` on the state under the lock, after advancing transfers to `now`, read-only.
+  absl::Status Read(const std::function<absl::Status(const nlohmann::json&)>& fn);
 
   // Creates a domain on `host` (state: running, paused or shutoff). AlreadyExists if present.
   absl::Status CreateDomain(const std::string& host, const std::string& uuid,
@@ -82,8 +113,20 @@ class FakeHypervisor {
   const std::string& state_dir() const { return dir_; }
 
  private:
+  friend class FakeDriver;
+  using MutateFn = std::function<absl::Status(nlohmann::json&, bool* changed,
+                                              const internal::FakeStateIndex& before_fn)>;
+  using ReadFn =
+      std::function<absl::Status(const nlohmann::json&, const internal::FakeStateIndex&)>;
+  // The one transaction: exactly one of `mutate` and `read` is set. The index passed to
+  // `mutate` describes the state before fn ran.
+  absl::Status Transact(const MutateFn* mutate, const ReadFn* read);
+  absl::Status MutateIndexed(const MutateFn& fn) { return Transact(&fn, nullptr); }
+  absl::Status ReadIndexed(const ReadFn& fn) { return Transact(nullptr, &fn); }
+
   std::string dir_;
   Clock* clock_;
+  std::shared_ptr<internal::FakeStateCache> cache_;  // shared with this process's objects on dir_
 };
 
 class FakeDriver : public ComputeDriver {
@@ -102,6 +145,8 @@ class FakeDriver : public ComputeDriver {
     uint64_t memory_reserved_mib = 512;  // dom0 reserve
     std::vector<std::string> bridges = {"br-guest"};
     std::string instance_path;  // default: <state_dir>/instances (shared by every fake host)
+    // The longest wait between two progress reports of LiveMigration's monitor; it also wakes
+    // at the transfer's scheduled end, so that the end is reported when it happens.
     absl::Duration poll_interval = absl::Milliseconds(20);
     Clock* clock = Clock::Real();
   };
@@ -144,7 +189,9 @@ class FakeDriver : public ComputeDriver {
  private:
   FakeDriver(Options options);
   std::string HypervisorName() const;
-  absl::StatusOr<cv1::MigrationProgressReport> Report(const std::string& migration_id);
+  // The transfer's report; *end_ms (if given) is its scheduled end while it runs, else -1.
+  absl::StatusOr<cv1::MigrationProgressReport> Report(const std::string& migration_id,
+                                                      int64_t* end_ms = nullptr);
 
   Options options_;
   v1::BackendCapabilities caps_;
