@@ -1,4 +1,5 @@
 // Every repository operation against a real PostgreSQL 15 (started by testing/pg_server).
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <set>
@@ -758,6 +759,118 @@ TEST_CASE("evacuations keep their request id and each instance's name at plannin
         absl::StatusCode::kInvalidArgument);
 }
 
+TEST_CASE("an evacuation has a UUID, is found by it, and its migrations carry it") {
+  Db db;
+  Seed(db);
+  auto& ev = db.stores->evacuations();
+  auto& migs = db.stores->migrations();
+  auto e = ev.CreateEvacuation("host-a", 2, "frank", "", {Uuid(1), Uuid(2)});
+  REQUIRE(e.ok());
+  CHECK(IsValidUuid(e->uuid));
+  auto other = ev.CreateEvacuation("host-a", 1, "frank", "", {});
+  REQUIRE(other.ok());
+  CHECK(IsValidUuid(other->uuid));
+  CHECK(other->uuid != e->uuid);
+  CHECK(db.Count("SELECT count(DISTINCT uuid) FROM evacuations") == 2);
+  // Every read returns it.
+  CHECK(ev.GetEvacuation(e->id)->uuid == e->uuid);
+  CHECK(ev.ListEvacuations("host-a", 10)->at(1).uuid == e->uuid);
+  // Found by it, with its items; unknown and malformed UUIDs are told apart.
+  auto by = ev.GetEvacuationByUuid(e->uuid);
+  REQUIRE(by.ok());
+  CHECK(by->id == e->id);
+  CHECK(by->items.size() == 2);
+  CHECK(ev.GetEvacuationByUuid(Uuid(99)).status().code() == absl::StatusCode::kNotFound);
+  for (const std::string bad : {"1", "", "not-a-uuid", "00000000-0000-4000-8000-00000000000'"}) {
+    CHECK(ev.GetEvacuationByUuid(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+  // A migration started by the evacuation carries its UUID on every read; one on its own none.
+  NewMigration nm = NewMig(1);
+  nm.evacuation_uuid = e->uuid;
+  auto m = migs.CreateMigration(nm);
+  REQUIRE(m.ok());
+  CHECK(m->migration.evacuation_uuid == e->uuid);
+  CHECK(migs.GetMigration(m->migration.id)->evacuation_uuid == e->uuid);
+  CHECK(migs.GetMigrationByUuid(m->migration.uuid)->evacuation_uuid == e->uuid);
+  CHECK(migs.ListActiveMigrations()->at(0).evacuation_uuid == e->uuid);
+  auto alone = migs.CreateMigration(NewMig(3));
+  REQUIRE(alone.ok());
+  CHECK(alone->migration.evacuation_uuid.empty());
+  CHECK(db.Count("SELECT count(*) FROM migrations WHERE evacuation_uuid IS NULL") == 1);
+  // The item's migration is read back with its UUID.
+  REQUIRE(ev.UpdateEvacuationItem(e->id, {Uuid(1), m->migration.id, "migrating", ""}).ok());
+  auto items = ev.GetEvacuationByUuid(e->uuid);
+  REQUIRE(items.ok());
+  CHECK(items->items[0].migration_uuid == m->migration.uuid);
+  CHECK(items->items[1].migration_uuid.empty());
+  // An unknown evacuation is NotFound and a malformed one InvalidArgument: nothing is claimed.
+  NewMigration unknown = NewMig(2);
+  unknown.evacuation_uuid = Uuid(99);
+  CHECK(migs.CreateMigration(unknown).status().code() == absl::StatusCode::kNotFound);
+  unknown.evacuation_uuid = "x";
+  CHECK(migs.CreateMigration(unknown).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK_FALSE(db.stores->instances().GetInstance(Uuid(2))->task_state.has_value());
+  CHECK(db.Count("SELECT count(*) FROM migrations") == 2);
+}
+
+TEST_CASE("schema 5 gives existing evacuations a UUID and their migrations a link") {
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  auto pool = MakePool(*c);
+  // A database at schema version 4 with an evacuation's migration and one on its own.
+  REQUIRE(pool->Run("schema 4",
+                    [](pqxx::work& w) {
+                      w.exec(
+                          "CREATE TABLE schema_version (version integer PRIMARY KEY, name text "
+                          "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())");
+                      for (const SchemaMigration& m : SchemaMigrations()) {
+                        if (m.version > 4) break;
+                        w.exec(m.sql);
+                        w.exec_params("INSERT INTO schema_version (version, name) VALUES ($1, $2)",
+                                      m.version, std::string(m.name));
+                      }
+                      return absl::OkStatus();
+                    })
+              .ok());
+  const std::string u1 = Uuid(1), u2 = Uuid(2);
+  REQUIRE(pool->Run("rows at version 4",
+                    [&](pqxx::work& w) {
+                      w.exec("INSERT INTO hosts (hostname) VALUES ('host-a'), ('host-b')");
+                      w.exec("INSERT INTO instances (uuid, name, host) VALUES ('" + u1 +
+                             "', 'vm-1', 'host-b'), ('" + u2 + "', 'vm-2', 'host-b')");
+                      w.exec(
+                          "INSERT INTO evacuations (host, status, max_parallel, requested_by) "
+                          "VALUES ('host-a', 'completed', 1, 'frank'), ('host-a', 'running', 1, "
+                          "'frank')");
+                      w.exec(
+                          "INSERT INTO migrations (instance_uuid, source_host, dest_host, status, "
+                          "requested_by, finished_at) VALUES ('" +
+                          u1 + "', 'host-a', 'host-b', 'completed', 'frank', now()), ('" + u2 +
+                          "', 'host-a', 'host-b', 'completed', 'alice', now())");
+                      w.exec(
+                          "INSERT INTO evacuation_items (evacuation_id, instance_uuid, "
+                          "migration_id, outcome) VALUES (1, '" +
+                          u1 + "', 1, 'completed')");
+                      return absl::OkStatus();
+                    })
+              .ok());
+  auto r = ApplySchema(*pool);
+  REQUIRE(r.ok());
+  CHECK(r->version_before == 4);
+  CHECK(std::find(r->applied.begin(), r->applied.end(), "0005_evacuation_uuid") !=
+        r->applied.end());
+  PgStores stores(pool.get());
+  auto e1 = stores.evacuations().GetEvacuation(1);
+  auto e2 = stores.evacuations().GetEvacuation(2);
+  REQUIRE(e1.ok());
+  REQUIRE(e2.ok());
+  CHECK(IsValidUuid(e1->uuid));
+  CHECK(IsValidUuid(e2->uuid));
+  CHECK(e1->uuid != e2->uuid);
+  CHECK(stores.migrations().GetMigration(1)->evacuation_uuid == e1->uuid);
+  CHECK(stores.migrations().GetMigration(2)->evacuation_uuid.empty());
+}
+
 TEST_CASE("instances page by name, then UUID, filtered in the database") {
   Db db;
   // 7 instances on host-a: two share a name (ordered by UUID), names with metacharacters.
@@ -934,6 +1047,8 @@ TEST_CASE("per-host instance counters follow every change, folded or not") {
   CHECK(db.Count("SELECT count(*) FROM host_instance_count_deltas") == 0);
   CHECK(fold() == 0);
   CHECK(db.Count(direct) == 0);
+  CHECK(db.Count("SELECT sum(n) FROM v_host_instance_counts") ==
+        db.Count("SELECT count(*) FROM instances WHERE NOT missing AND host IS NOT NULL"));
   CHECK(instances("host-a") == 2);
   CHECK(instances("host-b") == 3);
   // Changes after a fold add to the folded counts.

@@ -575,7 +575,7 @@ namespace {
 std::string MigrationSelectFrom(const std::string& source) {
   return absl::StrCat(
       "SELECT m.id, m.uuid::text AS uuid, COALESCE(mi.name, '') AS instance_name, m.request_id, "
-      "m.instance_uuid::text AS instance_uuid, "
+      "m.evacuation_uuid::text AS evacuation_uuid, m.instance_uuid::text AS instance_uuid, "
       "m.source_host, "
       "m.dest_host, m.requested_dest, m.status, m.step, m.live, m.block_migration, "
       "m.options::text AS options, m.memory_claim_mib, m.requested_by, m.aborted_by, "
@@ -598,6 +598,7 @@ absl::StatusOr<MigrationRecord> MigrationFromRow(const pqxx::row& r) {
   m.uuid = Str(r["uuid"]);
   m.instance_name = Str(r["instance_name"]);
   m.request_id = Opt<std::string>(r["request_id"]);
+  m.evacuation_uuid = Str(r["evacuation_uuid"]);
   m.instance_uuid = Str(r["instance_uuid"]);
   m.source_host = Str(r["source_host"]);
   m.dest_host = Str(r["dest_host"]);
@@ -735,6 +736,7 @@ class PgMigrationStore : public MigrationStore {
           absl::StrCat("block migration must be auto, yes or no, got '", m.block_migration, "'"));
     }
     RETURN_IF_ERROR(CheckJsonObject(m.options_json, "migration options"));
+    if (m.evacuation_uuid) RETURN_IF_ERROR(CheckUuid(*m.evacuation_uuid, "evacuation id"));
     if (m.request_id) {
       // A retried request: answer with the migration it made.
       auto existing = FindByRequestIdOf(*m.request_id, m.instance_uuid);
@@ -773,11 +775,11 @@ class PgMigrationStore : public MigrationStore {
                 "NULL AND host IS DISTINCT FROM NULLIF($3, '') RETURNING host), "
                 "ins AS (INSERT INTO migrations (request_id, instance_uuid, source_host, "
                 "dest_host, requested_dest, status, step, live, block_migration, options, "
-                "memory_claim_mib, requested_by, owner, lease_expires_at) SELECT $1::text, "
-                "$2::uuid, "
+                "memory_claim_mib, requested_by, owner, lease_expires_at, evacuation_uuid) SELECT "
+                "$1::text, $2::uuid, "
                 "claim.host, NULLIF($3, ''), NULLIF($3, ''), 'accepted', 'accepted', $4::boolean, "
                 "$5::text, $6::jsonb, $7::bigint, $8::text, NULLIF($9::text, ''), now() + "
-                "make_interval(secs => $10::double precision) FROM "
+                "make_interval(secs => $10::double precision), $13::uuid FROM "
                 "claim RETURNING *), "
                 "ev AS (INSERT INTO migration_events (migration_id, step, kind, outcome, status, "
                 "actor, detail, started_at, finished_at, duration_ms) SELECT ins.id, e.step, "
@@ -790,7 +792,12 @@ class PgMigrationStore : public MigrationStore {
                     MigrationSelectFrom("ins"),
                 m.request_id, m.instance_uuid, m.dest_host, m.live, m.block_migration,
                 m.options_json, m.memory_claim_mib, m.requested_by, m.owner,
-                absl::ToDoubleSeconds(m.lease), EventsJson({ev}), detail_tail);
+                absl::ToDoubleSeconds(m.lease), EventsJson({ev}), detail_tail, m.evacuation_uuid);
+          } catch (const pqxx::foreign_key_violation& e) {
+            // Only the evacuation's key is ours to explain (e.g. an unknown destination is not).
+            if (std::string(e.what()).find("evacuation_uuid") == std::string::npos) throw;
+            return absl::NotFoundError(
+                absl::StrCat("evacuation ", m.evacuation_uuid.value_or(""), " does not exist"));
           } catch (const pqxx::unique_violation& e) {
             if (std::string(e.what()).find("request_id") != std::string::npos) {
               lost_request_id_race = true;
@@ -1349,25 +1356,19 @@ class PgEvacuationStore : public EvacuationStore {
           if (r.empty()) {
             return absl::NotFoundError(absl::StrCat("evacuation ", id, " does not exist"));
           }
-          EvacuationRecord e = EvacuationFromRow(r[0]);
-          pqxx::result items = w.exec_params(
-              "SELECT it.instance_uuid::text, it.migration_id, it.outcome, it.reason, m.status, "
-              "m.failure_reason, it.instance_name FROM evacuation_items it LEFT JOIN migrations m "
-              "ON m.id = "
-              "it.migration_id WHERE it.evacuation_id = $1 ORDER BY it.instance_uuid",
-              id);
-          for (const auto& row : items) {
-            EvacuationItem it;
-            it.instance_uuid = Str(row[0]);
-            it.migration_id = Opt<int64_t>(row[1]);
-            it.outcome = Str(row[2]);
-            it.reason = Str(row[3]);
-            it.migration_status = Str(row[4]);
-            it.migration_failure_reason = Str(row[5]);
-            it.instance_name = Str(row[6]);
-            e.items.push_back(std::move(it));
+          return WithItems(w, EvacuationFromRow(r[0]));
+        });
+  }
+
+  absl::StatusOr<EvacuationRecord> GetEvacuationByUuid(const std::string& uuid) override {
+    RETURN_IF_ERROR(CheckUuid(uuid, "evacuation id"));
+    return pool_->ReadQuery<EvacuationRecord>(
+        "get evacuation", [&](pqxx::transaction_base& w) -> absl::StatusOr<EvacuationRecord> {
+          pqxx::result r = w.exec_params(EvacuationSelect() + "WHERE uuid = $1::uuid", uuid);
+          if (r.empty()) {
+            return absl::NotFoundError(absl::StrCat("evacuation ", uuid, " does not exist"));
           }
-          return e;
+          return WithItems(w, EvacuationFromRow(r[0]));
         });
   }
 
@@ -1440,13 +1441,38 @@ class PgEvacuationStore : public EvacuationStore {
 
  private:
   static std::string EvacuationSelect() {
-    return absl::StrCat("SELECT id, host, status, max_parallel, requested_by, reason, request_id, ",
-                        Us("created_at"), " AS created_at, ", Us("updated_at"), " AS updated_at, ",
-                        Us("finished_at"), " AS finished_at FROM evacuations ");
+    return absl::StrCat(
+        "SELECT id, uuid::text AS uuid, host, status, max_parallel, requested_by, reason, "
+        "request_id, ",
+        Us("created_at"), " AS created_at, ", Us("updated_at"), " AS updated_at, ",
+        Us("finished_at"), " AS finished_at FROM evacuations ");
+  }
+  // Reads the items of `e` (with their migrations' status) into it.
+  static EvacuationRecord WithItems(pqxx::transaction_base& w, EvacuationRecord e) {
+    pqxx::result items = w.exec_params(
+        "SELECT it.instance_uuid::text, it.migration_id, it.outcome, it.reason, m.status, "
+        "m.failure_reason, it.instance_name, m.uuid::text FROM evacuation_items it LEFT JOIN "
+        "migrations m ON m.id = it.migration_id WHERE it.evacuation_id = $1 ORDER BY "
+        "it.instance_uuid",
+        e.id);
+    for (const auto& row : items) {
+      EvacuationItem it;
+      it.instance_uuid = Str(row[0]);
+      it.migration_id = Opt<int64_t>(row[1]);
+      it.outcome = Str(row[2]);
+      it.reason = Str(row[3]);
+      it.migration_status = Str(row[4]);
+      it.migration_failure_reason = Str(row[5]);
+      it.instance_name = Str(row[6]);
+      it.migration_uuid = Str(row[7]);
+      e.items.push_back(std::move(it));
+    }
+    return e;
   }
   static EvacuationRecord EvacuationFromRow(const pqxx::row& r) {
     EvacuationRecord e;
     e.id = r["id"].as<int64_t>();
+    e.uuid = Str(r["uuid"]);
     e.host = Str(r["host"]);
     e.status = Str(r["status"]);
     e.max_parallel = r["max_parallel"].as<int32_t>();

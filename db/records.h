@@ -138,6 +138,9 @@ struct MigrationRecord {
   int64_t id = 0;    // the operator-facing number
   std::string uuid;  // the idempotency key of every agent step (proto Migration.id)
   std::optional<std::string> request_id;
+  // The UUID of the evacuation that started it (proto Migration.evacuation_id); "" when it was
+  // requested on its own.
+  std::string evacuation_uuid;
   std::string instance_uuid;
   std::string instance_name;  // the instance's name (read with the row)
   std::string source_host;
@@ -184,6 +187,8 @@ struct MigrationEvent {
 
 struct NewMigration {
   std::optional<std::string> request_id;
+  // The UUID of the evacuation starting it (EvacuationRecord::uuid); unset: on its own.
+  std::optional<std::string> evacuation_uuid;
   std::string instance_uuid;
   std::string dest_host;  // empty: the scheduler chooses later
   bool live = true;
@@ -248,11 +253,13 @@ struct EvacuationItem {
   // failure reason, so that an evacuation's progress is one read, not one per migration.
   std::string migration_status;
   std::string migration_failure_reason;
-  std::string instance_name;  // at planning time (read only)
+  std::string instance_name;   // at planning time (read only)
+  std::string migration_uuid;  // read only: the item's migration's UUID ("" without one)
 };
 
 struct EvacuationRecord {
-  int64_t id = 0;
+  int64_t id = 0;    // the internal number (evacuation_items refer to it; logs show it)
+  std::string uuid;  // the public id (proto Evacuation.id)
   std::string host;
   std::string status;  // running, completed, failed, cancelled
   int32_t max_parallel = 1;

@@ -73,7 +73,8 @@ class MigrationStore {
   // transaction, with its first event and the owner's lease. A request id already used returns
   // that migration (created=false). Errors: NotFound (instance), FailedPrecondition (instance
   // missing or on no host), Aborted (instance already migrating), InvalidArgument (request id
-  // reused for another instance).
+  // reused for another instance, malformed evacuation UUID). With an evacuation UUID, the
+  // migration records that evacuation (a foreign key: it must exist).
   virtual absl::StatusOr<CreateMigrationResult> CreateMigration(const NewMigration& m) = 0;
 
   virtual absl::StatusOr<MigrationRecord> GetMigration(int64_t id) = 0;
@@ -156,6 +157,9 @@ class EvacuationStore {
       const std::string& reason, const std::vector<std::string>& instance_uuids,
       const std::optional<std::string>& request_id = std::nullopt) = 0;
   virtual absl::StatusOr<EvacuationRecord> GetEvacuation(int64_t id) = 0;
+  // By its public id (EvacuationRecord::uuid), with its items. InvalidArgument for a malformed
+  // UUID; NotFound when none has it.
+  virtual absl::StatusOr<EvacuationRecord> GetEvacuationByUuid(const std::string& uuid) = 0;
   // The evacuation created with `request_id` (with its items); NotFound when none.
   virtual absl::StatusOr<EvacuationRecord> FindEvacuationByRequestId(
       const std::string& request_id) = 0;
