@@ -334,8 +334,8 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
     s->add_option("--marker", c.marker, "next-page token printed by the previous page");
 
     CLI::App* sh = sub("evacuation-show", "Show an evacuation and every instance's outcome",
-                       "  cloudctl evacuation-show 3");
-    sh->add_option("id", c.id, "evacuation id")->required();
+                       "  cloudctl evacuation-show 5d0c...-7e --json");
+    sh->add_option("id", c.id, "evacuation id (UUID)")->required();
   }
 
   {

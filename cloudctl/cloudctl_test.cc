@@ -771,7 +771,7 @@ TEST_CASE("host-evacuate-live --wait moves every instance off; evacuation-list a
   CHECK(Has(r.out, "1 succeeded, 0 failed"));
   CHECK(c.Settled().first == dst);
   std::smatch m;
-  REQUIRE(std::regex_search(r.out, m, std::regex("Evacuation ([0-9]+) of")));
+  REQUIRE(std::regex_search(r.out, m, std::regex("Evacuation ([0-9a-f-]{36}) of")));
   const std::string id = m[1];
 
   r = Cloudctl(c.server() + " evacuation-list --host " + src);
@@ -784,8 +784,17 @@ TEST_CASE("host-evacuate-live --wait moves every instance off; evacuation-list a
   CHECK(Has(r.out, "succeeded"));
   r = Cloudctl(c.server() + " --json evacuation-show " + id);
   REQUIRE(r.code == 0);
-  CHECK(nlohmann::json::parse(r.out)["status"] == "EVACUATION_STATUS_COMPLETED");
-  CHECK(Cloudctl(c.server() + " evacuation-show 999999").code == 3);
+  const auto ev = nlohmann::json::parse(r.out);
+  CHECK(ev["id"] == id);
+  CHECK(ev["status"] == "EVACUATION_STATUS_COMPLETED");
+  // The evacuation's migration names it (Migration.evacuation_id).
+  REQUIRE(ev["items"].size() == 1);
+  const std::string mig = ev["items"][0]["migration_id"];
+  r = Cloudctl(c.server() + " --json migration-show " + mig);
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["evacuation_id"] == id);
+  CHECK(Cloudctl(c.server() + " evacuation-show 00000000-0000-4000-8000-000000000000").code == 3);
+  CHECK(Cloudctl(c.server() + " evacuation-show 999999").code == 2);
 }
 
 }  // namespace

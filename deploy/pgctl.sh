@@ -2,6 +2,8 @@
 # Starts and stops a private PostgreSQL 15 server from Debian's postgresql-15, for the tests and
 # the quickstart: data in a directory of its own, listening only on a Unix socket in that
 # directory (no TCP port, so it cannot collide with anything), fsync off unless --durable.
+# PGCTL_EXTRA_OPTS adds server settings for diagnosis, e.g.
+# PGCTL_EXTRA_OPTS='-c shared_preload_libraries=pg_stat_statements'.
 #
 #   pgctl.sh start DIR [--durable] [--watch]
 #                                    init (if needed) and start; prints the libpq connection
@@ -80,6 +82,8 @@ cmd_start() {
   if [[ $durable != --durable ]]; then
     opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
   fi
+  # Extra server settings for diagnosis (e.g. "-c shared_preload_libraries=pg_stat_statements").
+  opts+=" ${PGCTL_EXTRA_OPTS:-}"
   as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -o "$opts" -w -t 60 start \
     >/dev/null 2>&1 || die "PostgreSQL did not start; see $dir/server.log: $(tail -3 "$dir/server.log" 2>/dev/null)"
   if [[ -n $watch ]]; then

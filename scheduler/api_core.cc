@@ -79,6 +79,12 @@ absl::Status ApiCore::ValidateOptions(const v1::MigrationOptions& o) {
 
 absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrate(const sv1::LiveMigrateRequest& r,
                                                               const std::string& caller) {
+  return LiveMigrateFor(r, caller, "");
+}
+
+absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrateFor(
+    const sv1::LiveMigrateRequest& r, const std::string& caller,
+    const std::string& evacuation_uuid) {
   if (!db::IsValidUuid(r.instance_uuid())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "instance '", r.instance_uuid(), "' is not a UUID (8-4-4-4-12 hexadecimal digits)"));
@@ -166,6 +172,7 @@ absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrate(const sv1::LiveMig
   }
   db::NewMigration nm;
   if (!r.request_id().empty()) nm.request_id = r.request_id();
+  if (!evacuation_uuid.empty()) nm.evacuation_uuid = evacuation_uuid;
   nm.instance_uuid = inst.uuid;
   nm.dest_host = r.destination();
   nm.live = r.options().mode() != v1::MIGRATION_MODE_OFFLINE;
@@ -435,7 +442,7 @@ absl::StatusOr<std::string> ApiCore::MetricsText() {
 namespace {
 sv1::Evacuation ToProtoEvacuation(const db::EvacuationRecord& e) {
   sv1::Evacuation out;
-  out.set_id(std::to_string(e.id));
+  out.set_id(e.uuid);
   out.set_host(e.host);
   out.set_status(e.status == "running"     ? sv1::EVACUATION_STATUS_RUNNING
                  : e.status == "completed" ? sv1::EVACUATION_STATUS_COMPLETED
@@ -450,7 +457,8 @@ sv1::Evacuation ToProtoEvacuation(const db::EvacuationRecord& e) {
     auto* p = out.add_items();
     p->set_instance_uuid(it.instance_uuid);
     p->set_instance_name(it.instance_name);
-    if (it.migration_id) p->set_migration_id(std::to_string(*it.migration_id));
+    // The migration's id is its UUID (Migration.id), as everywhere in the API.
+    if (!it.migration_uuid.empty()) p->set_migration_id(it.migration_uuid);
     p->set_reason(it.reason);
     p->set_outcome(it.outcome == "pending"     ? sv1::EVACUATION_ITEM_OUTCOME_PENDING
                    : it.outcome == "migrating" ? sv1::EVACUATION_ITEM_OUTCOME_MIGRATING
@@ -491,7 +499,7 @@ absl::StatusOr<sv1::Evacuation> ApiCore::EvacuateHost(const sv1::EvacuateHostReq
     if (existing->host != r.hostname()) {
       return absl::InvalidArgumentError(
           absl::StrCat("request id '", r.request_id(), "' was used for the evacuation of ",
-                       existing->host, " (evacuation ", existing->id, "): use a new request id"));
+                       existing->host, " (evacuation ", existing->uuid, "): use a new request id"));
     }
     return ToProtoEvacuation(*existing);
   };
@@ -517,8 +525,8 @@ absl::StatusOr<sv1::Evacuation> ApiCore::EvacuateHost(const sv1::EvacuateHostReq
     if (again) return *std::move(again);
   }
   ASSIGN_OR_RETURN(db::EvacuationRecord e, std::move(created));
-  LogInfo("evacuation %d of %s: %d instance(s), at most %d at once, by %s", e.id, r.hostname(),
-          uuids.size(), max_parallel, Who(caller, r.requester()));
+  LogInfo("evacuation %d (%s) of %s: %d instance(s), at most %d at once, by %s", e.id, e.uuid,
+          r.hostname(), uuids.size(), max_parallel, Who(caller, r.requester()));
   {
     absl::MutexLock l(&mu_);
     evacuation_threads_.emplace_back(
@@ -568,9 +576,10 @@ void ApiCore::DriveEvacuation(int64_t id, v1::MigrationOptions options, std::str
       req.set_instance_uuid(it.instance_uuid);
       req.set_destination(destination);
       *req.mutable_options() = options;
+      // The number, not the UUID: an evacuation resumed across an upgrade keeps its request ids.
       req.set_request_id(absl::StrCat("evacuation-", id, "-", it.instance_uuid));
       req.set_requester(requester);
-      auto m = LiveMigrate(req, "");
+      auto m = LiveMigrateFor(req, "", e->uuid);
       if (m.ok()) {
         it.outcome = "migrating";
         it.migration_id = m->migration().number();
@@ -591,7 +600,8 @@ void ApiCore::DriveEvacuation(int64_t id, v1::MigrationOptions options, std::str
           all_ok = all_ok && (it.outcome == "completed" || it.outcome == "skipped");
       }
       evacuations_->FinishEvacuation(id, all_ok ? "completed" : "failed").IgnoreError();
-      LogInfo("evacuation %d finished: %s", id, all_ok ? "completed" : "completed with errors");
+      LogInfo("evacuation %d (%s) finished: %s", id, e->uuid,
+              all_ok ? "completed" : "completed with errors");
       return;
     }
   }
@@ -609,11 +619,11 @@ void ApiCore::ResumeEvacuations() {
 }
 
 absl::StatusOr<sv1::Evacuation> ApiCore::GetEvacuation(const std::string& id) {
-  int64_t n = 0;
-  if (!absl::SimpleAtoi(id, &n) || n <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("evacuation id '", id, "' is not a number"));
+  if (!db::IsValidUuid(id)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "evacuation id '", id, "' is not a UUID (expected 8-4-4-4-12 hexadecimal digits)"));
   }
-  ASSIGN_OR_RETURN(auto e, evacuations_->GetEvacuation(n));
+  ASSIGN_OR_RETURN(auto e, evacuations_->GetEvacuationByUuid(id));
   return ToProtoEvacuation(e);
 }
 

@@ -46,6 +46,7 @@ class ApiCore {
                                            const std::string& caller);
   absl::StatusOr<sv1::Evacuation> EvacuateHost(const sv1::EvacuateHostRequest& r,
                                                const std::string& caller);
+  // `id`: the evacuation's UUID (Evacuation.id).
   absl::StatusOr<sv1::Evacuation> GetEvacuation(const std::string& id);
   absl::StatusOr<sv1::ListEvacuationsResponse> ListEvacuations(
       const sv1::ListEvacuationsRequest& r);
@@ -59,6 +60,10 @@ class ApiCore {
   void ResumeEvacuations();
 
  private:
+  // LiveMigrate for an evacuation's migration: it records `evacuation_uuid` ("" for none).
+  absl::StatusOr<sv1::LiveMigrateResponse> LiveMigrateFor(const sv1::LiveMigrateRequest& r,
+                                                          const std::string& caller,
+                                                          const std::string& evacuation_uuid);
   absl::StatusOr<db::MigrationRecord> FindMigration(const std::string& id);
   absl::Status ValidateOptions(const v1::MigrationOptions& o);
   std::string Who(const std::string& caller, const std::string& requester) const;

@@ -267,6 +267,7 @@ sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
   out.set_force_completed_by(m.force_complete_requested_by);
   out.set_failure_reason(m.failure_reason);
   out.set_request_id(m.request_id.value_or(""));
+  out.set_evacuation_id(m.evacuation_uuid);
   out.set_memory_claimed_mib(static_cast<uint64_t>(m.memory_claim_mib));
   if (!m.candidates_json.empty()) {
     *out.mutable_candidates() = CandidatesFromJson(m.candidates_json);

@@ -320,8 +320,9 @@ absl::Status CheckMigrationId(absl::string_view value) {
 }
 
 absl::Status CheckEvacuationId(absl::string_view value) {
-  if (IsPositiveNumber(value)) return absl::OkStatus();
-  return Invalid("evacuation id '", Printable(value), "' is not an evacuation number");
+  if (IsUuid(value)) return absl::OkStatus();
+  return Invalid("evacuation id '", Printable(value),
+                 "' is not a UUID (8-4-4-4-12 hexadecimal digits)");
 }
 
 absl::Status ParseJsonBody(absl::string_view body, google::protobuf::Message* msg) {

@@ -52,7 +52,7 @@ bool IsHostname(absl::string_view s);
 std::string Printable(absl::string_view s);
 
 // InvalidArgument naming `field` unless `value` is a UUID / a host name / a migration number or
-// UUID / an evacuation number.
+// UUID / an evacuation UUID.
 absl::Status CheckUuid(absl::string_view field, absl::string_view value);
 absl::Status CheckHostname(absl::string_view field, absl::string_view value);
 absl::Status CheckMigrationId(absl::string_view value);

@@ -286,6 +286,19 @@ TEST_CASE("scheduler: a host evacuation live-migrates everything off the host") 
   INFO(last.DebugString());
   CHECK(last.status() == sv1::EVACUATION_STATUS_COMPLETED);
   CHECK(last.succeeded() == 2);
+  // The id is the evacuation's UUID; each of its migrations names it.
+  CHECK(last.id() == ev->id());
+  CHECK(db::IsValidUuid(last.id()));
+  REQUIRE(last.items_size() == 2);
+  for (const auto& it : last.items()) {
+    auto m = c.api->GetMigration(it.migration_id(), false);
+    REQUIRE(m.ok());
+    CHECK(m->id() == it.migration_id());
+    CHECK(m->evacuation_id() == last.id());
+  }
+  CHECK(c.api->GetEvacuation("1").status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(c.api->GetEvacuation("00000000-0000-4000-8000-000000000000").status().code() ==
+        absl::StatusCode::kNotFound);
   for (const char* u : {kUuid, kUuid2}) {
     auto w = c.Where(u);
     REQUIRE(w.size() == 1);
