@@ -151,6 +151,11 @@ class CountingMigrationStore : public db::MigrationStore {
     Timed timed(c_, "migrations.RenewLeases");
     return in_->RenewLeases(owner, ttl);
   }
+  absl::StatusOr<db::SlotUse> GetSlotUse(int64_t id, const std::string& source,
+                                         const std::string& dest) override {
+    Timed timed(c_, "migrations.GetSlotUse");
+    return in_->GetSlotUse(id, source, dest);
+  }
   absl::StatusOr<std::vector<db::MigrationRecord>> ListOrphaned() override {
     Timed timed(c_, "migrations.ListOrphaned");
     return in_->ListOrphaned();

@@ -65,6 +65,11 @@ bool IsPastPointOfNoReturn(MigrationStatus status) {
          status == MigrationStatus::kCompleted;
 }
 
+bool HoldsSlot(MigrationStatus status) {
+  return status == MigrationStatus::kPreparing || status == MigrationStatus::kRunning ||
+         status == MigrationStatus::kRunningPostCopy || status == MigrationStatus::kPostMigrating;
+}
+
 bool CanTransition(MigrationStatus from, MigrationStatus to) {
   using S = MigrationStatus;
   if (from == to || IsTerminal(from)) return false;

@@ -43,6 +43,10 @@ bool IsTerminal(MigrationStatus status);
 // Not terminal: the migration holds its instance and its destination memory claim.
 inline bool IsActive(MigrationStatus status) { return !IsTerminal(status); }
 
+// preparing, running, running (post-copy), post-migrating: the migration occupies a slot of the
+// per-host and total concurrency limits (queued and accepted ones wait for one).
+bool HoldsSlot(MigrationStatus status);
+
 // True once the domain may be running on the destination only: from here a failure rolls
 // forward (or is `error`), never back to the source.
 bool IsPastPointOfNoReturn(MigrationStatus status);

@@ -570,6 +570,58 @@ TEST_CASE("leases: one owner at a time, takeover after expiry") {
   CHECK(active->size() == 1);
 }
 
+TEST_CASE("slot use: busy migrations by host, and an older queued one goes first") {
+  Db db;
+  Seed(db, 4);
+  REQUIRE(db.stores->hosts().ApplyReport(Report("host-c", 1)).ok());
+  auto& migs = db.stores->migrations();
+  using S = MigrationStatus;
+  auto make = [&](int n, const std::string& dest) {
+    auto c = migs.CreateMigration(NewMig(n, dest));
+    REQUIRE(c.ok());
+    return c->migration.id;
+  };
+  const int64_t m1 = make(1, "host-b"), m2 = make(2, "host-c"), m3 = make(3, "host-b");
+  REQUIRE(migs.ApplyTransition(Step(m1, S::kAccepted, S::kPreparing, "pre_live_migration")).ok());
+  REQUIRE(migs.ApplyTransition(Step(m2, S::kAccepted, S::kQueued, "wait_for_slot")).ok());
+  auto use = [&](int64_t id, const std::string& src, const std::string& dst) {
+    auto u = migs.GetSlotUse(id, src, dst);
+    INFO(u.status().ToString());
+    REQUIRE(u.ok());
+    return *u;
+  };
+  SlotUse u3 = use(m3, "host-a", "host-b");
+  CHECK(u3.total == 1);  // m1 preparing; m2 queued holds no slot; m3 itself not counted
+  CHECK(u3.out_of_source == 1);
+  CHECK(u3.into_dest == 1);
+  CHECK(u3.older_queued);  // m2 waits on host-a and is older
+  SlotUse u1 = use(m1, "host-a", "host-b");
+  CHECK(u1.total == 0);
+  CHECK(!u1.older_queued);  // m2 is newer than m1
+  SlotUse u2 = use(m2, "host-a", "host-c");
+  CHECK(u2.total == 1);
+  CHECK(u2.out_of_source == 1);
+  CHECK(u2.into_dest == 0);
+  CHECK(!u2.older_queued);
+  CHECK(use(m3, "host-b", "host-c").older_queued);   // into host-c, as m2
+  CHECK(!use(m3, "host-c", "host-b").older_queued);  // out of host-c: m2 only goes into it
+  CHECK(!use(m3, "host-b", "host-a").older_queued);  // m2 touches neither host
+
+  // A finished migration frees its slot; a cancelled queued one no longer goes first.
+  Transition done = Step(m1, S::kPreparing, S::kFailed, "pre_live_migration");
+  done.event_outcome = "failed";
+  done.failure_reason = "test";
+  REQUIRE(migs.ApplyTransition(done).ok());
+  Transition cancel = Step(m2, S::kQueued, S::kCancelled, "wait_for_slot");
+  cancel.event_outcome = "cancelled";
+  REQUIRE(migs.ApplyTransition(cancel).ok());
+  u3 = use(m3, "host-a", "host-b");
+  CHECK(u3.total == 0);
+  CHECK(u3.out_of_source == 0);
+  CHECK(u3.into_dest == 0);
+  CHECK(!u3.older_queued);
+}
+
 TEST_CASE("operator requests record who asked") {
   Db db;
   Seed(db);

@@ -900,8 +900,36 @@ class PgMigrationStore : public MigrationStore {
         "list active migrations",
         [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<MigrationRecord>> {
           return MigrationsFromResult(
-              w.exec(MigrationSelect() + "WHERE m." + kActive + " ORDER BY m.id"));
+              Prep(w, MigrationSelect() + "WHERE m." + kActive + " ORDER BY m.id"));
         });
+  }
+
+  absl::StatusOr<SlotUse> GetSlotUse(int64_t id, const std::string& source,
+                                     const std::string& dest) override {
+    static const std::string sql = [] {
+      std::string holding;
+      for (MigrationStatus s : AllMigrationStatuses()) {
+        if (HoldsSlot(s))
+          absl::StrAppend(&holding, holding.empty() ? "" : ", ", "'", ToString(s), "'");
+      }
+      const std::string busy = absl::StrCat("status IN (", holding, ")");
+      return absl::StrCat(
+          "SELECT count(*) FILTER (WHERE ", busy, "), count(*) FILTER (WHERE ", busy,
+          " AND source_host = $2), count(*) FILTER (WHERE ", busy,
+          " AND dest_host = $3), COALESCE(bool_or(status = '", ToString(MigrationStatus::kQueued),
+          "' AND id < $1 AND (source_host = $2 OR dest_host = $3)), false) FROM migrations WHERE ",
+          kActive, " AND id <> $1");
+    }();
+    return pool_->ReadQuery<SlotUse>("read slot use",
+                                     [&](pqxx::transaction_base& w) -> absl::StatusOr<SlotUse> {
+                                       pqxx::result r = Prep(w, sql, id, source, dest);
+                                       SlotUse u;
+                                       u.total = r[0][0].as<int>();
+                                       u.out_of_source = r[0][1].as<int>();
+                                       u.into_dest = r[0][2].as<int>();
+                                       u.older_queued = r[0][3].as<bool>();
+                                       return u;
+                                     });
   }
 
   absl::StatusOr<MigrationRecord> ApplyTransition(const Transition& t) override {
@@ -1113,9 +1141,9 @@ class PgMigrationStore : public MigrationStore {
         "list orphaned migrations",
         [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<MigrationRecord>> {
           return MigrationsFromResult(
-              w.exec(MigrationSelect() + "WHERE m." + kActive +
-                     " AND (m.owner IS NULL OR m.lease_expires_at IS NULL OR m.lease_expires_at <= "
-                     "now()) ORDER BY m.id"));
+              Prep(w, MigrationSelect() + "WHERE m." + kActive +
+                          " AND (m.owner IS NULL OR m.lease_expires_at IS NULL OR "
+                          "m.lease_expires_at <= now()) ORDER BY m.id"));
         });
   }
 

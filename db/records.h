@@ -239,6 +239,16 @@ struct MigrationFilter {
   std::string page_token;  // from a previous page; empty: first page
 };
 
+// What the concurrency limits need to decide whether one migration may start: the migrations
+// other than it that hold a slot (HoldsSlot) in total, out of its source and into its
+// destination, and whether an older migration touching either host waits in `queued` (FIFO).
+struct SlotUse {
+  int total = 0;
+  int out_of_source = 0;
+  int into_dest = 0;
+  bool older_queued = false;
+};
+
 struct MigrationPage {
   std::vector<MigrationRecord> migrations;
   std::string next_page_token;  // empty: no more

@@ -87,6 +87,11 @@ class MigrationStore {
   // Every non-terminal migration (including `error`), oldest first.
   virtual absl::StatusOr<std::vector<MigrationRecord>> ListActiveMigrations() = 0;
 
+  // The slot use seen by migration `id` moving from `source` to `dest` (see SlotUse): one
+  // aggregate over the active migrations, so deciding costs one small row, not the whole list.
+  virtual absl::StatusOr<SlotUse> GetSlotUse(int64_t id, const std::string& source,
+                                             const std::string& dest) = 0;
+
   // One state-machine step: compare-and-swap on (status == from, owner holds an unexpired
   // lease), with its event, in one transaction. A terminal `to` releases the instance (and the
   // memory claim); `completed` also sets the instance's host to the destination.

@@ -258,24 +258,14 @@ class MigrationRun {
 
   // FIFO within the per-host and total limits.
   bool SlotFree(const std::string& src, const std::string& dst) {
-    auto active = o_->migrations_->ListActiveMigrations();
-    if (!active.ok()) return false;
-    int out = 0, in = 0, total = 0;
-    for (const auto& a : *active) {
-      if (a.id == m_.id) continue;
-      const bool busy = a.status == S::kPreparing || a.status == S::kRunning ||
-                        a.status == S::kRunningPostCopy || a.status == S::kPostMigrating;
-      if (busy) {
-        ++total;
-        if (a.source_host == src) ++out;
-        if (a.dest_host == dst) ++in;
-      } else if (a.status == S::kQueued && a.id < m_.id &&
-                 (a.source_host == src || a.dest_host == dst)) {
-        return false;  // an older queued migration goes first
-      }
+    auto use = o_->migrations_->GetSlotUse(m_.id, src, dst);
+    if (!use.ok()) {
+      LogWarning("migration=%d: slot use unknown, waiting: %s", m_.id, use.status().message());
+      return false;
     }
-    return out < opt().max_outbound_per_host && in < opt().max_inbound_per_host &&
-           total < opt().max_total;
+    if (use->older_queued) return false;  // an older queued migration goes first
+    return use->out_of_source < opt().max_outbound_per_host &&
+           use->into_dest < opt().max_inbound_per_host && use->total < opt().max_total;
   }
 
   // ---- queued ------------------------------------------------------------------------------
