@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
@@ -374,8 +375,39 @@ absl::StatusOr<cv1::ForceCompleteLiveMigrationResponse> AgentCore::ForceComplete
   return resp;
 }
 
+void AgentCore::ReportStarted() {
+  absl::MutexLock l(&fence_mu_);
+  ++reports_started_;
+}
+
+void AgentCore::ReportEnded() {
+  absl::MutexLock l(&fence_mu_);
+  ++reports_ended_;
+}
+
+void AgentCore::AwaitReportsInFlight(const char* step) {
+  absl::MutexLock l(&fence_mu_);
+  struct Wait {
+    AgentCore* core;
+    int64_t started;
+  } wait{this, reports_started_};
+  const bool ended = fence_mu_.AwaitWithTimeout(absl::Condition(
+                                                    +[](Wait* w) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                                      return w->core->reports_ended_ >= w->started;
+                                                    },
+                                                    &wait),
+                                                options_.report_fence_timeout);
+  if (!ended) {
+    LogWarning(
+        "%s: a host report still in flight after %s; answering anyway (that report may "
+        "show this host as it was before the step)",
+        step, absl::FormatDuration(options_.report_fence_timeout));
+  }
+}
+
 absl::StatusOr<cv1::PostLiveMigrationResponse> AgentCore::PostLiveMigration(
     const cv1::PostLiveMigrationRequest& req) {
+  absl::Cleanup fence = [&] { AwaitReportsInFlight("post_live_migration"); };
   return RunStep<cv1::PostLiveMigrationResponse>(
       req.migration_id(), req.instance_uuid(), req.source_host(),
       v1::MIGRATION_STEP_POST_LIVE_MIGRATION, {v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION},
@@ -387,6 +419,7 @@ absl::StatusOr<cv1::PostLiveMigrationResponse> AgentCore::PostLiveMigration(
 
 absl::StatusOr<cv1::PostLiveMigrationAtDestinationResponse>
 AgentCore::PostLiveMigrationAtDestination(const cv1::PostLiveMigrationAtDestinationRequest& req) {
+  absl::Cleanup fence = [&] { AwaitReportsInFlight("post_live_migration_at_destination"); };
   return RunStep<cv1::PostLiveMigrationAtDestinationResponse>(
       req.migration_id(), req.instance_uuid(), req.dest_host(),
       v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION,
@@ -413,6 +446,7 @@ absl::StatusOr<cv1::RollbackLiveMigrationResponse> AgentCore::RollbackLiveMigrat
           ": post-copy started, the destination holds the only complete copy; no rollback"));
     }
   }
+  absl::Cleanup fence = [&] { AwaitReportsInFlight("rollback_live_migration"); };
   return RunStep<cv1::RollbackLiveMigrationResponse>(
       req.migration_id(), req.instance_uuid(), req.source_host(),
       v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION, {v1::MIGRATION_STEP_POST_LIVE_MIGRATION},
@@ -426,6 +460,7 @@ absl::StatusOr<cv1::RollbackLiveMigrationResponse> AgentCore::RollbackLiveMigrat
 absl::StatusOr<cv1::RollbackLiveMigrationAtDestinationResponse>
 AgentCore::RollbackLiveMigrationAtDestination(
     const cv1::RollbackLiveMigrationAtDestinationRequest& req) {
+  absl::Cleanup fence = [&] { AwaitReportsInFlight("rollback_live_migration_at_destination"); };
   return RunStep<cv1::RollbackLiveMigrationAtDestinationResponse>(
       req.migration_id(), req.instance_uuid(), req.dest_host(),
       v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION,

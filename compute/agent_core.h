@@ -36,6 +36,9 @@ class AgentCore {
     int max_concurrent_migrations = 4;  // transfers running at once from this host
     // LiveMigration returns once the hypervisor shows the job, or after this long.
     absl::Duration start_wait = absl::Seconds(15);
+    // How long a post or rollback step waits for a host report in flight (see ReportStarted);
+    // above the reporter's RPC deadline (5 s).
+    absl::Duration report_fence_timeout = absl::Seconds(6);
   };
 
   AgentCore(Options options, driver::ComputeDriver* driver);
@@ -71,6 +74,16 @@ class AgentCore {
   absl::StatusOr<cv1::RollbackLiveMigrationAtDestinationResponse>
   RollbackLiveMigrationAtDestination(const cv1::RollbackLiveMigrationAtDestinationRequest& req);
 
+  // Host reports and the steps that end a migration are ordered. The reporter brackets each
+  // report, from reading the inventory until the registry answered (or failed), with
+  // ReportStarted and ReportEnded; the post and rollback steps, once done, wait (at most
+  // options.report_fence_timeout) until the reports that started before them have ended. So a
+  // report read before a migration ended is applied before the scheduler commits that end
+  // (which follows these steps) and cannot overwrite it afterwards: it would mark the instance
+  // missing on its new host, or move it back to the host it left.
+  void ReportStarted();
+  void ReportEnded();
+
   // Transfers running now.
   int RunningTransfers();
   driver::ComputeDriver* driver() { return driver_; }
@@ -101,6 +114,8 @@ class AgentCore {
                                std::vector<v1::MigrationStep> conflicts,
                                const std::function<absl::StatusOr<Resp>()>& fn);
   absl::Status CheckRoleHost(const std::string& role_host, const char* role) const;
+  // Waits until every report started before this call has ended (see ReportStarted).
+  void AwaitReportsInFlight(const char* step);
 
   const Options options_;
   driver::ComputeDriver* const driver_;
@@ -109,6 +124,10 @@ class AgentCore {
   std::map<std::string, std::shared_ptr<Record>> records_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
   int running_ ABSL_GUARDED_BY(mu_) = 0;
+
+  absl::Mutex fence_mu_;
+  int64_t reports_started_ ABSL_GUARDED_BY(fence_mu_) = 0;
+  int64_t reports_ended_ ABSL_GUARDED_BY(fence_mu_) = 0;
 };
 
 // "check_can_live_migrate_on_dest" for MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST, etc.

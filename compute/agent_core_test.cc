@@ -3,6 +3,7 @@
 #include "compute/agent_core.h"
 
 #include <catch2/catch.hpp>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
@@ -139,6 +140,41 @@ TEST_CASE("agent: every step of a migration, each repeated, gives the same end s
   CHECK(on_b->present());
   CHECK(on_b->domain().state() == v1::DOMAIN_STATE_RUNNING);
   CHECK(on_a->transfer().state() == cv1::TRANSFER_STATE_COMPLETED);
+}
+
+TEST_CASE("agent: the post steps answer only after a host report read before them has ended") {
+  Hosts h;
+  auto lm = Prepare(h, "m-f");
+  REQUIRE(h.a->LiveMigration(lm).ok());
+  REQUIRE(WaitForEnd(*h.a, "m-f").state() == cv1::TRANSFER_STATE_COMPLETED);
+  // A report of host b read before the post step, still on its way to the scheduler.
+  h.b->ReportStarted();
+  std::thread reporter([&] {
+    absl::SleepFor(absl::Milliseconds(400));
+    h.b->ReportEnded();
+  });
+  const absl::Time t0 = absl::Now();
+  auto at =
+      h.b->PostLiveMigrationAtDestination(Step<cv1::PostLiveMigrationAtDestinationRequest>("m-f"));
+  const absl::Duration waited = absl::Now() - t0;
+  reporter.join();
+  REQUIRE(at.ok());
+  CHECK(waited >= absl::Milliseconds(350));
+  // No report in flight (the one above ended): the source's post step does not wait.
+  const absl::Time t1 = absl::Now();
+  REQUIRE(h.a->PostLiveMigration(Step<cv1::PostLiveMigrationRequest>("m-f")).ok());
+  CHECK(absl::Now() - t1 < absl::Milliseconds(300));
+  // A report that never ends delays a step by at most report_fence_timeout.
+  AgentCore::Options o{"fake-b", 4};
+  o.report_fence_timeout = absl::Milliseconds(200);
+  AgentCore stuck(o, h.db.get());
+  stuck.ReportStarted();
+  const absl::Time t2 = absl::Now();
+  auto rb = stuck.RollbackLiveMigrationAtDestination(
+      Step<cv1::RollbackLiveMigrationAtDestinationRequest>("m-other"));
+  const absl::Duration capped = absl::Now() - t2;
+  CHECK(capped >= absl::Milliseconds(180));
+  CHECK(capped < absl::Seconds(3));
 }
 
 TEST_CASE("agent: a rollback before the transfer, each step repeated") {

@@ -1,5 +1,6 @@
 #include "compute/host_reporter.h"
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
@@ -30,6 +31,10 @@ void HostReporter::Stop() {
 }
 
 absl::StatusOr<rv1::ReportHostResponse> HostReporter::ReportOnce() {
+  // From reading the inventory until the registry answered: the steps that end a migration wait
+  // for it (AgentCore::ReportStarted), so this report cannot land after their outcome.
+  core_->ReportStarted();
+  absl::Cleanup ended = [this] { core_->ReportEnded(); };
   auto info = core_->GetHostInfo();
   if (!info.ok()) return info.status();
   rv1::ReportHostRequest req;

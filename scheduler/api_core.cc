@@ -193,7 +193,7 @@ absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrateFor(
     LogInfo("migration=%d instance=%s accepted: %s -> %s, requested by %s", created.migration.id,
             inst.uuid, inst.host,
             r.destination().empty() ? "(scheduler's choice)" : r.destination(), nm.requested_by);
-    orchestrator_->Launch(created.migration.id);
+    orchestrator_->Launch(created.migration, inst);
   }
   *resp.mutable_migration() = ToProtoMigration(created.migration);
   resp.set_existing(!created.created);

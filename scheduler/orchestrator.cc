@@ -20,6 +20,12 @@ using S = MigrationStatus;
 class MigrationRun {
  public:
   MigrationRun(Orchestrator* o, int64_t id) : o_(o), id_(id) {}
+  // Starts from the row as created (no first read) and the instance the request validated.
+  void Seed(db::MigrationRecord created, std::optional<db::InstanceRecord> instance) {
+    m_ = std::move(created);
+    fresh_ = true;
+    instance_ = std::move(instance);
+  }
 
   void Drive() {
     while (!o_->Stopping()) {
@@ -187,7 +193,13 @@ class MigrationRun {
     TestPoint("pre_checks:before");  // tests only (common/test_hooks.h)
     const absl::Time start = absl::Now();
     if (AbortRequested()) return Move(S::kCancelled, "pre_checks", false, AbortReason(), start);
-    ASSIGN_OR_RETURN(db::InstanceRecord inst, o_->instances_->GetInstance(m_.instance_uuid));
+    db::InstanceRecord inst;
+    if (instance_ && instance_->uuid == m_.instance_uuid) {
+      inst = *std::move(instance_);  // read by the request just before it claimed the instance
+    } else {
+      ASSIGN_OR_RETURN(inst, o_->instances_->GetInstance(m_.instance_uuid));
+    }
+    instance_.reset();
     ASSIGN_OR_RETURN(db::HostRecord src, Host(m_.source_host));
     const v1::MigrationOptions options = OptionsFromJson(m_.options_json);
     for (const auto& c : CheckSource(inst, src, options)) {
@@ -731,6 +743,7 @@ class MigrationRun {
   std::map<std::string, std::shared_ptr<AgentClient>> agents_;
   std::map<std::string, db::HostRecord> host_records_;
   bool fresh_ = false;  // m_ is the row a transition of this run just committed
+  std::optional<db::InstanceRecord> instance_;  // seeded by Launch, used once by Accepted
   cv1::LiveMigrateData data_;
   bool prepared_ = false;
   v1::DomainState state_before_ = v1::DOMAIN_STATE_UNSPECIFIED;
@@ -794,11 +807,16 @@ void Orchestrator::AwaitMigrationsEnded(int64_t seen, absl::Duration timeout) {
   ended_mu_.AwaitWithTimeout(absl::Condition(&beyond), timeout);
 }
 
-void Orchestrator::Launch(int64_t id) {
+void Orchestrator::Launch(const db::MigrationRecord& created,
+                          std::optional<db::InstanceRecord> instance) {
   if (started_) {
     absl::MutexLock l(&mu_);
     if (!Stopping()) {
-      if (running_.insert(id).second) std::thread([this, id] { RunMigration(id); }).detach();
+      if (running_.insert(created.id).second) {
+        std::thread([this, created, instance = std::move(instance)] {
+          RunMigration(created.id, created, instance);
+        }).detach();
+      }
       return;
     }
   }
@@ -810,8 +828,10 @@ int Orchestrator::RunningStateMachines() {
   return static_cast<int>(running_.size());
 }
 
-void Orchestrator::RunMigration(int64_t id) {
+void Orchestrator::RunMigration(int64_t id, std::optional<db::MigrationRecord> created,
+                                std::optional<db::InstanceRecord> instance) {
   MigrationRun run(this, id);
+  if (created) run.Seed(*std::move(created), std::move(instance));
   run.Drive();
   absl::MutexLock l(&mu_);
   running_.erase(id);

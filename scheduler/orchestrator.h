@@ -18,6 +18,7 @@
 #include <atomic>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -65,9 +66,12 @@ class Orchestrator {
   void Stop();
   // Wakes the dispatcher (a migration was created).
   void Kick();
-  // Starts driving migration `id` (just created with this scheduler as its owner) at once,
-  // without waiting for a dispatcher pass; before Start() or while stopping, only Kick()s.
-  void Launch(int64_t id);
+  // Starts driving a migration just created with this scheduler as its owner at once, without
+  // waiting for a dispatcher pass; before Start() or while stopping, only Kick()s. `created` is
+  // the row as CreateMigration committed it and `instance` the instance the request validated
+  // just before claiming it: the state machine starts from them instead of reading both again.
+  void Launch(const db::MigrationRecord& created,
+              std::optional<db::InstanceRecord> instance = std::nullopt);
 
   // Dry run: every check for the given destination (or every candidate), including the agent
   // checks (steps 4-5) on hosts that pass the database checks; changes nothing (the probe file
@@ -85,7 +89,8 @@ class Orchestrator {
  private:
   void DispatchLoop();
   void RenewLoop();
-  void RunMigration(int64_t id);
+  void RunMigration(int64_t id, std::optional<db::MigrationRecord> created = std::nullopt,
+                    std::optional<db::InstanceRecord> instance = std::nullopt);
   // The state machine; returns when the migration is terminal or no longer ours.
   void Drive(int64_t id);
   bool Stopping() const { return stop_.HasBeenNotified(); }
