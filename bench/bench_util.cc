@@ -131,10 +131,17 @@ void PrintSummary(const std::string& benchmark) {
   std::cout << std::flush;
 }
 
-Flags::Flags(int argc, char** argv) {
+Flags::Flags(int argc, char** argv) : program_(argc > 0 ? argv[0] : "benchmark") {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a.rfind("--", 0) != 0) continue;
+    if (a == "--help" || a == "-h") {
+      help_ = true;
+      continue;
+    }
+    if (a.rfind("--", 0) != 0) {
+      std::cerr << "unexpected argument '" << a << "' (flags are --name value; see --help)\n";
+      std::exit(2);
+    }
     a = a.substr(2);
     auto eq = a.find('=');
     if (eq != std::string::npos) {
@@ -147,12 +154,40 @@ Flags::Flags(int argc, char** argv) {
   }
 }
 
-std::string Flags::Get(const std::string& name, const std::string& def) const {
+void Flags::Declare(const std::string& name, const std::string& def, const std::string& help) {
+  for (const auto& d : declared_) {
+    if (d.first == name) return;
+  }
+  declared_.emplace_back(name, def.empty() ? help : absl::StrCat(help, " (default ", def, ")"));
+}
+
+void Flags::Done(const std::string& summary) const {
+  if (help_) {
+    std::cout << "usage: " << program_ << " [flags]\n\n" << summary << "\n\nflags:\n";
+    for (const auto& [name, help] : declared_) {
+      std::cout << absl::StrFormat("  --%-18s %s\n", name, help);
+    }
+    std::cout << "  --help               this text\n";
+    std::exit(0);
+  }
+  for (const auto& [name, value] : values_) {
+    bool known = false;
+    for (const auto& d : declared_) known = known || d.first == name;
+    if (!known) {
+      std::cerr << "unknown flag --" << name << " (see --help for this benchmark's flags)\n";
+      std::exit(2);
+    }
+  }
+}
+
+std::string Flags::Get(const std::string& name, const std::string& def, const std::string& help) {
+  Declare(name, def, help);
   auto it = values_.find(name);
   return it == values_.end() ? def : it->second;
 }
 
-int Flags::GetInt(const std::string& name, int def) const {
+int Flags::GetInt(const std::string& name, int def, const std::string& help) {
+  Declare(name, absl::StrCat(def), help);
   int v = def;
   auto it = values_.find(name);
   if (it != values_.end() && !absl::SimpleAtoi(it->second, &v)) {
@@ -162,7 +197,8 @@ int Flags::GetInt(const std::string& name, int def) const {
   return v;
 }
 
-double Flags::GetDouble(const std::string& name, double def) const {
+double Flags::GetDouble(const std::string& name, double def, const std::string& help) {
+  Declare(name, absl::StrCat(def), help);
   double v = def;
   auto it = values_.find(name);
   if (it != values_.end() && !absl::SimpleAtod(it->second, &v)) {
@@ -172,6 +208,9 @@ double Flags::GetDouble(const std::string& name, double def) const {
   return v;
 }
 
-bool Flags::Has(const std::string& name) const { return values_.count(name) > 0; }
+bool Flags::Has(const std::string& name, const std::string& help) {
+  Declare(name, "", help);
+  return values_.count(name) > 0;
+}
 
 }  // namespace livemig::bench

@@ -49,16 +49,26 @@ std::vector<Outcome>& Outcomes();
 void PrintSummary(const std::string& benchmark);
 
 // Command-line flags of the form --name=value or --name value; returns the default if absent.
+// Command-line flags: `--name value` or `--name=value`; a flag without a value is "true".
+// A benchmark reads each of its flags once with Get*/Has, giving its default and a help line,
+// and then calls Done(summary): with --help (or -h) that prints the summary and every flag with
+// its default and exits 0; a flag the benchmark did not read is refused (exit 2), so a typo
+// cannot silently run with the defaults.
 class Flags {
  public:
   Flags(int argc, char** argv);
-  std::string Get(const std::string& name, const std::string& def) const;
-  int GetInt(const std::string& name, int def) const;
-  double GetDouble(const std::string& name, double def) const;
-  bool Has(const std::string& name) const;
+  std::string Get(const std::string& name, const std::string& def, const std::string& help);
+  int GetInt(const std::string& name, int def, const std::string& help);
+  double GetDouble(const std::string& name, double def, const std::string& help);
+  bool Has(const std::string& name, const std::string& help);
+  void Done(const std::string& summary) const;
 
  private:
+  void Declare(const std::string& name, const std::string& def, const std::string& help);
+  std::string program_;
+  bool help_ = false;
   std::map<std::string, std::string> values_;
+  std::vector<std::pair<std::string, std::string>> declared_;  // name, "help (default ...)"
 };
 
 }  // namespace livemig::bench

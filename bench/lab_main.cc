@@ -63,9 +63,16 @@ struct Sys {
 
 int Run(int argc, char** argv) {
   Flags flags(argc, argv);
-  const int pairs = std::max(1, flags.GetInt("pairs", 10));  // the figure needs >= 10
-  const std::string sched_bin = flags.Get("scheduler-bin", "bazel-bin/scheduler/scheduler");
-  const std::string agent_bin = flags.Get("agent-bin", "bazel-bin/compute/compute_agent");
+  const int pairs = std::max(  // at least 1; the figure needs >= 10
+      1, flags.GetInt("pairs", 10, "rounds; each migrates the guest once per kind"));
+  const std::string sched_bin =
+      flags.Get("scheduler-bin", "bazel-bin/scheduler/scheduler", "the scheduler binary");
+  const std::string agent_bin =
+      flags.Get("agent-bin", "bazel-bin/compute/compute_agent", "the compute agent binary");
+  flags.Done(
+      "Benchmark 4 (root): the system's live migration of the lab guest against a bare `virsh "
+      "migrate --live --p2p` of the same guest, alternated; prints min, median, max and the ratio "
+      "of the medians.");
 
   std::cout << MachineLine() << "\n";
   Section("4. Real lab: the system against bare `virsh migrate --live --p2p`");

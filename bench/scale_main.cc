@@ -96,11 +96,18 @@ void Report(const std::string& name, const Timing& t, double target_ms, const st
 
 int Run(int argc, char** argv) {
   Flags flags(argc, argv);
-  const int n_hosts = flags.GetInt("hosts", 10000);
-  const int n_migrations = flags.GetInt("migrations", 100000);
-  const int in_flight = flags.GetInt("in-flight", 100);
-  const int rounds = flags.GetInt("rounds", 5);
-  const int reps = flags.GetInt("reps", 20);
+  const int n_hosts = flags.GetInt("hosts", 10000, "reported hosts");
+  const int n_migrations =
+      flags.GetInt("migrations", 100000, "migrations (and instances) in the tables");
+  const int in_flight = flags.GetInt("in-flight", 100, "of those, migrations in flight");
+  const int rounds =
+      flags.GetInt("rounds", 5, "timed rounds (figures are medians over the rounds)");
+  const int reps = flags.GetInt("reps", 20, "timed calls per round");
+  const bool explain = flags.Has(
+      "explain", "auto_explain for the stores' connections, plans to the log (slows the timings)");
+  flags.Done(
+      "Benchmark 3: destination choice, ListMigrations, the dashboard's calls and the SQL views "
+      "with --hosts hosts and --migrations rows in PostgreSQL.");
 
   std::cout << MachineLine() << "\n";
   Section(absl::StrFormat(
@@ -112,7 +119,6 @@ int Run(int argc, char** argv) {
     return 1;
   }
   Note(PgSettingsLine(*conninfo));
-  const bool explain = flags.Has("explain");
   if (explain) {
     // Every statement of the stores' connections logs its plan (server.log, copied to the log).
     pqxx::connection admin(*conninfo);

@@ -46,12 +46,19 @@ double CommitCeiling(BenchCloud& c, int clients, absl::Duration d) {
 
 int Run(int argc, char** argv) {
   Flags flags(argc, argv);
-  const int hosts = flags.GetInt("hosts", 20);
-  const int migrations = flags.GetInt("migrations", 1000);
-  const int runs = flags.GetInt("runs", 3);
-  const int partitions = flags.GetInt("partitions", hosts / 2);
-  const int submitters = flags.GetInt("submitters", 4);
-  const double ceiling_s = flags.GetDouble("ceiling-seconds", 3);
+  const int hosts = flags.GetInt("hosts", 20, "fake agent hosts (even)");
+  const int migrations =
+      flags.GetInt("migrations", 1000, "migrations per run (a multiple of --hosts)");
+  const int runs = flags.GetInt("runs", 3, "runs (the figure is their median)");
+  const int partitions = flags.GetInt("partitions", hosts / 2,
+                                      "fake-hypervisor state directories (must divide hosts / 2)");
+  const int submitters = flags.GetInt("submitters", 4, "threads calling LiveMigrate");
+  const double ceiling_s =
+      flags.GetDouble("ceiling-seconds", 3, "seconds of the database ceiling's commit measurement");
+  flags.Done(
+      "Benchmark 2: --migrations migrations across --hosts agent hosts at once (FakeDriver, limits "
+      "off): migrations per second against the database's ceiling, commits/s / writes per "
+      "migration, measured in the same run.");
   if (migrations % hosts != 0 || hosts % 2 != 0 || (hosts / 2) % partitions != 0) {
     std::cerr << "--migrations must be a multiple of --hosts (even), and --partitions divide "
                  "hosts/2\n";
