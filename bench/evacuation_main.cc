@@ -85,6 +85,8 @@ int Run(int argc, char** argv) {
 
   int round = 0;  // each evacuation moves fresh instances
   for (const int k : ks) {
+    const int waves = (instances + k - 1) / k;
+    const double floor_s = waves * duration_ms / 1000.0;
     std::vector<double> ratios;
     std::string runs;
     int succeeded_min = instances;
@@ -129,8 +131,6 @@ int Run(int argc, char** argv) {
                   << "\n";
         return 1;
       }
-      const int waves = (instances + k - 1) / k;
-      const double floor_s = waves * duration_ms / 1000.0;
       const double ratio = absl::ToDoubleSeconds(total) / floor_s;
       ratios.push_back(ratio);
       succeeded_min = std::min(succeeded_min, static_cast<int>(last->succeeded()));
@@ -146,15 +146,12 @@ int Run(int argc, char** argv) {
         return 1;
       }
     }
-    std::vector<double> sorted = ratios;
-    std::sort(sorted.begin(), sorted.end());
-    const double median = sorted[sorted.size() / 2];
-    const int waves = (instances + k - 1) / k;
+    const double median = Median(ratios);
     Figure(absl::StrFormat("evacuation, max_parallel %d", k),
            absl::StrFormat("median ratio %.3f of total time to ceil(%d/%d) x %.2f s = %.2f s "
                            "(runs: %s; %.0f ms per wave above the transfer at the median)",
-                           median, instances, k, duration_ms / 1000.0, waves * duration_ms / 1000.0,
-                           runs, (median - 1) * duration_ms),
+                           median, instances, k, duration_ms / 1000.0, floor_s, runs,
+                           (median - 1) * duration_ms),
            "<= 1.1", median <= 1.1 && succeeded_min == instances);
   }
   PrintSummary("evacuation");

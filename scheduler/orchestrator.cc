@@ -813,8 +813,8 @@ void Orchestrator::Launch(const db::MigrationRecord& created,
     absl::MutexLock l(&mu_);
     if (!Stopping()) {
       if (running_.insert(created.id).second) {
-        std::thread([this, created, instance = std::move(instance)] {
-          RunMigration(created.id, created, instance);
+        std::thread([this, created, instance = std::move(instance)]() mutable {
+          RunMigration(created.id, std::move(created), std::move(instance));
         }).detach();
       }
       return;
