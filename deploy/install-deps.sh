@@ -22,6 +22,10 @@ PACKAGES=(
   # the two-host libvirt lab (QEMU under TCG in network namespaces); not libvirt-daemon-system
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
   binutils iproute2 util-linux procps
+  # the nested Xen lab (integration_tests/xenlab): the dom0 image is built with debootstrap from
+  # Debian's archive and booted under QEMU; ssh reaches each dom0 over a forwarded port, socat
+  # carries each connection of a dom0's agent to the scheduler (QEMU guestfwd cmd:)
+  debootstrap qemu-utils e2fsprogs cpio openssh-client gzip socat
   # PKI for mutual TLS
   openssl ca-certificates libssl-dev
   # headless browser for the dashboard test
