@@ -9,24 +9,47 @@
 #   deploy/quickstart.sh stop      stop everything it started (by pid), remove the lab
 #                                  (namespaces, mounts) and the state directory
 #   deploy/quickstart.sh status    what runs
+#   deploy/quickstart.sh --xen [start|stop|status]
+#                                  the same on real Xen: two nested Xen 4.17 hosts (QEMU TCG) with
+#                                  libvirt's libxl driver, an agent in each dom0 (--profile libxl
+#                                  from the production example config, xen:///system, stream
+#                                  tunnelled over xen+tls://), a PVH guest. The first run builds
+#                                  the dom0 image (about 5 minutes, cached in /var/cache/livemig).
 #
-# State: $LIVEMIG_STATE_DIR (default /var/tmp/livemig-quickstart); each stage's log is in
-# $LIVEMIG_STATE_DIR/logs.
+# State: $LIVEMIG_STATE_DIR (default /var/tmp/livemig-quickstart, with --xen
+# /var/tmp/livemig-quickstart-xen); each stage's log is in $LIVEMIG_STATE_DIR/logs.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-STATE=${LIVEMIG_STATE_DIR:-/var/tmp/livemig-quickstart}
+XEN=0
+if [[ ${1:-} == --xen ]]; then
+  XEN=1
+  shift
+fi
+if ((XEN)); then
+  STATE=${LIVEMIG_STATE_DIR:-/var/tmp/livemig-quickstart-xen}
+else
+  STATE=${LIVEMIG_STATE_DIR:-/var/tmp/livemig-quickstart}
+fi
 LOG=$STATE/logs
 RUN=$STATE/run
 PIDS=$STATE/pids
 PKI=$STATE/pki
 LAB=$STATE/lab
 LABSH="$ROOT/integration_tests/lab/lab.sh"
+XENLAB="$ROOT/integration_tests/xenlab/xenlab.sh"
 GUEST=demo-vm
 GUEST_UUID=4c1f0d2e-7a3b-4e5c-9d8f-0a1b2c3d4e5f
+if ((XEN)); then
+  GUEST=demo-pvh
+  GUEST_UUID=4c1f0d2e-7a3b-4e5c-9d8f-0a1b2c3d4e60
+fi
 BIN=$ROOT/bazel-bin
-HTTP_PORT=${LIVEMIG_HTTP_PORT:-8780}
+HTTP_PORT=${LIVEMIG_HTTP_PORT:-$((XEN ? 8781 : 8780))}
+H_A=lab-a
+H_B=lab-b
+if ((XEN)); then H_A=xena; H_B=xenb; fi
 
 stage_no=0
 stage() {
@@ -58,7 +81,10 @@ stop_pid() { # NAME
 cmd_stop() {
   echo "==> stopping the quickstart in $STATE"
   for p in agent-a agent-b scheduler; do stop_pid "$p"; done
-  if [[ -f $LAB/lab.env ]]; then
+  if [[ -f $LAB/lab.env ]] && ((XEN)); then
+    bash "$XENLAB" down "$LAB" >"$STATE/lab-down.log" 2>&1 || echo "    lab down reported errors: see $STATE/lab-down.log"
+    echo "    Xen lab down (both hosts' QEMU, by recorded pid; guests and agents went with them)"
+  elif [[ -f $LAB/lab.env ]]; then
     bash "$LABSH" down "$LAB" >"$STATE/lab-down.log" 2>&1 || echo "    lab down reported errors: see $STATE/lab-down.log"
     echo "    lab down (guests, libvirtd, namespaces, mounts)"
   fi
@@ -77,14 +103,18 @@ cmd_status() {
   else
     echo "postgresql: not running"
   fi
-  [[ -f $LAB/lab.env ]] && bash "$LABSH" status "$LAB" 2>&1 | sed 's/^/lab: /' || echo "lab: down"
+  if ((XEN)); then
+    [[ -f $LAB/lab.env ]] && bash "$XENLAB" status "$LAB" 2>&1 | sed 's/^/lab: /' || echo "lab: down"
+  else
+    [[ -f $LAB/lab.env ]] && bash "$LABSH" status "$LAB" 2>&1 | sed 's/^/lab: /' || echo "lab: down"
+  fi
 }
 
 case "${1:-start}" in
   stop) [[ $(id -u) -eq 0 ]] || { echo "quickstart: stop needs root" >&2; exit 1; }; cmd_stop; exit 0 ;;
   status) cmd_status; exit 0 ;;
   start) ;;
-  -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "quickstart: unknown command '$1'; try --help" >&2; exit 2 ;;
 esac
 
@@ -109,7 +139,7 @@ CLOUDCTL=("$BIN/cloudctl/cloudctl" --server "unix:$RUN/api.sock")
 ok
 
 stage "creating the PKI in $PKI (cluster CA, scheduler and agent certificates)"
-for name in scheduler lab-a lab-b; do
+for name in scheduler "$H_A" "$H_B"; do
   bash deploy/pki.sh init "$PKI" >/dev/null
   bash deploy/pki.sh issue "$PKI" "$name" >>"$LOG/pki.log" 2>&1 || fail "see $LOG/pki.log"
 done
@@ -131,15 +161,33 @@ DB=$(OWNER_PID=1 bash deploy/pgctl.sh start "$STATE/postgres" --durable 2>"$LOG/
 "$BIN/db/livemig-dbctl" --db "$DB" schema apply | sed 's/^/    /' || fail "schema apply failed"
 ok
 
-stage "bringing up the two-host lab (lab-a 10.250.0.1, lab-b 10.250.0.2, bridge br-guest, shared instance dir)"
-LAB_OWNER_PID=1 bash "$LABSH" up "$LAB" >"$LOG/lab.log" 2>&1 || fail "see $LOG/lab.log"
-bash "$LABSH" guest-build "$LAB" >>"$LOG/lab.log" 2>&1 || fail "see $LOG/lab.log"
-ok
+REGISTRY="unix:$RUN/registry.sock"
+if ((XEN)); then
+  stage "the Xen lab's dom0 image (cached in /var/cache/livemig/xenlab; the first build takes about 5 minutes)"
+  IMAGE=$(bash "$XENLAB" image --agent "$BIN/compute/compute_agent" 2>"$LOG/xen-image.log" | tail -1) ||
+    fail "the image did not build; see $LOG/xen-image.log"
+  grep -E 'cached image|done:' "$LOG/xen-image.log" "$LOG/xen-image.log" 2>/dev/null | tail -1 | sed 's/^/    /' || true
+  echo "    $IMAGE"
+  ok
+  stage "booting two nested Xen 4.17 hosts (xena, xenb: QEMU TCG, PV dom0, libvirt libxl over TLS; about a minute)"
+  if [[ ! -f $LAB/lab.env ]]; then
+    LAB_OWNER_PID=1 bash "$XENLAB" up "$LAB" --image "$IMAGE" --agent "$BIN/compute/compute_agent" \
+      --pki "$PKI" >"$LOG/lab.log" 2>&1 || fail "see $LOG/lab.log"
+  fi
+  grep -E 'ready after' "$LOG/lab.log" | sed 's/^/    /'
+  REGISTRY="127.0.0.1:$(awk -F= '$1 == "REGISTRY" {print $2}' "$LAB/lab.env")"
+  ok
+else
+  stage "bringing up the two-host lab (lab-a 10.250.0.1, lab-b 10.250.0.2, bridge br-guest, shared instance dir)"
+  LAB_OWNER_PID=1 bash "$LABSH" up "$LAB" >"$LOG/lab.log" 2>&1 || fail "see $LOG/lab.log"
+  bash "$LABSH" guest-build "$LAB" >>"$LOG/lab.log" 2>&1 || fail "see $LOG/lab.log"
+  ok
+fi
 
-stage "starting the scheduler (API unix:$RUN/api.sock, REST + dashboard http://127.0.0.1:$HTTP_PORT, registry unix:$RUN/registry.sock with mutual TLS)"
+stage "starting the scheduler (API unix:$RUN/api.sock, REST + dashboard http://127.0.0.1:$HTTP_PORT, registry $REGISTRY with mutual TLS)"
 if ! pid_alive "$PIDS/scheduler.pid"; then
   setsid "$BIN/scheduler/scheduler" --db "$DB" --listen "unix:$RUN/api.sock" \
-    --registry-listen "unix:$RUN/registry.sock" --tls-ca "$PKI/ca.pem" \
+    --registry-listen "$REGISTRY" --tls-ca "$PKI/ca.pem" \
     --tls-cert "$PKI/scheduler.pem" --tls-key "$PKI/scheduler.key" --report-interval 2 \
     --tokens-file "$STATE/tokens" --http-listen "127.0.0.1:$HTTP_PORT" \
     </dev/null >>"$LOG/scheduler.log" 2>&1 &
@@ -153,9 +201,16 @@ done
 echo "    pid $(cat "$PIDS/scheduler.pid"), log $LOG/scheduler.log"
 ok
 
-stage "starting a compute agent inside each lab host (libvirt QEMU profile)"
+if ((XEN)); then
+  stage "starting the compute agent in each dom0 (compute_agent --config /etc/livemig/compute-agent.conf: the Xen example, profile libxl)"
+  for h in a b; do
+    bash "$XENLAB" agent-start "$LAB" "$h" >/dev/null 2>>"$LOG/lab.log" ||
+      grep -q 'already runs' "$LOG/lab.log" || fail "see $LOG/lab.log"
+  done
+fi
+((XEN)) || stage "starting a compute agent inside each lab host (libvirt QEMU profile)"
 for h in a b; do
-  if ! pid_alive "$PIDS/agent-$h.pid"; then
+  if ((XEN)); then :; elif ! pid_alive "$PIDS/agent-$h.pid"; then
     setsid bash "$LABSH" exec "$LAB" "$h" -- "$BIN/compute/compute_agent" --hostname "lab-$h" \
       --listen "unix:$RUN/agent-$h.sock" --libvirt-uri "$(bash "$LABSH" uri "$LAB" "$h")" \
       --profile qemu --instance-path "$LAB/instances" --reserved-mib 256 \
@@ -169,18 +224,28 @@ for h in a b; do
 done
 for _ in $(seq 1 150); do
   [[ $("${CLOUDCTL[@]}" --json host-list 2>/dev/null | grep -o '"up": *true' | wc -l) -ge 2 ]] && break
-  for h in a b; do pid_alive "$PIDS/agent-$h.pid" || fail "agent $h exited; see $LOG/agent-$h.log"; done
+  ((XEN)) || for h in a b; do pid_alive "$PIDS/agent-$h.pid" || fail "agent $h exited; see $LOG/agent-$h.log"; done
   sleep 0.2
 done
 "${CLOUDCTL[@]}" host-list | sed 's/^/    /'
 ok
 
-stage "starting the guest $GUEST on lab-a (64 MiB, NIC on br-guest; it keeps dirtying memory)"
-where=$(bash "$LABSH" where "$LAB" "$GUEST" 2>/dev/null || true)
-if [[ -z $where ]]; then
-  bash "$LABSH" guest-start "$LAB" a "$GUEST" --uuid "$GUEST_UUID" >>"$LOG/lab.log" 2>&1 \
-    || fail "see $LOG/lab.log"
-  where=a
+if ((XEN)); then
+  stage "starting the PVH guest $GUEST on xena (128 MiB, kernel in the shared instance directory, NIC on xenbr0)"
+  where=$(bash "$XENLAB" where "$LAB" "$GUEST" 2>/dev/null || true)
+  if [[ -z $where ]]; then
+    bash "$XENLAB" guest-start "$LAB" a "$GUEST" "$GUEST_UUID" pvh >>"$LOG/lab.log" 2>&1 ||
+      fail "see $LOG/lab.log"
+    where=a
+  fi
+else
+  stage "starting the guest $GUEST on lab-a (64 MiB, NIC on br-guest; it keeps dirtying memory)"
+  where=$(bash "$LABSH" where "$LAB" "$GUEST" 2>/dev/null || true)
+  if [[ -z $where ]]; then
+    bash "$LABSH" guest-start "$LAB" a "$GUEST" --uuid "$GUEST_UUID" >>"$LOG/lab.log" 2>&1 \
+      || fail "see $LOG/lab.log"
+    where=a
+  fi
 fi
 for _ in $(seq 1 100); do
   "${CLOUDCTL[@]}" instance-show "$GUEST_UUID" 2>/dev/null | grep -q running && break
@@ -189,17 +254,23 @@ done
 "${CLOUDCTL[@]}" instance-show "$GUEST_UUID" | sed 's/^/    /'
 ok
 
-dest=lab-b
-[[ $where == b ]] && dest=lab-a
+dest=$H_B
+[[ $where == b ]] && dest=$H_A
 stage "live-migrating $GUEST to $dest (cloudctl live-migration --wait)"
 "${CLOUDCTL[@]}" live-migration "$GUEST_UUID" "$dest" --wait || fail "the migration did not complete; see $LOG/scheduler.log"
-echo "    the guest now runs on: lab-$(bash "$LABSH" where "$LAB" "$GUEST")"
-echo "    its serial console: $(bash "$LABSH" heartbeat "$LAB" "$GUEST")"
+if ((XEN)); then
+  now=$(bash "$XENLAB" where "$LAB" "$GUEST")
+  echo "    the guest now runs on: $([[ $now == a ]] && echo xena || echo xenb)"
+  echo "    its console: $(bash "$XENLAB" heartbeat "$LAB" "$GUEST")"
+else
+  echo "    the guest now runs on: lab-$(bash "$LABSH" where "$LAB" "$GUEST")"
+  echo "    its serial console: $(bash "$LABSH" heartbeat "$LAB" "$GUEST")"
+fi
 ok
 
 cat <<EOT
 
-Done: a real VM live-migrated between two libvirt hosts, recorded step by step in PostgreSQL.
+Done: a real VM live-migrated between two $( ((XEN)) && echo "Xen hosts (libvirt libxl)" || echo "libvirt hosts"), recorded step by step in PostgreSQL.
 
 Dashboard: http://127.0.0.1:$HTTP_PORT/#token=$READ_TOKEN
 REST:      curl -H "Authorization: Bearer $READ_TOKEN" http://127.0.0.1:$HTTP_PORT/v1/migrations
@@ -211,7 +282,7 @@ Try next:
   $BIN/cloudctl/cloudctl live-migration $GUEST_UUID --dry-run
   $BIN/cloudctl/cloudctl live-migration $GUEST_UUID --wait   # the scheduler picks the host
   psql "$DB" -c 'select * from v_host_summary'
-  $0 status
-Stop everything (processes, lab namespaces and mounts, PostgreSQL, $STATE):
-  $0 stop
+  $0 $( ((XEN)) && echo "--xen ")status
+Stop everything (processes, the lab, PostgreSQL, $STATE):
+  $0 $( ((XEN)) && echo "--xen ")stop
 EOT

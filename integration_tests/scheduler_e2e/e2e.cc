@@ -42,9 +42,10 @@ void Cloud::StartScheduler(const std::string& extra) {
   if (!extra.empty()) scheduler_flags_ = extra;
   scheduler_ = std::make_unique<testing::ChildProcess>(
       absl::StrCat(RunfilePath("scheduler/scheduler"), " --db '", db_, "' --listen unix:", dir_,
-                   "/api.sock --registry-listen unix:", dir_, "/registry.sock --tls-ca ", pki_,
-                   "/ca.pem --tls-cert ", pki_, "/scheduler.pem --tls-key ", pki_,
-                   "/scheduler.key ",
+                   "/api.sock --registry-listen ",
+                   registry_listen_.empty() ? "unix:" + dir_ + "/registry.sock" : registry_listen_,
+                   " --tls-ca ", pki_, "/ca.pem --tls-cert ", pki_, "/scheduler.pem --tls-key ",
+                   pki_, "/scheduler.key ",
                    scheduler_flags_.find("--tokens-file") == std::string::npos ? "--no-auth " : "",
                    scheduler_flags_),
       dir_ + "/scheduler.log");

@@ -60,11 +60,14 @@ class Cloud {
   absl::StatusOr<std::string> Sql(const std::string& query) const;
   // The bearer token sent on every API call (when the scheduler runs with --tokens-file).
   void set_token(const std::string& token) { token_ = token; }
+  // Where the host registry listens (default unix:<dir>/registry.sock); set before
+  // StartScheduler, e.g. "127.0.0.1:PORT" for agents in the Xen lab's dom0s.
+  void set_registry_listen(const std::string& address) { registry_listen_ = address; }
   // Sets the deadline and the token on a client context.
   void Prepare(grpc::ClientContext* ctx, absl::Duration deadline = absl::Seconds(10)) const;
 
  private:
-  std::string dir_, pki_, db_, token_;
+  std::string dir_, pki_, db_, token_, registry_listen_;
   std::unique_ptr<testing::PgServer> pg_;
   std::unique_ptr<testing::ChildProcess> scheduler_;
   std::string scheduler_flags_;

@@ -1,0 +1,120 @@
+#include "integration_tests/xenlab/xen_cloud.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "testing/process.h"
+#include "testing/run_command.h"
+
+namespace livemig::e2e {
+
+using testing::RunfilePath;
+
+XenCloud::XenCloud(const std::string& xen_b) {
+  std::string d = "/tmp/livemig-xenlab-XXXXXX";
+  REQUIRE(mkdtemp(d.data()) != nullptr);
+  dir = d;
+  std::ofstream(dir + "/.sweep-remove") << "";
+  cloud = std::make_unique<Cloud>(dir);  // PostgreSQL and the PKI
+  auto l = testing::XenLab::Up({.dir = dir,
+                                .pki = cloud->pki(),
+                                .agent = RunfilePath("compute/compute_agent"),
+                                .xen_b = xen_b});
+  if (!l.ok()) FAIL("the Xen lab did not start: " << l.status().ToString());
+  lab = std::move(l).value();
+  std::ofstream(dir + "/tokens") << kXenToken << " operator xen-lab-operator\n";
+  cloud->set_token(kXenToken);
+  cloud->set_registry_listen(absl::StrCat("127.0.0.1:", lab->RegistryPort()));
+  hooks = dir + "/hooks";
+  ::mkdir(hooks.c_str(), 0755);
+  StartScheduler(absl::StrCat("--lease 10 --service-down-time 30 --report-interval 1 ",
+                              "--tokens-file ", dir, "/tokens"));
+  for (const char* h : {"a", "b"}) StartAgent(h);
+}
+
+void XenCloud::StartScheduler(const std::string& flags) {
+  ::setenv("LIVEMIG_TEST_HOOK_DIR", hooks.c_str(), 1);  // the scheduler inherits it
+  cloud->StartScheduler(flags);
+  ::unsetenv("LIVEMIG_TEST_HOOK_DIR");
+}
+
+void XenCloud::KillAndRestartScheduler() {
+  cloud->KillScheduler();
+  StartScheduler();
+}
+
+XenCloud::~XenCloud() {
+  lab.reset();  // agents and hosts first, then the scheduler and PostgreSQL
+  cloud.reset();
+  testing::RunCommand("rm -rf " + dir).IgnoreError();
+}
+
+void XenCloud::StartAgent(const std::string& h, const std::string& extra_flags) {
+  agent_flags_[h] = extra_flags;
+  auto s = lab->StartAgent(h, extra_flags);
+  INFO(lab->AgentLog(h));
+  REQUIRE(s.ok());
+  const bool up = WaitHostUp(testing::XenLab::Name(h), absl::Seconds(90));
+  INFO(lab->AgentLog(h));
+  INFO(cloud->SchedulerLog());
+  REQUIRE(up);
+}
+
+void XenCloud::RestartAgent(const std::string& h, const std::string& extra_flags) {
+  REQUIRE(lab->KillAgent(h, "TERM").ok());
+  StartAgent(h, extra_flags);
+}
+
+void XenCloud::KillAndRestartAgent(const std::string& h) {
+  REQUIRE(lab->KillAgent(h, "KILL").ok());
+  StartAgent(h, agent_flags_[h]);
+}
+
+bool XenCloud::WaitHostUp(const std::string& host, absl::Duration timeout) {
+  // Up, with a report received after this call (whole seconds: the scheduler's clock).
+  const int64_t after_s = absl::ToUnixSeconds(absl::Now());
+  return testing::WaitFor(
+      [&] {
+        grpc::ClientContext ctx;
+        cloud->Prepare(&ctx, absl::Seconds(3));
+        sv1::GetHostRequest r;
+        r.set_hostname(host);
+        sv1::Host out;
+        if (!cloud->api().GetHost(&ctx, r, &out).ok()) return false;
+        return out.up() && out.last_report_at().seconds() >= after_s;
+      },
+      timeout);
+}
+
+std::string XenCloud::Where(const std::string& guest) {
+  auto w = lab->Where(guest);
+  REQUIRE(w.ok());
+  std::string s;
+  for (const auto& h : *w) s += h;
+  return s;
+}
+
+XenCloud::Run XenCloud::Cloudctl(const std::string& args) {
+  Run r;
+  const std::string cmd =
+      absl::StrCat(RunfilePath("cloudctl/cloudctl"), " --server unix:", dir, "/api.sock --token ",
+                   kXenToken, " --requester xen-lab-test ", args, " 2>&1");
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+}  // namespace livemig::e2e
