@@ -516,6 +516,18 @@ std::string RenderHost(const sv1::Host& h) {
   cap(c.supports_completion_timeout(), "completion-timeout");
   f.Add("backend profile", OrDash(c.profile()));
   f.Add("backend supports", Wrap(OrDash(absl::StrJoin(caps, " ")), 70));
+  // Xen: the paging modes (`xl info` virt_caps); PV guests migrate only with shadow paging.
+  if (c.has_pv_live_migration()) {
+    f.Add("xen virt_caps",
+          Wrap(absl::StrCat(absl::StrJoin(c.xen_virt_caps(), " "),
+                            c.pv_live_migration()
+                                ? " (shadow paging: PV guests can live-migrate)"
+                                : " (no shadow paging: PV guests cannot live-migrate from or to "
+                                  "this host; PVH and HVM guests can)"),
+               70));
+  } else if (!c.xen_info_error().empty()) {
+    f.Add("xen virt_caps", Wrap(absl::StrCat("unknown: ", c.xen_info_error()), 70));
+  }
   f.Add("instances", absl::StrCat(h.instance_count()));
   f.Add("migrations in / out", absl::StrCat(h.migrations_in(), " / ", h.migrations_out()));
   f.Add("last report at", FormatTime(h.last_report_at()));

@@ -237,8 +237,15 @@ absl::StatusOr<cv1::LiveMigrationResponse> AgentCore::LiveMigration(
       req.options(), driver_->capabilities(),
       absl::StrCat(driver_->capabilities().profile(), " on ", options_.hostname)));
   // A transfer the hypervisor still runs (this agent restarted) is attached to, not restarted.
+  // On Xen (libxl) every job is "unbounded" with operation "unknown", so the driver of a
+  // restarted agent reports the running transfer as job_active only (never as
+  // migration_job_active): the scheduler sends this step again, without the destination's data,
+  // only when its record says the migration is transferring, so a job then is taken as the
+  // transfer, and the driver attaches to it (if it was another job, the driver's monitor reports
+  // the transfer FAILED when it ends without the domain leaving, and the migration rolls back).
   auto dom = driver_->DescribeDomain(req.instance_uuid());
-  const bool job_running = dom.ok() && dom->has_value() && (*dom)->migration_job_active();
+  const bool job_running =
+      dom.ok() && dom->has_value() && ((*dom)->migration_job_active() || (*dom)->job_active());
   if (!job_running && req.migrate_data().pre_live_migration().migration_uri().empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("migration ", id,

@@ -19,12 +19,16 @@ struct Hosts {
   std::string dir = livemig::testing::MakeTempDir("agent");
   std::unique_ptr<driver::FakeDriver> da, db;
   std::unique_ptr<AgentCore> a, b;
-  explicit Hosts(int max_concurrent = 4) {
+  // `tweak_b` changes fake-b's options (e.g. its Xen's virt_caps).
+  explicit Hosts(int max_concurrent = 4, const std::string& profile = "fake-qemu",
+                 const std::function<void(driver::FakeDriver::Options&)>& tweak_b = nullptr) {
     for (auto* d : {&da, &db}) {
       driver::FakeDriver::Options o;
       o.state_dir = dir;
       o.hostname = d == &da ? "fake-a" : "fake-b";
+      o.profile = profile;
       o.poll_interval = absl::Milliseconds(5);
+      if (d == &db && tweak_b) tweak_b(o);
       auto created = driver::FakeDriver::Create(o);
       REQUIRE(created.ok());
       *d = std::move(created).value();
@@ -307,6 +311,163 @@ TEST_CASE("agent: a restarted agent learns the running transfer from the hypervi
   CHECK(WaitForEnd(restarted, "m-8").state() == cv1::TRANSFER_STATE_COMPLETED);
   CHECK(h.Where() == std::vector<std::pair<std::string, std::string>>{{"fake-b", "running"}});
   WaitForEnd(*h.a, "m-8");
+}
+
+TEST_CASE("agent (libxl): a restarted agent attaches to the transfer it sees as a job only") {
+  Hosts h(4, "fake-libxl");
+  REQUIRE(h.da->hypervisor().SetTransferDuration("fake-a", absl::Milliseconds(600)).ok());
+  auto lm = Prepare(h, "m-9");
+  REQUIRE(h.a->LiveMigration(lm).ok());
+  // "Restart": a new core and driver over the same hypervisor state.
+  driver::FakeDriver::Options o;
+  o.state_dir = h.dir;
+  o.hostname = "fake-a";
+  o.profile = "fake-libxl";
+  o.poll_interval = absl::Milliseconds(5);
+  auto d2 = driver::FakeDriver::Create(o);
+  REQUIRE(d2.ok());
+  AgentCore restarted({"fake-a", 4}, d2->get());
+  cv1::DescribeInstanceRequest di;
+  di.set_instance_uuid(kUuid);
+  auto d = restarted.DescribeInstance(di);
+  REQUIRE(d.ok());
+  // libxl's job is unbounded, of unknown operation: a job, not named a migration.
+  CHECK(d->domain().job_active());
+  CHECK_FALSE(d->domain().migration_job_active());
+  // The scheduler, whose record says the migration runs, re-sends the step as it does after a
+  // takeover: without the destination's data. The agent attaches instead of refusing it.
+  auto resend = Step<cv1::LiveMigrationRequest>("m-9");
+  auto attach = restarted.LiveMigration(resend);
+  INFO(attach.status().ToString());
+  REQUIRE(attach.ok());
+  CHECK(attach->attached());
+  d = restarted.DescribeInstance(di);
+  REQUIRE(d.ok());
+  if (d->present() && d->domain().job_active()) {
+    CHECK(d->domain().migration_job_active());  // this driver now monitors it
+  }
+  const auto end = WaitForEnd(restarted, "m-9");
+  CHECK(end.state() == cv1::TRANSFER_STATE_COMPLETED);
+  CHECK_FALSE(end.progress().has_bytes());
+  CHECK(h.Where() == std::vector<std::pair<std::string, std::string>>{{"fake-b", "running"}});
+  WaitForEnd(*h.a, "m-9");
+}
+
+TEST_CASE(
+    "agent (libxl): a PV guest is refused migration to and from a host without shadow paging, "
+    "a PVH guest migrates") {
+  // fake-b runs Xen without shadow paging (Debian 12's 4.17.7 security build); fake-a with.
+  Hosts h(4, "fake-libxl", [](driver::FakeDriver::Options& o) {
+    o.xen_virt_caps = "pv hvm hap gnttab-v1 gnttab-v2";
+  });
+  auto inv = h.b->GetHostInfo();
+  REQUIRE(inv.ok());
+  CHECK_FALSE(inv->inventory().capabilities().pv_live_migration());
+  CHECK(inv->inventory().capabilities().xen_virt_caps_size() == 5);
+  const std::string want =
+      "instance web-1 is a PV guest and host fake-b runs Xen without shadow paging (xl info "
+      "virt_caps: pv hvm hap gnttab-v1 gnttab-v2): PV live migration needs log-dirty on shadow "
+      "paging. Ways out: boot fake-b with a Xen built with shadow paging (CONFIG_SHADOW_PAGING=y, "
+      "e.g. Debian's 4.17.5 from bookworm), or run the guest as PVH or HVM, which migrate on HAP.";
+  // The instance as the scheduler passes it: the source agent's description of it.
+  auto describe = [&](AgentCore& core, const std::string& uuid) {
+    cv1::DescribeInstanceRequest di;
+    di.set_instance_uuid(uuid);
+    auto d = core.DescribeInstance(di);
+    REQUIRE(d.ok());
+    REQUIRE(d->present());
+    return d->domain();
+  };
+  auto failed = [](const auto& checks) {
+    std::vector<std::string> out;
+    for (const auto& c : checks) {
+      if (!c.passed()) out.push_back(c.name() + "@" + c.host() + ": " + c.reason());
+    }
+    return out;
+  };
+
+  // PV web-1 on fake-a -> fake-b: the destination refuses.
+  CHECK(describe(*h.a, kUuid).guest_kind() == "pv");
+  auto dest = Step<cv1::CheckCanLiveMigrateOnDestRequest>("m-pv");
+  *dest.mutable_instance() = describe(*h.a, kUuid);
+  auto d = h.b->CheckCanLiveMigrateOnDest(dest);
+  REQUIRE(d.ok());
+  CHECK_FALSE(d->passed());
+  CHECK(failed(d->checks()) == std::vector<std::string>{"xen_pv_shadow_paging@fake-b: " + want});
+  REQUIRE(h.b->CheckCanLiveMigrateOnDestCleanup(
+                 Step<cv1::CheckCanLiveMigrateOnDestCleanupRequest>("m-pv"))
+              .ok());
+
+  // A PVH guest on fake-a migrates to fake-b: every step passes, it runs there.
+  constexpr char kPvh[] = "11111111-2222-4333-8444-0000000000a1";
+  REQUIRE(h.da->hypervisor()
+              .CreateDomain("fake-a", kPvh, "web-pvh", 256, "running", {"br-guest"}, "pvh")
+              .ok());
+  auto step = [&](auto req) {
+    req.set_instance_uuid(kPvh);
+    return req;
+  };
+  auto pdest = step(Step<cv1::CheckCanLiveMigrateOnDestRequest>("m-pvh"));
+  *pdest.mutable_instance() = describe(*h.a, kPvh);
+  auto pd = h.b->CheckCanLiveMigrateOnDest(pdest);
+  REQUIRE(pd.ok());
+  CHECK(failed(pd->checks()).empty());
+  CHECK(pd->passed());
+  auto psrc = step(Step<cv1::CheckCanLiveMigrateOnSrcRequest>("m-pvh"));
+  *psrc.mutable_dest_check_data() = pd->dest_check_data();
+  auto ps = h.a->CheckCanLiveMigrateOnSrc(psrc);
+  REQUIRE(ps.ok());
+  CHECK(failed(ps->checks()).empty());
+  REQUIRE(ps->passed());
+  auto pre = step(Step<cv1::PreLiveMigrationRequest>("m-pvh"));
+  *pre.mutable_migrate_data()->mutable_src_check() = ps->src_check_data();
+  auto pp = h.b->PreLiveMigration(pre);
+  REQUIRE(pp.ok());
+  auto lm = step(Step<cv1::LiveMigrationRequest>("m-pvh"));
+  *lm.mutable_migrate_data()->mutable_src_check() = ps->src_check_data();
+  *lm.mutable_migrate_data()->mutable_pre_live_migration() = pp->pre_live_migration_data();
+  REQUIRE(h.a->LiveMigration(lm).ok());
+  cv1::GetMigrationProgressRequest pr;
+  pr.set_migration_id("m-pvh");
+  pr.set_instance_uuid(kPvh);
+  cv1::TransferState state = cv1::TRANSFER_STATE_RUNNING;
+  for (const absl::Time end = absl::Now() + absl::Seconds(20);
+       state == cv1::TRANSFER_STATE_RUNNING && absl::Now() < end;
+       absl::SleepFor(absl::Milliseconds(5))) {
+    auto r = h.a->GetMigrationProgress(pr);
+    REQUIRE(r.ok());
+    state = r->state();
+  }
+  CHECK(state == cv1::TRANSFER_STATE_COMPLETED);
+  CHECK(describe(*h.b, kPvh).guest_kind() == "pvh");  // still PVH on fake-b
+
+  // A PV guest on fake-b cannot leave it: fake-a (with shadow paging) accepts, the source
+  // (fake-b) refuses.
+  constexpr char kPvOnB[] = "11111111-2222-4333-8444-0000000000b1";
+  REQUIRE(h.db->hypervisor().CreateDomain("fake-b", kPvOnB, "web-b", 256).ok());
+  cv1::CheckCanLiveMigrateOnDestRequest back;
+  back.set_migration_id("m-back");
+  back.set_instance_uuid(kPvOnB);
+  back.set_source_host("fake-b");
+  back.set_dest_host("fake-a");
+  *back.mutable_instance() = describe(*h.b, kPvOnB);
+  auto bd = h.a->CheckCanLiveMigrateOnDest(back);
+  REQUIRE(bd.ok());
+  CHECK(bd->passed());
+  cv1::CheckCanLiveMigrateOnSrcRequest bsrc;
+  bsrc.set_migration_id("m-back");
+  bsrc.set_instance_uuid(kPvOnB);
+  bsrc.set_source_host("fake-b");
+  bsrc.set_dest_host("fake-a");
+  *bsrc.mutable_dest_check_data() = bd->dest_check_data();
+  auto bs = h.b->CheckCanLiveMigrateOnSrc(bsrc);
+  REQUIRE(bs.ok());
+  CHECK_FALSE(bs->passed());
+  auto refusals = failed(bs->checks());
+  REQUIRE(refusals.size() == 1);
+  CHECK(absl::StrContains(refusals[0],
+                          "xen_pv_shadow_paging@fake-b: instance web-b is a PV "
+                          "guest and host fake-b runs Xen without shadow paging"));
 }
 
 }  // namespace

@@ -97,6 +97,12 @@ int main(int argc, char** argv) {
                  "/sys/class/net)");
   app.add_option("--state-dir", lv.state_dir, "directory for staged domain definitions")
       ->capture_default_str();
+  app.add_option("--xen-info-command", lv.xen_info_command,
+                 "libxl profiles: command run once at start whose output has `xl info`'s "
+                 "virt_caps line; without \"shadow\" there (a Xen built without shadow paging) "
+                 "PV guests are refused migration from and to this host; empty: not run, the "
+                 "paging modes are unknown and nothing is refused")
+      ->capture_default_str();
   std::string cpu_features;
   app.add_option("--cpu-features-override", cpu_features,
                  "comma-separated CPU features to report and check instead of the host's");
@@ -110,6 +116,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--fake-hypervisor-version", fk.hypervisor_version,
                  "fake hypervisor version as libvirt encodes it (major*1000000+minor*1000+micro)")
+      ->capture_default_str();
+  app.add_option("--fake-xen-virt-caps", fk.xen_virt_caps,
+                 "fake-libxl: the fake Xen's `xl info` virt_caps (without \"shadow\": no PV "
+                 "live migration from or to this host; empty: unknown)")
       ->capture_default_str();
 
   std::string scheduler, scheduler_name;
@@ -192,6 +202,26 @@ int main(int argc, char** argv) {
     if (!d.ok()) return Fail("libvirt driver", d.status());
     LogInfo("libvirt %s: profile %s", lv.uri, (*d)->profile());
     driver = std::move(d).value();
+  }
+
+  // Xen's paging modes, read once at start (check "xen_pv_shadow_paging").
+  const livemig::v1::BackendCapabilities caps = driver->capabilities();
+  if (!caps.xen_info_error().empty()) {
+    LogWarning(
+        "Xen paging modes unknown: %s; PV guests' migrations from and to this host are not "
+        "refused on a guess (they fail after ~2 s where Xen lacks shadow paging)",
+        caps.xen_info_error());
+  } else if (caps.has_pv_live_migration()) {
+    const std::string virt_caps = absl::StrJoin(caps.xen_virt_caps(), " ");
+    if (caps.pv_live_migration()) {
+      LogInfo("Xen virt_caps: %s (shadow paging: PV guests can live-migrate)", virt_caps);
+    } else {
+      LogWarning(
+          "Xen virt_caps: %s: no shadow paging, so PV guests cannot live-migrate from or to this "
+          "host (refused); PVH and HVM guests can (HAP). A Xen built with shadow paging "
+          "(CONFIG_SHADOW_PAGING=y, e.g. Debian's 4.17.5 from bookworm) lifts this",
+          virt_caps);
+    }
   }
 
   core_options.hostname = hostname;

@@ -9,8 +9,10 @@
 #include <regex>
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 
 namespace livemig::driver {
 namespace {
@@ -194,6 +196,11 @@ cv1::CheckCanLiveMigrateOnDestResponse EvaluateDestChecks(
           : absl::StrCat("destination ", h, " lacks the bridge(s) ", absl::StrJoin(absent, ", "),
                          " that the instance's NICs use (not on the same L2 segment)"));
 
+  // Xen: a PV guest needs shadow paging on this host.
+  if (auto c = XenPvShadowPagingCheck(req.instance(), "destination", h, f.capabilities)) {
+    *resp.add_checks() = *c;
+  }
+
   // Storage probe.
   add("storage_probe", f.probe_written,
       f.probe_written ? absl::StrCat("probe file written on ", h, ":", f.instance_path)
@@ -262,6 +269,15 @@ cv1::CheckCanLiveMigrateOnSrcResponse EvaluateSrcChecks(
   absl::Status opts = CheckOptionsSupported(req.options(), caps, hypervisor);
   add("options", opts.ok(),
       opts.ok() ? "every requested option is supported" : std::string(opts.message()));
+  // Xen: a PV guest needs shadow paging on this host, and on the destination. The destination's
+  // own check refuses first; its capabilities in the check data are looked at again here so that
+  // the source refuses even where the destination could not tell the guest's kind.
+  if (auto c = XenPvShadowPagingCheck(domain, "source", h, caps)) *resp.add_checks() = *c;
+  if (auto c = XenPvShadowPagingCheck(domain, "destination", req.dest_check_data().dest_host(),
+                                      req.dest_check_data().capabilities());
+      c && !c->passed()) {
+    *resp.add_checks() = *c;
+  }
   bool passed = true;
   for (const auto& c : resp.checks()) passed = passed && c.passed();
   resp.set_passed(passed);
@@ -271,6 +287,133 @@ cv1::CheckCanLiveMigrateOnSrcResponse EvaluateSrcChecks(
   *s->mutable_domain() = domain;
   s->set_domain_xml(domain_xml);
   return resp;
+}
+
+absl::StatusOr<std::vector<std::string>> ParseXenVirtCaps(const std::string& out) {
+  for (absl::string_view line : absl::StrSplit(out, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    const size_t colon = line.find(':');
+    if (colon == absl::string_view::npos) continue;
+    if (absl::StripAsciiWhitespace(line.substr(0, colon)) != "virt_caps") continue;
+    std::vector<std::string> words =
+        absl::StrSplit(line.substr(colon + 1), absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (words.empty()) return absl::NotFoundError("xl info printed an empty virt_caps line");
+    return words;
+  }
+  return absl::NotFoundError("xl info printed no virt_caps line");
+}
+
+void SetXenPagingCaps(const absl::StatusOr<std::string>& xl_info, v1::BackendCapabilities* caps) {
+  caps->clear_xen_virt_caps();
+  caps->clear_pv_live_migration();
+  caps->clear_xen_info_error();
+  if (!xl_info.ok()) {
+    caps->set_xen_info_error(std::string(xl_info.status().message()));
+    return;
+  }
+  absl::StatusOr<std::vector<std::string>> words = ParseXenVirtCaps(*xl_info);
+  if (!words.ok()) {
+    caps->set_xen_info_error(std::string(words.status().message()));
+    return;
+  }
+  bool shadow = false;
+  for (const auto& w : *words) {
+    caps->add_xen_virt_caps(w);
+    shadow = shadow || w == "shadow";
+  }
+  caps->set_pv_live_migration(shadow);
+}
+
+namespace {
+
+// The value of attribute `name` in the attributes text of a tag ("" when absent).
+std::string Attribute(const std::string& attrs, const std::string& name) {
+  static const std::regex kAttr("([A-Za-z_:][-A-Za-z0-9_:.]*)\\s*=\\s*(?:'([^']*)'|\"([^\"]*)\")");
+  for (auto it = std::sregex_iterator(attrs.begin(), attrs.end(), kAttr);
+       it != std::sregex_iterator(); ++it) {
+    if ((*it)[1] == name) return (*it)[2].matched ? (*it)[2].str() : (*it)[3].str();
+  }
+  return "";
+}
+
+// The attributes text and the content of the first element <tag ...>content</tag> (or <tag .../>,
+// content empty) in `xml`; false when there is none.
+bool FindElement(const std::string& xml, const std::string& tag, std::string* attrs,
+                 std::string* content) {
+  size_t pos = 0;
+  while ((pos = xml.find("<" + tag, pos)) != std::string::npos) {
+    const size_t after = pos + 1 + tag.size();
+    if (after < xml.size() && (xml[after] == '>' || xml[after] == '/' ||
+                               absl::ascii_isspace(static_cast<unsigned char>(xml[after])))) {
+      const size_t gt = xml.find('>', after);
+      if (gt == std::string::npos) return false;
+      *attrs = xml.substr(after, gt - after);
+      content->clear();
+      if (gt > 0 && xml[gt - 1] == '/') return true;  // <tag .../>
+      const size_t close = xml.find("</" + tag + ">", gt);
+      if (close == std::string::npos) return false;
+      *content = xml.substr(gt + 1, close - gt - 1);
+      return true;
+    }
+    pos = after;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string XenGuestKind(const std::string& xml) {
+  std::string attrs, body;
+  if (!FindElement(xml, "domain", &attrs, &body) || Attribute(attrs, "type") != "xen") return "";
+  std::string os_attrs, os;
+  if (!FindElement(body, "os", &os_attrs, &os)) return "";
+  std::string type_attrs, type;
+  if (!FindElement(os, "type", &type_attrs, &type)) return "";
+  type = std::string(absl::StripAsciiWhitespace(type));
+  const std::string machine = Attribute(type_attrs, "machine");
+  if (type == "xenpvh" || machine == "xenpvh") return "pvh";
+  if (type == "hvm" || machine == "xenfv") return "hvm";
+  if (type == "xen" || type == "linux" || machine == "xenpv") return "pv";
+  return "";
+}
+
+std::optional<v1::CheckResult> XenPvShadowPagingCheck(const v1::DomainInfo& instance,
+                                                      const std::string& role,
+                                                      const std::string& host,
+                                                      const v1::BackendCapabilities& caps) {
+  const std::string& kind = instance.guest_kind();
+  if (kind.empty()) return std::nullopt;
+  const std::string name = instance.name().empty() ? instance.uuid() : instance.name();
+  const std::string virt_caps = absl::StrJoin(caps.xen_virt_caps(), " ");
+  constexpr char kName[] = "xen_pv_shadow_paging";
+  if (kind != "pv") {
+    return Check(host, kName, true,
+                 absl::StrCat("instance ", name, " is a ", absl::AsciiStrToUpper(kind),
+                              " guest: it migrates on HAP and needs no shadow paging on the ", role,
+                              " host ", host));
+  }
+  if (!caps.has_pv_live_migration()) {
+    return Check(
+        host, kName, true,
+        absl::StrCat("instance ", name, " is a PV guest; whether the ", role, " host ", host,
+                     " runs Xen with shadow paging is unknown (",
+                     caps.xen_info_error().empty() ? "the host reports no xl info virt_caps"
+                                                   : caps.xen_info_error(),
+                     "): not refused on a guess (without shadow paging the transfer would fail "
+                     "after about 2 s: Failed to enable logdirty)"));
+  }
+  if (caps.pv_live_migration()) {
+    return Check(host, kName, true,
+                 absl::StrCat("instance ", name, " is a PV guest and the ", role, " host ", host,
+                              " runs Xen with shadow paging (xl info virt_caps: ", virt_caps, ")"));
+  }
+  return Check(
+      host, kName, false,
+      absl::StrCat("instance ", name, " is a PV guest and host ", host,
+                   " runs Xen without shadow paging (xl info virt_caps: ", virt_caps,
+                   "): PV live migration needs log-dirty on shadow paging. Ways out: boot ", host,
+                   " with a Xen built with shadow paging (CONFIG_SHADOW_PAGING=y, e.g. Debian's "
+                   "4.17.5 from bookworm), or run the guest as PVH or HVM, which migrate on HAP."));
 }
 
 }  // namespace livemig::driver

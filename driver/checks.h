@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "driver/compute_driver.h"
 
 namespace livemig::driver {
@@ -69,6 +70,36 @@ cv1::CheckCanLiveMigrateOnSrcResponse EvaluateSrcChecks(
 
 // "4.17.0" for 4017000.
 std::string FormatVersion(uint64_t v);
+
+// ---- Xen's paging modes and guest kinds (check "xen_pv_shadow_paging") --------------------------
+//
+// A PV guest live-migrates only with log-dirty mode, which Xen runs on shadow paging; a Xen built
+// without it (CONFIG_SHADOW_PAGING off, e.g. Debian 12's 4.17.7 security build, XSA-495) starts
+// the migration and fails after about 2 s ("Failed to enable logdirty"). PVH and HVM guests run on
+// HAP and migrate there. libvirt cannot tell the builds apart; `xl info`'s virt_caps line can
+// ("pv hvm hap shadow gnttab-v1 gnttab-v2" with shadow paging, no "shadow" without).
+
+// The words of the virt_caps line of `xl info`'s output ("virt_caps : pv hvm hap shadow ...").
+// NotFound when the output has no such line or the line lists nothing.
+absl::StatusOr<std::vector<std::string>> ParseXenVirtCaps(const std::string& xl_info_output);
+
+// Fills caps' xen_virt_caps, pv_live_migration (has "shadow") and xen_info_error from the output
+// of the host's `xl info` (or why it could not be had): unknown -- no virt caps, pv_live_migration
+// unset, the reason in xen_info_error -- when `xl_info` is an error or has no virt_caps line.
+void SetXenPagingCaps(const absl::StatusOr<std::string>& xl_info, v1::BackendCapabilities* caps);
+
+// The Xen guest kind of a libvirt domain definition (DomainInfo.guest_kind): "pv", "pvh", "hvm",
+// or "" when it is not a Xen domain (<domain type='xen'>) or its <os><type> says none of these.
+std::string XenGuestKind(const std::string& domain_xml);
+
+// Check "xen_pv_shadow_paging" for `instance` on `host` (its role: "source" or "destination"),
+// from that host's capabilities; nullopt when the instance is not a Xen guest (no guest_kind).
+// Refuses a PV guest where caps.pv_live_migration() is false, with the reason and the ways out;
+// passes otherwise (a PVH or HVM guest; shadow paging present; unknown, saying so).
+std::optional<v1::CheckResult> XenPvShadowPagingCheck(const v1::DomainInfo& instance,
+                                                      const std::string& role,
+                                                      const std::string& host,
+                                                      const v1::BackendCapabilities& caps);
 
 }  // namespace livemig::driver
 

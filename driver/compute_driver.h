@@ -38,23 +38,30 @@ class ComputeDriver {
  public:
   virtual ~ComputeDriver() = default;
 
-  // What this backend can do (profile name, abort, post-copy, bandwidth, ...).
+  // What this backend can do (profile name, abort, post-copy, bandwidth, ...); on Xen also the
+  // host's paging modes (xen_virt_caps, pv_live_migration), learned once when the driver starts.
   virtual v1::BackendCapabilities capabilities() const = 0;
 
   // The host's inventory (hypervisor, versions, CPU, memory, networks, instance path,
-  // capabilities) with its domains. report_seq/reported_at are left to the caller.
+  // capabilities) with its domains. report_seq/reported_at are left to the caller. Domain-0
+  // (Xen's control domain: id 0, the all-zero UUID) is never reported as a domain, here, in
+  // ListDomains or by DescribeDomain; on Xen free memory excludes it (the hypervisor's free pages).
+  // Every DomainInfo here, in ListDomains and DescribeDomain carries its Xen guest_kind (pv, pvh,
+  // hvm; "" off Xen).
   virtual absl::StatusOr<v1::HostInventory> GetHostInfo() = 0;
   virtual absl::StatusOr<std::vector<v1::DomainInfo>> ListDomains() = 0;
   // nullopt when the domain is not on this host.
   virtual absl::StatusOr<std::optional<v1::DomainInfo>> DescribeDomain(const std::string& uuid) = 0;
 
   // Flow step 4, on the destination: hypervisor type and version, CPU (CompareCPU against the
-  // source's CPU), memory after the dom0 reserve, the instance's bridges, and a probe file on
-  // the shared instance path (named after the migration id).
+  // source's CPU), memory after the dom0 reserve, the instance's bridges, a PV guest against this
+  // host's shadow paging (Xen), and a probe file on the shared instance path (named after the
+  // migration id).
   virtual absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> CheckCanLiveMigrateOnDest(
       const cv1::CheckCanLiveMigrateOnDestRequest& req) = 0;
   // Flow step 5, on the source: probe file visible → shared storage; else block migration if
-  // requested (or auto) and supported; options supported by the backend. Returns the domain XML.
+  // requested (or auto) and supported; options supported by the backend; a PV guest against
+  // this host's and the destination's shadow paging (Xen). Returns the domain XML.
   virtual absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> CheckCanLiveMigrateOnSrc(
       const cv1::CheckCanLiveMigrateOnSrcRequest& req) = 0;
   // Removes the destination's probe file (the source check failed). Succeeds if already gone.
@@ -92,8 +99,10 @@ class ComputeDriver {
   virtual absl::StatusOr<v1::DomainInfo> PostLiveMigrationAtDestination(
       const cv1::PostLiveMigrationAtDestinationRequest& req) = 0;
   // Rollback, on the destination: remove what pre_live_migration staged and an incoming
-  // (paused) domain. Never destroys a running domain (it may be the only running copy):
-  // FailedPrecondition then.
+  // (paused) domain: one the hypervisor shows paused for an incoming migration (QEMU), or any
+  // paused one when req.source_runs_domain() (Xen's libxl pauses the incoming domain with reason
+  // "user"). Never destroys a running domain (it may be the only running copy), nor a paused one
+  // not proven half-received: FailedPrecondition then, with "only running copy" in the message.
   virtual absl::Status RollbackLiveMigrationAtDestination(
       const cv1::RollbackLiveMigrationAtDestinationRequest& req) = 0;
   // Rollback, on the source: the domain must be here; resume it if the migration paused it.

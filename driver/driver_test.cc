@@ -1,6 +1,8 @@
 // The ComputeDriver contract, run against every implementation that can run here without the
 // lab: FakeDriver (both profiles) and LibvirtDriver on libvirt's test driver (test:///default:
-// inventory, lookup, lifecycle). Migration on LibvirtDriver runs in the lab tests.
+// inventory, lookup, lifecycle), and LibvirtDriver on a Xen-like libvirt (XenLikeApi: the test
+// driver on a node file with Domain-0, answering as libvirt 9.0's libxl driver does on Xen 4.17
+// where the test driver cannot). Migration on LibvirtDriver runs in the lab tests.
 // Plus the shared checks and the strict libxl layer.
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -9,6 +11,8 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -16,6 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/clock.h"
 #include "driver/checks.h"
 #include "driver/fake_driver.h"
@@ -28,6 +33,8 @@ namespace {
 constexpr char kTestDomainUuid[] = "6695eb01-f6a4-8304-79aa-97f2502e193f";  // test:///default
 constexpr char kAbsentUuid[] = "00000000-0000-4000-8000-00000000dead";
 constexpr char kFakeUuid[] = "11111111-2222-4333-8444-555555555555";
+constexpr char kDomain0Uuid[] = "00000000-0000-0000-0000-000000000000";
+constexpr char kXenVmUuid[] = "5b0e3c1a-2f4d-4e6b-9a7c-1d2e3f4a5b6c";
 
 std::string TempDir(const std::string& tag) {
   std::string t =
@@ -36,12 +43,174 @@ std::string TempDir(const std::string& tag) {
   return t;
 }
 
+// ---- A Xen-like libvirt ----------------------------------------------------------------------
+
+// libvirt's test driver on a node file holding Domain-0 (640 MiB) and one guest (256 MiB, on
+// br-guest), answering as libvirt 9.0's libxl driver does on Xen 4.17 (XEN_LAB_FACTS.md) where the
+// test driver cannot: virConnectGetType "Xen" and version 4017000; Domain-0 listed with domain id
+// 0; free memory as Xen's free pages (total minus every running domain, Domain-0 included); job
+// stats (the test driver has none) as scripted per domain -- none, or libxl's "unbounded" job of
+// unknown operation with its elapsed time only -- and a scripted pause reason (the test driver
+// pauses with reason "user", as libxl pauses an incoming domain). Everything else is the test
+// driver's own: suspend, destroy, undefine really change its state.
+class XenLikeApi : public LibvirtApi {
+ public:
+  struct Script {
+    std::mutex mu;
+    std::map<std::string, JobStats> jobs;     // by UUID; absent: no job (libxl: "None")
+    std::map<std::string, int> pause_reason;  // by UUID: the reason of a paused domain
+    ConnHandle conn;                          // the driver's connection: its private state
+    // The guest's definition as libxl gives it (<domain type='xen'>, os type and machine), instead
+    // of the test driver's <domain type='test'>; empty: the test driver's own.
+    std::string xen_os_type;  // e.g. "<type arch='x86_64' machine='xenpvh'>xenpvh</type>"
+  };
+
+  static std::string NodeFile() {
+    const std::string path = TempDir("xen-node") + "/node.xml";
+    std::ofstream out(path);
+    out << "<node><cpu><nodes>1</nodes><sockets>1</sockets><cores>2</cores><threads>1</threads>"
+           "<active>2</active><mhz>2400</mhz><model>x86_64</model></cpu>"
+           "<memory>8388608</memory>"
+           "<domain type='test'><name>Domain-0</name><uuid>"
+        << kDomain0Uuid
+        << "</uuid><memory unit='MiB'>640</memory><os><type>xen</type></os></domain>"
+           "<domain type='test'><name>xen-vm</name><uuid>"
+        << kXenVmUuid
+        << "</uuid><memory unit='MiB'>256</memory><vcpu>1</vcpu><os><type>xen</type></os>"
+           "<devices><interface type='bridge'><source bridge='br-guest'/>"
+           "<mac address='52:54:00:12:34:56'/></interface></devices></domain></node>";
+    REQUIRE(out.good());
+    return path;
+  }
+
+  explicit XenLikeApi(std::shared_ptr<Script> script)
+      : inner_(NewRealLibvirtApi()), script_(std::move(script)) {}
+
+  absl::StatusOr<ConnHandle> Open(const std::string& uri) override {
+    auto c = inner_->Open(uri);
+    if (c.ok()) {
+      std::lock_guard<std::mutex> l(script_->mu);
+      if (!script_->conn) script_->conn = *c;
+    }
+    return c;
+  }
+  bool IsAlive(virConnectPtr c) override { return inner_->IsAlive(c); }
+  absl::StatusOr<std::string> GetType(virConnectPtr) override { return std::string("Xen"); }
+  absl::StatusOr<uint64_t> GetVersion(virConnectPtr) override { return uint64_t{4017000}; }
+  absl::StatusOr<uint64_t> GetLibVersion(virConnectPtr c) override {
+    return inner_->GetLibVersion(c);
+  }
+  absl::StatusOr<std::string> GetCapabilities(virConnectPtr c) override {
+    return inner_->GetCapabilities(c);
+  }
+  absl::StatusOr<int> CompareCPU(virConnectPtr c, const std::string& xml) override {
+    return inner_->CompareCPU(c, xml);
+  }
+  absl::StatusOr<NodeInfo> GetNodeInfo(virConnectPtr c) override { return inner_->GetNodeInfo(c); }
+  absl::StatusOr<uint64_t> GetFreeMemoryBytes(virConnectPtr c) override {
+    auto node = inner_->GetNodeInfo(c);
+    if (!node.ok()) return node.status();
+    auto doms = inner_->ListAllDomains(c);
+    if (!doms.ok()) return doms.status();
+    uint64_t used_kib = 0;
+    for (auto& d : *doms) {
+      auto b = inner_->Describe(d.get());
+      if (b.ok() && b->state != VIR_DOMAIN_SHUTOFF) used_kib += b->memory_kib;
+    }
+    return (node->memory_kib - std::min(node->memory_kib, used_kib)) * 1024;
+  }
+  absl::StatusOr<std::vector<DomHandle>> ListAllDomains(virConnectPtr c) override {
+    return inner_->ListAllDomains(c);
+  }
+  absl::StatusOr<DomHandle> LookupByUUID(virConnectPtr c, const std::string& uuid) override {
+    return inner_->LookupByUUID(c, uuid);
+  }
+  absl::StatusOr<DomHandle> DefineXML(virConnectPtr c, const std::string& xml) override {
+    return inner_->DefineXML(c, xml);
+  }
+  absl::StatusOr<DomainBasics> Describe(virDomainPtr d) override {
+    auto b = inner_->Describe(d);
+    if (!b.ok()) return b;
+    if (b->uuid == kDomain0Uuid) b->id = 0;  // Xen's control domain
+    std::lock_guard<std::mutex> l(script_->mu);
+    auto r = script_->pause_reason.find(b->uuid);
+    if (r != script_->pause_reason.end() && b->state == VIR_DOMAIN_PAUSED) b->reason = r->second;
+    return b;
+  }
+  absl::StatusOr<std::string> GetXMLDesc(virDomainPtr d, unsigned int flags) override {
+    auto xml = inner_->GetXMLDesc(d, flags);
+    std::lock_guard<std::mutex> l(script_->mu);
+    if (!xml.ok() || script_->xen_os_type.empty()) return xml;
+    std::string x = *xml;
+    const size_t type = x.find("<domain type='test'");
+    if (type != std::string::npos) x.replace(type, 19, "<domain type='xen'");
+    const size_t a = x.find("<type"), b = x.find("</type>");
+    if (a != std::string::npos && b != std::string::npos) {
+      x.replace(a, b + 7 - a, script_->xen_os_type);
+    }
+    return x;
+  }
+  absl::StatusOr<JobStats> GetJobStats(virDomainPtr d, unsigned int flags) override {
+    auto b = inner_->Describe(d);
+    if (!b.ok()) return b.status();
+    std::lock_guard<std::mutex> l(script_->mu);
+    auto it = script_->jobs.find(b->uuid);
+    if (it == script_->jobs.end()) return JobStats{};  // type NONE
+    return it->second;
+  }
+  absl::Status MigrateToURI3(virDomainPtr d, const std::string& dconnuri,
+                             const MigrateParams& params, unsigned int flags) override {
+    return inner_->MigrateToURI3(d, dconnuri, params, flags);
+  }
+  absl::Status AbortJob(virDomainPtr d) override { return inner_->AbortJob(d); }
+  absl::Status MigrateSetMaxDowntime(virDomainPtr d, uint64_t ms) override {
+    return inner_->MigrateSetMaxDowntime(d, ms);
+  }
+  absl::Status MigrateSetMaxSpeed(virDomainPtr d, uint64_t mib_s) override {
+    return inner_->MigrateSetMaxSpeed(d, mib_s);
+  }
+  absl::Status MigrateStartPostCopy(virDomainPtr d) override {
+    return inner_->MigrateStartPostCopy(d);
+  }
+  absl::Status Suspend(virDomainPtr d) override { return inner_->Suspend(d); }
+  absl::Status Resume(virDomainPtr d) override { return inner_->Resume(d); }
+  absl::Status Destroy(virDomainPtr d) override { return inner_->Destroy(d); }
+  absl::Status Undefine(virDomainPtr d) override { return inner_->Undefine(d); }
+
+ private:
+  std::unique_ptr<LibvirtApi> inner_;
+  std::shared_ptr<Script> script_;
+};
+
+// Suspends a domain through its own libvirt call (an operator's `virsh suspend`): paused, reason
+// "user".
+void SuspendDomain(virConnectPtr c, const std::string& uuid) {
+  virDomainPtr d = virDomainLookupByUUIDString(c, uuid.c_str());
+  REQUIRE(d != nullptr);
+  const int r = virDomainSuspend(d);
+  virDomainFree(d);
+  REQUIRE(r == 0);
+}
+
+bool DomainExists(virConnectPtr c, const std::string& uuid) {
+  virDomainPtr d = virDomainLookupByUUIDString(c, uuid.c_str());
+  if (d == nullptr) return false;
+  virDomainFree(d);
+  return true;
+}
+
 // One implementation under the contract, with a running domain it knows.
 struct Subject {
   std::string name;
   std::unique_ptr<ComputeDriver> driver;
   std::string running_uuid;
   bool libxl_like = false;
+  // Pauses the running domain as an operator would (reason "user").
+  std::function<void()> pause;
+  // Xen-like subjects: the hypervisor lists a Domain-0 of this size; is it still there?
+  uint64_t domain0_mib = 0;
+  std::function<bool()> domain0_present;
+  std::shared_ptr<XenLikeApi::Script> xen;  // the Xen-like libvirt's script, if any
 };
 
 Subject MakeFake(const std::string& profile) {
@@ -53,7 +222,24 @@ Subject MakeFake(const std::string& profile) {
   auto d = FakeDriver::Create(o);
   REQUIRE(d.ok());
   REQUIRE((*d)->hypervisor().CreateDomain("fake-a", kFakeUuid, "web-1", 256).ok());
-  return Subject{"FakeDriver " + profile, std::move(d).value(), kFakeUuid, profile == "fake-libxl"};
+  Subject s{"FakeDriver " + profile, std::move(d).value(), kFakeUuid, profile == "fake-libxl"};
+  auto hv = std::make_shared<FakeHypervisor>(dir);
+  s.pause = [hv] {
+    REQUIRE(hv->Mutate([](nlohmann::json& st, bool* changed) {
+                st["hosts"]["fake-a"]["domains"][kFakeUuid]["state"] = "paused";
+                *changed = true;
+                return absl::OkStatus();
+              }).ok());
+  };
+  if (profile == "fake-libxl") {
+    s.domain0_mib = o.dom0_memory_mib;
+    s.domain0_present = [hv] {
+      auto w = hv->Locate(kDomain0Uuid);
+      REQUIRE(w.ok());
+      return *w == std::vector<std::pair<std::string, std::string>>{{"fake-a", "running"}};
+    };
+  }
+  return s;
 }
 
 Subject MakeLibvirtTest() {
@@ -65,12 +251,42 @@ Subject MakeLibvirtTest() {
   o.bridges = {"br-guest"};
   auto d = LibvirtDriver::Create(o);
   REQUIRE(d.ok());
-  return Subject{"LibvirtDriver test:///default", std::move(d).value(), kTestDomainUuid, true};
+  Subject s{"LibvirtDriver test:///default", std::move(d).value(), kTestDomainUuid, true};
+  s.pause = [] {
+    // test:///default's state is shared by the process's connections while one stays open (the
+    // driver's does).
+    virConnectPtr c = virConnectOpen("test:///default");
+    REQUIRE(c != nullptr);
+    SuspendDomain(c, kTestDomainUuid);
+    virConnectClose(c);
+  };
+  return s;
+}
+
+Subject MakeXenLike(const std::string& profile = "auto") {
+  auto script = std::make_shared<XenLikeApi::Script>();
+  LibvirtDriver::Options o;
+  o.uri = "test://" + XenLikeApi::NodeFile();
+  o.profile = profile;
+  o.hostname = "xen-host";
+  o.instance_path = TempDir("inst");
+  o.state_dir = TempDir("state");
+  o.bridges = {"br-guest"};
+  auto d = LibvirtDriver::Create(o, std::make_unique<XenLikeApi>(script));
+  REQUIRE(d.ok());
+  REQUIRE(script->conn);
+  Subject s{"LibvirtDriver on a Xen-like libvirt (" + (*d)->profile() + ")", std::move(d).value(),
+            kXenVmUuid, profile != "qemu"};
+  s.pause = [script] { SuspendDomain(script->conn.get(), kXenVmUuid); };
+  s.domain0_mib = 640;
+  s.domain0_present = [script] { return DomainExists(script->conn.get(), kDomain0Uuid); };
+  s.xen = script;
+  return s;
 }
 
 std::vector<std::function<Subject()>> Subjects() {
   return {[] { return MakeFake("fake-qemu"); }, [] { return MakeFake("fake-libxl"); },
-          MakeLibvirtTest};
+          MakeLibvirtTest, [] { return MakeXenLike(); }};
 }
 
 cv1::CheckCanLiveMigrateOnDestRequest DestRequest(const std::string& mid, uint64_t mib,
@@ -237,6 +453,194 @@ TEST_CASE("contract: options the backend lacks fail up front, naming hypervisor 
     }
     // Without the probe file the source sees no shared storage.
     CHECK(r->src_check_data().shared_instance_path() == false);
+  }
+}
+
+cv1::RollbackLiveMigrationAtDestinationRequest DestRollback(const std::string& mid,
+                                                            const std::string& uuid,
+                                                            bool source_runs_domain) {
+  cv1::RollbackLiveMigrationAtDestinationRequest rb;
+  rb.set_migration_id(mid);
+  rb.set_instance_uuid(uuid);
+  rb.set_source_runs_domain(source_runs_domain);
+  return rb;
+}
+
+TEST_CASE("contract: Domain-0 is never reported as an instance, and its memory is not free") {
+  for (auto& make : Subjects()) {
+    Subject s = make();
+    INFO(s.name);
+    auto inv = s.driver->GetHostInfo();
+    REQUIRE(inv.ok());
+    auto list = s.driver->ListDomains();
+    REQUIRE(list.ok());
+    uint64_t guests_mib = 0;
+    for (const auto& d : inv->domains()) {
+      CHECK(d.uuid() != kDomain0Uuid);
+      CHECK(d.name() != "Domain-0");
+      guests_mib += d.memory_mib();
+    }
+    for (const auto& d : *list) {
+      CHECK(d.uuid() != kDomain0Uuid);
+      CHECK(d.name() != "Domain-0");
+    }
+    auto d0 = s.driver->DescribeDomain(kDomain0Uuid);
+    REQUIRE(d0.ok());
+    CHECK_FALSE(d0->has_value());
+    if (s.domain0_mib == 0) continue;  // no Domain-0 on this hypervisor
+    // Xen: free memory is the hypervisor's free pages, Domain-0's and the guests' excluded.
+    CHECK(inv->memory_free_mib() == inv->memory_total_mib() - s.domain0_mib - guests_mib);
+    if (s.xen) {
+      for (const auto& d : *list) CHECK(d.domain_id() != 0);  // libvirt's domain ids
+    }
+    // No step acts on it: it cannot migrate, and no rollback destroys it.
+    cv1::CheckCanLiveMigrateOnSrcRequest src;
+    src.set_migration_id("m-d0");
+    src.set_instance_uuid(kDomain0Uuid);
+    src.set_source_host("src");
+    CHECK_FALSE(s.driver->CheckCanLiveMigrateOnSrc(src).ok());
+    CHECK_FALSE(
+        s.driver->RollbackLiveMigrationAtDestination(DestRollback("m-d0", kDomain0Uuid, true))
+            .ok());
+    cv1::PostLiveMigrationRequest post;
+    post.set_migration_id("m-d0");
+    post.set_instance_uuid(kDomain0Uuid);
+    CHECK_FALSE(s.driver->PostLiveMigration(post).ok());
+    CHECK(s.domain0_present());
+  }
+}
+
+TEST_CASE(
+    "contract: a paused destination domain is destroyed by rollback only when the source runs "
+    "the domain; a running one never") {
+  for (auto& make : Subjects()) {
+    Subject s = make();
+    INFO(s.name);
+    // Running: refused even when the scheduler says that the source runs the domain.
+    auto running = s.driver->RollbackLiveMigrationAtDestination(
+        DestRollback("m-10", s.running_uuid, /*source_runs_domain=*/true));
+    CHECK(running.code() == absl::StatusCode::kFailedPrecondition);
+    CHECK(absl::StrContains(running.message(), "only running copy"));
+    // Paused with reason "user": how an operator's pause looks, and how Xen's libxl pauses the
+    // domain of an incoming migration.
+    s.pause();
+    auto d = s.driver->DescribeDomain(s.running_uuid);
+    REQUIRE(d.ok());
+    REQUIRE(d->has_value());
+    CHECK((*d)->state() == v1::DOMAIN_STATE_PAUSED);
+    CHECK((*d)->state_reason() == "user");
+    auto unproven = s.driver->RollbackLiveMigrationAtDestination(
+        DestRollback("m-10", s.running_uuid, /*source_runs_domain=*/false));
+    CHECK(unproven.code() == absl::StatusCode::kFailedPrecondition);
+    CHECK(absl::StrContains(unproven.message(), "only running copy"));
+    d = s.driver->DescribeDomain(s.running_uuid);
+    REQUIRE(d.ok());
+    REQUIRE(d->has_value());
+    CHECK((*d)->state() == v1::DOMAIN_STATE_PAUSED);
+    // The source runs the domain: this paused copy is half-received; it goes, and a repeat is
+    // harmless.
+    for (int i = 0; i < 2; ++i) {
+      auto done = s.driver->RollbackLiveMigrationAtDestination(
+          DestRollback("m-10", s.running_uuid, /*source_runs_domain=*/true));
+      INFO(done.ToString());
+      CHECK(done.ok());
+      d = s.driver->DescribeDomain(s.running_uuid);
+      REQUIRE(d.ok());
+      CHECK_FALSE(d->has_value());
+    }
+  }
+}
+
+TEST_CASE("contract: a job of unknown operation is not reported as a migration on libxl") {
+  SECTION("LibvirtDriver on a Xen-like libvirt") {
+    Subject s = MakeXenLike();
+    REQUIRE(s.driver->capabilities().profile() == "libxl");
+    auto d = s.driver->DescribeDomain(kXenVmUuid);
+    REQUIRE(d.ok());
+    REQUIRE(d->has_value());
+    CHECK_FALSE((*d)->job_active());  // libxl idle: job type None
+    CHECK_FALSE((*d)->migration_job_active());
+    JobStats unbounded;  // what libxl answers for any job: unbounded, unknown, elapsed only
+    unbounded.type = VIR_DOMAIN_JOB_UNBOUNDED;
+    unbounded.time_elapsed_ms = 1234;
+    {
+      std::lock_guard<std::mutex> l(s.xen->mu);
+      s.xen->jobs[kXenVmUuid] = unbounded;
+    }
+    d = s.driver->DescribeDomain(kXenVmUuid);
+    REQUIRE(d.ok());
+    REQUIRE(d->has_value());
+    CHECK((*d)->job_active());
+    CHECK((*d)->job_elapsed_ms() == 1234);
+    CHECK_FALSE((*d)->migration_job_active());
+    CHECK((*d)->migration_id().empty());
+    auto listed = s.driver->ListDomains();
+    REQUIRE(listed.ok());
+    REQUIRE(listed->size() == 1);
+    CHECK((*listed)[0].job_active());
+    CHECK_FALSE((*listed)[0].migration_job_active());
+    // Asked by migration id (the scheduler knows the migration runs): the job is its transfer,
+    // with elapsed time and no bytes.
+    auto p = s.driver->GetMigrationProgress("m-11", kXenVmUuid);
+    REQUIRE(p.ok());
+    CHECK(p->state() == cv1::TRANSFER_STATE_RUNNING);
+    CHECK(p->progress().elapsed_ms() == 1234);
+    CHECK_FALSE(p->progress().has_bytes());
+    CHECK_FALSE(p->monitor_attached());
+    // A job whose operation says migration is one.
+    {
+      std::lock_guard<std::mutex> l(s.xen->mu);
+      s.xen->jobs[kXenVmUuid].operation = VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT;
+    }
+    d = s.driver->DescribeDomain(kXenVmUuid);
+    REQUIRE(d.ok());
+    REQUIRE(d->has_value());
+    CHECK((*d)->migration_job_active());
+  }
+  SECTION("LibvirtDriver's QEMU profile keeps calling any job a migration") {
+    Subject s = MakeXenLike("qemu");
+    JobStats unbounded;
+    unbounded.type = VIR_DOMAIN_JOB_UNBOUNDED;
+    {
+      std::lock_guard<std::mutex> l(s.xen->mu);
+      s.xen->jobs[kXenVmUuid] = unbounded;
+    }
+    auto d = s.driver->DescribeDomain(kXenVmUuid);
+    REQUIRE(d.ok());
+    REQUIRE(d->has_value());
+    CHECK((*d)->job_active());
+    CHECK((*d)->migration_job_active());
+  }
+}
+
+TEST_CASE("libvirt driver: the destination's rollback by pause reason") {
+  Subject s = MakeXenLike();
+  s.pause();
+  SECTION("post-copy: never destroyed, whatever the request says") {
+    for (int reason : {VIR_DOMAIN_PAUSED_POSTCOPY, VIR_DOMAIN_PAUSED_POSTCOPY_FAILED}) {
+      {
+        std::lock_guard<std::mutex> l(s.xen->mu);
+        s.xen->pause_reason[kXenVmUuid] = reason;
+      }
+      auto r = s.driver->RollbackLiveMigrationAtDestination(DestRollback("m-12", kXenVmUuid, true));
+      CHECK(r.code() == absl::StatusCode::kFailedPrecondition);
+      CHECK(absl::StrContains(r.message(), "only running copy"));
+      CHECK(DomainExists(s.xen->conn.get(), kXenVmUuid));
+    }
+  }
+  SECTION("migration (QEMU's incoming domain): destroyed without the source's word") {
+    {
+      std::lock_guard<std::mutex> l(s.xen->mu);
+      s.xen->pause_reason[kXenVmUuid] = VIR_DOMAIN_PAUSED_MIGRATION;
+    }
+    auto d = s.driver->DescribeDomain(kXenVmUuid);
+    REQUIRE(d.ok());
+    REQUIRE(d->has_value());
+    CHECK((*d)->state() == v1::DOMAIN_STATE_INCOMING_PAUSED);
+    CHECK((*d)->state_reason() == "migration");
+    CHECK(
+        s.driver->RollbackLiveMigrationAtDestination(DestRollback("m-12", kXenVmUuid, false)).ok());
+    CHECK_FALSE(DomainExists(s.xen->conn.get(), kXenVmUuid));
   }
 }
 
@@ -486,6 +890,89 @@ TEST_CASE("fake: offline migration pauses the guest and runs it on the destinati
   *lm.mutable_options() = bw;
   auto refused = p.b->LiveMigration(lm, nullptr);
   CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE(
+    "fake (libxl): the incoming domain is paused with reason user; a job is a migration only "
+    "to the driver that monitors it") {
+  FakePair p("fake-libxl");
+  REQUIRE(p.a->hypervisor().SetTransferDuration("fake-a", absl::Seconds(2)).ok());
+  auto lm = p.Prepare("m-13");
+  absl::StatusOr<cv1::MigrationProgressReport> r;
+  std::thread t([&] { r = p.a->LiveMigration(lm, nullptr); });
+  while (p.Where().size() < 2) absl::SleepFor(absl::Milliseconds(2));
+  CHECK(p.Where() == Loc{{"fake-a", "running"}, {"fake-b", "incoming"}});
+  // The source's driver runs the transfer's monitor: it knows the job is its migration.
+  auto src = p.a->DescribeDomain(kFakeUuid);
+  REQUIRE(src.ok());
+  REQUIRE(src->has_value());
+  CHECK((*src)->job_active());
+  CHECK((*src)->migration_job_active());
+  CHECK((*src)->migration_id() == "m-13");
+  // A restarted agent's driver sees only libxl's job: unbounded, unknown operation.
+  FakeDriver::Options o;
+  o.state_dir = p.dir;
+  o.hostname = "fake-a";
+  o.profile = "fake-libxl";
+  auto restarted = FakeDriver::Create(o);
+  REQUIRE(restarted.ok());
+  auto again = (*restarted)->DescribeDomain(kFakeUuid);
+  REQUIRE(again.ok());
+  REQUIRE(again->has_value());
+  CHECK((*again)->job_active());
+  CHECK_FALSE((*again)->migration_job_active());
+  CHECK((*again)->migration_id().empty());
+  auto progress = (*restarted)->GetMigrationProgress("m-13", kFakeUuid);
+  REQUIRE(progress.ok());
+  CHECK(progress->state() == cv1::TRANSFER_STATE_RUNNING);
+  CHECK_FALSE(progress->progress().has_bytes());
+  // The destination shows the incoming domain as libxl does: paused, reason "user".
+  auto dst = p.b->DescribeDomain(kFakeUuid);
+  REQUIRE(dst.ok());
+  REQUIRE(dst->has_value());
+  CHECK((*dst)->state() == v1::DOMAIN_STATE_PAUSED);
+  CHECK((*dst)->state_reason() == "user");
+  CHECK_FALSE((*dst)->migration_job_active());
+  t.join();
+  REQUIRE(r.ok());
+  CHECK(r->state() == cv1::TRANSFER_STATE_COMPLETED);
+  dst = p.b->DescribeDomain(kFakeUuid);
+  REQUIRE(dst.ok());
+  REQUIRE(dst->has_value());
+  CHECK((*dst)->state() == v1::DOMAIN_STATE_RUNNING);
+  CHECK_FALSE((*dst)->job_active());
+}
+
+TEST_CASE(
+    "fake: rollback at the destination destroys the incoming domain by the profile's rule, and "
+    "that fails the transfer") {
+  for (const char* profile : {"fake-libxl", "fake-qemu"}) {
+    INFO(profile);
+    const bool libxl = std::string(profile) == "fake-libxl";
+    FakePair p(profile);
+    REQUIRE(p.a->hypervisor().SetTransferDuration("fake-a", absl::Seconds(30)).ok());
+    auto lm = p.Prepare("m-14");
+    absl::StatusOr<cv1::MigrationProgressReport> r;
+    std::thread t([&] { r = p.a->LiveMigration(lm, nullptr); });
+    while (p.Where().size() < 2) absl::SleepFor(absl::Milliseconds(2));
+    if (libxl) {
+      // Paused with reason "user": without the source's word it may be a paused guest.
+      auto refused =
+          p.b->RollbackLiveMigrationAtDestination(DestRollback("m-14", kFakeUuid, false));
+      CHECK(refused.code() == absl::StatusCode::kFailedPrecondition);
+      CHECK(p.Where().size() == 2);
+    }
+    // libxl: the scheduler saw the source run the domain; QEMU: paused for the migration.
+    REQUIRE(p.b->RollbackLiveMigrationAtDestination(DestRollback("m-14", kFakeUuid, libxl)).ok());
+    t.join();
+    REQUIRE(r.ok());
+    CHECK(r->state() == cv1::TRANSFER_STATE_FAILED);
+    CHECK(absl::StrContains(r->error(), "destroyed"));
+    CHECK(p.Where() == Loc{{"fake-a", "running"}});
+    auto snap = p.a->hypervisor().Snapshot();
+    REQUIRE(snap.ok());
+    CHECK((*snap)["hosts"]["fake-b"]["staged"].empty());
+  }
 }
 
 // ---- FakeHypervisor's cached state, pruning and the monitor's wake-up -------------------------
@@ -817,6 +1304,453 @@ TEST_CASE("strict libxl layer refuses with libvirt's own messages") {
   auto real = strict->MigrateToURI3(dom->get(), "test:///default", MigrateParams{},
                                     VIR_MIGRATE_LIVE | VIR_MIGRATE_PEER2PEER);
   CHECK_FALSE(real.ok());
+}
+
+// ---- Xen's paging modes: check "xen_pv_shadow_paging" --------------------------------------
+
+// `xl info` of Xen 4.17 as the lab's hosts print it (XEN_LAB_FACTS.md): bookworm's main release
+// 4.17.5 (shadow paging) and the 4.17.7 security build (without: XSA-495).
+constexpr char kXlInfoShadow[] =
+    "host                   : xena\n"
+    "release                : 6.1.0-28-amd64\n"
+    "machine                : x86_64\n"
+    "virt_caps              : pv hvm hap shadow gnttab-v1 gnttab-v2\n"
+    "total_memory           : 1535\n"
+    "xen_version            : 4.17.5\n";
+constexpr char kXlInfoNoShadow[] =
+    "host                   : xenb\n"
+    "virt_caps              : pv hvm hap gnttab-v1 gnttab-v2\n"
+    "xen_version            : 4.17.7\n";
+constexpr char kNoShadowCaps[] = "pv hvm hap gnttab-v1 gnttab-v2";
+
+v1::BackendCapabilities XenCaps(const absl::StatusOr<std::string>& xl_info) {
+  v1::BackendCapabilities c = LibvirtDriver::ProfileCapabilities("libxl", true);
+  SetXenPagingCaps(xl_info, &c);
+  return c;
+}
+
+v1::DomainInfo Guest(const std::string& kind, const std::string& name = "web-1") {
+  v1::DomainInfo d;
+  d.set_uuid(kFakeUuid);
+  d.set_name(name);
+  d.set_memory_mib(256);
+  d.set_guest_kind(kind);
+  return d;
+}
+
+const v1::CheckResult* FindCheck(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks,
+                                 const std::string& name, const std::string& host) {
+  for (const auto& c : checks) {
+    if (c.name() == name && c.host() == host) return &c;
+  }
+  return nullptr;
+}
+
+std::string Refusal(const std::string& host, const std::string& instance = "web-1") {
+  return absl::StrCat(
+      "instance ", instance, " is a PV guest and host ", host,
+      " runs Xen without shadow paging (xl info virt_caps: pv hvm hap gnttab-v1 gnttab-v2): PV "
+      "live migration needs log-dirty on shadow paging. Ways out: boot ",
+      host,
+      " with a Xen built with shadow paging (CONFIG_SHADOW_PAGING=y, e.g. Debian's 4.17.5 from "
+      "bookworm), or run the guest as PVH or HVM, which migrate on HAP.");
+}
+
+TEST_CASE("xen paging: virt_caps from xl info") {
+  auto with = ParseXenVirtCaps(kXlInfoShadow);
+  REQUIRE(with.ok());
+  CHECK(*with == std::vector<std::string>{"pv", "hvm", "hap", "shadow", "gnttab-v1", "gnttab-v2"});
+  auto without = ParseXenVirtCaps(kXlInfoNoShadow);
+  REQUIRE(without.ok());
+  CHECK(*without == std::vector<std::string>{"pv", "hvm", "hap", "gnttab-v1", "gnttab-v2"});
+  // Shadow paging only, no HAP (QEMU TCG without +npt); tabs; the line alone.
+  auto only = ParseXenVirtCaps("virt_caps\t:\tpv hvm shadow");
+  REQUIRE(only.ok());
+  CHECK(only->size() == 3);
+  // "shadow" is a word of its own, never a part of one.
+  auto c = XenCaps(std::string("virt_caps : pv hvm hap iommu_hap_pt_share shadowless\n"));
+  CHECK(c.has_pv_live_migration());
+  CHECK_FALSE(c.pv_live_migration());
+  CHECK(ParseXenVirtCaps("xen_caps : xen-3.0-x86_64 hvm-3.0-x86_32\n").status().code() ==
+        absl::StatusCode::kNotFound);
+  CHECK(ParseXenVirtCaps("virt_caps :   \n").status().code() == absl::StatusCode::kNotFound);
+  CHECK(ParseXenVirtCaps("").status().code() == absl::StatusCode::kNotFound);
+
+  auto shadow = XenCaps(std::string(kXlInfoShadow));
+  CHECK(shadow.has_pv_live_migration());
+  CHECK(shadow.pv_live_migration());
+  CHECK(shadow.xen_virt_caps_size() == 6);
+  CHECK(shadow.xen_info_error().empty());
+  auto none = XenCaps(std::string(kXlInfoNoShadow));
+  CHECK(none.has_pv_live_migration());
+  CHECK_FALSE(none.pv_live_migration());
+  CHECK(absl::StrJoin(none.xen_virt_caps(), " ") == kNoShadowCaps);
+  auto failed = XenCaps(absl::InternalError("`xl info` failed (exit status 127): xl: not found"));
+  CHECK_FALSE(failed.has_pv_live_migration());
+  CHECK(failed.xen_virt_caps_size() == 0);
+  CHECK(failed.xen_info_error() == "`xl info` failed (exit status 127): xl: not found");
+  auto garbled = XenCaps(std::string("something else\n"));
+  CHECK_FALSE(garbled.has_pv_live_migration());
+  CHECK(garbled.xen_info_error() == "xl info printed no virt_caps line");
+  // Set again, the earlier answer is gone.
+  SetXenPagingCaps(std::string(kXlInfoShadow), &failed);
+  CHECK(failed.pv_live_migration());
+  CHECK(failed.xen_info_error().empty());
+}
+
+TEST_CASE("xen paging: the guest kind from the domain XML") {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      // libvirt 9.0's libxl driver (XEN_LAB_FACTS.md: os types xen/xenpvh/hvm, machines
+      // xenpv/xenpvh/xenfv); the lab's guests.
+      {"<domain type='xen' id='3'><name>tiny</name><os><type arch='x86_64' "
+       "machine='xenpv'>linux</type><kernel>/vmlinuz</kernel></os></domain>",
+       "pv"},
+      {"<domain type='xen'><os><type arch='x86_64' machine='xenpv'>xen</type></os></domain>", "pv"},
+      {"<domain type='xen'><os><type>linux</type></os></domain>", "pv"},
+      {"<domain type='xen'><os>\n  <type arch='x86_64' machine='xenpvh'>xenpvh</type>\n</os>"
+       "</domain>",
+       "pvh"},
+      // PVH as older libvirt wrote it: os type xen on machine xenpvh.
+      {"<domain type='xen'><os><type arch='x86_64' machine='xenpvh'>xen</type></os></domain>",
+       "pvh"},
+      {"<domain type=\"xen\"><os><type arch=\"x86_64\" machine=\"xenfv\">hvm</type>"
+       "<loader>/usr/lib/xen-4.17/boot/hvmloader</loader></os></domain>",
+       "hvm"},
+      // Not Xen's: QEMU/KVM, libvirt's test driver; nothing to tell.
+      {"<domain type='kvm'><os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os></domain>",
+       ""},
+      {"<domain type='qemu'><os><type>hvm</type></os></domain>", ""},
+      {"<domain type='test'><os><type>xen</type></os></domain>", ""},
+      {"<domain type='xen'><name>x</name></domain>", ""},
+      {"<domain type='xen'><os><type>exe</type></os></domain>", ""},
+      // The os type is <os>'s, not libosinfo metadata's or a device's.
+      {"<domain type='xen'><metadata><libosinfo:os id='http://debian.org/debian/12'/></metadata>"
+       "<os><type machine='xenpvh'>xenpvh</type></os><devices><disk type='file'/></devices>"
+       "</domain>",
+       "pvh"},
+      {"", ""},
+  };
+  for (const auto& [xml, kind] : cases) {
+    INFO(xml);
+    CHECK(XenGuestKind(xml) == kind);
+  }
+}
+
+TEST_CASE("checks: xen_pv_shadow_paging refuses a PV guest where Xen has no shadow paging") {
+  const auto shadow = XenCaps(std::string(kXlInfoShadow));
+  const auto none = XenCaps(std::string(kXlInfoNoShadow));
+  const auto unknown =
+      XenCaps(absl::InternalError("`xl info` failed (exit status 127): not found"));
+
+  SECTION("on the destination") {
+    DestFacts f;
+    f.hostname = "xen-b";
+    f.hypervisor_type = "Xen";
+    f.memory_free_mib = 4096;
+    f.bridges = {"br-guest"};
+    f.instance_path = "/srv/instances";
+    f.probe_written = true;
+    f.capabilities = none;
+    cv1::CheckCanLiveMigrateOnDestRequest req = DestRequest("m-1", 256);
+    *req.mutable_instance() = Guest("pv");
+    auto r = EvaluateDestChecks(req, f);
+    CHECK_FALSE(r.passed());
+    const v1::CheckResult* c = FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-b");
+    REQUIRE(c != nullptr);
+    CHECK_FALSE(c->passed());
+    CHECK(c->reason() == Refusal("xen-b"));
+    for (const auto& other : r.checks()) {
+      if (other.name() != "xen_pv_shadow_paging") CHECK(other.passed());
+    }
+
+    *req.mutable_instance() = Guest("pvh");
+    r = EvaluateDestChecks(req, f);
+    CHECK(r.passed());
+    c = FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-b");
+    REQUIRE(c != nullptr);
+    CHECK(c->passed());
+    CHECK(c->reason() ==
+          "instance web-1 is a PVH guest: it migrates on HAP and needs no shadow paging on the "
+          "destination host xen-b");
+    *req.mutable_instance() = Guest("hvm");
+    CHECK(EvaluateDestChecks(req, f).passed());
+
+    *req.mutable_instance() = Guest("pv");
+    f.capabilities = shadow;
+    r = EvaluateDestChecks(req, f);
+    CHECK(r.passed());
+    c = FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-b");
+    REQUIRE(c != nullptr);
+    CHECK(absl::StrContains(c->reason(),
+                            "runs Xen with shadow paging (xl info virt_caps: pv "
+                            "hvm hap shadow gnttab-v1 gnttab-v2)"));
+
+    // Unknown paging modes: not refused on a guess, and the reason says so.
+    f.capabilities = unknown;
+    r = EvaluateDestChecks(req, f);
+    CHECK(r.passed());
+    c = FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-b");
+    REQUIRE(c != nullptr);
+    CHECK(c->passed());
+    CHECK(absl::StrContains(c->reason(), "is unknown (`xl info` failed (exit status 127)"));
+    CHECK(absl::StrContains(c->reason(), "not refused on a guess"));
+
+    // Not a Xen guest (QEMU, or a source that does not say): no such check.
+    f.capabilities = none;
+    *req.mutable_instance() = Guest("");
+    r = EvaluateDestChecks(req, f);
+    CHECK(r.passed());
+    CHECK(FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-b") == nullptr);
+  }
+
+  SECTION("on the source, for itself and for the destination") {
+    cv1::CheckCanLiveMigrateOnSrcRequest req;
+    req.set_migration_id("m-2");
+    req.set_instance_uuid(kFakeUuid);
+    req.set_source_host("xen-a");
+    req.set_dest_host("xen-b");
+    req.mutable_dest_check_data()->set_dest_host("xen-b");
+    *req.mutable_dest_check_data()->mutable_capabilities() = shadow;
+    // The source lacks shadow paging.
+    auto r = EvaluateSrcChecks(req, true, none, "Xen (libxl)", Guest("pv"), "<domain/>");
+    CHECK_FALSE(r.passed());
+    const v1::CheckResult* c = FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-a");
+    REQUIRE(c != nullptr);
+    CHECK_FALSE(c->passed());
+    CHECK(c->reason() == Refusal("xen-a"));
+    CHECK(FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-b") == nullptr);
+    // PVH on the same hosts: passes.
+    r = EvaluateSrcChecks(req, true, none, "Xen (libxl)", Guest("pvh"), "<domain/>");
+    CHECK(r.passed());
+    // Both have it: passes, one check (the source's).
+    r = EvaluateSrcChecks(req, true, shadow, "Xen (libxl)", Guest("pv"), "<domain/>");
+    CHECK(r.passed());
+    c = FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-a");
+    REQUIRE(c != nullptr);
+    CHECK(c->passed());
+    // The destination lacks it (its capabilities in the check data): the source refuses too,
+    // naming the destination.
+    *req.mutable_dest_check_data()->mutable_capabilities() = none;
+    r = EvaluateSrcChecks(req, true, shadow, "Xen (libxl)", Guest("pv"), "<domain/>");
+    CHECK_FALSE(r.passed());
+    c = FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-b");
+    REQUIRE(c != nullptr);
+    CHECK(c->reason() == Refusal("xen-b"));
+    // Unknown on the source: passes with the note.
+    *req.mutable_dest_check_data()->mutable_capabilities() = shadow;
+    r = EvaluateSrcChecks(req, true, unknown, "Xen (libxl)", Guest("pv"), "<domain/>");
+    CHECK(r.passed());
+    c = FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-a");
+    REQUIRE(c != nullptr);
+    CHECK(absl::StrContains(c->reason(),
+                            "whether the source host xen-a runs Xen with shadow "
+                            "paging is unknown"));
+    // A QEMU domain: no such check.
+    r = EvaluateSrcChecks(req, true, LibvirtDriver::ProfileCapabilities("qemu", false), "QEMU",
+                          Guest(""), "<domain/>");
+    CHECK(FindCheck(r.checks(), "xen_pv_shadow_paging", "xen-a") == nullptr);
+  }
+}
+
+TEST_CASE("libvirt driver: the host command that gives xl info") {
+  auto out = LibvirtDriver::RunHostCommand("printf 'virt_caps : pv hvm\\n'", absl::Seconds(10));
+  REQUIRE(out.ok());
+  CHECK(*out == "virt_caps : pv hvm\n");
+  auto failed = LibvirtDriver::RunHostCommand("echo oops >&2; exit 3", absl::Seconds(10));
+  CHECK(failed.status().code() == absl::StatusCode::kInternal);
+  CHECK(failed.status().message() == "`echo oops >&2; exit 3` failed (exit status 3): oops");
+  auto missing = LibvirtDriver::RunHostCommand("/nonexistent/xl info", absl::Seconds(10));
+  CHECK(absl::StrContains(missing.status().message(), "failed (exit status 127)"));
+  const absl::Time start = absl::Now();
+  auto slow = LibvirtDriver::RunHostCommand("sleep 30; echo late", absl::Milliseconds(300));
+  CHECK(absl::Now() - start < absl::Seconds(5));
+  CHECK(slow.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(slow.status().message() == "`sleep 30; echo late` did not finish in 300ms (killed)");
+}
+
+TEST_CASE("libvirt driver (libxl): the host's virt_caps once at start, the guest kind per domain") {
+  auto make = [](const std::string& command, const std::string& os_type,
+                 const std::string& profile = "auto") {
+    auto script = std::make_shared<XenLikeApi::Script>();
+    script->xen_os_type = os_type;
+    LibvirtDriver::Options o;
+    o.uri = "test://" + XenLikeApi::NodeFile();
+    o.profile = profile;
+    o.hostname = "xen-a";
+    o.instance_path = TempDir("inst");
+    o.state_dir = TempDir("state");
+    o.bridges = {"br-guest"};
+    o.xen_info_command = command;
+    auto d = LibvirtDriver::Create(o, std::make_unique<XenLikeApi>(script));
+    REQUIRE(d.ok());
+    return std::move(d).value();
+  };
+  const std::string pv = "<type arch='x86_64' machine='xenpv'>linux</type>";
+  const std::string pvh = "<type arch='x86_64' machine='xenpvh'>xenpvh</type>";
+  const std::string print_no_shadow = absl::StrCat("printf '", kXlInfoNoShadow, "'");
+  cv1::CheckCanLiveMigrateOnSrcRequest src;
+  src.set_migration_id("m-7");
+  src.set_instance_uuid(kXenVmUuid);
+  src.set_source_host("xen-a");
+  src.set_dest_host("xen-b");
+  src.mutable_dest_check_data()->set_dest_host("xen-b");
+
+  auto no_shadow = make(print_no_shadow, pv);
+  const v1::BackendCapabilities caps = no_shadow->capabilities();
+  CHECK(absl::StrJoin(caps.xen_virt_caps(), " ") == kNoShadowCaps);
+  REQUIRE(caps.has_pv_live_migration());
+  CHECK_FALSE(caps.pv_live_migration());
+  auto inv = no_shadow->GetHostInfo();
+  REQUIRE(inv.ok());
+  CHECK_FALSE(inv->capabilities().pv_live_migration());
+  REQUIRE(inv->domains_size() == 1);
+  CHECK(inv->domains(0).guest_kind() == "pv");
+  auto r = no_shadow->CheckCanLiveMigrateOnSrc(src);
+  REQUIRE(r.ok());
+  CHECK_FALSE(r->passed());
+  const v1::CheckResult* c = FindCheck(r->checks(), "xen_pv_shadow_paging", "xen-a");
+  REQUIRE(c != nullptr);
+  CHECK_FALSE(c->passed());
+  CHECK(c->reason() == Refusal("xen-a", "xen-vm"));
+  CHECK(r->src_check_data().domain().guest_kind() == "pv");
+
+  // The same host with a PVH guest: the check passes.
+  auto with_pvh = make(print_no_shadow, pvh);
+  auto d = with_pvh->DescribeDomain(kXenVmUuid);
+  REQUIRE(d.ok());
+  REQUIRE(d->has_value());
+  CHECK((*d)->guest_kind() == "pvh");
+  r = with_pvh->CheckCanLiveMigrateOnSrc(src);
+  REQUIRE(r.ok());
+  c = FindCheck(r->checks(), "xen_pv_shadow_paging", "xen-a");
+  REQUIRE(c != nullptr);
+  CHECK(c->passed());  // (shared_storage fails here: no probe file)
+
+  // The command fails, or is disabled: unknown, and a PV guest is not refused.
+  auto failing = make("echo 'xl: cannot open /dev/xen/privcmd' >&2; exit 1", pv, "libxl-strict");
+  CHECK_FALSE(failing->capabilities().has_pv_live_migration());
+  CHECK(failing->capabilities().xen_info_error() ==
+        "`echo 'xl: cannot open /dev/xen/privcmd' >&2; exit 1` failed (exit status 1): xl: cannot "
+        "open /dev/xen/privcmd");
+  r = failing->CheckCanLiveMigrateOnSrc(src);
+  REQUIRE(r.ok());
+  c = FindCheck(r->checks(), "xen_pv_shadow_paging", "xen-a");
+  REQUIRE(c != nullptr);
+  CHECK(c->passed());
+  CHECK(absl::StrContains(c->reason(), "cannot open /dev/xen/privcmd"));
+  auto disabled = make("", pv);
+  CHECK(absl::StrContains(disabled->capabilities().xen_info_error(), "disabled"));
+
+  // QEMU: the command is not run, nothing about Xen is reported.
+  auto qemu = make("exit 1", "", "qemu");
+  CHECK(qemu->capabilities().xen_info_error().empty());
+  CHECK_FALSE(qemu->capabilities().has_pv_live_migration());
+  auto qd = qemu->DescribeDomain(kXenVmUuid);
+  REQUIRE(qd.ok());
+  REQUIRE(qd->has_value());
+  CHECK((*qd)->guest_kind().empty());
+}
+
+TEST_CASE("fake (libxl): the host's virt_caps option and the guests' kinds") {
+  const std::string dir = TempDir("fake-xen");
+  auto make = [&](const std::string& host, const std::string& profile,
+                  const std::string& virt_caps) {
+    FakeDriver::Options o;
+    o.state_dir = dir;
+    o.hostname = host;
+    o.profile = profile;
+    o.xen_virt_caps = virt_caps;
+    auto d = FakeDriver::Create(o);
+    REQUIRE(d.ok());
+    return std::move(d).value();
+  };
+  auto a = make("xen-a", "fake-libxl", "pv hvm hap shadow gnttab-v1 gnttab-v2");
+  auto b = make("xen-b", "fake-libxl", kNoShadowCaps);
+  auto u = make("xen-u", "fake-libxl", "");
+  auto q = make("qemu-q", "fake-qemu", kNoShadowCaps);
+  CHECK(a->capabilities().pv_live_migration());
+  CHECK_FALSE(b->capabilities().pv_live_migration());
+  CHECK(b->capabilities().has_pv_live_migration());
+  CHECK_FALSE(u->capabilities().has_pv_live_migration());
+  CHECK(absl::StrContains(u->capabilities().xen_info_error(), "--fake-xen-virt-caps is empty"));
+  CHECK_FALSE(q->capabilities().has_pv_live_migration());
+  CHECK(q->capabilities().xen_virt_caps_size() == 0);
+  // The default: a Xen with shadow paging.
+  CHECK(FakeDriver::Options().xen_virt_caps == "pv hvm hap shadow gnttab-v1 gnttab-v2");
+
+  auto& hv = a->hypervisor();
+  const std::string pv = "11111111-0000-4000-8000-000000000001";
+  const std::string pvh = "11111111-0000-4000-8000-000000000002";
+  const std::string hvm = "11111111-0000-4000-8000-000000000003";
+  REQUIRE(hv.CreateDomain("xen-a", pv, "vm-pv", 256).ok());
+  REQUIRE(hv.CreateDomain("xen-a", pvh, "vm-pvh", 256, "running", {"br-guest"}, "pvh").ok());
+  REQUIRE(hv.CreateDomain("xen-a", hvm, "vm-hvm", 256, "running", {"br-guest"}, "hvm").ok());
+  CHECK(hv.CreateDomain("xen-a", "11111111-0000-4000-8000-000000000004", "x", 1, "running",
+                        {"br-guest"}, "kvm")
+            .code() == absl::StatusCode::kInvalidArgument);
+  std::map<std::string, std::string> kinds;
+  auto doms = a->ListDomains();
+  REQUIRE(doms.ok());
+  for (const auto& dom : *doms) kinds[dom.name()] = dom.guest_kind();
+  CHECK(kinds ==
+        std::map<std::string, std::string>{{"vm-pv", "pv"}, {"vm-pvh", "pvh"}, {"vm-hvm", "hvm"}});
+  REQUIRE(hv.CreateDomain("qemu-q", "11111111-0000-4000-8000-000000000005", "vm-q", 256).ok());
+  auto qd = q->DescribeDomain("11111111-0000-4000-8000-000000000005");
+  REQUIRE(qd.ok());
+  REQUIRE(qd->has_value());
+  CHECK((*qd)->guest_kind().empty());  // QEMU's domains are no Xen guests
+
+  // The destination xen-b (no shadow paging) refuses the PV guest, takes the PVH one.
+  for (const auto& [uuid, refused] :
+       std::vector<std::pair<std::string, bool>>{{pv, true}, {pvh, false}, {hvm, false}}) {
+    INFO(uuid);
+    auto dom = a->DescribeDomain(uuid);
+    REQUIRE(dom.ok());
+    REQUIRE(dom->has_value());
+    cv1::CheckCanLiveMigrateOnDestRequest req = DestRequest("m-" + uuid.substr(34), 256);
+    req.set_instance_uuid(uuid);
+    *req.mutable_instance() = **dom;
+    auto r = b->CheckCanLiveMigrateOnDest(req);
+    REQUIRE(r.ok());
+    CHECK(r->passed() == !refused);
+    const v1::CheckResult* c = FindCheck(r->checks(), "xen_pv_shadow_paging", "xen-b");
+    REQUIRE(c != nullptr);
+    CHECK(c->passed() == !refused);
+    if (refused) {
+      CHECK(c->reason() == Refusal("xen-b", "vm-pv"));
+    }
+    // An unknown host takes every kind.
+    auto ru = u->CheckCanLiveMigrateOnDest(req);
+    REQUIRE(ru.ok());
+    CHECK(ru->passed());
+  }
+
+  // A PV guest on the host without shadow paging cannot leave it either (the source's check).
+  const std::string stuck = "11111111-0000-4000-8000-000000000006";
+  REQUIRE(hv.CreateDomain("xen-b", stuck, "vm-stuck", 256).ok());
+  auto dest = a->CheckCanLiveMigrateOnDest([&] {
+    cv1::CheckCanLiveMigrateOnDestRequest req = DestRequest("m-stuck", 256);
+    req.set_instance_uuid(stuck);
+    return req;
+  }());
+  REQUIRE(dest.ok());
+  REQUIRE(dest->passed());
+  cv1::CheckCanLiveMigrateOnSrcRequest src;
+  src.set_migration_id("m-stuck");
+  src.set_instance_uuid(stuck);
+  src.set_source_host("xen-b");
+  src.set_dest_host("xen-a");
+  *src.mutable_dest_check_data() = dest->dest_check_data();
+  auto s = b->CheckCanLiveMigrateOnSrc(src);
+  REQUIRE(s.ok());
+  CHECK_FALSE(s->passed());
+  const v1::CheckResult* c = FindCheck(s->checks(), "xen_pv_shadow_paging", "xen-b");
+  REQUIRE(c != nullptr);
+  CHECK(absl::StrContains(c->reason(),
+                          "instance vm-stuck is a PV guest and host xen-b runs Xen "
+                          "without shadow paging"));
+  // The source's check data carries the kind (and so, later, the staged definition's domain).
+  CHECK(s->src_check_data().domain().guest_kind() == "pv");
 }
 
 TEST_CASE("libvirt driver: profiles and errors") {

@@ -66,6 +66,9 @@ using internal::FileId;
 
 constexpr uint64_t kMiB = 1ull << 20;
 
+// Domain-0 on Xen: libvirt lists it with domain id 0 and this UUID (fake-libxl hosts have one).
+constexpr char kDomain0Uuid[] = "00000000-0000-0000-0000-000000000000";
+
 int64_t NowMs(Clock* c) { return absl::ToUnixMillis(c->Now()); }
 
 absl::Status Errno(const std::string& what) {
@@ -136,12 +139,32 @@ const json& Get(const json& j, const std::string& key) {
   return it == j.end() ? *kNull : *it;
 }
 
-v1::DomainState StateOf(const std::string& s) {
+// A stored domain state as the hypervisor shows it. "incoming" is the destination's domain of a
+// running transfer: QEMU pauses it with reason "migration", Xen's libxl with reason "user".
+v1::DomainState StateOf(const std::string& s, bool libxl) {
   if (s == "running") return v1::DOMAIN_STATE_RUNNING;
   if (s == "paused") return v1::DOMAIN_STATE_PAUSED;
   if (s == "shutoff") return v1::DOMAIN_STATE_SHUTOFF;
-  if (s == "incoming") return v1::DOMAIN_STATE_INCOMING_PAUSED;
+  if (s == "incoming") return libxl ? v1::DOMAIN_STATE_PAUSED : v1::DOMAIN_STATE_INCOMING_PAUSED;
   return v1::DOMAIN_STATE_UNSPECIFIED;
+}
+
+std::string ReasonOf(const std::string& s, bool libxl) {
+  if (s == "paused") return "user";
+  if (s == "incoming") return libxl ? "user" : "migration";
+  return "";
+}
+
+// Domain-0 is the host's control domain, listed by the hypervisor but never an instance.
+bool IsDomain0(const std::string& uuid, const json& d) {
+  return uuid == kDomain0Uuid || Get(d, "domid") == 0;
+}
+
+absl::Status RefuseDomain0(const std::string& uuid) {
+  if (uuid != kDomain0Uuid) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("instance uuid ", uuid,
+                   " is Domain-0, the host's control domain: not an instance, it cannot migrate"));
 }
 
 // Journals a driver action (see FakeHypervisor::Journal): queued in the state under the lock,
@@ -350,29 +373,6 @@ absl::Status TakeFailure(json& st, const std::string& host, const std::string& s
   return s;
 }
 
-v1::DomainInfo DomainFromJson(const std::string& uuid, const json& d, const FakeStateIndex& idx) {
-  v1::DomainInfo info;
-  info.set_uuid(uuid);
-  info.set_name(d.value("name", std::string()));
-  info.set_state(StateOf(d.value("state", std::string())));
-  info.set_memory_mib(d.value("memory_mib", 0ull));
-  info.set_max_memory_mib(d.value("memory_mib", 0ull));
-  info.set_vcpus(d.value("vcpus", 1u));
-  info.set_persistent(d.value("persistent", true));
-  for (const auto& b : d.value("bridges", json::array())) {
-    auto* nic = info.add_interfaces();
-    nic->set_bridge(b.get<std::string>());
-    nic->set_model("e1000");
-  }
-  for (const auto& [id, running_uuid] : idx.running) {  // the last one in id order, as ever
-    if (running_uuid == uuid) {
-      info.set_migration_job_active(true);
-      info.set_migration_id(id);
-    }
-  }
-  return info;
-}
-
 std::string DomainXml(const std::string& uuid, const json& d) {
   return absl::StrCat("<domain type='fake'><name>", d.value("name", std::string()), "</name><uuid>",
                       uuid, "</uuid><memory unit='MiB'>", d.value("memory_mib", 0ull),
@@ -480,8 +480,13 @@ absl::Status FakeHypervisor::Read(const std::function<absl::Status(const json&)>
 absl::Status FakeHypervisor::CreateDomain(const std::string& host, const std::string& uuid,
                                           const std::string& name, uint64_t memory_mib,
                                           const std::string& state,
-                                          std::vector<std::string> bridges) {
+                                          std::vector<std::string> bridges,
+                                          const std::string& kind) {
   RETURN_IF_ERROR(ValidateUuid(uuid));
+  if (kind != "" && kind != "pv" && kind != "pvh" && kind != "hvm") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("guest kind '", kind, "' is not one of pv, pvh, hvm (or empty: pv)"));
+  }
   return Mutate([&](json& st, bool* changed) -> absl::Status {
     if (!st["hosts"].contains(host)) {
       return absl::NotFoundError(absl::StrCat("fake host ", host, " is not registered"));
@@ -491,9 +496,13 @@ absl::Status FakeHypervisor::CreateDomain(const std::string& host, const std::st
         return absl::AlreadyExistsError(absl::StrCat("domain ", uuid, " already exists on ", h));
       }
     }
-    st["hosts"][host]["domains"][uuid] = {
-        {"name", name}, {"state", state},     {"memory_mib", memory_mib},
-        {"vcpus", 1},   {"persistent", true}, {"bridges", bridges}};
+    st["hosts"][host]["domains"][uuid] = {{"name", name},
+                                          {"state", state},
+                                          {"memory_mib", memory_mib},
+                                          {"vcpus", 1},
+                                          {"persistent", true},
+                                          {"bridges", bridges},
+                                          {"kind", kind.empty() ? "pv" : kind}};
     *changed = true;
     return absl::OkStatus();
   });
@@ -600,7 +609,17 @@ v1::BackendCapabilities FakeDriver::ProfileCapabilities(const std::string& profi
 FakeDriver::FakeDriver(Options options)
     : options_(std::move(options)),
       caps_(ProfileCapabilities(options_.profile)),
-      hv_(options_.state_dir, options_.clock) {}
+      hv_(options_.state_dir, options_.clock) {
+  if (Libxl()) {
+    // As LibvirtDriver reads `xl info` on Xen: the configured virt_caps, or unknown.
+    SetXenPagingCaps(options_.xen_virt_caps.empty()
+                         ? absl::StatusOr<std::string>(absl::UnavailableError(
+                               "the fake host has no virt_caps (--fake-xen-virt-caps is empty), "
+                               "as if `xl info` had failed"))
+                         : absl::StatusOr<std::string>("virt_caps : " + options_.xen_virt_caps),
+                     &caps_);
+  }
+}
 
 absl::StatusOr<std::unique_ptr<FakeDriver>> FakeDriver::Create(Options o) {
   if (o.state_dir.empty()) return absl::InvalidArgumentError("the fake driver needs a state_dir");
@@ -620,6 +639,18 @@ absl::StatusOr<std::unique_ptr<FakeDriver>> FakeDriver::Create(Options o) {
     h["hypervisor_version"] = o.hypervisor_version;
     h["memory_total_mib"] = o.memory_total_mib;
     h["instance_path"] = o.instance_path;
+    // Xen's hypervisor lists its control domain (libvirt: id 0, the all-zero UUID); QEMU has none.
+    if (o.profile == "fake-libxl") {
+      h["domains"][kDomain0Uuid] = {{"name", "Domain-0"},
+                                    {"state", "running"},
+                                    {"memory_mib", o.dom0_memory_mib},
+                                    {"vcpus", 1},
+                                    {"persistent", true},
+                                    {"domid", 0},
+                                    {"bridges", json::array()}};
+    } else {
+      h["domains"].erase(kDomain0Uuid);
+    }
     *changed = true;
     return absl::OkStatus();
   }));
@@ -630,14 +661,57 @@ std::string FakeDriver::HypervisorName() const {
   return options_.profile == "fake-libxl" ? "Xen (libxl, fake)" : "QEMU (fake)";
 }
 
+v1::DomainInfo FakeDriver::DomainInfoOf(const std::string& uuid, const json& d, const json& st,
+                                        const FakeStateIndex& idx) {
+  const bool libxl = Libxl();
+  v1::DomainInfo info;
+  info.set_uuid(uuid);
+  info.set_name(d.value("name", std::string()));
+  const std::string state = d.value("state", std::string());
+  info.set_state(StateOf(state, libxl));
+  info.set_state_reason(ReasonOf(state, libxl));
+  info.set_memory_mib(d.value("memory_mib", 0ull));
+  info.set_max_memory_mib(d.value("memory_mib", 0ull));
+  info.set_vcpus(d.value("vcpus", 1u));
+  info.set_persistent(d.value("persistent", true));
+  // Xen's guest kind (PV when the domain does not say); QEMU's domains have none.
+  if (libxl) info.set_guest_kind(d.value("kind", std::string("pv")));
+  for (const auto& b : d.value("bridges", json::array())) {
+    auto* nic = info.add_interfaces();
+    nic->set_bridge(b.get<std::string>());
+    nic->set_model("e1000");
+  }
+  const int64_t now = NowMs(hv_.clock());
+  for (const auto& [id, running_uuid] : idx.running) {  // the last one in id order, as ever
+    if (running_uuid != uuid) continue;
+    // A job of the transfer, on both of its hosts. QEMU names it a migration; libxl shows an
+    // "unbounded" job of unknown operation, which this driver can call a migration only while it
+    // runs the transfer's monitor itself (like LibvirtDriver on libxl).
+    info.set_job_active(true);
+    const json& start = Get(Get(Get(st, "transfers"), id), "start_ms");
+    info.set_job_elapsed_ms(start.is_number() ? std::max<int64_t>(0, now - start.get<int64_t>())
+                                              : 0);
+    bool ours = !libxl;
+    if (libxl) {
+      std::lock_guard<std::mutex> l(monitoring_mu_);
+      ours = monitoring_.count(id) > 0;
+    }
+    if (ours) {
+      info.set_migration_job_active(true);
+      info.set_migration_id(id);
+    }
+  }
+  return info;
+}
+
 absl::StatusOr<v1::HostInventory> FakeDriver::GetHostInfo() {
   v1::HostInventory inv;
   RETURN_IF_ERROR(hv_.ReadIndexed([&](const json& st, const FakeStateIndex& idx) -> absl::Status {
     const json& h = Get(Get(st, "hosts"), options_.hostname);
     uint64_t used = 0;
     for (const auto& [uuid, d] : Get(h, "domains").items()) {
-      used += d.value("memory_mib", 0ull);
-      *inv.add_domains() = DomainFromJson(uuid, d, idx);
+      used += d.value("memory_mib", 0ull);  // Domain-0's too: Xen's free memory excludes it
+      if (!IsDomain0(uuid, d)) *inv.add_domains() = DomainInfoOf(uuid, d, st, idx);
     }
     inv.set_memory_free_mib(options_.memory_total_mib > used ? options_.memory_total_mib - used
                                                              : 0);
@@ -676,7 +750,7 @@ absl::StatusOr<std::optional<v1::DomainInfo>> FakeDriver::DescribeDomain(const s
   std::optional<v1::DomainInfo> out;
   RETURN_IF_ERROR(hv_.ReadIndexed([&](const json& st, const FakeStateIndex& idx) -> absl::Status {
     const json& d = Get(Get(Get(Get(st, "hosts"), options_.hostname), "domains"), uuid);
-    if (!d.is_null()) out = DomainFromJson(uuid, d, idx);
+    if (!d.is_null() && !IsDomain0(uuid, d)) out = DomainInfoOf(uuid, d, st, idx);
     return absl::OkStatus();
   }));
   return out;
@@ -685,6 +759,7 @@ absl::StatusOr<std::optional<v1::DomainInfo>> FakeDriver::DescribeDomain(const s
 absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> FakeDriver::CheckCanLiveMigrateOnDest(
     const cv1::CheckCanLiveMigrateOnDestRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(RefuseDomain0(req.instance_uuid()));
   RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
   ASSIGN_OR_RETURN(v1::HostInventory inv, GetHostInfo());
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) {
@@ -699,6 +774,7 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> FakeDriver::CheckCanLiveM
 absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> FakeDriver::CheckCanLiveMigrateOnSrc(
     const cv1::CheckCanLiveMigrateOnSrcRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(RefuseDomain0(req.instance_uuid()));
   RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
   v1::DomainInfo dom;
   std::string xml;
@@ -712,7 +788,7 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> FakeDriver::CheckCanLiveMi
       return absl::NotFoundError(
           absl::StrCat("domain ", req.instance_uuid(), " is not on ", options_.hostname));
     }
-    dom = DomainFromJson(req.instance_uuid(), doms[req.instance_uuid()], idx);
+    dom = DomainInfoOf(req.instance_uuid(), doms[req.instance_uuid()], st, idx);
     xml = DomainXml(req.instance_uuid(), doms[req.instance_uuid()]);
     return absl::OkStatus();
   }));
@@ -735,6 +811,7 @@ absl::Status FakeDriver::CheckCanLiveMigrateOnDestCleanup(
 absl::StatusOr<cv1::PreLiveMigrationData> FakeDriver::PreLiveMigration(
     const cv1::PreLiveMigrationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(RefuseDomain0(req.instance_uuid()));
   RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
   cv1::PreLiveMigrationData data;
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
@@ -821,6 +898,7 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::Report(const std::strin
 absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
     const cv1::LiveMigrationRequest& req, const ProgressSink& sink) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(RefuseDomain0(req.instance_uuid()));
   RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
   const v1::MigrationOptions& o = req.options();
   const std::string& id = req.migration_id();
@@ -877,6 +955,19 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
     return absl::OkStatus();
   }));
   (void)attached;
+  // This object runs the transfer's monitor from here until it returns (see DomainInfoOf).
+  struct Monitoring {
+    FakeDriver* d;
+    std::string id;
+    Monitoring(FakeDriver* driver, const std::string& mid) : d(driver), id(mid) {
+      std::lock_guard<std::mutex> l(d->monitoring_mu_);
+      d->monitoring_.insert(id);
+    }
+    ~Monitoring() {
+      std::lock_guard<std::mutex> l(d->monitoring_mu_);
+      d->monitoring_.erase(id);
+    }
+  } monitoring(this, id);
   const absl::Time started = hv_.clock()->Now();
   const bool has_timeout = o.has_completion_timeout_s() && o.completion_timeout_s() > 0;
   while (true) {
@@ -1007,6 +1098,7 @@ absl::Status FakeDriver::ForceCompleteLiveMigration(const std::string& migration
 
 absl::Status FakeDriver::PostLiveMigration(const cv1::PostLiveMigrationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(RefuseDomain0(req.instance_uuid()));
   return hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
     Journal(st, options_.hostname, "post_live_migration", req.migration_id(), NowMs(hv_.clock()));
     RETURN_IF_ERROR(TakeFailure(st, options_.hostname, "post_live_migration", changed));
@@ -1028,6 +1120,7 @@ absl::Status FakeDriver::PostLiveMigration(const cv1::PostLiveMigrationRequest& 
 absl::StatusOr<v1::DomainInfo> FakeDriver::PostLiveMigrationAtDestination(
     const cv1::PostLiveMigrationAtDestinationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(RefuseDomain0(req.instance_uuid()));
   v1::DomainInfo info;
   RETURN_IF_ERROR(
       hv_.MutateIndexed([&](json& st, bool* changed, const FakeStateIndex& idx) -> absl::Status {
@@ -1042,7 +1135,10 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::PostLiveMigrationAtDestination(
         }
         json& d = h["domains"][req.instance_uuid()];
         const std::string state = d.value("state", std::string());
-        if (state != "running" && state != "paused") {
+        // libxl shows an incoming domain paused with reason "user", which this step accepts as a
+        // guest paused before the migration (as LibvirtDriver does): it runs only after the
+        // source's transfer completed.
+        if (state != "running" && state != "paused" && !(Libxl() && state == "incoming")) {
           return absl::FailedPreconditionError(absl::StrCat("domain ", req.instance_uuid(), " is ",
                                                             state, " on ", options_.hostname,
                                                             ": the transfer has not completed"));
@@ -1055,7 +1151,7 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::PostLiveMigrationAtDestination(
           h["staged"].erase(req.migration_id());
           *changed = true;
         }
-        info = DomainFromJson(req.instance_uuid(), d, idx);
+        info = DomainInfoOf(req.instance_uuid(), d, st, idx);
         return absl::OkStatus();
       }));
   RemoveProbe(options_.instance_path, req.migration_id());
@@ -1065,6 +1161,7 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::PostLiveMigrationAtDestination(
 absl::Status FakeDriver::RollbackLiveMigrationAtDestination(
     const cv1::RollbackLiveMigrationAtDestinationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(RefuseDomain0(req.instance_uuid()));
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
     Journal(st, options_.hostname, "rollback_live_migration_at_destination", req.migration_id(),
             NowMs(hv_.clock()));
@@ -1073,12 +1170,48 @@ absl::Status FakeDriver::RollbackLiveMigrationAtDestination(
     json& h = st["hosts"][options_.hostname];
     if (h["domains"].contains(req.instance_uuid())) {
       const std::string state = h["domains"][req.instance_uuid()].value("state", std::string());
-      if (state != "incoming") {
+      // The rule of LibvirtDriver: a paused domain is destroyed when the hypervisor says it is
+      // paused for an incoming migration (fake-qemu's "incoming"), or when the scheduler saw the
+      // source holding the domain (libxl pauses an incoming domain with reason "user", so there
+      // only that tells it from a paused guest). A running domain never.
+      const bool paused = state == "incoming" || state == "paused";
+      bool post_copy = false;  // the destination runs the guest: never destroyed
+      for (const auto& [id, t] : st["transfers"].items()) {
+        post_copy =
+            post_copy || (IsRunning(t) && Get(t, "uuid") == req.instance_uuid() &&
+                          Get(t, "dst") == options_.hostname && t.value("post_copy", false));
+      }
+      if (post_copy) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("domain ", req.instance_uuid(), " is in post-copy on the destination ",
+                         options_.hostname, ": it is the only running copy; not destroying it"));
+      }
+      const bool half_received =
+          paused && ((state == "incoming" && !Libxl()) || req.source_runs_domain());
+      if (!half_received) {
         return absl::FailedPreconditionError(absl::StrCat(
-            "domain ", req.instance_uuid(), " is ", state, " on the destination ",
-            options_.hostname, ": it may be the only running copy; not destroying it"));
+            "domain ", req.instance_uuid(), " is ", paused ? "paused" : state,
+            " on the destination ", options_.hostname,
+            paused ? " (reason user) and the request does not say that the source still runs it"
+                   : "",
+            ": it may be the only running copy; not destroying it"));
       }
       h["domains"].erase(req.instance_uuid());
+      // Destroying the incoming domain breaks its transfer: it fails, the source keeps the VM.
+      for (auto& [id, t] : st["transfers"].items()) {
+        if (IsRunning(t) && Get(t, "uuid") == req.instance_uuid() &&
+            Get(t, "dst") == options_.hostname) {
+          t["state"] = "failed";
+          t["error"] = absl::StrCat("the incoming domain on ", options_.hostname,
+                                    " was destroyed (rollback at the destination)");
+          t["finished_ms"] = NowMs(hv_.clock());
+          json& src = st["hosts"][t["src"].get<std::string>()];
+          if (src["domains"].contains(req.instance_uuid()) && t.value("paused_src", false)) {
+            src["domains"][req.instance_uuid()]["state"] =
+                t.value("prior_state", std::string("running"));
+          }
+        }
+      }
       *changed = true;
     }
     if (h["staged"].contains(req.migration_id())) {
@@ -1094,6 +1227,7 @@ absl::Status FakeDriver::RollbackLiveMigrationAtDestination(
 absl::StatusOr<v1::DomainInfo> FakeDriver::RollbackLiveMigration(
     const cv1::RollbackLiveMigrationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
+  RETURN_IF_ERROR(RefuseDomain0(req.instance_uuid()));
   v1::DomainInfo info;
   RETURN_IF_ERROR(
       hv_.MutateIndexed([&](json& st, bool* changed, const FakeStateIndex& idx) -> absl::Status {
@@ -1112,7 +1246,7 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::RollbackLiveMigration(
           d["state"] = "running";
           *changed = true;
         }
-        info = DomainFromJson(req.instance_uuid(), d, idx);
+        info = DomainInfoOf(req.instance_uuid(), d, st, idx);
         return absl::OkStatus();
       }));
   return info;

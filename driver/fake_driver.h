@@ -30,6 +30,21 @@
 // Contract: after pre_live_migration the destination holds only staged configuration; during
 // the transfer it has an incoming paused domain; when the transfer succeeds the destination runs
 // the domain and the source has none.
+//
+// Profiles: fake-qemu has everything QEMU has (byte counters, abort, post-copy...); an incoming
+// domain shows as INCOMING_PAUSED (reason "migration") and any job as a migration job.
+// fake-libxl behaves as Xen 4.17 under libvirt 9.0's libxl driver does (XEN_LAB_FACTS.md): the
+// fake hypervisor has a Domain-0 (all-zero UUID, domain id 0, Options::dom0_memory_mib) that the
+// driver never reports as an instance and whose memory is not free (as `xl info`'s free_memory);
+// an incoming domain shows as PAUSED with reason "user"; a job has no byte counters and no
+// operation, so it shows as job_active, and as migration_job_active only while this driver object
+// runs the transfer's monitor (as LibvirtDriver on libxl). In both, a rollback at the destination
+// destroys a paused domain only when it is half-received by the rules of ComputeDriver (an
+// incoming domain on fake-qemu; any paused one with source_runs_domain), and destroying an
+// incoming domain fails its transfer (the VM stays on the source).
+// fake-libxl also models Xen's paging modes (Options::xen_virt_caps, by default with shadow paging)
+// and each domain's guest kind (PV unless CreateDomain says pvh or hvm), so that a PV guest's
+// migration from or to a host without shadow paging is refused as LibvirtDriver refuses it.
 #ifndef LIVEMIG_DRIVER_FAKE_DRIVER_H_
 #define LIVEMIG_DRIVER_FAKE_DRIVER_H_
 
@@ -37,6 +52,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -87,10 +104,13 @@ class FakeHypervisor {
   absl::Status Read(const std::function<absl::Status(const nlohmann::json&)>& fn);
 
   // Creates a domain on `host` (state: running, paused or shutoff). AlreadyExists if present.
+  // `kind`: its Xen guest kind, "pv", "pvh" or "hvm" (kept when it migrates); "" (default): PV.
+  // A fake-libxl host reports it (DomainInfo.guest_kind), a fake-qemu host never does.
   absl::Status CreateDomain(const std::string& host, const std::string& uuid,
                             const std::string& name, uint64_t memory_mib,
                             const std::string& state = "running",
-                            std::vector<std::string> bridges = {"br-guest"});
+                            std::vector<std::string> bridges = {"br-guest"},
+                            const std::string& kind = "");
   // Fails the next `times` calls of `step` on `host` with `message` (status code `code`).
   // Steps: check_can_live_migrate_on_dest, check_can_live_migrate_on_src, pre_live_migration,
   // live_migration (refused at start), transfer (fails mid-way), post_live_migration,
@@ -143,6 +163,13 @@ class FakeDriver : public ComputeDriver {
     std::vector<std::string> cpu_features = {"sse4.2", "avx", "avx2", "aes"};
     uint64_t memory_total_mib = 16384;
     uint64_t memory_reserved_mib = 512;  // dom0 reserve
+    uint64_t dom0_memory_mib = 640;      // fake-libxl: Domain-0's memory (as the Xen lab's dom0)
+    // fake-libxl: the fake Xen's paging modes, as `xl info`'s virt_caps line lists them (the
+    // capabilities' xen_virt_caps and pv_live_migration: "shadow" or not); empty: unknown, as
+    // when the agent cannot run `xl info`. Without "shadow" (Debian 12's 4.17.7 security build:
+    // "pv hvm hap gnttab-v1 gnttab-v2") the agents refuse to live-migrate a PV guest from or to
+    // the host (check "xen_pv_shadow_paging").
+    std::string xen_virt_caps = "pv hvm hap shadow gnttab-v1 gnttab-v2";
     std::vector<std::string> bridges = {"br-guest"};
     std::string instance_path;  // default: <state_dir>/instances (shared by every fake host)
     // The longest wait between two progress reports of LiveMigration's monitor; it also wakes
@@ -192,10 +219,18 @@ class FakeDriver : public ComputeDriver {
   // The transfer's report; *end_ms (if given) is its scheduled end while it runs, else -1.
   absl::StatusOr<cv1::MigrationProgressReport> Report(const std::string& migration_id,
                                                       int64_t* end_ms = nullptr);
+  bool Libxl() const { return options_.profile == "fake-libxl"; }
+  // The domain `d` (stored state) as this host's hypervisor shows it, in this driver's profile.
+  v1::DomainInfo DomainInfoOf(const std::string& uuid, const nlohmann::json& d,
+                              const nlohmann::json& st, const internal::FakeStateIndex& idx);
 
   Options options_;
   v1::BackendCapabilities caps_;
   FakeHypervisor hv_;
+  // The transfers whose monitor loop runs in this object (LiveMigration): what a real driver
+  // knows of its own transfers, lost with the agent process.
+  std::mutex monitoring_mu_;
+  std::set<std::string> monitoring_;
 };
 
 }  // namespace livemig::driver

@@ -1,7 +1,11 @@
 #include "driver/libvirt_driver.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -21,6 +26,9 @@
 
 namespace livemig::driver {
 namespace {
+
+// Domain-0 on Xen: libvirt lists it with id 0 and this UUID.
+constexpr char kDomain0Uuid[] = "00000000-0000-0000-0000-000000000000";
 
 constexpr uint64_t kMiB = 1ull << 20;
 
@@ -83,6 +91,62 @@ v1::DomainState StateFrom(int state, int reason) {
       return v1::DOMAIN_STATE_PMSUSPENDED;
     default:
       return v1::DOMAIN_STATE_UNSPECIFIED;
+  }
+}
+
+// libvirt's name of a state's reason, as virsh domstate --reason shows it (DomainInfo's
+// state_reason); "" for reasons this driver does not name.
+std::string ReasonName(int state, int reason) {
+  switch (state) {
+    case VIR_DOMAIN_RUNNING:
+      switch (reason) {
+        case VIR_DOMAIN_RUNNING_BOOTED:
+          return "booted";
+        case VIR_DOMAIN_RUNNING_MIGRATED:
+          return "migrated";
+        case VIR_DOMAIN_RUNNING_RESTORED:
+          return "restored";
+        case VIR_DOMAIN_RUNNING_UNPAUSED:
+          return "unpaused";
+        case VIR_DOMAIN_RUNNING_MIGRATION_CANCELED:
+          return "migration canceled";
+        case VIR_DOMAIN_RUNNING_POSTCOPY:
+          return "post-copy";
+        default:
+          return "";
+      }
+    case VIR_DOMAIN_PAUSED:
+      switch (reason) {
+        case VIR_DOMAIN_PAUSED_USER:
+          return "user";
+        case VIR_DOMAIN_PAUSED_MIGRATION:
+          return "migration";
+        case VIR_DOMAIN_PAUSED_SAVE:
+          return "saving";
+        case VIR_DOMAIN_PAUSED_IOERROR:
+          return "I/O error";
+        case VIR_DOMAIN_PAUSED_SHUTTING_DOWN:
+          return "shutting down";
+        case VIR_DOMAIN_PAUSED_POSTCOPY:
+          return "post-copy";
+        case VIR_DOMAIN_PAUSED_POSTCOPY_FAILED:
+          return "post-copy failed";
+        default:
+          return "";
+      }
+    case VIR_DOMAIN_SHUTOFF:
+      switch (reason) {
+        case VIR_DOMAIN_SHUTOFF_SHUTDOWN:
+          return "shutdown";
+        case VIR_DOMAIN_SHUTOFF_DESTROYED:
+          return "destroyed";
+        case VIR_DOMAIN_SHUTOFF_MIGRATED:
+          return "migrated";
+        default:
+          return "";
+      }
+    default:
+      return "";
   }
 }
 
@@ -149,8 +213,118 @@ absl::StatusOr<std::unique_ptr<LibvirtDriver>> LibvirtDriver::Create(
   const bool libxl = profile != "qemu";
   const bool tunnelled = o.tunnelled.value_or(libxl);
   d->caps_ = ProfileCapabilities(profile, tunnelled);
+  if (d->IsLibxl()) {
+    // The host's paging modes, once: a Xen without shadow paging cannot live-migrate PV guests,
+    // and libvirt cannot tell (XEN_LAB_FACTS.md). Unknown when the command fails: never refused on.
+    SetXenPagingCaps(o.xen_info_command.empty()
+                         ? absl::StatusOr<std::string>(absl::FailedPreconditionError(
+                               "the Xen info command is disabled (--xen-info-command is empty)"))
+                         : RunHostCommand(o.xen_info_command, o.xen_info_timeout),
+                     &d->caps_);
+  }
   RETURN_IF_ERROR(MkdirP(o.state_dir + "/staged"));
   return d;
+}
+
+absl::StatusOr<std::string> LibvirtDriver::RunHostCommand(const std::string& command,
+                                                          absl::Duration timeout) {
+  const std::string what = absl::StrCat("`", command, "`");
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("cannot run ", what, ": ", std::strerror(errno)));
+  }
+  if (pipe2(err, O_CLOEXEC) != 0) {
+    const int e = errno;
+    close(out[0]);
+    close(out[1]);
+    return absl::InternalError(absl::StrCat("cannot run ", what, ": ", std::strerror(e)));
+  }
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // The child: async-signal-safe calls only (the agent has threads). Its own process group, so
+    // that a timeout kills whatever the shell started; no signal blocked (the agent blocks some).
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    setpgid(0, 0);
+    const int in = open("/dev/null", O_RDONLY);
+    if (in >= 0) dup2(in, 0);
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const int fork_errno = errno;
+  close(out[1]);
+  close(err[1]);
+  if (pid < 0) {
+    close(out[0]);
+    close(err[0]);
+    return absl::InternalError(absl::StrCat("cannot run ", what, ": ", std::strerror(fork_errno)));
+  }
+  setpgid(pid, pid);  // also here: whichever runs first
+  constexpr size_t kMaxOutput = 1 << 20;
+  std::string stdout_text, stderr_text;
+  struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  std::string* sinks[2] = {&stdout_text, &stderr_text};
+  const absl::Time deadline = absl::Now() + timeout;
+  bool timed_out = false;
+  int poll_errno = 0;
+  while (fds[0].fd >= 0 || fds[1].fd >= 0) {
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (ms <= 0) {
+      timed_out = true;
+      break;
+    }
+    const int r = poll(fds, 2, static_cast<int>(std::min<int64_t>(ms, 1000)));
+    if (r < 0 && errno != EINTR) {
+      poll_errno = errno;
+      break;
+    }
+    if (r <= 0) continue;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      char buf[4096];
+      const ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n > 0) {
+        if (sinks[i]->size() < kMaxOutput) sinks[i]->append(buf, static_cast<size_t>(n));
+      } else {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+      }
+    }
+  }
+  if (timed_out || poll_errno != 0) {  // never wait for a command left running
+    kill(-pid, SIGKILL);
+    kill(pid, SIGKILL);
+  }
+  for (auto& f : fds) {
+    if (f.fd >= 0) close(f.fd);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (poll_errno != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot read the output of ", what, ": ", std::strerror(poll_errno)));
+  }
+  if (timed_out) {
+    return absl::DeadlineExceededError(
+        absl::StrCat(what, " did not finish in ", absl::FormatDuration(timeout), " (killed)"));
+  }
+  std::string err_text(absl::StripAsciiWhitespace(stderr_text));
+  if (err_text.size() > 300) err_text = err_text.substr(0, 300) + "...";
+  if (WIFSIGNALED(status)) {
+    return absl::InternalError(absl::StrCat(what, " was killed by signal ", WTERMSIG(status),
+                                            err_text.empty() ? "" : absl::StrCat(": ", err_text)));
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::InternalError(absl::StrCat(what, " failed (exit status ",
+                                            WIFEXITED(status) ? WEXITSTATUS(status) : -1, ")",
+                                            err_text.empty() ? "" : absl::StrCat(": ", err_text)));
+  }
+  return stdout_text;
 }
 
 std::string LibvirtDriver::HypervisorName() const {
@@ -215,10 +389,16 @@ v1::CpuInfo LibvirtDriver::HostCpu(const std::string& caps_xml) const {
 
 absl::StatusOr<v1::DomainInfo> LibvirtDriver::ToDomainInfo(virDomainPtr d) {
   ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(d));
+  // Xen: virConnectListAllDomains lists Domain-0 (id 0, all-zero UUID), the host itself; it is
+  // never an instance (it cannot migrate, and a report of it would count dom0's memory twice).
+  if (b.id == 0 || b.uuid == kDomain0Uuid) {
+    return absl::NotFoundError("Domain-0 is the host's control domain, not an instance");
+  }
   v1::DomainInfo info;
   info.set_uuid(b.uuid);
   info.set_name(b.name);
   info.set_state(StateFrom(b.state, b.reason));
+  info.set_state_reason(ReasonName(b.state, b.reason));
   info.set_memory_mib(b.memory_kib / 1024);
   info.set_max_memory_mib(b.memory_kib / 1024);
   info.set_vcpus(b.vcpus);
@@ -226,6 +406,7 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::ToDomainInfo(virDomainPtr d) {
   info.set_domain_id(b.id);
   auto xml = api_->GetXMLDesc(d, 0);
   if (xml.ok()) {
+    info.set_guest_kind(XenGuestKind(*xml));  // "" for a domain that is not Xen's
     static const std::regex kIface("<interface type='bridge'>([\\s\\S]*?)</interface>");
     static const std::regex kBridge("<source bridge='([^']+)'");
     static const std::regex kMac("<mac address='([^']+)'");
@@ -243,11 +424,28 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::ToDomainInfo(virDomainPtr d) {
   if (IsRunningState(b.state)) {
     auto job = api_->GetJobStats(d, 0);
     if (job.ok() && job->type != VIR_DOMAIN_JOB_NONE) {
-      info.set_migration_job_active(true);
-      absl::MutexLock l(&mu_);
-      for (const auto& [id, t] : transfers_) {
-        if (t.uuid == b.uuid && t.running) info.set_migration_id(id);
+      info.set_job_active(true);
+      info.set_job_elapsed_ms(job->time_elapsed_ms.value_or(0));
+      bool ours = false;  // a transfer this driver started (or attached to) runs for the domain
+      {
+        absl::MutexLock l(&mu_);
+        for (const auto& [id, t] : transfers_) {
+          if (t.uuid == b.uuid && t.running) {
+            info.set_migration_id(id);
+            ours = true;
+          }
+        }
       }
+      // Which job is a migration: on QEMU any job (the job types name it, and the agent only
+      // ever starts migrations). libxl reports every job -- a migration or any other API call's
+      // job -- as "unbounded" with operation "unknown" and only its elapsed time, so there a job
+      // is a migration only when its operation says so or when this driver runs the transfer.
+      // A restarted agent's driver therefore reports libxl's migration job as job_active only;
+      // the scheduler, whose record says the migration runs, takes it as the transfer and sends
+      // LiveMigration again, which attaches to it (see LiveMigration's `attach`).
+      const bool named = job->operation == VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT ||
+                         job->operation == VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN;
+      info.set_migration_job_active(!IsLibxl() || named || ours);
     }
   }
   return info;
@@ -783,6 +981,9 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::PostLiveMigrationAtDestination(
   }
   if (!dom.ok()) return dom.status();
   ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom->get()));
+  // A domain paused for another reason than an incoming migration is accepted: a guest paused
+  // before the migration stays paused. On Xen that includes libxl's incoming domain (paused with
+  // reason "user"), which is fine: this step runs only after the source's transfer completed.
   if (!(b.state == VIR_DOMAIN_RUNNING || b.state == VIR_DOMAIN_BLOCKED ||
         (b.state == VIR_DOMAIN_PAUSED && b.reason != VIR_DOMAIN_PAUSED_MIGRATION))) {
     return absl::FailedPreconditionError(
@@ -805,12 +1006,27 @@ absl::Status LibvirtDriver::RollbackLiveMigrationAtDestination(
   auto dom = Lookup(req.instance_uuid());
   if (dom.ok()) {
     ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom->get()));
-    const bool incoming = b.state == VIR_DOMAIN_PAUSED && b.reason == VIR_DOMAIN_PAUSED_MIGRATION;
-    if (b.state == VIR_DOMAIN_RUNNING || b.state == VIR_DOMAIN_BLOCKED ||
-        (b.state == VIR_DOMAIN_PAUSED && !incoming)) {
+    // Half-received: paused, and known to be the incoming copy of this migration -- libvirt says
+    // it is paused for an incoming migration (QEMU), or the scheduler saw the source still
+    // holding the domain (source_runs_domain), which decides on Xen, where libxl pauses the
+    // incoming domain with reason "user". Never in post-copy: then this is the only running copy.
+    const bool paused = b.state == VIR_DOMAIN_PAUSED;
+    const bool post_copy = paused && (b.reason == VIR_DOMAIN_PAUSED_POSTCOPY ||
+                                      b.reason == VIR_DOMAIN_PAUSED_POSTCOPY_FAILED);
+    const bool incoming = paused && !post_copy &&
+                          (b.reason == VIR_DOMAIN_PAUSED_MIGRATION || req.source_runs_domain());
+    if (b.state == VIR_DOMAIN_RUNNING || b.state == VIR_DOMAIN_BLOCKED) {
       return absl::FailedPreconditionError(
           absl::StrCat("domain ", req.instance_uuid(), " runs on the destination ",
                        options_.hostname, ": it may be the only running copy; not destroying it"));
+    }
+    if (paused && !incoming) {
+      const std::string reason = ReasonName(b.state, b.reason);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "domain ", req.instance_uuid(), " is paused on the destination ", options_.hostname,
+          " (reason ", reason.empty() ? "unknown" : reason, ")",
+          post_copy ? "" : " and the request does not say that the source still runs it",
+          ": it may be the only running copy; not destroying it"));
     }
     if (incoming) RETURN_IF_ERROR(api_->Destroy(dom->get()));
     if (b.persistent) {

@@ -5,7 +5,15 @@
 //   - libxl (Xen): only the flags LIVE, PEER2PEER, PERSIST_DEST, UNDEFINE_SOURCE, PAUSED,
 //     TUNNELLED and the params URI, DEST_NAME, DEST_XML; never abort, max downtime, max speed or
 //     post-copy; progress as elapsed time only. The migration stream is tunnelled through the
-//     libvirt connection (TUNNELLED over xen+tls://) unless configured otherwise.
+//     libvirt connection (TUNNELLED over xen+tls://) unless configured otherwise. libxl reports
+//     every job as "unbounded" of unknown operation: a domain's job shows as job_active, and as
+//     migration_job_active only while this driver runs its transfer (or the operation says
+//     migration). Xen lists Domain-0 (id 0, all-zero UUID): never reported; libxl pauses an
+//     incoming domain with reason "user", so rollback at the destination destroys a paused domain
+//     only with the scheduler's word that the source runs the domain (source_runs_domain).
+//     On start it reads the host's paging modes from `xl info`'s virt_caps (Options::
+//     xen_info_command; libvirt cannot tell a Xen without shadow paging, on which PV guests
+//     cannot live-migrate) and reports each domain's Xen guest kind (pv, pvh, hvm) from its XML.
 //   - libxl-strict: the libxl profile through StrictLibxlApi, which refuses with libvirt's own
 //     messages whatever libxl refuses (for the lab, over QEMU).
 //   - qemu: the full set: job stats in bytes, bandwidth, max downtime raised in steps (as Nova
@@ -57,6 +65,12 @@ class LibvirtDriver : public ComputeDriver {
     uint32_t default_downtime_steps = 10;
     uint32_t default_downtime_step_delay_s = 5;
     bool auto_converge = true;
+    // libxl profiles: the command (run with /bin/sh -c once, when the driver is created) whose
+    // output holds `xl info`'s virt_caps line: the host's paging modes, reported in the
+    // capabilities (xen_virt_caps, pv_live_migration; BackendCapabilities) for check
+    // "xen_pv_shadow_paging". Empty: not run, the paging modes are unknown (never refused on).
+    std::string xen_info_command = "xl info";
+    absl::Duration xen_info_timeout = absl::Seconds(10);  // then the command is killed: unknown
   };
 
   // Opens the connection and derives the profile. `api` defaults to the real libvirt API.
@@ -64,6 +78,11 @@ class LibvirtDriver : public ComputeDriver {
       Options options, std::unique_ptr<LibvirtApi> api = nullptr);
 
   static v1::BackendCapabilities ProfileCapabilities(const std::string& profile, bool tunnelled);
+
+  // Runs `command` with /bin/sh -c; its standard output, or an error with its exit status and
+  // the start of its standard error (killed, and an error, after `timeout`).
+  static absl::StatusOr<std::string> RunHostCommand(const std::string& command,
+                                                    absl::Duration timeout);
 
   const std::string& profile() const { return profile_; }
 

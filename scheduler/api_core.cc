@@ -11,6 +11,7 @@
 #include "db/pg_stores.h"
 #include "google/protobuf/util/json_util.h"
 #include "scheduler/convert.h"
+#include "scheduler/prechecks.h"
 
 namespace livemig::sched {
 namespace {
@@ -153,6 +154,13 @@ absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrateFor(
                      inst.power_state, ": only a running or paused instance can be live-migrated"));
   }
   const absl::Duration down = orchestrator_->options().service_down_time;
+  // An option the source's hypervisor cannot honour (libxl: bandwidth, max downtime, post-copy,
+  // ...) is refused now, with the reason, rather than accepted and failed by the pre-checks.
+  if (auto src = hosts_->GetHost(inst.host, down); src.ok()) {
+    if (absl::Status s = HostSupportsOptions(*src, r.options()); !s.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(s.message(), " (nothing was started)"));
+    }
+  }
   if (!r.destination().empty()) {
     if (r.destination() == inst.host) {
       return absl::InvalidArgumentError(absl::StrCat(

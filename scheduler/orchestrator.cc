@@ -16,6 +16,27 @@ namespace livemig::sched {
 
 using S = MigrationStatus;
 
+namespace {
+
+// True when the source's answer shows the domain there as a complete copy that runs or can run
+// again: running, blocked, paused (PAUSED: by an operator, an offline or paused-to-complete
+// transfer), migrating out, or the source of an active job -- never in post-copy (the destination
+// then holds the only complete copy). While the source holds the domain, a paused domain on the
+// destination is a half-received copy, whatever its pause reason: on Xen, libxl pauses the incoming
+// domain with reason "user" (QEMU says "migration"), and libxl resumes it on the destination before
+// the source's domain is destroyed, so the destination's copy is never the only one while it is
+// paused and the source still holds the domain.
+bool SourceHoldsDomain(const cv1::DescribeInstanceResponse& s) {
+  if (!s.present()) return false;
+  const v1::DomainState st = s.domain().state();
+  if (st == v1::DOMAIN_STATE_INCOMING_POST_COPY) return false;
+  return s.domain().migration_job_active() || s.domain().job_active() ||
+         st == v1::DOMAIN_STATE_RUNNING || st == v1::DOMAIN_STATE_BLOCKED ||
+         st == v1::DOMAIN_STATE_PAUSED || st == v1::DOMAIN_STATE_MIGRATING_OUT;
+}
+
+}  // namespace
+
 // One migration's state machine, for as long as this scheduler drives it.
 class MigrationRun {
  public:
@@ -448,8 +469,23 @@ class MigrationRun {
     return Monitor(src.get(), dst.get(), started);
   }
 
+  // What both hypervisors show of the instance (DESIGN.md Recovery).
+  //   src_job: a job runs on the source's domain that may be this migration's transfer: one the
+  //     agent names a migration (migration_job_active), or, on Xen, any job (job_active): libxl
+  //     reports every job as "unbounded" of unknown operation, and the record says that this
+  //     migration is (or was) transferring the domain. A job that was not the transfer is found
+  //     out by the re-attached monitor (the transfer then ends FAILED and the migration rolls
+  //     back); the cost of the other choice would be a rollback under a running transfer.
+  //   src_holds: the source holds a complete copy (SourceHoldsDomain).
+  //   dst_running: the destination has the running copy: running or blocked; or paused while the
+  //     source does not hold the domain (a guest paused before the migration ends paused there).
+  //     A paused destination domain while the source holds the domain is a half-received copy,
+  //     not "the running copy", whatever its pause reason (Xen: "user", QEMU: "migration", which
+  //     the agent already reports as INCOMING_PAUSED). So, after a takeover, Xen's half-received
+  //     domain next to a source that runs the VM without a job leads to a rollback, as QEMU's.
   struct Truth {
-    bool src_present = false, src_job = false, dst_present = false, dst_running = false;
+    bool src_present = false, src_job = false, src_holds = false;
+    bool dst_present = false, dst_running = false;
     bool transfer_running = false;
     std::string transfer_error;
   };
@@ -463,14 +499,15 @@ class MigrationRun {
     if (!d.ok()) return d.status();
     Truth t;
     t.src_present = s->present();
-    t.src_job = s->present() && s->domain().migration_job_active();
+    t.src_job = s->present() && (s->domain().migration_job_active() || s->domain().job_active());
+    t.src_holds = SourceHoldsDomain(*s);
     t.transfer_running = s->transfer().state() == cv1::TRANSFER_STATE_RUNNING;
     t.transfer_error = s->transfer().error();
     t.dst_present = d->present();
     const auto st = d->domain().state();
     t.dst_running =
-        d->present() && (st == v1::DOMAIN_STATE_RUNNING || st == v1::DOMAIN_STATE_PAUSED ||
-                         st == v1::DOMAIN_STATE_BLOCKED);
+        d->present() && (st == v1::DOMAIN_STATE_RUNNING || st == v1::DOMAIN_STATE_BLOCKED ||
+                         (st == v1::DOMAIN_STATE_PAUSED && !t.src_holds));
     return t;
   }
 
@@ -672,10 +709,28 @@ class MigrationRun {
     absl::Time t = absl::Now();
     if (!m_.dest_host.empty()) {
       ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
+      // Once a transfer may have started, the destination may hold a half-received domain. On
+      // Xen it is paused with reason "user", like a paused guest: only the source's state tells
+      // them apart, so ask the source first (SourceHoldsDomain) and say so in the request. When
+      // the source cannot answer, the request says nothing and the destination destroys only
+      // what its hypervisor shows as an incoming migration's domain (QEMU).
+      bool source_runs = false;
+      if (m_.status == S::kRunning) {
+        auto src = Agent(m_.source_host);
+        if (src.ok()) {
+          cv1::DescribeInstanceRequest di;
+          di.set_instance_uuid(m_.instance_uuid);
+          di.set_migration_id(m_.uuid);
+          auto s =
+              Retry<cv1::DescribeInstanceResponse>([&] { return (*src)->DescribeInstance(di); });
+          source_runs = s.ok() && SourceHoldsDomain(*s);
+        }
+      }
       TestPoint("rollback_live_migration_at_destination:before");
       auto r = Retry<cv1::RollbackLiveMigrationAtDestinationResponse>([&] {
         auto req = StepReq<cv1::RollbackLiveMigrationAtDestinationRequest>();
         *req.mutable_migrate_data() = data_;
+        req.set_source_runs_domain(source_runs);
         return dst->RollbackLiveMigrationAtDestination(req);
       });
       TestPoint("rollback_live_migration_at_destination:after");

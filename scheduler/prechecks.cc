@@ -54,6 +54,11 @@ std::string Hypervisor(const db::HostRecord& h, const v1::BackendCapabilities& c
 
 }  // namespace
 
+absl::Status HostSupportsOptions(const db::HostRecord& h, const v1::MigrationOptions& options) {
+  const v1::BackendCapabilities caps = Caps(h);
+  return driver::CheckOptionsSupported(options, caps, Hypervisor(h, caps));
+}
+
 std::string FirstFailure(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks) {
   for (const auto& c : checks) {
     if (!c.passed()) return c.reason();
@@ -69,8 +74,7 @@ std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const d
       Result(h, "source_up", src.up,
              src.up ? absl::StrCat("source ", h, " reports in time")
                     : absl::StrCat("source ", h, " is down: no report within service_down_time")));
-  const v1::BackendCapabilities caps = Caps(src);
-  absl::Status s = driver::CheckOptionsSupported(options, caps, Hypervisor(src, caps));
+  absl::Status s = HostSupportsOptions(src, options);
   out.push_back(
       Result(h, "source_options", s.ok(),
              s.ok() ? "the source supports every requested option" : std::string(s.message())));
@@ -151,7 +155,7 @@ sv1::HostCheck CheckDestination(const db::InstanceRecord& inst, const db::HostRe
           : absl::StrCat("destination ", h, " uses instance path ", dst.report.instance_path,
                          ", the source ", src.report.instance_path, ", and block migration is ",
                          block_ok ? "possible" : "not possible"));
-  absl::Status s = driver::CheckOptionsSupported(options, dcaps, Hypervisor(dst, dcaps));
+  absl::Status s = HostSupportsOptions(dst, options);
   add("options", s.ok(),
       s.ok() ? "the destination supports every requested option" : std::string(s.message()));
   bool passed = true;

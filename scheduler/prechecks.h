@@ -55,6 +55,10 @@ std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const d
                                          const v1::MigrationOptions& options);
 
 // The first failed check's reason, or "".
+// Whether host `h`'s backend supports every requested option (e.g. libxl: no bandwidth limit,
+// no max downtime, no post-copy): OK, or FailedPrecondition naming what is missing and the host.
+absl::Status HostSupportsOptions(const db::HostRecord& h, const v1::MigrationOptions& options);
+
 std::string FirstFailure(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks);
 
 }  // namespace livemig::sched

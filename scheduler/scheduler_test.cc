@@ -44,7 +44,8 @@ struct Cloud {
   int64_t seq = 1;
 
   explicit Cloud(OrchestratorOptions o = {}, std::vector<std::string> hosts = {"fake-a", "fake-b"},
-                 std::function<void(driver::FakeDriver::Options&)> tweak_b = nullptr) {
+                 std::function<void(driver::FakeDriver::Options&)> tweak_b = nullptr,
+                 std::function<void(driver::FakeDriver::Options&)> tweak_all = nullptr) {
     auto c = Pg().CreateDatabase();
     REQUIRE(c.ok());
     db::PgPool::Options po;
@@ -60,6 +61,7 @@ struct Cloud {
       fo.state_dir = state;
       fo.hostname = h;
       fo.poll_interval = absl::Milliseconds(5);
+      if (tweak_all) tweak_all(fo);
       if (h == "fake-b" && tweak_b) tweak_b(fo);
       auto d = driver::FakeDriver::Create(fo);
       REQUIRE(d.ok());
@@ -435,6 +437,127 @@ TEST_CASE("scheduler: killed mid-transfer, another scheduler takes over and fini
   CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);
   CHECK(c.Where() == Loc{{"fake-b", "running"}});
   CHECK(c.DbHost() == "fake-b");
+}
+
+TEST_CASE(
+    "scheduler (Xen): after a takeover, a half-received destination domain paused with reason "
+    "user is rolled back, and the VM stays on the source") {
+  OrchestratorOptions o;
+  o.lease = absl::Seconds(1);
+  o.scheduler_id = "sched-1";
+  Cloud c(o, {"fake-a", "fake-b"}, nullptr,
+          [](driver::FakeDriver::Options& fo) { fo.profile = "fake-libxl"; });
+  REQUIRE(c.drivers["fake-a"]->hypervisor().SetTransferDuration("fake-a", absl::Seconds(30)).ok());
+  auto r = c.Migrate(kUuid);
+  REQUIRE(r.ok());
+  REQUIRE(livemig::testing::WaitFor([&] { return c.Where().size() == 2; }, absl::Seconds(10)));
+  c.orch->Stop();  // the first scheduler is gone; its lease expires
+  c.api.reset();
+  // Meanwhile the transfer fails and libxl leaves the incoming domain behind on the destination
+  // (paused, reason "user"): the source runs the VM with no job.
+  REQUIRE(c.drivers["fake-a"]
+              ->hypervisor()
+              .Mutate([](nlohmann::json& st, bool* changed) {
+                for (auto& [id, t] : st["transfers"].items()) {
+                  if (t["state"] != "running") continue;
+                  t["state"] = "failed";
+                  t["error"] = "libxenlight failed to restore domain";
+                  t["finished_ms"] = absl::ToUnixMillis(absl::Now());
+                  *changed = true;
+                }
+                return absl::OkStatus();
+              })
+              .ok());
+  REQUIRE(c.Where() == Loc{{"fake-a", "running"}, {"fake-b", "incoming"}});
+  auto half = c.drivers["fake-b"]->DescribeDomain(kUuid);
+  REQUIRE(half.ok());
+  REQUIRE(half->has_value());
+  CHECK((*half)->state() == v1::DOMAIN_STATE_PAUSED);
+  CHECK((*half)->state_reason() == "user");
+  o.scheduler_id = "sched-2";
+  o.dispatch_interval = absl::Milliseconds(20);
+  o.progress_poll = absl::Milliseconds(20);
+  c.Start(o);
+  auto m = c.WaitTerminal(r->migration().id());
+  INFO(m.failure_reason());
+  CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+  CHECK(c.Where() == Loc{{"fake-a", "running"}});
+  CHECK(c.DbHost() == "fake-a");
+}
+
+TEST_CASE(
+    "scheduler (Xen): a PV guest's migration to a host without shadow paging fails in the "
+    "checks, with the reason and the ways out; a PVH guest's completes") {
+  // fake-b runs Xen without shadow paging (Debian 12's 4.17.7 security build, XSA-495).
+  Cloud c(
+      {}, {"fake-a", "fake-b"},
+      [](driver::FakeDriver::Options& fo) { fo.xen_virt_caps = "pv hvm hap gnttab-v1 gnttab-v2"; },
+      [](driver::FakeDriver::Options& fo) { fo.profile = "fake-libxl"; });
+  const std::string want =
+      "instance web-1 is a PV guest and host fake-b runs Xen without shadow paging (xl info "
+      "virt_caps: pv hvm hap gnttab-v1 gnttab-v2): PV live migration needs log-dirty on shadow "
+      "paging. Ways out: boot fake-b with a Xen built with shadow paging (CONFIG_SHADOW_PAGING=y, "
+      "e.g. Debian's 4.17.5 from bookworm), or run the guest as PVH or HVM, which migrate on HAP.";
+  // The hosts' paging modes as the scheduler stored them from the reports (no schema change: the
+  // capabilities are stored whole).
+  auto host_b = c.api->GetHost("fake-b");
+  REQUIRE(host_b.ok());
+  const v1::BackendCapabilities& caps_b = host_b->inventory().capabilities();
+  CHECK(absl::StrJoin(caps_b.xen_virt_caps(), " ") == "pv hvm hap gnttab-v1 gnttab-v2");
+  CHECK(caps_b.has_pv_live_migration());
+  CHECK_FALSE(caps_b.pv_live_migration());
+  auto host_a = c.api->GetHost("fake-a");
+  REQUIRE(host_a.ok());
+  CHECK(host_a->inventory().capabilities().pv_live_migration());
+  // The dry run lists the check, failed, on fake-b.
+  sv1::CheckMigrationRequest check;
+  check.set_instance_uuid(kUuid);
+  check.set_destination("fake-b");
+  auto dry = c.api->CheckMigration(check);
+  REQUIRE(dry.ok());
+  CHECK_FALSE(dry->passed());
+  bool listed = false;
+  for (const auto& h : dry->hosts()) {
+    for (const auto& chk : h.checks()) {
+      if (chk.name() != "xen_pv_shadow_paging") continue;
+      listed = true;
+      CHECK(chk.host() == "fake-b");
+      CHECK_FALSE(chk.passed());
+      CHECK(chk.reason() == want);
+    }
+  }
+  CHECK(listed);
+  // The migration: failed before any transfer, the VM still on fake-a.
+  auto r = c.Migrate(kUuid);
+  REQUIRE(r.ok());
+  auto m = c.WaitTerminal(r->migration().id());
+  CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+  CHECK(m.failure_reason() == want);
+  CHECK(c.Where() == Loc{{"fake-a", "running"}});
+  CHECK(c.DbHost() == "fake-a");
+  for (const auto& e : m.events()) {
+    CHECK(StepName(e.step()) != "live_migration");  // no transfer started
+  }
+  auto journal = c.drivers["fake-a"]->hypervisor().Journal();
+  REQUIRE(journal.ok());
+  for (const auto& e : *journal) CHECK(e.step != "live_migration");
+
+  // A PVH guest on the same hosts migrates.
+  REQUIRE(c.drivers["fake-a"]
+              ->hypervisor()
+              .CreateDomain("fake-a", kUuid2, "web-pvh", 512, "running", {"br-guest"}, "pvh")
+              .ok());
+  c.ReportAll();
+  check.set_instance_uuid(kUuid2);
+  dry = c.api->CheckMigration(check);
+  REQUIRE(dry.ok());
+  CHECK(dry->passed());
+  auto r2 = c.Migrate(kUuid2);
+  REQUIRE(r2.ok());
+  auto m2 = c.WaitTerminal(r2->migration().id());
+  INFO(m2.failure_reason());
+  CHECK(m2.status() == v1::MIGRATION_STATUS_COMPLETED);
+  CHECK(c.Where(kUuid2) == Loc{{"fake-b", "running"}});
 }
 
 }  // namespace

@@ -8,8 +8,11 @@
 //     abort during the transfer is refused with a clear error;
 //   - beyond the per-host limit a migration waits as queued, then runs in FIFO order.
 // One cloud with a host per trait; each case uses its own VM on host-a.
+#include <sys/wait.h>
+
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
 #include "absl/strings/match.h"
@@ -42,6 +45,9 @@ class PathsCloud {
         {"host-local", absl::StrCat("--instance-path ", dir_, "/local-instances")},
         {"xen-a", "--fake-profile fake-libxl"},
         {"xen-b", "--fake-profile fake-libxl"},
+        // Xen without shadow paging (Debian 12's 4.17.7 security build): no PV live migration.
+        {"xen-noshadow",
+         "--fake-profile fake-libxl --fake-xen-virt-caps 'pv hvm hap gnttab-v1 gnttab-v2'"},
     };
     for (const auto& [h, flags] : hosts) {
       cloud_.StartAgent(
@@ -63,11 +69,15 @@ class PathsCloud {
   Cloud& cloud() { return cloud_; }
   driver::FakeHypervisor& hv() { return hv_; }
 
-  // A new running VM of `mib` MiB on `host`, known to the scheduler.
-  std::string NewVm(const std::string& host = "host-a", uint64_t mib = 1024) {
+  // A new running VM of `mib` MiB on `host`, known to the scheduler; `kind`: its Xen guest kind
+  // on fake-libxl hosts ("": PV).
+  std::string NewVm(const std::string& host = "host-a", uint64_t mib = 1024,
+                    const std::string& kind = "") {
     char uuid[40];
     std::snprintf(uuid, sizeof(uuid), "5a5a5a5a-0000-4000-8000-%012d", ++vms_);
-    REQUIRE(hv_.CreateDomain(host, uuid, absl::StrCat("vm-", vms_), mib).ok());
+    REQUIRE(
+        hv_.CreateDomain(host, uuid, absl::StrCat("vm-", vms_), mib, "running", {"br-guest"}, kind)
+            .ok());
     INFO(cloud_.SchedulerLog());
     REQUIRE(cloud_.WaitInstanceOn(uuid, host, absl::Seconds(20)));
     return uuid;
@@ -94,6 +104,21 @@ class PathsCloud {
     grpc::Status s = cloud_.api().AbortMigration(&ctx, a, &resp);
     return s.ok() ? absl::OkStatus()
                   : absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  }
+  // cloudctl against the scheduler's API: its exit status and its output (stdout and stderr).
+  std::pair<int, std::string> Cloudctl(const std::string& args) {
+    const std::string out = absl::StrCat(dir_, "/cloudctl.out");
+    const int rc =
+        std::system(absl::StrCat("env -u LIVEMIG_TOKEN HOME=", dir_, " ",
+                                 testing::RunfilePath("cloudctl/cloudctl"), " --server unix:", dir_,
+                                 "/api.sock ", args, " >", out, " 2>&1 </dev/null")
+                        .c_str());
+    auto text = testing::RunCommand("cat " + out);
+    return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, text.ok() ? *text : ""};
+  }
+  std::string AgentLog(const std::string& host) {
+    auto text = testing::RunCommand(absl::StrCat("cat ", dir_, "/agent-", host, ".log"));
+    return text.ok() ? *text : "";
   }
   bool WaitStatus(const std::string& id, v1::MigrationStatus st, absl::Duration t) {
     return testing::WaitFor(
@@ -150,6 +175,71 @@ TEST_CASE("paths: each pre-check failure is recorded as failed with its cause an
     CHECK(m.memory_claimed_mib() == 0);
     std::cout << "  pre-check " << w.check << ": " << m.failure_reason() << std::endl;
   }
+}
+
+TEST_CASE(
+    "paths (Xen): a PV guest is refused migration to and from a host without shadow paging, "
+    "with the reason and the ways out; a PVH guest migrates there") {
+  const std::string refusal =
+      " is a PV guest and host xen-noshadow runs Xen without shadow paging (xl info virt_caps: pv "
+      "hvm hap gnttab-v1 gnttab-v2): PV live migration needs log-dirty on shadow paging. Ways "
+      "out: boot xen-noshadow with a Xen built with shadow paging (CONFIG_SHADOW_PAGING=y, e.g. "
+      "Debian's 4.17.5 from bookworm), or run the guest as PVH or HVM, which migrate on HAP.";
+  // The agent read its flag and said so at start; the host's paging modes reach the scheduler.
+  CHECK(absl::StrContains(P().AgentLog("xen-noshadow"),
+                          "Xen virt_caps: pv hvm hap gnttab-v1 gnttab-v2: no shadow paging"));
+  const auto show = P().Cloudctl("host-show xen-noshadow");
+  INFO(show.second);
+  CHECK(show.first == 0);
+  CHECK(absl::StrContains(show.second, "xen virt_caps"));
+  CHECK(absl::StrContains(show.second, "pv hvm hap gnttab-v1 gnttab-v2 (no shadow paging"));
+
+  // A PV guest on xen-a (with shadow paging) to xen-noshadow: the dry run shows the check
+  // failing, and the migration fails in the destination's check, before any transfer.
+  const std::string pv = P().NewVm("xen-a", 512);
+  const auto dry = P().Cloudctl(absl::StrCat("live-migration ", pv, " xen-noshadow --dry-run"));
+  INFO(dry.second);
+  CHECK(dry.first != 0);
+  CHECK(absl::StrContains(dry.second, "xen_pv_shadow_paging"));
+  const auto dry_json =
+      P().Cloudctl(absl::StrCat("--json live-migration ", pv, " xen-noshadow --dry-run"));
+  INFO(dry_json.second);
+  CHECK(absl::StrContains(dry_json.second,
+                          "runs Xen without shadow paging (xl info virt_caps: pv hvm hap "
+                          "gnttab-v1 gnttab-v2): PV live migration needs log-dirty on shadow "
+                          "paging. Ways out: boot xen-noshadow with a Xen built with shadow "
+                          "paging (CONFIG_SHADOW_PAGING=y"));
+  const auto run = P().Cloudctl(absl::StrCat("live-migration ", pv, " xen-noshadow --wait"));
+  INFO(run.second);
+  CHECK(run.first == 8);  // --wait: the migration ended badly
+  CHECK(absl::StrContains(run.second, "failed: instance vm-"));
+  CHECK(absl::StrContains(run.second, refusal));
+  CHECK(P().Where(pv) == Loc{{"xen-a", "running"}});
+  auto journal = P().hv().Journal();
+  REQUIRE(journal.ok());
+  for (const auto& e : *journal) {
+    if (e.host == "xen-a") CHECK(e.step != "live_migration");  // no transfer was started
+  }
+  std::cout << "  PV to a host without shadow paging: " << run.second;
+
+  // A PVH guest on the same hosts: the dry run passes and it migrates.
+  const std::string pvh = P().NewVm("xen-a", 512, "pvh");
+  const auto pvh_dry =
+      P().Cloudctl(absl::StrCat("live-migration ", pvh, " xen-noshadow --dry-run"));
+  INFO(pvh_dry.second);
+  CHECK(pvh_dry.first == 0);
+  const auto moved = P().Cloudctl(absl::StrCat("live-migration ", pvh, " xen-noshadow --wait"));
+  INFO(moved.second);
+  CHECK(moved.first == 0);
+  CHECK(P().Where(pvh) == Loc{{"xen-noshadow", "running"}});
+
+  // A PV guest on xen-noshadow cannot leave it: the source's check refuses it.
+  const std::string stuck = P().NewVm("xen-noshadow", 512);
+  const sv1::Migration m = P().MigrateAndWait(stuck, "xen-a");
+  CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+  INFO(m.failure_reason());
+  CHECK(absl::StrContains(m.failure_reason(), refusal));
+  CHECK(P().Where(stuck) == Loc{{"xen-noshadow", "running"}});
 }
 
 TEST_CASE("paths: a failure at each step up to the transfer rolls back to the source") {
