@@ -198,23 +198,10 @@ stage_done "format check"
 
 counter_self_test
 
-stage "tests (bazel test --nocache_test_results ${patterns[*]}:" \
-  "every test runs, none is taken from a cache)"
-# The full set runs the Xen lab's tests (tag "xen") in a stage of their own, below.
+# The full set runs the Xen lab's tests (tag "xen") in stages of their own, first: they take the
+# longest and need the most of the machine.
 full=0
 [[ ${patterns[*]} == //... ]] && full=1
-tag_filter=()
-((full)) && tag_filter=(--test_tag_filters=-xen)
-test_rc=
-if ((have_bazel)); then
-  bazel test --keep_going --nocache_test_results --build_event_json_file="$work/tests.bep.json" \
-    "${tag_filter[@]}" "${patterns[@]}" 2>&1 | quiet_bazel
-  test_rc=${PIPESTATUS[0]}
-else
-  echo "    not run: bazel is not installed (counted as a failure)"
-fi
-stage_done tests
-
 stage "the Xen lab's image (integration_tests/xenlab/build-image.sh, cached in /var/cache/livemig)"
 # Built once per machine and input set (about 5 minutes), then found in the cache at once.
 xen_image=
@@ -243,6 +230,20 @@ else
   if ((full)); then echo "    not run: no image (counted as a failure above)"; else echo "    not run: only with the full test set"; fi
 fi
 stage_done "Xen tests"
+
+stage "tests (bazel test --nocache_test_results ${patterns[*]}:" \
+  "every test runs, none is taken from a cache)"
+tag_filter=()
+((full)) && tag_filter=(--test_tag_filters=-xen)
+test_rc=
+if ((have_bazel)); then
+  bazel test --keep_going --nocache_test_results --build_event_json_file="$work/tests.bep.json" \
+    "${tag_filter[@]}" "${patterns[@]}" 2>&1 | quiet_bazel
+  test_rc=${PIPESTATUS[0]}
+else
+  echo "    not run: bazel is not installed (counted as a failure)"
+fi
+stage_done tests
 
 stage "the quickstart end to end (deploy/quickstart_test.sh: start, migrate, stop, nothing left)"
 if [[ ${patterns[*]} != //... ]]; then

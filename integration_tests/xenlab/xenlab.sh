@@ -226,8 +226,10 @@ cmd_status() {
 
 cmd_agent_start() {
   local dir=$1 h=$2; shift 2; local name; name=$(host_name "$h")
+  local flags=""; (($#)) && flags=$(printf '%q ' "$@")  # each flag one word in dom0's shell too
   sshh "$dir" "$h" "test -e /run/agent.pid && kill -0 \$(cat /run/agent.pid) 2>/dev/null && { echo 'xenlab: an agent already runs on $name' >&2; exit 1; }
-    setsid /mnt/lab/bin/compute_agent --config /etc/livemig/compute-agent.conf $* \
+    mkdir -p /run/livemig && xl info >/run/livemig/xl-info  # as the unit's ExecStartPre
+    setsid /mnt/lab/bin/compute_agent --config /etc/livemig/compute-agent.conf $flags \
       >>/mnt/lab/logs/agent-$name.log 2>&1 </dev/null & echo \$! >/run/agent.pid; cat /run/agent.pid"
 }
 
