@@ -205,7 +205,7 @@ cmd_down() {
 cmd_sweep() {
   local parent=${1:-/tmp} d owner
   for d in "$parent"/livemig-xenlab-* "$parent"/livemig-xenqs*; do
-    [[ -f $d/lab.env ]] || continue
+    [[ -f $d/owner ]] || continue  # (a lab killed before `up` wrote lab.env has its owner)
     owner=$(cat "$d/owner" 2>/dev/null)
     if [[ -n $owner ]] && kill -0 "$owner" 2>/dev/null; then continue; fi
     echo "xenlab: sweeping $d (owner ${owner:-?} is gone)"
