@@ -11,6 +11,7 @@
 #include "common/tls.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/compute_agent.grpc.pb.h"
+#include "testing/agent_flow.h"
 #include "testing/lab.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
@@ -33,7 +34,8 @@ struct World {
   std::unique_ptr<Lab> lab;
   std::string pki;
   std::unique_ptr<ChildProcess> agent[2];
-  std::unique_ptr<cv1::ComputeAgent::Stub> stub[2];
+  std::unique_ptr<livemig::testing::AgentFlow> flow =
+      std::make_unique<livemig::testing::AgentFlow>(kUuid);
 
   static int Index(const std::string& h) { return h == "a" ? 0 : 1; }
   std::string Socket(const std::string& h) const { return lab->dir() + "/agent-" + h + ".sock"; }
@@ -53,13 +55,12 @@ struct World {
     REQUIRE(creds.ok());
     auto channel =
         grpc::CreateCustomChannel("unix:" + Socket(h), *creds, ClientChannelArgs("lab-" + h));
-    stub[Index(h)] = cv1::ComputeAgent::NewStub(channel);
+    flow->AddHost(h, "lab-" + h, channel);
     const bool up = WaitFor(
         [&] {
-          grpc::ClientContext ctx;
-          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-          cv1::GetHostInfoResponse r;
-          return stub[Index(h)]->GetHostInfo(&ctx, {}, &r).ok();
+          return flow->Call(h, &livemig::testing::AgentFlow::S::GetHostInfo,
+                            cv1::GetHostInfoRequest(), absl::Seconds(2))
+              .ok();
         },
         absl::Seconds(30));
     INFO(agent[Index(h)]->LogTail());
@@ -92,42 +93,6 @@ World& W() {
   return *w;
 }
 
-template <typename Req, typename Resp>
-using Rpc = grpc::Status (cv1::ComputeAgent::Stub::*)(grpc::ClientContext*, const Req&, Resp*);
-
-template <typename Req, typename Resp>
-absl::StatusOr<Resp> Call(const std::string& host, Rpc<Req, Resp> rpc, const Req& req) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  Resp resp;
-  grpc::Status s = (W().stub[World::Index(host)].get()->*rpc)(&ctx, req, &resp);
-  if (!s.ok())
-    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-  return resp;
-}
-
-// Calls twice and checks that both answers are the same.
-template <typename Req, typename Resp>
-Resp Twice(const std::string& host, Rpc<Req, Resp> rpc, const Req& req) {
-  auto first = Call(host, rpc, req);
-  INFO(first.status().ToString());
-  REQUIRE(first.ok());
-  auto second = Call(host, rpc, req);
-  REQUIRE(second.ok());
-  CHECK(first->SerializeAsString() == second->SerializeAsString());
-  return *first;
-}
-
-template <typename Req>
-Req Step(const std::string& mid, const std::string& from, const std::string& to) {
-  Req r;
-  r.set_migration_id(mid);
-  r.set_instance_uuid(kUuid);
-  r.set_source_host("lab-" + from);
-  r.set_dest_host("lab-" + to);
-  return r;
-}
-
 std::string Where() {
   auto w = W().lab->Where(kGuest);
   REQUIRE(w.ok());
@@ -136,85 +101,24 @@ std::string Where() {
   return s;
 }
 
-using S = cv1::ComputeAgent::Stub;
-
-// Steps 4-6 (each twice); returns the LiveMigration request.
-cv1::LiveMigrationRequest Prepare(const std::string& mid, const std::string& from,
-                                  const std::string& to, v1::MigrationOptions options = {}) {
-  auto src_info = Call<cv1::GetHostInfoRequest, cv1::GetHostInfoResponse>(
-      from, &S::GetHostInfo, cv1::GetHostInfoRequest());
-  REQUIRE(src_info.ok());
-  CHECK(src_info->inventory().hostname() == "lab-" + from);  // the agent's UTS namespace
-  cv1::DescribeInstanceRequest di;
-  di.set_instance_uuid(kUuid);
-  auto dom = Call(from, &S::DescribeInstance, di);
-  REQUIRE(dom.ok());
-  REQUIRE(dom->present());
-  auto dreq = Step<cv1::CheckCanLiveMigrateOnDestRequest>(mid, from, to);
-  *dreq.mutable_source_cpu() = src_info->inventory().cpu();
-  dreq.set_source_hypervisor_type(src_info->inventory().hypervisor_type());
-  dreq.set_source_hypervisor_version(src_info->inventory().hypervisor_version());
-  *dreq.mutable_instance() = dom->domain();
-  *dreq.mutable_options() = options;
-  auto d = Twice(to, &S::CheckCanLiveMigrateOnDest, dreq);
-  INFO(d.DebugString());
-  REQUIRE(d.passed());
-  auto sreq = Step<cv1::CheckCanLiveMigrateOnSrcRequest>(mid, from, to);
-  *sreq.mutable_dest_check_data() = d.dest_check_data();
-  *sreq.mutable_options() = options;
-  auto s = Twice(from, &S::CheckCanLiveMigrateOnSrc, sreq);
-  REQUIRE(s.passed());
-  auto pre = Step<cv1::PreLiveMigrationRequest>(mid, from, to);
-  *pre.mutable_migrate_data()->mutable_src_check() = s.src_check_data();
-  *pre.mutable_options() = options;
-  auto p = Twice(to, &S::PreLiveMigration, pre);
-  auto lm = Step<cv1::LiveMigrationRequest>(mid, from, to);
-  *lm.mutable_options() = options;
-  *lm.mutable_migrate_data()->mutable_dest_check() = d.dest_check_data();
-  *lm.mutable_migrate_data()->mutable_src_check() = s.src_check_data();
-  *lm.mutable_migrate_data()->mutable_pre_live_migration() = p.pre_live_migration_data();
-  return lm;
-}
-
-cv1::MigrationProgressReport WaitForEnd(const std::string& host, const std::string& mid) {
-  cv1::GetMigrationProgressRequest g;
-  g.set_migration_id(mid);
-  g.set_instance_uuid(kUuid);
-  cv1::MigrationProgressReport last;
-  REQUIRE(WaitFor(
-      [&] {
-        auto r = Call(host, &S::GetMigrationProgress, g);
-        if (!r.ok()) return false;
-        last = *r;
-        return r->state() != cv1::TRANSFER_STATE_RUNNING;
-      },
-      absl::Seconds(90)));
-  return last;
-}
-
-void PostSteps(const std::string& mid, const std::string& from, const std::string& to) {
-  Twice(from, &S::PostLiveMigration, Step<cv1::PostLiveMigrationRequest>(mid, from, to));
-  auto at = Twice(to, &S::PostLiveMigrationAtDestination,
-                  Step<cv1::PostLiveMigrationAtDestinationRequest>(mid, from, to));
-  CHECK(at.domain().state() == v1::DOMAIN_STATE_RUNNING);
-  CHECK(at.domain().persistent());
-}
+using S = livemig::testing::AgentFlow::S;
+livemig::testing::AgentFlow& F() { return *W().flow; }
 
 void Migrate(const std::string& mid, const std::string& from, const std::string& to) {
   auto before = W().lab->Heartbeat(kGuest);
   REQUIRE(before.ok());
-  auto lm = Prepare(mid, from, to);
-  auto first = Call(from, &S::LiveMigration, lm);
+  auto lm = F().Prepare(mid, from, to);
+  auto first = F().Call(from, &S::LiveMigration, lm);
   INFO(first.status().ToString());
   REQUIRE(first.ok());
   CHECK_FALSE(first->attached());
-  auto second = Call(from, &S::LiveMigration, lm);  // repeated: attaches, never a second transfer
+  auto second = F().Call(from, &S::LiveMigration, lm);  // repeated: attaches, never a second one
   REQUIRE(second.ok());
   CHECK(second->attached());
-  auto end = WaitForEnd(from, mid);
+  auto end = F().WaitForEnd(from, mid, absl::Seconds(90));
   INFO(end.DebugString());
   REQUIRE(end.state() == cv1::TRANSFER_STATE_COMPLETED);
-  PostSteps(mid, from, to);
+  F().PostSteps(mid, from, to);
   CHECK(Where() == to);
   REQUIRE(WaitFor(
       [&] {
@@ -234,20 +138,11 @@ TEST_CASE("agents in the lab carry a real VM through every step, each sent twice
 
 TEST_CASE("agents in the lab roll back, each step sent twice") {
   REQUIRE(Where() == "a");
-  auto lm = Prepare("agent-lab-rb", "a", "b");
-  Twice("b", &S::RollbackLiveMigrationAtDestination,
-        Step<cv1::RollbackLiveMigrationAtDestinationRequest>("agent-lab-rb", "a", "b"));
-  auto r = Twice("a", &S::RollbackLiveMigration,
-                 Step<cv1::RollbackLiveMigrationRequest>("agent-lab-rb", "a", "b"));
-  CHECK(r.domain().state() == v1::DOMAIN_STATE_RUNNING);
+  auto lm = F().Prepare("agent-lab-rb", "a", "b");
+  F().Rollback("agent-lab-rb", "a", "b");  // the domain runs on a, b no longer has it
   CHECK(Where() == "a");
-  cv1::DescribeInstanceRequest di;
-  di.set_instance_uuid(kUuid);
-  auto on_b = Call("b", &S::DescribeInstance, di);
-  REQUIRE(on_b.ok());
-  CHECK_FALSE(on_b->present());
   // The rolled-back migration cannot be started afterwards.
-  auto late = Call("a", &S::LiveMigration, lm);
+  auto late = F().Call("a", &S::LiveMigration, lm);
   CHECK(late.status().code() == absl::StatusCode::kFailedPrecondition);
 }
 
@@ -255,42 +150,40 @@ TEST_CASE("an agent killed during a transfer restarts, reports the truth and att
   REQUIRE(Where() == "a");
   v1::MigrationOptions slow;
   slow.set_bandwidth_mib_s(4);
-  auto lm = Prepare("agent-lab-restart", "a", "b", slow);
-  REQUIRE(Call("a", &S::LiveMigration, lm).ok());
+  auto lm = F().Prepare("agent-lab-restart", "a", "b", slow);
+  REQUIRE(F().Call("a", &S::LiveMigration, lm).ok());
   cv1::GetMigrationProgressRequest g;
   g.set_migration_id("agent-lab-restart");
   g.set_instance_uuid(kUuid);
   REQUIRE(WaitFor(
       [&] {
-        auto r = Call("a", &S::GetMigrationProgress, g);
+        auto r = F().Call("a", &S::GetMigrationProgress, g);
         return r.ok() && r->progress().bytes_processed() > 0;
       },
       absl::Seconds(30)));
   W().agent[0]->Kill();  // SIGKILL: the transfer continues in libvirt
   W().StartAgent("a");
-  auto p = Call("a", &S::GetMigrationProgress, g);
+  auto p = F().Call("a", &S::GetMigrationProgress, g);
   INFO(p.status().ToString());
   REQUIRE(p.ok());
   CHECK(p->state() == cv1::TRANSFER_STATE_RUNNING);
   CHECK(p->progress().has_bytes());
-  cv1::DescribeInstanceRequest di;
-  di.set_instance_uuid(kUuid);
-  auto d = Call("a", &S::DescribeInstance, di);
-  REQUIRE(d.ok());
-  CHECK(d->present());
-  CHECK(d->domain().migration_job_active());
-  auto attach = Call("a", &S::LiveMigration, lm);  // the reconciler's re-send
+  auto d = F().Describe("a");
+  CHECK(d.present());
+  CHECK(d.domain().migration_job_active());
+  auto attach = F().Call("a", &S::LiveMigration, lm);  // the reconciler's re-send
   REQUIRE(attach.ok());
   CHECK(attach->attached());
   INFO("agent a log:\n" << W().agent[0]->LogTail(40));
-  auto fc = Call("a", &S::ForceCompleteLiveMigration,
-                 Step<cv1::ForceCompleteLiveMigrationRequest>("agent-lab-restart", "a", "b"));
+  auto fc = F().Call(
+      "a", &S::ForceCompleteLiveMigration,
+      F().Step<cv1::ForceCompleteLiveMigrationRequest>("agent-lab-restart", "a", "b"));
   INFO(fc.status().ToString());
   CHECK(fc.ok());  // converge: at 4 MiB/s the busy guest never would on its own
-  auto end = WaitForEnd("a", "agent-lab-restart");
+  auto end = F().WaitForEnd("a", "agent-lab-restart", absl::Seconds(90));
   INFO(end.DebugString());
   CHECK(end.state() == cv1::TRANSFER_STATE_COMPLETED);
-  PostSteps("agent-lab-restart", "a", "b");
+  F().PostSteps("agent-lab-restart", "a", "b");
   CHECK(Where() == "b");
   Migrate("agent-lab-back", "b", "a");
 }
