@@ -368,7 +368,7 @@ fi
   echo "Xen lab benchmark (bench/xen_lab.sh --mode $MODE --rounds $ROUNDS)"
   echo "$machine"
   echo "load average: $load_start (first round), $(cut -d' ' -f1-3 /proc/loadavg) (end)"
-  echo "lab:          two nested Xen 4.17 hosts (QEMU TCG, 1 vCPU each), libvirt libxl; PVH guest $GUEST (128 MiB, dirtying 16 MiB)"
+  echo "lab:          two nested Xen 4.17 hosts (QEMU TCG, 1 vCPU each), libvirt libxl; PVH guest $GUEST (96 MiB, dirtying 16 MiB)"
   echo "transport:    $transport"
   echo "system:       cloudctl live-migration $UUID <dest> --wait (wall time of the call)"
   echo "bare:         in the source dom0: $bare_cmd (wall time inside dom0)"

@@ -100,6 +100,36 @@ absl::Status Quarter(int x, int* out) {
   return absl::OkStatus();
 }
 
+// Decisions about another process's error read its structured reason, never its text: the
+// reason must cross gRPC (as a google.rpc.ErrorInfo in the status details) intact.
+TEST_CASE("an error's structured reason crosses gRPC; its text does not decide") {
+  absl::Status refused =
+      WithReason(absl::FailedPreconditionError("domain x runs on the destination b"),
+                 v1::ERROR_REASON_ONLY_RUNNING_COPY);
+  CHECK(ReasonOf(refused) == v1::ERROR_REASON_ONLY_RUNNING_COPY);
+  grpc::Status wire = ToGrpcStatus(refused);
+  CHECK(wire.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+  CHECK_FALSE(wire.error_details().empty());
+  v1::RpcStatus details;
+  REQUIRE(details.ParseFromString(wire.error_details()));  // google.rpc.Status's wire format
+  REQUIRE(details.details_size() == 1);
+  CHECK(details.details(0).type_url() == "type.googleapis.com/google.rpc.ErrorInfo");
+  absl::Status back = FromGrpcStatus(wire, "RollbackLiveMigrationAtDestination on b");
+  CHECK(back.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(back.message() ==
+        "RollbackLiveMigrationAtDestination on b: domain x runs on the destination b");
+  CHECK(ReasonOf(back) == v1::ERROR_REASON_ONLY_RUNNING_COPY);
+  // The same words without the reason decide nothing.
+  absl::Status words = FromGrpcStatus(
+      grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "it may be the only running copy"));
+  CHECK(ReasonOf(words) == v1::ERROR_REASON_UNSPECIFIED);
+  CHECK(ToGrpcStatus(absl::InternalError("x")).error_details().empty());
+  CHECK(WithReason(absl::OkStatus(), v1::ERROR_REASON_ONLY_RUNNING_COPY).ok());
+  // Details from another peer that are not ours are ignored.
+  CHECK(ReasonOf(FromGrpcStatus(grpc::Status(grpc::StatusCode::INTERNAL, "m", "\x01garbage"))) ==
+        v1::ERROR_REASON_UNSPECIFIED);
+}
+
 TEST_CASE("status macros propagate the first error") {
   int out = 0;
   CHECK(Quarter(8, &out).ok());

@@ -2,13 +2,49 @@
 
 #include <string>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 
 namespace livemig {
 
+namespace {
+
+constexpr char kErrorInfoType[] = "type.googleapis.com/google.rpc.ErrorInfo";
+constexpr char kDomain[] = "livemig";
+
+}  // namespace
+
+absl::Status WithReason(absl::Status status, v1::ErrorReason reason) {
+  if (status.ok() || reason == v1::ERROR_REASON_UNSPECIFIED) return status;
+  status.SetPayload(kErrorInfoType, absl::Cord(v1::ErrorReason_Name(reason)));
+  return status;
+}
+
+v1::ErrorReason ReasonOf(const absl::Status& status) {
+  auto p = status.GetPayload(kErrorInfoType);
+  v1::ErrorReason r = v1::ERROR_REASON_UNSPECIFIED;
+  if (p.has_value() && v1::ErrorReason_Parse(std::string(*p), &r)) return r;
+  return v1::ERROR_REASON_UNSPECIFIED;
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+  const v1::ErrorReason reason = ReasonOf(status);
+  if (reason == v1::ERROR_REASON_UNSPECIFIED) {
+    return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                        std::string(status.message()));
+  }
+  v1::ErrorInfo info;
+  info.set_reason(v1::ErrorReason_Name(reason));
+  info.set_domain(kDomain);
+  v1::RpcStatus details;
+  details.set_code(static_cast<int>(status.code()));
+  details.set_message(std::string(status.message()));
+  auto* any = details.add_details();
+  any->set_type_url(kErrorInfoType);
+  any->set_value(info.SerializeAsString());
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()),
+                      details.SerializeAsString());
 }
 
 absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view what) {
@@ -17,7 +53,19 @@ absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view what) 
   std::string message = status.error_message();
   if (message.empty()) message = absl::StatusCodeToString(code);
   if (!what.empty()) message = absl::StrCat(what, ": ", message);
-  return absl::Status(code, message);
+  absl::Status out(code, message);
+  v1::RpcStatus details;
+  if (!status.error_details().empty() && details.ParseFromString(status.error_details())) {
+    for (const auto& any : details.details()) {
+      v1::ErrorInfo info;
+      v1::ErrorReason reason;
+      if (any.type_url() == kErrorInfoType && info.ParseFromString(any.value()) &&
+          info.domain() == kDomain && v1::ErrorReason_Parse(info.reason(), &reason)) {
+        out = WithReason(std::move(out), reason);
+      }
+    }
+  }
+  return out;
 }
 
 int HttpCodeFor(absl::StatusCode code) {

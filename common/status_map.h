@@ -10,15 +10,25 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "grpcpp/support/status.h"
+#include "proto/common.pb.h"
 
 namespace livemig {
 
-// absl::Status → grpc::Status with the same code and message.
+// absl::Status → grpc::Status with the same code and message, and its ErrorReason (WithReason)
+// in the details as a google.rpc.ErrorInfo (domain "livemig").
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // grpc::Status → absl::Status; `what` names the call for the message, e.g.
-// "PreLiveMigration on host-b". An empty message gets a description of the code.
+// "PreLiveMigration on host-b". An empty message gets a description of the code. The reason in
+// the details, if any, is kept (ReasonOf).
 absl::Status FromGrpcStatus(const grpc::Status& status, absl::string_view what = "");
+
+// Attaches a machine-readable reason to an error (an OK status is returned as is). Decisions
+// about another process's error use ReasonOf, never the message's text.
+absl::Status WithReason(absl::Status status, v1::ErrorReason reason);
+// The reason attached by WithReason (here or in the process that answered a gRPC call);
+// ERROR_REASON_UNSPECIFIED for none.
+v1::ErrorReason ReasonOf(const absl::Status& status);
 
 // The HTTP status code for a status code (200 for OK).
 int HttpCodeFor(absl::StatusCode code);

@@ -126,6 +126,17 @@ absl::StatusOr<cv1::ListDomainsResponse> AgentCore::ListDomains() {
   return resp;
 }
 
+absl::StatusOr<cv1::PauseInstanceResponse> AgentCore::PauseInstance(
+    const cv1::PauseInstanceRequest& req) {
+  RETURN_IF_ERROR(driver::ValidateUuid(req.instance_uuid()));
+  if (!req.migration_id().empty()) RETURN_IF_ERROR(driver::ValidateMigrationId(req.migration_id()));
+  LogWarning("migration=%s instance=%s pausing the domain on %s at the scheduler's request: %s",
+             req.migration_id(), req.instance_uuid(), options_.hostname, req.reason());
+  cv1::PauseInstanceResponse resp;
+  ASSIGN_OR_RETURN(*resp.mutable_domain(), driver_->PauseInstance(req.instance_uuid()));
+  return resp;
+}
+
 absl::StatusOr<cv1::DescribeInstanceResponse> AgentCore::DescribeInstance(
     const cv1::DescribeInstanceRequest& req) {
   RETURN_IF_ERROR(driver::ValidateUuid(req.instance_uuid()));

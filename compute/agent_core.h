@@ -49,6 +49,7 @@ class AgentCore {
   absl::StatusOr<cv1::ListDomainsResponse> ListDomains();
   absl::StatusOr<cv1::DescribeInstanceResponse> DescribeInstance(
       const cv1::DescribeInstanceRequest& req);
+  absl::StatusOr<cv1::PauseInstanceResponse> PauseInstance(const cv1::PauseInstanceRequest& req);
   absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> CheckCanLiveMigrateOnDest(
       const cv1::CheckCanLiveMigrateOnDestRequest& req);
   absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> CheckCanLiveMigrateOnSrc(

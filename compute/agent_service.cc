@@ -66,6 +66,12 @@ grpc::Status AgentService::DescribeInstance(grpc::ServerContext* ctx,
                                             cv1::DescribeInstanceResponse* out) {
   return Handle(ctx, "DescribeInstance", false, out, [&] { return core_->DescribeInstance(*req); });
 }
+grpc::Status AgentService::PauseInstance(grpc::ServerContext* ctx,
+                                         const cv1::PauseInstanceRequest* req,
+                                         cv1::PauseInstanceResponse* out) {
+  // Changes a domain's state: only callers on the allow-list, as the steps.
+  return Handle(ctx, "PauseInstance", true, out, [&] { return core_->PauseInstance(*req); });
+}
 grpc::Status AgentService::CheckCanLiveMigrateOnDest(
     grpc::ServerContext* ctx, const cv1::CheckCanLiveMigrateOnDestRequest* req,
     cv1::CheckCanLiveMigrateOnDestResponse* out) {

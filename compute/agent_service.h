@@ -44,6 +44,8 @@ class AgentService final : public cv1::ComputeAgent::Service {
                            cv1::ListDomainsResponse*) override;
   grpc::Status DescribeInstance(grpc::ServerContext*, const cv1::DescribeInstanceRequest*,
                                 cv1::DescribeInstanceResponse*) override;
+  grpc::Status PauseInstance(grpc::ServerContext*, const cv1::PauseInstanceRequest*,
+                             cv1::PauseInstanceResponse*) override;
   grpc::Status CheckCanLiveMigrateOnDest(grpc::ServerContext*,
                                          const cv1::CheckCanLiveMigrateOnDestRequest*,
                                          cv1::CheckCanLiveMigrateOnDestResponse*) override;

@@ -5,6 +5,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "db/pg_stores.h"
@@ -170,6 +171,29 @@ TEST_CASE("a schema newer than the binary is refused with a clear message") {
   CHECK(r.status().code() == absl::StatusCode::kFailedPrecondition);
   CHECK(r.status().message().find("version 999") != std::string::npos);
   CHECK(r.status().message().find("newer scheduler") != std::string::npos);
+}
+
+// The report fence: an agent that got no answer before its deadline counts the report as failed
+// and relies on it not having moved anything. Before, a report applied after that deadline could
+// still move a just-migrated instance back to the source.
+TEST_CASE("host reports: a report past its sender's deadline is not applied") {
+  Db db;
+  auto& hosts = db.stores->hosts();
+  REQUIRE(hosts.ApplyReport(Report("host-a", 1, {Dom(1)})).ok());
+  HostReport moved = Report("host-b", 1, {Dom(1)});
+  moved.apply_before = absl::Now() - absl::Milliseconds(1);
+  auto r = hosts.ApplyReport(moved);
+  CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(absl::StrContains(r.status().message(), "deadline passed"));
+  auto i = db.stores->instances().GetInstance(Uuid(1));
+  REQUIRE(i.ok());
+  CHECK(i->host == "host-a");
+  CHECK(hosts.GetHost("host-b", absl::Seconds(60)).status().code() == absl::StatusCode::kNotFound);
+  moved.apply_before = absl::Now() + absl::Seconds(30);
+  auto ok = hosts.ApplyReport(moved);
+  REQUIRE(ok.ok());
+  CHECK(ok->accepted);
+  CHECK(db.stores->instances().GetInstance(Uuid(1))->host == "host-b");
 }
 
 TEST_CASE("host reports: inventory, stale sequence numbers, restarts, missing domains") {

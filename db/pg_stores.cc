@@ -209,6 +209,14 @@ class PgHostStore : public HostStore {
       }
       uuids.push_back(d.uuid);
     }
+    auto past_deadline = [&]() -> absl::Status {
+      if (!p.apply_before.has_value() || absl::Now() < *p.apply_before) return absl::OkStatus();
+      return absl::DeadlineExceededError(absl::StrCat(
+          "report ", p.seq, " of host ", p.hostname,
+          " not applied: its sender's deadline passed before it could be committed (the agent "
+          "counts it as failed and reports again)"));
+    };
+    RETURN_IF_ERROR(past_deadline());
     auto applied = pool_->Query<ReportResult>(
         "apply host report", [&](pqxx::work& w) -> absl::StatusOr<ReportResult> {
           ReportResult res;
@@ -265,6 +273,8 @@ class PgHostStore : public HostStore {
               "ANY($2::text[]))",
               p.hostname, TextArray(uuids));
           res.instances_marked_missing = static_cast<int>(gone.affected_rows());
+          // Checked again just before the commit: the sender may have given up meanwhile.
+          RETURN_IF_ERROR(past_deadline());
           res.accepted = true;
           res.seq = p.seq;
           return res;

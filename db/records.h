@@ -45,6 +45,10 @@ struct HostReport {
   std::string agent_boot_id;
   int64_t seq = 0;
   std::vector<DomainReport> domains;
+  // The reporter's deadline: a report that cannot be committed before it is not applied
+  // (DeadlineExceeded). The agent counts a call past its deadline as failed and relies on the
+  // report not having moved anything (the report fence); unset: no deadline.
+  std::optional<absl::Time> apply_before;
 };
 
 struct HostRecord {

@@ -231,7 +231,7 @@ done
 ok
 
 if ((XEN)); then
-  stage "starting the PVH guest $GUEST on xena (128 MiB, kernel in the shared instance directory, NIC on xenbr0)"
+  stage "starting the PVH guest $GUEST on xena (96 MiB, kernel in the shared instance directory, NIC on xenbr0)"
   where=$(bash "$XENLAB" where "$LAB" "$GUEST" 2>/dev/null || true)
   if [[ -z $where ]]; then
     bash "$XENLAB" guest-start "$LAB" a "$GUEST" "$GUEST_UUID" pvh >>"$LOG/lab.log" 2>&1 ||

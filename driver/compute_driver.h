@@ -98,11 +98,16 @@ class ComputeDriver {
   // network. FailedPrecondition if the domain is not running here.
   virtual absl::StatusOr<v1::DomainInfo> PostLiveMigrationAtDestination(
       const cv1::PostLiveMigrationAtDestinationRequest& req) = 0;
+  // Pauses the domain (idempotent: a paused domain stays paused). NotFound when it is not on this
+  // host; FailedPrecondition when it is shut off. The scheduler's last resort when the domain
+  // runs on two hosts at once.
+  virtual absl::StatusOr<v1::DomainInfo> PauseInstance(const std::string& uuid) = 0;
   // Rollback, on the destination: remove what pre_live_migration staged and an incoming
   // (paused) domain: one the hypervisor shows paused for an incoming migration (QEMU), or any
   // paused one when req.source_runs_domain() (Xen's libxl pauses the incoming domain with reason
   // "user"). Never destroys a running domain (it may be the only running copy), nor a paused one
-  // not proven half-received: FailedPrecondition then, with "only running copy" in the message.
+  // not proven half-received: FailedPrecondition then, with the reason
+  // ERROR_REASON_ONLY_RUNNING_COPY (common/status_map.h: WithReason).
   virtual absl::Status RollbackLiveMigrationAtDestination(
       const cv1::RollbackLiveMigrationAtDestinationRequest& req) = 0;
   // Rollback, on the source: the domain must be here; resume it if the migration paused it.

@@ -10,6 +10,8 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <condition_variable>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -26,6 +28,7 @@
 #include "driver/fake_driver.h"
 #include "driver/libvirt_api.h"
 #include "driver/libvirt_driver.h"
+#include "testing/process.h"
 
 namespace livemig::driver {
 namespace {
@@ -63,6 +66,15 @@ class XenLikeApi : public LibvirtApi {
     // The guest's definition as libxl gives it (<domain type='xen'>, os type and machine), instead
     // of the test driver's <domain type='test'>; empty: the test driver's own.
     std::string xen_os_type;  // e.g. "<type arch='x86_64' machine='xenpvh'>xenpvh</type>"
+    // A transfer that runs until aborted (the test driver cannot migrate): MigrateToURI3 reports
+    // an unbounded job and blocks until AbortJob was called and the job statistics were read
+    // twice more (libvirt ends an aborted job a moment later, not at once), then fails as libvirt
+    // does ("operation canceled").
+    bool hold_migration = false;
+    bool migrating = false;
+    bool aborted = false;
+    int polls_after_abort = 0;
+    std::condition_variable cv;
   };
 
   static std::string NodeFile() {
@@ -154,15 +166,45 @@ class XenLikeApi : public LibvirtApi {
     auto b = inner_->Describe(d);
     if (!b.ok()) return b.status();
     std::lock_guard<std::mutex> l(script_->mu);
+    if (script_->migrating) {
+      if (script_->aborted) ++script_->polls_after_abort;
+      script_->cv.notify_all();
+      JobStats running;
+      running.type = VIR_DOMAIN_JOB_UNBOUNDED;
+      running.operation = VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT;
+      running.time_elapsed_ms = 100;
+      return running;
+    }
     auto it = script_->jobs.find(b->uuid);
     if (it == script_->jobs.end()) return JobStats{};  // type NONE
     return it->second;
   }
   absl::Status MigrateToURI3(virDomainPtr d, const std::string& dconnuri,
                              const MigrateParams& params, unsigned int flags) override {
-    return inner_->MigrateToURI3(d, dconnuri, params, flags);
+    std::unique_lock<std::mutex> l(script_->mu);
+    if (!script_->hold_migration) {
+      l.unlock();
+      return inner_->MigrateToURI3(d, dconnuri, params, flags);
+    }
+    script_->migrating = true;
+    const bool ended = script_->cv.wait_for(l, std::chrono::seconds(60), [&] {
+      return script_->aborted && script_->polls_after_abort >= 2;
+    });
+    script_->migrating = false;
+    if (!ended) return absl::InternalError("test: the held transfer was never aborted");
+    return absl::CancelledError("operation aborted: migration out job: canceled by client");
   }
-  absl::Status AbortJob(virDomainPtr d) override { return inner_->AbortJob(d); }
+  absl::Status AbortJob(virDomainPtr d) override {
+    {
+      std::lock_guard<std::mutex> l(script_->mu);
+      if (script_->hold_migration) {
+        script_->aborted = true;
+        script_->cv.notify_all();
+        return absl::OkStatus();
+      }
+    }
+    return inner_->AbortJob(d);
+  }
   absl::Status MigrateSetMaxDowntime(virDomainPtr d, uint64_t ms) override {
     return inner_->MigrateSetMaxDowntime(d, ms);
   }
@@ -610,6 +652,84 @@ TEST_CASE("contract: a job of unknown operation is not reported as a migration o
     REQUIRE(d->has_value());
     CHECK((*d)->job_active());
     CHECK((*d)->migration_job_active());
+  }
+}
+
+// A transfer's marks (completion timeout expired, abort or force-complete requested) must survive
+// the monitor's next sample of libvirt's job statistics: before, each sample replaced the
+// transfer's report, so a transfer the completion timeout aborted ended as CANCELLED, i.e.
+// "aborted by an operator", and the agent lost the operator's request from its reports.
+TEST_CASE("libvirt driver: a transfer's timeout, abort and force-complete marks outlive samples") {
+  auto script = std::make_shared<XenLikeApi::Script>();
+  script->hold_migration = true;
+  LibvirtDriver::Options o;
+  o.uri = "test://" + XenLikeApi::NodeFile();
+  o.profile = "qemu";  // completion timeout, abort and force-complete are QEMU's
+  o.hostname = "qemu-host";
+  o.instance_path = TempDir("inst");
+  o.state_dir = TempDir("state");
+  o.bridges = {"br-guest"};
+  o.poll_interval = absl::Milliseconds(20);
+  auto d = LibvirtDriver::Create(o, std::make_unique<XenLikeApi>(script));
+  REQUIRE(d.ok());
+  LibvirtDriver& driver = **d;
+  cv1::LiveMigrationRequest req;
+  req.set_instance_uuid(kXenVmUuid);
+  req.mutable_migrate_data()->mutable_pre_live_migration()->set_migration_uri(
+      "qemu+tcp://peer/system");
+  std::mutex mu;
+  std::vector<cv1::MigrationProgressReport> samples;
+  auto sink = [&](const cv1::MigrationProgressReport& r) {
+    std::lock_guard<std::mutex> l(mu);
+    samples.push_back(r);
+  };
+  auto sampled = [&](size_t n) {
+    std::lock_guard<std::mutex> l(mu);
+    return samples.size() >= n;
+  };
+
+  SECTION("the completion timeout aborts: FAILED, never an operator's cancel") {
+    req.set_migration_id("m-timeout");
+    req.mutable_options()->set_completion_timeout_s(1);
+    req.mutable_options()->set_completion_action(v1::COMPLETION_ACTION_ABORT);
+    auto r = driver.LiveMigration(req, sink);
+    REQUIRE(r.ok());
+    INFO(r->DebugString());
+    CHECK(r->state() == cv1::TRANSFER_STATE_FAILED);
+    CHECK(r->completion_timeout_expired());
+    CHECK(absl::StrContains(r->error(), "completion timeout of 1 s expired"));
+    CHECK_FALSE(r->abort_requested());
+    std::lock_guard<std::mutex> l(mu);
+    REQUIRE(samples.size() >= 2);
+    CHECK(samples.back().completion_timeout_expired());  // sampled after the abort, still marked
+  }
+  SECTION("an operator's abort and force-complete stay in every later sample") {
+    req.set_migration_id("m-abort");
+    absl::StatusOr<cv1::MigrationProgressReport> r;
+    std::thread t([&] { r = driver.LiveMigration(req, sink); });
+    REQUIRE(livemig::testing::WaitFor([&] { return sampled(1); }, absl::Seconds(30)));
+    REQUIRE(driver.ForceCompleteLiveMigration("m-abort", kXenVmUuid).ok());
+    size_t n = 0;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      n = samples.size();
+    }
+    REQUIRE(livemig::testing::WaitFor([&] { return sampled(n + 2); }, absl::Seconds(30)));
+    auto p = driver.GetMigrationProgress("m-abort", kXenVmUuid);
+    REQUIRE(p.ok());
+    CHECK(p->force_complete_requested());
+    {
+      std::lock_guard<std::mutex> l(mu);
+      CHECK(samples.back().force_complete_requested());
+    }
+    REQUIRE(driver.AbortLiveMigration("m-abort", kXenVmUuid).ok());
+    t.join();
+    REQUIRE(r.ok());
+    INFO(r->DebugString());
+    CHECK(r->state() == cv1::TRANSFER_STATE_CANCELLED);
+    CHECK(r->abort_requested());  // two samples came after the abort
+    CHECK(r->force_complete_requested());
+    CHECK_FALSE(r->completion_timeout_expired());
   }
 }
 

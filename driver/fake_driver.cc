@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/status_map.h"
 #include "driver/checks.h"
 
 namespace livemig::driver {
@@ -364,6 +365,7 @@ absl::Status TakeFailure(json& st, const std::string& host, const std::string& s
   absl::Status s(static_cast<absl::StatusCode>(k.value("code", 13)),
                  absl::StrCat("injected failure at ", step, " on ", host, ": ",
                               k.value("message", std::string("failure"))));
+  s = WithReason(std::move(s), static_cast<v1::ErrorReason>(k.value("reason", 0)));
   if (--remaining <= 0) {
     f.erase(step);
   } else {
@@ -510,7 +512,7 @@ absl::Status FakeHypervisor::CreateDomain(const std::string& host, const std::st
 
 absl::Status FakeHypervisor::SetFailure(const std::string& host, const std::string& step,
                                         const std::string& message, int times,
-                                        absl::StatusCode code) {
+                                        absl::StatusCode code, v1::ErrorReason reason) {
   return Mutate([&](json& st, bool* changed) -> absl::Status {
     if (!st["hosts"].contains(host)) {
       return absl::NotFoundError(absl::StrCat("fake host ", host, " is not registered"));
@@ -518,8 +520,10 @@ absl::Status FakeHypervisor::SetFailure(const std::string& host, const std::stri
     if (step == "transfer") {
       st["hosts"][host]["fail_transfer"] = message;
     } else {
-      st["hosts"][host]["failures"][step] = {
-          {"message", message}, {"remaining", times}, {"code", static_cast<int>(code)}};
+      st["hosts"][host]["failures"][step] = {{"message", message},
+                                             {"remaining", times},
+                                             {"code", static_cast<int>(code)},
+                                             {"reason", static_cast<int>(reason)}};
     }
     *changed = true;
     return absl::OkStatus();
@@ -1158,6 +1162,32 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::PostLiveMigrationAtDestination(
   return info;
 }
 
+absl::StatusOr<v1::DomainInfo> FakeDriver::PauseInstance(const std::string& uuid) {
+  RETURN_IF_ERROR(ValidateUuid(uuid));
+  RETURN_IF_ERROR(RefuseDomain0(uuid));
+  v1::DomainInfo info;
+  RETURN_IF_ERROR(hv_.MutateIndexed([&](json& st, bool* changed,
+                                        const FakeStateIndex& idx) -> absl::Status {
+    json& doms = st["hosts"][options_.hostname]["domains"];
+    if (!doms.contains(uuid)) {
+      return absl::NotFoundError(absl::StrCat("domain ", uuid, " is not on ", options_.hostname));
+    }
+    json& d = doms[uuid];
+    const std::string state = d.value("state", std::string());
+    if (state == "shutoff") {
+      return absl::FailedPreconditionError(absl::StrCat("domain ", uuid, " is shut off on ",
+                                                        options_.hostname, ": nothing to pause"));
+    }
+    if (state != "paused") {
+      d["state"] = "paused";
+      *changed = true;
+    }
+    info = DomainInfoOf(uuid, d, st, idx);
+    return absl::OkStatus();
+  }));
+  return info;
+}
+
 absl::Status FakeDriver::RollbackLiveMigrationAtDestination(
     const cv1::RollbackLiveMigrationAtDestinationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
@@ -1182,19 +1212,23 @@ absl::Status FakeDriver::RollbackLiveMigrationAtDestination(
                           Get(t, "dst") == options_.hostname && t.value("post_copy", false));
       }
       if (post_copy) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("domain ", req.instance_uuid(), " is in post-copy on the destination ",
-                         options_.hostname, ": it is the only running copy; not destroying it"));
+        return WithReason(
+            absl::FailedPreconditionError(absl::StrCat(
+                "domain ", req.instance_uuid(), " is in post-copy on the destination ",
+                options_.hostname, ": it is the only running copy; not destroying it")),
+            v1::ERROR_REASON_ONLY_RUNNING_COPY);
       }
       const bool half_received =
           paused && ((state == "incoming" && !Libxl()) || req.source_runs_domain());
       if (!half_received) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "domain ", req.instance_uuid(), " is ", paused ? "paused" : state,
-            " on the destination ", options_.hostname,
-            paused ? " (reason user) and the request does not say that the source still runs it"
-                   : "",
-            ": it may be the only running copy; not destroying it"));
+        return WithReason(
+            absl::FailedPreconditionError(absl::StrCat(
+                "domain ", req.instance_uuid(), " is ", paused ? "paused" : state,
+                " on the destination ", options_.hostname,
+                paused ? " (reason user) and the request does not say that the source still runs it"
+                       : "",
+                ": it may be the only running copy; not destroying it")),
+            v1::ERROR_REASON_ONLY_RUNNING_COPY);
       }
       h["domains"].erase(req.instance_uuid());
       // Destroying the incoming domain breaks its transfer: it fails, the source keeps the VM.
@@ -1243,6 +1277,15 @@ absl::StatusOr<v1::DomainInfo> FakeDriver::RollbackLiveMigration(
         json& d = doms[req.instance_uuid()];
         const bool was_running = req.state_before_migration() != v1::DOMAIN_STATE_PAUSED;
         if (d.value("state", std::string()) == "paused" && was_running) {
+          // As LibvirtDriver: never resumed while a transfer still works on it.
+          for (const auto& [id, t] : st["transfers"].items()) {
+            if (IsRunning(t) && Get(t, "uuid") == req.instance_uuid() &&
+                Get(t, "src") == options_.hostname) {
+              return absl::FailedPreconditionError(absl::StrCat(
+                  "domain ", req.instance_uuid(), " is paused on the source ", options_.hostname,
+                  " and transfer ", id, " still runs on it: not resuming it until it ends"));
+            }
+          }
           d["state"] = "running";
           *changed = true;
         }

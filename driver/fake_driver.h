@@ -116,9 +116,11 @@ class FakeHypervisor {
   // live_migration (refused at start), transfer (fails mid-way), post_live_migration,
   // post_live_migration_at_destination, rollback_live_migration,
   // rollback_live_migration_at_destination, abort, force_complete.
+  // `reason`: the machine-readable reason the failure carries (common/status_map.h).
   absl::Status SetFailure(const std::string& host, const std::string& step,
                           const std::string& message, int times = 1,
-                          absl::StatusCode code = absl::StatusCode::kInternal);
+                          absl::StatusCode code = absl::StatusCode::kInternal,
+                          v1::ErrorReason reason = v1::ERROR_REASON_UNSPECIFIED);
   // Every later transfer from `host` takes this long (default 0: immediate).
   absl::Status SetTransferDuration(const std::string& host, absl::Duration d);
   // Where the domain runs now: the hosts that have it, with their state ("running",
@@ -206,6 +208,7 @@ class FakeDriver : public ComputeDriver {
   absl::Status PostLiveMigration(const cv1::PostLiveMigrationRequest& req) override;
   absl::StatusOr<v1::DomainInfo> PostLiveMigrationAtDestination(
       const cv1::PostLiveMigrationAtDestinationRequest& req) override;
+  absl::StatusOr<v1::DomainInfo> PauseInstance(const std::string& uuid) override;
   absl::Status RollbackLiveMigrationAtDestination(
       const cv1::RollbackLiveMigrationAtDestinationRequest& req) override;
   absl::StatusOr<v1::DomainInfo> RollbackLiveMigration(

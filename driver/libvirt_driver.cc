@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "common/status_map.h"
 #include "driver/checks.h"
 
 namespace livemig::driver {
@@ -634,12 +635,20 @@ cv1::MigrationProgressReport LibvirtDriver::ReportFromStats(const std::string& m
   return r;
 }
 
-void LibvirtDriver::UpdateTransfer(const std::string& id, const cv1::MigrationProgressReport& r) {
+cv1::MigrationProgressReport LibvirtDriver::UpdateTransfer(const std::string& id,
+                                                           cv1::MigrationProgressReport r) {
   absl::MutexLock l(&mu_);
   auto it = transfers_.find(id);
-  if (it == transfers_.end()) return;
+  if (it == transfers_.end()) return r;
+  // What happened to the transfer (its completion timeout expired, an operator asked to abort
+  // or force it) stays true: a new sample of libvirt's job statistics does not know it.
+  const cv1::MigrationProgressReport& old = it->second.report;
+  if (old.completion_timeout_expired()) r.set_completion_timeout_expired(true);
+  if (old.abort_requested()) r.set_abort_requested(true);
+  if (old.force_complete_requested()) r.set_force_complete_requested(true);
   it->second.report = r;
   it->second.post_copy = it->second.post_copy || r.post_copy_started();
+  return r;
 }
 
 absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::Monitor(
@@ -677,7 +686,7 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::Monitor(
       last.set_current_max_downtime_ms(qemu ? max_dt / steps * (step + 1) : 0);
       if (!qemu)
         last.mutable_progress()->set_elapsed_ms(absl::ToInt64Milliseconds(absl::Now() - start));
-      UpdateTransfer(id, last);
+      last = UpdateTransfer(id, std::move(last));
       if (sink && stats->type != VIR_DOMAIN_JOB_NONE) sink(last);
     }
     const absl::Duration elapsed = absl::Now() - start;
@@ -835,9 +844,10 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::LiveMigration(
     }
   } else if (attach && gone) {
     final_report.set_state(cv1::TRANSFER_STATE_COMPLETED);
-  } else if (result.code() == absl::StatusCode::kCancelled ||
-             absl::StrContains(result.message(), "canceled") ||
-             absl::StrContains(result.message(), "cancelled")) {
+  } else if (result.code() == absl::StatusCode::kCancelled ||  // VIR_ERR_OPERATION_ABORTED
+             final_report.abort_requested() || final_report.completion_timeout_expired()) {
+    // Cancelled: libvirt says so, or this driver asked libvirt to abort the job (an operator's
+    // abort, or the completion timeout) and the transfer then failed.
     final_report.set_state(final_report.completion_timeout_expired()
                                ? cv1::TRANSFER_STATE_FAILED
                                : cv1::TRANSFER_STATE_CANCELLED);
@@ -1000,6 +1010,18 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::PostLiveMigrationAtDestination(
   return ToDomainInfo(dom->get());
 }
 
+absl::StatusOr<v1::DomainInfo> LibvirtDriver::PauseInstance(const std::string& uuid) {
+  RETURN_IF_ERROR(ValidateUuid(uuid));
+  ASSIGN_OR_RETURN(DomHandle dom, Lookup(uuid));
+  ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom.get()));
+  if (b.state == VIR_DOMAIN_SHUTOFF) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("domain ", uuid, " is shut off on ", options_.hostname, ": nothing to pause"));
+  }
+  if (b.state != VIR_DOMAIN_PAUSED) RETURN_IF_ERROR(api_->Suspend(dom.get()));
+  return ToDomainInfo(dom.get());
+}
+
 absl::Status LibvirtDriver::RollbackLiveMigrationAtDestination(
     const cv1::RollbackLiveMigrationAtDestinationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
@@ -1016,17 +1038,21 @@ absl::Status LibvirtDriver::RollbackLiveMigrationAtDestination(
     const bool incoming = paused && !post_copy &&
                           (b.reason == VIR_DOMAIN_PAUSED_MIGRATION || req.source_runs_domain());
     if (b.state == VIR_DOMAIN_RUNNING || b.state == VIR_DOMAIN_BLOCKED) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("domain ", req.instance_uuid(), " runs on the destination ",
-                       options_.hostname, ": it may be the only running copy; not destroying it"));
+      return WithReason(
+          absl::FailedPreconditionError(absl::StrCat(
+              "domain ", req.instance_uuid(), " runs on the destination ", options_.hostname,
+              ": it may be the only running copy; not destroying it")),
+          v1::ERROR_REASON_ONLY_RUNNING_COPY);
     }
     if (paused && !incoming) {
       const std::string reason = ReasonName(b.state, b.reason);
-      return absl::FailedPreconditionError(absl::StrCat(
-          "domain ", req.instance_uuid(), " is paused on the destination ", options_.hostname,
-          " (reason ", reason.empty() ? "unknown" : reason, ")",
-          post_copy ? "" : " and the request does not say that the source still runs it",
-          ": it may be the only running copy; not destroying it"));
+      return WithReason(
+          absl::FailedPreconditionError(absl::StrCat(
+              "domain ", req.instance_uuid(), " is paused on the destination ", options_.hostname,
+              " (reason ", reason.empty() ? "unknown" : reason, ")",
+              post_copy ? "" : " and the request does not say that the source still runs it",
+              ": it may be the only running copy; not destroying it")),
+          v1::ERROR_REASON_ONLY_RUNNING_COPY);
     }
     if (incoming) RETURN_IF_ERROR(api_->Destroy(dom->get()));
     if (b.persistent) {
@@ -1054,6 +1080,17 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::RollbackLiveMigration(
   if (!dom.ok()) return dom.status();
   ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom->get()));
   if (b.state == VIR_DOMAIN_PAUSED && req.state_before_migration() != v1::DOMAIN_STATE_PAUSED) {
+    // Never resume a domain a job still works on: its transfer may be in its last phase (libxl
+    // pauses the source to send the last pages; after an agent restart nothing else tells), and
+    // a resumed source next to a destination that resumes too is two running copies. On Xen any
+    // job counts (libxl reports every job as unbounded, of unknown operation).
+    auto job = api_->GetJobStats(dom->get(), 0);
+    if (job.ok() && job->type != VIR_DOMAIN_JOB_NONE) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "domain ", req.instance_uuid(), " is paused on the source ", options_.hostname,
+          " and a job still runs on it (", IsLibxl() ? "libxl job" : "migration job", ", elapsed ",
+          job->time_elapsed_ms.value_or(0), " ms): not resuming it until the job ends"));
+    }
     RETURN_IF_ERROR(api_->Resume(dom->get()));
   }
   return ToDomainInfo(dom->get());

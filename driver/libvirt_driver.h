@@ -109,6 +109,7 @@ class LibvirtDriver : public ComputeDriver {
   absl::Status PostLiveMigration(const cv1::PostLiveMigrationRequest& req) override;
   absl::StatusOr<v1::DomainInfo> PostLiveMigrationAtDestination(
       const cv1::PostLiveMigrationAtDestinationRequest& req) override;
+  absl::StatusOr<v1::DomainInfo> PauseInstance(const std::string& uuid) override;
   absl::Status RollbackLiveMigrationAtDestination(
       const cv1::RollbackLiveMigrationAtDestinationRequest& req) override;
   absl::StatusOr<v1::DomainInfo> RollbackLiveMigration(
@@ -139,7 +140,10 @@ class LibvirtDriver : public ComputeDriver {
                                                        virDomainPtr dom, const ProgressSink& sink,
                                                        const std::function<bool()>& done,
                                                        absl::Notification* wake = nullptr);
-  void UpdateTransfer(const std::string& id, const cv1::MigrationProgressReport& r);
+  // Stores a new sample of the transfer, keeping the marks of what happened to it (completion
+  // timeout, abort and force-complete requested); returns the sample as stored.
+  cv1::MigrationProgressReport UpdateTransfer(const std::string& id,
+                                              cv1::MigrationProgressReport r);
 
   const Options options_;
   std::unique_ptr<LibvirtApi> api_;

@@ -37,6 +37,7 @@ namespace cv1 = ::livemig::compute::v1;
 // above: expand the list where `cv1` names ::livemig::compute::v1.
 #define LIVEMIG_AGENT_RPCS(X)                                                                      \
   X(DescribeInstance, cv1::DescribeInstanceRequest, cv1::DescribeInstanceResponse, /*step=*/false) \
+  X(PauseInstance, cv1::PauseInstanceRequest, cv1::PauseInstanceResponse, /*step=*/false)          \
   X(CheckCanLiveMigrateOnDest, cv1::CheckCanLiveMigrateOnDestRequest,                              \
     cv1::CheckCanLiveMigrateOnDestResponse, /*step=*/true)                                         \
   X(CheckCanLiveMigrateOnSrc, cv1::CheckCanLiveMigrateOnSrcRequest,                                \

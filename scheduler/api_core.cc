@@ -442,6 +442,14 @@ absl::StatusOr<std::string> ApiCore::MetricsText() {
   absl::StrAppend(&out, "# HELP livemig_hosts Hosts known to the scheduler by liveness.\n",
                   "# TYPE livemig_hosts gauge\n", "livemig_hosts{state=\"up\"} ", up, "\n",
                   "livemig_hosts{state=\"down\"} ", static_cast<int>(hosts.size()) - up, "\n");
+  int64_t two_copies = 0;
+  for (const auto& h : hist) two_copies += h.step == "two_running_copies" ? h.count : 0;
+  absl::StrAppend(&out,
+                  "# HELP livemig_two_running_copies_detected Migrations whose rollback found the "
+                  "domain running on both hosts (the source's copy was paused; an operator "
+                  "decides).\n",
+                  "# TYPE livemig_two_running_copies_detected gauge\n",
+                  "livemig_two_running_copies_detected ", two_copies, "\n");
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "common/status_map.h"
 #include "common/test_hooks.h"
 #include "scheduler/convert.h"
 #include "scheduler/prechecks.h"
@@ -483,8 +484,9 @@ class MigrationRun {
   //     not "the running copy", whatever its pause reason (Xen: "user", QEMU: "migration", which
   //     the agent already reports as INCOMING_PAUSED). So, after a takeover, Xen's half-received
   //     domain next to a source that runs the VM without a job leads to a rollback, as QEMU's.
+  //   src_running: the source's domain runs (running or blocked), whatever else.
   struct Truth {
-    bool src_present = false, src_job = false, src_holds = false;
+    bool src_present = false, src_job = false, src_holds = false, src_running = false;
     bool dst_present = false, dst_running = false;
     bool transfer_running = false;
     std::string transfer_error;
@@ -501,6 +503,8 @@ class MigrationRun {
     t.src_present = s->present();
     t.src_job = s->present() && (s->domain().migration_job_active() || s->domain().job_active());
     t.src_holds = SourceHoldsDomain(*s);
+    t.src_running = s->present() && (s->domain().state() == v1::DOMAIN_STATE_RUNNING ||
+                                     s->domain().state() == v1::DOMAIN_STATE_BLOCKED);
     t.transfer_running = s->transfer().state() == cv1::TRANSFER_STATE_RUNNING;
     t.transfer_error = s->transfer().error();
     t.dst_present = d->present();
@@ -735,9 +739,12 @@ class MigrationRun {
       });
       TestPoint("rollback_live_migration_at_destination:after");
       if (!r.ok()) {
-        if (r.status().code() == absl::StatusCode::kFailedPrecondition &&
-            absl::StrContains(r.status().message(), "only running copy") &&
+        if (ReasonOf(r.status()) == v1::ERROR_REASON_ONLY_RUNNING_COPY &&
             m_.status == S::kRunning) {
+          // The destination keeps its copy: it may be the only running one. Unless the source
+          // runs the domain too: then two copies run (two guests writing one disk), and the
+          // source's is paused at once and an operator decides (status error).
+          if (SourceRunsToo()) return TwoRunningCopies(r.status(), t);
           // The domain already runs on the destination: never tear it down; roll forward.
           return Move(S::kPostMigrating, "rollback_live_migration_at_destination", false,
                       "the domain runs on the destination: rolling forward instead", t,
@@ -769,8 +776,48 @@ class MigrationRun {
     return Move(final_status, "rollback_live_migration", true, reason, t);
   }
 
+  // Whether the source's domain runs (running or blocked), asked now. Unknown counts as no: the
+  // caller then rolls forward, as it did before it asked.
+  bool SourceRunsToo() {
+    auto src = Agent(m_.source_host);
+    if (!src.ok()) return false;
+    cv1::DescribeInstanceRequest di;
+    di.set_instance_uuid(m_.instance_uuid);
+    di.set_migration_id(m_.uuid);
+    auto s = Retry<cv1::DescribeInstanceResponse>([&] { return (*src)->DescribeInstance(di); });
+    return s.ok() && s->present() &&
+           (s->domain().state() == v1::DOMAIN_STATE_RUNNING ||
+            s->domain().state() == v1::DOMAIN_STATE_BLOCKED);
+  }
+
+  // The domain runs on both hosts: pause the source's copy at once (the destination's is kept:
+  // it may have run on its own since), set error, and raise the alert: an error in the log, the
+  // migration's event "two_running_copies" (counted by /metrics), the reason for the operators.
+  absl::Status TwoRunningCopies(const absl::Status& refusal, absl::Time t) {
+    std::string paused = "paused on the source";
+    auto src = Agent(m_.source_host);
+    absl::Status p = src.status();
+    if (src.ok()) {
+      cv1::PauseInstanceRequest req;
+      req.set_instance_uuid(m_.instance_uuid);
+      req.set_migration_id(m_.uuid);
+      req.set_reason(absl::StrCat("it also runs on ", m_.dest_host));
+      p = Retry<cv1::PauseInstanceResponse>([&] { return (*src)->PauseInstance(req); }).status();
+    }
+    if (!p.ok()) paused = absl::StrCat("NOT paused on the source (", p.message(), ")");
+    const std::string detail = absl::StrCat(
+        "ALERT: instance ", m_.instance_uuid, " runs on both ", m_.source_host, " and ",
+        m_.dest_host, " (", refusal.message(), "); its copy on ", m_.source_host, " was ", paused,
+        ". An operator must keep one copy: check the guest on each host, then destroy the other "
+        "copy by hand");
+    LogError("%s %s", Tag(), detail);
+    return Move(S::kError, "two_running_copies", false, detail, t);
+  }
+
   // ---- error: try to prove where the VM runs -------------------------------------------------
   void Reconcile() {
+    // Two running copies were found: only an operator can tell which copy to keep.
+    if (m_.step == "two_running_copies") return;
     auto src = Agent(m_.source_host);
     auto dst =
         m_.dest_host.empty()
@@ -785,9 +832,17 @@ class MigrationRun {
            Intent("post_live_migration", m_.source_host))
           .IgnoreError();
     } else if (truth->src_present && !truth->dst_present && !truth->src_job) {
-      Move(S::kFailed, "reconcile", true,
-           absl::StrCat(m_.failure_reason, " (resolved: the VM runs on the source)"), t)
-          .IgnoreError();
+      if (truth->src_running) {
+        Move(S::kFailed, "reconcile", true,
+             absl::StrCat(m_.failure_reason, " (resolved: the VM runs on the source)"), t)
+            .IgnoreError();
+      } else {
+        // The source holds the domain but it does not run (paused by the migration, e.g. by
+        // force-complete's pause): roll back again, which resumes it if it ran before.
+        RollBack(S::kFailed,
+                 absl::StrCat(m_.failure_reason, " (reconciled: rolled back again on the source)"))
+            .IgnoreError();
+      }
     }
   }
 

@@ -367,6 +367,80 @@ TEST_CASE("scheduler: abort while running cancels and leaves the VM on the sourc
   CHECK(c.api->AbortMigration(a, "").status().code() == absl::StatusCode::kFailedPrecondition);
 }
 
+// The destination refuses its rollback because its copy may be the only running one, while the
+// source runs the domain too: two running copies. Before, the scheduler decided from the refusal's
+// text ("only running copy") and rolled forward, whose post step tears down the source's copy
+// without asking whether it runs. Now the reason is structured (ERROR_REASON_ONLY_RUNNING_COPY,
+// across gRPC in the status details), the source is asked, its copy paused at once, the
+// migration set to error with an alert, and /metrics counts it.
+TEST_CASE("scheduler: a rollback that finds the domain running on both hosts pauses the source") {
+  Cloud c;
+  auto& hv = c.drivers["fake-a"]->hypervisor();
+  REQUIRE(hv.SetTransferDuration("fake-a", absl::Milliseconds(300)).ok());
+  REQUIRE(hv.SetFailure("fake-a", "transfer", "the link went down").ok());
+  REQUIRE(hv.SetFailure("fake-b", "rollback_live_migration_at_destination",
+                        "domain runs on the destination fake-b: it may be the only running copy", 1,
+                        absl::StatusCode::kFailedPrecondition, v1::ERROR_REASON_ONLY_RUNNING_COPY)
+              .ok());
+  auto r = c.Migrate(kUuid);
+  REQUIRE(r.ok());
+  sv1::Migration m;
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto g = c.api->GetMigration(r->migration().id());
+        if (g.ok()) m = *g;
+        return g.ok() && m.status() == v1::MIGRATION_STATUS_ERROR;
+      },
+      absl::Seconds(30)));
+  INFO(m.DebugString());
+  CHECK(absl::StrContains(m.failure_reason(), "ALERT"));
+  CHECK(absl::StrContains(m.failure_reason(), "runs on both fake-a and fake-b"));
+  CHECK(absl::StrContains(m.failure_reason(), "paused on the source"));
+  bool alert_event = false;
+  for (const auto& e : m.events()) {
+    alert_event = alert_event || e.step() == v1::MIGRATION_STEP_TWO_RUNNING_COPIES;
+  }
+  CHECK(alert_event);
+  // The source's copy is paused, nothing was torn down.
+  CHECK(c.Where() == Loc{{"fake-a", "paused"}});
+  auto metrics = c.api->MetricsText();
+  REQUIRE(metrics.ok());
+  CHECK(absl::StrContains(*metrics, "livemig_two_running_copies_detected 1\n"));
+}
+
+// A migration in error whose source holds the domain paused (as force-complete's pause leaves
+// it) with no job, and nothing on the destination. Before, the reconciler marked it failed "(the
+// VM runs on the source)" and left the guest paused; now it rolls back again, which resumes it.
+TEST_CASE("scheduler: the reconciler resumes a paused source before it calls a migration failed") {
+  Cloud c;
+  auto& hv = c.drivers["fake-a"]->hypervisor();
+  REQUIRE(hv.SetTransferDuration("fake-a", absl::Seconds(3)).ok());
+  REQUIRE(hv.SetFailure("fake-a", "transfer", "the link went down").ok());
+  REQUIRE(hv.SetFailure("fake-a", "rollback_live_migration", "the agent lost libvirt", 1,
+                        absl::StatusCode::kInternal)
+              .ok());
+  auto r = c.Migrate(kUuid);
+  REQUIRE(r.ok());
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto g = c.api->GetMigration(r->migration().id());
+        return g.ok() && g->status() == v1::MIGRATION_STATUS_RUNNING;
+      },
+      absl::Seconds(10)));
+  // Paused during the transfer, by something the failed transfer does not undo (as the final
+  // phase of a transfer or force-complete's pause on a hypervisor that leaves it so).
+  REQUIRE(hv.Mutate([](nlohmann::json& st, bool* changed) {
+              st["hosts"]["fake-a"]["domains"][kUuid]["state"] = "paused";
+              *changed = true;
+              return absl::OkStatus();
+            }).ok());
+  auto m = c.WaitTerminal(r->migration().id());
+  INFO(m.DebugString());
+  CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+  CHECK(absl::StrContains(m.failure_reason(), "rolled back again"));
+  CHECK(c.Where() == Loc{{"fake-a", "running"}});
+}
+
 TEST_CASE("scheduler: beyond the limits a migration waits as queued, then runs") {
   OrchestratorOptions o;
   o.max_outbound_per_host = 1;
@@ -468,6 +542,7 @@ TEST_CASE(
                 return absl::OkStatus();
               })
               .ok());
+
   REQUIRE(c.Where() == Loc{{"fake-a", "running"}, {"fake-b", "incoming"}});
   auto half = c.drivers["fake-b"]->DescribeDomain(kUuid);
   REQUIRE(half.ok());

@@ -11,6 +11,9 @@
 namespace livemig::sched {
 namespace {
 
+// A host report must commit at least this long before its sender's deadline.
+constexpr absl::Duration kReportCommitMargin = absl::Milliseconds(250);
+
 template <typename Resp, typename Fn>
 grpc::Status Reply(Resp* out, Fn fn) {
   auto r = fn();
@@ -162,7 +165,13 @@ grpc::Status HostRegistryService::ReportHost(grpc::ServerContext* ctx,
         absl::StrCat("identity '", who, "' may not report for host ", inv.hostname(),
                      ": an agent reports only for its own host (certificate CN = hostname)")));
   }
-  auto res = hosts_->ApplyReport(ReportFromInventory(inv));
+  db::HostReport report = ReportFromInventory(inv);
+  // Applied only if it commits while the agent still waits for the answer (with a margin for
+  // the commit and the reply): a report the agent counted as failed must not move anything.
+  if (ctx->deadline() != std::chrono::system_clock::time_point::max()) {
+    report.apply_before = absl::FromChrono(ctx->deadline()) - kReportCommitMargin;
+  }
+  auto res = hosts_->ApplyReport(report);
   if (!res.ok()) return ToGrpcStatus(res.status());
   out->set_applied(res->accepted);
   out->set_accepted_report_seq(static_cast<uint64_t>(res->seq));

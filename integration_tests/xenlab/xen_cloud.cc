@@ -9,8 +9,11 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
+#include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/tls.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
 
@@ -18,7 +21,7 @@ namespace livemig::e2e {
 
 using testing::RunfilePath;
 
-XenCloud::XenCloud(const std::string& xen_b) {
+XenCloud::XenCloud(const std::string& xen_b, const std::string& agent_flags) {
   std::string d = "/tmp/livemig-xenlab-XXXXXX";
   REQUIRE(mkdtemp(d.data()) != nullptr);
   dir = d;
@@ -37,7 +40,7 @@ XenCloud::XenCloud(const std::string& xen_b) {
   ::mkdir(hooks.c_str(), 0755);
   StartScheduler(absl::StrCat("--lease 10 --service-down-time 30 --report-interval 1 ",
                               "--tokens-file ", dir, "/tokens"));
-  for (const char* h : {"a", "b"}) StartAgent(h);
+  for (const char* h : {"a", "b"}) StartAgent(h, agent_flags);
 }
 
 void XenCloud::StartScheduler(const std::string& flags) {
@@ -102,6 +105,16 @@ std::string XenCloud::Where(const std::string& guest) {
   return s;
 }
 
+std::shared_ptr<grpc::Channel> XenCloud::AgentChannel(const std::string& h) {
+  const std::string pki = cloud->pki();
+  auto creds =
+      MakeChannelCredentials({pki + "/ca.pem", pki + "/scheduler.pem", pki + "/scheduler.key"});
+  REQUIRE(creds.ok());
+  return grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", lab->Env(h == "a" ? "AGENT_A" : "AGENT_B")), *creds,
+      ClientChannelArgs(testing::XenLab::Name(h)));
+}
+
 XenCloud::Run XenCloud::Cloudctl(const std::string& args) {
   Run r;
   const std::string cmd =
@@ -115,6 +128,50 @@ XenCloud::Run XenCloud::Cloudctl(const std::string& args) {
   const int st = pclose(p);
   r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   return r;
+}
+
+}  // namespace livemig::e2e
+
+namespace livemig::e2e {
+
+testing::XenLab::Beat XenCloud::WaitTicking(const std::string& guest, long after) {
+  testing::XenLab::Beat b;
+  testing::WaitFor(
+      [&] {
+        auto h = lab->Heartbeat(guest, after);
+        if (h.ok()) b = *h;
+        return h.ok() && h->last > after + 10;
+      },
+      absl::Seconds(60));
+  return b;
+}
+
+void XenCloud::MigrateWithCloudctl(const std::string& guest, const std::string& uuid,
+                                   const std::string& to, const std::string& mode) {
+  auto before = lab->Heartbeat(guest);
+  REQUIRE(before.ok());
+  const absl::Time t0 = absl::Now();
+  auto run =
+      Cloudctl(absl::StrCat("live-migration ", uuid, " ", testing::XenLab::Name(to), " --wait"));
+  const double secs = absl::ToDoubleSeconds(absl::Now() - t0);
+  INFO(run.out);
+  INFO(lab->AgentLog("a"));
+  INFO(lab->AgentLog("b"));
+  REQUIRE(run.code == 0);
+  CHECK(Where(guest) == to);
+  CHECK(cloud->WaitInstanceOn(uuid, testing::XenLab::Name(to), absl::Seconds(20)));
+  auto after = WaitTicking(guest, before->last);
+  CHECK(after.boots == 1);
+  // A tick missing from the logs is a console line lost or torn at the switch-over (seen once in
+  // 12 migrations; most likely its start in the source's log, its end in the destination's): at
+  // most one per migration. The counter itself cannot skip (the guest counts what it prints); a
+  // reboot shows in `boots`, a stop in `last`.
+  CHECK(after.gaps - before->gaps <= 1);
+  CHECK(after.last > before->last);
+  std::cout << "xen: " << guest << " -> " << testing::XenLab::Name(to) << " (" << mode
+            << "): " << absl::StrFormat("%.1f", secs)
+            << " s with cloudctl --wait; the guest's longest pause: " << after.max_pause_ms
+            << " ms; ticks " << after.ticks << std::endl;
 }
 
 }  // namespace livemig::e2e

@@ -22,8 +22,9 @@ struct XenCloud {
   std::unique_ptr<Cloud> cloud;
   std::unique_ptr<testing::XenLab> lab;
 
-  // `xen_b`: "" or "noshadow" (host b boots Xen built without shadow paging).
-  explicit XenCloud(const std::string& xen_b = "");
+  // `xen_b`: "" or "noshadow" (host b boots Xen built without shadow paging); `agent_flags`:
+  // extra flags on both agents' production command line (e.g. "--no-tunnel").
+  explicit XenCloud(const std::string& xen_b = "", const std::string& agent_flags = "");
   ~XenCloud();
 
   // Starts the agent of host "a" or "b" with extra flags on production's command line and waits
@@ -42,12 +43,24 @@ struct XenCloud {
   bool WaitHostUp(const std::string& host, absl::Duration timeout);
   // The lab hosts ("a", "b") whose hypervisor runs the guest, concatenated.
   std::string Where(const std::string& guest);
+  // A channel to host h's agent as the scheduler opens it: its forwarded port on 127.0.0.1,
+  // mutual TLS with the scheduler's certificate, the agent's certificate checked for xena/xenb.
+  std::shared_ptr<grpc::Channel> AgentChannel(const std::string& h);
   // cloudctl against the scheduler's API with the operator token; returns exit code and output.
   struct Run {
     int code = -1;
     std::string out;
   };
   Run Cloudctl(const std::string& args);
+
+  // Waits (up to 60 s) until the guest's counter passed `after` (it keeps running where it is);
+  // the pause is the longest gap between ticks after `after`.
+  testing::XenLab::Beat WaitTicking(const std::string& guest, long after);
+  // Live-migrates `guest` to host `to` ("a"/"b") with cloudctl --wait and checks the guest went
+  // on: one boot, its counter continuing, running on exactly the destination, the scheduler
+  // agreeing. Prints the time and the guest's longest pause, labelled with `mode`.
+  void MigrateWithCloudctl(const std::string& guest, const std::string& uuid, const std::string& to,
+                           const std::string& mode);
 
  private:
   std::map<std::string, std::string> agent_flags_;

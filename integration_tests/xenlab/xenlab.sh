@@ -245,7 +245,7 @@ cmd_guest_start() {
   local d=$dir/share/instances/$uuid mib machine ostype
   case $kind in
     pv) mib=96 machine=xenpv ostype=linux ;;
-    pvh) mib=128 machine=xenpvh ostype=xenpvh ;;
+    pvh) mib=96 machine=xenpvh ostype=xenpvh ;;
     *) die "guest kind must be pv or pvh, not '$kind'" ;;
   esac
   mkdir -p "$d"
