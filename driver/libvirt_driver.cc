@@ -26,11 +26,7 @@
 #include "driver/checks.h"
 
 namespace livemig::driver {
-
 namespace {
-
-// The monitor's sampling interval on libxl (see Monitor).
-constexpr absl::Duration kLibxlPollInterval = absl::Seconds(1);
 
 // Domain-0 on Xen: libvirt lists it with id 0 and this UUID.
 constexpr char kDomain0Uuid[] = "00000000-0000-0000-0000-000000000000";
@@ -664,11 +660,6 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::Monitor(
     o = transfers_[id].options;
   }
   const bool qemu = !IsLibxl();
-  // libxl's job statistics hold nothing but the elapsed time, and each sample costs dom0 two
-  // calls into libvirtd and libxl, on the CPU the transfer needs: sampled once a second there
-  // (the transfer's end still wakes the monitor at once).
-  const absl::Duration poll =
-      qemu ? options_.poll_interval : std::max(options_.poll_interval, kLibxlPollInterval);
   const absl::Time start = absl::Now();
   // Nova's downtime steps: from max/steps up to max, one step every `delay`.
   const uint32_t max_dt =
@@ -720,9 +711,9 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::Monitor(
     // `wake` ends the wait as soon as the transfer returns, so that its end is reported at
     // once rather than up to poll_interval later.
     if (wake != nullptr) {
-      wake->WaitForNotificationWithTimeout(poll);
+      wake->WaitForNotificationWithTimeout(options_.poll_interval);
     } else {
-      absl::SleepFor(poll);
+      absl::SleepFor(options_.poll_interval);
     }
   }
   return last;
