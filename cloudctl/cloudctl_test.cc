@@ -746,16 +746,21 @@ TEST_CASE("--wait falls back to polling when the scheduler restarts mid-migratio
       },
       absl::Seconds(20)));
   c.cloud.KillScheduler();
-  absl::SleepFor(absl::Seconds(2));  // let cloudctl notice the outage (the point of this test)
-  c.cloud.StartScheduler();
+  // cloudctl notices the outage (the point of this test): its stream breaks, and its first poll
+  // finds no scheduler.
+  const bool noticed = testing::WaitFor(
+      [&] { return Has(ReadFile(log), "cannot reach the scheduler"); }, absl::Seconds(30));
+  c.cloud.StartScheduler();  // whatever happened: the cases after this one share the scheduler
   REQUIRE(testing::WaitFor([&] { return !cli.Running(); }, absl::Seconds(120)));
   const int code = cli.Stop();
   const std::string out = ReadFile(log);
   REQUIRE(c.hv.SetTransferDuration(src, absl::ZeroDuration()).ok());
   INFO(out);
   INFO(c.cloud.SchedulerLog());
+  CHECK(noticed);
   CHECK(code == 0);
   CHECK(Has(out, "polling the migration every second"));
+  CHECK(Has(out, "the scheduler answers again"));
   CHECK(Has(out, absl::StrCat("Migration ", n, " completed")));
   CHECK(c.Settled().first == dst);
 }

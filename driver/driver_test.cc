@@ -892,11 +892,29 @@ TEST_CASE("fake: the action journal records every driver action, once, with its 
 
 TEST_CASE("fake: a transfer proceeds without its agent, and a new agent attaches to it") {
   FakePair p;
-  REQUIRE(p.a->hypervisor().SetTransferDuration("fake-a", absl::Milliseconds(300)).ok());
+  // Long enough for the restarted agent to find the transfer still running on a loaded machine.
+  REQUIRE(p.a->hypervisor().SetTransferDuration("fake-a", absl::Seconds(2)).ok());
   auto lm = p.Prepare("m-2");
-  std::thread first([&] { p.a->LiveMigration(lm, nullptr).IgnoreError(); });
-  first.detach();  // the "agent" that will be killed
-  absl::SleepFor(absl::Milliseconds(50));
+  // The "agent" that will be killed: the test stops listening to it, but joins it on every path
+  // (its call returns once the transfer ends by itself), so it never outlives `p` and `lm`.
+  std::atomic<bool> first_done{false};
+  absl::StatusOr<cv1::MigrationProgressReport> first_result;
+  std::thread first([&] {
+    first_result = p.a->LiveMigration(lm, nullptr);
+    first_done = true;
+  });
+  struct Joiner {
+    std::thread& t;
+    ~Joiner() {
+      if (t.joinable()) t.join();
+    }
+  } joiner{first};
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto s = p.a->hypervisor().Snapshot();
+        return s.ok() && (*s)["transfers"].contains("m-2");
+      },
+      absl::Seconds(30)));
   // A fresh driver on the same state (the restarted agent) sees the job and attaches.
   FakeDriver::Options o;
   o.state_dir = p.dir;
@@ -913,7 +931,11 @@ TEST_CASE("fake: a transfer proceeds without its agent, and a new agent attaches
   REQUIRE(r.ok());
   CHECK(r->state() == cv1::TRANSFER_STATE_COMPLETED);
   CHECK(p.Where() == Loc{{"fake-b", "running"}});
-  absl::SleepFor(absl::Milliseconds(50));  // let the detached monitor see the end
+  // The first agent's monitor sees the same end.
+  REQUIRE(livemig::testing::WaitFor([&] { return first_done.load(); }, absl::Seconds(30)));
+  first.join();
+  REQUIRE(first_result.ok());
+  CHECK(first_result->state() == cv1::TRANSFER_STATE_COMPLETED);
 }
 
 TEST_CASE("fake: abort leaves the VM on the source and nothing on the destination") {

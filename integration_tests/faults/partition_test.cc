@@ -13,6 +13,7 @@
 #include <catch2/catch.hpp>
 #include <map>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "integration_tests/faults/fault_cloud.h"
 #include "testing/blackhole_proxy.h"
@@ -36,6 +37,48 @@ std::optional<bool> HostUp(FaultCloud& f, const std::string& host) {
     if (h.inventory().hostname() == host) return h.up();
   }
   return std::nullopt;
+}
+
+// The transfer has ended on the hypervisors (the fake hypervisor ends it on its own clock, with
+// or without the agents): the VM runs on the destination only.
+bool WaitTransferEnded(FaultCloud& f) {
+  return testing::WaitFor(
+      [&] {
+        return f.Where() == Loc{{"host-b", "running"}};
+      },
+      absl::Seconds(60));
+}
+
+// How many times the scheduler tried the destination's post step and failed: it retries,
+// rolling forward, and notes each failure in the migration's events.
+int FailedPostStepsAtDestination(const sv1::Migration& m) {
+  int n = 0;
+  for (const auto& e : m.events()) {
+    n += e.step() == v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION &&
+         absl::StartsWith(e.detail(), "post step failed");
+  }
+  return n;
+}
+
+// The scheduler reached the post steps and waits for the unreachable destination: the migration
+// is post-migrating, the destination's post step failed at least once, and the transfer has
+// ended (the VM runs on the destination only).
+void WaitPostStepsWaiting(FaultCloud& f, const std::string& id) {
+  sv1::Migration last;
+  const bool waiting = testing::WaitFor(
+      [&] {
+        auto m = f.cloud.Get(id);
+        if (m.ok()) last = *m;
+        return m.ok() && m->status() == v1::MIGRATION_STATUS_POST_MIGRATING &&
+               FailedPostStepsAtDestination(*m) > 0;
+      },
+      absl::Seconds(60));
+  INFO(last.DebugString());
+  INFO(f.cloud.SchedulerLog());
+  CHECK(waiting);
+  CHECK(last.status() == v1::MIGRATION_STATUS_POST_MIGRATING);
+  CHECK(FailedPostStepsAtDestination(last) > 0);
+  CHECK(f.Where() == Loc{{"host-b", "running"}});
 }
 
 void WaitTransferRunning(FaultCloud& f, const std::string& id) {
@@ -137,7 +180,7 @@ TEST_CASE("partition: the source agent SIGSTOPped during the transfer, then cont
   CHECK(testing::WaitFor([&] { return HostUp(f, "host-a") == std::optional<bool>(false); },
                          absl::Seconds(kDownTimeS + 6)));
   CHECK(HostUp(f, "host-b") == std::optional<bool>(true));
-  absl::SleepFor(absl::Seconds(8));  // the transfer ends meanwhile, by itself
+  CHECK(WaitTransferEnded(f));  // meanwhile, by itself
   f.cloud.agent("host-a")->Signal(SIGCONT);
   CheckResolved(f, id);
   CHECK(testing::WaitFor([&] { return HostUp(f, "host-a") == std::optional<bool>(true); },
@@ -152,9 +195,7 @@ TEST_CASE("partition: the destination agent SIGSTOPped; the post steps wait for 
   StopAgent(f, "host-b");
   CHECK(testing::WaitFor([&] { return HostUp(f, "host-b") == std::optional<bool>(false); },
                          absl::Seconds(kDownTimeS + 6)));
-  absl::SleepFor(absl::Seconds(8));
-  // The transfer has ended: the VM runs on the destination only, whose agent is stopped.
-  CHECK(f.Where() == Loc{{"host-b", "running"}});
+  WaitPostStepsWaiting(f, id);  // for the stopped destination agent
   f.cloud.agent("host-b")->Signal(SIGCONT);
   CheckResolved(f, id);
 }
@@ -165,8 +206,13 @@ TEST_CASE("partition: the source's port black-holed during the transfer, then re
   REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(10)).ok());
   const std::string id = c.MigrateToB();
   c.proxy["host-a"]->SetBlackhole(true);
+  const absl::Time blackholed = absl::Now();
   CheckCallsFailByDeadline(f);
-  absl::SleepFor(absl::Seconds(12));  // the transfer ends meanwhile
+  CHECK(WaitTransferEnded(f));  // meanwhile
+  // The partition must outlast --service-down-time for "stays up" to mean anything: waiting for
+  // that time to pass is itself the test.
+  const absl::Duration down = absl::Seconds(kDownTimeS + 1);
+  if (absl::Now() - blackholed < down) absl::SleepFor(down - (absl::Now() - blackholed));
   // Reports do not cross the proxy: the host stays up while the scheduler cannot reach it.
   CHECK(HostUp(f, "host-a") == std::optional<bool>(true));
   auto during = f.cloud.Get(id);
@@ -182,11 +228,7 @@ TEST_CASE("partition: the destination's port black-holed across the end of the t
   REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(3)).ok());
   const std::string id = c.MigrateToB();
   c.proxy["host-b"]->SetBlackhole(true);
-  absl::SleepFor(absl::Seconds(12));
-  auto during = f.cloud.Get(id);
-  REQUIRE(during.ok());
-  CHECK(during->status() == v1::MIGRATION_STATUS_POST_MIGRATING);  // waits for the destination
-  CHECK(f.Where() == Loc{{"host-b", "running"}});
+  WaitPostStepsWaiting(f, id);  // for the black-holed destination
   c.proxy["host-b"]->SetBlackhole(false);
   CheckResolved(f, id);
 }

@@ -580,7 +580,22 @@ TEST_CASE("registry: forged host reports are refused for every wrong caller") {
       }
     }
   }
-  absl::SleepFor(absl::Seconds(2));  // a report, had one been applied, would show by now
+  // ReportHost commits before it answers: a forged report, had one been applied, shows already
+  // (host-a's report_seq would be 999999999). Then host-a's own agent reports again (every
+  // second) and is applied: the registry is past the forged calls and still serves the host.
+  auto host_a_seq = []() -> uint64_t {
+    grpc::ClientContext ctx;
+    E().cloud->Prepare(&ctx);
+    sv1::GetHostRequest g;
+    g.set_hostname("host-a");
+    sv1::Host h;
+    return E().cloud->api().GetHost(&ctx, g, &h).ok() ? h.inventory().report_seq() : 0;
+  };
+  const uint64_t seq_after_forgeries = host_a_seq();
+  INFO("host-a report_seq after the forged reports: " << seq_after_forgeries);
+  CHECK(seq_after_forgeries > 0);
+  CHECK(seq_after_forgeries != 999999999);
+  CHECK(testing::WaitFor([&] { return host_a_seq() > seq_after_forgeries; }, absl::Seconds(30)));
   grpc::ClientContext ctx;
   E().cloud->Prepare(&ctx);
   sv1::GetInstanceRequest g;
