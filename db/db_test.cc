@@ -771,24 +771,43 @@ TEST_CASE("finished migrations are purged after the retention") {
   CHECK(db.Count("SELECT count(*) FROM migrations") == 2);
 }
 
+// An evacuation of host-a by frank, owned by sched-1.
+NewEvacuation NewEvac(std::vector<std::string> instance_uuids, int32_t max_parallel = 2,
+                      std::optional<std::string> request_id = std::nullopt) {
+  NewEvacuation e;
+  e.host = "host-a";
+  e.max_parallel = max_parallel;
+  e.requested_by = "frank";
+  e.instance_uuids = std::move(instance_uuids);
+  e.request_id = std::move(request_id);
+  e.owner = "sched-1";
+  return e;
+}
+
 TEST_CASE("evacuations keep each instance's outcome") {
   Db db;
   Seed(db);
   auto& ev = db.stores->evacuations();
-  auto e = ev.CreateEvacuation("host-a", 2, "frank", "power work", {Uuid(1), Uuid(2)});
+  NewEvacuation ne = NewEvac({Uuid(1), Uuid(2)});
+  ne.reason = "power work";
+  auto e = ev.CreateEvacuation(ne);
   REQUIRE(e.ok());
   CHECK(e->status == "running");
   CHECK(e->items.size() == 2);
   CHECK(e->items[0].outcome == "pending");
   auto m = db.stores->migrations().CreateMigration(NewMig(1));
   REQUIRE(m.ok());
-  REQUIRE(ev.UpdateEvacuationItem(e->id, {Uuid(1), m->migration.id, "migrating", ""}).ok());
-  REQUIRE(ev.UpdateEvacuationItem(e->id, {Uuid(2), std::nullopt, "skipped", "shut off"}).ok());
-  CHECK(ev.UpdateEvacuationItem(e->id, {Uuid(3), std::nullopt, "failed", ""}).code() ==
+  REQUIRE(
+      ev.UpdateEvacuationItem(e->id, "sched-1", {Uuid(1), m->migration.id, "migrating", ""}).ok());
+  REQUIRE(ev.UpdateEvacuationItem(e->id, "sched-1", {Uuid(2), std::nullopt, "skipped", "shut off"})
+              .ok());
+  CHECK(ev.UpdateEvacuationItem(e->id, "sched-1", {Uuid(3), std::nullopt, "failed", ""}).code() ==
         absl::StatusCode::kNotFound);
-  REQUIRE(ev.FinishEvacuation(e->id, "completed").ok());
-  CHECK(ev.FinishEvacuation(e->id, "failed").code() == absl::StatusCode::kFailedPrecondition);
-  CHECK(ev.FinishEvacuation(e->id, "bogus").code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(ev.FinishEvacuation(e->id, "sched-1", "completed").ok());
+  CHECK(ev.FinishEvacuation(e->id, "sched-1", "failed").code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(ev.FinishEvacuation(e->id, "sched-1", "bogus").code() ==
+        absl::StatusCode::kInvalidArgument);
   auto got = ev.GetEvacuation(e->id);
   REQUIRE(got.ok());
   CHECK(got->status == "completed");
@@ -797,10 +816,10 @@ TEST_CASE("evacuations keep each instance's outcome") {
   CHECK(got->items[1].reason == "shut off");
   CHECK(ev.ListEvacuations("host-a", 10)->size() == 1);
   CHECK(ev.ListEvacuations("host-b", 10)->empty());
-  CHECK(ev.CreateEvacuation("host-q", 1, "frank", "", {}).status().code() ==
-        absl::StatusCode::kNotFound);
-  CHECK(ev.CreateEvacuation("host-a", 0, "frank", "", {}).status().code() ==
-        absl::StatusCode::kInvalidArgument);
+  NewEvacuation unknown_host = NewEvac({}, 1);
+  unknown_host.host = "host-q";
+  CHECK(ev.CreateEvacuation(unknown_host).status().code() == absl::StatusCode::kNotFound);
+  CHECK(ev.CreateEvacuation(NewEvac({}, 0)).status().code() == absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("evacuations keep their request id and each instance's name at planning time") {
@@ -808,7 +827,7 @@ TEST_CASE("evacuations keep their request id and each instance's name at plannin
   Seed(db);
   auto& ev = db.stores->evacuations();
   const std::string rid = "evac-'; DROP TABLE evacuations; --";
-  auto e = ev.CreateEvacuation("host-a", 2, "frank", "", {Uuid(1), Uuid(3)}, rid);
+  auto e = ev.CreateEvacuation(NewEvac({Uuid(1), Uuid(3)}, 2, rid));
   REQUIRE(e.ok());
   CHECK(e->request_id == std::optional<std::string>(rid));
   REQUIRE(e->items.size() == 2);
@@ -818,7 +837,7 @@ TEST_CASE("evacuations keep their request id and each instance's name at plannin
   db.Exec("UPDATE instances SET name = 'renamed' WHERE uuid = '" + Uuid(1) + "'");
   CHECK(ev.GetEvacuation(e->id)->items[0].instance_name == "vm-1");
   // The request id is unique: a second one is AlreadyExists, and finds the first.
-  auto again = ev.CreateEvacuation("host-a", 2, "frank", "", {Uuid(1)}, rid);
+  auto again = ev.CreateEvacuation(NewEvac({Uuid(1)}, 2, rid));
   CHECK(again.status().code() == absl::StatusCode::kAlreadyExists);
   CHECK(db.Count("SELECT count(*) FROM evacuations") == 1);
   auto found = ev.FindEvacuationByRequestId(rid);
@@ -827,11 +846,11 @@ TEST_CASE("evacuations keep their request id and each instance's name at plannin
   CHECK(found->items.size() == 2);
   CHECK(ev.FindEvacuationByRequestId("evac-other").status().code() == absl::StatusCode::kNotFound);
   // Without a request id, any number of evacuations; a bad one is refused.
-  auto plain = ev.CreateEvacuation("host-a", 1, "frank", "", {});
+  auto plain = ev.CreateEvacuation(NewEvac({}, 1));
   REQUIRE(plain.ok());
   CHECK_FALSE(plain->request_id.has_value());
-  CHECK(ev.CreateEvacuation("host-a", 1, "frank", "", {}).ok());
-  CHECK(ev.CreateEvacuation("host-a", 1, "frank", "", {}, std::string(129, 'x')).status().code() ==
+  CHECK(ev.CreateEvacuation(NewEvac({}, 1)).ok());
+  CHECK(ev.CreateEvacuation(NewEvac({}, 1, std::string(129, 'x'))).status().code() ==
         absl::StatusCode::kInvalidArgument);
 }
 
@@ -840,10 +859,10 @@ TEST_CASE("an evacuation has a UUID, is found by it, and its migrations carry it
   Seed(db);
   auto& ev = db.stores->evacuations();
   auto& migs = db.stores->migrations();
-  auto e = ev.CreateEvacuation("host-a", 2, "frank", "", {Uuid(1), Uuid(2)});
+  auto e = ev.CreateEvacuation(NewEvac({Uuid(1), Uuid(2)}));
   REQUIRE(e.ok());
   CHECK(IsValidUuid(e->uuid));
-  auto other = ev.CreateEvacuation("host-a", 1, "frank", "", {});
+  auto other = ev.CreateEvacuation(NewEvac({}, 1));
   REQUIRE(other.ok());
   CHECK(IsValidUuid(other->uuid));
   CHECK(other->uuid != e->uuid);
@@ -874,7 +893,8 @@ TEST_CASE("an evacuation has a UUID, is found by it, and its migrations carry it
   CHECK(alone->migration.evacuation_uuid.empty());
   CHECK(db.Count("SELECT count(*) FROM migrations WHERE evacuation_uuid IS NULL") == 1);
   // The item's migration is read back with its UUID.
-  REQUIRE(ev.UpdateEvacuationItem(e->id, {Uuid(1), m->migration.id, "migrating", ""}).ok());
+  REQUIRE(
+      ev.UpdateEvacuationItem(e->id, "sched-1", {Uuid(1), m->migration.id, "migrating", ""}).ok());
   auto items = ev.GetEvacuationByUuid(e->uuid);
   REQUIRE(items.ok());
   CHECK(items->items[0].migration_uuid == m->migration.uuid);
@@ -945,6 +965,167 @@ TEST_CASE("schema 5 gives existing evacuations a UUID and their migrations a lin
   CHECK(e1->uuid != e2->uuid);
   CHECK(stores.migrations().GetMigration(1)->evacuation_uuid == e1->uuid);
   CHECK(stores.migrations().GetMigration(2)->evacuation_uuid.empty());
+}
+
+// Issue 18: the destination and options were not stored, so a scheduler resuming the evacuation
+// migrated the rest anywhere with default options.
+TEST_CASE("an evacuation keeps its destination and options for whoever drives it") {
+  Db db;
+  Seed(db);
+  auto& ev = db.stores->evacuations();
+  const std::string options = R"({"maxDowntimeMs": 750, "completionTimeoutS": "3600"})";
+  NewEvacuation ne = NewEvac({Uuid(1), Uuid(2)}, 1, "evac-to-b");
+  ne.destination = "host-b";
+  ne.options_json = options;
+  auto e = ev.CreateEvacuation(ne);
+  REQUIRE(e.ok());
+  auto stored_as_asked = [&](const EvacuationRecord& r) {
+    CHECK(r.destination == "host-b");
+    CHECK(nlohmann::json::parse(r.options_json) == nlohmann::json::parse(options));
+  };
+  stored_as_asked(*e);
+  stored_as_asked(*ev.GetEvacuation(e->id));
+  stored_as_asked(*ev.GetEvacuationByUuid(e->uuid));
+  stored_as_asked(*ev.FindEvacuationByRequestId("evac-to-b"));
+  stored_as_asked(ev.ListEvacuations("host-a", 10)->at(0));
+  // Each item reads its migration's destination with it.
+  auto m = db.stores->migrations().CreateMigration(NewMig(1, "host-b"));
+  REQUIRE(m.ok());
+  REQUIRE(
+      ev.UpdateEvacuationItem(e->id, "sched-1", {Uuid(1), m->migration.id, "migrating", ""}).ok());
+  auto items = ev.GetEvacuation(e->id);
+  REQUIRE(items.ok());
+  CHECK(items->items[0].migration_dest_host == "host-b");
+  CHECK(items->items[1].migration_dest_host.empty());
+  // Its owner stops: a takeover reads them too.
+  REQUIRE(*ev.RenewEvacuationLeases("sched-1", absl::ZeroDuration()) == 1);
+  auto orphans = ev.ListOrphanedEvacuations();
+  REQUIRE(orphans.ok());
+  REQUIRE(orphans->size() == 1);
+  stored_as_asked(orphans->at(0));
+  // None given: the scheduler's choice and no options.
+  auto plain = ev.CreateEvacuation(NewEvac({Uuid(3)}, 1));
+  REQUIRE(plain.ok());
+  CHECK(plain->destination.empty());
+  CHECK(nlohmann::json::parse(plain->options_json) == nlohmann::json::object());
+  // Refused before anything is written.
+  NewEvacuation bad = NewEvac({Uuid(3)}, 1);
+  bad.destination = "no such host!";
+  CHECK(ev.CreateEvacuation(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  bad = NewEvac({Uuid(3)}, 1);
+  bad.options_json = "[750]";
+  CHECK(ev.CreateEvacuation(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(db.Count("SELECT count(*) FROM evacuations") == 2);
+}
+
+TEST_CASE("evacuation leases: one owner at a time, takeover after expiry, as migrations") {
+  Db db;
+  Seed(db);
+  auto& ev = db.stores->evacuations();
+  NewEvacuation ne = NewEvac({Uuid(1), Uuid(2)}, 1);
+  ne.lease = absl::Seconds(30);
+  auto e = ev.CreateEvacuation(ne);
+  REQUIRE(e.ok());
+  const int64_t id = e->id;
+  // Created owned: no other scheduler takes it before its owner drives it.
+  CHECK(e->owner == "sched-1");
+  REQUIRE(e->lease_expires_at.has_value());
+  CHECK(*e->lease_expires_at > absl::Now() + absl::Seconds(20));
+  CHECK(ev.ListOrphanedEvacuations()->empty());
+  CHECK(*ev.AcquireEvacuationLease(id, "sched-2", absl::Seconds(15)) == false);  // live lease
+  CHECK(*ev.AcquireEvacuationLease(id, "sched-1", absl::Seconds(15)) == true);   // renew own
+  // Another scheduler's writes are refused, and it renews nothing.
+  const EvacuationItem skipped{Uuid(2), std::nullopt, "skipped", "shut off"};
+  CHECK(ev.UpdateEvacuationItem(id, "sched-2", skipped).code() == absl::StatusCode::kAborted);
+  CHECK(ev.FinishEvacuation(id, "sched-2", "completed").code() == absl::StatusCode::kAborted);
+  CHECK(ev.GetEvacuation(id)->items[1].outcome == "pending");
+  CHECK(ev.GetEvacuation(id)->status == "running");
+  CHECK(*ev.RenewEvacuationLeases("sched-2", absl::Seconds(15)) == 0);
+  CHECK(*ev.RenewEvacuationLeases("sched-1", absl::Seconds(15)) == 1);
+  // Its owner stops renewing (stopped or died): the lease expires and it is an orphan.
+  CHECK(*ev.RenewEvacuationLeases("sched-1", absl::ZeroDuration()) == 1);  // expire it now
+  auto orphans = ev.ListOrphanedEvacuations();
+  REQUIRE(orphans.ok());
+  REQUIRE(orphans->size() == 1);
+  CHECK(orphans->at(0).id == id);
+  CHECK(orphans->at(0).owner == "sched-1");
+  // The old owner can no longer write, nor renew its expired lease.
+  CHECK(ev.UpdateEvacuationItem(id, "sched-1", skipped).code() == absl::StatusCode::kAborted);
+  CHECK(*ev.RenewEvacuationLeases("sched-1", absl::Seconds(15)) == 0);
+  // Taken over: the new owner's from now on.
+  CHECK(*ev.AcquireEvacuationLease(id, "sched-2", absl::Seconds(15)) == true);
+  CHECK(*ev.AcquireEvacuationLease(id, "sched-1", absl::Seconds(15)) == false);
+  CHECK(ev.ListOrphanedEvacuations()->empty());
+  CHECK(ev.GetEvacuation(id)->owner == "sched-2");
+  REQUIRE(ev.UpdateEvacuationItem(id, "sched-2", skipped).ok());
+  CHECK(ev.FinishEvacuation(id, "sched-1", "completed").code() == absl::StatusCode::kAborted);
+  REQUIRE(ev.FinishEvacuation(id, "sched-2", "completed").ok());
+  // Finishing releases the lease; a finished evacuation is nobody's to take.
+  auto done = ev.GetEvacuation(id);
+  REQUIRE(done.ok());
+  CHECK(done->status == "completed");
+  CHECK(done->owner.empty());
+  CHECK_FALSE(done->lease_expires_at.has_value());
+  CHECK(ev.AcquireEvacuationLease(id, "sched-3", absl::Seconds(15)).status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(*ev.RenewEvacuationLeases("sched-2", absl::Seconds(15)) == 0);
+  CHECK(ev.ListOrphanedEvacuations()->empty());
+  CHECK(ev.AcquireEvacuationLease(424242, "sched-3", absl::Seconds(1)).status().code() ==
+        absl::StatusCode::kNotFound);
+  CHECK(ev.UpdateEvacuationItem(id, "", skipped).code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("evacuation leases: schedulers claiming one orphan at once, exactly one gets it") {
+  Db db;
+  Seed(db);
+  constexpr int kClaimers = 12;
+  std::vector<std::unique_ptr<PgPool>> pools;
+  std::vector<std::unique_ptr<PgStores>> stores;
+  for (int i = 0; i < kClaimers; ++i) {
+    pools.push_back(MakePool(db.conninfo, 1));  // a separate connection each
+    stores.push_back(std::make_unique<PgStores>(pools.back().get()));
+  }
+  auto& ev = db.stores->evacuations();
+  // An evacuation whose owner's lease expired, and one with no owner (running from before
+  // schema version 6).
+  auto expired = ev.CreateEvacuation(NewEvac({Uuid(1)}, 1));
+  REQUIRE(expired.ok());
+  REQUIRE(*ev.RenewEvacuationLeases("sched-1", absl::ZeroDuration()) == 1);
+  NewEvacuation no_owner = NewEvac({Uuid(2)}, 1);
+  no_owner.owner.clear();
+  auto unowned = ev.CreateEvacuation(no_owner);
+  REQUIRE(unowned.ok());
+  CHECK(unowned->owner.empty());
+  CHECK_FALSE(unowned->lease_expires_at.has_value());
+  REQUIRE(ev.ListOrphanedEvacuations()->size() == 2);
+  for (const int64_t id : {expired->id, unowned->id}) {
+    INFO("evacuation " << id);
+    std::atomic<int> won{0}, lost{0}, other{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kClaimers; ++i) {
+      threads.emplace_back([&, i] {
+        while (!go.load()) std::this_thread::yield();
+        auto r = stores[i]->evacuations().AcquireEvacuationLease(id, absl::StrCat("replica-", i),
+                                                                 absl::Seconds(30));
+        if (!r.ok()) {
+          ++other;
+          UNSCOPED_INFO(r.status().ToString());
+        } else {
+          ++(*r ? won : lost);
+        }
+      });
+    }
+    go = true;
+    for (auto& t : threads) t.join();
+    CHECK(won == 1);
+    CHECK(lost == kClaimers - 1);
+    CHECK(other == 0);
+    auto e = ev.GetEvacuation(id);
+    REQUIRE(e.ok());
+    CHECK(absl::StartsWith(e->owner, "replica-"));
+  }
+  CHECK(ev.ListOrphanedEvacuations()->empty());
 }
 
 TEST_CASE("instances page by name, then UUID, filtered in the database") {

@@ -1341,40 +1341,47 @@ class PgEvacuationStore : public EvacuationStore {
  public:
   explicit PgEvacuationStore(PgPool* pool) : pool_(pool) {}
 
-  absl::StatusOr<EvacuationRecord> CreateEvacuation(
-      const std::string& host, int32_t max_parallel, const std::string& requested_by,
-      const std::string& reason, const std::vector<std::string>& instance_uuids,
-      const std::optional<std::string>& request_id) override {
-    if (request_id) {
-      if (request_id->empty()) return absl::InvalidArgumentError("request id must not be empty");
-      RETURN_IF_ERROR(CheckRequestId("request_id", *request_id));
+  absl::StatusOr<EvacuationRecord> CreateEvacuation(const NewEvacuation& e) override {
+    if (e.request_id) {
+      if (e.request_id->empty()) return absl::InvalidArgumentError("request id must not be empty");
+      RETURN_IF_ERROR(CheckRequestId("request_id", *e.request_id));
     }
-    if (max_parallel < 1) {
+    if (e.max_parallel < 1) {
       return absl::InvalidArgumentError(
-          absl::StrCat("max parallel must be at least 1, got ", max_parallel));
+          absl::StrCat("max parallel must be at least 1, got ", e.max_parallel));
     }
-    if (requested_by.empty())
+    if (e.requested_by.empty())
       return absl::InvalidArgumentError("an evacuation needs its requester");
-    for (const auto& u : instance_uuids) RETURN_IF_ERROR(CheckUuid(u, "instance"));
+    if (!e.destination.empty() && !IsValidHostname(e.destination)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid destination host '", e.destination, "'"));
+    }
+    RETURN_IF_ERROR(CheckJsonObject(e.options_json, "evacuation options"));
+    for (const auto& u : e.instance_uuids) RETURN_IF_ERROR(CheckUuid(u, "instance"));
     auto id =
         pool_->Query<int64_t>("create evacuation", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
-          pqxx::result h = w.exec_params("SELECT 1 FROM hosts WHERE hostname = $1", host);
-          if (h.empty()) return absl::NotFoundError(absl::StrCat("host '", host, "' is unknown"));
+          pqxx::result h = w.exec_params("SELECT 1 FROM hosts WHERE hostname = $1", e.host);
+          if (h.empty()) return absl::NotFoundError(absl::StrCat("host '", e.host, "' is unknown"));
           pqxx::result r;
           try {
             pqxx::subtransaction sub(w, "insert evacuation");
+            // Created owned (the lease on the database's clock), so that no other scheduler
+            // takes it over before its owner starts driving it.
             r = sub.exec_params(
                 "INSERT INTO evacuations (host, status, max_parallel, requested_by, reason, "
-                "request_id) VALUES ($1, 'running', $2, $3, $4, $5) RETURNING id",
-                host, max_parallel, requested_by, reason, request_id);
+                "request_id, destination, options, owner, lease_expires_at) VALUES ($1, "
+                "'running', $2, $3, $4, $5, NULLIF($6, ''), $7::jsonb, NULLIF($8, ''), CASE WHEN "
+                "$8 = '' THEN NULL ELSE now() + make_interval(secs => $9) END) RETURNING id",
+                e.host, e.max_parallel, e.requested_by, e.reason, e.request_id, e.destination,
+                e.options_json, e.owner, absl::ToDoubleSeconds(e.lease));
             sub.commit();
           } catch (const pqxx::unique_violation&) {
             return absl::AlreadyExistsError(absl::StrCat("an evacuation with request id '",
-                                                         request_id.value_or(""), "' exists"));
+                                                         e.request_id.value_or(""), "' exists"));
           }
           const int64_t id = r[0][0].as<int64_t>();
           // The plan keeps each instance's name at planning time.
-          for (const auto& u : instance_uuids) {
+          for (const auto& u : e.instance_uuids) {
             w.exec_params(
                 "INSERT INTO evacuation_items (evacuation_id, instance_uuid, instance_name) "
                 "SELECT $1, $2::uuid, COALESCE((SELECT name FROM instances WHERE uuid = "
@@ -1441,8 +1448,18 @@ class PgEvacuationStore : public EvacuationStore {
         });
   }
 
-  absl::Status UpdateEvacuationItem(int64_t evacuation_id, const EvacuationItem& item) override {
+  absl::Status UpdateEvacuationItem(int64_t evacuation_id, const std::string& owner,
+                                    const EvacuationItem& item) override {
+    if (owner.empty())
+      return absl::InvalidArgumentError("an evacuation item write needs its owner");
     return pool_->Run("update evacuation item", [&](pqxx::work& w) -> absl::Status {
+      // The evacuation's row first, under the owner's live lease: it stays locked until the
+      // commit, so a takeover waits for this write and then sees the lease renewed or not.
+      pqxx::result owned = w.exec_params(
+          "UPDATE evacuations SET updated_at = now() WHERE id = $1 AND status = 'running' AND "
+          "owner = $2 AND lease_expires_at > now() RETURNING id",
+          evacuation_id, owner);
+      if (owned.empty()) return WhyNotOwned(w, evacuation_id, owner);
       pqxx::result r = w.exec_params(
           "UPDATE evacuation_items SET migration_id = COALESCE($3, migration_id), outcome = $4, "
           "reason = $5, updated_at = now() WHERE evacuation_id = $1 AND instance_uuid = $2::uuid",
@@ -1451,46 +1468,108 @@ class PgEvacuationStore : public EvacuationStore {
         return absl::NotFoundError(
             absl::StrCat("evacuation ", evacuation_id, " has no instance ", item.instance_uuid));
       }
-      w.exec_params("UPDATE evacuations SET updated_at = now() WHERE id = $1", evacuation_id);
       return absl::OkStatus();
     });
   }
 
-  absl::Status FinishEvacuation(int64_t id, const std::string& status) override {
+  absl::Status FinishEvacuation(int64_t id, const std::string& owner,
+                                const std::string& status) override {
     if (status != "completed" && status != "failed" && status != "cancelled") {
       return absl::InvalidArgumentError(absl::StrCat(
           "an evacuation finishes as completed, failed or cancelled, not '", status, "'"));
     }
+    if (owner.empty()) return absl::InvalidArgumentError("finishing an evacuation needs its owner");
     return pool_->Run("finish evacuation", [&](pqxx::work& w) -> absl::Status {
       pqxx::result r = w.exec_params(
-          "UPDATE evacuations SET status = $2, finished_at = now(), updated_at = now() WHERE id = "
-          "$1 AND status = 'running'",
-          id, status);
-      if (r.affected_rows() == 0) {
-        pqxx::result cur = w.exec_params("SELECT status FROM evacuations WHERE id = $1", id);
-        if (cur.empty())
-          return absl::NotFoundError(absl::StrCat("evacuation ", id, " does not exist"));
-        return absl::FailedPreconditionError(
-            absl::StrCat("evacuation ", id, " is already ", Str(cur[0][0])));
-      }
+          "UPDATE evacuations SET status = $2, finished_at = now(), updated_at = now(), owner = "
+          "NULL, lease_expires_at = NULL WHERE id = $1 AND status = 'running' AND owner = $3 AND "
+          "lease_expires_at > now()",
+          id, status, owner);
+      if (r.affected_rows() == 0) return WhyNotOwned(w, id, owner);
       return absl::OkStatus();
     });
   }
 
+  absl::StatusOr<bool> AcquireEvacuationLease(int64_t id, const std::string& owner,
+                                              absl::Duration ttl) override {
+    if (owner.empty()) return absl::InvalidArgumentError("a lease needs an owner");
+    return pool_->Query<bool>(
+        "acquire evacuation lease", [&](pqxx::work& w) -> absl::StatusOr<bool> {
+          // Two callers at once: the second waits for the first's row lock, then finds the
+          // lease live and another owner's (READ COMMITTED re-checks the row it waited for).
+          pqxx::result r = w.exec_params(
+              "UPDATE evacuations SET owner = $2, lease_expires_at = now() + make_interval(secs "
+              "=> $3) WHERE id = $1 AND status = 'running' AND (owner IS NULL OR owner = $2 OR "
+              "lease_expires_at IS NULL OR lease_expires_at <= now()) RETURNING id",
+              id, owner, absl::ToDoubleSeconds(ttl));
+          if (!r.empty()) return true;
+          pqxx::result cur = w.exec_params("SELECT status FROM evacuations WHERE id = $1", id);
+          if (cur.empty()) {
+            return absl::NotFoundError(absl::StrCat("evacuation ", id, " does not exist"));
+          }
+          if (Str(cur[0][0]) != "running") {
+            return absl::FailedPreconditionError(
+                absl::StrCat("evacuation ", id, " is already ", Str(cur[0][0])));
+          }
+          return false;
+        });
+  }
+
+  absl::StatusOr<int> RenewEvacuationLeases(const std::string& owner, absl::Duration ttl) override {
+    return pool_->Query<int>("renew evacuation leases", [&](pqxx::work& w) -> absl::StatusOr<int> {
+      pqxx::result r = Prep(w,
+                            "UPDATE evacuations SET lease_expires_at = now() + "
+                            "make_interval(secs => $2) WHERE owner = $1 AND lease_expires_at "
+                            "> now() AND status = 'running'",
+                            owner, absl::ToDoubleSeconds(ttl));
+      return static_cast<int>(r.affected_rows());
+    });
+  }
+
+  absl::StatusOr<std::vector<EvacuationRecord>> ListOrphanedEvacuations() override {
+    return pool_->ReadQuery<std::vector<EvacuationRecord>>(
+        "list orphaned evacuations",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<EvacuationRecord>> {
+          pqxx::result r = Prep(w, EvacuationSelect() +
+                                       "WHERE status = 'running' AND (owner IS NULL OR "
+                                       "lease_expires_at IS NULL OR lease_expires_at <= now()) "
+                                       "ORDER BY id");
+          std::vector<EvacuationRecord> out;
+          for (const auto& row : r) out.push_back(EvacuationFromRow(row));
+          return out;
+        });
+  }
+
  private:
+  // Why an owner's compare-and-swap on evacuation `id` changed nothing.
+  static absl::Status WhyNotOwned(pqxx::transaction_base& w, int64_t id, const std::string& owner) {
+    pqxx::result cur = w.exec_params(
+        "SELECT status, COALESCE(owner, ''), COALESCE(lease_expires_at > now(), false) FROM "
+        "evacuations WHERE id = $1",
+        id);
+    if (cur.empty()) return absl::NotFoundError(absl::StrCat("evacuation ", id, " does not exist"));
+    if (Str(cur[0][0]) != "running") {
+      return absl::FailedPreconditionError(
+          absl::StrCat("evacuation ", id, " is already ", Str(cur[0][0])));
+    }
+    return absl::AbortedError(
+        absl::StrCat("evacuation ", id, ": '", owner, "' does not hold its lease (owner '",
+                     Str(cur[0][1]), "', lease ", cur[0][2].as<bool>() ? "live" : "expired", ")"));
+  }
   static std::string EvacuationSelect() {
     return absl::StrCat(
         "SELECT id, uuid::text AS uuid, host, status, max_parallel, requested_by, reason, "
-        "request_id, ",
-        Us("created_at"), " AS created_at, ", Us("updated_at"), " AS updated_at, ",
-        Us("finished_at"), " AS finished_at FROM evacuations ");
+        "request_id, destination, options::text AS options, owner, ",
+        Us("lease_expires_at"), " AS lease_expires_at, ", Us("created_at"), " AS created_at, ",
+        Us("updated_at"), " AS updated_at, ", Us("finished_at"),
+        " AS finished_at FROM evacuations ");
   }
   // Reads the items of `e` (with their migrations' status) into it.
   static EvacuationRecord WithItems(pqxx::transaction_base& w, EvacuationRecord e) {
     pqxx::result items = w.exec_params(
         "SELECT it.instance_uuid::text, it.migration_id, it.outcome, it.reason, m.status, "
-        "m.failure_reason, it.instance_name, m.uuid::text FROM evacuation_items it LEFT JOIN "
-        "migrations m ON m.id = it.migration_id WHERE it.evacuation_id = $1 ORDER BY "
+        "m.failure_reason, it.instance_name, m.uuid::text, m.dest_host FROM evacuation_items it "
+        "LEFT JOIN migrations m ON m.id = it.migration_id WHERE it.evacuation_id = $1 ORDER BY "
         "it.instance_uuid",
         e.id);
     for (const auto& row : items) {
@@ -1503,6 +1582,7 @@ class PgEvacuationStore : public EvacuationStore {
       it.migration_failure_reason = Str(row[5]);
       it.instance_name = Str(row[6]);
       it.migration_uuid = Str(row[7]);
+      it.migration_dest_host = Str(row[8]);
       e.items.push_back(std::move(it));
     }
     return e;
@@ -1517,6 +1597,10 @@ class PgEvacuationStore : public EvacuationStore {
     e.requested_by = Str(r["requested_by"]);
     e.reason = Str(r["reason"]);
     e.request_id = Opt<std::string>(r["request_id"]);
+    e.destination = Str(r["destination"]);
+    e.options_json = Str(r["options"]);
+    e.owner = Str(r["owner"]);
+    e.lease_expires_at = OptTime(r["lease_expires_at"]);
     e.created_at = FromUs(r["created_at"].as<int64_t>());
     e.updated_at = FromUs(r["updated_at"].as<int64_t>());
     e.finished_at = OptTime(r["finished_at"]);

@@ -269,6 +269,8 @@ struct EvacuationItem {
   std::string migration_failure_reason;
   std::string instance_name;   // at planning time (read only)
   std::string migration_uuid;  // read only: the item's migration's UUID ("" without one)
+  // Read only: the item's migration's destination ("" without a migration, or not chosen yet).
+  std::string migration_dest_host;
 };
 
 struct EvacuationRecord {
@@ -280,10 +282,30 @@ struct EvacuationRecord {
   std::string requested_by;
   std::string reason;
   std::optional<std::string> request_id;  // the caller's idempotency key
+  std::string destination;                // for every instance; "": the scheduler chooses
+  std::string options_json = "{}";        // for every migration (MigrationOptions, proto3 JSON)
+  // The scheduler driving it while running, until its lease expires ("" and unset: none).
+  std::string owner;
+  std::optional<absl::Time> lease_expires_at;
   absl::Time created_at;
   absl::Time updated_at;
   std::optional<absl::Time> finished_at;
   std::vector<EvacuationItem> items;
+};
+
+// EvacuationStore::CreateEvacuation's input.
+struct NewEvacuation {
+  std::string host;
+  int32_t max_parallel = 1;
+  std::string requested_by;
+  std::string reason;
+  std::vector<std::string> instance_uuids;  // the plan
+  std::optional<std::string> request_id;    // the caller's idempotency key
+  std::string destination;                  // for every instance; "": the scheduler chooses
+  std::string options_json = "{}";          // for every migration (a JSON object)
+  // The scheduler that will drive it (gets the first lease); "": none yet (any may take it over).
+  std::string owner;
+  absl::Duration lease = absl::Seconds(15);
 };
 
 }  // namespace livemig::db

@@ -152,15 +152,18 @@ class MigrationStore {
   virtual absl::StatusOr<int64_t> PurgeFinished(absl::Time before) = 0;
 };
 
+// An evacuation is driven by one scheduler at a time, its owner, while the owner's lease is live
+// (the database's clock), as a migration is: the owner renews its leases (RenewEvacuationLeases)
+// and its writes are compare-and-swap on its live lease; another scheduler takes over an
+// evacuation only once the lease expired (ListOrphanedEvacuations, AcquireEvacuationLease).
 class EvacuationStore {
  public:
   virtual ~EvacuationStore() = default;
-  // Creates the evacuation and its plan (each item with the instance's name at planning time).
-  // With a request id: AlreadyExists when an evacuation already has it (FindByRequestId).
-  virtual absl::StatusOr<EvacuationRecord> CreateEvacuation(
-      const std::string& host, int32_t max_parallel, const std::string& requested_by,
-      const std::string& reason, const std::vector<std::string>& instance_uuids,
-      const std::optional<std::string>& request_id = std::nullopt) = 0;
+  // Creates the evacuation and its plan (each item with the instance's name at planning time),
+  // with its destination and options, owned by `e.owner` under a lease of `e.lease` (no owner
+  // when empty). With a request id: AlreadyExists when an evacuation already has it
+  // (FindByRequestId). NotFound for an unknown host; InvalidArgument for bad input.
+  virtual absl::StatusOr<EvacuationRecord> CreateEvacuation(const NewEvacuation& e) = 0;
   virtual absl::StatusOr<EvacuationRecord> GetEvacuation(int64_t id) = 0;
   // By its public id (EvacuationRecord::uuid), with its items. InvalidArgument for a malformed
   // UUID; NotFound when none has it.
@@ -171,8 +174,26 @@ class EvacuationStore {
   // Newest first; `host` empty: every host.
   virtual absl::StatusOr<std::vector<EvacuationRecord>> ListEvacuations(const std::string& host,
                                                                         int limit) = 0;
-  virtual absl::Status UpdateEvacuationItem(int64_t evacuation_id, const EvacuationItem& item) = 0;
-  virtual absl::Status FinishEvacuation(int64_t id, const std::string& status) = 0;
+  // The owner's writes: compare-and-swap on (running, `owner` holds an unexpired lease).
+  // Aborted when the lease is not `owner`'s (lost, expired, taken over), FailedPrecondition when
+  // the evacuation already finished, NotFound for an unknown evacuation or item. Finishing
+  // releases the lease.
+  virtual absl::Status UpdateEvacuationItem(int64_t evacuation_id, const std::string& owner,
+                                            const EvacuationItem& item) = 0;
+  virtual absl::Status FinishEvacuation(int64_t id, const std::string& owner,
+                                        const std::string& status) = 0;
+
+  // Takes or renews the lease of a running evacuation when it has no owner, its lease expired,
+  // or it is already `owner`'s: true. False when another owner holds a live lease (two callers
+  // never both get true). FailedPrecondition when it finished; NotFound when unknown.
+  virtual absl::StatusOr<bool> AcquireEvacuationLease(int64_t id, const std::string& owner,
+                                                      absl::Duration ttl) = 0;
+  // Renews every live lease `owner` holds on a running evacuation; returns how many.
+  virtual absl::StatusOr<int> RenewEvacuationLeases(const std::string& owner,
+                                                    absl::Duration ttl) = 0;
+  // Running evacuations with no owner or an expired lease (candidates for a takeover), oldest
+  // first, without their items.
+  virtual absl::StatusOr<std::vector<EvacuationRecord>> ListOrphanedEvacuations() = 0;
 };
 
 }  // namespace livemig::db

@@ -45,11 +45,17 @@ ApiCore::ApiCore(db::MigrationStore* migrations, db::HostStore* hosts, db::Insta
 
 ApiCore::~ApiCore() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
+  std::thread loop;
   std::vector<std::thread> threads;
   {
     absl::MutexLock l(&mu_);
-    threads.swap(evacuation_threads_);
+    loop.swap(evacuation_loop_);
+    for (auto& [id, t] : drivers_) threads.push_back(std::move(t));
+    drivers_.clear();
+    for (auto& t : ended_drivers_) threads.push_back(std::move(t));
+    ended_drivers_.clear();
   }
+  if (loop.joinable()) loop.join();
   for (auto& t : threads) t.join();
 }
 
@@ -464,6 +470,8 @@ sv1::Evacuation ToProtoEvacuation(const db::EvacuationRecord& e) {
                  : e.status == "completed" ? sv1::EVACUATION_STATUS_COMPLETED
                                            : sv1::EVACUATION_STATUS_COMPLETED_WITH_ERRORS);
   out.set_max_parallel(static_cast<uint32_t>(e.max_parallel));
+  out.set_destination(e.destination);
+  *out.mutable_options() = OptionsFromJson(e.options_json);
   out.set_requested_by(e.requested_by);
   out.set_request_id(e.request_id.value_or(""));
   *out.mutable_created_at() = ToProtoTime(e.created_at);
@@ -475,6 +483,7 @@ sv1::Evacuation ToProtoEvacuation(const db::EvacuationRecord& e) {
     p->set_instance_name(it.instance_name);
     // The migration's id is its UUID (Migration.id), as everywhere in the API.
     if (!it.migration_uuid.empty()) p->set_migration_id(it.migration_uuid);
+    p->set_dest_host(it.migration_dest_host);
     p->set_reason(it.reason);
     p->set_outcome(it.outcome == "pending"     ? sv1::EVACUATION_ITEM_OUTCOME_PENDING
                    : it.outcome == "migrating" ? sv1::EVACUATION_ITEM_OUTCOME_MIGRATING
@@ -498,6 +507,10 @@ absl::StatusOr<sv1::Evacuation> ApiCore::EvacuateHost(const sv1::EvacuateHostReq
   if (!db::IsValidHostname(r.hostname())) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", r.hostname(), "' is not a valid host name"));
+  }
+  if (!r.destination().empty() && !db::IsValidHostname(r.destination())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("destination '", r.destination(), "' is not a valid host name"));
   }
   RETURN_IF_ERROR(db::CheckRequestId("request_id", r.request_id()));
   RETURN_IF_ERROR(ValidateOptions(r.options()));
@@ -530,32 +543,105 @@ absl::StatusOr<sv1::Evacuation> ApiCore::EvacuateHost(const sv1::EvacuateHostReq
   for (const auto& i : list) {
     if (!i.missing) uuids.push_back(i.uuid);
   }
-  const int max_parallel = r.max_parallel() == 0 ? 2 : static_cast<int>(r.max_parallel());
-  std::optional<std::string> request_id;
-  if (!r.request_id().empty()) request_id = r.request_id();
-  auto created = evacuations_->CreateEvacuation(r.hostname(), max_parallel,
-                                                Who(caller, r.requester()), "", uuids, request_id);
+  db::NewEvacuation ne;
+  ne.host = r.hostname();
+  ne.max_parallel = r.max_parallel() == 0 ? 2 : static_cast<int>(r.max_parallel());
+  ne.requested_by = Who(caller, r.requester());
+  ne.instance_uuids = std::move(uuids);
+  if (!r.request_id().empty()) ne.request_id = r.request_id();
+  // Stored, so that whichever scheduler drives it (this one, or one taking it over) migrates
+  // every instance as asked.
+  ne.destination = r.destination();
+  ne.options_json = OptionsToJson(r.options());
+  ne.owner = orchestrator_->options().scheduler_id;
+  ne.lease = orchestrator_->options().lease;
+  auto created = evacuations_->CreateEvacuation(ne);
   if (created.status().code() == absl::StatusCode::kAlreadyExists) {
     // A concurrent request with the same request id committed first: this one is its retry.
     ASSIGN_OR_RETURN(auto again, same_request());
     if (again) return *std::move(again);
   }
   ASSIGN_OR_RETURN(db::EvacuationRecord e, std::move(created));
-  LogInfo("evacuation %d (%s) of %s: %d instance(s), at most %d at once, by %s", e.id, e.uuid,
-          r.hostname(), uuids.size(), max_parallel, Who(caller, r.requester()));
-  {
-    absl::MutexLock l(&mu_);
-    evacuation_threads_.emplace_back(
-        [this, id = e.id, o = r.options(), d = r.destination(), who = Who(caller, r.requester())] {
-          DriveEvacuation(id, o, d, who);
-        });
-  }
+  LogInfo("evacuation %d (%s) of %s: %d instance(s), at most %d at once, to %s, by %s", e.id,
+          e.uuid, r.hostname(), e.items.size(), ne.max_parallel,
+          r.destination().empty() ? "(scheduler's choice)" : r.destination(), ne.requested_by);
+  StartDriving(e.id);
+  StartEvacuationLoop();
   (void)host;
   return ToProtoEvacuation(e);
 }
 
-void ApiCore::DriveEvacuation(int64_t id, v1::MigrationOptions options, std::string destination,
-                              std::string requester) {
+void ApiCore::ResumeEvacuations() { StartEvacuationLoop(); }
+
+int ApiCore::RunningEvacuations() {
+  absl::MutexLock l(&mu_);
+  return static_cast<int>(drivers_.size());
+}
+
+void ApiCore::StartEvacuationLoop() {
+  absl::MutexLock l(&mu_);
+  if (stop_.HasBeenNotified() || evacuation_loop_.joinable()) return;
+  evacuation_loop_ = std::thread([this] { EvacuationLoop(); });
+}
+
+void ApiCore::EvacuationLoop() {
+  // As the orchestrator's renewer: the same owner name and lease, renewed every lease/3.
+  const OrchestratorOptions& o = orchestrator_->options();
+  do {
+    auto renewed = evacuations_->RenewEvacuationLeases(o.scheduler_id, o.lease);
+    if (!renewed.ok()) {
+      LogWarning("evacuation lease renewal failed: %s", renewed.status().message());
+    }
+    // Take over the evacuations whose owner's lease expired (it stopped or died) or that have
+    // none; the compare-and-swap lets one scheduler only have each.
+    auto orphans = evacuations_->ListOrphanedEvacuations();
+    if (!orphans.ok()) {
+      LogWarning("evacuations: orphans not listed: %s", orphans.status().message());
+    } else {
+      for (const auto& e : *orphans) {
+        auto got = evacuations_->AcquireEvacuationLease(e.id, o.scheduler_id, o.lease);
+        if (!got.ok() || !*got) continue;  // finished meanwhile, taken by another, or retried
+        LogInfo("evacuation %d (%s) of %s taken over from %s", e.id, e.uuid, e.host,
+                e.owner.empty() ? "no owner" : absl::StrCat("'", e.owner, "'"));
+        StartDriving(e.id);
+      }
+    }
+    ReapDrivers();
+  } while (!stop_.WaitForNotificationWithTimeout(o.lease / 3));
+}
+
+void ApiCore::StartDriving(int64_t id) {
+  absl::MutexLock l(&mu_);
+  if (stop_.HasBeenNotified() || drivers_.count(id) > 0) return;
+  // The thread's last step waits for mu_, so its entry is in drivers_ by then.
+  drivers_[id] = std::thread([this, id] {
+    DriveEvacuation(id);
+    absl::MutexLock l(&mu_);
+    auto it = drivers_.find(id);
+    if (it == drivers_.end()) return;  // the destructor joins it
+    ended_drivers_.push_back(std::move(it->second));
+    drivers_.erase(it);
+  });
+}
+
+void ApiCore::ReapDrivers() {
+  std::vector<std::thread> ended;
+  {
+    absl::MutexLock l(&mu_);
+    ended.swap(ended_drivers_);
+  }
+  for (auto& t : ended) t.join();
+}
+
+void ApiCore::DriveEvacuation(int64_t id) {
+  const std::string& me = orchestrator_->options().scheduler_id;
+  // A write refused with Aborted: this scheduler's lease is gone (expired, or taken over); the
+  // owner drives it from here (or this scheduler again, once it took the lease back).
+  auto lost = [&](const absl::Status& s, const std::string& uuid) {
+    if (s.code() != absl::StatusCode::kAborted) return false;
+    LogWarning("evacuation %d (%s) no longer driven here: %s", id, uuid, s.message());
+    return true;
+  };
   int64_t ended_seen = 0;
   // A pass runs at once, then whenever a migration of this scheduler ends (its slot is reused
   // at once), and at least every 500 ms (migrations another scheduler drives). One read per pass:
@@ -569,7 +655,20 @@ void ApiCore::DriveEvacuation(int64_t id, v1::MigrationOptions options, std::str
     first = false;
     ended_seen = orchestrator_->MigrationsEnded();
     auto e = evacuations_->GetEvacuation(id);
-    if (!e.ok() || e->status != "running") return;
+    if (!e.ok()) {
+      if (e.status().code() == absl::StatusCode::kNotFound) return;
+      // The database is unreachable or the like: read again at the next pass (the lease still
+      // holds it for this scheduler until it expires).
+      LogWarning("evacuation %d: %s", id, e.status().message());
+      continue;
+    }
+    if (e->status != "running") return;
+    if (e->owner != me) {
+      LogInfo("evacuation %d (%s) is driven by '%s' now", id, e->uuid, e->owner);
+      return;
+    }
+    // What the request asked for, as stored: the same after a takeover.
+    const v1::MigrationOptions options = OptionsFromJson(e->options_json);
     int in_flight = 0, pending = 0;
     for (auto& it : e->items) {
       if (it.outcome == "migrating" && it.migration_id) {
@@ -577,7 +676,7 @@ void ApiCore::DriveEvacuation(int64_t id, v1::MigrationOptions options, std::str
         if (status && IsTerminal(*status)) {
           it.outcome = *status == MigrationStatus::kCompleted ? "completed" : "failed";
           it.reason = it.migration_failure_reason;
-          evacuations_->UpdateEvacuationItem(id, it).IgnoreError();
+          if (lost(evacuations_->UpdateEvacuationItem(id, me, it), e->uuid)) return;
         } else {
           ++in_flight;
         }
@@ -590,11 +689,12 @@ void ApiCore::DriveEvacuation(int64_t id, v1::MigrationOptions options, std::str
       if (it.outcome != "pending") continue;
       sv1::LiveMigrateRequest req;
       req.set_instance_uuid(it.instance_uuid);
-      req.set_destination(destination);
+      req.set_destination(e->destination);
       *req.mutable_options() = options;
       // The number, not the UUID: an evacuation resumed across an upgrade keeps its request ids.
+      // A scheduler that lost the lease and a new owner asking at once get the same migration.
       req.set_request_id(absl::StrCat("evacuation-", id, "-", it.instance_uuid));
-      req.set_requester(requester);
+      req.set_requester(e->requested_by);
       auto m = LiveMigrateFor(req, "", e->uuid);
       if (m.ok()) {
         it.outcome = "migrating";
@@ -606,31 +706,24 @@ void ApiCore::DriveEvacuation(int64_t id, v1::MigrationOptions options, std::str
         it.reason = std::string(m.status().message());
       }
       --pending;
-      evacuations_->UpdateEvacuationItem(id, it).IgnoreError();
+      if (lost(evacuations_->UpdateEvacuationItem(id, me, it), e->uuid)) return;
     }
     if (in_flight == 0 && pending <= 0) {
-      bool all_ok = true;
       auto fin = evacuations_->GetEvacuation(id);
-      if (fin.ok()) {
-        for (const auto& it : fin->items)
-          all_ok = all_ok && (it.outcome == "completed" || it.outcome == "skipped");
+      if (!fin.ok()) continue;  // decided at the next pass
+      bool all_ok = true;
+      for (const auto& it : fin->items)
+        all_ok = all_ok && (it.outcome == "completed" || it.outcome == "skipped");
+      absl::Status s = evacuations_->FinishEvacuation(id, me, all_ok ? "completed" : "failed");
+      if (lost(s, e->uuid)) return;
+      if (!s.ok()) {
+        LogWarning("evacuation %d (%s) not finished yet: %s", id, e->uuid, s.message());
+        continue;
       }
-      evacuations_->FinishEvacuation(id, all_ok ? "completed" : "failed").IgnoreError();
       LogInfo("evacuation %d (%s) finished: %s", id, e->uuid,
               all_ok ? "completed" : "completed with errors");
       return;
     }
-  }
-}
-
-void ApiCore::ResumeEvacuations() {
-  auto list = evacuations_->ListEvacuations("", 1000);
-  if (!list.ok()) return;
-  for (const auto& e : *list) {
-    if (e.status != "running") continue;
-    absl::MutexLock l(&mu_);
-    evacuation_threads_.emplace_back(
-        [this, id = e.id, who = e.requested_by] { DriveEvacuation(id, {}, "", who); });
   }
 }
 

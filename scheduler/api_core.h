@@ -8,6 +8,7 @@
 #ifndef LIVEMIG_SCHEDULER_API_CORE_H_
 #define LIVEMIG_SCHEDULER_API_CORE_H_
 
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -56,8 +57,16 @@ class ApiCore {
   // Prometheus text format: migrations by status, step latency histograms, hosts up/down.
   absl::StatusOr<std::string> MetricsText();
 
-  // Resumes the evacuations left running by a previous scheduler process.
+  // Takes over the running evacuations that no scheduler owns (their owner's lease expired, or
+  // they have none), now and whenever such a lease expires later, and drives each with its
+  // stored destination and options; renews the leases of the evacuations this scheduler drives
+  // (every lease/3, the orchestrator's lease and owner name). Several schedulers sharing the
+  // database each call it: each evacuation is driven by one at a time. Idempotent; stopped by
+  // the destructor. EvacuateHost starts the same background work for the evacuations it creates.
   void ResumeEvacuations();
+
+  // How many evacuations this ApiCore drives now (for tests).
+  int RunningEvacuations();
 
  private:
   // LiveMigrate for an evacuation's migration: it records `evacuation_uuid` ("" for none).
@@ -67,8 +76,17 @@ class ApiCore {
   absl::StatusOr<db::MigrationRecord> FindMigration(const std::string& id);
   absl::Status ValidateOptions(const v1::MigrationOptions& o);
   std::string Who(const std::string& caller, const std::string& requester) const;
-  void DriveEvacuation(int64_t id, v1::MigrationOptions options, std::string destination,
-                       std::string requester);
+  // Starts the background work of ResumeEvacuations once.
+  void StartEvacuationLoop();
+  // Renews this scheduler's evacuation leases and takes over the orphaned evacuations, every
+  // lease/3 until the destructor.
+  void EvacuationLoop();
+  // Starts a thread driving evacuation `id` (its lease is this scheduler's), unless one runs.
+  void StartDriving(int64_t id);
+  // Drives evacuation `id` while it runs and this scheduler holds its lease.
+  void DriveEvacuation(int64_t id);
+  // Joins the driving threads that ended.
+  void ReapDrivers();
 
   db::MigrationStore* migrations_;
   db::HostStore* hosts_;
@@ -77,7 +95,10 @@ class ApiCore {
   Orchestrator* orchestrator_;
   absl::Notification stop_;
   absl::Mutex mu_;
-  std::vector<std::thread> evacuation_threads_ ABSL_GUARDED_BY(mu_);
+  std::thread evacuation_loop_ ABSL_GUARDED_BY(mu_);
+  // Evacuations driven now, by id, with their threads; the threads of those that ended.
+  std::map<int64_t, std::thread> drivers_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> ended_drivers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace livemig::sched

@@ -1,5 +1,6 @@
 // The scheduler's state machine, API validation and recovery, against the real PostgreSQL and
 // two in-process agents over the FakeDriver (LocalAgentClientFactory).
+#include <algorithm>
 #include <catch2/catch.hpp>
 
 #include "absl/strings/match.h"
@@ -22,6 +23,7 @@ namespace {
 
 constexpr char kUuid[] = "11111111-2222-4333-8444-555555555555";
 constexpr char kUuid2[] = "22222222-2222-4333-8444-555555555555";
+constexpr char kUuid3[] = "33333333-2222-4333-8444-555555555555";
 
 livemig::testing::PgServer& Pg() {
   static auto server = [] {
@@ -309,6 +311,182 @@ TEST_CASE("scheduler: a host evacuation live-migrates everything off the host") 
   }
 }
 
+// A scheduler replica's options as Cloud gives them (short intervals), with a short lease.
+OrchestratorOptions Replica(const std::string& id, absl::Duration lease = absl::Seconds(1)) {
+  OrchestratorOptions o;
+  o.scheduler_id = id;
+  o.lease = lease;
+  o.dispatch_interval = absl::Milliseconds(20);
+  o.progress_poll = absl::Milliseconds(20);
+  o.progress_write = absl::Milliseconds(100);
+  return o;
+}
+
+// Waits until the evacuation is no longer running; returns it as `api` last read it.
+sv1::Evacuation WaitEvacuationDone(ApiCore& api, const std::string& id,
+                                   absl::Duration t = absl::Seconds(90)) {
+  sv1::Evacuation last;
+  bool done = livemig::testing::WaitFor(
+      [&] {
+        auto g = api.GetEvacuation(id);
+        if (!g.ok()) return false;
+        last = *g;
+        return last.status() != sv1::EVACUATION_STATUS_RUNNING;
+      },
+      t);
+  INFO(last.DebugString());
+  REQUIRE(done);
+  return last;
+}
+
+// Options an evacuation asks for, each distinct from the default.
+v1::MigrationOptions EvacuationOptions() {
+  v1::MigrationOptions o;
+  o.set_max_downtime_ms(750);
+  o.set_completion_timeout_s(3600);
+  o.set_bandwidth_mib_s(4096);
+  return o;
+}
+
+// Evacuates fake-a to fake-c, one instance at a time, with EvacuationOptions(); returns once the
+// transfer of its first migration (web-1's: the items go in UUID order) runs (fake-a's
+// transfers take `transfer` each).
+sv1::Evacuation StartEvacuationToC(Cloud& c, absl::Duration transfer) {
+  REQUIRE(c.drivers["fake-a"]->hypervisor().SetTransferDuration("fake-a", transfer).ok());
+  sv1::EvacuateHostRequest e;
+  e.set_hostname("fake-a");
+  e.set_max_parallel(1);
+  e.set_destination("fake-c");
+  *e.mutable_options() = EvacuationOptions();
+  e.set_requester("erin");
+  auto ev = c.api->EvacuateHost(e, "");
+  INFO(ev.status().ToString());
+  REQUIRE(ev.ok());
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto g = c.api->GetEvacuation(ev->id());
+        if (!g.ok()) return false;
+        for (const auto& it : g->items()) {
+          if (it.migration_id().empty()) continue;
+          auto m = c.api->GetMigration(it.migration_id(), false);
+          return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING &&
+                 c.Where(kUuid).size() == 2;
+        }
+        return false;
+      },
+      absl::Seconds(30)));
+  return *ev;
+}
+
+// Every migration of a finished evacuation went to fake-c with EvacuationOptions(), and the
+// evacuation shows its destination and options.
+void CheckEvacuatedToC(Cloud& c, ApiCore& api, const sv1::Evacuation& done, int instances) {
+  INFO(done.DebugString());
+  CHECK(done.status() == sv1::EVACUATION_STATUS_COMPLETED);
+  CHECK(done.succeeded() == static_cast<uint32_t>(instances));
+  CHECK(done.destination() == "fake-c");
+  CHECK(done.options().DebugString() == EvacuationOptions().DebugString());
+  REQUIRE(done.items_size() == instances);
+  for (const auto& it : done.items()) {
+    INFO(it.instance_uuid());
+    CHECK(it.dest_host() == "fake-c");
+    auto m = api.GetMigration(it.migration_id(), false);
+    REQUIRE(m.ok());
+    CHECK(m->evacuation_id() == done.id());
+    CHECK(m->dest_host() == "fake-c");
+    CHECK(m->options().DebugString() == EvacuationOptions().DebugString());
+    CHECK(c.Where(it.instance_uuid()) == Loc{{"fake-c", "running"}});
+  }
+}
+
+TEST_CASE(
+    "scheduler: an evacuation resumed by a restarted scheduler keeps its destination and "
+    "options") {
+  Cloud c(Replica("sched-1"), {"fake-a", "fake-b", "fake-c"});
+  REQUIRE(c.drivers["fake-a"]->hypervisor().CreateDomain("fake-a", kUuid2, "web-2", 512).ok());
+  c.ReportAll();
+  const sv1::Evacuation ev = StartEvacuationToC(c, absl::Seconds(2));
+  // The scheduler stops mid-evacuation (its leases expire); another one starts and resumes it.
+  // Left to choose, it would pick fake-b (same memory as fake-c, fewer migrations, first name).
+  c.orch->Stop();
+  c.api.reset();
+  c.Start(Replica("sched-2"));
+  c.api->ResumeEvacuations();
+  CheckEvacuatedToC(c, *c.api, WaitEvacuationDone(*c.api, ev.id()), 2);
+}
+
+TEST_CASE(
+    "scheduler: replicas starting at once drive an evacuation one at a time; when its driver "
+    "stops, the other takes it over after the lease, with its destination and options") {
+  Cloud c(Replica("sched-1"), {"fake-a", "fake-b", "fake-c"});
+  REQUIRE(c.drivers["fake-a"]->hypervisor().CreateDomain("fake-a", kUuid2, "web-2", 512).ok());
+  REQUIRE(c.drivers["fake-a"]->hypervisor().CreateDomain("fake-a", kUuid3, "web-3", 512).ok());
+  c.ReportAll();
+  const sv1::Evacuation ev = StartEvacuationToC(c, absl::Seconds(2));
+  // sched-1 stops mid-evacuation; two replicas start against the same database, each resuming
+  // evacuations as a starting scheduler does.
+  c.orch->Stop();
+  c.api.reset();
+  c.orch.reset();
+  struct Scheduler {
+    std::unique_ptr<Orchestrator> orch;
+    std::unique_ptr<ApiCore> api;  // destroyed first
+  };
+  std::map<std::string, Scheduler> replicas;
+  for (const std::string id : {"sched-2", "sched-3"}) {
+    Scheduler& r = replicas[id];
+    r.orch = std::make_unique<Orchestrator>(Replica(id), &c.stores->migrations(),
+                                            &c.stores->hosts(), &c.stores->instances(), &c.agents);
+    r.api =
+        std::make_unique<ApiCore>(&c.stores->migrations(), &c.stores->hosts(),
+                                  &c.stores->instances(), &c.stores->evacuations(), r.orch.get());
+    r.orch->Start();
+  }
+  for (auto& [id, r] : replicas) r.api->ResumeEvacuations();
+  auto evacuation = [&] {
+    auto e = c.stores->evacuations().GetEvacuationByUuid(ev.id());
+    REQUIRE(e.ok());
+    return *e;
+  };
+  // Sampled at every look: the replicas driving it (at most one at any time).
+  int most_drivers = 0;
+  auto drivers = [&] {
+    int n = 0;
+    for (auto& [id, r] : replicas) n += r.api->RunningEvacuations();
+    most_drivers = std::max(most_drivers, n);
+    return n;
+  };
+  // One of them takes it over once sched-1's lease expired, and starts its second instance
+  // (web-2: the items go in UUID order): until its transfer runs (on both hosts).
+  std::string owner;
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        drivers();
+        owner = evacuation().owner;
+        return replicas.count(owner) > 0 && c.Where(kUuid2).size() == 2;
+      },
+      absl::Seconds(60)));
+  const std::string other = owner == "sched-2" ? "sched-3" : "sched-2";
+  INFO("owner " << owner);
+  CHECK(replicas[owner].api->RunningEvacuations() == 1);
+  CHECK(replicas[other].api->RunningEvacuations() == 0);
+  CHECK(drivers() == 1);
+  CHECK(most_drivers == 1);
+  // Its driver stops (its leases expire): the other replica takes the evacuation over (and the
+  // migration in flight) and finishes it as asked.
+  replicas[owner].orch->Stop();
+  replicas.erase(owner);
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        drivers();
+        return evacuation().owner == other || evacuation().status != "running";
+      },
+      absl::Seconds(60)));
+  const sv1::Evacuation done = WaitEvacuationDone(*replicas[other].api, ev.id());
+  CHECK(most_drivers == 1);
+  CheckEvacuatedToC(c, *replicas[other].api, done, 3);
+}
+
 TEST_CASE("scheduler: a failure at each step up to the transfer rolls back to the source") {
   for (const char* step : {"check_can_live_migrate_on_dest", "check_can_live_migrate_on_src",
                            "pre_live_migration", "live_migration", "transfer"}) {
@@ -542,7 +720,6 @@ TEST_CASE(
                 return absl::OkStatus();
               })
               .ok());
-
   REQUIRE(c.Where() == Loc{{"fake-a", "running"}, {"fake-b", "incoming"}});
   auto half = c.drivers["fake-b"]->DescribeDomain(kUuid);
   REQUIRE(half.ok());

@@ -68,8 +68,7 @@ cv1::LiveMigrationRequest AgentFlow::Prepare(const std::string& mid, const std::
   return lm;
 }
 
-cv1::MigrationProgressReport AgentFlow::WaitForEnd(const std::string& host,
-                                                   const std::string& mid,
+cv1::MigrationProgressReport AgentFlow::WaitForEnd(const std::string& host, const std::string& mid,
                                                    absl::Duration timeout) {
   cv1::GetMigrationProgressRequest g;
   g.set_migration_id(mid);
@@ -88,8 +87,7 @@ cv1::MigrationProgressReport AgentFlow::WaitForEnd(const std::string& host,
   return last;
 }
 
-void AgentFlow::PostSteps(const std::string& mid, const std::string& from,
-                          const std::string& to) {
+void AgentFlow::PostSteps(const std::string& mid, const std::string& from, const std::string& to) {
   Twice(from, &S::PostLiveMigration, Step<cv1::PostLiveMigrationRequest>(mid, from, to));
   auto at = Twice(to, &S::PostLiveMigrationAtDestination,
                   Step<cv1::PostLiveMigrationAtDestinationRequest>(mid, from, to));

@@ -58,8 +58,9 @@ struct World {
     flow->AddHost(h, "lab-" + h, channel);
     const bool up = WaitFor(
         [&] {
-          return flow->Call(h, &livemig::testing::AgentFlow::S::GetHostInfo,
-                            cv1::GetHostInfoRequest(), absl::Seconds(2))
+          return flow
+              ->Call(h, &livemig::testing::AgentFlow::S::GetHostInfo, cv1::GetHostInfoRequest(),
+                     absl::Seconds(2))
               .ok();
         },
         absl::Seconds(30));
@@ -175,9 +176,9 @@ TEST_CASE("an agent killed during a transfer restarts, reports the truth and att
   REQUIRE(attach.ok());
   CHECK(attach->attached());
   INFO("agent a log:\n" << W().agent[0]->LogTail(40));
-  auto fc = F().Call(
-      "a", &S::ForceCompleteLiveMigration,
-      F().Step<cv1::ForceCompleteLiveMigrationRequest>("agent-lab-restart", "a", "b"));
+  auto fc =
+      F().Call("a", &S::ForceCompleteLiveMigration,
+               F().Step<cv1::ForceCompleteLiveMigrationRequest>("agent-lab-restart", "a", "b"));
   INFO(fc.status().ToString());
   CHECK(fc.ok());  // converge: at 4 MiB/s the busy guest never would on its own
   auto end = F().WaitForEnd("a", "agent-lab-restart", absl::Seconds(90));

@@ -68,7 +68,8 @@ TEST_CASE("xen without shadow paging: the host says so, as xl info does") {
   CHECK_FALSE(host.inventory().capabilities().pv_live_migration());
 }
 
-TEST_CASE("xen without shadow paging: a PV guest to it is refused by the checks, before a transfer") {
+TEST_CASE(
+    "xen without shadow paging: a PV guest to it is refused by the checks, before a transfer") {
   auto dry = X().Cloudctl(absl::StrCat("live-migration ", kPvUuid, " xenb --dry-run"));
   INFO(dry.out);
   CHECK(dry.code != 0);
@@ -89,7 +90,8 @@ TEST_CASE("xen without shadow paging: a PV guest to it is refused by the checks,
   CHECK(after.boots == 1);
 }
 
-TEST_CASE("xen without shadow paging: a PV guest on it cannot leave live, refused with the reason") {
+TEST_CASE(
+    "xen without shadow paging: a PV guest on it cannot leave live, refused with the reason") {
   auto run = X().Cloudctl(absl::StrCat("live-migration ", kPvOnBUuid, " xena --wait"));
   INFO(run.out);
   CHECK(run.code != 0);
