@@ -106,6 +106,10 @@ int main(int argc, char** argv) {
   std::string cpu_features;
   app.add_option("--cpu-features-override", cpu_features,
                  "comma-separated CPU features to report and check instead of the host's");
+  uint64_t version_override = 0;
+  app.add_option("--hypervisor-version-override", version_override,
+                 "for tests: the hypervisor version to report and check instead of the host's, "
+                 "as libvirt encodes it (major*1000000+minor*1000+micro, e.g. 4016000)");
   livemig::driver::FakeDriver::Options fk;
   app.add_option("--fake-state-dir", fk.state_dir,
                  "fake hypervisor state directory (--driver fake)");
@@ -198,6 +202,7 @@ int main(int argc, char** argv) {
       lv.cpu_features_override =
           std::vector<std::string>(absl::StrSplit(cpu_features, ',', absl::SkipEmpty()));
     }
+    if (version_override > 0) lv.hypervisor_version_override = version_override;
     auto d = livemig::driver::LibvirtDriver::Create(lv);
     if (!d.ok()) return Fail("libvirt driver", d.status());
     LogInfo("libvirt %s: profile %s", lv.uri, (*d)->profile());

@@ -733,6 +733,41 @@ TEST_CASE("libvirt driver: a transfer's timeout, abort and force-complete marks 
   }
 }
 
+// After an agent restart nothing but the hypervisor tells whether the paused source is still
+// being sent (libxl pauses the source for the last pages): the source's rollback must not resume
+// a domain a job still works on, or the destination may resume a second running copy.
+TEST_CASE("libvirt driver: a paused source is not resumed while a job still works on it") {
+  Subject s = MakeXenLike();
+  s.pause();
+  JobStats unbounded;  // libxl: any job, unbounded, of unknown operation
+  unbounded.type = VIR_DOMAIN_JOB_UNBOUNDED;
+  unbounded.time_elapsed_ms = 5000;
+  {
+    std::lock_guard<std::mutex> l(s.xen->mu);
+    s.xen->jobs[kXenVmUuid] = unbounded;
+  }
+  cv1::RollbackLiveMigrationRequest r;
+  r.set_migration_id("m-job");
+  r.set_instance_uuid(kXenVmUuid);
+  r.set_state_before_migration(v1::DOMAIN_STATE_RUNNING);
+  auto refused = s.driver->RollbackLiveMigration(r);
+  INFO(refused.status().ToString());
+  CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(refused.status().message(), "a job still runs on it"));
+  auto d = s.driver->DescribeDomain(kXenVmUuid);
+  REQUIRE(d.ok());
+  REQUIRE(d->has_value());
+  CHECK((*d)->state() == v1::DOMAIN_STATE_PAUSED);
+  {
+    std::lock_guard<std::mutex> l(s.xen->mu);
+    s.xen->jobs.erase(kXenVmUuid);  // the job ended (the transfer failed): now it may run again
+  }
+  auto resumed = s.driver->RollbackLiveMigration(r);
+  INFO(resumed.status().ToString());
+  REQUIRE(resumed.ok());
+  CHECK(resumed->state() == v1::DOMAIN_STATE_RUNNING);
+}
+
 TEST_CASE("libvirt driver: the destination's rollback by pause reason") {
   Subject s = MakeXenLike();
   s.pause();

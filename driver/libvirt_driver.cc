@@ -458,7 +458,7 @@ absl::StatusOr<v1::HostInventory> LibvirtDriver::GetHostInfo() {
   inv.set_hostname(options_.hostname);
   inv.set_hypervisor_type(hypervisor_type_);
   ASSIGN_OR_RETURN(uint64_t version, api_->GetVersion(c.get()));
-  inv.set_hypervisor_version(version);
+  inv.set_hypervisor_version(options_.hypervisor_version_override.value_or(version));
   ASSIGN_OR_RETURN(uint64_t libversion, api_->GetLibVersion(c.get()));
   inv.set_libvirt_version(libversion);
   inv.set_driver_uri(options_.uri);

@@ -59,6 +59,9 @@ class LibvirtDriver : public ComputeDriver {
     // CompareCPU), e.g. to model an incompatible CPU.
     std::optional<std::string> cpu_model_override;
     std::optional<std::vector<std::string>> cpu_features_override;
+    // Overrides the hypervisor version this host reports and checks with (libvirt's encoding,
+    // major*1000000 + minor*1000 + micro), e.g. to model an older Xen next to a newer one.
+    std::optional<uint64_t> hypervisor_version_override;
     absl::Duration poll_interval = absl::Milliseconds(200);
     // QEMU defaults when a migration gives none (Nova's live_migration_downtime*).
     uint32_t default_max_downtime_ms = 500;

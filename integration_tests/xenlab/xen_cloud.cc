@@ -134,6 +134,16 @@ XenCloud::Run XenCloud::Cloudctl(const std::string& args) {
 
 namespace livemig::e2e {
 
+std::string FlattenTable(const std::string& table) {
+  std::string out;
+  for (char c : table) {
+    if (c == '|' || c == '\n' || c == '+') c = ' ';
+    if (c == ' ' && (out.empty() || out.back() == ' ')) continue;
+    out.push_back(c);
+  }
+  return out;
+}
+
 testing::XenLab::Beat XenCloud::WaitTicking(const std::string& guest, long after) {
   testing::XenLab::Beat b;
   testing::WaitFor(

@@ -17,6 +17,10 @@ namespace livemig::e2e {
 
 inline constexpr char kXenToken[] = "xen-lab-operator-token-0123456789abcdef";
 
+// cloudctl's table text as one line: borders and line breaks out, runs of spaces as one (the
+// table wraps long reasons).
+std::string FlattenTable(const std::string& table);
+
 struct XenCloud {
   std::string dir;
   std::unique_ptr<Cloud> cloud;

@@ -137,6 +137,43 @@ TEST_CASE("xen: a destination short of memory after its dom0 reserve is refused 
 // pre_live_migration (the guest untouched on the source, nothing left on the destination); then
 // the transfer (sent twice: the second attaches), libxl's refusals of force-complete and abort
 // while it runs, post_live_migration at both ends. Every step but the transfer is sent twice.
+// Both hosts run the same Xen on the same emulated CPU: the agent's test overrides make the
+// destination an older Xen (4.16.0) whose CPU lacks most of the source's features, and the checks
+// must refuse with the numbers and the features, before anything moves.
+TEST_CASE("xen: an older Xen and a CPU lacking features on the destination are refused") {
+  const std::string from = X().Where(kPv);
+  REQUIRE(from.size() == 1);
+  const std::string to = from == "a" ? "b" : "a";
+  X().RestartAgent(to,
+                   "--no-tunnel --hypervisor-version-override 4016000 "
+                   "--cpu-features-override fpu,sse2");
+  auto dry = X().Cloudctl(
+      absl::StrCat("live-migration ", kPvUuid, " ", testing::XenLab::Name(to), " --dry-run"));
+  INFO(dry.out);
+  CHECK(dry.code != 0);
+  const std::string flat = FlattenTable(dry.out);
+  CHECK(absl::StrContains(flat, "hypervisor_version FAIL"));
+  CHECK(absl::StrContains(flat, "4.16.0"));
+  CHECK(absl::StrContains(flat, "4.17.0"));
+  auto run = X().Cloudctl(
+      absl::StrCat("live-migration ", kPvUuid, " ", testing::XenLab::Name(to), " --wait"));
+  INFO(run.out);
+  CHECK(run.code != 0);
+  CHECK_FALSE(absl::StrContains(run.out, "running:"));  // refused before any transfer
+  CHECK(X().Where(kPv) == from);
+  // The CPU alone (the same Xen version): refused by the destination agent's check.
+  X().RestartAgent(to, "--no-tunnel --cpu-features-override fpu,sse2");
+  auto cpu = X().Cloudctl(
+      absl::StrCat("live-migration ", kPvUuid, " ", testing::XenLab::Name(to), " --dry-run"));
+  INFO(cpu.out);
+  CHECK(cpu.code != 0);
+  const std::string cflat = FlattenTable(cpu.out);
+  CHECK(absl::StrContains(cflat, "cpu FAIL"));
+  CHECK(absl::StrContains(cflat, "lacks source features"));
+  CHECK(X().Where(kPv) == from);
+  X().RestartAgent(to, "--no-tunnel");
+}
+
 TEST_CASE("xen: the driver's steps through the agents, a rollback after pre-migration, post") {
   using S = testing::AgentFlow::S;
   namespace cv1 = ::livemig::compute::v1;

@@ -34,17 +34,6 @@ XenCloud& X() {
   return *x;
 }
 
-// cloudctl's table text as one line: borders and line breaks out, runs of spaces as one.
-std::string Flatten(const std::string& table) {
-  std::string out;
-  for (char c : table) {
-    if (c == '|' || c == '\n' || c == '+') c = ' ';
-    if (c == ' ' && (out.empty() || out.back() == ' ')) continue;
-    out.push_back(c);
-  }
-  return out;
-}
-
 TEST_CASE("xen without shadow paging: the host says so, as xl info does") {
   auto caps = X().lab->Ssh("b", "xl info | grep virt_caps");
   REQUIRE(caps.ok());
@@ -73,7 +62,7 @@ TEST_CASE(
   auto dry = X().Cloudctl(absl::StrCat("live-migration ", kPvUuid, " xenb --dry-run"));
   INFO(dry.out);
   CHECK(dry.code != 0);
-  const std::string flat = Flatten(dry.out);  // the table wraps long reasons
+  const std::string flat = FlattenTable(dry.out);  // the table wraps long reasons
   CHECK(absl::StrContains(flat, "xen_pv_shadow_paging FAIL"));
   CHECK(absl::StrContains(flat, "runs Xen without shadow paging"));
   CHECK(absl::StrContains(flat, "run the guest as PVH or HVM"));
@@ -82,7 +71,7 @@ TEST_CASE(
   auto run = X().Cloudctl(absl::StrCat("live-migration ", kPvUuid, " xenb --wait"));
   INFO(run.out);
   CHECK(run.code != 0);
-  CHECK(absl::StrContains(Flatten(run.out), "without shadow paging"));
+  CHECK(absl::StrContains(FlattenTable(run.out), "without shadow paging"));
   CHECK_FALSE(absl::StrContains(run.out, "live_migration started"));
   CHECK_FALSE(absl::StrContains(run.out, "running:"));  // refused before any transfer
   CHECK(X().Where(kPv) == "a");
@@ -95,7 +84,7 @@ TEST_CASE(
   auto run = X().Cloudctl(absl::StrCat("live-migration ", kPvOnBUuid, " xena --wait"));
   INFO(run.out);
   CHECK(run.code != 0);
-  CHECK(absl::StrContains(Flatten(run.out), "without shadow paging"));
+  CHECK(absl::StrContains(FlattenTable(run.out), "without shadow paging"));
   CHECK_FALSE(absl::StrContains(run.out, "running:"));
   CHECK(X().Where(kPvOnB) == "b");
 }
