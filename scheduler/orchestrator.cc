@@ -731,12 +731,23 @@ class MigrationRun {
         }
       }
       TestPoint("rollback_live_migration_at_destination:before");
-      auto r = Retry<cv1::RollbackLiveMigrationAtDestinationResponse>([&] {
-        auto req = StepReq<cv1::RollbackLiveMigrationAtDestinationRequest>();
-        *req.mutable_migrate_data() = data_;
-        req.set_source_runs_domain(source_runs);
-        return dst->RollbackLiveMigrationAtDestination(req);
-      });
+      auto rollback_at_dest = [&] {
+        return Retry<cv1::RollbackLiveMigrationAtDestinationResponse>([&] {
+          auto req = StepReq<cv1::RollbackLiveMigrationAtDestinationRequest>();
+          *req.mutable_migrate_data() = data_;
+          req.set_source_runs_domain(source_runs);
+          return dst->RollbackLiveMigrationAtDestination(req);
+        });
+      };
+      auto r = rollback_at_dest();
+      if (!r.ok() && ReasonOf(r.status()) == v1::ERROR_REASON_ONLY_RUNNING_COPY &&
+          m_.status == S::kRunning && !source_runs && SourceRunsToo() &&
+          !DestinationRuns(dst.get())) {
+        // The source could not say before that it runs the domain; it does now, and the
+        // destination's copy is paused, not running: the half-received one. Again, saying so.
+        source_runs = true;
+        r = rollback_at_dest();
+      }
       TestPoint("rollback_live_migration_at_destination:after");
       if (!r.ok()) {
         if (ReasonOf(r.status()) == v1::ERROR_REASON_ONLY_RUNNING_COPY &&
@@ -788,6 +799,18 @@ class MigrationRun {
     return s.ok() && s->present() &&
            (s->domain().state() == v1::DOMAIN_STATE_RUNNING ||
             s->domain().state() == v1::DOMAIN_STATE_BLOCKED);
+  }
+
+  // Whether the destination's domain runs (running or blocked), asked now; unknown counts as yes
+  // (the caller then never tears it down).
+  bool DestinationRuns(AgentClient* dst) {
+    cv1::DescribeInstanceRequest di;
+    di.set_instance_uuid(m_.instance_uuid);
+    di.set_migration_id(m_.uuid);
+    auto d = Retry<cv1::DescribeInstanceResponse>([&] { return dst->DescribeInstance(di); });
+    if (!d.ok()) return true;
+    return d->present() && (d->domain().state() == v1::DOMAIN_STATE_RUNNING ||
+                            d->domain().state() == v1::DOMAIN_STATE_BLOCKED);
   }
 
   // The domain runs on both hosts: pause the source's copy at once (the destination's is kept:
