@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <regex>
@@ -11,6 +12,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
@@ -269,6 +271,15 @@ cv1::CheckCanLiveMigrateOnSrcResponse EvaluateSrcChecks(
   absl::Status opts = CheckOptionsSupported(req.options(), caps, hypervisor);
   add("options", opts.ok(),
       opts.ok() ? "every requested option is supported" : std::string(opts.message()));
+  const std::string name = domain.name().empty() ? domain.uuid() : domain.name();
+  add("pci_passthrough", domain.host_devices().empty(),
+      domain.host_devices().empty()
+          ? absl::StrCat("instance ", name, " has no PCI device passed through from ", h)
+          : absl::StrCat("instance ", name, " has PCI devices passed through from ", h, " (",
+                         absl::StrJoin(domain.host_devices(), ", "),
+                         "): their state stays with this host's hardware, so it cannot "
+                         "live-migrate. Detach them first (virsh detach-device), or move it "
+                         "offline"));
   // Xen: a PV guest needs shadow paging on this host, and on the destination. The destination's
   // own check refuses first; its capabilities in the check data are looked at again here so that
   // the source refuses even where the destination could not tell the guest's kind.
@@ -361,6 +372,30 @@ bool FindElement(const std::string& xml, const std::string& tag, std::string* at
 }
 
 }  // namespace
+
+std::vector<std::string> PciHostDevices(const std::string& xml) {
+  static const std::regex kHostdev("<hostdev\\b([^>]*)>([\\s\\S]*?)</hostdev>");
+  static const std::regex kAddress("<address\\b([^>]*)/?>");
+  std::vector<std::string> out;
+  for (auto it = std::sregex_iterator(xml.begin(), xml.end(), kHostdev);
+       it != std::sregex_iterator(); ++it) {
+    if (Attribute((*it)[1], "type") != "pci") continue;
+    const std::string body = (*it)[2];
+    std::string src_attrs, src;
+    if (!FindElement(body, "source", &src_attrs, &src)) src = body;
+    std::smatch m;
+    if (!std::regex_search(src, m, kAddress)) {
+      out.push_back("pci (address unknown)");
+      continue;
+    }
+    auto num = [&](const char* name) {
+      return std::strtoul(Attribute(m[1], name).c_str(), nullptr, 0);
+    };
+    out.push_back(absl::StrFormat("%04x:%02x:%02x.%x", num("domain"), num("bus"), num("slot"),
+                                  num("function")));
+  }
+  return out;
+}
 
 std::string XenGuestKind(const std::string& xml) {
   std::string attrs, body;

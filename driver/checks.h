@@ -68,6 +68,10 @@ cv1::CheckCanLiveMigrateOnSrcResponse EvaluateSrcChecks(
     const v1::BackendCapabilities& caps, const std::string& hypervisor,
     const v1::DomainInfo& domain, const std::string& domain_xml);
 
+// The PCI devices a libvirt domain definition passes through from the host (<hostdev
+// type='pci'>), as domain:bus:slot.function (DomainInfo.host_devices).
+std::vector<std::string> PciHostDevices(const std::string& domain_xml);
+
 // "4.17.0" for 4017000.
 std::string FormatVersion(uint64_t v);
 

@@ -462,6 +462,93 @@ TEST_CASE("contract: a running domain is never destroyed by a rollback or post s
   }
 }
 
+// A guest with a PCI device passed through cannot live-migrate (the device's state is the host's
+// hardware): the source's check refuses it with the devices, in LibvirtDriver (libvirt's test
+// driver, a domain defined with <hostdev type='pci'>) and in the FakeDriver alike.
+TEST_CASE("contract: a guest with a PCI device passed through is refused by the source check") {
+  auto refusal = [](const cv1::CheckCanLiveMigrateOnSrcResponse& r) -> std::string {
+    for (const auto& c : r.checks()) {
+      if (c.name() == "pci_passthrough" && !c.passed()) return c.reason();
+    }
+    return "";
+  };
+  SECTION("LibvirtDriver on libvirt's test driver") {
+    Subject s = MakeLibvirtTest();
+    constexpr char kUuid[] = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    virConnectPtr c = virConnectOpen("test:///default");
+    REQUIRE(c != nullptr);
+    const std::string xml =
+        absl::StrCat("<domain type='test'><name>gpu-1</name><uuid>", kUuid,
+                     "</uuid><memory unit='MiB'>128</memory><vcpu>1</vcpu><os><type>hvm</type></os>"
+                     "<devices><hostdev mode='subsystem' type='pci' managed='yes'><source><address "
+                     "domain='0x0000' bus='0x03' slot='0x00' function='0x1'/></source></hostdev>"
+                     "<hostdev mode='subsystem' type='usb'><source><vendor id='0x1234'/>"
+                     "<product id='0xbeef'/></source></hostdev></devices></domain>");
+    virDomainPtr d = virDomainDefineXML(c, xml.c_str());
+    REQUIRE(d != nullptr);
+    REQUIRE(virDomainCreate(d) == 0);
+    auto info = s.driver->DescribeDomain(kUuid);
+    REQUIRE(info.ok());
+    REQUIRE(info->has_value());
+    CHECK(
+        std::vector<std::string>((*info)->host_devices().begin(), (*info)->host_devices().end()) ==
+        std::vector<std::string>{"0000:03:00.1"});  // the USB device is not PCI
+    cv1::CheckCanLiveMigrateOnSrcRequest req;
+    req.set_migration_id("m-pci");
+    req.set_instance_uuid(kUuid);
+    req.set_source_host("test-host");
+    auto r = s.driver->CheckCanLiveMigrateOnSrc(req);
+    REQUIRE(r.ok());
+    CHECK_FALSE(r->passed());
+    INFO(r->DebugString());
+    CHECK(absl::StrContains(refusal(*r), "instance gpu-1 has PCI devices passed through"));
+    CHECK(absl::StrContains(refusal(*r), "0000:03:00.1"));
+    CHECK(absl::StrContains(refusal(*r), "Detach them first"));
+    // A guest without one passes this check.
+    auto plain = s.driver->CheckCanLiveMigrateOnSrc([&] {
+      auto q = req;
+      q.set_instance_uuid(kTestDomainUuid);
+      return q;
+    }());
+    REQUIRE(plain.ok());
+    CHECK(refusal(*plain).empty());
+    virDomainDestroy(d);
+    virDomainUndefine(d);
+    virDomainFree(d);
+    virConnectClose(c);
+  }
+  SECTION("FakeDriver") {
+    Subject s = MakeFake("fake-qemu");
+    auto hv = std::make_shared<FakeHypervisor>(
+        static_cast<FakeDriver*>(s.driver.get())->hypervisor().state_dir());
+    REQUIRE(hv->Mutate([](nlohmann::json& st, bool* changed) {
+                st["hosts"]["fake-a"]["domains"][kFakeUuid]["hostdevs"] = {"0000:03:00.1"};
+                *changed = true;
+                return absl::OkStatus();
+              }).ok());
+    cv1::CheckCanLiveMigrateOnSrcRequest req;
+    req.set_migration_id("m-pci");
+    req.set_instance_uuid(kFakeUuid);
+    req.set_source_host("fake-a");
+    auto r = s.driver->CheckCanLiveMigrateOnSrc(req);
+    REQUIRE(r.ok());
+    CHECK_FALSE(r->passed());
+    CHECK(absl::StrContains(refusal(*r), "0000:03:00.1"));
+  }
+}
+
+TEST_CASE("checks: PCI host devices from a domain definition") {
+  CHECK(PciHostDevices("<domain><devices><disk/></devices></domain>").empty());
+  CHECK(PciHostDevices(
+            "<domain><devices><hostdev mode='subsystem' type='pci' managed='yes'>"
+            "<driver name='vfio'/><source><address domain='0x0000' bus='0x0a' slot='0x1f' "
+            "function='0x7'/></source><address type='pci' domain='0x0000' bus='0x00' "
+            "slot='0x05' function='0x0'/></hostdev>"
+            "<hostdev mode='subsystem' type='pci'><source><address domain='0x0001' bus='0x00' "
+            "slot='0x02' function='0x0'/></source></hostdev></devices></domain>") ==
+        std::vector<std::string>{"0000:0a:1f.7", "0001:00:02.0"});
+}
+
 TEST_CASE("contract: options the backend lacks fail up front, naming hypervisor and feature") {
   for (auto& make : Subjects()) {
     Subject s = make();

@@ -680,6 +680,12 @@ v1::DomainInfo FakeDriver::DomainInfoOf(const std::string& uuid, const json& d, 
   info.set_persistent(d.value("persistent", true));
   // Xen's guest kind (PV when the domain does not say); QEMU's domains have none.
   if (libxl) info.set_guest_kind(d.value("kind", std::string("pv")));
+  // PCI devices passed through ("hostdevs": ["0000:03:00.0", ...]), as a test set them.
+  if (d.contains("hostdevs") && d["hostdevs"].is_array()) {
+    for (const auto& dev : d["hostdevs"]) {
+      if (dev.is_string()) info.add_host_devices(dev.get<std::string>());
+    }
+  }
   for (const auto& b : d.value("bridges", json::array())) {
     auto* nic = info.add_interfaces();
     nic->set_bridge(b.get<std::string>());

@@ -408,6 +408,7 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::ToDomainInfo(virDomainPtr d) {
   auto xml = api_->GetXMLDesc(d, 0);
   if (xml.ok()) {
     info.set_guest_kind(XenGuestKind(*xml));  // "" for a domain that is not Xen's
+    for (const auto& dev : PciHostDevices(*xml)) info.add_host_devices(dev);
     static const std::regex kIface("<interface type='bridge'>([\\s\\S]*?)</interface>");
     static const std::regex kBridge("<source bridge='([^']+)'");
     static const std::regex kMac("<mac address='([^']+)'");
