@@ -19,6 +19,12 @@ using S = MigrationStatus;
 
 namespace {
 
+// True when the answer shows the domain running (running or blocked).
+bool DomainRuns(const cv1::DescribeInstanceResponse& r) {
+  return r.present() && (r.domain().state() == v1::DOMAIN_STATE_RUNNING ||
+                         r.domain().state() == v1::DOMAIN_STATE_BLOCKED);
+}
+
 // True when the source's answer shows the domain there as a complete copy that runs or can run
 // again: running, blocked, paused (PAUSED: by an operator, an offline or paused-to-complete
 // transfer), migrating out, or the source of an active job -- never in post-copy (the destination
@@ -503,8 +509,7 @@ class MigrationRun {
     t.src_present = s->present();
     t.src_job = s->present() && (s->domain().migration_job_active() || s->domain().job_active());
     t.src_holds = SourceHoldsDomain(*s);
-    t.src_running = s->present() && (s->domain().state() == v1::DOMAIN_STATE_RUNNING ||
-                                     s->domain().state() == v1::DOMAIN_STATE_BLOCKED);
+    t.src_running = DomainRuns(*s);
     t.transfer_running = s->transfer().state() == cv1::TRANSFER_STATE_RUNNING;
     t.transfer_error = s->transfer().error();
     t.dst_present = d->present();
@@ -787,31 +792,24 @@ class MigrationRun {
     return Move(final_status, "rollback_live_migration", true, reason, t);
   }
 
-  // Whether the source's domain runs (running or blocked), asked now. Unknown counts as no: the
-  // caller then rolls forward, as it did before it asked.
+  // Whether `agent`'s host runs the domain (running or blocked), asked now; nullopt when it
+  // cannot say.
+  std::optional<bool> RunsOn(AgentClient* agent) {
+    cv1::DescribeInstanceRequest di;
+    di.set_instance_uuid(m_.instance_uuid);
+    di.set_migration_id(m_.uuid);
+    auto r = Retry<cv1::DescribeInstanceResponse>([&] { return agent->DescribeInstance(di); });
+    if (!r.ok()) return std::nullopt;
+    return DomainRuns(*r);
+  }
+  // The source runs the domain too; unknown counts as no (the caller then rolls forward, as it
+  // did before it asked).
   bool SourceRunsToo() {
     auto src = Agent(m_.source_host);
-    if (!src.ok()) return false;
-    cv1::DescribeInstanceRequest di;
-    di.set_instance_uuid(m_.instance_uuid);
-    di.set_migration_id(m_.uuid);
-    auto s = Retry<cv1::DescribeInstanceResponse>([&] { return (*src)->DescribeInstance(di); });
-    return s.ok() && s->present() &&
-           (s->domain().state() == v1::DOMAIN_STATE_RUNNING ||
-            s->domain().state() == v1::DOMAIN_STATE_BLOCKED);
+    return src.ok() && RunsOn(src->get()).value_or(false);
   }
-
-  // Whether the destination's domain runs (running or blocked), asked now; unknown counts as yes
-  // (the caller then never tears it down).
-  bool DestinationRuns(AgentClient* dst) {
-    cv1::DescribeInstanceRequest di;
-    di.set_instance_uuid(m_.instance_uuid);
-    di.set_migration_id(m_.uuid);
-    auto d = Retry<cv1::DescribeInstanceResponse>([&] { return dst->DescribeInstance(di); });
-    if (!d.ok()) return true;
-    return d->present() && (d->domain().state() == v1::DOMAIN_STATE_RUNNING ||
-                            d->domain().state() == v1::DOMAIN_STATE_BLOCKED);
-  }
+  // Unknown counts as yes: the caller then never tears the destination's copy down.
+  bool DestinationRuns(AgentClient* dst) { return RunsOn(dst).value_or(true); }
 
   // The domain runs on both hosts: pause the source's copy at once (the destination's is kept:
   // it may have run on its own since), set error, and raise the alert: an error in the log, the
