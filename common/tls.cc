@@ -116,4 +116,55 @@ std::string PeerIdentity(const grpc::ServerContext& ctx) {
   return "";
 }
 
+bool IsLoopbackHost(const std::string& host) {
+  std::string h = host;
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  return h == "localhost" || h == "::1" || h.rfind("127.", 0) == 0;
+}
+
+std::string HostOfAddress(const std::string& address) {
+  if (address.rfind("unix:", 0) == 0) return "";
+  const size_t colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+absl::Status CheckApiListener(const std::string& flag, const std::string& address, bool has_tls,
+                              bool allow_plaintext) {
+  if (address.rfind("unix:", 0) == 0 || has_tls) return absl::OkStatus();
+  const std::string host = HostOfAddress(address);
+  if (IsLoopbackHost(host)) return absl::OkStatus();
+  if (allow_plaintext) {
+    LogWarning(
+        "%s %s: plaintext on a network address (--api-insecure-plaintext): bearer tokens "
+        "cross the network in clear",
+        flag, address);
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      flag, " ", address,
+      " is a network address: the API would carry bearer tokens in plaintext. Pass "
+      "--api-tls-cert and --api-tls-key (issue them with deploy/pki.sh issue-server), listen on a "
+      "loopback address or a unix: socket, or pass --api-insecure-plaintext (not for "
+      "production)"));
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeApiServerCredentials(
+    const std::string& cert_pem, const std::string& key_pem) {
+  auto read = [](const std::string& path, std::string* out) -> absl::Status {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return absl::InvalidArgumentError("cannot read " + path);
+    out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (out->find("-----BEGIN") == std::string::npos) {
+      return absl::InvalidArgumentError(path + " is not a PEM file");
+    }
+    return absl::OkStatus();
+  };
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  if (auto s = read(cert_pem, &pair.cert_chain); !s.ok()) return s;
+  if (auto s = read(key_pem, &pair.private_key); !s.ok()) return s;
+  grpc::SslServerCredentialsOptions o(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  o.pem_key_cert_pairs.push_back(pair);
+  return grpc::SslServerCredentials(o);
+}
+
 }  // namespace livemig

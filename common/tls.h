@@ -43,6 +43,24 @@ grpc::ChannelArguments ClientChannelArgs(const std::string& server_name);
 // plaintext).
 std::string PeerIdentity(const grpc::ServerContext& ctx);
 
+// ---- the client-facing APIs (the scheduler's gRPC API and HTTP): server-only TLS ----------
+
+// 127.0.0.0/8, ::1 or "localhost" (with or without [brackets]).
+bool IsLoopbackHost(const std::string& host);
+// The host part of "HOST:PORT" / "[V6]:PORT"; "" for unix: addresses.
+std::string HostOfAddress(const std::string& address);
+
+// The rule for a client-facing listener at `address` ("unix:/path" or "HOST:PORT"): a Unix
+// socket needs no TLS; TCP takes TLS when `has_tls`; plaintext TCP only on a loopback address
+// or with `allow_plaintext` (logged as a warning). InvalidArgument saying what to pass otherwise.
+absl::Status CheckApiListener(const std::string& flag, const std::string& address, bool has_tls,
+                              bool allow_plaintext);
+
+// Server credentials with `cert_pem`/`key_pem` files (the client presents no certificate: the
+// bearer token authenticates it). InvalidArgument naming the file when one cannot be read.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeApiServerCredentials(
+    const std::string& cert_pem, const std::string& key_pem);
+
 // When the certificate in `pem_path` expires.
 absl::StatusOr<absl::Time> CertificateNotAfter(const std::string& pem_path);
 

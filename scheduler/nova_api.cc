@@ -8,9 +8,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/http_server.h"
 #include "common/status_map.h"
 #include "db/pg_stores.h"
-#include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/convert.h"
 #include "scheduler/rest_parse.h"
@@ -42,20 +42,20 @@ struct Ctx {
   std::string who;
 };
 
-void NovaError(httplib::Response& res, const absl::Status& s) {
+void NovaError(http::Response& res, const absl::Status& s) {
   NovaErrorReply(res, s, HttpCodeFor(s.code()));
 }
 
 // Replies with `body`; strings that quote the request's bytes may hold invalid UTF-8, which is
 // replaced (U+FFFD) rather than thrown over.
-void Reply(httplib::Response& res, const json& body, int status = 200) {
+void Reply(http::Response& res, const json& body, int status = 200) {
   res.status = status;
   res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 // Microversion negotiation and authentication; false after answering with an error.
-bool Begin(const httplib::Request& req, httplib::Response& res, const TokenStore* tokens,
-           bool mutating, const std::string& op, Ctx* ctx) {
+bool Begin(const http::Request& req, http::Response& res, const TokenStore* tokens, bool mutating,
+           const std::string& op, Ctx* ctx) {
   auto minor =
       ParseMicroversion(req.get_header_value("OpenStack-API-Version"),
                         req.get_header_value("X-OpenStack-Nova-API-Version"), kNovaMaxMinor);
@@ -77,6 +77,17 @@ bool Begin(const httplib::Request& req, httplib::Response& res, const TokenStore
   }
   ctx->who = p->name;
   return true;
+}
+
+// The same check as Begin's, on the headers alone: a request it refuses is answered without
+// reading its body.
+http::Gate NovaGate(const TokenStore* tokens, bool mutating, const std::string& op) {
+  return [tokens, mutating, op](const http::Request& req, http::Response& res) {
+    Ctx c;
+    if (Begin(req, res, tokens, mutating, op, &c)) return true;
+    res.close = true;
+    return false;
+  };
 }
 
 std::string NovaStatus(MigrationStatus s) {
@@ -254,7 +265,7 @@ absl::StatusOr<sv1::Host> HostById(ApiCore* core, const std::string& id) {
 
 }  // namespace
 
-void NovaErrorReply(httplib::Response& res, const absl::Status& s, int http) {
+void NovaErrorReply(http::Response& res, const absl::Status& s, int http) {
   const char* key = http == 400   ? "badRequest"
                     : http == 401 ? "unauthorized"
                     : http == 403 ? "forbidden"
@@ -283,17 +294,17 @@ std::string NovaVersionsJson(const std::string& base_url, bool root) {
   return root ? json{{"versions", json::array({v})}}.dump() : json{{"version", v}}.dump();
 }
 
-void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens) {
-  auto base = [](const httplib::Request& req) { return "http://" + req.get_header_value("Host"); };
-  s.Get("/v2.1", [base](const httplib::Request& req, httplib::Response& res) {
+void RegisterNovaApi(http::Server& s, ApiCore* core, const TokenStore* tokens) {
+  auto base = [](const http::Request& req) { return "http://" + req.get_header_value("Host"); };
+  s.Get("/v2.1", [base](const http::Request& req, http::Response& res) {
     res.set_content(NovaVersionsJson(base(req), false), "application/json");
   });
-  s.Get("/v2.1/", [base](const httplib::Request& req, httplib::Response& res) {
+  s.Get("/v2.1/", [base](const http::Request& req, http::Response& res) {
     res.set_content(NovaVersionsJson(base(req), false), "application/json");
   });
 
   auto servers = [core, tokens](bool detail) {
-    return [core, tokens, detail](const httplib::Request& req, httplib::Response& res) {
+    return [core, tokens, detail](const http::Request& req, http::Response& res) {
       Ctx c;
       if (!Begin(req, res, tokens, false, "GET /v2.1/servers", &c)) return;
       sv1::ListInstancesRequest r;
@@ -313,10 +324,10 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
       Reply(res, {{"servers", out}});
     };
   };
-  s.Get("/v2.1/servers", servers(false));
-  s.Get("/v2.1/servers/detail", servers(true));
-  s.Get(R"(/v2.1/servers/([^/]+))",
-        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+  s.Get("/v2.1/servers", NovaGate(tokens, false, "GET /v2.1/servers"), servers(false));
+  s.Get("/v2.1/servers/detail", NovaGate(tokens, false, "GET /v2.1/servers"), servers(true));
+  s.Get(R"(/v2.1/servers/([^/]+))", NovaGate(tokens, false, "GET /v2.1/servers/{id}"),
+        [core, tokens](const http::Request& req, http::Response& res) {
           Ctx c;
           if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}", &c)) return;
           const std::string id = req.matches[1];
@@ -329,21 +340,22 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
           if (!i.ok()) return NovaError(res, i.status());
           Reply(res, {{"server", ServerJson(*i, c, true)}});
         });
-  s.Post(R"(/v2.1/servers/([^/]+)/action)",
-         [core, tokens](const httplib::Request& req, httplib::Response& res) {
+  s.Post(R"(/v2.1/servers/([^/]+)/action)", NovaGate(tokens, true, "os-migrateLive"),
+         [core, tokens](const http::Request& req, http::Response& res) {
            Ctx c;
            if (!Begin(req, res, tokens, true, "os-migrateLive", &c)) return;
-           auto r = ParseNovaMigrateLive(req.matches[1].str(), req.body, c.minor);
+           auto r = ParseNovaMigrateLive(req.matches[1], req.body, c.minor);
            if (!r.ok()) return NovaError(res, r.status());
            auto out = core->LiveMigrate(*r, c.who);
            if (!out.ok()) return NovaError(res, out.status());
            res.status = 202;
          });
   s.Get(R"(/v2.1/servers/([^/]+)/migrations)",
-        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+        NovaGate(tokens, false, "GET /v2.1/servers/{id}/migrations"),
+        [core, tokens](const http::Request& req, http::Response& res) {
           Ctx c;
           if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}/migrations", &c)) return;
-          if (auto st = CheckNovaServerId(req.matches[1].str()); !st.ok()) {
+          if (auto st = CheckNovaServerId(req.matches[1]); !st.ok()) {
             return NovaError(res, st);
           }
           sv1::ListMigrationsRequest r;
@@ -358,34 +370,35 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
           Reply(res, {{"migrations", out}});
         });
   s.Get(R"(/v2.1/servers/([^/]+)/migrations/([^/]+))",
-        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+        NovaGate(tokens, false, "GET /v2.1/servers/{id}/migrations/{mid}"),
+        [core, tokens](const http::Request& req, http::Response& res) {
           Ctx c;
           if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}/migrations/{mid}", &c)) {
             return;
           }
-          if (auto st = CheckNovaServerId(req.matches[1].str()); !st.ok()) {
+          if (auto st = CheckNovaServerId(req.matches[1]); !st.ok()) {
             return NovaError(res, st);
           }
-          if (auto st = CheckMigrationId(req.matches[2].str()); !st.ok()) {
+          if (auto st = CheckMigrationId(req.matches[2]); !st.ok()) {
             return NovaError(res, st);
           }
           auto m = core->GetMigration(req.matches[2], false);
           if (!m.ok()) return NovaError(res, m.status());
-          if (m->instance_uuid() != req.matches[1].str()) {
-            return NovaError(res, absl::NotFoundError(absl::StrCat(
-                                      "Migration ", req.matches[2].str(), " for instance ",
-                                      req.matches[1].str(), " could not be found.")));
+          if (m->instance_uuid() != req.matches[1]) {
+            return NovaError(res, absl::NotFoundError(absl::StrCat("Migration ", req.matches[2],
+                                                                   " for instance ", req.matches[1],
+                                                                   " could not be found.")));
           }
           Reply(res, {{"migration", MigrationJson(*m, c, true)}});
         });
-  s.Delete(R"(/v2.1/servers/([^/]+)/migrations/([^/]+))",
-           [core, tokens](const httplib::Request& req, httplib::Response& res) {
+  s.Delete(R"(/v2.1/servers/([^/]+)/migrations/([^/]+))", NovaGate(tokens, true, "abort"),
+           [core, tokens](const http::Request& req, http::Response& res) {
              Ctx c;
              if (!Begin(req, res, tokens, true, "abort", &c)) return;
-             if (auto st = CheckNovaServerId(req.matches[1].str()); !st.ok()) {
+             if (auto st = CheckNovaServerId(req.matches[1]); !st.ok()) {
                return NovaError(res, st);
              }
-             if (auto st = CheckMigrationId(req.matches[2].str()); !st.ok()) {
+             if (auto st = CheckMigrationId(req.matches[2]); !st.ok()) {
                return NovaError(res, st);
              }
              sv1::AbortMigrationRequest r;
@@ -395,61 +408,63 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
              if (!out.ok()) return NovaError(res, out.status());
              res.status = 202;
            });
-  s.Post(
-      R"(/v2.1/servers/([^/]+)/migrations/([^/]+)/action)",
-      [core, tokens](const httplib::Request& req, httplib::Response& res) {
-        Ctx c;
-        if (!Begin(req, res, tokens, true, "force_complete", &c)) return;
-        if (auto st = ParseNovaForceComplete(req.matches[1].str(), req.matches[2].str(), req.body);
-            !st.ok()) {
-          return NovaError(res, st);
-        }
-        sv1::ForceCompleteMigrationRequest r;
-        r.set_migration_id(req.matches[2]);
-        r.set_requester("nova-api");
-        auto out = core->ForceCompleteMigration(r, c.who);
-        if (!out.ok()) return NovaError(res, out.status());
-        res.status = 202;
-      });
-  s.Get("/v2.1/os-migrations", [core, tokens](const httplib::Request& req, httplib::Response& res) {
-    Ctx c;
-    if (!Begin(req, res, tokens, false, "GET /v2.1/os-migrations", &c)) return;
-    auto q = ParseNovaMigrationsQuery(req.params);
-    if (!q.ok()) return NovaError(res, q.status());
-    if (q->nothing) return Reply(res, {{"migrations", json::array()}});
-    sv1::ListMigrationsRequest& r = q->request;
-    if (q->marker) {
-      auto m = core->GetMigration(*q->marker, false);
-      if (!m.ok()) {
-        return NovaError(res, absl::InvalidArgumentError(
-                                  absl::StrCat("Marker ", *q->marker, " could not be found.")));
-      }
-      r.set_page_token(db::PageTokenAfter(m->number()));
-    }
-    auto list = core->ListMigrations(r);
-    if (!list.ok()) return NovaError(res, list.status());
-    json out = json::array();
-    for (const auto& m : list->migrations()) out.push_back(MigrationJson(m, c, false));
-    if (q->limit == 0) out = json::array();
-    Reply(res, {{"migrations", out}});
-  });
-  s.Get("/v2.1/os-services", [core, tokens](const httplib::Request& req, httplib::Response& res) {
-    Ctx c;
-    if (!Begin(req, res, tokens, false, "GET /v2.1/os-services", &c)) return;
-    auto hosts = core->ListAllHosts();
-    if (!hosts.ok()) return NovaError(res, hosts.status());
-    json out = json::array();
-    const std::string host = req.get_param_value("host");
-    const std::string binary = req.get_param_value("binary");
-    for (const auto& h : *hosts) {
-      if (!host.empty() && h.inventory().hostname() != host) continue;
-      if (!binary.empty() && binary != "nova-compute") continue;
-      out.push_back(ServiceJson(h, c));
-    }
-    Reply(res, {{"services", out}});
-  });
-  s.Put(R"(/v2.1/os-services/([^/]+))",
-        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+  s.Post(R"(/v2.1/servers/([^/]+)/migrations/([^/]+)/action)",
+         NovaGate(tokens, true, "force_complete"),
+         [core, tokens](const http::Request& req, http::Response& res) {
+           Ctx c;
+           if (!Begin(req, res, tokens, true, "force_complete", &c)) return;
+           if (auto st = ParseNovaForceComplete(req.matches[1], req.matches[2], req.body);
+               !st.ok()) {
+             return NovaError(res, st);
+           }
+           sv1::ForceCompleteMigrationRequest r;
+           r.set_migration_id(req.matches[2]);
+           r.set_requester("nova-api");
+           auto out = core->ForceCompleteMigration(r, c.who);
+           if (!out.ok()) return NovaError(res, out.status());
+           res.status = 202;
+         });
+  s.Get("/v2.1/os-migrations", NovaGate(tokens, false, "GET /v2.1/os-migrations"),
+        [core, tokens](const http::Request& req, http::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/os-migrations", &c)) return;
+          auto q = ParseNovaMigrationsQuery(req.params);
+          if (!q.ok()) return NovaError(res, q.status());
+          if (q->nothing) return Reply(res, {{"migrations", json::array()}});
+          sv1::ListMigrationsRequest& r = q->request;
+          if (q->marker) {
+            auto m = core->GetMigration(*q->marker, false);
+            if (!m.ok()) {
+              return NovaError(res, absl::InvalidArgumentError(absl::StrCat(
+                                        "Marker ", *q->marker, " could not be found.")));
+            }
+            r.set_page_token(db::PageTokenAfter(m->number()));
+          }
+          auto list = core->ListMigrations(r);
+          if (!list.ok()) return NovaError(res, list.status());
+          json out = json::array();
+          for (const auto& m : list->migrations()) out.push_back(MigrationJson(m, c, false));
+          if (q->limit == 0) out = json::array();
+          Reply(res, {{"migrations", out}});
+        });
+  s.Get("/v2.1/os-services", NovaGate(tokens, false, "GET /v2.1/os-services"),
+        [core, tokens](const http::Request& req, http::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/os-services", &c)) return;
+          auto hosts = core->ListAllHosts();
+          if (!hosts.ok()) return NovaError(res, hosts.status());
+          json out = json::array();
+          const std::string host = req.get_param_value("host");
+          const std::string binary = req.get_param_value("binary");
+          for (const auto& h : *hosts) {
+            if (!host.empty() && h.inventory().hostname() != host) continue;
+            if (!binary.empty() && binary != "nova-compute") continue;
+            out.push_back(ServiceJson(h, c));
+          }
+          Reply(res, {{"services", out}});
+        });
+  s.Put(R"(/v2.1/os-services/([^/]+))", NovaGate(tokens, true, "PUT /v2.1/os-services/{id}"),
+        [core, tokens](const http::Request& req, http::Response& res) {
           Ctx c;
           if (!Begin(req, res, tokens, true, "PUT /v2.1/os-services/{id}", &c)) return;
           if (c.minor < 53) {
@@ -472,7 +487,7 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
           Reply(res, {{"service", ServiceJson(*out, c)}});
         });
   auto hypervisors = [core, tokens](bool detail) {
-    return [core, tokens, detail](const httplib::Request& req, httplib::Response& res) {
+    return [core, tokens, detail](const http::Request& req, http::Response& res) {
       Ctx c;
       if (!Begin(req, res, tokens, false, "GET /v2.1/os-hypervisors", &c)) return;
       auto hosts = core->ListAllHosts();
@@ -487,17 +502,19 @@ void RegisterNovaApi(httplib::Server& s, ApiCore* core, const TokenStore* tokens
       Reply(res, {{"hypervisors", out}});
     };
   };
-  s.Get("/v2.1/os-hypervisors", hypervisors(false));
-  s.Get("/v2.1/os-hypervisors/detail", hypervisors(true));
-  s.Get(R"(/v2.1/os-hypervisors/([^/]+))",
-        [core, tokens](const httplib::Request& req, httplib::Response& res) {
+  s.Get("/v2.1/os-hypervisors", NovaGate(tokens, false, "GET /v2.1/os-hypervisors"),
+        hypervisors(false));
+  s.Get("/v2.1/os-hypervisors/detail", NovaGate(tokens, false, "GET /v2.1/os-hypervisors"),
+        hypervisors(true));
+  s.Get(R"(/v2.1/os-hypervisors/([^/]+))", NovaGate(tokens, false, "GET /v2.1/os-hypervisors/{id}"),
+        [core, tokens](const http::Request& req, http::Response& res) {
           Ctx c;
           if (!Begin(req, res, tokens, false, "GET /v2.1/os-hypervisors/{id}", &c)) return;
           auto h = HostById(core, req.matches[1]);
           if (!h.ok()) {
-            return NovaError(
-                res, absl::NotFoundError(absl::StrCat("Hypervisor with ID ", req.matches[1].str(),
-                                                      " could not be found.")));
+            return NovaError(res,
+                             absl::NotFoundError(absl::StrCat("Hypervisor with ID ", req.matches[1],
+                                                              " could not be found.")));
           }
           Reply(res, {{"hypervisor", HypervisorJson(*h, c, true)}});
         });

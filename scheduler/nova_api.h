@@ -13,20 +13,20 @@
 #include "scheduler/api_core.h"
 #include "scheduler/auth.h"
 
-namespace httplib {
+namespace livemig::http {
 class Server;
 struct Response;
-}  // namespace httplib
+}  // namespace livemig::http
 
 namespace livemig::sched {
 
 constexpr int kNovaMaxMinor = 79;  // 2.79
 
-void RegisterNovaApi(httplib::Server& server, ApiCore* core, const TokenStore* tokens);
+void RegisterNovaApi(http::Server& server, ApiCore* core, const TokenStore* tokens);
 
 // Answers with Nova's error document ({"badRequest": {"code": 400, "message": ...}}) and HTTP
 // status `http`.
-void NovaErrorReply(httplib::Response& res, const absl::Status& s, int http);
+void NovaErrorReply(http::Response& res, const absl::Status& s, int http);
 
 // The Nova version document (GET / with Accept: application/json, GET /v2.1/).
 std::string NovaVersionsJson(const std::string& base_url, bool root);

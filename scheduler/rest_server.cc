@@ -2,10 +2,10 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/http_server.h"
 #include "common/log.h"
 #include "common/status_map.h"
 #include "google/protobuf/util/json_util.h"
-#include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "scheduler/convert.h"
 #include "scheduler/nova_api.h"
@@ -46,7 +46,7 @@ std::string Escape(const std::string& s) {
   return out;
 }
 
-void SendError(httplib::Response& res, const absl::Status& s) {
+void SendError(http::Response& res, const absl::Status& s) {
   res.status = HttpCodeFor(s.code());
   nlohmann::json body;
   body["error"] = {{"code", absl::StatusCodeToString(s.code())},
@@ -57,7 +57,7 @@ void SendError(httplib::Response& res, const absl::Status& s) {
 }
 
 template <typename Msg>
-void Send(httplib::Response& res, const absl::StatusOr<Msg>& r, int ok_status = 200) {
+void Send(http::Response& res, const absl::StatusOr<Msg>& r, int ok_status = 200) {
   if (!r.ok()) return SendError(res, r.status());
   res.status = ok_status;
   res.set_content(Json(*r), "application/json");
@@ -65,37 +65,26 @@ void Send(httplib::Response& res, const absl::StatusOr<Msg>& r, int ok_status = 
 
 }  // namespace
 
-RestServer::RestServer(ApiCore* core, const TokenStore* tokens)
-    : core_(core), tokens_(tokens), server_(std::make_unique<httplib::Server>()) {
+RestServer::RestServer(ApiCore* core, const TokenStore* tokens, http::Options options)
+    : core_(core), tokens_(tokens), server_(std::make_unique<http::Server>(std::move(options))) {
   Routes();
 }
 
 RestServer::~RestServer() { Stop(); }
 
 absl::Status RestServer::Start(const std::string& host, int port) {
-  if (port == 0) {
-    port_ = server_->bind_to_any_port(host);
-    if (port_ <= 0) return absl::UnavailableError("cannot bind an HTTP port on " + host);
-  } else {
-    if (!server_->bind_to_port(host, port)) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot listen on ", host, ":", port, " (in use?)"));
-    }
-    port_ = port;
-  }
-  thread_ = std::thread([this] { server_->listen_after_bind(); });
-  return absl::OkStatus();
+  return server_->Start(host, port);
 }
 
+int RestServer::port() const { return server_->port(); }
+
 void RestServer::Stop() {
-  if (server_) server_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (server_) server_->Stop();
 }
 
 void RestServer::Routes() {
-  httplib::Server& s = *server_;
-  s.set_payload_max_length(kMaxRequestBody);
-  auto auth = [this](const httplib::Request& req, httplib::Response& res, bool mutating,
+  http::Server& s = *server_;
+  auto auth = [this](const http::Request& req, http::Response& res, bool mutating,
                      const std::string& op) -> std::optional<std::string> {
     auto p = tokens_->Check(req.get_header_value("Authorization"), mutating, op);
     if (!p.ok()) {
@@ -107,23 +96,37 @@ void RestServer::Routes() {
     }
     return p->name;
   };
+  // The same check on the headers alone: a request it refuses is answered (Connection: close)
+  // without reading its body.
+  auto need = [auth](bool mutating, const std::string& op) -> http::Gate {
+    return [auth, mutating, op](const http::Request& req, http::Response& res) {
+      if (auth(req, res, mutating, op)) return true;
+      res.close = true;
+      return false;
+    };
+  };
 
-  s.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
-    sv1::ListHostsRequest one;  // a cheap query that needs the database
-    one.set_page_size(1);
-    auto h = core_->ListHosts(one);
-    if (!h.ok()) return SendError(res, h.status());
-    res.set_content("{\"status\":\"ok\"}", "application/json");
-  });
-  s.Get("/metrics", [this, auth](const httplib::Request& req, httplib::Response& res) {
-    if (!auth(req, res, false, "GET /metrics")) return;
-    auto m = core_->MetricsText();
-    if (!m.ok()) return SendError(res, m.status());
-    res.set_content(*m, "text/plain; version=0.0.4");
-  });
+  // Answered without a connection slot: it stays answerable while the caps are reached.
+  s.Route(
+      "GET", "/healthz",
+      [this](const http::Request&, http::Response& res) {
+        sv1::ListHostsRequest one;  // a cheap query that needs the database
+        one.set_page_size(1);
+        auto h = core_->ListHosts(one);
+        if (!h.ok()) return SendError(res, h.status());
+        res.set_content("{\"status\":\"ok\"}", "application/json");
+      },
+      nullptr, /*slotless=*/true);
+  s.Get("/metrics", need(false, "GET /metrics"),
+        [this, auth](const http::Request& req, http::Response& res) {
+          if (!auth(req, res, false, "GET /metrics")) return;
+          auto m = core_->MetricsText();
+          if (!m.ok()) return SendError(res, m.status());
+          res.set_content(*m, "text/plain; version=0.0.4");
+        });
   RegisterNovaApi(s, core_, tokens_);
   for (const char* path : {"/", "/dashboard"}) {
-    s.Get(path, [path](const httplib::Request& req, httplib::Response& res) {
+    s.Get(path, [path](const http::Request& req, http::Response& res) {
       // The Compute API's version discovery asks the root for JSON; browsers ask for HTML.
       const std::string accept = req.get_header_value("Accept");
       if (std::string(path) == "/" && accept.find("text/html") == std::string::npos &&
@@ -138,141 +141,129 @@ void RestServer::Routes() {
     });
   }
 
-  s.Post(R"(/v1/instances/([^/]+)/live-migration)",
-         [this, auth](const httplib::Request& req, httplib::Response& res) {
+  s.Post(R"(/v1/instances/([^/]+)/live-migration)", need(true, "live-migration"),
+         [this, auth](const http::Request& req, http::Response& res) {
            auto who = auth(req, res, true, "live-migration");
            if (!who) return;
-           auto r = ParseLiveMigrate(req.matches[1].str(), req.body);
+           auto r = ParseLiveMigrate(req.matches[1], req.body);
            if (!r.ok()) return SendError(res, r.status());
            auto out = core_->LiveMigrate(*r, *who);
            Send(res, out, out.ok() && !out->existing() && !r->dry_run() ? 202 : 200);
          });
-  s.Get("/v1/migrations", [this, auth](const httplib::Request& req, httplib::Response& res) {
-    if (!auth(req, res, false, "GET /v1/migrations")) return;
-    auto r = ParseListMigrations(req.params);
-    if (!r.ok()) return SendError(res, r.status());
-    auto out = core_->ListMigrations(*r);
-    if (!out.ok()) return SendError(res, out.status());
-    std::string body = "{\"migrations\":[";
-    for (int i = 0; i < out->migrations_size(); ++i) {
-      absl::StrAppend(&body, i ? "," : "", Json(out->migrations(i)));
-    }
-    absl::StrAppend(&body, "],\"next_marker\":\"", Escape(out->next_page_token()), "\"}");
-    res.set_content(body, "application/json");
-  });
-  s.Post("/v1/migrations/check", [this, auth](const httplib::Request& req, httplib::Response& res) {
-    if (!auth(req, res, false, "POST /v1/migrations/check")) return;
-    auto r = ParseCheckMigration(req.body);
-    if (!r.ok()) return SendError(res, r.status());
-    Send(res, core_->CheckMigration(*r));
-  });
-  s.Get(R"(/v1/migrations/([^/]+))",
-        [this, auth](const httplib::Request& req, httplib::Response& res) {
+  s.Get("/v1/migrations", need(false, "GET /v1/migrations"),
+        [this, auth](const http::Request& req, http::Response& res) {
+          if (!auth(req, res, false, "GET /v1/migrations")) return;
+          auto r = ParseListMigrations(req.params);
+          if (!r.ok()) return SendError(res, r.status());
+          auto out = core_->ListMigrations(*r);
+          if (!out.ok()) return SendError(res, out.status());
+          std::string body = "{\"migrations\":[";
+          for (int i = 0; i < out->migrations_size(); ++i) {
+            absl::StrAppend(&body, i ? "," : "", Json(out->migrations(i)));
+          }
+          absl::StrAppend(&body, "],\"next_marker\":\"", Escape(out->next_page_token()), "\"}");
+          res.set_content(body, "application/json");
+        });
+  s.Post("/v1/migrations/check", need(false, "POST /v1/migrations/check"),
+         [this, auth](const http::Request& req, http::Response& res) {
+           if (!auth(req, res, false, "POST /v1/migrations/check")) return;
+           auto r = ParseCheckMigration(req.body);
+           if (!r.ok()) return SendError(res, r.status());
+           Send(res, core_->CheckMigration(*r));
+         });
+  s.Get(R"(/v1/migrations/([^/]+))", need(false, "GET /v1/migrations/{id}"),
+        [this, auth](const http::Request& req, http::Response& res) {
           if (!auth(req, res, false, "GET /v1/migrations/{id}")) return;
-          if (auto st = CheckMigrationId(req.matches[1].str()); !st.ok()) {
+          if (auto st = CheckMigrationId(req.matches[1]); !st.ok()) {
             return SendError(res, st);
           }
           Send(res, core_->GetMigration(req.matches[1]));
         });
-  s.Post(R"(/v1/migrations/([^/]+)/abort)",
-         [this, auth](const httplib::Request& req, httplib::Response& res) {
+  s.Post(R"(/v1/migrations/([^/]+)/abort)", need(true, "abort"),
+         [this, auth](const http::Request& req, http::Response& res) {
            auto who = auth(req, res, true, "abort");
            if (!who) return;
-           auto r = ParseAbortMigration(req.matches[1].str(), req.body);
+           auto r = ParseAbortMigration(req.matches[1], req.body);
            if (!r.ok()) return SendError(res, r.status());
            Send(res, core_->AbortMigration(*r, *who));
          });
-  s.Post(R"(/v1/migrations/([^/]+)/force-complete)",
-         [this, auth](const httplib::Request& req, httplib::Response& res) {
+  s.Post(R"(/v1/migrations/([^/]+)/force-complete)", need(true, "force-complete"),
+         [this, auth](const http::Request& req, http::Response& res) {
            auto who = auth(req, res, true, "force-complete");
            if (!who) return;
-           auto r = ParseForceComplete(req.matches[1].str(), req.body);
+           auto r = ParseForceComplete(req.matches[1], req.body);
            if (!r.ok()) return SendError(res, r.status());
            Send(res, core_->ForceCompleteMigration(*r, *who));
          });
-  s.Get("/v1/hosts", [this, auth](const httplib::Request& req, httplib::Response& res) {
-    if (!auth(req, res, false, "GET /v1/hosts")) return;
-    auto r = ParseListHosts(req.params);
-    if (!r.ok()) return SendError(res, r.status());
-    Send(res, core_->ListHosts(*r));
-  });
-  s.Get(R"(/v1/hosts/([^/]+))", [this, auth](const httplib::Request& req, httplib::Response& res) {
-    if (!auth(req, res, false, "GET /v1/hosts/{name}")) return;
-    if (auto st = CheckHostname("host", req.matches[1].str()); !st.ok()) return SendError(res, st);
-    Send(res, core_->GetHost(req.matches[1]));
-  });
-  s.Put(R"(/v1/hosts/([^/]+)/enabled)",
-        [this, auth](const httplib::Request& req, httplib::Response& res) {
+  s.Get("/v1/hosts", need(false, "GET /v1/hosts"),
+        [this, auth](const http::Request& req, http::Response& res) {
+          if (!auth(req, res, false, "GET /v1/hosts")) return;
+          auto r = ParseListHosts(req.params);
+          if (!r.ok()) return SendError(res, r.status());
+          Send(res, core_->ListHosts(*r));
+        });
+  s.Get(R"(/v1/hosts/([^/]+))", need(false, "GET /v1/hosts/{name}"),
+        [this, auth](const http::Request& req, http::Response& res) {
+          if (!auth(req, res, false, "GET /v1/hosts/{name}")) return;
+          if (auto st = CheckHostname("host", req.matches[1]); !st.ok()) return SendError(res, st);
+          Send(res, core_->GetHost(req.matches[1]));
+        });
+  s.Put(R"(/v1/hosts/([^/]+)/enabled)", need(true, "host enable/disable"),
+        [this, auth](const http::Request& req, http::Response& res) {
           auto who = auth(req, res, true, "host enable/disable");
           if (!who) return;
-          auto r = ParseSetHostEnabled(req.matches[1].str(), req.body);
+          auto r = ParseSetHostEnabled(req.matches[1], req.body);
           if (!r.ok()) return SendError(res, r.status());
           Send(res, core_->SetHostEnabled(*r, *who));
         });
-  s.Post(R"(/v1/hosts/([^/]+)/evacuate-live)",
-         [this, auth](const httplib::Request& req, httplib::Response& res) {
+  s.Post(R"(/v1/hosts/([^/]+)/evacuate-live)", need(true, "evacuate-live"),
+         [this, auth](const http::Request& req, http::Response& res) {
            auto who = auth(req, res, true, "evacuate-live");
            if (!who) return;
-           auto r = ParseEvacuateHost(req.matches[1].str(), req.body);
+           auto r = ParseEvacuateHost(req.matches[1], req.body);
            if (!r.ok()) return SendError(res, r.status());
            Send(res, core_->EvacuateHost(*r, *who), 202);
          });
-  s.Get("/v1/evacuations", [this, auth](const httplib::Request& req, httplib::Response& res) {
-    if (!auth(req, res, false, "GET /v1/evacuations")) return;
-    auto r = ParseListEvacuations(req.params);
-    if (!r.ok()) return SendError(res, r.status());
-    Send(res, core_->ListEvacuations(*r));
-  });
-  s.Get(R"(/v1/evacuations/([^/]+))",
-        [this, auth](const httplib::Request& req, httplib::Response& res) {
+  s.Get("/v1/evacuations", need(false, "GET /v1/evacuations"),
+        [this, auth](const http::Request& req, http::Response& res) {
+          if (!auth(req, res, false, "GET /v1/evacuations")) return;
+          auto r = ParseListEvacuations(req.params);
+          if (!r.ok()) return SendError(res, r.status());
+          Send(res, core_->ListEvacuations(*r));
+        });
+  s.Get(R"(/v1/evacuations/([^/]+))", need(false, "GET /v1/evacuations/{id}"),
+        [this, auth](const http::Request& req, http::Response& res) {
           if (!auth(req, res, false, "GET /v1/evacuations/{id}")) return;
-          if (auto st = CheckEvacuationId(req.matches[1].str()); !st.ok()) {
+          if (auto st = CheckEvacuationId(req.matches[1]); !st.ok()) {
             return SendError(res, st);
           }
           Send(res, core_->GetEvacuation(req.matches[1]));
         });
-  s.Get("/v1/instances", [this, auth](const httplib::Request& req, httplib::Response& res) {
-    if (!auth(req, res, false, "GET /v1/instances")) return;
-    auto r = ParseListInstances(req.params);
-    if (!r.ok()) return SendError(res, r.status());
-    Send(res, core_->ListInstances(*r));
-  });
-  s.Get(R"(/v1/instances/([^/]+))",
-        [this, auth](const httplib::Request& req, httplib::Response& res) {
+  s.Get("/v1/instances", need(false, "GET /v1/instances"),
+        [this, auth](const http::Request& req, http::Response& res) {
+          if (!auth(req, res, false, "GET /v1/instances")) return;
+          auto r = ParseListInstances(req.params);
+          if (!r.ok()) return SendError(res, r.status());
+          Send(res, core_->ListInstances(*r));
+        });
+  s.Get(R"(/v1/instances/([^/]+))", need(false, "GET /v1/instances/{uuid}"),
+        [this, auth](const http::Request& req, http::Response& res) {
           if (!auth(req, res, false, "GET /v1/instances/{uuid}")) return;
-          if (auto st = CheckUuid("instance", req.matches[1].str()); !st.ok()) {
+          if (auto st = CheckUuid("instance", req.matches[1]); !st.ok()) {
             return SendError(res, st);
           }
           Send(res, core_->GetInstance(req.matches[1]));
         });
-  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return;
+  s.SetErrorRenderer([](const http::Request& req, http::Response& res, const absl::Status& error) {
     // The Compute API's clients expect its error document; everyone else gets ours.
     const bool nova = req.path == "/v2.1" || req.path.rfind("/v2.1/", 0) == 0;
     const int status = res.status;
-    absl::Status error;
-    if (status == 404) {
-      error = absl::NotFoundError(
-          absl::StrCat("no such endpoint: ", req.method, " ", req.path, " (see api/openapi.json)"));
-    } else if (status == 413) {
-      error = absl::InvalidArgumentError(
-          absl::StrCat("the request body is too large (at most ", kMaxRequestBody, " bytes)"));
-    } else if (status == 414) {
-      error = absl::InvalidArgumentError("the request URI is too long");
-    } else if (status >= 400 && status < 500) {
-      error = absl::InvalidArgumentError(absl::StrCat("malformed request (HTTP ", status, ")"));
-    } else {
-      return;
-    }
     if (nova) {
       NovaErrorReply(res, error, status);
     } else {
       SendError(res, error);
     }
     res.status = status;
-  });
-  s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-    SendError(res, absl::InternalError("internal error while handling the request"));
   });
 }
 

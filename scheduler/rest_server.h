@@ -1,4 +1,5 @@
-// The REST/JSON API and the dashboard, served by the scheduler over HTTP (cpp-httplib).
+// The REST/JSON API and the dashboard, served by the scheduler over HTTP(S) (common/http_server:
+// Boost.Beast, every client bounded).
 // Thin handlers: parse the request into the same proto messages the gRPC API takes, call ApiCore,
 // answer with proto3 JSON (proto field names) and the HTTP status of the one error mapping
 // (common/status_map.h). Errors are {"error":{"code":"NOT_FOUND","message":"..."}}.
@@ -14,31 +15,26 @@
 #include <thread>
 
 #include "absl/status/status.h"
+#include "common/http_server.h"
 #include "scheduler/api_core.h"
 #include "scheduler/auth.h"
-
-namespace httplib {
-class Server;
-}
 
 namespace livemig::sched {
 
 class RestServer {
  public:
-  RestServer(ApiCore* core, const TokenStore* tokens);
+  RestServer(ApiCore* core, const TokenStore* tokens, http::Options options = {});
   ~RestServer();
   // Binds `host:port` (port 0: any free port) and serves in a thread.
   absl::Status Start(const std::string& host, int port);
-  int port() const { return port_; }
+  int port() const;
   void Stop();
 
  private:
   void Routes();
   ApiCore* core_;
   const TokenStore* tokens_;
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
-  int port_ = 0;
+  std::unique_ptr<http::Server> server_;
 };
 
 // The embedded dashboard page (scheduler/dashboard/index.html).

@@ -2,6 +2,7 @@
 // the compute agents report to, applies the database schema at start-up, drives every migration
 // through its steps and resumes the ones in flight after a restart. See `scheduler --help`.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <iostream>
@@ -70,6 +71,58 @@ int main(int argc, char** argv) {
                  "re-read on SIGHUP");
   app.add_flag("--no-auth", no_auth,
                "DEVELOPMENT ONLY: serve the APIs without tokens (everyone is an operator)");
+  // The client-facing APIs (gRPC --listen and HTTP --http-listen): TLS on TCP.
+  std::string api_cert, api_key;
+  bool api_plaintext = false;
+  app.add_option("--api-tls-cert", api_cert,
+                 "server certificate (PEM) of the gRPC API and HTTP on TCP (deploy/pki.sh "
+                 "issue-server); without it, TCP listeners must be on loopback");
+  app.add_option("--api-tls-key", api_key, "its private key (PEM)");
+  app.add_flag("--api-insecure-plaintext", api_plaintext,
+               "NOT FOR PRODUCTION: allow the APIs in plaintext on a non-loopback TCP address");
+  // The HTTP server's bounds (common/http_server.h).
+  livemig::http::Options http_o;
+  int64_t header_ms = 10000, body_ms = 30000, idle_ms = 30000, queue_ms = 2000;
+  const std::string hg = "HTTP limits";
+  app.add_option("--http-max-connections", http_o.max_connections,
+                 "connections served at once; more wait in a queue")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-max-waiting", http_o.max_waiting,
+                 "connections that may wait for a slot; beyond: 503 at once")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-queue-timeout-ms", queue_ms, "longest wait for a slot, then 503")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-max-per-client", http_o.max_per_client,
+                 "connections per client address; beyond: 503")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-max-line", http_o.max_line,
+                 "bytes in the request line (414) and in each header line (431)")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-max-headers", http_o.max_headers, "bytes of all headers (431)")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-max-body", http_o.max_body, "bytes of a body, chunked included (413)")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-header-timeout-ms", header_ms,
+                 "deadline for a request's headers, from the connection's start or a keep-alive "
+                 "request's first byte (408)")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-body-timeout-ms", body_ms, "deadline for a request's body (408)")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-idle-timeout-ms", idle_ms, "an idle keep-alive connection is closed")
+      ->capture_default_str()
+      ->group(hg);
+  app.add_option("--http-threads", http_o.threads, "threads serving HTTP")
+      ->capture_default_str()
+      ->group(hg);
   livemig::sched::OrchestratorOptions o;
   app.add_option("--scheduler-id", o.scheduler_id,
                  "owner name on migration leases (default: scheduler-<host>-<pid>-<random>)");
@@ -117,6 +170,29 @@ int main(int argc, char** argv) {
         "development only");
   }
   if (auto s = livemig::ValidateTlsFiles(tls, "scheduler"); !s.ok()) return Fail("TLS", s);
+
+  http_o.header_timeout = absl::Milliseconds(header_ms);
+  http_o.body_timeout = absl::Milliseconds(body_ms);
+  http_o.idle_timeout = absl::Milliseconds(idle_ms);
+  http_o.queue_timeout = absl::Milliseconds(queue_ms);
+  http_o.tls_cert = api_cert;
+  http_o.tls_key = api_key;
+  if (auto s = livemig::http::ValidateOptions(http_o); !s.ok()) return Fail("HTTP", s);
+  const bool api_tls = !api_cert.empty();
+  if (auto s = livemig::CheckApiListener("--listen", listen, api_tls, api_plaintext); !s.ok()) {
+    return Fail("API", s);
+  }
+  if (!http_listen.empty()) {
+    if (auto s = livemig::CheckApiListener("--http-listen", http_listen, api_tls, api_plaintext);
+        !s.ok()) {
+      return Fail("HTTP", s);
+    }
+  }
+  // Every connection is a descriptor: allow what the HTTP caps and the pool may need.
+  if (rlimit nofile; getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
 
   if (tokens_file.empty() && !no_auth) {
     return Fail("authentication",
@@ -175,7 +251,13 @@ int main(int argc, char** argv) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder api_builder;
   if (listen.rfind("unix:", 0) == 0) unlink(listen.substr(5).c_str());
-  api_builder.AddListeningPort(listen, grpc::InsecureServerCredentials());
+  std::shared_ptr<grpc::ServerCredentials> api_creds = grpc::InsecureServerCredentials();
+  if (api_tls && listen.rfind("unix:", 0) != 0) {
+    auto c = livemig::MakeApiServerCredentials(api_cert, api_key);
+    if (!c.ok()) return Fail("API TLS", c.status());
+    api_creds = *c;
+  }
+  api_builder.AddListeningPort(listen, api_creds);
   api_builder.RegisterService(&api_service);
   auto api_server = api_builder.BuildAndStart();
   if (!api_server) return Fail("listen", absl::UnavailableError("cannot listen on " + listen));
@@ -198,10 +280,10 @@ int main(int argc, char** argv) {
       return Fail("--http-listen",
                   absl::InvalidArgumentError("expected HOST:PORT, got " + http_listen));
     }
-    rest = std::make_unique<livemig::sched::RestServer>(&api, tokens->get());
+    rest = std::make_unique<livemig::sched::RestServer>(&api, tokens->get(), http_o);
     if (auto s = rest->Start(http_listen.substr(0, colon), port); !s.ok()) return Fail("HTTP", s);
-    livemig::LogInfo("REST API and dashboard on http://%s:%d/", http_listen.substr(0, colon),
-                     rest->port());
+    livemig::LogInfo("REST API and dashboard on %s://%s:%d/", api_tls ? "https" : "http",
+                     http_listen.substr(0, colon), rest->port());
   }
   orchestrator.Start();
   api.ResumeEvacuations();

@@ -3,6 +3,7 @@
 // a JSON message naming the field (never 2xx, never 5xx); cloudctl answers bad arguments with
 // its usage exit code (2) and a message naming the argument, without contacting anything.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include "integration_tests/scheduler_e2e/e2e.h"
 #include "nlohmann/json.hpp"
 #include "testing/process.h"
+#include "testing/raw_http.h"
 #include "testing/run_command.h"
 
 namespace livemig::e2e {
@@ -22,7 +24,7 @@ namespace {
 
 using json = nlohmann::json;
 constexpr char kUuid[] = "44444444-2222-4333-8444-555555555555";
-constexpr char kOp[] = "op-token-0123456789abcdef";
+constexpr char kOp[] = "op-token-0123456789abcdef0123456789";
 
 struct Server {
   std::string dir = testing::MakeShortTempDir("badin");
@@ -245,21 +247,55 @@ TEST_CASE("bad input: /v2.1 (Compute API)") {
   CHECK(absl::StrContains(Message(r->body), "2.999"));
 }
 
-TEST_CASE("bad input: oversized bodies are 413 with a JSON message") {
-  const std::string big(8 << 20, 'x');
+TEST_CASE("bad input: oversized bodies are 413 with a JSON message, before the body is sent") {
+  // The server answers from the headers (Content-Length over the cap) and closes: the client
+  // reads the answer without sending a byte of the body.
   for (const std::string& path : {Migrate(""), std::string("/v1/migrations/check"),
                                   absl::StrCat("/v2.1/servers/", kUuid, "/action")}) {
-    auto r = S().Send("POST", path, big);
+    const bool nova = absl::StartsWith(path, "/v2.1");
+    const std::string head = absl::StrCat(
+        "POST ", path, " HTTP/1.1\r\nHost: x\r\n",
+        nova ? absl::StrCat("X-Auth-Token: ", kOp, "\r\nOpenStack-API-Version: compute 2.79")
+             : absl::StrCat("Authorization: Bearer ", kOp),
+        "\r\nContent-Type: application/json\r\nContent-Length: ", 8 << 20, "\r\n\r\n");
+    auto r = testing::RawExchange(S().port, head);
     INFO(path);
-    REQUIRE(r);
+    REQUIRE(r.ok());
     CHECK(r->status == 413);
+    CHECK(r->headers["connection"] == "close");
     CHECK(absl::StrContains(Message(r->body), "too large"));
   }
-  // Just over the cap, as valid JSON, is still refused.
+  // Just over the cap, as valid JSON and sent whole, is still refused.
   const std::string over = absl::StrCat(R"({"request_id":")", std::string(1 << 20, 'a'), R"("})");
-  auto r = S().Send("POST", Migrate(""), over);
-  REQUIRE(r);
-  CHECK(r->status == 413);
+  {
+    auto fd = testing::RawConnect(S().port);
+    REQUIRE(fd.ok());
+    testing::RawSend(
+        *fd, absl::StrCat("POST ", Migrate(""), " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ",
+                          kOp, "\r\nContent-Length: ", over.size(), "\r\n\r\n"));
+    auto r = testing::RawRead(*fd, absl::Seconds(10));
+    close(*fd);
+    REQUIRE(r.ok());
+    CHECK(r->status == 413);
+  }
+  // A chunked body that grows past the cap: 413 once the cap is passed.
+  {
+    auto fd = testing::RawConnect(S().port);
+    REQUIRE(fd.ok());
+    REQUIRE(testing::RawSend(
+        *fd, absl::StrCat("POST /v1/migrations/check HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                          "Bearer ",
+                          kOp, "\r\nTransfer-Encoding: chunked\r\n\r\n")));
+    const std::string chunk = absl::StrCat("10000\r\n", std::string(0x10000, 'a'), "\r\n");
+    int sent = 0;
+    // 400 x 64 KiB = 25 MiB: more than the cap and the sockets' buffers together.
+    while (sent < 400 && testing::RawSend(*fd, chunk)) ++sent;
+    auto r = testing::RawRead(*fd, absl::Seconds(10));
+    close(*fd);
+    REQUIRE(r.ok());
+    CHECK(r->status == 413);
+    CHECK(sent < 400);  // the server stopped reading (and closed) soon after the cap
+  }
   // The server is still fine afterwards.
   auto h = S().http->Get("/healthz");
   REQUIRE(h);
