@@ -307,7 +307,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         stream_(StreamTraits<Stream>::Make(std::move(socket), ctx)),
         buffer_(impl->o_.max_headers + 8192),
         client_(std::move(client)),
-        refuse_status_(refuse_status) {}
+        refuse_status_(refuse_status),
+        deadline_(stream_.get_executor()) {}
 
   ~Session() {
     if (waiter_) impl_->Abandon(waiter_);
@@ -320,7 +321,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
   void Start() {
-    Lowest().expires_after(refuse_status_ ? std::chrono::seconds(2) : Chrono(o_.header_timeout));
+    // The first request's headers (and the TLS handshake) are due header_timeout after the
+    // connection's start.
+    Arm(refuse_status_ ? absl::Seconds(2) : o_.header_timeout);
     if constexpr (StreamTraits<Stream>::kTls) {
       stream_.async_handshake(
           ssl::stream_base::server,
@@ -333,10 +336,30 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
  private:
   beast::tcp_stream& Lowest() { return beast::get_lowest_layer(stream_); }
 
+  // An absolute deadline for the reads that follow: when it passes, the pending read is
+  // cancelled (timed_out_ tells why) and the session can still answer 408. (beast::tcp_stream's
+  // own timeout closes the socket, which would leave no way to answer.)
+  void Arm(absl::Duration d) {
+    timed_out_ = false;
+    deadline_.expires_after(Chrono(d));
+    std::weak_ptr<Session> weak = this->shared_from_this();
+    deadline_.async_wait([weak](beast::error_code ec) {
+      if (ec) return;
+      if (auto self = weak.lock()) {
+        self->timed_out_ = true;
+        beast::error_code ignored;
+        self->Lowest().socket().cancel(ignored);
+      }
+    });
+  }
+  void Disarm() { deadline_.cancel(); }
+  bool TimedOut(const beast::error_code& ec) const { return ec && timed_out_; }
+
   void OnHandshake(beast::error_code ec) {
     if (ec) {
-      impl_->LogHandshake(client_,
-                          ec == beast::error::timeout ? "no handshake in time" : ec.message());
+      const bool timed_out = TimedOut(ec);
+      Disarm();
+      impl_->LogHandshake(client_, timed_out ? "no handshake in time" : ec.message());
       return;  // closed when the last reference goes
     }
     if (refuse_status_ != 0) {
@@ -362,17 +385,17 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     header_->body_limit(std::numeric_limits<std::uint64_t>::max());
     if (!first_ && buffer_.size() == 0) {
       // Keep-alive: wait for the next request's first byte, then give it header_timeout.
-      Lowest().expires_after(Chrono(o_.idle_timeout));
+      Arm(o_.idle_timeout);
       stream_.async_read_some(buffer_.prepare(1024),
                               [self = this->shared_from_this()](beast::error_code ec, size_t n) {
-                                if (ec) return;  // idle timeout or the client left: close quietly
+                                if (ec) return self->Disarm();  // idle, or the client left
                                 self->buffer_.commit(n);
-                                self->Lowest().expires_after(Chrono(self->o_.header_timeout));
+                                self->Arm(self->o_.header_timeout);
                                 self->ReadHeaderNow();
                               });
       return;
     }
-    if (!first_) Lowest().expires_after(Chrono(o_.header_timeout));
+    if (!first_) Arm(o_.header_timeout);
     ReadHeaderNow();
   }
 
@@ -397,6 +420,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   void OnHeader(beast::error_code ec) {
     Request req;
     Response res;
+    const bool timed_out = TimedOut(ec);
+    Disarm();
+    if (timed_out) ec = beast::error::timeout;
     if (ec == bhttp::error::end_of_stream || ec == net::error::eof ||
         ec == net::error::connection_reset || ec == net::ssl::error::stream_truncated) {
       return;
@@ -538,6 +564,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       bhttp::async_write(stream_, *cont,
                          [self = this->shared_from_this(), cont](beast::error_code ec, size_t) {
                            if (ec) return;
+                           self->Lowest().expires_never();
                            self->ReadBodyNow();
                          });
       return;
@@ -548,7 +575,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   void ReadBodyNow() {
     body_.emplace(std::move(*header_));
     body_->body_limit(o_.max_body);
-    Lowest().expires_after(Chrono(o_.body_timeout));
+    Arm(o_.body_timeout);
     bhttp::async_read(
         stream_, buffer_, *body_,
         [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnBody(ec); });
@@ -564,6 +591,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
   void OnBody(beast::error_code ec) {
+    const bool timed_out = TimedOut(ec);
+    Disarm();
+    if (timed_out) ec = beast::error::timeout;
     if (ec == bhttp::error::body_limit) return TooLarge();
     if (ec == beast::error::timeout) {
       impl_->refused_limits_++;
@@ -634,6 +664,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
   void OnWritten(beast::error_code ec) {
     if (ec) return;
+    Lowest().expires_never();
     if (!close_) {
       body_.reset();
       header_.reset();
@@ -680,6 +711,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   std::optional<bhttp::request_parser<bhttp::empty_body>> header_;
   std::optional<bhttp::request_parser<bhttp::string_body>> body_;
   std::optional<net::steady_timer> timer_;
+  net::steady_timer deadline_;
+  bool timed_out_ = false;
   std::shared_ptr<Server::Impl::Waiter> waiter_;
   const Server::RouteEntry* route_ = nullptr;
   Request req_;
