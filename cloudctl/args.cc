@@ -22,7 +22,12 @@ constexpr char kStatusNames[] =
 constexpr char kTopFooter[] = R"(Server, identity and output:
   The scheduler's address is --server, else $LIVEMIG_SERVER, else `server = ...` in the config
   file (--config, else ~/.config/livemig/cloudctl.conf), else unix:/run/livemig/scheduler-api.sock.
-  The config file may also set token, requester and timeout (`key = value` lines).
+  The config file may also set token, requester, timeout, ca and server-name (`key = value`
+  lines).
+  TLS: with --ca FILE (else $LIVEMIG_CA, else `ca = ...`), a HOST:PORT server is spoken to over
+  TLS and its certificate must be issued by that CA (deploy/pki.sh issue-server) for the host
+  of the address, or for --server-name (else $LIVEMIG_SERVER_NAME). Without a CA, HOST:PORT is
+  plaintext, which the scheduler accepts on loopback only. A unix: socket never uses TLS.
   --requester (else $LIVEMIG_USER, else $USER) is recorded with every change you make.
   --token (else $LIVEMIG_TOKEN, else `token = ...`) is sent as "authorization: Bearer <token>":
   a reader token may list, show and dry-run; an operator token may also change things.
@@ -38,7 +43,8 @@ Exit codes:
      supported by the hypervisor, wrong state for abort / force-complete; a dry run
      whose checks fail
   6  authentication: no or bad token, or a role that may not do this
-  7  the scheduler is unreachable or did not answer in time (--timeout)
+  7  the scheduler is unreachable, did not answer in time (--timeout), or the TLS
+     handshake with it failed (--ca, --server-name)
   8  --wait: the migration (or evacuation) ended failed, cancelled or in error
   130 interrupted while waiting (the migration goes on)
 
@@ -53,9 +59,11 @@ Examples:
 Run `cloudctl <command> --help` for a command's options and examples.)";
 
 std::string Footer(const std::string& examples) {
-  return absl::StrCat("Examples:\n", examples,
-                      "\n\nGlobal options (--server, --json, --timeout, --token, --requester, "
-                      "--config) go before or after the command; exit codes: cloudctl --help.");
+  return absl::StrCat(
+      "Examples:\n", examples,
+      "\n\nGlobal options (--server, --ca, --server-name, --json, --timeout, --token, "
+      "--requester, --config) go before or after the command; exit codes: "
+      "cloudctl --help.");
 }
 
 // CLI11's message with non-printable bytes escaped (it may quote the arguments).
@@ -158,6 +166,12 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
   double timeout_s = 30;
   app.add_option("--server", c.flags.server,
                  "scheduler API address: unix:/path/api.sock or HOST:PORT (env LIVEMIG_SERVER)");
+  app.add_option("--ca", c.flags.ca,
+                 "CA certificate (PEM) to verify the scheduler's TLS certificate; with it a "
+                 "HOST:PORT server is spoken to over TLS (env LIVEMIG_CA)");
+  app.add_option("--server-name", c.flags.server_name,
+                 "name the scheduler's certificate must hold (default: the host of --server; env "
+                 "LIVEMIG_SERVER_NAME)");
   app.add_option("--config", c.flags.config,
                  "config file (default ~/.config/livemig/cloudctl.conf)");
   CLI::Option* timeout_opt =

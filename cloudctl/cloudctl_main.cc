@@ -41,14 +41,29 @@ constexpr absl::Duration kWaitGiveUp = absl::Minutes(5);
 
 // ---- the connection ------------------------------------------------------------------------
 
+// The channel to the scheduler, and the one place that decides how cloudctl secures it: TLS
+// verifying the server's certificate against the --ca file (and --server-name, else the host of
+// --server) when a CA was given for a HOST:PORT server; otherwise plaintext (a unix: socket
+// always; a HOST:PORT server without a CA, which the scheduler accepts on loopback only).
+std::shared_ptr<grpc::Channel> OpenChannel(const Settings& s) {
+  grpc::ChannelArguments args;
+  args.SetUserAgentPrefix("cloudctl/0.1");
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (s.tls()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = s.ca_pem;
+    creds = grpc::SslCredentials(ssl);
+    if (!s.server_name.empty()) args.SetSslTargetNameOverride(s.server_name);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  return grpc::CreateCustomChannel(s.server, creds, args);
+}
+
 class Client {
  public:
-  explicit Client(const Settings& s) : settings_(s) {
-    grpc::ChannelArguments args;
-    args.SetUserAgentPrefix("cloudctl/0.1");
-    stub_ = sv1::SchedulerApi::NewStub(
-        grpc::CreateCustomChannel(s.server, grpc::InsecureChannelCredentials(), args));
-  }
+  explicit Client(const Settings& s)
+      : settings_(s), stub_(sv1::SchedulerApi::NewStub(OpenChannel(s))) {}
 
   // A context with the per-call deadline and the token.
   void Prepare(grpc::ClientContext* ctx) const {
@@ -73,6 +88,61 @@ class Client {
   std::unique_ptr<sv1::SchedulerApi::Stub> stub_;
 };
 
+bool Contains(const std::string& text, const char* part) {
+  return text.find(part) != std::string::npos;
+}
+
+// A connection that failed because of TLS: says what went wrong in words (gRPC's message names
+// OpenSSL's reason) and what to do. false: not a TLS failure.
+bool ReportTlsFailure(const Settings& s, const std::string& msg) {
+  const std::string name = s.server_name.empty() ? HostOfTarget(s.server) : s.server_name;
+  const std::string name_origin =
+      s.server_name.empty() ? absl::StrCat("the host of ", s.server) : "--server-name";
+  if (s.tls()) {
+    if (Contains(msg, "CERTIFICATE_VERIFY_FAILED") || Contains(msg, "certificate verify failed") ||
+        Contains(msg, "verify failed")) {
+      std::cerr << "cloudctl: TLS: certificate verification failed: the scheduler's certificate at "
+                << s.server << " could not be verified with the CA in " << s.ca_path << " (from "
+                << s.ca_origin << ")\n"
+                << "hint: give with --ca (or LIVEMIG_CA) the CA that issued the scheduler's API "
+                   "certificate (deploy/pki.sh issue-server), and check that the certificate "
+                   "has not expired\n";
+      return true;
+    }
+    if (Contains(msg, "not in peer certificate") || Contains(msg, "Peer name")) {
+      std::cerr << "cloudctl: TLS: the scheduler's certificate at " << s.server
+                << " is not valid for the name '" << name << "' (" << name_origin << ")\n"
+                << "hint: connect by a name or address in the certificate's SANs, give one of "
+                   "them with --server-name, or reissue the certificate with deploy/pki.sh "
+                   "issue-server DIR NAME DNS:... IP:...\n";
+      return true;
+    }
+    if (Contains(msg, "Handshake failed") || Contains(msg, "handshake failed") ||
+        Contains(msg, "SSL_ERROR") || Contains(msg, "WRONG_VERSION_NUMBER") ||
+        Contains(msg, "Socket closed") || Contains(msg, "Connection reset") ||
+        Contains(msg, "TSI_")) {
+      std::cerr << "cloudctl: TLS: the TLS handshake with " << s.server
+                << " failed: does the scheduler's API listener there speak TLS?\n"
+                << "hint: cloudctl uses TLS because of " << s.ca_origin << " (" << s.ca_path
+                << "); the scheduler needs its API certificate (deploy/pki.sh issue-server)\n";
+      return true;
+    }
+    return false;
+  }
+  // Plaintext to a HOST:PORT server that closed the connection or answered with something that
+  // is not HTTP/2: most likely a listener that speaks TLS.
+  if (s.server.rfind("unix:", 0) != 0 &&
+      (Contains(msg, "Socket closed") || Contains(msg, "Connection reset") ||
+       Contains(msg, "Connection closed") || Contains(msg, "SETTINGS") ||
+       Contains(msg, "http1.x") || Contains(msg, "End of TCP stream") || Contains(msg, "frame"))) {
+    std::cerr << "hint: " << s.server << " closed the plaintext connection: if the scheduler's "
+              << "API listener there speaks TLS, give its CA with --ca FILE (or LIVEMIG_CA, `ca = "
+              << "...` in the config file); cloudctl uses TLS only with a CA\n";
+    return true;
+  }
+  return false;
+}
+
 // Prints "cloudctl: <what>: <message>" and what to do, and returns the exit code.
 int ReportError(const Settings& s, const std::string& what, const grpc::Status& st,
                 const std::string& not_found_hint = "") {
@@ -81,10 +151,12 @@ int ReportError(const Settings& s, const std::string& what, const grpc::Status& 
   const std::string& msg = st.error_message();
   switch (a.code()) {
     case absl::StatusCode::kUnavailable:
-      if (msg.find("connect") != std::string::npos ||
-          msg.find("No such file") != std::string::npos ||
-          msg.find("Socket closed") != std::string::npos ||
-          msg.find("DNS resolution") != std::string::npos) {
+      if (ReportTlsFailure(s, msg)) {
+        break;
+      } else if (msg.find("connect") != std::string::npos ||
+                 msg.find("No such file") != std::string::npos ||
+                 msg.find("Socket closed") != std::string::npos ||
+                 msg.find("DNS resolution") != std::string::npos) {
         std::cerr << "hint: is the scheduler running? cloudctl tried " << s.server << " (from "
                   << s.server_origin << "); set --server or LIVEMIG_SERVER\n";
       } else {

@@ -33,8 +33,8 @@ using e2e::Cloud;
 
 constexpr char kUuid[] = "33333333-2222-4333-8444-555555555555";
 // The shared cloud's scheduler runs with a token file (as in production).
-constexpr char kOperatorToken[] = "op-token-0123456789abcdef";
-constexpr char kReaderToken[] = "reader-token-0123456789abcdef";
+constexpr char kOperatorToken[] = "op-token-0123456789abcdef0123456789";
+constexpr char kReaderToken[] = "reader-token-0123456789abcdef012345";
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
@@ -58,8 +58,9 @@ struct Result {
 // The environment every cloudctl run gets: no settings leak in from the machine.
 std::string CleanEnv() {
   return absl::StrCat(
-      "env -u LIVEMIG_SERVER -u LIVEMIG_TOKEN -u LIVEMIG_USER -u XDG_CONFIG_HOME HOME=", WorkDir(),
-      " USER=tester ");
+      "env -u LIVEMIG_SERVER -u LIVEMIG_TOKEN -u LIVEMIG_USER -u LIVEMIG_CA -u LIVEMIG_SERVER_NAME "
+      "-u XDG_CONFIG_HOME HOME=",
+      WorkDir(), " USER=tester ");
 }
 
 std::string Binary() { return testing::RunfilePath("cloudctl/cloudctl"); }
@@ -310,7 +311,8 @@ TEST_CASE("settings: flag, then environment, then config file, then default") {
   f.config = home + "/missing.conf";
   CHECK(ResolveSettings(f, getenv).status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(ParseConfig("sever = x\n", "c.conf").status().message() ==
-        "c.conf:1: unknown key 'sever' (known: server, token, requester, timeout)");
+        "c.conf:1: unknown key 'sever' (known: server, token, requester, timeout, ca, "
+        "server-name)");
 }
 
 TEST_CASE("cloudctl --help explains the commands and the exit codes") {

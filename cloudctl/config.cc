@@ -1,5 +1,7 @@
 #include "cloudctl/config.h"
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -24,7 +26,8 @@ const char* NonEmpty(const char* v) { return v != nullptr && *v != '\0' ? v : nu
 
 absl::StatusOr<std::map<std::string, std::string>> ParseConfig(const std::string& text,
                                                                const std::string& path) {
-  static const std::set<std::string> kKeys = {"server", "token", "requester", "timeout"};
+  static const std::set<std::string> kKeys = {"server",  "token", "requester",
+                                              "timeout", "ca",    "server-name"};
   std::map<std::string, std::string> out;
   std::istringstream in(text);
   std::string line;
@@ -45,12 +48,36 @@ absl::StatusOr<std::map<std::string, std::string>> ParseConfig(const std::string
       value = value.substr(1, value.size() - 2);
     }
     if (kKeys.count(key) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ":", n, ": unknown key '", key, "' (known: server, token, requester, timeout)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", n, ": unknown key '", key,
+                       "' (known: server, token, requester, timeout, ca, server-name)"));
     }
     out[key] = value;
   }
   return out;
+}
+
+std::string HostOfTarget(const std::string& target) {
+  std::string t = target;
+  for (const char* scheme : {"dns:", "ipv4:", "ipv6:"}) {
+    if (t.rfind(scheme, 0) == 0) {
+      t = t.substr(strlen(scheme));
+      break;
+    }
+  }
+  if (t.rfind("//", 0) == 0) {  // dns://authority/host:port
+    const auto slash = t.find('/', 2);
+    t = slash == std::string::npos ? "" : t.substr(slash + 1);
+  }
+  if (!t.empty() && t[0] == '[') {
+    const auto close = t.find(']');
+    return close == std::string::npos ? t.substr(1) : t.substr(1, close - 1);
+  }
+  const auto colon = t.find(':');
+  if (colon != std::string::npos && t.find(':', colon + 1) == std::string::npos) {
+    return t.substr(0, colon);
+  }
+  return t;  // no port, or a bare IPv6 address
 }
 
 std::string NormalizeTarget(const std::string& address) {
@@ -126,6 +153,43 @@ absl::StatusOr<Settings> ResolveSettings(const Flags& flags,
     s.requester = file["requester"];
   } else if (const char* user = NonEmpty(getenv("USER"))) {
     s.requester = user;
+  }
+
+  if (!flags.server_name.empty()) {
+    s.server_name = flags.server_name;
+  } else if (const char* env = NonEmpty(getenv("LIVEMIG_SERVER_NAME"))) {
+    s.server_name = env;
+  } else if (file.count("server-name")) {
+    s.server_name = file["server-name"];
+  }
+
+  if (!flags.ca.empty()) {
+    s.ca_path = flags.ca;
+    s.ca_origin = "--ca";
+  } else if (const char* env = NonEmpty(getenv("LIVEMIG_CA"))) {
+    s.ca_path = env;
+    s.ca_origin = "LIVEMIG_CA";
+  } else if (file.count("ca") && !file["ca"].empty()) {
+    s.ca_path = file["ca"];
+    s.ca_origin = in_file;
+  }
+  // A unix: server never uses TLS (the socket's permissions guard it), so its CA is not read.
+  if (!s.ca_path.empty() && s.server.rfind("unix:", 0) != 0) {
+    std::ifstream in(s.ca_path);
+    std::stringstream text;
+    if (in) text << in.rdbuf();
+    if (!in || in.bad()) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot read the CA file ", s.ca_path,
+                                                     " given with ", s.ca_origin, ": ",
+                                                     strerror(errno)));
+    }
+    s.ca_pem = text.str();
+    if (s.ca_pem.find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the CA file ", s.ca_path, " given with ", s.ca_origin,
+          " holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the CA certificate that "
+          "issued the scheduler's API certificate, e.g. ca.pem of deploy/pki.sh"));
+    }
   }
 
   if (flags.timeout_s) {

@@ -18,6 +18,9 @@
 #       on the command line: the agent with the fake driver, the scheduler on a throwaway
 #       PostgreSQL, answering /healthz and reloading on SIGHUP; the agent's exit statuses the
 #       units' RestartPreventExitStatus=2 relies on (2: configuration, 7: no Xen libvirtd).
+#       deploy/pki.sh's certificates carry the usages their listeners need: `issue` server and
+#       client authentication (mutual TLS), `issue-server` server authentication only with the
+#       SANs given (the scheduler's API certificate); `token` makes 64 hex characters.
 #   (d) deploy/postgres/setup-database.sh on a throwaway PostgreSQL (deploy/pgctl.sh): creates
 #       the roles and database, again without error, refuses clearly when it cannot connect; the
 #       scheduler applies its schema as the owner role; the dashboard role can SELECT the views
@@ -490,6 +493,56 @@ bash "$D/pki.sh" init "$TMP/pki" >/dev/null && bash "$D/pki.sh" issue "$TMP/pki"
   && bash "$D/pki.sh" issue "$TMP/pki" hv-a.example.net >/dev/null \
   || { fail "deploy/pki.sh issues the test certificates"; summary; exit 1; }
 { echo "# <token> <role> <name>"; echo "$(bash "$D/pki.sh" token) operator deploy-test"; } >"$TMP/tokens"
+
+# The API server certificate of the scheduler's client-facing listeners (pki.sh issue-server):
+# server authentication only, the SANs given (default localhost and 127.0.0.1), from the CA.
+# ext_of FILE: the certificate's extendedKeyUsage and subjectAltName, one "<name>=<value>" line
+# each ("Extended Key Usage=TLS Web Server Authentication").
+ext_of() {
+  openssl x509 -in "$1" -noout -ext extendedKeyUsage,subjectAltName 2>&1 \
+    | awk '/^X509v3 / { k = $0; sub(/^X509v3 /, "", k); sub(/:.*$/, "", k); next }
+           { sub(/^ +/, ""); sub(/ +$/, ""); print k "=" $0 }'
+}
+if out=$(bash "$D/pki.sh" issue-server "$TMP/pki" api-server 2>&1) && [[ -f $TMP/pki/api-server.key ]] \
+  && ext=$(ext_of "$TMP/pki/api-server.pem") \
+  && grep -qx "Extended Key Usage=TLS Web Server Authentication" <<<"$ext" \
+  && grep -qx "Subject Alternative Name=DNS:localhost, IP Address:127.0.0.1" <<<"$ext" \
+  && openssl x509 -in "$TMP/pki/api-server.pem" -noout -ext keyUsage 2>/dev/null | tr -s ' \n' ' ' \
+    | grep -q "Key Usage: critical Digital Signature, Key Encipherment *$" \
+  && openssl verify -CAfile "$TMP/pki/ca.pem" -purpose sslserver "$TMP/pki/api-server.pem" >/dev/null 2>&1 \
+  && ! openssl verify -CAfile "$TMP/pki/ca.pem" -purpose sslclient "$TMP/pki/api-server.pem" >/dev/null 2>&1; then
+  pass "pki.sh issue-server: serverAuth only, keyUsage digitalSignature+keyEncipherment, default SANs ($(tr '\n' ';' <<<"$ext"))"
+else
+  fail "pki.sh issue-server issues an API server certificate" "$out
+${ext:-}"
+fi
+if out=$(bash "$D/pki.sh" issue-server "$TMP/pki" api-named DNS:sched.example.net IP:192.0.2.10 \
+    sched-api.example.net,10.0.0.7 2>&1) && ext=$(ext_of "$TMP/pki/api-named.pem") \
+  && grep -qx "Subject Alternative Name=DNS:sched.example.net, IP Address:192.0.2.10, DNS:sched-api.example.net, IP Address:10.0.0.7" <<<"$ext" \
+  && grep -qx "Extended Key Usage=TLS Web Server Authentication" <<<"$ext"; then
+  pass "pki.sh issue-server: the SANs of the command line ($(grep Alternative <<<"$ext"))"
+else
+  fail "pki.sh issue-server takes DNS and IP SANs" "$out
+${ext:-}"
+fi
+if out=$(bash "$D/pki.sh" issue-server "$TMP/pki" api-bad "not a name" 2>&1); then
+  fail "pki.sh issue-server refuses a malformed SAN" "$out"
+elif grep -q "is not a SAN: use DNS:NAME or IP:ADDRESS" <<<"$out" && [[ ! -e $TMP/pki/api-bad.key ]]; then
+  pass "pki.sh issue-server refuses a malformed SAN: $out"
+else
+  fail "pki.sh issue-server refuses a malformed SAN, leaving no key" "$out"
+fi
+if ext=$(ext_of "$TMP/pki/scheduler.pem") \
+  && grep -qx "Extended Key Usage=TLS Web Server Authentication, TLS Web Client Authentication" <<<"$ext"; then
+  pass "pki.sh issue still issues the mutual-TLS certificates (server and client auth)"
+else
+  fail "pki.sh issue still issues server+client certificates" "$ext"
+fi
+if tok=$(bash "$D/pki.sh" token) && [[ $tok =~ ^[0-9a-f]{64}$ ]]; then
+  pass "pki.sh token: 64 hex characters (the scheduler refuses tokens under 32)"
+else
+  fail "pki.sh token prints 64 hex characters" "$tok"
+fi
 
 mkdir -p "$TMP/instances" "$TMP/fake"
 "${BIN[compute_agent]}" --config "$D/config/compute-agent-xen.conf.example" \

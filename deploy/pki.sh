@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# A small PKI for the cluster's mutual TLS (scheduler <-> agents), with openssl.
+# A small PKI for the cluster's mutual TLS (scheduler <-> agents) and the scheduler's API TLS,
+# with openssl.
 #
 #   pki.sh init DIR                      create the cluster CA (DIR/ca.pem, DIR/ca.key)
 #   pki.sh issue DIR NAME [SAN...]       issue DIR/NAME.pem + DIR/NAME.key, CN=NAME, signed by
 #                                        the CA; SANs like DNS:host-a IP:127.0.0.1 (default:
 #                                        DNS:NAME); valid 825 days (or $DAYS)
+#   pki.sh issue-server DIR NAME [SAN...]
+#                                        the API server certificate of the scheduler's
+#                                        client-facing listeners (gRPC API, HTTP): DIR/NAME.pem +
+#                                        DIR/NAME.key, CN=NAME, extendedKeyUsage=serverAuth only,
+#                                        keyUsage=digitalSignature,keyEncipherment; SANs like
+#                                        DNS:sched.example.net IP:192.0.2.10 (bare names and
+#                                        addresses work too; default: DNS:localhost IP:127.0.0.1)
 #   pki.sh issue-expired DIR NAME        a certificate that expired yesterday (for tests)
-#   pki.sh token                         print a new random API token
+#   pki.sh token                         print a new random API token (64 hex characters)
 #
 # Keys are EC P-256, created with mode 0600. Idempotent: existing files are kept.
 set -euo pipefail
@@ -26,6 +34,20 @@ cmd_init() {
   echo "pki: created CA $dir/ca.pem"
 }
 
+# sign DIR NAME EXTENSIONS: a new key DIR/NAME.key and DIR/NAME.pem (CN=NAME) signed by the CA,
+# with the given extension lines.
+sign() {
+  local dir=$1 name=$2 ext=$3
+  (umask 077; openssl ecparam -name prime256v1 -genkey -noout -out "$dir/$name.key")
+  openssl req -new -key "$dir/$name.key" -subj "/CN=$name" -out "$dir/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$dir/$name.ext"
+  openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days "${DAYS:-825}" -sha256 -extfile "$dir/$name.ext" \
+    -out "$dir/$name.pem" 2>/dev/null || { rm -f "$dir/$name.csr" "$dir/$name.ext" "$dir/$name.key"
+    die "openssl could not sign $dir/$name.pem (extensions: $(tr '\n' ' ' <<<"$ext"))"; }
+  rm -f "$dir/$name.csr" "$dir/$name.ext"
+}
+
 cmd_issue() {
   local dir=$1 name=$2; shift 2
   need_ca "$dir"
@@ -33,15 +55,42 @@ cmd_issue() {
   local sans=("$@")
   ((${#sans[@]})) || sans=("DNS:$name")
   local san; san=$(IFS=,; echo "${sans[*]}")
-  (umask 077; openssl ecparam -name prime256v1 -genkey -noout -out "$dir/$name.key")
-  openssl req -new -key "$dir/$name.key" -subj "/CN=$name" -out "$dir/$name.csr" 2>/dev/null
-  printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' \
-    "$san" >"$dir/$name.ext"
-  openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
-    -CAcreateserial -days "${DAYS:-825}" -sha256 -extfile "$dir/$name.ext" \
-    -out "$dir/$name.pem" 2>/dev/null
-  rm -f "$dir/$name.csr" "$dir/$name.ext"
+  sign "$dir" "$name" "subjectAltName=$san
+extendedKeyUsage=serverAuth,clientAuth
+basicConstraints=CA:FALSE"
   echo "pki: issued $dir/$name.pem (CN=$name, $san)"
+}
+
+# One SAN of issue-server: DNS:name or IP:address as given, or a bare address (IP:) or name (DNS:).
+server_san() {
+  local v=$1
+  if [[ $v =~ ^(DNS|IP):. ]]; then echo "$v"
+  elif [[ $v =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ || ($v == *:* && $v =~ ^[0-9A-Fa-f:.]+$) ]]; then echo "IP:$v"
+  elif [[ $v =~ ^[A-Za-z0-9*][A-Za-z0-9.*-]*$ ]]; then echo "DNS:$v"
+  else die "'$v' is not a SAN: use DNS:NAME or IP:ADDRESS (e.g. DNS:sched.example.net IP:192.0.2.10)"
+  fi
+}
+
+cmd_issue_server() {
+  local dir=$1 name=$2; shift 2
+  need_ca "$dir"
+  if [[ -f $dir/$name.pem ]]; then
+    echo "pki: $dir/$name.pem exists, kept (delete $dir/$name.pem and $dir/$name.key to reissue)"
+    return 0
+  fi
+  local args=("$@") sans=() a part
+  ((${#args[@]})) || args=("DNS:localhost" "IP:127.0.0.1")
+  for a in "${args[@]}"; do
+    IFS=, read -ra parts <<<"$a"
+    for part in "${parts[@]}"; do sans+=("$(server_san "$part")") || exit 1; done
+  done
+  ((${#sans[@]})) || die "no SAN given"
+  local san; san=$(IFS=,; echo "${sans[*]}")
+  sign "$dir" "$name" "subjectAltName=$san
+extendedKeyUsage=serverAuth
+keyUsage=critical,digitalSignature,keyEncipherment
+basicConstraints=critical,CA:FALSE"
+  echo "pki: issued API server certificate $dir/$name.pem, key $dir/$name.key (CN=$name, $san, serverAuth)"
 }
 
 cmd_issue_expired() {
@@ -80,8 +129,9 @@ EOT
 case "${1:-}" in
   init) [[ $# -eq 2 ]] || die "usage: pki.sh init DIR"; cmd_init "$2" ;;
   issue) [[ $# -ge 3 ]] || die "usage: pki.sh issue DIR NAME [SAN...]"; shift; cmd_issue "$@" ;;
+  issue-server) [[ $# -ge 3 ]] || die "usage: pki.sh issue-server DIR NAME [SAN...]"; shift; cmd_issue_server "$@" ;;
   issue-expired) [[ $# -eq 3 ]] || die "usage: pki.sh issue-expired DIR NAME"; cmd_issue_expired "$2" "$3" ;;
-  token) openssl rand -hex 24 ;;
-  -h|--help|"") sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; [[ -n ${1:-} ]] ;;
+  token) openssl rand -hex 32 ;;
+  -h|--help|"") awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; [[ -n ${1:-} ]] ;;
   *) die "unknown command '$1'; try: pki.sh --help" ;;
 esac

@@ -1,11 +1,28 @@
 #include "scheduler/auth.h"
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace livemig::sched {
+namespace {
+
+std::array<uint8_t, 32> Sha256(const std::string& text) {
+  static_assert(SHA256_DIGEST_LENGTH == 32);
+  std::array<uint8_t, 32> d;
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), d.data());
+  return d;
+}
+
+constexpr char kGenerateHint[] =
+    "generate one with `openssl rand -hex 32` (or deploy/pki.sh token)";
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Load(const std::string& path) {
   auto store = std::unique_ptr<TokenStore>(new TokenStore(path));
@@ -21,7 +38,8 @@ absl::Status TokenStore::Reload() {
   if (!in) {
     return absl::InvalidArgumentError(absl::StrCat("cannot read the token file ", path_));
   }
-  std::map<std::string, Principal> fresh;
+  std::vector<Entry> fresh;
+  std::vector<int> lines;  // where each entry of `fresh` was read
   std::string line;
   int n = 0;
   while (std::getline(in, line)) {
@@ -39,11 +57,29 @@ absl::Status TokenStore::Reload() {
       return absl::InvalidArgumentError(
           absl::StrCat(path_, ":", n, ": unknown role '", role, "' (use operator or reader)"));
     }
-    if (token.size() < 16) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path_, ":", n, ": token too short (at least 16 characters)"));
+    // The messages never show the token itself (the file is a secret; the log is not).
+    for (const char* placeholder : kPlaceholderTokens) {
+      if (absl::EqualsIgnoreCase(token, placeholder)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path_, ":", n, ": the token is the placeholder '", placeholder,
+            "' of the examples, not a secret: replace it with a real token; ", kGenerateHint));
+      }
     }
-    fresh[token] = Principal{name, role == "operator" ? Role::kOperator : Role::kReader};
+    if (token.size() < kMinTokenLength) {
+      return absl::InvalidArgumentError(absl::StrCat(path_, ":", n, ": token too short (",
+                                                     token.size(), " characters, at least ",
+                                                     kMinTokenLength, "): ", kGenerateHint));
+    }
+    Entry e{Sha256(token), Principal{name, role == "operator" ? Role::kOperator : Role::kReader}};
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      if (fresh[i].digest == e.digest) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(path_, ":", n, ": the same token as on line ", lines[i],
+                         ": give every identity a token of its own; ", kGenerateHint));
+      }
+    }
+    fresh.push_back(std::move(e));
+    lines.push_back(n);
   }
   if (fresh.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("the token file ", path_, " has no token"));
@@ -63,15 +99,20 @@ absl::StatusOr<Principal> TokenStore::Check(const std::string& authorization, bo
                      " needs a bearer token (header 'Authorization: Bearer <token>'; cloudctl: "
                      "--token or LIVEMIG_TOKEN)"));
   }
-  const std::string token = authorization.substr(prefix.size());
+  const Digest presented = Sha256(authorization.substr(prefix.size()));
   Principal p;
+  bool found = false;
   {
     absl::MutexLock l(&mu_);
-    auto it = tokens_.find(token);
-    if (it == tokens_.end()) {
-      return absl::UnauthenticatedError(absl::StrCat(operation, ": the token is not valid"));
+    // Every entry is compared, in constant time, whatever matched before.
+    for (const Entry& e : tokens_) {
+      const bool match = CRYPTO_memcmp(e.digest.data(), presented.data(), presented.size()) == 0;
+      if (match) p = e.principal;
+      found |= match;
     }
-    p = it->second;
+  }
+  if (!found) {
+    return absl::UnauthenticatedError(absl::StrCat(operation, ": the token is not valid"));
   }
   if (mutating && p.role != Role::kOperator) {
     return absl::PermissionDeniedError(absl::StrCat("'", p.name,

@@ -29,8 +29,8 @@ namespace {
 using json = nlohmann::json;
 
 constexpr char kChromium[] = "/usr/bin/chromium";
-constexpr char kOpToken[] = "op-dash-0123456789abcdef";
-constexpr char kReaderToken[] = "rd-dash-0123456789abcdef";
+constexpr char kOpToken[] = "op-dash-0123456789abcdef0123456789";
+constexpr char kReaderToken[] = "rd-dash-0123456789abcdef0123456789";
 // A name with markup: the page must show it as text, never as HTML.
 constexpr char kUuid[] = "55555555-2222-4333-8444-666666666666";
 constexpr char kName[] = "web-<i>1</i>";

@@ -16,8 +16,8 @@ namespace {
 
 using json = nlohmann::json;
 constexpr char kUuid[] = "55555555-2222-4333-8444-555555555555";
-constexpr char kOp[] = "op-token-nova-0123456789";
-constexpr char kReader[] = "rd-token-nova-0123456789";
+constexpr char kOp[] = "op-token-nova-0123456789abcdef0123";
+constexpr char kReader[] = "rd-token-nova-0123456789abcdef0123";
 
 struct Nova {
   std::string dir = testing::MakeShortTempDir("nova");

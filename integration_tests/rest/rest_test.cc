@@ -19,8 +19,8 @@ namespace {
 
 using json = nlohmann::json;
 constexpr char kUuid[] = "44444444-2222-4333-8444-555555555555";
-constexpr char kOp[] = "op-token-0123456789abcdef";
-constexpr char kReader[] = "rd-token-0123456789abcdef";
+constexpr char kOp[] = "op-token-0123456789abcdef0123456789";
+constexpr char kReader[] = "rd-token-0123456789abcdef0123456789";
 
 struct Rest {
   std::string dir = testing::MakeShortTempDir("rest");

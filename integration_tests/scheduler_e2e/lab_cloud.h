@@ -14,7 +14,7 @@ namespace livemig::e2e {
 
 inline constexpr char kGuest[] = "sg1";
 inline constexpr char kUuid[] = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
-inline constexpr char kToken[] = "lab-operator-token-0123456789";
+inline constexpr char kToken[] = "lab-operator-token-0123456789abcdef";
 
 struct LabCloud {
   std::unique_ptr<testing::Lab> lab;

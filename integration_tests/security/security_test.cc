@@ -47,10 +47,10 @@ using json = nlohmann::json;
 namespace pb = ::google::protobuf;
 namespace cv1 = ::livemig::compute::v1;
 
-constexpr char kOp[] = "op-token-0123456789abcdef";
-constexpr char kReader[] = "rd-token-0123456789abcdef";
-constexpr char kWeirdOp[] = "wo-token-0123456789abcdef";
-constexpr char kWrong[] = "xx-token-0123456789abcdef";
+constexpr char kOp[] = "op-token-0123456789abcdef0123456789";
+constexpr char kReader[] = "rd-token-0123456789abcdef0123456789";
+constexpr char kWeirdOp[] = "wo-token-0123456789abcdef0123456789";
+constexpr char kWrong[] = "xx-token-0123456789abcdef0123456789";
 // A token identity (no blanks, no '#': the token file's syntax) full of SQL/JSON metacharacters.
 constexpr char kWeirdName[] = R"(o'brien";DROP-TABLE-hosts;--\%_$1)";
 
