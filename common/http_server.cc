@@ -408,6 +408,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 
   // The first line of what is buffered is longer than max_line (or has no end within it).
   bool RequestLineTooLong() const {
+    // Beast parses (and consumes) the request line as soon as it is whole.
+    if (!header_->get().target().empty()) return false;
     const auto data = buffer_.data();
     const char* p = static_cast<const char*>(data.data());
     const size_t n = data.size();

@@ -89,6 +89,14 @@ TEST_CASE("http: the limits are answered with their status and Connection: close
       absl::StrCat("GET /hello/a HTTP/1.1\r\nX-Big: ", std::string(2000, 'b'), "\r\n\r\n"));
   REQUIRE(header.ok());
   CHECK(header->status == 431);
+  // A header line longer than all headers may be: still the header's 431, not the line's 414.
+  auto huge = RawExchange(f.port(), absl::StrCat("GET /hello/a HTTP/1.1\r\nX-Huge: ",
+                                                 std::string(100000, 'h'), "\r\n\r\n"));
+  REQUIRE(huge.ok());
+  CHECK(huge->status == 431);
+  auto huge_line = RawExchange(f.port(), Get("/hello/" + std::string(100000, 'a')));
+  REQUIRE(huge_line.ok());
+  CHECK(huge_line->status == 414);
   std::string many = "GET /hello/a HTTP/1.1\r\n";
   for (int i = 0; i < 60; ++i)
     absl::StrAppend(&many, "X-H", i, ": ", std::string(100, 'c'), "\r\n");
