@@ -347,8 +347,12 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       if (ec) return;
       if (auto self = weak.lock()) {
         self->timed_out_ = true;
+        // Cancel the pending read, and end the receiving side: a read that completed just
+        // before (its handler queued) starts no new one that would wait past the deadline.
+        // The sending side stays open for the 408.
         beast::error_code ignored;
         self->Lowest().socket().cancel(ignored);
+        self->Lowest().socket().shutdown(tcp::socket::shutdown_receive, ignored);
       }
     });
   }

@@ -138,11 +138,14 @@ BIN=$(bazel info bazel-bin 2>>"$LOG/build.log") || fail "bazel info failed; see 
 CLOUDCTL=("$BIN/cloudctl/cloudctl" --server "unix:$RUN/api.sock")
 ok
 
-stage "creating the PKI in $PKI (cluster CA, scheduler and agent certificates)"
+stage "creating the PKI in $PKI (cluster CA, scheduler and agent certificates, the API's server certificate)"
 for name in scheduler "$H_A" "$H_B"; do
   bash deploy/pki.sh init "$PKI" >/dev/null
   bash deploy/pki.sh issue "$PKI" "$name" >>"$LOG/pki.log" 2>&1 || fail "see $LOG/pki.log"
 done
+# HTTPS for REST, the dashboard and the Nova API (clients trust $PKI/ca.pem).
+bash deploy/pki.sh issue-server "$PKI" api DNS:localhost IP:127.0.0.1 >>"$LOG/pki.log" 2>&1 ||
+  fail "see $LOG/pki.log"
 echo "    $(ls "$PKI"/*.pem | wc -l) certificates; keys are mode 0600"
 if [[ ! -f $STATE/tokens ]]; then
   (umask 077
@@ -184,12 +187,13 @@ else
   ok
 fi
 
-stage "starting the scheduler (API unix:$RUN/api.sock, REST + dashboard http://127.0.0.1:$HTTP_PORT, registry $REGISTRY with mutual TLS)"
+stage "starting the scheduler (API unix:$RUN/api.sock, REST + dashboard https://127.0.0.1:$HTTP_PORT, registry $REGISTRY with mutual TLS)"
 if ! pid_alive "$PIDS/scheduler.pid"; then
   setsid "$BIN/scheduler/scheduler" --db "$DB" --listen "unix:$RUN/api.sock" \
     --registry-listen "$REGISTRY" --tls-ca "$PKI/ca.pem" \
     --tls-cert "$PKI/scheduler.pem" --tls-key "$PKI/scheduler.key" --report-interval 2 \
     --tokens-file "$STATE/tokens" --http-listen "127.0.0.1:$HTTP_PORT" \
+    --api-tls-cert "$PKI/api.pem" --api-tls-key "$PKI/api.key" \
     </dev/null >>"$LOG/scheduler.log" 2>&1 &
   echo $! >"$PIDS/scheduler.pid"
 fi
@@ -272,8 +276,8 @@ cat <<EOT
 
 Done: a real VM live-migrated between two $( ((XEN)) && echo "Xen hosts (libvirt libxl)" || echo "libvirt hosts"), recorded step by step in PostgreSQL.
 
-Dashboard: http://127.0.0.1:$HTTP_PORT/#token=$READ_TOKEN
-REST:      curl -H "Authorization: Bearer $READ_TOKEN" http://127.0.0.1:$HTTP_PORT/v1/migrations
+Dashboard: https://127.0.0.1:$HTTP_PORT/#token=$READ_TOKEN   (the certificate is from $PKI/ca.pem)
+REST:      curl --cacert $PKI/ca.pem -H "Authorization: Bearer $READ_TOKEN" https://127.0.0.1:$HTTP_PORT/v1/migrations
 
 Try next:
   export LIVEMIG_SERVER=unix:$RUN/api.sock LIVEMIG_TOKEN=$OP_TOKEN

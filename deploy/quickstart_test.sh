@@ -28,8 +28,10 @@ check "the VM runs on lab-b only" \
   bash -c "[[ \$(bash integration_tests/lab/lab.sh where $state/lab demo-vm) == b ]]"
 check "the scheduler knows it on lab-b" \
   bash -c "$bin/cloudctl/cloudctl instance-show 4c1f0d2e-7a3b-4e5c-9d8f-0a1b2c3d4e5f | grep -q lab-b"
-check "the dashboard is served" \
-  bash -c "curl -sf http://127.0.0.1:$port/dashboard | grep -qi '<html'"
+check "the dashboard is served over HTTPS with the quickstart's CA" \
+  bash -c "curl -sf --cacert $state/pki/ca.pem https://127.0.0.1:$port/dashboard | grep -qi '<html'"
+check "plaintext HTTP to the quickstart's API is refused" \
+  bash -c "! curl -sf -m 5 http://127.0.0.1:$port/healthz"
 lab_id=$(sed -n 's/^LAB_ID=//p' "$state/lab/lab.env" 2>/dev/null | tr -d '"')
 bash deploy/quickstart.sh stop >>"/tmp/lm-qs-$$.log" 2>&1
 check "stop exits 0" test $? -eq 0

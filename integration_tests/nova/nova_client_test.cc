@@ -1,8 +1,11 @@
 // The unchanged OpenStack client (Debian's python3-openstackclient) against the real scheduler's
-// Compute API subset, with two fake agents and PostgreSQL.
+// Compute API subset, with two fake agents and PostgreSQL. Over HTTPS: the scheduler's API
+// certificate from `deploy/pki.sh issue-server`, the client trusting the cluster CA
+// (--os-cacert), as an operator would run it.
 #include <catch2/catch.hpp>
 #include <fstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "driver/fake_driver.h"
@@ -30,8 +33,12 @@ struct Nova {
                                    << kReader << " reader nova-reader\n";
     cloud = std::make_unique<Cloud>(dir);
     cloud->set_token(kOp);
-    cloud->StartScheduler(absl::StrCat(
-        "--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port, " --report-interval 1"));
+    REQUIRE(testing::RunCommand(absl::StrCat(testing::RunfilePath("deploy/pki.sh"),
+                                             " issue-server ", cloud->pki(), " api"))
+                .ok());
+    cloud->StartScheduler(absl::StrCat("--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:",
+                                       port, " --report-interval 1 --api-tls-cert ", cloud->pki(),
+                                       "/api.pem --api-tls-key ", cloud->pki(), "/api.key"));
     hv = std::make_unique<driver::FakeHypervisor>(state);
     for (const char* h : {"host-a", "host-b"}) {
       cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
@@ -53,8 +60,9 @@ struct Nova {
   // Runs the unchanged client; returns stdout, or the error with stderr.
   absl::StatusOr<std::string> Os(const std::string& args, const char* token = kOp) {
     return testing::RunCommand(absl::StrCat(
-        "HOME=", dir, " openstack --os-auth-type admin_token --os-token ", token,
-        " --os-endpoint http://127.0.0.1:", port, "/v2.1 --os-compute-api-version 2.79 ", args));
+        "HOME=", dir, " openstack --os-auth-type admin_token --os-token ", token, " --os-cacert ",
+        cloud->pki(), "/ca.pem --os-endpoint https://127.0.0.1:", port,
+        "/v2.1 --os-compute-api-version 2.79 ", args));
   }
 };
 
@@ -78,6 +86,21 @@ TEST_CASE("openstack: server list and server show") {
   auto s = json::parse(*show);
   CHECK(s["OS-EXT-SRV-ATTR:host"] == "host-a");
   CHECK(s["status"] == "ACTIVE");
+}
+
+TEST_CASE("openstack: over HTTPS only; without the CA the client refuses the server") {
+  // Plaintext to the TLS listener gets no answer.
+  auto plain = testing::RunCommand(absl::StrCat(
+      "curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:", N().port, "/healthz"));
+  CHECK((!plain.ok() || absl::StrContains(*plain, "000")));
+  // The client without --os-cacert does not trust the cluster CA.
+  auto untrusted = testing::RunCommand(
+      absl::StrCat("HOME=", N().dir, " openstack --os-auth-type admin_token --os-token ", kOp,
+                   " --os-endpoint https://127.0.0.1:", N().port,
+                   "/v2.1 --os-compute-api-version 2.79 server list"));
+  REQUIRE_FALSE(untrusted.ok());
+  INFO(untrusted.status().message());
+  CHECK(absl::StrContains(absl::AsciiStrToLower(untrusted.status().message()), "certificate"));
 }
 
 TEST_CASE("openstack: compute service list/set and hypervisor list") {
