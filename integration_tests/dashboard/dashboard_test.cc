@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "driver/fake_driver.h"
+#define CPPHTTPLIB_OPENSSL_SUPPORT  // the dashboard is served over HTTPS
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
 #include "nlohmann/json.hpp"
@@ -51,6 +52,10 @@ void Save(const std::string& name, const std::string& text) {
 
 // Runs headless Chromium on `url` with flags that keep it off the internet, in a new empty
 // profile, and `extra` (--dump-dom or --screenshot=...). Returns stdout; stderr is noise.
+// The public key of the scheduler's API certificate, as Chromium pins it (base64 of the SHA-256
+// of the SubjectPublicKeyInfo): Chromium accepts that server key and no other.
+std::string g_spki_pin;
+
 std::string Chromium(const std::string& url, const std::string& extra) {
   const std::string profile = testing::MakeTempDir("chromium-profile");
   REQUIRE(!profile.empty());
@@ -59,7 +64,8 @@ std::string Chromium(const std::string& url, const std::string& extra) {
       " --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking"
       " --disable-component-update --disable-sync --disable-quic --disable-dev-shm-usage"
       " --user-data-dir=",
-      profile, " --virtual-time-budget=3000 ", extra, " '", url, "'");
+      profile, " --ignore-certificate-errors-spki-list=", g_spki_pin,
+      " --virtual-time-budget=3000 ", extra, " '", url, "'");
   auto out = testing::RunCommand(cmd);
   testing::RunCommand("rm -rf " + profile).IgnoreError();
   INFO(out.status().ToString());
@@ -139,7 +145,7 @@ struct DashboardCloud {
   std::string state = dir + "/fake";
   std::unique_ptr<Cloud> cloud;
   std::unique_ptr<driver::FakeHypervisor> hv;
-  std::unique_ptr<httplib::Client> http;
+  std::unique_ptr<httplib::SSLClient> http;
 
   DashboardCloud() {
     std::ofstream(dir + "/tokens") << "# dashboard test tokens\n"
@@ -147,9 +153,22 @@ struct DashboardCloud {
                                    << kReaderToken << " reader dash-viewer\n";
     cloud = std::make_unique<Cloud>(dir);
     cloud->set_token(kReaderToken);  // the helper's own gRPC calls (it waits for the API)
-    cloud->StartScheduler(absl::StrCat("--tokens-file ", dir,
-                                       "/tokens --http-listen 127.0.0.1:", port,
-                                       " --lease 3 --service-down-time 20 --report-interval 1"));
+    // HTTPS with the API certificate (pki.sh issue-server); the test's client trusts the CA,
+    // Chromium the certificate's key.
+    const std::string pki = cloud->pki();
+    REQUIRE(testing::RunCommand(
+                absl::StrCat(testing::RunfilePath("deploy/pki.sh"), " issue-server ", pki, " api"))
+                .ok());
+    auto pin = testing::RunCommand(absl::StrCat(
+        "openssl x509 -in ", pki,
+        "/api.pem -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 "
+        "-binary | base64 -w0"));
+    REQUIRE(pin.ok());
+    g_spki_pin = *pin;
+    cloud->StartScheduler(absl::StrCat(
+        "--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port,
+        " --lease 3 --service-down-time 20 --report-interval 1 --api-tls-cert ", pki,
+        "/api.pem --api-tls-key ", pki, "/api.key"));
     hv = std::make_unique<driver::FakeHypervisor>(state);
     // host-a/host-b: the fake QEMU profile (byte counters); xen-a/xen-b: the fake libxl profile
     // (elapsed time only, as Xen/libxl).
@@ -173,7 +192,9 @@ struct DashboardCloud {
         absl::Seconds(30)));
     REQUIRE(hv->CreateDomain("host-a", kUuid, kName, 512).ok());
     REQUIRE(hv->CreateDomain("xen-a", kXenUuid, kXenName, 256).ok());
-    http = std::make_unique<httplib::Client>("127.0.0.1", port);
+    http = std::make_unique<httplib::SSLClient>("127.0.0.1", port);
+    http->set_ca_cert_path((pki + "/ca.pem").c_str());
+    http->enable_server_certificate_verification(true);
     http->set_read_timeout(20, 0);
     for (const char* uuid : {kUuid, kXenUuid}) {
       INFO(cloud->SchedulerLog());
@@ -192,7 +213,7 @@ struct DashboardCloud {
   }
 
   std::string Url(const std::string& path_and_fragment) const {
-    return absl::StrCat("http://127.0.0.1:", port, path_and_fragment);
+    return absl::StrCat("https://127.0.0.1:", port, path_and_fragment);
   }
   std::optional<json> GetJson(const std::string& path) {
     auto r = http->Get(path.c_str(), {{"Authorization", std::string("Bearer ") + kReaderToken}});
