@@ -372,6 +372,10 @@ if sched:
         files = {conf.get("tls-ca"), conf.get("tls-cert"), conf.get("tls-key"), conf.get("tokens-file")}
         unmounted = [f for f in files if not f or os.path.dirname(f) not in mounts]
         out(not unmounted, f"{sched_rel}: the config's TLS and token files are on mounted Secrets", str(unmounted))
+        files = [conf.get("api-tls-cert"), conf.get("api-tls-key")]
+        loopback = all(str(conf.get(k, "")).startswith(("unix:", "127.", "localhost")) for k in ("listen", "http-listen"))
+        out(loopback or (all(files) and all(os.path.dirname(f) in mounts for f in files)),
+            f"{sched_rel}: the API listeners on network addresses have the API certificate from a mounted Secret", str(files))
     out(sched["spec"].get("replicas") == 2, f"{sched_rel}: 2 replicas")
     svc_rel, svc = objs.get(("Service", "livemig-scheduler"), (None, None))
     if svc:
@@ -388,7 +392,11 @@ if ag:
     out(pod.get("nodeSelector", {}).get("livemig/hypervisor") == "true" and pod.get("hostNetwork") is True,
         f"{ag_rel}: on livemig/hypervisor=true nodes, in the host's network")
     for c, binary, ports, vols, env in pod_checks(ag_rel, "DaemonSet", ag):
-        out(c.get("securityContext", {}).get("privileged") is True, f"{ag_rel}: the agent runs privileged")
+        sc = c.get("securityContext", {})
+        out(not sc.get("privileged") and sc.get("allowPrivilegeEscalation") is False
+            and sc.get("capabilities", {}).get("drop") == ["ALL"] and not sc.get("capabilities", {}).get("add")
+            and sc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+            f"{ag_rel}: the agent is not privileged: no capabilities, no privilege escalation, seccomp RuntimeDefault", str(sc))
         host = {v["hostPath"]["path"] for v in vols.values() if "hostPath" in v}
         conf = conf_of.get("compute-agent.conf", {})
         out({"/var/run/libvirt", conf.get("instance-path")} <= host,
@@ -537,6 +545,13 @@ if ext=$(ext_of "$TMP/pki/scheduler.pem") \
   pass "pki.sh issue still issues the mutual-TLS certificates (server and client auth)"
 else
   fail "pki.sh issue still issues server+client certificates" "$ext"
+fi
+# Every database connection string in the examples verifies the server's certificate and name.
+weak=$(grep -RnoE "sslmode=[a-z-]+" "$D/k8s" "$D/config" "$D/postgres" 2>/dev/null | grep -v "sslmode=verify-full" || true)
+if [[ -z $weak ]] && grep -RqE "sslmode=verify-full" "$D/k8s" "$D/config"; then
+  pass "every example database connection uses sslmode=verify-full"
+else
+  fail "every example database connection uses sslmode=verify-full" "$weak"
 fi
 if tok=$(bash "$D/pki.sh" token) && [[ $tok =~ ^[0-9a-f]{64}$ ]]; then
   pass "pki.sh token: 64 hex characters (the scheduler refuses tokens under 32)"

@@ -7,7 +7,7 @@
 #   --admin CONNINFO   libpq connection string of a superuser (default: $LIVEMIG_PG_ADMIN, else
 #                      libpq's environment — PGHOST, PGPORT, PGUSER (default postgres),
 #                      PGPASSWORD — and dbname=postgres). E.g. "host=db.example.net user=postgres
-#                      dbname=postgres sslmode=require", or run it as the postgres OS user on the
+#                      dbname=postgres sslmode=verify-full", or run it as the postgres OS user on the
 #                      database host: sudo -u postgres deploy/postgres/setup-database.sh
 #   --database NAME    the scheduler's database (default livemig)
 #   --owner ROLE       the role the scheduler logs in as; it owns the database and its schema and
