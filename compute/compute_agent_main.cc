@@ -4,11 +4,14 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
@@ -29,9 +32,15 @@ using livemig::LogError;
 using livemig::LogInfo;
 using livemig::LogWarning;
 
-std::vector<std::string> ReadAllowFile(const std::string& path) {
+// The identities in an allow-list file; an error naming the file when it cannot be read (a
+// missing file is never an empty list: that would lock every caller out, or hide a typo).
+absl::StatusOr<std::vector<std::string>> ReadAllowFile(const std::string& path) {
   std::vector<std::string> out;
   std::ifstream in(path);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read the allow-list file ", path, ": ", std::strerror(errno)));
+  }
   std::string line;
   while (std::getline(in, line)) {
     auto hash = line.find('#');
@@ -234,7 +243,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> ids = absl::StrSplit(allow, ',', absl::SkipEmpty());
   if (!allow_file.empty()) {
     auto more = ReadAllowFile(allow_file);
-    ids.insert(ids.end(), more.begin(), more.end());
+    if (!more.ok()) return Fail("--allow-file", more.status());
+    ids.insert(ids.end(), more->begin(), more->end());
   }
   if (ids.empty() && !tls.insecure) {
     LogWarning("the allow-list is empty: no caller may drive migration steps (pass --allow)");
@@ -279,10 +289,14 @@ int main(int argc, char** argv) {
     sigwait(&sigs, &sig);
     if (sig == SIGHUP) {
       std::vector<std::string> fresh = absl::StrSplit(allow, ',', absl::SkipEmpty());
-      if (!allow_file.empty()) {
-        auto more = ReadAllowFile(allow_file);
-        fresh.insert(fresh.end(), more.begin(), more.end());
+      absl::StatusOr<std::vector<std::string>> more = std::vector<std::string>();
+      if (!allow_file.empty()) more = ReadAllowFile(allow_file);
+      if (!more.ok()) {
+        LogError("SIGHUP: %s; the allow-list stays as it was (%s)", more.status().message(),
+                 absl::StrJoin(allow_list.identities(), ","));
+        continue;
       }
+      fresh.insert(fresh.end(), more->begin(), more->end());
       allow_list.Replace(fresh);
       if (auto s = livemig::ValidateTlsFiles(tls, "compute_agent"); !s.ok()) {
         LogError("after SIGHUP: %s", s.message());

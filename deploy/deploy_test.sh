@@ -581,6 +581,38 @@ else
 fi
 kill "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null
 
+# An allow-list file that cannot be read: at start-up a configuration error (exit 2); on SIGHUP the
+# previous list stays, and the log says so (never a silently emptied list).
+printf 'scheduler\nops-console\n' >"$TMP/allow"
+agent_args=(--config "$D/config/compute-agent-xen.conf.example" --driver fake
+  --fake-state-dir "$TMP/fake" --hostname hv-a.example.net --listen 127.0.0.1:0
+  --advertise-address 127.0.0.1:1 --scheduler "" --state-dir "$TMP/agent-state2"
+  --instance-path "$TMP/instances" --tls-ca "$TMP/pki/ca.pem"
+  --tls-cert "$TMP/pki/hv-a.example.net.pem" --tls-key "$TMP/pki/hv-a.example.net.key")
+out=$("${BIN[compute_agent]}" "${agent_args[@]}" --allow-file "$TMP/no-such-allow" 2>&1)
+rc=$?
+if ((rc == 2)) && grep -q "cannot read the allow-list file $TMP/no-such-allow" <<<"$out"; then
+  pass "compute_agent with an unreadable --allow-file exits 2 and names the file"
+else
+  fail "compute_agent with an unreadable --allow-file exits 2 and names the file" "exit $rc: $out"
+fi
+"${BIN[compute_agent]}" "${agent_args[@]}" --allow-file "$TMP/allow" >"$TMP/agent2.log" 2>&1 &
+agent_pid=$!
+PIDS+=("$agent_pid")
+if wait_for_log "$TMP/agent2.log" "serving on .*allowed: .*ops-console" 20 "$agent_pid"; then
+  mv "$TMP/allow" "$TMP/allow.moved"
+  kill -HUP "$agent_pid"
+  if wait_for_log "$TMP/agent2.log" "SIGHUP: cannot read the allow-list file .*stays as it was \(.*ops-console" 10 "$agent_pid" \
+      && kill -0 "$agent_pid" 2>/dev/null && ! grep -q "allow-list reloaded" "$TMP/agent2.log"; then
+    pass "compute_agent keeps its allow-list when the file cannot be read on SIGHUP, and says so"
+  else
+    fail "compute_agent keeps its allow-list when the file cannot be read on SIGHUP" "$(tail -5 "$TMP/agent2.log")"
+  fi
+else
+  fail "compute_agent starts with --allow-file" "$(tail -5 "$TMP/agent2.log")"
+fi
+kill "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null
+
 # The exit statuses the units rely on (RestartPreventExitStatus=2): a configuration error exits 2
 # (not restarted), an unreachable hypervisor 7 (restarted until libvirtd is up).
 out=$("${BIN[compute_agent]}" --config "$D/config/compute-agent-xen.conf.example" --listen 127.0.0.1:0 2>&1)
