@@ -2,16 +2,20 @@
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cstdio>
 #include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "db/pg_stores.h"
 #include "db/schema.h"
 #include "nlohmann/json.hpp"
 #include "testing/pg_server.h"
+#include "testing/process.h"
 
 namespace livemig::db {
 namespace {
@@ -1313,6 +1317,174 @@ TEST_CASE("per-host instance counters follow every change, folded or not") {
       db.stores->hosts().ApplyReport(Report("host-b", 4, {Dom(3), Dom(5), Dom(6), Dom(7)})).ok());
   CHECK(instances("host-b") == 4);
   CHECK(db.Count(direct) == 0);
+}
+
+// Connections held by `n` calls until released (each call blocks inside the pool with its
+// connection, as a slow reader would).
+struct Holders {
+  PgPool* pool;
+  std::vector<std::unique_ptr<absl::Notification>> release;
+  std::vector<std::thread> threads;
+  std::atomic<int> holding{0};
+  Holders(PgPool* p, int n) : pool(p) {
+    for (int i = 0; i < n; ++i) release.push_back(std::make_unique<absl::Notification>());
+    for (int i = 0; i < n; ++i) {
+      threads.emplace_back([this, i] {
+        auto s = pool->Read("hold", [&](pqxx::transaction_base& t) {
+          t.exec("SELECT 1");
+          ++holding;
+          release[i]->WaitForNotification();
+          return absl::OkStatus();
+        });
+        if (!s.ok()) UNSCOPED_INFO("holder " << i << ": " << s.ToString());
+      });
+    }
+  }
+  void Release(int i) {
+    if (!release[i]->HasBeenNotified()) release[i]->Notify();
+  }
+  ~Holders() {
+    for (size_t i = 0; i < release.size(); ++i) Release(static_cast<int>(i));
+    for (auto& t : threads) t.join();
+  }
+};
+
+absl::StatusOr<int> SelectOne(PgPool& pool, const std::string& what) {
+  return pool.ReadQuery<int>(what, [](pqxx::transaction_base& t) -> absl::StatusOr<int> {
+    return t.exec("SELECT 1")[0][0].as<int>();
+  });
+}
+
+TEST_CASE(
+    "pool: with every connection held, a call fails Unavailable after the acquire timeout, "
+    "naming the pool and its size; a released connection serves a waiting call") {
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  PgPool::Options o;
+  o.conninfo = *c;
+  o.size = 2;
+  o.acquire_timeout = absl::Seconds(2);
+  o.name = "API";
+  o.size_flag = "--db-pool";
+  auto created = PgPool::Create(o);
+  REQUIRE(created.ok());
+  PgPool& pool = **created;
+  Holders held(&pool, 2);
+  REQUIRE(livemig::testing::WaitFor([&] { return held.holding == 2; }, absl::Seconds(20)));
+  CHECK(pool.InUse() == 2);
+
+  absl::Time t0 = absl::Now();
+  auto r = SelectOne(pool, "list hosts");
+  const absl::Duration waited = absl::Now() - t0;
+  printf("pool of 2, both held: the call failed after %.2f s (acquire timeout 2 s)\n",
+         absl::ToDoubleSeconds(waited));
+  REQUIRE_FALSE(r.ok());
+  INFO(r.status().ToString());
+  CHECK(r.status().code() == absl::StatusCode::kUnavailable);
+  const std::string msg(r.status().message());
+  CHECK(absl::StrContains(msg, "pool exhausted during list hosts"));
+  CHECK(absl::StrContains(msg, "all 2 connections of the API pool"));
+  CHECK(absl::StrContains(msg, "for 2s"));
+  CHECK(absl::StrContains(msg, "raise --db-pool"));
+  CHECK(waited >= absl::Milliseconds(1900));
+  CHECK(waited < absl::Seconds(2) + absl::Seconds(8));  // a loaded machine's margin
+
+  // A call waiting for a connection gets the first one released, before its deadline.
+  absl::StatusOr<int> served = absl::UnknownError("not run");
+  absl::Duration served_after;
+  std::thread waiter([&] {
+    const absl::Time start = absl::Now();
+    served = SelectOne(pool, "get host");
+    served_after = absl::Now() - start;
+  });
+  REQUIRE(livemig::testing::WaitFor([&] { return pool.Waiting() == 1; }, absl::Seconds(10)));
+  held.Release(0);
+  waiter.join();
+  INFO(served.status().ToString());
+  REQUIRE(served.ok());
+  CHECK(*served == 1);
+  CHECK(served_after < absl::Seconds(2));
+  // And with the second still held, calls keep succeeding on the released one.
+  CHECK(SelectOne(pool, "again").ok());
+  CHECK(pool.InUse() == 1);
+}
+
+TEST_CASE(
+    "pool: a call with no answer is abandoned at the call timeout (Unavailable) and the next "
+    "call reconnects; a reachable server's statement timeout answers first") {
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  PgPool::Options o;
+  o.conninfo = *c;
+  o.size = 1;
+  o.statement_timeout = absl::Seconds(60);
+  o.call_timeout = absl::Seconds(2);
+  auto created = PgPool::Create(o);
+  REQUIRE(created.ok());
+  PgPool& pool = **created;
+  auto sleep_for = [&](PgPool& p, int seconds) {
+    return p.ReadQuery<int>("slow read", [&](pqxx::transaction_base& t) -> absl::StatusOr<int> {
+      t.exec(absl::StrCat("SELECT pg_sleep(", seconds, ")"));
+      return 1;
+    });
+  };
+  absl::Time t0 = absl::Now();
+  auto r = sleep_for(pool, 20);
+  const absl::Duration took = absl::Now() - t0;
+  printf("a statement with no answer: abandoned after %.2f s (call timeout 2 s)\n",
+         absl::ToDoubleSeconds(took));
+  INFO(r.status().ToString());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(absl::StrContains(r.status().message(), "did not answer within 2s during slow read"));
+  CHECK(took >= absl::Milliseconds(1900));
+  CHECK(took < absl::Seconds(10));
+  // The connection was dropped: the next call opens a new one and works.
+  auto next = SelectOne(pool, "after");
+  INFO(next.status().ToString());
+  CHECK(next.ok());
+  CHECK(pool.InUse() == 0);
+
+  // The server's statement timeout (1 s) ends the statement before the call timeout (6 s).
+  o.statement_timeout = absl::Seconds(1);
+  o.call_timeout = absl::ZeroDuration();  // statement timeout + 5 s
+  auto short_pool = PgPool::Create(o);
+  REQUIRE(short_pool.ok());
+  t0 = absl::Now();
+  auto st = sleep_for(**short_pool, 10);
+  INFO(st.status().ToString());
+  CHECK(st.status().code() == absl::StatusCode::kDeadlineExceeded);
+  CHECK(absl::Now() - t0 < absl::Seconds(6));
+  CHECK(SelectOne(**short_pool, "after the timeout").ok());  // the same connection goes on
+}
+
+TEST_CASE(
+    "pool: TCP keepalives and tcp_user_timeout are added unless given, and libpq accepts them "
+    "on a Unix socket") {
+  PgPool::Options o;
+  o.conninfo = "host=/run/x port=5432 dbname=d keepalives_idle=30";
+  const std::string s = PgPool::ConnectionString(o);
+  INFO(s);
+  CHECK(absl::StrContains(s, " keepalives=1"));
+  CHECK(absl::StrContains(s, " keepalives_interval=2"));
+  CHECK(absl::StrContains(s, " keepalives_count=3"));
+  CHECK(absl::StrContains(s, " tcp_user_timeout=10000"));
+  CHECK(absl::StrContains(s, "keepalives_idle=30"));  // the caller's value stays, alone
+  CHECK_FALSE(absl::StrContains(s, "keepalives_idle=5"));
+  o.tcp_keepalives = false;
+  CHECK_FALSE(absl::StrContains(PgPool::ConnectionString(o), "tcp_user_timeout"));
+  // The test server is on a Unix socket: every pool here connects with the settings; one
+  // explicit check that such a connection works.
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  PgPool::Options u;
+  u.conninfo = *c;
+  REQUIRE(absl::StrContains(PgPool::ConnectionString(u), "host=/"));
+  REQUIRE(absl::StrContains(PgPool::ConnectionString(u), "tcp_user_timeout=10000"));
+  auto pool = PgPool::Create(u);
+  INFO(pool.status().ToString());
+  REQUIRE(pool.ok());
+  CHECK(SelectOne(**pool, "unix socket").ok());
 }
 
 // Keep this last: it stops and restarts the shared server.

@@ -1,5 +1,11 @@
 #include "db/pg_pool.h"
 
+#include <fcntl.h>
+#include <postgresql/libpq-fe.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -43,6 +49,49 @@ absl::Status StatusFromPqxx(const std::string& what, const std::exception& e) {
                                           state, state.empty() ? "" : ")", ": ", msg));
 }
 
+PgPool::PgPool(Options options)
+    : options_(std::move(options)), conninfo_(ConnectionString(options_)) {
+  watchdog_ = std::thread([this] { WatchdogLoop(); });
+}
+
+PgPool::~PgPool() {
+  {
+    absl::MutexLock l(&watch_mu_);
+    stop_watchdog_ = true;
+  }
+  if (watchdog_.joinable()) watchdog_.join();
+}
+
+std::string PgPool::ConnectionString(const Options& options) {
+  std::string out = options.conninfo;
+  if (options.tcp_keepalives) {
+    // The keys the caller set win: add only the missing ones.
+    std::set<std::string> given;
+    char* err = nullptr;
+    if (PQconninfoOption* opts = PQconninfoParse(options.conninfo.c_str(), &err)) {
+      for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+        if (o->val != nullptr) given.insert(o->keyword);
+      }
+      PQconninfoFree(opts);
+    }
+    if (err != nullptr) PQfreemem(err);  // a malformed string: connecting will say why
+    for (const auto& [key, value] :
+         std::vector<std::pair<std::string, std::string>>{{"keepalives", "1"},
+                                                          {"keepalives_idle", "5"},
+                                                          {"keepalives_interval", "2"},
+                                                          {"keepalives_count", "3"},
+                                                          {"tcp_user_timeout", "10000"}}) {
+      if (given.count(key) == 0) absl::StrAppend(&out, " ", key, "=", value);
+    }
+  }
+  absl::StrAppend(
+      &out,
+      " connect_timeout=", std::max<int64_t>(1, absl::ToInt64Seconds(options.connect_timeout)),
+      " options='-c statement_timeout=", absl::ToInt64Milliseconds(options.statement_timeout),
+      " -c TimeZone=UTC -c jit=off'");
+  return out;
+}
+
 absl::StatusOr<std::unique_ptr<PgPool>> PgPool::Create(Options options) {
   if (options.conninfo.empty()) {
     return absl::InvalidArgumentError(
@@ -50,21 +99,37 @@ absl::StatusOr<std::unique_ptr<PgPool>> PgPool::Create(Options options) {
         "user=livemig dbname=livemig\")");
   }
   if (options.size < 1) return absl::InvalidArgumentError("database pool size must be >= 1");
+  if (options.acquire_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("database pool: the acquire timeout must be positive");
+  }
+  if (options.call_timeout <= absl::ZeroDuration()) {
+    options.call_timeout = options.statement_timeout + absl::Seconds(5);
+  }
   auto pool = std::unique_ptr<PgPool>(new PgPool(std::move(options)));
   // Connect once now so that a wrong connection string fails at start-up, clearly.
-  auto conn = pool->Acquire();
+  auto conn = pool->Acquire("connect");
   if (!conn.ok()) return conn.status();
   pool->Release(std::move(conn).value());
   return pool;
 }
 
-absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
+absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire(const std::string& what) {
   {
     absl::MutexLock l(&mu_);
     auto can_take = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return !idle_.empty() || open_ < options_.size;
     };
-    mu_.Await(absl::Condition(&can_take));
+    ++waiting_;
+    const bool got = mu_.AwaitWithTimeout(absl::Condition(&can_take), options_.acquire_timeout);
+    --waiting_;
+    if (!got) {
+      return absl::UnavailableError(absl::StrCat(
+          "database pool exhausted during ", what, ": all ", options_.size, " connections of the ",
+          options_.name, " pool stayed in use for ", absl::FormatDuration(options_.acquire_timeout),
+          waiting_ > 0 ? absl::StrCat(" (", waiting_, " other calls waiting)") : "", "; raise ",
+          options_.size_flag, " or reduce the load on the scheduler, then retry"));
+    }
+    ++in_use_;
     if (!idle_.empty()) {
       auto c = std::move(idle_.back());
       idle_.pop_back();
@@ -73,25 +138,79 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> PgPool::Acquire() {
     ++open_;
   }
   try {
-    std::string conninfo = absl::StrCat(
-        options_.conninfo,
-        " connect_timeout=", std::max<int64_t>(1, absl::ToInt64Seconds(options_.connect_timeout)),
-        " options='-c statement_timeout=", absl::ToInt64Milliseconds(options_.statement_timeout),
-        " -c TimeZone=UTC -c jit=off'");
-    return std::make_unique<pqxx::connection>(conninfo);
+    return std::make_unique<pqxx::connection>(conninfo_);
   } catch (const std::exception& e) {
     absl::MutexLock l(&mu_);
     --open_;
+    --in_use_;
     return StatusFromPqxx("connect", e);
   }
 }
 
 void PgPool::Release(std::unique_ptr<pqxx::connection> conn) {
   absl::MutexLock l(&mu_);
+  --in_use_;
   if (conn && conn->is_open()) {
     idle_.push_back(std::move(conn));
   } else {
     --open_;
+  }
+}
+
+int PgPool::InUse() {
+  absl::MutexLock l(&mu_);
+  return in_use_;
+}
+
+int PgPool::Waiting() {
+  absl::MutexLock l(&mu_);
+  return waiting_;
+}
+
+uint64_t PgPool::Watch(const pqxx::connection& conn) {
+  const int sock = conn.sock();
+  if (sock < 0) return 0;
+  // A duplicate of the socket, closed only by Unwatch: if libpq closes its own descriptor
+  // meanwhile, its number may be reused, but this one still names the same socket.
+  const int fd = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  absl::MutexLock l(&watch_mu_);
+  const uint64_t ticket = next_ticket_++;
+  // Every deadline is now + call_timeout, so none is earlier than the watchdog's next wake-up
+  // (it sleeps at most call_timeout): no need to wake it.
+  watched_[ticket] = Watched{fd, absl::Now() + options_.call_timeout};
+  return ticket;
+}
+
+bool PgPool::Unwatch(uint64_t ticket) {
+  if (ticket == 0) return false;
+  absl::MutexLock l(&watch_mu_);
+  auto it = watched_.find(ticket);
+  if (it == watched_.end()) return false;
+  const bool fired = it->second.fired;
+  close(it->second.fd);
+  watched_.erase(it);
+  return fired;
+}
+
+void PgPool::WatchdogLoop() {
+  absl::MutexLock l(&watch_mu_);
+  while (!stop_watchdog_) {
+    const absl::Time now = absl::Now();
+    absl::Time wake = now + options_.call_timeout;
+    for (auto& [ticket, w] : watched_) {
+      if (w.fired) continue;
+      if (w.deadline <= now) {
+        // The call has had no answer in time: end it. libpq sees the connection closed and the
+        // call fails at once (RunImpl says why).
+        shutdown(w.fd, SHUT_RDWR);
+        w.fired = true;
+      } else {
+        wake = std::min(wake, w.deadline);
+      }
+    }
+    auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(watch_mu_) { return stop_watchdog_; };
+    watch_mu_.AwaitWithDeadline(absl::Condition(&stopping), wake);
   }
 }
 
@@ -111,9 +230,21 @@ absl::Status PgPool::RunImpl(const std::string& what, bool read_only,
                              const std::function<absl::Status(pqxx::transaction_base&)>& fn) {
   absl::Status last;
   for (int attempt = 0; attempt <= options_.max_retries; ++attempt) {
-    auto conn_or = Acquire();
+    auto conn_or = Acquire(what);
     if (!conn_or.ok()) return conn_or.status();
     std::unique_ptr<pqxx::connection> conn = std::move(conn_or).value();
+    const uint64_t ticket = Watch(*conn);
+    // The watchdog closed the connection under the call: say so, with the error the call saw
+    // when it tells more than "connection lost" (e.g. a COMMIT whose outcome is unknown); never
+    // reuse the connection.
+    auto timed_out = [&](const std::string& seen) {
+      return absl::UnavailableError(absl::StrCat(
+          "database did not answer within ", absl::FormatDuration(options_.call_timeout),
+          " during ", what,
+          ": the connection was closed (PostgreSQL or the network to it is down or not "
+          "answering; the next call reconnects)",
+          seen.empty() ? "" : ": ", seen));
+    };
     bool retry = false;
     try {
       absl::Status s;
@@ -129,16 +260,24 @@ absl::Status PgPool::RunImpl(const std::string& what, bool read_only,
           w.abort();
         }
       }
+      // Finished as the watchdog fired: its outcome stands, its connection goes.
+      if (Unwatch(ticket)) conn.reset();
       Release(std::move(conn));
       return s;
     } catch (const pqxx::broken_connection& e) {
       conn.reset();  // reconnect on the next call
       last = StatusFromPqxx(what, e);
+      if (Unwatch(ticket)) last = timed_out("");
     } catch (const std::exception& e) {
       const std::string state = SqlState(e);
       last = StatusFromPqxx(what, e);
       retry = state == "40001" || state == "40P01";
       if (state.rfind("57P", 0) == 0 || state.rfind("08", 0) == 0) conn.reset();
+      if (Unwatch(ticket)) {
+        conn.reset();
+        last = timed_out(std::string(last.message()));
+        retry = false;
+      }
     }
     Release(std::move(conn));
     if (!retry) return last;

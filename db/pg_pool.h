@@ -7,13 +7,31 @@
 //   - every other libpqxx/PostgreSQL error becomes Internal with the server's message, except
 //     the constraint violations callers ask to handle themselves (they see the exception).
 //
-// Thread-safe. Connections are opened lazily, at most `size` at once; callers wait for one.
+// No call waits forever (a lost database fails in seconds):
+//
+//   - a call waits at most `acquire_timeout` for a free connection when all `size` are in use,
+//     then fails Unavailable naming the pool, its size and the wait ("raise <size_flag> or
+//     reduce the load");
+//   - opening a connection is bounded by `connect_timeout` (libpq's, the whole start-up);
+//   - the server ends a statement after `statement_timeout` (DeadlineExceeded); and a watchdog
+//     closes the socket of a call that has had no answer `call_timeout` after it started
+//     (Unavailable), for when the server cannot even be told: a black-holed network, a frozen
+//     server, where TCP alone would wait for minutes;
+//   - TCP keepalives (idle 5 s, then every 2 s, 3 probes) and tcp_user_timeout (10 s of
+//     unacknowledged data) are added to the connection string unless it sets them, so that the
+//     kernel drops a connection to a host that vanished (libpq ignores them on Unix sockets).
+//
+// Thread-safe. Connections are opened lazily, at most `size` at once. A scheduler runs two
+// pools: one for the API and one for the control loop (db/README.md, "Connection pools").
 #ifndef LIVEMIG_DB_PG_POOL_H_
 #define LIVEMIG_DB_PG_POOL_H_
 
+#include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -32,12 +50,33 @@ class PgPool {
     int max_retries = 5;   // for serialization failures and deadlocks
     absl::Duration statement_timeout = absl::Seconds(30);
     absl::Duration connect_timeout = absl::Seconds(5);
+    // The longest a call waits for a free connection when all `size` are in use.
+    absl::Duration acquire_timeout = absl::Seconds(5);
+    // Client-side bound on one attempt of a call, from when it has its connection: past it the
+    // connection is closed under the call, which fails Unavailable. Zero: statement_timeout +
+    // 5 s (the server's own timeout answers first when the server can be reached).
+    absl::Duration call_timeout = absl::ZeroDuration();
+    // Adds keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3
+    // tcp_user_timeout=10000 to the connection string, each unless it is given there.
+    bool tcp_keepalives = true;
+    // For messages: the pool's name ("API", "control") and the flag that sets its size.
+    std::string name = "database";
+    std::string size_flag = "--db-pool";
   };
 
   static absl::StatusOr<std::unique_ptr<PgPool>> Create(Options options);
+  ~PgPool();
+  PgPool(const PgPool&) = delete;
+  PgPool& operator=(const PgPool&) = delete;
+
+  // The libpq connection string the pool connects with: `options.conninfo` plus the keepalive
+  // settings it lacks (see Options::tcp_keepalives), connect_timeout and the session settings
+  // (statement_timeout, TimeZone=UTC, jit=off). Exposed for tests.
+  static std::string ConnectionString(const Options& options);
 
   // Runs `fn` in a transaction and commits it. `what` names the operation in error messages.
-  // `fn` may return a non-OK status to roll back without an exception.
+  // `fn` may return a non-OK status to roll back without an exception. `fn` should only talk to
+  // the database: its own slow work counts against call_timeout.
   absl::Status Run(const std::string& what, const std::function<absl::Status(pqxx::work&)>& fn);
 
   // Same, returning a value.
@@ -89,17 +128,43 @@ class PgPool {
 
   const Options& options() const { return options_; }
 
+  // Connections in use by calls now, and calls waiting for one (for tests and diagnostics).
+  int InUse();
+  int Waiting();
+
  private:
-  explicit PgPool(Options options) : options_(std::move(options)) {}
-  absl::StatusOr<std::unique_ptr<pqxx::connection>> Acquire();
+  explicit PgPool(Options options);
+  // A connection, waiting at most options_.acquire_timeout for one to be free; `what` names the
+  // call in the error.
+  absl::StatusOr<std::unique_ptr<pqxx::connection>> Acquire(const std::string& what);
   void Release(std::unique_ptr<pqxx::connection> conn);
   absl::Status RunImpl(const std::string& what, bool read_only,
                        const std::function<absl::Status(pqxx::transaction_base&)>& fn);
+  // The call watchdog: Watch() registers a call on `conn` until now + call_timeout (returns its
+  // ticket, or 0 when the socket cannot be watched); Unwatch() ends it and says whether the
+  // watchdog closed the socket.
+  uint64_t Watch(const pqxx::connection& conn);
+  bool Unwatch(uint64_t ticket);
+  void WatchdogLoop();
 
   const Options options_;
+  const std::string conninfo_;  // ConnectionString(options_)
   absl::Mutex mu_;
   std::vector<std::unique_ptr<pqxx::connection>> idle_ ABSL_GUARDED_BY(mu_);
   int open_ ABSL_GUARDED_BY(mu_) = 0;
+  int in_use_ ABSL_GUARDED_BY(mu_) = 0;
+  int waiting_ ABSL_GUARDED_BY(mu_) = 0;
+
+  struct Watched {
+    int fd;  // a duplicate of the connection's socket, owned here (no reuse race on close)
+    absl::Time deadline;
+    bool fired = false;
+  };
+  absl::Mutex watch_mu_;
+  std::map<uint64_t, Watched> watched_ ABSL_GUARDED_BY(watch_mu_);
+  uint64_t next_ticket_ ABSL_GUARDED_BY(watch_mu_) = 1;
+  bool stop_watchdog_ ABSL_GUARDED_BY(watch_mu_) = false;
+  std::thread watchdog_;
 };
 
 // Maps a libpqxx exception to a Status naming the operation. Exposed for tests.

@@ -36,12 +36,14 @@ bool CapsAllow(const db::HostRecord& h, bool (v1::BackendCapabilities::*has)() c
 }  // namespace
 
 ApiCore::ApiCore(db::MigrationStore* migrations, db::HostStore* hosts, db::InstanceStore* instances,
-                 db::EvacuationStore* evacuations, Orchestrator* orchestrator)
+                 db::EvacuationStore* evacuations, Orchestrator* orchestrator,
+                 db::EvacuationStore* evacuation_leases)
     : migrations_(migrations),
       hosts_(hosts),
       instances_(instances),
       evacuations_(evacuations),
-      orchestrator_(orchestrator) {}
+      orchestrator_(orchestrator),
+      evacuation_leases_(evacuation_leases ? evacuation_leases : evacuations) {}
 
 ApiCore::~ApiCore() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
@@ -332,7 +334,7 @@ absl::StatusOr<sv1::CheckMigrationResponse> ApiCore::CheckMigration(
         absl::StrCat("instance '", r.instance_uuid(), "' is not a UUID"));
   }
   RETURN_IF_ERROR(ValidateOptions(r.options()));
-  return orchestrator_->CheckMigration(r);
+  return orchestrator_->CheckMigration(r, hosts_, instances_);  // the API's connections
 }
 
 absl::StatusOr<std::vector<sv1::Host>> ApiCore::ListAllHosts() {
@@ -588,18 +590,18 @@ void ApiCore::EvacuationLoop() {
   // As the orchestrator's renewer: the same owner name and lease, renewed every lease/3.
   const OrchestratorOptions& o = orchestrator_->options();
   do {
-    auto renewed = evacuations_->RenewEvacuationLeases(o.scheduler_id, o.lease);
+    auto renewed = evacuation_leases_->RenewEvacuationLeases(o.scheduler_id, o.lease);
     if (!renewed.ok()) {
       LogWarning("evacuation lease renewal failed: %s", renewed.status().message());
     }
     // Take over the evacuations whose owner's lease expired (it stopped or died) or that have
     // none; the compare-and-swap lets one scheduler only have each.
-    auto orphans = evacuations_->ListOrphanedEvacuations();
+    auto orphans = evacuation_leases_->ListOrphanedEvacuations();
     if (!orphans.ok()) {
       LogWarning("evacuations: orphans not listed: %s", orphans.status().message());
     } else {
       for (const auto& e : *orphans) {
-        auto got = evacuations_->AcquireEvacuationLease(e.id, o.scheduler_id, o.lease);
+        auto got = evacuation_leases_->AcquireEvacuationLease(e.id, o.scheduler_id, o.lease);
         if (!got.ok() || !*got) continue;  // finished meanwhile, taken by another, or retried
         LogInfo("evacuation %d (%s) of %s taken over from %s", e.id, e.uuid, e.host,
                 e.owner.empty() ? "no owner" : absl::StrCat("'", e.owner, "'"));

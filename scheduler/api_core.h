@@ -24,8 +24,12 @@ namespace livemig::sched {
 
 class ApiCore {
  public:
+  // `evacuation_leases`, when given, is used for the evacuations' lease renewal and takeover
+  // only (the scheduler passes the control loop's store, so that API load cannot delay them);
+  // everything else goes through the stores before it.
   ApiCore(db::MigrationStore* migrations, db::HostStore* hosts, db::InstanceStore* instances,
-          db::EvacuationStore* evacuations, Orchestrator* orchestrator);
+          db::EvacuationStore* evacuations, Orchestrator* orchestrator,
+          db::EvacuationStore* evacuation_leases = nullptr);
   ~ApiCore();  // stops evacuation drivers
 
   // `caller` is the authenticated identity (or "" when unauthenticated); the request's
@@ -93,6 +97,7 @@ class ApiCore {
   db::InstanceStore* instances_;
   db::EvacuationStore* evacuations_;
   Orchestrator* orchestrator_;
+  db::EvacuationStore* evacuation_leases_;  // renewal and takeover (evacuations_ by default)
   absl::Notification stop_;
   absl::Mutex mu_;
   std::thread evacuation_loop_ ABSL_GUARDED_BY(mu_);

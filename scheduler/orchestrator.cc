@@ -1016,12 +1016,15 @@ void Orchestrator::RenewLoop() {
 }
 
 absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
-    const sv1::CheckMigrationRequest& req) {
-  ASSIGN_OR_RETURN(db::InstanceRecord inst, instances_->GetInstance(req.instance_uuid()));
+    const sv1::CheckMigrationRequest& req, db::HostStore* hosts_store,
+    db::InstanceStore* instances_store) {
+  db::HostStore* const hosts = hosts_store ? hosts_store : hosts_;
+  db::InstanceStore* const instances = instances_store ? instances_store : instances_;
+  ASSIGN_OR_RETURN(db::InstanceRecord inst, instances->GetInstance(req.instance_uuid()));
   if (inst.host.empty()) {
     return absl::FailedPreconditionError("instance " + inst.uuid + " has no known host");
   }
-  ASSIGN_OR_RETURN(db::HostRecord src, hosts_->GetHost(inst.host, options_.service_down_time));
+  ASSIGN_OR_RETURN(db::HostRecord src, hosts->GetHost(inst.host, options_.service_down_time));
   sv1::CheckMigrationResponse resp;
   resp.set_instance_uuid(inst.uuid);
   resp.set_source_host(inst.host);
@@ -1051,11 +1054,11 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
   std::vector<sv1::HostCheck> checks;
   if (!req.destination().empty()) {
     ASSIGN_OR_RETURN(db::HostRecord dst,
-                     hosts_->GetHost(req.destination(), options_.service_down_time));
+                     hosts->GetHost(req.destination(), options_.service_down_time));
     checks.push_back(CheckDestination(inst, src, dst, req.options()));
   } else {
-    ASSIGN_OR_RETURN(auto hosts, hosts_->ListHosts(options_.service_down_time));
-    checks = RankDestinations(inst, src, hosts, req.options());
+    ASSIGN_OR_RETURN(auto all, hosts->ListHosts(options_.service_down_time));
+    checks = RankDestinations(inst, src, all, req.options());
   }
   // Agent checks (steps 4-5) on the hosts that pass, with a throwaway id; nothing is kept.
   auto src_agent = agents_->ForHost(src.report.hostname, src.report.agent_address);
@@ -1075,7 +1078,7 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
       hc.set_passed(false);
     }
     if (!hc.passed()) continue;
-    auto dst = hosts_->GetHost(hc.host(), options_.service_down_time);
+    auto dst = hosts->GetHost(hc.host(), options_.service_down_time);
     if (!dst.ok()) continue;
     auto dst_agent = agents_->ForHost(hc.host(), dst->report.agent_address);
     const std::string probe_id = absl::StrCat("dryrun-", rd(), "-", rd());

@@ -75,8 +75,12 @@ class Orchestrator {
 
   // Dry run: every check for the given destination (or every candidate), including the agent
   // checks (steps 4-5) on hosts that pass the database checks; changes nothing (the probe file
-  // is removed again).
-  absl::StatusOr<sv1::CheckMigrationResponse> CheckMigration(const sv1::CheckMigrationRequest& r);
+  // is removed again). It reads through `hosts` and `instances` when given (the API passes its
+  // own stores, so that dry runs use the API's connections, not the control loop's), else
+  // through the orchestrator's.
+  absl::StatusOr<sv1::CheckMigrationResponse> CheckMigration(
+      const sv1::CheckMigrationRequest& r, db::HostStore* hosts = nullptr,
+      db::InstanceStore* instances = nullptr);
 
   int RunningStateMachines();
 

@@ -47,8 +47,21 @@ int main(int argc, char** argv) {
   app.get_formatter()->column_width(44);
   std::string db = std::getenv("LIVEMIG_DB") ? std::getenv("LIVEMIG_DB") : "";
   app.add_option("--db", db, "PostgreSQL connection string (env LIVEMIG_DB)");
-  int db_pool = 16;
-  app.add_option("--db-pool", db_pool, "database connections")->capture_default_str();
+  int db_pool = 16, db_pool_control = 4;
+  double db_acquire_s = 5, db_statement_s = 10;
+  app.add_option("--db-pool", db_pool, "database connections of the API (reads, requests)")
+      ->capture_default_str();
+  app.add_option("--db-pool-control", db_pool_control,
+                 "database connections reserved for the control loop (migrations, leases, host "
+                 "reports), which API load cannot take")
+      ->capture_default_str();
+  app.add_option("--db-acquire-timeout", db_acquire_s,
+                 "seconds a call waits for a free database connection, then UNAVAILABLE")
+      ->capture_default_str();
+  app.add_option("--db-statement-timeout", db_statement_s,
+                 "seconds a database statement may run; a call with no answer 5 s later is "
+                 "abandoned (UNAVAILABLE), as when the database is unreachable")
+      ->capture_default_str();
   std::string listen = "unix:/run/livemig/scheduler-api.sock";
   app.add_option("--listen", listen, "scheduler API address (unix:/path or HOST:PORT)")
       ->capture_default_str();
@@ -207,16 +220,26 @@ int main(int argc, char** argv) {
   auto tokens = livemig::sched::TokenStore::Load(no_auth ? "" : tokens_file);
   if (!tokens.ok()) return Fail("tokens", tokens.status());
 
+  // Two pools (db/README.md, "Connection pools"): the API's, and the control loop's.
   livemig::db::PgPool::Options po;
   po.conninfo = db;
   po.size = db_pool;
+  po.acquire_timeout = absl::Seconds(db_acquire_s);
+  po.statement_timeout = absl::Seconds(db_statement_s);
+  po.name = "API";
   auto pool = livemig::db::PgPool::Create(po);
   if (!pool.ok()) return Fail("database", pool.status());
+  po.size = db_pool_control;
+  po.name = "control";
+  po.size_flag = "--db-pool-control";
+  auto control_pool = livemig::db::PgPool::Create(po);
+  if (!control_pool.ok()) return Fail("database", control_pool.status());
   auto schema = livemig::db::ApplySchema(**pool);
   if (!schema.ok()) return Fail("database schema", schema.status());
   livemig::LogInfo("database schema at version %d%s", schema->version_after,
                    schema->applied.empty() ? "" : " (upgraded now)");
   livemig::db::PgStores stores(pool->get());
+  livemig::db::PgStores control(control_pool->get());
   auto purged = stores.migrations().PurgeFinished(absl::Now() - absl::Hours(24) * retention_days);
   if (purged.ok() && *purged > 0) {
     livemig::LogInfo("purged %d migration(s) finished more than %d days ago", *purged,
@@ -240,12 +263,12 @@ int main(int argc, char** argv) {
   o.service_down_time = absl::Seconds(down_s);
   o.lease = absl::Seconds(lease_s);
   o.progress_write = absl::Seconds(progress_s);
-  livemig::sched::Orchestrator orchestrator(o, &stores.migrations(), &stores.hosts(),
-                                            &stores.instances(), agent_factory);
+  livemig::sched::Orchestrator orchestrator(o, &control.migrations(), &control.hosts(),
+                                            &control.instances(), agent_factory);
   livemig::sched::ApiCore api(&stores.migrations(), &stores.hosts(), &stores.instances(),
-                              &stores.evacuations(), &orchestrator);
+                              &stores.evacuations(), &orchestrator, &control.evacuations());
   livemig::sched::SchedulerApiService api_service(&api, tokens->get());
-  livemig::sched::HostRegistryService registry(&stores.hosts(), tls.insecure,
+  livemig::sched::HostRegistryService registry(&control.hosts(), tls.insecure,
                                                absl::Seconds(report_s));
 
   grpc::EnableDefaultHealthCheckService(true);

@@ -1,11 +1,16 @@
 // The scheduler's state machine, API validation and recovery, against the real PostgreSQL and
 // two in-process agents over the FakeDriver (LocalAgentClientFactory).
 #include <algorithm>
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <cstdio>
+#include <set>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "compute/agent_core.h"
 #include "db/pg_stores.h"
@@ -35,8 +40,12 @@ livemig::testing::PgServer& Pg() {
 }
 
 struct Cloud {
+  std::string conninfo;
   std::unique_ptr<db::PgPool> pool;
   std::unique_ptr<db::PgStores> stores;
+  // StartSplit's pools, as the scheduler runs them: the API's and the control loop's.
+  std::unique_ptr<db::PgPool> api_pool, control_pool;
+  std::unique_ptr<db::PgStores> api_stores, control_stores;
   std::string state = livemig::testing::MakeTempDir("sched");
   std::map<std::string, std::unique_ptr<driver::FakeDriver>> drivers;
   std::map<std::string, std::unique_ptr<agent::AgentCore>> cores;
@@ -50,6 +59,7 @@ struct Cloud {
                  std::function<void(driver::FakeDriver::Options&)> tweak_all = nullptr) {
     auto c = Pg().CreateDatabase();
     REQUIRE(c.ok());
+    conninfo = *c;
     db::PgPool::Options po;
     po.conninfo = *c;
     po.size = 8;
@@ -85,6 +95,37 @@ struct Cloud {
                                           &stores->instances(), &agents);
     api = std::make_unique<ApiCore>(&stores->migrations(), &stores->hosts(), &stores->instances(),
                                     &stores->evacuations(), orch.get());
+    orch->Start();
+  }
+  // Restarts the orchestrator and the API as scheduler_main wires them: the orchestrator (and
+  // the evacuations' leases) on a control pool of `control_size` connections, the API on a pool
+  // of `api_size`; each waits at most `acquire_timeout` for a connection.
+  void StartSplit(OrchestratorOptions o, int api_size, int control_size,
+                  absl::Duration acquire_timeout) {
+    api.reset();
+    orch.reset();
+    db::PgPool::Options po;
+    po.conninfo = conninfo;
+    po.acquire_timeout = acquire_timeout;
+    po.size = api_size;
+    po.name = "API";
+    auto a = db::PgPool::Create(po);
+    REQUIRE(a.ok());
+    api_pool = std::move(a).value();
+    po.size = control_size;
+    po.name = "control";
+    po.size_flag = "--db-pool-control";
+    auto k = db::PgPool::Create(po);
+    REQUIRE(k.ok());
+    control_pool = std::move(k).value();
+    api_stores = std::make_unique<db::PgStores>(api_pool.get());
+    control_stores = std::make_unique<db::PgStores>(control_pool.get());
+    orch =
+        std::make_unique<Orchestrator>(o, &control_stores->migrations(), &control_stores->hosts(),
+                                       &control_stores->instances(), &agents);
+    api = std::make_unique<ApiCore>(&api_stores->migrations(), &api_stores->hosts(),
+                                    &api_stores->instances(), &api_stores->evacuations(),
+                                    orch.get(), &control_stores->evacuations());
     orch->Start();
   }
   void ReportAll() {
@@ -810,6 +851,127 @@ TEST_CASE(
   INFO(m2.failure_reason());
   CHECK(m2.status() == v1::MIGRATION_STATUS_COMPLETED);
   CHECK(c.Where(kUuid2) == Loc{{"fake-b", "running"}});
+}
+
+// `n` calls that each hold a connection of `pool` until released, as slow API readers would.
+struct HeldConnections {
+  std::vector<std::thread> threads;
+  absl::Notification release;
+  std::atomic<int> holding{0};
+  HeldConnections(db::PgPool* pool, int n) {
+    for (int i = 0; i < n; ++i) {
+      threads.emplace_back([this, pool] {
+        pool->Read("slow reader",
+                   [&](pqxx::transaction_base& t) {
+                     t.exec("SELECT 1");
+                     ++holding;
+                     release.WaitForNotification();
+                     return absl::OkStatus();
+                   })
+            .IgnoreError();
+      });
+    }
+  }
+  void Release() {
+    if (!release.HasBeenNotified()) release.Notify();
+    for (auto& t : threads) t.join();
+    threads.clear();
+  }
+  ~HeldConnections() { Release(); }
+};
+
+TEST_CASE(
+    "scheduler: a pool drained by readers while a migration runs — its lease is renewed and it "
+    "is not taken over") {
+  const absl::Duration lease = absl::Seconds(3);
+  Cloud c;
+  // As the scheduler runs: the API on its pool (2 connections, 1 s wait), the orchestrator on
+  // the control pool (2).
+  c.StartSplit(Replica("sched-1", lease), 2, 2, absl::Seconds(1));
+  REQUIRE(c.drivers["fake-a"]->hypervisor().SetTransferDuration("fake-a", absl::Seconds(18)).ok());
+  auto r = c.Migrate(kUuid);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  const std::string uuid = r->migration().id();
+  // What the migrations table says, read on a connection of neither pool.
+  struct Row {
+    std::string owner;
+    double lease_expires = 0;
+    bool lease_live = false;
+    std::string status;
+  };
+  auto row = [&]() -> absl::StatusOr<Row> {
+    return c.pool->ReadQuery<Row>("observe", [&](pqxx::transaction_base& t) -> absl::StatusOr<Row> {
+      pqxx::result res = t.exec_params(
+          "SELECT coalesce(owner, ''), coalesce(extract(epoch FROM lease_expires_at), 0)::float8, "
+          "coalesce(lease_expires_at > now(), false), status FROM migrations WHERE uuid = $1",
+          uuid);
+      if (res.empty()) return absl::NotFoundError(uuid);
+      return Row{res[0][0].as<std::string>(), res[0][1].as<double>(), res[0][2].as<bool>(),
+                 res[0][3].as<std::string>()};
+    });
+  };
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        auto got = row();
+        return got.ok() && got->status == "running";
+      },
+      absl::Seconds(20)));
+  // Another scheduler shares the database: it takes over any migration whose lease expires.
+  Orchestrator rival(Replica("sched-2", lease), &c.stores->migrations(), &c.stores->hosts(),
+                     &c.stores->instances(), &c.agents);
+  rival.Start();
+
+  // Readers take every connection of the API's pool for more than three leases.
+  HeldConnections readers(c.api_pool.get(), 2);
+  REQUIRE(livemig::testing::WaitFor([&] { return readers.holding == 2; }, absl::Seconds(10)));
+  const absl::Time held_since = absl::Now();
+  std::set<std::string> owners;
+  std::vector<double> expiries;
+  int samples = 0, dead_lease_samples = 0, renewals = 0;
+  absl::Status api_during;
+  while (absl::Now() - held_since < 3 * lease + absl::Seconds(1)) {
+    auto got = row();
+    if (got.ok()) {
+      ++samples;
+      owners.insert(got->owner);
+      if (!got->lease_live) ++dead_lease_samples;
+      if (expiries.empty() || got->lease_expires > expiries.back()) {
+        if (!expiries.empty()) ++renewals;
+        expiries.push_back(got->lease_expires);
+      }
+      INFO(got->status);
+      REQUIRE(got->status == "running");  // the transfer outlasts the readers
+    }
+    if (api_during.ok()) api_during = c.api->ListHosts({}).status();  // the API waits, then fails
+    absl::SleepFor(absl::Milliseconds(100));  // sampling period, not a wait for a condition
+  }
+  const absl::Duration held = absl::Now() - held_since;
+  printf(
+      "API pool drained for %.1f s (lease %.0f s): the lease expiry moved forward %d times in %d "
+      "samples, owners seen: %s, samples with an expired lease: %d\n",
+      absl::ToDoubleSeconds(held), absl::ToDoubleSeconds(lease), renewals, samples,
+      absl::StrJoin(owners, ",").c_str(), dead_lease_samples);
+  INFO(api_during.ToString());
+  CHECK(api_during.code() == absl::StatusCode::kUnavailable);
+  CHECK(absl::StrContains(api_during.message(), "all 2 connections of the API pool"));
+  CHECK(owners == std::set<std::string>{"sched-1"});
+  CHECK(dead_lease_samples == 0);
+  // Renewed every lease/3: at least once per lease while the readers held the pool.
+  CHECK(renewals >= 3);
+  readers.Release();
+  auto m = c.WaitTerminal(uuid, absl::Seconds(60));
+  CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);
+  CHECK(c.Where() == Loc{{"fake-b", "running"}});
+  CHECK(c.DbHost() == "fake-b");
+  // Its owner never changed: every step, to the end, ran under sched-1.
+  std::set<std::string> step_owners;
+  for (const auto& e : m.events()) {
+    if (!e.scheduler_id().empty()) step_owners.insert(e.scheduler_id());
+  }
+  CHECK(step_owners.count("sched-1") == 1);
+  CHECK(step_owners.count("sched-2") == 0);
+  rival.Stop();
 }
 
 }  // namespace

@@ -21,8 +21,15 @@ namespace livemig::testing {
 
 class PgServer {
  public:
-  static absl::StatusOr<std::unique_ptr<PgServer>> Start();
+  // `tcp`: the server also listens on 127.0.0.1 on a free port (tcp_port()), e.g. for a proxy
+  // between it and its clients; the Unix socket stays (its connection strings use it).
+  static absl::StatusOr<std::unique_ptr<PgServer>> Start(bool tcp = false);
   ~PgServer();
+
+  // The TCP port on 127.0.0.1 (0 unless started with `tcp`).
+  int tcp_port() const { return tcp_port_; }
+  // `conninfo` (one of CreateDatabase's) with its host and port replaced by 127.0.0.1:`port`.
+  static std::string OverTcp(const std::string& conninfo, int port);
 
   // The server's own "postgres" database.
   const std::string& admin_conninfo() const { return conninfo_; }
@@ -34,9 +41,13 @@ class PgServer {
   const std::string& dir() const { return dir_; }
 
  private:
-  PgServer(std::string dir, std::string conninfo) : dir_(dir), conninfo_(conninfo) {}
+  PgServer(std::string dir, std::string conninfo, int tcp_port)
+      : dir_(dir), conninfo_(conninfo), tcp_port_(tcp_port) {}
+  // The environment pgctl.sh runs with (the TCP settings, if any).
+  std::string Env() const;
   std::string dir_;
   std::string conninfo_;
+  int tcp_port_ = 0;
   int next_db_ = 0;
 };
 
