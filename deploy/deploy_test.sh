@@ -546,6 +546,28 @@ if ext=$(ext_of "$TMP/pki/scheduler.pem") \
 else
   fail "pki.sh issue still issues server+client certificates" "$ext"
 fi
+if ext=$(ext_of "$TMP/pki/hv-a.example.net.pem") \
+  && openssl x509 -in "$TMP/pki/hv-a.example.net.pem" -noout -ext keyUsage 2>/dev/null | grep -q "Digital Signature" \
+  && grep -qx "Extended Key Usage=TLS Web Server Authentication, TLS Web Client Authentication" <<<"$ext"; then
+  pass "pki.sh issue: a host's certificate has keyUsage digitalSignature and server+client auth"
+else
+  fail "pki.sh issue: a host's certificate has keyUsage digitalSignature and server+client auth" "$ext"
+fi
+for reserved in scheduler Scheduler api; do
+  if out=$(bash "$D/pki.sh" issue-host "$TMP/pki" "$reserved" 2>&1); then
+    fail "pki.sh issue-host refuses the reserved name '$reserved'" "$out"
+  elif grep -q "is reserved" <<<"$out"; then
+    pass "pki.sh issue-host refuses the reserved name '$reserved'"
+  else
+    fail "pki.sh issue-host refuses the reserved name '$reserved' saying why" "$out"
+  fi
+done
+if out=$(bash "$D/pki.sh" init "$TMP/pki2" >/dev/null && bash "$D/pki.sh" issue-scheduler "$TMP/pki2" 2>&1) && [[ -f $TMP/pki2/scheduler.pem ]] \
+    && openssl x509 -in "$TMP/pki2/scheduler.pem" -noout -subject | grep -q "CN *= *scheduler"; then
+  pass "pki.sh issue-scheduler issues CN=scheduler"
+else
+  fail "pki.sh issue-scheduler issues CN=scheduler" "$out"
+fi
 # Every database connection string in the examples verifies the server's certificate and name.
 weak=$(grep -RnoE "sslmode=[a-z-]+" "$D/k8s" "$D/config" "$D/postgres" 2>/dev/null | grep -v "sslmode=verify-full" || true)
 if [[ -z $weak ]] && grep -RqE "sslmode=verify-full" "$D/k8s" "$D/config"; then

@@ -3,9 +3,13 @@
 # with openssl.
 #
 #   pki.sh init DIR                      create the cluster CA (DIR/ca.pem, DIR/ca.key)
-#   pki.sh issue DIR NAME [SAN...]       issue DIR/NAME.pem + DIR/NAME.key, CN=NAME, signed by
-#                                        the CA; SANs like DNS:host-a IP:127.0.0.1 (default:
-#                                        DNS:NAME); valid 825 days (or $DAYS)
+#   pki.sh issue-scheduler DIR [SAN...]  the scheduler's mutual-TLS certificate DIR/scheduler.pem
+#                                        + .key (CN=scheduler; server and client auth)
+#   pki.sh issue-host DIR HOST [SAN...]  a hypervisor host's (CN=HOST; server and client auth);
+#                                        refuses names reserved for the scheduler's identity
+#   pki.sh issue DIR NAME [SAN...]       either of the two: NAME "scheduler" is the scheduler's,
+#                                        any other a host's. SANs like DNS:host-a IP:127.0.0.1
+#                                        (default: DNS:NAME); valid 825 days (or $DAYS)
 #   pki.sh issue-server DIR NAME [SAN...]
 #                                        the API server certificate of the scheduler's
 #                                        client-facing listeners (gRPC API, HTTP): DIR/NAME.pem +
@@ -48,17 +52,36 @@ sign() {
   rm -f "$dir/$name.csr" "$dir/$name.ext"
 }
 
-cmd_issue() {
-  local dir=$1 name=$2; shift 2
+# The mutual-TLS certificate of the scheduler (NAME "scheduler") or of a hypervisor host (CN = its
+# hostname). Both sides serve and call (the scheduler serves the registry and calls the agents;
+# an agent serves its steps and reports to the registry): serverAuth and clientAuth, keyUsage
+# digitalSignature (EC keys). `role` is "scheduler" or "host"; a host may not take a name reserved
+# for the scheduler's identity (the agents' allow-lists name it: such a host could drive them).
+RESERVED_HOST_NAMES=(scheduler livemig-scheduler api ca)
+issue_mtls() {
+  local role=$1 dir=$2 name=$3; shift 3
   need_ca "$dir"
+  if [[ $role == host ]]; then
+    local r
+    for r in "${RESERVED_HOST_NAMES[@]}"; do
+      [[ ${name,,} == "$r" ]] && die "'$name' is reserved (the scheduler's identity in the agents' allow-lists; a host certificate with it could drive every agent): name the host by its hostname, or issue the scheduler's certificate with: pki.sh issue-scheduler DIR"
+    done
+    [[ $name =~ ^[A-Za-z0-9][A-Za-z0-9.-]*$ ]] || die "'$name' is not a host name"
+  fi
   [[ -f $dir/$name.pem ]] && return 0
   local sans=("$@")
   ((${#sans[@]})) || sans=("DNS:$name")
   local san; san=$(IFS=,; echo "${sans[*]}")
   sign "$dir" "$name" "subjectAltName=$san
 extendedKeyUsage=serverAuth,clientAuth
-basicConstraints=CA:FALSE"
-  echo "pki: issued $dir/$name.pem (CN=$name, $san)"
+keyUsage=critical,digitalSignature
+basicConstraints=critical,CA:FALSE"
+  echo "pki: issued $dir/$name.pem ($role, CN=$name, $san)"
+}
+
+cmd_issue() {  # compatibility: "scheduler" is the scheduler's certificate, any other name a host's
+  local dir=$1 name=$2; shift 2
+  if [[ $name == scheduler ]]; then issue_mtls scheduler "$dir" scheduler "$@"; else issue_mtls host "$dir" "$name" "$@"; fi
 }
 
 # One SAN of issue-server: DNS:name or IP:address as given, or a bare address (IP:) or name (DNS:).
@@ -129,6 +152,8 @@ EOT
 case "${1:-}" in
   init) [[ $# -eq 2 ]] || die "usage: pki.sh init DIR"; cmd_init "$2" ;;
   issue) [[ $# -ge 3 ]] || die "usage: pki.sh issue DIR NAME [SAN...]"; shift; cmd_issue "$@" ;;
+  issue-scheduler) [[ $# -ge 2 ]] || die "usage: pki.sh issue-scheduler DIR [SAN...]"; dir=$2; shift 2; issue_mtls scheduler "$dir" scheduler "$@" ;;
+  issue-host) [[ $# -ge 3 ]] || die "usage: pki.sh issue-host DIR HOST [SAN...]"; shift; issue_mtls host "$@" ;;
   issue-server) [[ $# -ge 3 ]] || die "usage: pki.sh issue-server DIR NAME [SAN...]"; shift; cmd_issue_server "$@" ;;
   issue-expired) [[ $# -eq 3 ]] || die "usage: pki.sh issue-expired DIR NAME"; cmd_issue_expired "$2" "$3" ;;
   token) openssl rand -hex 32 ;;
