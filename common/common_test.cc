@@ -3,6 +3,7 @@
 
 #include "common/clock.h"
 #include "common/migration_status.h"
+#include "common/retention.h"
 #include "common/status_macros.h"
 #include "common/status_map.h"
 
@@ -143,6 +144,39 @@ TEST_CASE("the fake clock moves only when told") {
   CHECK(clock.Now() == t0);
   clock.Advance(absl::Seconds(5));
   CHECK(clock.Now() - t0 == absl::Seconds(5));
+}
+
+TEST_CASE("finished things are kept for the window and at most the count, whichever is smaller") {
+  const absl::Time t0 = absl::FromUnixSeconds(1'700'000'000);
+  FinishedRetention<std::string> r({absl::Hours(1), 3});
+  CHECK(r.Expire(t0).empty());
+  r.Finished("a", t0);
+  r.Finished("b", t0 + absl::Minutes(10));
+  r.Finished("c", t0 + absl::Minutes(20));
+  CHECK(r.Expire(t0 + absl::Minutes(20)).empty());  // 3 within the hour: all kept
+  // A fourth: the oldest goes, at once.
+  r.Finished("d", t0 + absl::Minutes(30));
+  CHECK(r.Expire(t0 + absl::Minutes(30)) == std::vector<std::string>{"a"});
+  CHECK(r.size() == 3);
+  // Noted again: moved to its new time, not counted twice.
+  r.Finished("b", t0 + absl::Minutes(40));
+  CHECK(r.size() == 3);
+  // The window: c (finished at 20 min) is past it just after 80 min, exactly an hour is kept.
+  CHECK(r.Expire(t0 + absl::Minutes(80)).empty());
+  CHECK(r.Expire(t0 + absl::Minutes(80) + absl::Seconds(1)) == std::vector<std::string>{"c"});
+  // Forgotten (restarted): not dropped, not counted.
+  r.Finished("e", t0 + absl::Minutes(50));
+  r.Forget("e");
+  r.Forget("never-noted");
+  CHECK(r.size() == 2);
+  CHECK(r.Expire(t0 + absl::Hours(3)) == std::vector<std::string>{"d", "b"});  // oldest first
+  CHECK(r.size() == 0);
+  // Equal times: the smaller key goes first.
+  r.Finished("y", t0);
+  r.Finished("x", t0);
+  r.Finished("z", t0);
+  r.Finished("w", t0);
+  CHECK(r.Expire(t0) == std::vector<std::string>{"w"});
 }
 
 }  // namespace

@@ -305,15 +305,30 @@ Subject MakeLibvirtTest() {
   return s;
 }
 
-Subject MakeXenLike(const std::string& profile = "auto") {
-  auto script = std::make_shared<XenLikeApi::Script>();
+// A LibvirtDriver's options on a Xen-like libvirt (XenLikeApi over a node file of its own).
+LibvirtDriver::Options XenLikeOptions(const std::string& profile = "auto",
+                                      const std::string& hostname = "xen-host") {
   LibvirtDriver::Options o;
   o.uri = "test://" + XenLikeApi::NodeFile();
   o.profile = profile;
-  o.hostname = "xen-host";
+  o.hostname = hostname;
   o.instance_path = TempDir("inst");
   o.state_dir = TempDir("state");
   o.bridges = {"br-guest"};
+  return o;
+}
+
+// A transfer of the Xen-like libvirt's guest to `migration_uri` (the destination's data).
+cv1::LiveMigrationRequest XenVmTransfer(const std::string& migration_uri) {
+  cv1::LiveMigrationRequest req;
+  req.set_instance_uuid(kXenVmUuid);
+  req.mutable_migrate_data()->mutable_pre_live_migration()->set_migration_uri(migration_uri);
+  return req;
+}
+
+Subject MakeXenLike(const std::string& profile = "auto") {
+  auto script = std::make_shared<XenLikeApi::Script>();
+  LibvirtDriver::Options o = XenLikeOptions(profile);
   auto d = LibvirtDriver::Create(o, std::make_unique<XenLikeApi>(script));
   REQUIRE(d.ok());
   REQUIRE(script->conn);
@@ -749,21 +764,13 @@ TEST_CASE("contract: a job of unknown operation is not reported as a migration o
 TEST_CASE("libvirt driver: a transfer's timeout, abort and force-complete marks outlive samples") {
   auto script = std::make_shared<XenLikeApi::Script>();
   script->hold_migration = true;
-  LibvirtDriver::Options o;
-  o.uri = "test://" + XenLikeApi::NodeFile();
-  o.profile = "qemu";  // completion timeout, abort and force-complete are QEMU's
-  o.hostname = "qemu-host";
-  o.instance_path = TempDir("inst");
-  o.state_dir = TempDir("state");
-  o.bridges = {"br-guest"};
+  // Completion timeout, abort and force-complete are QEMU's.
+  LibvirtDriver::Options o = XenLikeOptions("qemu", "qemu-host");
   o.poll_interval = absl::Milliseconds(20);
   auto d = LibvirtDriver::Create(o, std::make_unique<XenLikeApi>(script));
   REQUIRE(d.ok());
   LibvirtDriver& driver = **d;
-  cv1::LiveMigrationRequest req;
-  req.set_instance_uuid(kXenVmUuid);
-  req.mutable_migrate_data()->mutable_pre_live_migration()->set_migration_uri(
-      "qemu+tcp://peer/system");
+  cv1::LiveMigrationRequest req = XenVmTransfer("qemu+tcp://peer/system");
   std::mutex mu;
   std::vector<cv1::MigrationProgressReport> samples;
   auto sink = [&](const cv1::MigrationProgressReport& r) {
@@ -818,6 +825,60 @@ TEST_CASE("libvirt driver: a transfer's timeout, abort and force-complete marks 
     CHECK(r->force_complete_requested());
     CHECK_FALSE(r->completion_timeout_expired());
   }
+}
+
+// A long-running agent's driver forgets ended transfers: each is kept (its last report answers
+// GetMigrationProgress and a repeated LiveMigration) for the window and only the most recent
+// `max_finished_transfers` of them, whichever is smaller (as the FakeDriver and the agent).
+TEST_CASE("libvirt driver: ended transfers are kept for the window and at most the count") {
+  FakeClock clock;
+  LibvirtDriver::Options o = XenLikeOptions();
+  o.finished_transfer_keep = absl::Hours(1);
+  o.max_finished_transfers = 3;
+  o.clock = &clock;
+  auto d = LibvirtDriver::Create(
+      o, std::make_unique<XenLikeApi>(std::make_shared<XenLikeApi::Script>()));
+  REQUIRE(d.ok());
+  LibvirtDriver& driver = **d;
+  cv1::LiveMigrationRequest req = XenVmTransfer("xen+tls://peer/system");
+  // libvirt's test driver cannot migrate: each transfer ends at once, FAILED, the guest stays.
+  std::map<std::string, std::string> ended;  // id -> its last report, serialized
+  for (int i = 1; i <= 5; ++i) {
+    req.set_migration_id(absl::StrCat("m-k", i));
+    auto r = driver.LiveMigration(req, nullptr);
+    REQUIRE(r.ok());
+    CHECK(r->state() == cv1::TRANSFER_STATE_FAILED);
+    ended[req.migration_id()] = r->SerializeAsString();
+    clock.Advance(absl::Minutes(1));  // m-k<i> ended at i-1 minutes
+  }
+  auto kept = [&](const std::string& id) {
+    auto p = driver.GetMigrationProgress(id, kXenVmUuid);
+    if (p.status().code() == absl::StatusCode::kNotFound) return false;  // nor a job on libvirt
+    REQUIRE(p.ok());
+    CHECK(p->SerializeAsString() == ended[id]);
+    return true;
+  };
+  // The count: the 3 most recent.
+  CHECK_FALSE(kept("m-k1"));
+  CHECK_FALSE(kept("m-k2"));
+  CHECK(kept("m-k3"));
+  CHECK(kept("m-k4"));
+  CHECK(kept("m-k5"));
+  // A repeated LiveMigration of a kept one answers its report (no second transfer).
+  req.set_migration_id("m-k5");
+  auto again = driver.LiveMigration(req, nullptr);
+  REQUIRE(again.ok());
+  CHECK(again->SerializeAsString() == ended["m-k5"]);
+  // The window: m-k3 ended 2 minutes in, so at 62 minutes it is an hour old, still kept; a
+  // second later it is gone; an hour after the last, all are.
+  clock.Advance(absl::Minutes(57));
+  CHECK(kept("m-k3"));
+  clock.Advance(absl::Seconds(1));
+  CHECK_FALSE(kept("m-k3"));
+  CHECK(kept("m-k4"));
+  clock.Advance(absl::Minutes(2));
+  CHECK_FALSE(kept("m-k4"));
+  CHECK_FALSE(kept("m-k5"));
 }
 
 // After an agent restart nothing but the hypervisor tells whether the paused source is still

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/retention.h"
 #include "common/status_macros.h"
 #include "common/status_map.h"
 #include "driver/checks.h"
@@ -30,8 +31,9 @@ namespace internal {
 // finished ones exceed a limit.
 struct FakeStateIndex {
   std::map<std::string, std::string> running;  // migration id -> domain uuid, state "running"
-  size_t finished = 0;                         // transfers in any other state
-  int64_t oldest_finished_ms = INT64_MAX;      // the earliest finished_ms among them
+  // The transfers in any other state, by when they finished.
+  FinishedRetention<std::string> finished{
+      {FakeHypervisor::kFinishedTransferKeep, FakeHypervisor::kMaxFinishedTransfers}};
 };
 
 // Identity of state.json: a write replaces the file (rename) with a new inode whose mtime is
@@ -197,9 +199,8 @@ int64_t FinishedMs(const json& t) {
   return (s.is_number() ? s.get<int64_t>() : 0) + (d.is_number() ? d.get<int64_t>() : 0);
 }
 
-void NoteFinished(FakeStateIndex& idx, int64_t finished_ms) {
-  ++idx.finished;
-  idx.oldest_finished_ms = std::min(idx.oldest_finished_ms, finished_ms);
+void NoteFinished(FakeStateIndex& idx, const std::string& id, int64_t finished_ms) {
+  idx.finished.Finished(id, absl::FromUnixMillis(finished_ms));
 }
 
 FakeStateIndex BuildIndex(const json& st) {
@@ -209,7 +210,7 @@ FakeStateIndex BuildIndex(const json& st) {
       const json& uuid = Get(t, "uuid");
       idx.running[id] = uuid.is_string() ? uuid.get<std::string>() : std::string();
     } else {
-      NoteFinished(idx, FinishedMs(t));
+      NoteFinished(idx, id, FinishedMs(t));
     }
   }
   return idx;
@@ -238,7 +239,7 @@ bool AdvanceTransfers(json& st, FakeStateIndex& idx, int64_t now) {
     json& dst = st["hosts"][t["dst"].get<std::string>()];
     const std::string uuid = t["uuid"];
     t["finished_ms"] = t["start_ms"].get<int64_t>() + t["duration_ms"].get<int64_t>();
-    NoteFinished(idx, t["finished_ms"].get<int64_t>());
+    NoteFinished(idx, id, t["finished_ms"].get<int64_t>());
     const bool fails = t.value("fail_transfer", std::string()) != "";
     Journal(st, t["src"].get<std::string>(), fails ? "transfer_failed" : "transfer_completed", id,
             t["finished_ms"].get<int64_t>(), /*automatic=*/true);
@@ -263,30 +264,13 @@ bool AdvanceTransfers(json& st, FakeStateIndex& idx, int64_t now) {
 }
 
 // Drops the finished transfers that finished more than kFinishedTransferKeep ago, and all but
-// the kMaxFinishedTransfers most recent. Returns whether anything changed. Scans the transfers
-// only when the index says something is due.
+// the kMaxFinishedTransfers most recent (the index's FinishedRetention). Returns whether anything
+// changed.
 bool PruneTransfers(json& st, FakeStateIndex& idx, int64_t now) {
-  const int64_t keep_ms = absl::ToInt64Milliseconds(FakeHypervisor::kFinishedTransferKeep);
-  if (idx.finished <= FakeHypervisor::kMaxFinishedTransfers &&
-      (idx.finished == 0 || now - idx.oldest_finished_ms <= keep_ms)) {
-    return false;
-  }
-  json& transfers = st["transfers"];
-  std::vector<std::pair<int64_t, std::string>> finished;  // (finished_ms, id)
-  for (const auto& [id, t] : transfers.items()) {
-    if (!IsRunning(t)) finished.emplace_back(FinishedMs(t), id);
-  }
-  std::sort(finished.begin(), finished.end(), std::greater<>());  // most recent first
   bool changed = false;
-  idx.finished = 0;
-  idx.oldest_finished_ms = INT64_MAX;
-  for (const auto& [ms, id] : finished) {
-    if (idx.finished < FakeHypervisor::kMaxFinishedTransfers && now - ms <= keep_ms) {
-      NoteFinished(idx, ms);
-    } else {
-      transfers.erase(id);
-      changed = true;
-    }
+  for (const std::string& id : idx.finished.Expire(absl::FromUnixMillis(now))) {
+    st["transfers"].erase(id);
+    changed = true;
   }
   return changed;
 }

@@ -182,7 +182,13 @@ v1::BackendCapabilities LibvirtDriver::ProfileCapabilities(const std::string& pr
 }
 
 LibvirtDriver::LibvirtDriver(Options options, std::unique_ptr<LibvirtApi> api)
-    : options_(std::move(options)), api_(std::move(api)) {}
+    : options_(std::move(options)),
+      api_(std::move(api)),
+      finished_({options_.finished_transfer_keep, options_.max_finished_transfers}) {}
+
+void LibvirtDriver::PruneTransfersLocked() {
+  for (const std::string& id : finished_.Expire(options_.clock->Now())) transfers_.erase(id);
+}
 
 absl::StatusOr<std::unique_ptr<LibvirtDriver>> LibvirtDriver::Create(
     Options o, std::unique_ptr<LibvirtApi> api) {
@@ -727,6 +733,7 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::LiveMigration(
   const v1::MigrationOptions& o = req.options();
   {
     absl::MutexLock l(&mu_);
+    PruneTransfersLocked();
     auto it = transfers_.find(id);
     if (it != transfers_.end() && !it->second.running) return it->second.report;
   }
@@ -863,8 +870,11 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::LiveMigration(
   }
   {
     absl::MutexLock l(&mu_);
-    transfers_[id].report = final_report;
-    transfers_[id].running = false;
+    Transfer& t = transfers_[id];
+    t.report = final_report;
+    t.running = false;
+    finished_.Finished(id, options_.clock->Now());
+    PruneTransfersLocked();
   }
   return final_report;
 }
@@ -874,10 +884,11 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::GetMigrationProgress
   RETURN_IF_ERROR(ValidateMigrationId(migration_id));
   {
     absl::MutexLock l(&mu_);
+    PruneTransfersLocked();
     auto it = transfers_.find(migration_id);
     if (it != transfers_.end()) return it->second.report;
   }
-  // No trace in memory (the agent restarted): ask the hypervisor.
+  // No trace in memory (the agent restarted, or it ended long ago): ask the hypervisor.
   if (!instance_uuid.empty()) {
     auto dom = Lookup(instance_uuid);
     if (dom.ok()) {
@@ -959,7 +970,8 @@ absl::Status LibvirtDriver::ForceCompleteLiveMigration(const std::string& migrat
     absl::Status s = api_->MigrateStartPostCopy(dom.get());
     if (s.ok()) {
       absl::MutexLock l(&mu_);
-      transfers_[migration_id].post_copy = true;
+      auto it = transfers_.find(migration_id);  // never re-create one that ended and was pruned
+      if (it != transfers_.end()) it->second.post_copy = true;
     }
     return s;
   }

@@ -22,6 +22,13 @@
 //
 // The monitor loop runs here, next to libvirt, with the options passed in LiveMigration.
 // Thread-safe; the connection is re-opened when it drops.
+//
+// Memory: a transfer is remembered while it runs; once it ended, its last report (what
+// GetMigrationProgress and a repeated LiveMigration answer) is kept for
+// Options::finished_transfer_keep (1 h) and only for the Options::max_finished_transfers (1000)
+// most recently ended, whichever is smaller (common/retention.h, as the agent's records and the
+// FakeDriver's transfers); after that, the driver answers from the hypervisor alone, as a
+// restarted agent's driver does. Pruning happens on LiveMigration and GetMigrationProgress.
 #ifndef LIVEMIG_DRIVER_LIBVIRT_DRIVER_H_
 #define LIVEMIG_DRIVER_LIBVIRT_DRIVER_H_
 
@@ -34,6 +41,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/retention.h"
 #include "driver/compute_driver.h"
 #include "driver/libvirt_api.h"
 
@@ -74,6 +83,10 @@ class LibvirtDriver : public ComputeDriver {
     // "xen_pv_shadow_paging". Empty: not run, the paging modes are unknown (never refused on).
     std::string xen_info_command = "xl info";
     absl::Duration xen_info_timeout = absl::Seconds(10);  // then the command is killed: unknown
+    // Ended transfers are kept this long, and at most this many (see the file comment).
+    absl::Duration finished_transfer_keep = absl::Hours(1);
+    size_t max_finished_transfers = 1000;
+    Clock* clock = Clock::Real();  // when a transfer ended, for that window
   };
 
   // Opens the connection and derives the profile. `api` defaults to the real libvirt API.
@@ -147,6 +160,8 @@ class LibvirtDriver : public ComputeDriver {
   // timeout, abort and force-complete requested); returns the sample as stored.
   cv1::MigrationProgressReport UpdateTransfer(const std::string& id,
                                               cv1::MigrationProgressReport r);
+  // Forgets the ended transfers past their retention (see the file comment).
+  void PruneTransfersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Options options_;
   std::unique_ptr<LibvirtApi> api_;
@@ -159,6 +174,7 @@ class LibvirtDriver : public ComputeDriver {
 
   absl::Mutex mu_;
   std::map<std::string, Transfer> transfers_ ABSL_GUARDED_BY(mu_);  // by migration id
+  FinishedRetention<std::string> finished_ ABSL_GUARDED_BY(mu_);    // the ended ones of transfers_
 };
 
 }  // namespace livemig::driver
