@@ -21,21 +21,87 @@ std::string StepName(v1::MigrationStep step) {
   return name;
 }
 
+namespace {
+
+// The steps after which the migration has ended on the side that ran them (see agent_core.h).
+bool EndsMigrationHere(v1::MigrationStep step) {
+  return step == v1::MIGRATION_STEP_POST_LIVE_MIGRATION ||
+         step == v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION ||
+         step == v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION ||
+         step == v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION ||
+         step == v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST_CLEANUP;
+}
+
+// Only checks ran (they change nothing on the host): the migration may go no further here (a
+// refusal, another destination chosen, a scheduler that gave up), so it counts as ended until a
+// step that does change something runs.
+bool OnlyChecks(const std::map<int, std::string>& done) {
+  for (const auto& [step, answer] : done) {
+    if (step != v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST &&
+        step != v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 AgentCore::AgentCore(Options options, driver::ComputeDriver* driver)
-    : options_(std::move(options)), driver_(driver) {}
+    : options_(std::move(options)),
+      driver_(driver),
+      finished_({options_.finished_keep, options_.max_finished}) {}
 
 AgentCore::~AgentCore() {
   std::vector<std::thread> workers;
   {
     absl::MutexLock l(&mu_);
-    workers.swap(workers_);
+    for (auto& [seq, t] : workers_) workers.push_back(std::move(t));
+    workers_.clear();
+    for (auto& t : exited_) workers.push_back(std::move(t));
+    exited_.clear();
   }
   for (auto& t : workers) {
     if (t.joinable()) t.join();
   }
 }
 
+void AgentCore::Reap() {
+  std::vector<std::thread> exited;
+  {
+    absl::MutexLock l(&mu_);
+    exited.swap(exited_);
+    for (const std::string& id : finished_.Expire(options_.clock->Now())) records_.erase(id);
+  }
+  for (auto& t : exited) t.join();  // each has left mu_ for good: this waits for its return
+}
+
+void AgentCore::UpdateRetentionLocked(const std::string& id, Record& rec) {
+  auto it = records_.find(id);
+  if (it == records_.end() || it->second.get() != &rec) return;  // dropped while a step ran
+  const bool finished = rec.ended && !rec.transfer_running;
+  if (finished && !rec.retained) {
+    finished_.Finished(id, options_.clock->Now());
+    rec.retained = true;
+  } else if (!finished && rec.retained) {
+    finished_.Forget(id);
+    rec.retained = false;
+  }
+  for (const std::string& old : finished_.Expire(options_.clock->Now())) records_.erase(old);
+}
+
+void AgentCore::DropIfEmpty(const std::string& id, const std::shared_ptr<Record>& rec) {
+  if (!rec->done.empty()) return;
+  absl::MutexLock l(&mu_);
+  auto it = records_.find(id);
+  // use_count 2: the map and the caller; another call holding it may still record something.
+  if (!rec->transfer_started && it != records_.end() && it->second == rec && rec.use_count() == 2) {
+    records_.erase(it);
+  }
+}
+
 std::shared_ptr<AgentCore::Record> AgentCore::Find(const std::string& id) {
+  Reap();
   absl::MutexLock l(&mu_);
   auto it = records_.find(id);
   return it == records_.end() ? nullptr : it->second;
@@ -43,6 +109,7 @@ std::shared_ptr<AgentCore::Record> AgentCore::Find(const std::string& id) {
 
 std::shared_ptr<AgentCore::Record> AgentCore::FindOrCreate(const std::string& id,
                                                            const std::string& uuid) {
+  Reap();
   absl::MutexLock l(&mu_);
   auto& r = records_[id];
   if (!r) {
@@ -55,6 +122,16 @@ std::shared_ptr<AgentCore::Record> AgentCore::FindOrCreate(const std::string& id
 int AgentCore::RunningTransfers() {
   absl::MutexLock l(&mu_);
   return running_;
+}
+
+size_t AgentCore::RecordCount() {
+  absl::MutexLock l(&mu_);
+  return records_.size();
+}
+
+size_t AgentCore::WorkerThreadCount() {
+  absl::MutexLock l(&mu_);
+  return workers_.size() + exited_.size();
 }
 
 absl::Status AgentCore::CheckRoleHost(const std::string& role_host, const char* role) const {
@@ -79,6 +156,7 @@ absl::StatusOr<Resp> AgentCore::RunStep(const std::string& id, const std::string
   RETURN_IF_ERROR(CheckRoleHost(role_host, dest_step ? "destination" : "source"));
   auto rec = FindOrCreate(id, uuid);
   absl::MutexLock step_lock(&rec->step_mu);
+  absl::Cleanup drop_if_empty = [&] { DropIfEmpty(id, rec); };  // its first step failed
   if (rec->instance_uuid != uuid) {
     return absl::InvalidArgumentError(
         absl::StrCat("migration ", id, " is for instance ", rec->instance_uuid, ", not ", uuid));
@@ -108,18 +186,26 @@ absl::StatusOr<Resp> AgentCore::RunStep(const std::string& id, const std::string
     return r;
   }
   rec->done[step] = r->SerializeAsString();
+  {
+    absl::MutexLock l(&mu_);
+    // Any other step done now: the migration goes on here.
+    rec->ended = EndsMigrationHere(step) || (!rec->transfer_started && OnlyChecks(rec->done));
+    UpdateRetentionLocked(id, *rec);
+  }
   LogInfo("migration=%s instance=%s step=%s ok in %d ms", id, uuid, StepName(step), ms);
   TestPoint(absl::StrCat(StepName(step), ":after"));  // tests only: done, answer not sent
   return r;
 }
 
 absl::StatusOr<cv1::GetHostInfoResponse> AgentCore::GetHostInfo() {
+  Reap();  // the host reporter calls this periodically: an idle agent reaps too
   cv1::GetHostInfoResponse resp;
   ASSIGN_OR_RETURN(*resp.mutable_inventory(), driver_->GetHostInfo());
   return resp;
 }
 
 absl::StatusOr<cv1::ListDomainsResponse> AgentCore::ListDomains() {
+  Reap();
   cv1::ListDomainsResponse resp;
   ASSIGN_OR_RETURN(auto doms, driver_->ListDomains());
   for (auto& d : doms) *resp.add_domains() = std::move(d);
@@ -230,6 +316,7 @@ absl::StatusOr<cv1::LiveMigrationResponse> AgentCore::LiveMigration(
   RETURN_IF_ERROR(CheckRoleHost(req.source_host(), "source"));
   auto rec = FindOrCreate(id, req.instance_uuid());
   absl::MutexLock step_lock(&rec->step_mu);
+  absl::Cleanup drop_if_empty = [&] { DropIfEmpty(id, rec); };  // refused before it started
   if (rec->done.count(v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION) ||
       rec->done.count(v1::MIGRATION_STEP_POST_LIVE_MIGRATION)) {
     return absl::FailedPreconditionError(
@@ -274,31 +361,41 @@ absl::StatusOr<cv1::LiveMigrationResponse> AgentCore::LiveMigration(
     ++running_;
     rec->transfer_started = true;
     rec->transfer_running = true;
+    rec->ended = false;  // until its post or rollback step
+    UpdateRetentionLocked(id, *rec);
     rec->latest.set_migration_id(id);
     rec->latest.set_instance_uuid(req.instance_uuid());
     rec->latest.set_state(cv1::TRANSFER_STATE_RUNNING);
     rec->latest.set_monitor_attached(true);
-    workers_.emplace_back([this, rec, req] {
-      auto sink = [this, rec](const cv1::MigrationProgressReport& r) {
-        absl::MutexLock l(&mu_);
-        rec->latest = r;
-        rec->transfer_seen = true;
-      };
-      auto result = driver_->LiveMigration(req, sink);
-      absl::MutexLock l(&mu_);
-      if (result.ok()) {
-        rec->latest = *result;
-      } else {
-        rec->latest.set_state(cv1::TRANSFER_STATE_FAILED);
-        rec->latest.set_error(std::string(result.status().message()));
-      }
-      rec->transfer_running = false;
-      rec->transfer_seen = true;
-      --running_;
-      LogInfo("migration=%s instance=%s transfer ended: %s%s%s", req.migration_id(),
-              req.instance_uuid(), cv1::TransferState_Name(rec->latest.state()),
-              rec->latest.error().empty() ? "" : ": ", rec->latest.error());
-    });
+    const uint64_t seq = next_worker_++;
+    // Inserted under mu_, which the worker needs before it ends: its handle is in workers_ then.
+    workers_.emplace(
+        seq, std::thread([this, rec, req, seq] {
+          auto sink = [this, rec](const cv1::MigrationProgressReport& r) {
+            absl::MutexLock l(&mu_);
+            rec->latest = r;
+            rec->transfer_seen = true;
+          };
+          auto result = driver_->LiveMigration(req, sink);
+          absl::MutexLock l(&mu_);
+          if (result.ok()) {
+            rec->latest = *result;
+          } else {
+            rec->latest.set_state(cv1::TRANSFER_STATE_FAILED);
+            rec->latest.set_error(std::string(result.status().message()));
+          }
+          rec->transfer_running = false;
+          rec->transfer_seen = true;
+          --running_;
+          UpdateRetentionLocked(req.migration_id(), *rec);  // its post step may have run already
+          LogInfo("migration=%s instance=%s transfer ended: %s%s%s", req.migration_id(),
+                  req.instance_uuid(), cv1::TransferState_Name(rec->latest.state()),
+                  rec->latest.error().empty() ? "" : ": ", rec->latest.error());
+          // The last thing under mu_: the next call joins this thread (Reap). Absent only when the
+          // destructor took the handle to join it itself.
+          auto self = workers_.extract(seq);
+          if (!self.empty()) exited_.push_back(std::move(self.mapped()));
+        }));
   }
   rec->done[v1::MIGRATION_STEP_LIVE_MIGRATION] = "";
   resp.set_attached(job_running);

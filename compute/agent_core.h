@@ -11,16 +11,38 @@
 // A caller that cancels its RPC does not cancel the step: the step finishes and is recorded, so
 // the caller's retry gets its answer. The agent keeps no state on disk: after a restart it
 // learns in-flight transfers from the hypervisor (a repeated LiveMigration attaches to them).
+//
+// Memory: a long-running agent does not grow with the migrations it served. A migration's record
+// (its recorded answers and its transfer's last report) is kept while the migration goes on here,
+// and once it ended here — its post or rollback step on this side succeeded (on the source:
+// post_live_migration or rollback_live_migration, and its transfer no longer runs; on the
+// destination: post_live_migration_at_destination, rollback_live_migration_at_destination or
+// check_can_live_migrate_on_dest_cleanup), or only checks ran here (they change nothing on the
+// host, and a refused check or another destination chosen is followed by no end step) — for
+// Options::finished_keep (1 h) and only for the Options::max_finished (1000) most recently
+// ended, whichever is smaller (common/retention.h, the same rule as the drivers' finished
+// transfers). A step that changes something after checks (pre_live_migration, live_migration)
+// takes the record back until its end. Within that bound a replayed step gets the answer it got
+// the first time (or its conflict); after it, the agent knows the migration only as a restarted
+// agent does, from the hypervisor (a check asked again runs again). A record left with no
+// recorded step (its first step failed) is dropped at once. Each transfer's worker thread is
+// joined once the transfer ended: by the next call into the agent (any RPC, including the host
+// reporter's), so no more threads exist than transfers running plus those that ended since the
+// last call, and none outlives this object (the destructor joins them all).
 #ifndef LIVEMIG_COMPUTE_AGENT_CORE_H_
 #define LIVEMIG_COMPUTE_AGENT_CORE_H_
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/clock.h"
+#include "common/retention.h"
 #include "driver/compute_driver.h"
 #include "proto/compute_agent.pb.h"
 
@@ -39,6 +61,11 @@ class AgentCore {
     // How long a post or rollback step waits for a host report in flight (see ReportStarted);
     // above the reporter's RPC deadline (5 s).
     absl::Duration report_fence_timeout = absl::Seconds(6);
+    // Records of migrations that ended here are kept this long, and at most this many (see the
+    // file comment).
+    absl::Duration finished_keep = absl::Hours(1);
+    size_t max_finished = 1000;
+    Clock* clock = Clock::Real();  // when a migration ended, for that window
   };
 
   AgentCore(Options options, driver::ComputeDriver* driver);
@@ -87,6 +114,10 @@ class AgentCore {
 
   // Transfers running now.
   int RunningTransfers();
+  // What this agent holds now (tests, monitoring): the migrations it has a record of, and the
+  // transfer worker threads not yet joined (running, or ended since the last call).
+  size_t RecordCount();
+  size_t WorkerThreadCount();
   driver::ComputeDriver* driver() { return driver_; }
   const Options& options() const { return options_; }
 
@@ -100,10 +131,25 @@ class AgentCore {
     bool transfer_running = false;
     bool transfer_seen = false;  // the hypervisor reported the job (or it already ended)
     cv1::MigrationProgressReport latest;
+    // Guarded by AgentCore::mu_: the migration ended here (see the file comment), and the record
+    // was handed to finished_ (ended and no transfer running).
+    bool ended = false;
+    bool retained = false;
   };
 
   std::shared_ptr<Record> Find(const std::string& migration_id);
   std::shared_ptr<Record> FindOrCreate(const std::string& migration_id, const std::string& uuid);
+  // Joins the workers whose transfer ended and forgets the records past their retention. Called
+  // by every call into the agent, never with mu_ held.
+  void Reap() ABSL_LOCKS_EXCLUDED(mu_);
+  // Hands `rec` to finished_ once it ended and its transfer no longer runs (see the file
+  // comment); a record noted before whose migration went on is taken back (`ended` false).
+  void UpdateRetentionLocked(const std::string& migration_id, Record& rec)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops `rec` if it holds nothing (no recorded step, no transfer) and no other call holds it.
+  // The caller holds rec->step_mu.
+  void DropIfEmpty(const std::string& migration_id, const std::shared_ptr<Record>& rec)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Runs `fn` once per migration and step: a recorded answer is returned again; `conflicts`
   // lists steps after which this one may no longer run.
@@ -123,7 +169,12 @@ class AgentCore {
 
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Record>> records_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
+  FinishedRetention<std::string> finished_ ABSL_GUARDED_BY(mu_);  // the ended ones of records_
+  // Transfer workers by a sequence number; a worker moves its own handle to exited_ as the last
+  // thing it does under mu_, and Reap joins it.
+  std::map<uint64_t, std::thread> workers_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> exited_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_worker_ ABSL_GUARDED_BY(mu_) = 0;
   int running_ ABSL_GUARDED_BY(mu_) = 0;
 
   absl::Mutex fence_mu_;

@@ -3,11 +3,17 @@
 #include "compute/agent_core.h"
 
 #include <catch2/catch.hpp>
+#include <filesystem>
+#include <map>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/clock.h"
 #include "driver/fake_driver.h"
+#include "testing/process.h"
 #include "testing/run_command.h"
 
 namespace livemig::agent {
@@ -52,41 +58,43 @@ cv1::GetMigrationProgressRequest Progress(const std::string& mid) {
 }
 
 template <typename Req>
-Req Step(const std::string& mid) {
+Req Step(const std::string& mid, const std::string& uuid = kUuid) {
   Req r;
   r.set_migration_id(mid);
-  r.set_instance_uuid(kUuid);
+  r.set_instance_uuid(uuid);
   r.set_source_host("fake-a");
   r.set_dest_host("fake-b");
   return r;
 }
 
-// Runs steps 4-6 and returns the LiveMigration request.
-cv1::LiveMigrationRequest Prepare(Hosts& h, const std::string& mid) {
-  auto dest = Step<cv1::CheckCanLiveMigrateOnDestRequest>(mid);
+// Runs steps 4-6 (of instance `uuid`, 256 MiB) and returns the LiveMigration request.
+cv1::LiveMigrationRequest Prepare(Hosts& h, const std::string& mid,
+                                  const std::string& uuid = kUuid) {
+  auto dest = Step<cv1::CheckCanLiveMigrateOnDestRequest>(mid, uuid);
   dest.mutable_instance()->set_memory_mib(256);
   auto d = h.b->CheckCanLiveMigrateOnDest(dest);
   REQUIRE(d.ok());
   REQUIRE(d->passed());
-  auto src = Step<cv1::CheckCanLiveMigrateOnSrcRequest>(mid);
+  auto src = Step<cv1::CheckCanLiveMigrateOnSrcRequest>(mid, uuid);
   *src.mutable_dest_check_data() = d->dest_check_data();
   auto s = h.a->CheckCanLiveMigrateOnSrc(src);
   REQUIRE(s.ok());
   REQUIRE(s->passed());
-  auto pre = Step<cv1::PreLiveMigrationRequest>(mid);
+  auto pre = Step<cv1::PreLiveMigrationRequest>(mid, uuid);
   *pre.mutable_migrate_data()->mutable_src_check() = s->src_check_data();
   auto p = h.b->PreLiveMigration(pre);
   REQUIRE(p.ok());
-  auto lm = Step<cv1::LiveMigrationRequest>(mid);
+  auto lm = Step<cv1::LiveMigrationRequest>(mid, uuid);
   *lm.mutable_migrate_data()->mutable_src_check() = s->src_check_data();
   *lm.mutable_migrate_data()->mutable_pre_live_migration() = p->pre_live_migration_data();
   return lm;
 }
 
-cv1::MigrationProgressReport WaitForEnd(AgentCore& core, const std::string& mid) {
+cv1::MigrationProgressReport WaitForEnd(AgentCore& core, const std::string& mid,
+                                        const std::string& uuid = kUuid) {
   cv1::GetMigrationProgressRequest req;
   req.set_migration_id(mid);
-  req.set_instance_uuid(kUuid);
+  req.set_instance_uuid(uuid);
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   while (absl::Now() < deadline) {
     auto r = core.GetMigrationProgress(req);
@@ -468,6 +476,140 @@ TEST_CASE(
   CHECK(absl::StrContains(refusals[0],
                           "xen_pv_shadow_paging@fake-b: instance web-b is a PV "
                           "guest and host fake-b runs Xen without shadow paging"));
+}
+
+// The threads of this process now.
+int ThreadCount() {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) n += e.exists();
+  return n;
+}
+
+// The steps of `mid` that `core` has a record of (DescribeInstance), as step names.
+std::vector<std::string> StepsDone(AgentCore& core, const std::string& mid,
+                                   const std::string& uuid) {
+  cv1::DescribeInstanceRequest di;
+  di.set_instance_uuid(uuid);
+  di.set_migration_id(mid);
+  auto d = core.DescribeInstance(di);
+  REQUIRE(d.ok());
+  std::vector<std::string> out;
+  for (int s : d->steps_done()) out.push_back(StepName(static_cast<v1::MigrationStep>(s)));
+  return out;
+}
+
+TEST_CASE(
+    "agent: records of ended migrations are kept for the window and at most the count, whichever "
+    "is smaller; transfer threads are joined when the transfer ends") {
+  Hosts h;
+  FakeClock clock;
+  // Cores with the agent's retention on a fake clock (the hypervisor keeps real time).
+  AgentCore::Options o{"fake-a", 4};
+  o.finished_keep = absl::Hours(1);
+  o.max_finished = 3;
+  o.clock = &clock;
+  h.a = std::make_unique<AgentCore>(o, h.da.get());
+  o.hostname = "fake-b";
+  h.b = std::make_unique<AgentCore>(o, h.db.get());
+  const int threads_before = ThreadCount();
+  auto uuid = [](int i) { return absl::StrFormat("11111111-2222-4333-8444-%012d", i); };
+  std::map<int, cv1::PostLiveMigrationAtDestinationResponse> post_at;
+
+  // Five migrations, each of another instance from fake-a to fake-b, each with its transfer.
+  for (int i = 1; i <= 5; ++i) {
+    const std::string mid = absl::StrCat("m-r", i);
+    REQUIRE(h.da->hypervisor().CreateDomain("fake-a", uuid(i), absl::StrCat("web-", i), 64).ok());
+    auto lm = Prepare(h, mid, uuid(i));
+    REQUIRE(h.a->LiveMigration(lm).ok());
+    REQUIRE(WaitForEnd(*h.a, mid, uuid(i)).state() == cv1::TRANSFER_STATE_COMPLETED);
+    REQUIRE(h.a->PostLiveMigration(Step<cv1::PostLiveMigrationRequest>(mid, uuid(i))).ok());
+    auto at = h.b->PostLiveMigrationAtDestination(
+        Step<cv1::PostLiveMigrationAtDestinationRequest>(mid, uuid(i)));
+    REQUIRE(at.ok());
+    post_at[i] = *at;
+    clock.Advance(absl::Minutes(1));
+  }
+  // The worker threads: joined by the agent's next call once their transfer ended.
+  CHECK(livemig::testing::WaitFor(
+      [&] {
+        (void)h.a->GetHostInfo();  // any call reaps
+        return h.a->WorkerThreadCount() == 0;
+      },
+      absl::Seconds(10)));
+  CHECK(ThreadCount() == threads_before);
+  // The count: only the 3 most recently ended are kept on each side.
+  CHECK(h.a->RecordCount() == 3);
+  CHECK(h.b->RecordCount() == 3);
+  CHECK(StepsDone(*h.b, "m-r1", uuid(1)).empty());
+  CHECK(StepsDone(*h.a, "m-r2", uuid(2)).empty());
+  CHECK(StepsDone(*h.a, "m-r3", uuid(3)) ==
+        std::vector<std::string>{"check_can_live_migrate_on_src", "live_migration",
+                                 "post_live_migration"});
+  // Within the bound a replayed step gets its first answer, a conflicting one its refusal.
+  for (int i : {3, 5}) {
+    auto again = h.b->PostLiveMigrationAtDestination(
+        Step<cv1::PostLiveMigrationAtDestinationRequest>(absl::StrCat("m-r", i), uuid(i)));
+    REQUIRE(again.ok());
+    CHECK(again->SerializeAsString() == post_at[i].SerializeAsString());
+  }
+  CHECK(h.b->RollbackLiveMigrationAtDestination(
+               Step<cv1::RollbackLiveMigrationAtDestinationRequest>("m-r4", uuid(4)))
+            .status()
+            .code() == absl::StatusCode::kFailedPrecondition);
+
+  // A migration that has not ended here is never dropped, however old: the destination's check
+  // and pre-live-migration stay through two hours. The source ran only its check (which changes
+  // nothing): that counts as ended, and goes with the window.
+  REQUIRE(h.da->hypervisor().CreateDomain("fake-a", uuid(6), "web-6", 64).ok());
+  auto lm6 = Prepare(h, "m-r6", uuid(6));
+  clock.Advance(absl::Hours(2));
+  (void)h.a->GetHostInfo();  // any call reaps
+  (void)h.b->GetHostInfo();  // any call reaps
+  CHECK(StepsDone(*h.b, "m-r6", uuid(6)) ==
+        std::vector<std::string>{"check_can_live_migrate_on_dest", "pre_live_migration"});
+  // The window: the five ended more than an hour ago are gone on both sides.
+  CHECK(h.a->RecordCount() == 0);
+  CHECK(h.b->RecordCount() == 1);
+  CHECK(StepsDone(*h.b, "m-r5", uuid(5)).empty());
+  // m-r6 ends with a rollback at both ends: kept for the window (at 59 minutes a repeated
+  // rollback is answered from the record), then dropped.
+  REQUIRE(h.b->RollbackLiveMigrationAtDestination(
+                 Step<cv1::RollbackLiveMigrationAtDestinationRequest>("m-r6", uuid(6)))
+              .ok());
+  auto rb = h.a->RollbackLiveMigration(Step<cv1::RollbackLiveMigrationRequest>("m-r6", uuid(6)));
+  REQUIRE(rb.ok());
+  clock.Advance(absl::Minutes(59));
+  CHECK(StepsDone(*h.b, "m-r6", uuid(6)) ==
+        std::vector<std::string>{"check_can_live_migrate_on_dest", "pre_live_migration",
+                                 "rollback_live_migration_at_destination"});
+  auto rb2 = h.a->RollbackLiveMigration(Step<cv1::RollbackLiveMigrationRequest>("m-r6", uuid(6)));
+  REQUIRE(rb2.ok());
+  CHECK(rb2->SerializeAsString() == rb->SerializeAsString());
+  auto pre6 = Step<cv1::PreLiveMigrationRequest>("m-r6", uuid(6));
+  *pre6.mutable_migrate_data()->mutable_src_check() = lm6.migrate_data().src_check();
+  auto late = h.b->PreLiveMigration(pre6);  // after its rollback: refused, from the record
+  CHECK(late.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(late.status().message(), "rollback_live_migration_at_destination"));
+  clock.Advance(absl::Minutes(1) + absl::Seconds(1));
+  CHECK(StepsDone(*h.b, "m-r6", uuid(6)).empty());
+  CHECK(h.b->RecordCount() == 0);
+  (void)h.a->GetHostInfo();  // any call reaps
+  CHECK(h.a->RecordCount() == 0);
+
+  // A step refused before anything was recorded leaves no record behind; a refusing check is
+  // recorded (a repeat gets the same refusal) and goes with the window.
+  CHECK(h.a->LiveMigration(Step<cv1::LiveMigrationRequest>("m-r7", uuid(6))).status().code() ==
+        absl::StatusCode::kFailedPrecondition);
+  CHECK(h.a->RecordCount() == 0);
+  auto big = Step<cv1::CheckCanLiveMigrateOnDestRequest>("m-r8", uuid(6));
+  big.mutable_instance()->set_memory_mib(1 << 20);  // more than fake-b has
+  auto refused = h.b->CheckCanLiveMigrateOnDest(big);
+  REQUIRE(refused.ok());
+  CHECK_FALSE(refused->passed());
+  CHECK(h.b->RecordCount() == 1);
+  clock.Advance(absl::Hours(1) + absl::Seconds(1));
+  (void)h.b->GetHostInfo();  // any call reaps
+  CHECK(h.b->RecordCount() == 0);
 }
 
 }  // namespace

@@ -12,18 +12,23 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -34,6 +39,7 @@
 #include "grpcpp/grpcpp.h"
 #include "proto/compute_agent.grpc.pb.h"
 #include "proto/host_registry.grpc.pb.h"
+#include "testing/agent_flow.h"
 #include "testing/run_command.h"
 
 namespace livemig::agent {
@@ -103,6 +109,9 @@ class Child {
   ~Child() { Stop(); }
 
   bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+  // When stopped, show only the log's last `bytes` (a long test's agents log every step).
+  void DumpOnlyTail(size_t bytes) { dump_tail_ = bytes; }
 
   bool Running() {
     if (pid_ <= 0 || reaped_) return false;
@@ -139,7 +148,9 @@ class Child {
     if (pid_ > 0 && !dumped_) {
       dumped_ = true;
       // Shown by Bazel when the test fails (--test_output=errors).
-      std::cout << "---- " << log_ << " ----\n" << Log() << "---- end ----" << std::endl;
+      std::string log = Log();
+      if (log.size() > dump_tail_) log = "[...]" + log.substr(log.size() - dump_tail_);
+      std::cout << "---- " << log_ << " ----\n" << log << "---- end ----" << std::endl;
     }
     return status_;
   }
@@ -151,6 +162,7 @@ class Child {
   bool reaped_ = false;
   bool dumped_ = false;
   int status_ = -1;
+  size_t dump_tail_ = std::string::npos;
   std::string log_;
 };
 
@@ -562,14 +574,25 @@ Resp Twice(const char* name, Stub& stub, Method<Req, Resp> m, const Req& req) {
   return first;
 }
 
+// agent-a and agent-b on one fake hypervisor (each registers its host at start-up), with the
+// instance kUuid (256 MiB) running on agent-a.
+struct TwoAgents {
+  explicit TwoAgents(const std::string& tag)
+      : state(testing::MakeTempDir(tag + "-state")), logs(testing::MakeTempDir(tag + "-logs")) {
+    a = StartAgent("agent-a", state, logs);
+    b = StartAgent("agent-b", state, logs);
+    hv = std::make_unique<driver::FakeHypervisor>(state);
+    REQUIRE(hv->CreateDomain("agent-a", kUuid, "web-1", 256).ok());
+  }
+  std::string state, logs;
+  Agent a, b;
+  std::unique_ptr<driver::FakeHypervisor> hv;
+};
+
 TEST_CASE("agent grpc: a full migration between two agent processes over mutual TLS") {
-  const std::string state = testing::MakeTempDir("mig-state");
-  const std::string logs = testing::MakeTempDir("mig-logs");
-  Agent a = StartAgent("agent-a", state, logs);
-  Agent b = StartAgent("agent-b", state, logs);
-  driver::FakeHypervisor hv(state);
-  // Both hosts registered themselves in the shared state at start-up.
-  REQUIRE(hv.CreateDomain("agent-a", kUuid, "web-1", 256).ok());
+  TwoAgents two("mig");
+  Agent &a = two.a, &b = two.b;
+  driver::FakeHypervisor& hv = *two.hv;
   REQUIRE(hv.SetTransferDuration("agent-a", absl::Milliseconds(300)).ok());
   auto sa = SchedulerStub(a, "agent-a");
   auto sb = SchedulerStub(b, "agent-b");
@@ -671,7 +694,101 @@ TEST_CASE("agent grpc: a full migration between two agent processes over mutual 
   }
 }
 
-// ---- 3. Host reporting ----------------------------------------------------------------------
+// ---- 3. A long-running agent does not grow --------------------------------------------------
+
+// What a process holds: its threads (/proc/<pid>/task), its resident memory (VmRSS) and its
+// address space (VmSize: a thread that ended but was never joined keeps its 8 MiB stack mapped,
+// though it is no longer a task).
+struct Footprint {
+  int threads = 0;
+  int64_t rss_kib = 0;
+  int64_t vm_kib = 0;
+};
+
+// The value in kB of `field` ("VmRSS:") in /proc/<pid>/status's text.
+int64_t StatusKib(const std::string& status, absl::string_view field) {
+  for (absl::string_view line : absl::StrSplit(status, '\n')) {
+    if (absl::ConsumePrefix(&line, field)) {
+      int64_t kib = 0;
+      REQUIRE(absl::SimpleAtoi(absl::StripSuffix(absl::StripAsciiWhitespace(line), " kB"), &kib));
+      return kib;
+    }
+  }
+  FAIL("no " << field << " in /proc/<pid>/status");
+  return 0;
+}
+
+Footprint FootprintOf(pid_t pid) {
+  Footprint f;
+  const std::string proc = absl::StrCat("/proc/", pid);
+  for (const auto& e : std::filesystem::directory_iterator(proc + "/task")) f.threads += e.exists();
+  const std::string status = ReadFile(proc + "/status");
+  f.rss_kib = StatusKib(status, "VmRSS:");
+  f.vm_kib = StatusKib(status, "VmSize:");
+  REQUIRE(f.threads > 0);
+  return f;
+}
+
+TEST_CASE("agent grpc: after 1000 migrations an agent has the threads and memory it had after 10") {
+  TwoAgents two("long");  // transfers take no time
+  Agent &a = two.a, &b = two.b;
+  for (Agent* ag : {&a, &b}) ag->proc->DumpOnlyTail(20000);
+  const Pki& pki = Certificates();
+  testing::AgentFlow f(kUuid);
+  for (const Agent* ag : {&a, &b}) {
+    const std::string name = ag == &a ? "agent-a" : "agent-b";
+    f.AddHost(
+        name, name,
+        TlsChannel(ag->address(), name, pki.Ca(), pki.Pem("scheduler"), pki.Key("scheduler")));
+  }
+  // Each migration through the agents' steps as the scheduler sends them (every step but the
+  // transfer twice: the second answer must be the first), the VM back and forth.
+  int done = 0;
+  auto migrate = [&](int n) {
+    for (int end = done + n; done < end; ++done) {
+      const std::string from = done % 2 == 0 ? "agent-a" : "agent-b";
+      const std::string to = done % 2 == 0 ? "agent-b" : "agent-a";
+      const std::string mid = absl::StrCat("m-long-", done);
+      auto lm = f.Prepare(mid, from, to);
+      auto started = f.Call(from, &Stub::LiveMigration, lm);
+      INFO(mid << ": " << started.status().ToString());
+      REQUIRE(started.ok());
+      REQUIRE(f.WaitForEnd(from, mid, absl::Seconds(30)).state() == cv1::TRANSFER_STATE_COMPLETED);
+      f.PostSteps(mid, from, to);
+    }
+  };
+  const absl::Time start = absl::Now();
+  migrate(10);
+  const Footprint a10 = FootprintOf(a.proc->pid()), b10 = FootprintOf(b.proc->pid());
+  migrate(990);
+  const Footprint a1000 = FootprintOf(a.proc->pid()), b1000 = FootprintOf(b.proc->pid());
+  std::cout << "1,000 migrations in " << absl::FormatDuration(absl::Now() - start) << "\n";
+  for (const auto& [name, f10, f1000] :
+       {std::tuple{"agent-a", a10, a1000}, std::tuple{"agent-b", b10, b1000}}) {
+    std::cout << name << ": threads " << f10.threads << " after 10 migrations, " << f1000.threads
+              << " after 1000; VmRSS " << f10.rss_kib / 1024.0 << " MiB after 10, "
+              << f1000.rss_kib / 1024.0 << " MiB after 1000 (+"
+              << (f1000.rss_kib - f10.rss_kib) / 1024.0 << " MiB); VmSize +"
+              << (f1000.vm_kib - f10.vm_kib) / 1024.0 << " MiB" << std::endl;
+    CHECK(f1000.threads <= f10.threads);
+    CHECK(f1000.rss_kib - f10.rss_kib <= 20 * 1024);
+    CHECK(f1000.vm_kib - f10.vm_kib <= 200 * 1024);  // 500 unjoined threads: about +4 GiB
+  }
+  // The last migration's steps are still answered from the agents' records.
+  const std::string last = "m-long-999";
+  auto again = f.Call("agent-b", &Stub::PostLiveMigration,
+                      f.Step<cv1::PostLiveMigrationRequest>(last, "agent-b", "agent-a"));
+  CHECK(again.ok());
+  CHECK(f.Describe("agent-a").present());
+  f = testing::AgentFlow(kUuid);  // close our connections before stopping the agents
+  for (Agent* ag : {&a, &b}) {
+    const int st = ag->proc->Stop();
+    CHECK(WIFEXITED(st));
+    CHECK(WEXITSTATUS(st) == 0);
+  }
+}
+
+// ---- 4. Host reporting ----------------------------------------------------------------------
 
 struct Report {
   rv1::ReportHostRequest req;
