@@ -1,7 +1,9 @@
 #include "scheduler/agent_client.h"
 
+#include <atomic>
 #include <functional>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
@@ -9,16 +11,22 @@
 #include "compute/agent_core.h"
 
 namespace livemig::sched {
-namespace {
 
 class GrpcAgentClient : public AgentClient {
  public:
   GrpcAgentClient(std::string hostname, std::unique_ptr<cv1::ComputeAgent::Stub> stub,
-                  absl::Duration deadline, int retries)
+                  absl::Duration deadline, int retries, Clock* clock)
       : hostname_(std::move(hostname)),
         stub_(std::move(stub)),
         deadline_(deadline),
-        retries_(retries) {}
+        retries_(retries),
+        clock_(clock) {
+    Touch();
+  }
+
+  // Last used: handed out by the factory, or a call started or ended.
+  void Touch() { last_used_ns_ = absl::ToUnixNanos(clock_->Now()); }
+  absl::Time last_used() const { return absl::FromUnixNanos(last_used_ns_.load()); }
 
 #define LIVEMIG_GRPC_RPC(Name, Req, Resp, step)                       \
   absl::StatusOr<Resp> Name(const Req& r) override {                  \
@@ -39,6 +47,8 @@ class GrpcAgentClient : public AgentClient {
   // Every agent RPC is idempotent (steps by migration id), so Unavailable is retried.
   template <typename Req, typename Resp>
   absl::StatusOr<Resp> Call(const char* name, const Req& req, Method<Req, Resp> method) {
+    Touch();
+    absl::Cleanup touch = [this] { Touch(); };
     absl::Status last;
     for (int attempt = 0; attempt <= retries_; ++attempt) {
       grpc::ClientContext ctx;
@@ -57,7 +67,11 @@ class GrpcAgentClient : public AgentClient {
   std::unique_ptr<cv1::ComputeAgent::Stub> stub_;
   const absl::Duration deadline_;
   const int retries_;
+  Clock* const clock_;
+  std::atomic<int64_t> last_used_ns_{0};
 };
+
+namespace {
 
 class LocalAgentClient : public AgentClient {
  public:
@@ -242,22 +256,66 @@ ReplayingAgentClientFactory::Stats ReplayingAgentClientFactory::stats() {
   return counters_->stats;
 }
 
+GrpcAgentClientFactory::GrpcAgentClientFactory(Options options) : options_(std::move(options)) {}
+
+GrpcAgentClientFactory::~GrpcAgentClientFactory() = default;
+
 std::shared_ptr<AgentClient> GrpcAgentClientFactory::ForHost(const std::string& hostname,
                                                              const std::string& address) {
   absl::MutexLock l(&mu_);
+  EvictLocked(options_.clock->Now());
   const std::string key = hostname + "|" + address;
   auto it = clients_.find(key);
-  if (it != clients_.end()) return it->second;
-  auto creds = MakeChannelCredentials(options_.tls);
-  if (!creds.ok()) {
-    return std::make_shared<UnreachableAgentClient>(std::string(creds.status().message()));
+  if (it != clients_.end()) {
+    it->second->Touch();
+    return it->second;
+  }
+  if (!creds_) {
+    auto creds = MakeChannelCredentials(options_.tls);
+    if (!creds.ok()) {
+      return std::make_shared<UnreachableAgentClient>(std::string(creds.status().message()));
+    }
+    creds_ = *std::move(creds);
   }
   // The agent's certificate names its host.
-  auto channel = grpc::CreateCustomChannel(address, *creds, ClientChannelArgs(hostname));
-  auto client = std::make_shared<GrpcAgentClient>(hostname, cv1::ComputeAgent::NewStub(channel),
-                                                  options_.deadline, options_.retries);
+  auto channel = grpc::CreateCustomChannel(address, creds_, ClientChannelArgs(hostname));
+  auto client =
+      std::make_shared<GrpcAgentClient>(hostname, cv1::ComputeAgent::NewStub(channel),
+                                        options_.deadline, options_.retries, options_.clock);
   clients_[key] = client;
+  EvictLocked(options_.clock->Now());  // beyond max_channels: the least recently used goes
   return client;
+}
+
+void GrpcAgentClientFactory::EvictLocked(absl::Time now) {
+  for (auto it = clients_.begin(); it != clients_.end();) {
+    const absl::Duration idle = now - it->second->last_used();
+    if (idle > options_.channel_idle) {
+      LogInfo("agent channel %s closed: unused for %s", it->first, absl::FormatDuration(idle));
+      it = clients_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  while (clients_.size() > options_.max_channels) {
+    auto lru = clients_.begin();
+    for (auto it = clients_.begin(); it != clients_.end(); ++it) {
+      if (it->second->last_used() < lru->second->last_used()) lru = it;
+    }
+    LogInfo("agent channel %s closed: the least recently used of more than %d", lru->first,
+            options_.max_channels);
+    clients_.erase(lru);
+  }
+}
+
+size_t GrpcAgentClientFactory::CachedChannels() {
+  absl::MutexLock l(&mu_);
+  return clients_.size();
+}
+
+bool GrpcAgentClientFactory::IsCached(const std::string& hostname, const std::string& address) {
+  absl::MutexLock l(&mu_);
+  return clients_.count(hostname + "|" + address) > 0;
 }
 
 void LocalAgentClientFactory::Add(const std::string& hostname, agent::AgentCore* core) {

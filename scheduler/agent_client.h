@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "common/tls.h"
 #include "proto/compute_agent.grpc.pb.h"
 
@@ -80,21 +81,44 @@ class AgentClientFactory {
                                                const std::string& address) = 0;
 };
 
+class GrpcAgentClient;  // agent_client.cc
+
+// One cached client (a gRPC channel) per (host, address), all over one credentials object: one
+// certificate watcher (and its thread) for the scheduler, however many agents it talks to, still
+// picking up certificates replaced on disk. A channel unused (no ForHost, no call) for
+// Options::channel_idle (10 min) is dropped from the cache, and beyond Options::max_channels
+// (1000) the least recently used is: so hosts that left, and agents that moved to another
+// address, do not hold a channel for ever. A caller that still holds a dropped client keeps using
+// it (its channel closes when the last holder lets go); the next ForHost makes a new one.
 class GrpcAgentClientFactory : public AgentClientFactory {
  public:
   struct Options {
     TlsFiles tls;
     absl::Duration deadline = absl::Seconds(30);  // per call
     int retries = 2;                              // extra attempts on Unavailable
+    absl::Duration channel_idle = absl::Minutes(10);
+    size_t max_channels = 1000;
+    Clock* clock = Clock::Real();  // for channel_idle
   };
-  explicit GrpcAgentClientFactory(Options options) : options_(std::move(options)) {}
+  explicit GrpcAgentClientFactory(Options options);
+  ~GrpcAgentClientFactory() override;
   std::shared_ptr<AgentClient> ForHost(const std::string& hostname,
                                        const std::string& address) override;
 
+  // Tests and monitoring: the channels cached now, and whether one for (hostname, address) is.
+  size_t CachedChannels();
+  bool IsCached(const std::string& hostname, const std::string& address);
+
  private:
+  // Drops the clients unused for channel_idle, then the least recently used beyond
+  // max_channels.
+  void EvictLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   Options options_;
   absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<AgentClient>> clients_ ABSL_GUARDED_BY(mu_);
+  // Made once (on first use; again only if that failed), shared by every channel.
+  std::shared_ptr<grpc::ChannelCredentials> creds_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<GrpcAgentClient>> clients_ ABSL_GUARDED_BY(mu_);
 };
 
 // TESTS ONLY (scheduler --test-replay-agent-steps=N): wraps another factory's clients so that
