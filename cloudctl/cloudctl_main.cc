@@ -317,7 +317,7 @@ grpc::Status WaitForMigration(const Client& client, const std::string& id, Progr
         *out = m;
         view->Show(m);
         if (EndsWait(m.status())) {
-          ctx.TryCancel();  // error does not end the stream on the server's side
+          ctx.TryCancel();  // a scheduler before 'error' ended the stream kept it open
           (void)reader->Finish();
           return grpc::Status::OK;
         }

@@ -45,6 +45,31 @@ bool OnlyChecks(const std::map<int, std::string>& done) {
   return true;
 }
 
+// A dry run's check (the scheduler's CheckMigration sets dry_run, with a throwaway id): run as a
+// step would be, but without a record, so that the agent keeps nothing of it (the scheduler's
+// calls may be cut short by the dry run's deadline, and the source sees no cleanup call).
+// `role` is CheckRoleHost's answer; `has_record`: the agent keeps a record of this id, which is
+// then a migration's and refused.
+template <typename Resp>
+absl::StatusOr<Resp> RunDryRunStep(const std::string& id, const std::string& uuid,
+                                   const absl::Status& role, bool has_record,
+                                   v1::MigrationStep step,
+                                   const std::function<absl::StatusOr<Resp>()>& fn) {
+  RETURN_IF_ERROR(driver::ValidateMigrationId(id));
+  RETURN_IF_ERROR(driver::ValidateUuid(uuid));
+  RETURN_IF_ERROR(role);
+  if (has_record) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dry run with migration id ", id, ", which is a migration's: a dry run needs its own id"));
+  }
+  const absl::Time start = absl::Now();
+  absl::StatusOr<Resp> r = fn();
+  LogInfo("dry run %s instance=%s step=%s %s in %d ms (no record kept)", id, uuid, StepName(step),
+          r.ok() ? "ok" : absl::StrCat("failed: ", r.status().ToString()),
+          absl::ToInt64Milliseconds(absl::Now() - start));
+  return r;
+}
+
 }  // namespace
 
 AgentCore::AgentCore(Options options, driver::ComputeDriver* driver)
@@ -250,6 +275,12 @@ absl::StatusOr<cv1::DescribeInstanceResponse> AgentCore::DescribeInstance(
 
 absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> AgentCore::CheckCanLiveMigrateOnDest(
     const cv1::CheckCanLiveMigrateOnDestRequest& req) {
+  if (req.dry_run()) {
+    return RunDryRunStep<cv1::CheckCanLiveMigrateOnDestResponse>(
+        req.migration_id(), req.instance_uuid(), CheckRoleHost(req.dest_host(), "destination"),
+        Find(req.migration_id()) != nullptr, v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST,
+        [&] { return driver_->CheckCanLiveMigrateOnDest(req); });
+  }
   return RunStep<cv1::CheckCanLiveMigrateOnDestResponse>(
       req.migration_id(), req.instance_uuid(), req.dest_host(),
       v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST, {},
@@ -258,6 +289,12 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> AgentCore::CheckCanLiveMi
 
 absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> AgentCore::CheckCanLiveMigrateOnSrc(
     const cv1::CheckCanLiveMigrateOnSrcRequest& req) {
+  if (req.dry_run()) {
+    return RunDryRunStep<cv1::CheckCanLiveMigrateOnSrcResponse>(
+        req.migration_id(), req.instance_uuid(), CheckRoleHost(req.source_host(), "source"),
+        Find(req.migration_id()) != nullptr, v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC,
+        [&] { return driver_->CheckCanLiveMigrateOnSrc(req); });
+  }
   return RunStep<cv1::CheckCanLiveMigrateOnSrcResponse>(
       req.migration_id(), req.instance_uuid(), req.source_host(),
       v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC, {},
@@ -267,6 +304,16 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> AgentCore::CheckCanLiveMig
 absl::StatusOr<cv1::CheckCanLiveMigrateOnDestCleanupResponse>
 AgentCore::CheckCanLiveMigrateOnDestCleanup(
     const cv1::CheckCanLiveMigrateOnDestCleanupRequest& req) {
+  if (req.dry_run()) {
+    return RunDryRunStep<cv1::CheckCanLiveMigrateOnDestCleanupResponse>(
+        req.migration_id(), req.instance_uuid(), CheckRoleHost(req.dest_host(), "destination"),
+        Find(req.migration_id()) != nullptr,
+        v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST_CLEANUP,
+        [&]() -> absl::StatusOr<cv1::CheckCanLiveMigrateOnDestCleanupResponse> {
+          RETURN_IF_ERROR(driver_->CheckCanLiveMigrateOnDestCleanup(req));
+          return cv1::CheckCanLiveMigrateOnDestCleanupResponse();
+        });
+  }
   return RunStep<cv1::CheckCanLiveMigrateOnDestCleanupResponse>(
       req.migration_id(), req.instance_uuid(), req.dest_host(),
       v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST_CLEANUP,

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/grpc_limits.h"
 #include "common/log.h"
 #include "common/status_map.h"
 #include "common/test_hooks.h"
@@ -262,6 +263,9 @@ int main(int argc, char** argv) {
   builder.RegisterService(&service);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  livemig::ServerLimits limits;  // the defaults: 64 threads, 100 streams per connection, ...
+  limits.name = "compute-agent";
+  livemig::ApplyServerLimits(builder, limits);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) {
     return Fail("listen", absl::UnavailableError("cannot listen on " + listen +

@@ -1,5 +1,6 @@
 #include "scheduler/agent_client.h"
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 
@@ -44,21 +45,25 @@ class GrpcAgentClient : public AgentClient {
   template <typename Req, typename Resp>
   using Method = grpc::Status (cv1::ComputeAgent::Stub::*)(grpc::ClientContext*, const Req&, Resp*);
 
-  // Every agent RPC is idempotent (steps by migration id), so Unavailable is retried.
+  // Every agent RPC is idempotent (steps by migration id), so Unavailable is retried, within the
+  // thread's ScopedAgentDeadline if any.
   template <typename Req, typename Resp>
   absl::StatusOr<Resp> Call(const char* name, const Req& req, Method<Req, Resp> method) {
     Touch();
     absl::Cleanup touch = [this] { Touch(); };
+    const absl::Time scope = ScopedAgentDeadline::Current();
     absl::Status last;
     for (int attempt = 0; attempt <= retries_; ++attempt) {
       grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+      ctx.set_deadline(absl::ToChronoTime(std::min(absl::Now() + deadline_, scope)));
       Resp resp;
       grpc::Status s = (stub_.get()->*method)(&ctx, req, &resp);
       if (s.ok()) return resp;
       last = FromGrpcStatus(s, absl::StrCat(name, " on ", hostname_));
       if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
-      absl::SleepFor(absl::Milliseconds(200 * (attempt + 1)));
+      const absl::Duration backoff = absl::Milliseconds(200 * (attempt + 1));
+      if (absl::Now() + backoff >= scope) break;
+      absl::SleepFor(backoff);
     }
     return last;
   }
@@ -240,7 +245,17 @@ class ReplayingAgentClient : public AgentClient {
   std::shared_ptr<ReplayingAgentClientFactory::Counters> counters_;
 };
 
+thread_local absl::Time agent_deadline = absl::InfiniteFuture();
+
 }  // namespace
+
+ScopedAgentDeadline::ScopedAgentDeadline(absl::Time deadline) : previous_(agent_deadline) {
+  agent_deadline = std::min(agent_deadline, deadline);
+}
+
+ScopedAgentDeadline::~ScopedAgentDeadline() { agent_deadline = previous_; }
+
+absl::Time ScopedAgentDeadline::Current() { return agent_deadline; }
 
 ReplayingAgentClientFactory::ReplayingAgentClientFactory(AgentClientFactory* inner, int times)
     : inner_(inner), times_(times < 1 ? 1 : times) {}

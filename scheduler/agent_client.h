@@ -73,6 +73,23 @@ class AgentClient {
 #undef LIVEMIG_AGENT_RPC_DECLARE
 };
 
+// A deadline for the agent calls the current thread makes while this object lives (nested: the
+// earliest wins). A gRPC agent call then ends by it (DEADLINE_EXCEEDED) when it comes before the
+// call's own deadline (GrpcAgentClientFactory::Options::deadline), and is not retried past it.
+// The dry run (Orchestrator::CheckMigration) shares its overall deadline among its calls so.
+class ScopedAgentDeadline {
+ public:
+  explicit ScopedAgentDeadline(absl::Time deadline);
+  ~ScopedAgentDeadline();
+  ScopedAgentDeadline(const ScopedAgentDeadline&) = delete;
+  ScopedAgentDeadline& operator=(const ScopedAgentDeadline&) = delete;
+  // The current thread's earliest deadline; absl::InfiniteFuture() outside every scope.
+  static absl::Time Current();
+
+ private:
+  const absl::Time previous_;
+};
+
 class AgentClientFactory {
  public:
   virtual ~AgentClientFactory() = default;

@@ -1,5 +1,6 @@
 #include "scheduler/orchestrator.h"
 
+#include <algorithm>
 #include <random>
 
 #include "absl/strings/match.h"
@@ -1060,26 +1061,92 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
     ASSIGN_OR_RETURN(auto all, hosts->ListHosts(options_.service_down_time));
     checks = RankDestinations(inst, src, all, req.options());
   }
-  // Agent checks (steps 4-5) on the hosts that pass, with a throwaway id; nothing is kept.
-  auto src_agent = agents_->ForHost(src.report.hostname, src.report.agent_address);
-  cv1::DescribeInstanceRequest di;
-  di.set_instance_uuid(inst.uuid);
-  auto desc = src_agent->DescribeInstance(di);
+  // Agent checks (steps 4-5) as a migration makes them: on the best `destination_attempts` hosts
+  // that passed the checks above, in rank order (the requested destination alone when given),
+  // each with a throwaway id and dry_run set, so that the agents keep no record of it. All within
+  // one overall deadline: each agent call may take an equal share of the time left for the calls
+  // still to come (and at most the agent client's own deadline), so that agents that hang cost
+  // the dry run its deadline at most, and each host checked says why it failed.
+  const absl::Time end = absl::Now() + options_.dry_run_deadline;
+  const int attempts = std::max(1, options_.destination_attempts);
+  auto fail = [](sv1::HostCheck& hc, const std::string& host, const std::string& name,
+                 const std::string& reason) {
+    v1::CheckResult* c = hc.add_checks();
+    c->set_host(host);
+    c->set_name(name);
+    c->set_reason(reason);
+    hc.set_passed(false);
+  };
+  int to_check = 0;
+  for (auto& hc : checks) {
+    if (!hc.passed()) continue;
+    if (to_check < attempts) {
+      ++to_check;
+      continue;
+    }
+    fail(hc, hc.host(), "agent_checks",
+         absl::StrCat("not checked by the agents: a migration asks the agents of its best ",
+                      attempts, " candidates only, and ", hc.host(), " ranks below them"));
+  }
+  // The source's DescribeInstance, then per host its check, the source's check, the cleanup.
+  int calls_left = to_check == 0 ? 0 : 1 + 3 * to_check;
+  // The deadline of the next agent call: its share of the time left.
+  auto next_deadline = [&] {
+    const absl::Time now = absl::Now();
+    const absl::Time d = now + std::max(absl::ZeroDuration(), end - now) / std::max(1, calls_left);
+    calls_left = std::max(0, calls_left - 1);
+    return d;
+  };
+  // An agent call's error as a reason; a deadline says whose.
+  auto why = [&](const absl::Status& s, absl::Time started, absl::Time deadline) {
+    std::string reason(s.message());
+    if (s.code() == absl::StatusCode::kDeadlineExceeded) {
+      absl::StrAppend(&reason, " (no answer within ",
+                      absl::FormatDuration(absl::Trunc(deadline - started, absl::Milliseconds(1))),
+                      ": this call's share of the dry run's ",
+                      absl::FormatDuration(options_.dry_run_deadline), " deadline)");
+    }
+    return reason;
+  };
+  std::shared_ptr<AgentClient> src_agent;
+  absl::StatusOr<cv1::DescribeInstanceResponse> desc = absl::UnavailableError("not asked");
+  if (to_check > 0) {
+    src_agent = agents_->ForHost(src.report.hostname, src.report.agent_address);
+    cv1::DescribeInstanceRequest di;
+    di.set_instance_uuid(inst.uuid);
+    const absl::Time t0 = absl::Now(), deadline = next_deadline();
+    ScopedAgentDeadline scope(deadline);
+    desc = src_agent->DescribeInstance(di);
+    if (!desc.ok()) {
+      desc = absl::Status(desc.status().code(), why(desc.status(), t0, deadline));
+    } else if (!desc->present()) {
+      desc = absl::NotFoundError(
+          absl::StrCat("instance ", inst.uuid, " is not on its source ", src.report.hostname));
+    }
+  }
   std::random_device rd;
   for (auto& hc : checks) {
-    if (hc.passed() && !desc.ok()) {
-      v1::CheckResult* c = hc.add_checks();
-      c->set_host(src.report.hostname);
-      c->set_name("agent_source");
-      c->set_reason(
-          absl::StrCat("the source agent cannot describe the instance, so the agent "
-                       "checks did not run: ",
-                       desc.status().message()));
-      hc.set_passed(false);
-    }
     if (!hc.passed()) continue;
+    if (!desc.ok()) {
+      fail(hc, src.report.hostname, "agent_source",
+           absl::StrCat("the source agent cannot describe the instance, so the agent "
+                        "checks did not run: ",
+                        desc.status().message()));
+      continue;
+    }
+    if (absl::Now() >= end) {
+      fail(hc, hc.host(), "agent_checks",
+           absl::StrCat("not checked by the agents: the dry run's ",
+                        absl::FormatDuration(options_.dry_run_deadline),
+                        " deadline passed before its turn"));
+      continue;
+    }
     auto dst = hosts->GetHost(hc.host(), options_.service_down_time);
-    if (!dst.ok()) continue;
+    if (!dst.ok()) {
+      fail(hc, hc.host(), "agent_dest", std::string(dst.status().message()));
+      calls_left = std::max(0, calls_left - 3);
+      continue;
+    }
     auto dst_agent = agents_->ForHost(hc.host(), dst->report.agent_address);
     const std::string probe_id = absl::StrCat("dryrun-", rd(), "-", rd());
     cv1::CheckCanLiveMigrateOnDestRequest d;
@@ -1092,14 +1159,18 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
     d.set_source_hypervisor_version(static_cast<uint64_t>(src.report.hypervisor_version));
     *d.mutable_instance() = desc->domain();
     *d.mutable_options() = req.options();
-    auto dr = dst_agent->CheckCanLiveMigrateOnDest(d);
-    if (!dr.ok()) {
-      v1::CheckResult* c = hc.add_checks();
-      c->set_host(hc.host());
-      c->set_name("agent_dest");
-      c->set_reason(std::string(dr.status().message()));
-      hc.set_passed(false);
-      continue;
+    d.set_dry_run(true);
+    absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> dr;
+    {
+      const absl::Time t0 = absl::Now(), deadline = next_deadline();
+      ScopedAgentDeadline scope(deadline);
+      dr = dst_agent->CheckCanLiveMigrateOnDest(d);
+      if (!dr.ok()) {
+        // No answer, so no probe file to clean up that the agent would say it made.
+        fail(hc, hc.host(), "agent_dest", why(dr.status(), t0, deadline));
+        calls_left = std::max(0, calls_left - 2);
+        continue;
+      }
     }
     for (const auto& c : dr->checks()) *hc.add_checks() = c;
     if (dr->passed()) {
@@ -1110,24 +1181,28 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
       s.set_dest_host(hc.host());
       *s.mutable_dest_check_data() = dr->dest_check_data();
       *s.mutable_options() = req.options();
+      s.set_dry_run(true);
+      const absl::Time t0 = absl::Now(), deadline = next_deadline();
+      ScopedAgentDeadline scope(deadline);
       auto sr = src_agent->CheckCanLiveMigrateOnSrc(s);
       if (sr.ok()) {
         for (const auto& c : sr->checks()) *hc.add_checks() = c;
         hc.set_passed(sr->passed());
       } else {
-        v1::CheckResult* c = hc.add_checks();
-        c->set_host(src.report.hostname);
-        c->set_name("agent_src");
-        c->set_reason(std::string(sr.status().message()));
-        hc.set_passed(false);
+        fail(hc, src.report.hostname, "agent_src", why(sr.status(), t0, deadline));
       }
     } else {
       hc.set_passed(false);
+      calls_left = std::max(0, calls_left - 1);  // no source check
     }
     cv1::CheckCanLiveMigrateOnDestCleanupRequest cl;
     cl.set_migration_id(probe_id);
     cl.set_instance_uuid(inst.uuid);
+    cl.set_source_host(src.report.hostname);
     cl.set_dest_host(hc.host());
+    *cl.mutable_dest_check_data() = dr->dest_check_data();
+    cl.set_dry_run(true);
+    ScopedAgentDeadline scope(next_deadline());
     dst_agent->CheckCanLiveMigrateOnDestCleanup(cl).IgnoreError();
   }
   bool any = false;

@@ -47,7 +47,10 @@ struct OrchestratorOptions {
   int max_inbound_per_host = 2;
   int max_total = 20;
   int destination_attempts = 3;  // agent checks on the best candidates, then give up
-  int step_retries = 3;          // idempotent step RPCs retried on Unavailable/DeadlineExceeded
+  // A dry run (CheckMigration) answers within this, its agent calls sharing it; it asks the
+  // agents of at most `destination_attempts` candidates, as a migration would.
+  absl::Duration dry_run_deadline = absl::Seconds(30);
+  int step_retries = 3;  // idempotent step RPCs retried on Unavailable/DeadlineExceeded
   absl::Duration roll_forward_for = absl::Minutes(10);  // then `error`
   absl::Duration transfer_deadline = absl::Hours(6);    // the scheduler's own hard deadline
   absl::Duration agent_silence = absl::Seconds(90);     // source agent unreachable while running
@@ -74,10 +77,11 @@ class Orchestrator {
               std::optional<db::InstanceRecord> instance = std::nullopt);
 
   // Dry run: every check for the given destination (or every candidate), including the agent
-  // checks (steps 4-5) on hosts that pass the database checks; changes nothing (the probe file
-  // is removed again). It reads through `hosts` and `instances` when given (the API passes its
-  // own stores, so that dry runs use the API's connections, not the control loop's), else
-  // through the orchestrator's.
+  // checks (steps 4-5) on the hosts that pass the database checks, at most
+  // options.destination_attempts of them (as a migration), all within options.dry_run_deadline;
+  // changes nothing (the probe file is removed again; the agents keep no record). It reads through
+  // `hosts` and `instances` when given (the API passes its own stores, so that dry runs use the
+  // API's connections, not the control loop's), else through the orchestrator's.
   absl::StatusOr<sv1::CheckMigrationResponse> CheckMigration(
       const sv1::CheckMigrationRequest& r, db::HostStore* hosts = nullptr,
       db::InstanceStore* instances = nullptr);

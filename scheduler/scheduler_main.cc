@@ -9,6 +9,8 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/grpc_limits.h"
 #include "common/log.h"
 #include "common/status_map.h"
 #include "common/test_hooks.h"
@@ -136,6 +138,37 @@ int main(int argc, char** argv) {
   app.add_option("--http-threads", http_o.threads, "threads serving HTTP")
       ->capture_default_str()
       ->group(hg);
+  // The gRPC servers' bounds (common/grpc_limits.h) and WatchMigration's caps (services.h).
+  livemig::ServerLimits grpc_limits;
+  livemig::sched::WatchLimits watch_limits;
+  int64_t grpc_memory_mib = grpc_limits.max_memory_bytes >> 20;
+  const std::string gg = "gRPC limits (the API and the host registry, each)";
+  app.add_option("--grpc-max-threads", grpc_limits.max_threads,
+                 "threads of a gRPC server; a call arriving while all are busy gets "
+                 "RESOURCE_EXHAUSTED at once")
+      ->capture_default_str()
+      ->group(gg);
+  app.add_option("--grpc-max-memory-mib", grpc_memory_mib, "memory of a gRPC server's buffers")
+      ->capture_default_str()
+      ->group(gg);
+  app.add_option("--grpc-max-streams", grpc_limits.max_concurrent_streams,
+                 "calls in flight on one client connection (HTTP/2 streams); more wait on the "
+                 "client's side")
+      ->capture_default_str()
+      ->group(gg);
+  app.add_option("--grpc-max-message-bytes", grpc_limits.max_receive_message_bytes,
+                 "largest request message accepted (RESOURCE_EXHAUSTED beyond)")
+      ->capture_default_str()
+      ->group(gg);
+  app.add_option("--watch-max-streams", watch_limits.per_principal,
+                 "WatchMigration streams one token may hold open; beyond: RESOURCE_EXHAUSTED")
+      ->capture_default_str()
+      ->group(gg);
+  app.add_option("--watch-max-streams-total", watch_limits.total,
+                 "WatchMigration streams open at once, all tokens together (each holds a "
+                 "thread: at most --grpc-max-threads minus 8)")
+      ->capture_default_str()
+      ->group(gg);
   livemig::sched::OrchestratorOptions o;
   app.add_option("--scheduler-id", o.scheduler_id,
                  "owner name on migration leases (default: scheduler-<host>-<pid>-<random>)");
@@ -150,6 +183,10 @@ int main(int argc, char** argv) {
                  "at most one progress write per migration per this many seconds")
       ->capture_default_str();
   app.add_option("--agent-deadline", agent_deadline_s, "deadline of each agent call in seconds")
+      ->capture_default_str();
+  double dry_run_deadline_s = absl::ToDoubleSeconds(o.dry_run_deadline);
+  app.add_option("--dry-run-deadline", dry_run_deadline_s,
+                 "seconds a dry run (CheckMigration) may take in all, its agent calls sharing it")
       ->capture_default_str();
   app.add_option("--max-outbound-per-host", o.max_outbound_per_host,
                  "concurrent migrations out of one host")
@@ -191,6 +228,19 @@ int main(int argc, char** argv) {
   http_o.tls_cert = api_cert;
   http_o.tls_key = api_key;
   if (auto s = livemig::http::ValidateOptions(http_o); !s.ok()) return Fail("HTTP", s);
+  grpc_limits.max_memory_bytes = grpc_memory_mib << 20;
+  if (auto s = livemig::ValidateServerLimits(grpc_limits); !s.ok()) return Fail("gRPC", s);
+  if (watch_limits.per_principal < 1 || watch_limits.total < 1 ||
+      watch_limits.total > grpc_limits.max_threads - 8) {
+    return Fail("gRPC", absl::InvalidArgumentError(absl::StrCat(
+                            "--watch-max-streams must be at least 1 and --watch-max-streams-total "
+                            "1 to --grpc-max-threads minus 8 (",
+                            grpc_limits.max_threads - 8, "), got ", watch_limits.per_principal,
+                            " and ", watch_limits.total)));
+  }
+  if (dry_run_deadline_s <= 0) {
+    return Fail("--dry-run-deadline", absl::InvalidArgumentError("must be positive"));
+  }
   const bool api_tls = !api_cert.empty();
   if (auto s = livemig::CheckApiListener("--listen", listen, api_tls, api_plaintext); !s.ok()) {
     return Fail("API", s);
@@ -263,11 +313,12 @@ int main(int argc, char** argv) {
   o.service_down_time = absl::Seconds(down_s);
   o.lease = absl::Seconds(lease_s);
   o.progress_write = absl::Seconds(progress_s);
+  o.dry_run_deadline = absl::Seconds(dry_run_deadline_s);
   livemig::sched::Orchestrator orchestrator(o, &control.migrations(), &control.hosts(),
                                             &control.instances(), agent_factory);
   livemig::sched::ApiCore api(&stores.migrations(), &stores.hosts(), &stores.instances(),
                               &stores.evacuations(), &orchestrator, &control.evacuations());
-  livemig::sched::SchedulerApiService api_service(&api, tokens->get());
+  livemig::sched::SchedulerApiService api_service(&api, tokens->get(), watch_limits);
   livemig::sched::HostRegistryService registry(&control.hosts(), tls.insecure,
                                                absl::Seconds(report_s));
 
@@ -282,6 +333,8 @@ int main(int argc, char** argv) {
   }
   api_builder.AddListeningPort(listen, api_creds);
   api_builder.RegisterService(&api_service);
+  grpc_limits.name = "scheduler-api";
+  livemig::ApplyServerLimits(api_builder, grpc_limits);
   auto api_server = api_builder.BuildAndStart();
   if (!api_server) return Fail("listen", absl::UnavailableError("cannot listen on " + listen));
 
@@ -291,6 +344,8 @@ int main(int argc, char** argv) {
   if (registry_listen.rfind("unix:", 0) == 0) unlink(registry_listen.substr(5).c_str());
   reg_builder.AddListeningPort(registry_listen, *creds);
   reg_builder.RegisterService(&registry);
+  grpc_limits.name = "scheduler-registry";
+  livemig::ApplyServerLimits(reg_builder, grpc_limits);
   auto reg_server = reg_builder.BuildAndStart();
   if (!reg_server) {
     return Fail("listen", absl::UnavailableError("cannot listen on " + registry_listen));

@@ -7,6 +7,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -704,6 +705,257 @@ TEST_CASE("scheduler: no destination given: the best host is chosen; dry run cha
   CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);
   CHECK((m.dest_host() == "fake-b" || m.dest_host() == "fake-c"));
   CHECK(c.DbHost() == m.dest_host());
+}
+
+// An agent client factory over another that counts the calls per host and RPC, and makes the
+// agents of "hung" hosts hang: their calls answer nothing until the caller's deadline (the
+// thread's ScopedAgentDeadline, as a gRPC call would end by it), at most `hang_cap`.
+class ProbeAgents : public AgentClientFactory {
+ public:
+  explicit ProbeAgents(AgentClientFactory* inner) : inner_(inner) {}
+  ~ProbeAgents() override { ReleaseAll(); }
+  std::shared_ptr<AgentClient> ForHost(const std::string& host,
+                                       const std::string& address) override {
+    return std::make_shared<Client>(this, host, inner_->ForHost(host, address));
+  }
+  void Hang(const std::string& host) {
+    absl::MutexLock l(&mu_);
+    hung_.insert(host);
+  }
+  // Ends every hang at once (the test's teardown).
+  void ReleaseAll() {
+    absl::MutexLock l(&mu_);
+    released_ = true;
+  }
+  // The hosts that got `rpc`, in the order of their first call.
+  std::vector<std::string> Asked(const std::string& rpc) {
+    absl::MutexLock l(&mu_);
+    std::vector<std::string> out;
+    for (const auto& [host, name] : calls_) {
+      if (name == rpc && std::find(out.begin(), out.end(), host) == out.end()) out.push_back(host);
+    }
+    return out;
+  }
+  int Calls(const std::string& rpc) {
+    absl::MutexLock l(&mu_);
+    return static_cast<int>(std::count_if(calls_.begin(), calls_.end(),
+                                          [&](const auto& c) { return c.second == rpc; }));
+  }
+  // The migration ids the calls carried.
+  std::set<std::string> Ids() {
+    absl::MutexLock l(&mu_);
+    return ids_;
+  }
+  // The longest deadline a call was given, from its start (InfiniteDuration without one).
+  absl::Duration LongestBudget() {
+    absl::MutexLock l(&mu_);
+    return longest_budget_;
+  }
+  absl::Duration hang_cap = absl::Seconds(120);
+
+ private:
+  absl::Status Enter(const std::string& host, const std::string& rpc,
+                     const std::string& migration_id) {
+    const absl::Time now = absl::Now();
+    const absl::Time deadline = ScopedAgentDeadline::Current();
+    absl::MutexLock l(&mu_);
+    calls_.emplace_back(host, rpc);
+    if (!migration_id.empty()) ids_.insert(migration_id);
+    longest_budget_ = std::max(longest_budget_, deadline - now);
+    if (!hung_.count(host)) return absl::OkStatus();
+    mu_.AwaitWithDeadline(absl::Condition(&released_), std::min(deadline, now + hang_cap));
+    return absl::DeadlineExceededError(absl::StrCat(rpc, " on ", host, ": Deadline Exceeded"));
+  }
+  class Client : public AgentClient {
+   public:
+    Client(ProbeAgents* probe, std::string host, std::shared_ptr<AgentClient> inner)
+        : probe_(probe), host_(std::move(host)), inner_(std::move(inner)) {}
+    absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override {
+      if (absl::Status s = probe_->Enter(host_, "GetHostInfo", ""); !s.ok()) return s;
+      return inner_->GetHostInfo();
+    }
+#define LIVEMIG_PROBE_RPC(Name, Req, Resp, step)                                           \
+  absl::StatusOr<Resp> Name(const Req& r) override {                                       \
+    if (absl::Status s = probe_->Enter(host_, #Name, r.migration_id()); !s.ok()) return s; \
+    return inner_->Name(r);                                                                \
+  }
+    LIVEMIG_AGENT_RPCS(LIVEMIG_PROBE_RPC)
+#undef LIVEMIG_PROBE_RPC
+
+   private:
+    ProbeAgents* probe_;
+    const std::string host_;
+    std::shared_ptr<AgentClient> inner_;
+  };
+
+  AgentClientFactory* inner_;
+  absl::Mutex mu_;
+  std::set<std::string> hung_ ABSL_GUARDED_BY(mu_);
+  bool released_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::pair<std::string, std::string>> calls_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> ids_ ABSL_GUARDED_BY(mu_);
+  absl::Duration longest_budget_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
+};
+
+// The check named `name` of `hc` ("" when absent).
+std::string CheckReason(const sv1::HostCheck& hc, const std::string& name) {
+  for (const auto& c : hc.checks()) {
+    if (c.name() == name && !c.passed()) return c.reason().empty() ? "(no reason)" : c.reason();
+  }
+  return "";
+}
+
+TEST_CASE("scheduler: a dry run asks the agents of as many candidates as a migration would") {
+  Cloud c({}, {"fake-a", "fake-b", "fake-c", "fake-d", "fake-e"});
+  ProbeAgents probe(&c.agents);
+  OrchestratorOptions o;
+  o.scheduler_id = "sched-dry";
+  REQUIRE(o.destination_attempts == 3);  // the migration's own count (Preparing)
+  Orchestrator orch(o, &c.stores->migrations(), &c.stores->hosts(), &c.stores->instances(), &probe);
+  sv1::CheckMigrationRequest check;
+  check.set_instance_uuid(kUuid);
+  auto dry = orch.CheckMigration(check);
+  REQUIRE(dry.ok());
+  INFO(dry->DebugString());
+  // Four hosts pass the scheduler's checks; the agents of the best three only were asked.
+  REQUIRE(dry->hosts_size() == 4);
+  const std::vector<std::string> asked = probe.Asked("CheckCanLiveMigrateOnDest");
+  printf("dry run over 4 candidates: destination checks on %s; source checks %d; describes %d\n",
+         absl::StrJoin(asked, ",").c_str(), probe.Calls("CheckCanLiveMigrateOnSrc"),
+         probe.Calls("DescribeInstance"));
+  CHECK(asked ==
+        std::vector<std::string>{dry->hosts(0).host(), dry->hosts(1).host(), dry->hosts(2).host()});
+  CHECK(probe.Calls("CheckCanLiveMigrateOnDest") == 3);
+  CHECK(probe.Calls("CheckCanLiveMigrateOnSrc") == 3);
+  CHECK(probe.Calls("DescribeInstance") == 1);
+  for (int i = 0; i < 3; ++i) CHECK(dry->hosts(i).passed());
+  CHECK_FALSE(dry->hosts(3).passed());
+  CHECK(absl::StrContains(CheckReason(dry->hosts(3), "agent_checks"),
+                          "asks the agents of its best 3 candidates only"));
+  CHECK(dry->passed());
+  CHECK(dry->chosen_host() == dry->hosts(0).host());
+  // Every call's deadline is within the dry run's.
+  CHECK(probe.LongestBudget() <= o.dry_run_deadline);
+  CHECK(probe.LongestBudget() > absl::ZeroDuration());
+}
+
+TEST_CASE("scheduler: a dry run with agents that hang answers within its deadline, with reasons") {
+  Cloud c({}, {"fake-a", "fake-b", "fake-c", "fake-d", "fake-e"});
+  OrchestratorOptions o;
+  o.scheduler_id = "sched-dry";
+  o.dry_run_deadline = absl::Seconds(4);
+  sv1::CheckMigrationRequest check;
+  check.set_instance_uuid(kUuid);
+
+  SECTION("every destination agent hangs") {
+    ProbeAgents probe(&c.agents);
+    for (const char* h : {"fake-b", "fake-c", "fake-d", "fake-e"}) probe.Hang(h);
+    Orchestrator orch(o, &c.stores->migrations(), &c.stores->hosts(), &c.stores->instances(),
+                      &probe);
+    const absl::Time t0 = absl::Now();
+    auto dry = orch.CheckMigration(check);
+    const absl::Duration took = absl::Now() - t0;
+    REQUIRE(dry.ok());
+    INFO(dry->DebugString());
+    printf("dry run, 3 destination agents hanging: answered in %.2f s (deadline %.0f s)\n",
+           absl::ToDoubleSeconds(took), absl::ToDoubleSeconds(o.dry_run_deadline));
+    CHECK(took <= o.dry_run_deadline + absl::Milliseconds(500));
+    // The hung calls did wait their shares (not failed at once).
+    CHECK(took >= absl::Seconds(1));
+    CHECK_FALSE(dry->passed());
+    CHECK(dry->chosen_host().empty());
+    REQUIRE(dry->hosts_size() == 4);
+    CHECK(probe.Asked("CheckCanLiveMigrateOnDest").size() == 3);
+    for (int i = 0; i < 3; ++i) {
+      INFO(dry->hosts(i).host());
+      const std::string reason = CheckReason(dry->hosts(i), "agent_dest");
+      CHECK(absl::StrContains(reason, "Deadline Exceeded"));
+      CHECK(absl::StrContains(reason, "share of the dry run's 4s deadline"));
+    }
+    CHECK(absl::StrContains(CheckReason(dry->hosts(3), "agent_checks"), "not checked"));
+  }
+  SECTION("the source agent hangs") {
+    ProbeAgents probe(&c.agents);
+    probe.Hang("fake-a");
+    Orchestrator orch(o, &c.stores->migrations(), &c.stores->hosts(), &c.stores->instances(),
+                      &probe);
+    const absl::Time t0 = absl::Now();
+    auto dry = orch.CheckMigration(check);
+    const absl::Duration took = absl::Now() - t0;
+    REQUIRE(dry.ok());
+    INFO(dry->DebugString());
+    printf("dry run, the source agent hanging: answered in %.2f s (deadline %.0f s)\n",
+           absl::ToDoubleSeconds(took), absl::ToDoubleSeconds(o.dry_run_deadline));
+    CHECK(took <= o.dry_run_deadline + absl::Milliseconds(500));
+    CHECK_FALSE(dry->passed());
+    CHECK(probe.Calls("CheckCanLiveMigrateOnDest") == 0);
+    for (int i = 0; i < 3; ++i) {
+      INFO(dry->hosts(i).host());
+      const std::string reason = CheckReason(dry->hosts(i), "agent_source");
+      CHECK(absl::StrContains(reason, "cannot describe the instance"));
+      CHECK(absl::StrContains(reason, "Deadline Exceeded"));
+    }
+  }
+}
+
+// The steps agent `core` has recorded for migration `id` (none: it keeps no record of it).
+std::vector<int> StepsRecorded(agent::AgentCore& core, const std::string& id) {
+  cv1::DescribeInstanceRequest di;
+  di.set_instance_uuid(kUuid);
+  di.set_migration_id(id);
+  auto d = core.DescribeInstance(di);
+  REQUIRE(d.ok());
+  return {d->steps_done().begin(), d->steps_done().end()};
+}
+
+TEST_CASE("scheduler: the agents hold no record of a dry run") {
+  Cloud c;
+  ProbeAgents probe(&c.agents);
+  OrchestratorOptions o;
+  o.scheduler_id = "sched-dry";
+  Orchestrator orch(o, &c.stores->migrations(), &c.stores->hosts(), &c.stores->instances(), &probe);
+  sv1::CheckMigrationRequest check;
+  check.set_instance_uuid(kUuid);
+  for (int i = 0; i < 3; ++i) {
+    auto dry = orch.CheckMigration(check);
+    REQUIRE(dry.ok());
+    INFO(dry->DebugString());
+    REQUIRE(dry->passed());  // the destination's and the source's checks both ran
+  }
+  REQUIRE(probe.Calls("CheckCanLiveMigrateOnDest") == 3);
+  REQUIRE(probe.Calls("CheckCanLiveMigrateOnSrc") == 3);
+  REQUIRE(probe.Calls("CheckCanLiveMigrateOnDestCleanup") == 3);
+  const std::set<std::string> ids = probe.Ids();
+  REQUIRE(ids.size() == 3);  // a throwaway id per dry run
+  for (const std::string& id : ids) {
+    for (const auto& [h, core] : c.cores) {
+      INFO(h << " " << id);
+      CHECK(StepsRecorded(*core, id).empty());
+    }
+  }
+  // No probe file is left on the shared instance path either.
+  auto left = livemig::testing::RunCommand(
+      absl::StrCat("find ", c.state, " -name '.livemig-probe-*' | wc -l"));
+  REQUIRE(left.ok());
+  CHECK(absl::StripAsciiWhitespace(*left) == "0");
+  // A dry run may not borrow a migration's id: the agent keeps that record as it is.
+  cv1::CheckCanLiveMigrateOnDestRequest d;
+  d.set_migration_id("real-migration-1");
+  d.set_instance_uuid(kUuid);
+  d.set_source_host("fake-a");
+  d.set_dest_host("fake-b");
+  cv1::DescribeInstanceRequest di;
+  di.set_instance_uuid(kUuid);
+  auto desc = c.cores["fake-a"]->DescribeInstance(di);
+  REQUIRE(desc.ok());
+  *d.mutable_instance() = desc->domain();
+  REQUIRE(c.cores["fake-b"]->CheckCanLiveMigrateOnDest(d).ok());
+  const std::vector<int> recorded = {v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST};
+  REQUIRE(StepsRecorded(*c.cores["fake-b"], "real-migration-1") == recorded);
+  d.set_dry_run(true);
+  auto again = c.cores["fake-b"]->CheckCanLiveMigrateOnDest(d);
+  CHECK(again.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(StepsRecorded(*c.cores["fake-b"], "real-migration-1") == recorded);
 }
 
 TEST_CASE("scheduler: killed mid-transfer, another scheduler takes over and finishes") {

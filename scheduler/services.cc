@@ -1,8 +1,12 @@
 #include "scheduler/services.h"
 
+#include <algorithm>
+
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/migration_status.h"
 #include "common/status_map.h"
 #include "common/tls.h"
 #include "db/pg_stores.h"
@@ -57,27 +61,63 @@ grpc::Status SchedulerApiService::ListMigrations(grpc::ServerContext* ctx,
   LIVEMIG_AUTH(false, "ListMigrations");
   return Reply(out, [&] { return core_->ListMigrations(*r); });
 }
+absl::Status SchedulerApiService::AcquireWatch(const std::string& who) {
+  absl::MutexLock l(&watch_mu_);
+  int& mine = watches_[who];
+  if (mine >= watch_.per_principal) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("WatchMigration: '", who, "' already has ", watch_.per_principal,
+                     " streams open, the most one caller may hold (--watch-max-streams ",
+                     watch_.per_principal, "): close one, or poll GetMigration"));
+  }
+  if (watches_total_ >= watch_.total) {
+    if (mine == 0) watches_.erase(who);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("WatchMigration: ", watch_.total,
+                     " streams are open, the most the scheduler serves at once "
+                     "(--watch-max-streams-total ",
+                     watch_.total, "): retry later, or poll GetMigration"));
+  }
+  ++mine;
+  ++watches_total_;
+  return absl::OkStatus();
+}
+
+void SchedulerApiService::ReleaseWatch(const std::string& who) {
+  absl::MutexLock l(&watch_mu_);
+  auto it = watches_.find(who);
+  if (it != watches_.end() && --it->second <= 0) watches_.erase(it);
+  --watches_total_;
+}
+
 grpc::Status SchedulerApiService::WatchMigration(grpc::ServerContext* ctx,
                                                  const sv1::WatchMigrationRequest* r,
                                                  grpc::ServerWriter<sv1::Migration>* writer) {
   LIVEMIG_AUTH(false, "WatchMigration");
+  if (absl::Status s = AcquireWatch(caller); !s.ok()) return ToGrpcStatus(s);
+  absl::Cleanup release = [&] { ReleaseWatch(caller); };
+  // Snapshots at most every `interval`; the migration is read at least every second, so that
+  // its end (and a cancelled call) ends the stream within a second whatever interval was asked.
   const absl::Duration interval = absl::Milliseconds(
       r->min_interval_ms() == 0 ? 500 : std::max<uint32_t>(r->min_interval_ms(), 100));
+  const absl::Duration poll = std::min(interval, absl::Seconds(1));
   std::string last;
+  absl::Time last_write = absl::InfinitePast();
   while (!ctx->IsCancelled()) {
     auto m = core_->GetMigration(r->migration_id(), r->include_events());
     if (!m.ok()) return ToGrpcStatus(m.status());
+    // The stream ends with the migration: completed, failed, cancelled, and error too (the
+    // reconciler may still resolve an `error`; a client re-watches to follow that).
+    auto status = FromProtoStatus(m->status());
+    const bool ends = !status.ok() || IsTerminal(*status) || *status == MigrationStatus::kError;
     std::string now = m->SerializeAsString();
-    if (now != last) {
+    if (now != last && (ends || absl::Now() - last_write >= interval)) {
       if (!writer->Write(*m)) break;
       last = std::move(now);
+      last_write = absl::Now();
     }
-    const auto s = m->status();
-    if (s == v1::MIGRATION_STATUS_COMPLETED || s == v1::MIGRATION_STATUS_FAILED ||
-        s == v1::MIGRATION_STATUS_CANCELLED) {
-      break;
-    }
-    absl::SleepFor(interval);
+    if (ends) break;
+    absl::SleepFor(poll);
   }
   return grpc::Status::OK;
 }

@@ -3,6 +3,10 @@
 #ifndef LIVEMIG_SCHEDULER_SERVICES_H_
 #define LIVEMIG_SCHEDULER_SERVICES_H_
 
+#include <map>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
 #include "db/stores.h"
 #include "proto/host_registry.grpc.pb.h"
 #include "proto/scheduler.grpc.pb.h"
@@ -13,9 +17,19 @@ namespace livemig::sched {
 
 namespace rv1 = ::livemig::registry::v1;
 
+// Caps on WatchMigration's server streams. Each open stream holds one of the API server's gRPC
+// threads (ServerLimits.max_threads) until it ends, so beyond these a new stream fails at once
+// with RESOURCE_EXHAUSTED naming the cap; `total` below the thread cap keeps threads for every
+// other call.
+struct WatchLimits {
+  int per_principal = 20;  // streams open at once per caller (token identity)
+  int total = 32;          // streams open at once, all callers together
+};
+
 class SchedulerApiService final : public sv1::SchedulerApi::Service {
  public:
-  SchedulerApiService(ApiCore* core, const TokenStore* tokens) : core_(core), tokens_(tokens) {}
+  SchedulerApiService(ApiCore* core, const TokenStore* tokens, WatchLimits watch = {})
+      : core_(core), tokens_(tokens), watch_(watch) {}
   grpc::Status LiveMigrate(grpc::ServerContext*, const sv1::LiveMigrateRequest*,
                            sv1::LiveMigrateResponse*) override;
   grpc::Status GetMigration(grpc::ServerContext*, const sv1::GetMigrationRequest*,
@@ -50,9 +64,16 @@ class SchedulerApiService final : public sv1::SchedulerApi::Service {
  private:
   // The caller's principal from the "authorization" metadata (Bearer token).
   absl::StatusOr<Principal> Auth(grpc::ServerContext* ctx, bool mutating, const char* op) const;
+  // Takes a WatchMigration slot of `who`, or ResourceExhausted naming the cap reached.
+  absl::Status AcquireWatch(const std::string& who);
+  void ReleaseWatch(const std::string& who);
 
   ApiCore* core_;
   const TokenStore* tokens_;
+  const WatchLimits watch_;
+  absl::Mutex watch_mu_;
+  std::map<std::string, int> watches_ ABSL_GUARDED_BY(watch_mu_);  // open streams per caller
+  int watches_total_ ABSL_GUARDED_BY(watch_mu_) = 0;
 };
 
 // Agents report here. With mutual TLS an agent may only report for its own hostname: the

@@ -1,0 +1,433 @@
+// WatchMigration cannot be used to starve the scheduler, against the real binaries (PostgreSQL,
+// the scheduler with API tokens, two fake compute agents):
+//
+//  - 500 WatchMigration streams opened at once with one reader token: at most --watch-max-streams
+//    (20) open, every other one is refused at once with RESOURCE_EXHAUSTED naming the cap, and
+//    meanwhile the scheduler answers other calls (ListHosts, of that token and of another)
+//    within 2 s; another token can still watch, up to --watch-max-streams-total (32) in all;
+//  - the open streams end once their migration ends: set to `error` (the stream used to poll it
+//    for ever), and cancelled by an abort; the freed slots can be used again;
+//  - a request larger than --grpc-max-message-bytes is refused (the server's limits apply).
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "driver/fake_driver.h"
+#include "grpcpp/grpcpp.h"
+#include "integration_tests/scheduler_e2e/e2e.h"
+#include "testing/process.h"
+#include "testing/run_command.h"
+
+namespace livemig::e2e {
+namespace {
+
+constexpr char kOp[] = "op-token-watch-0123456789abcdef0123";
+constexpr char kReader[] = "rd-token-watch-0123456789abcdef0123";
+constexpr char kUuid1[] = "3a7c0000-0000-4000-8000-000000000001";
+constexpr char kUuid2[] = "3a7c0000-0000-4000-8000-000000000002";
+constexpr int kCap = 20;       // --watch-max-streams
+constexpr int kTotal = 32;     // --watch-max-streams-total
+constexpr int kStreams = 500;  // opened at once by one token
+
+// `n` WatchMigration streams of one token over one channel, driven asynchronously (one
+// completion queue, one thread), each read until it ends.
+class Watches {
+ public:
+  struct Stream {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientAsyncReader<sv1::Migration>> reader;
+    sv1::Migration msg;
+    grpc::Status status;
+    int snapshots = 0;
+    v1::MigrationStatus last = v1::MIGRATION_STATUS_UNSPECIFIED;
+    bool finished = false;
+    absl::Time finished_at;
+  };
+
+  Watches(std::shared_ptr<grpc::Channel> channel, const std::string& token,
+          const std::string& migration_id, int n)
+      : stub_(sv1::SchedulerApi::NewStub(channel)), streams_(n) {
+    thread_ = std::thread([this] { Loop(); });
+    sv1::WatchMigrationRequest req;
+    req.set_migration_id(migration_id);
+    req.set_min_interval_ms(100);
+    // The loop handles a stream's events under mu_: not before its reader is stored here.
+    absl::MutexLock l(&mu_);
+    for (int i = 0; i < n; ++i) {
+      Stream& s = streams_[i];
+      s.ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(5)));
+      s.ctx.AddMetadata("authorization", std::string("Bearer ") + token);
+      s.reader = stub_->AsyncWatchMigration(&s.ctx, req, &cq_, Tag(i, kStart));
+    }
+  }
+  ~Watches() {
+    for (auto& s : streams_) s.ctx.TryCancel();
+    Await([&] { return Finished() == static_cast<int>(streams_.size()); }, absl::Seconds(60));
+    cq_.Shutdown();
+    thread_.join();
+  }
+
+  // Waits until `pred` (evaluated under the lock) holds, or `timeout`.
+  bool Await(const std::function<bool()>& pred, absl::Duration timeout) {
+    absl::MutexLock l(&mu_);
+    return mu_.AwaitWithTimeout(absl::Condition(&pred, &std::function<bool()>::operator()),
+                                timeout);
+  }
+  // Under the lock (inside Await's predicate) or after Lock().
+  int Open() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    int n = 0;
+    for (const auto& s : streams_) n += s.snapshots > 0 && !s.finished;
+    return n;
+  }
+  int Finished() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    int n = 0;
+    for (const auto& s : streams_) n += s.finished;
+    return n;
+  }
+  // Open with a snapshot, or ended.
+  int Resolved() const ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    int n = 0;
+    for (const auto& s : streams_) n += s.snapshots > 0 || s.finished;
+    return n;
+  }
+  // A copy of every stream's outcome so far.
+  struct Outcome {
+    int snapshots;
+    v1::MigrationStatus last;
+    bool finished;
+    grpc::StatusCode code;
+    std::string message;
+    absl::Time finished_at;
+  };
+  std::vector<Outcome> Outcomes() {
+    absl::MutexLock l(&mu_);
+    std::vector<Outcome> out;
+    for (const auto& s : streams_) {
+      out.push_back({s.snapshots, s.last, s.finished, s.status.error_code(),
+                     s.status.error_message(), s.finished_at});
+    }
+    return out;
+  }
+
+ private:
+  enum Kind { kStart = 0, kRead = 1, kFinish = 2 };
+  static void* Tag(int i, Kind k) {
+    return reinterpret_cast<void*>(static_cast<uintptr_t>((i + 1) * 4 + k));
+  }
+  void Loop() {
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+      const uintptr_t t = reinterpret_cast<uintptr_t>(tag);
+      const int i = static_cast<int>(t / 4) - 1;
+      const auto kind = static_cast<Kind>(t % 4);
+      absl::MutexLock l(&mu_);
+      Stream& s = streams_[i];
+      if (kind == kRead && ok) {
+        ++s.snapshots;
+        s.last = s.msg.status();
+      }
+      if ((kind == kStart || kind == kRead) && ok) {
+        s.reader->Read(&s.msg, Tag(i, kRead));
+      } else if (kind != kFinish) {
+        s.reader->Finish(&s.status, Tag(i, kFinish));
+      } else {
+        s.finished = true;
+        s.finished_at = absl::Now();
+      }
+    }
+  }
+
+  std::unique_ptr<sv1::SchedulerApi::Stub> stub_;
+  grpc::CompletionQueue cq_;
+  absl::Mutex mu_;
+  std::vector<Stream> streams_;
+  std::thread thread_;
+};
+
+struct WatchCloud {
+  std::string dir = testing::MakeShortTempDir("watch");
+  std::unique_ptr<Cloud> cloud;
+  std::string state = dir + "/fake";
+  std::unique_ptr<driver::FakeHypervisor> hv;
+  std::shared_ptr<grpc::Channel> channel;
+
+  WatchCloud() {
+    std::ofstream(dir + "/tokens") << kOp << " operator ops-watch\n"
+                                   << kReader << " reader dash-watch\n";
+    cloud = std::make_unique<Cloud>(dir);
+    cloud->set_token(kOp);
+    cloud->StartScheduler(absl::StrCat("--tokens-file ", dir,
+                                       "/tokens --report-interval 1 --grpc-max-threads 64 "
+                                       "--grpc-max-streams 100 --watch-max-streams ",
+                                       kCap, " --watch-max-streams-total ", kTotal));
+    hv = std::make_unique<driver::FakeHypervisor>(state);
+    for (const char* h : {"host-a", "host-b"}) {
+      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
+                                        " --listen 127.0.0.1:", testing::FreePort()));
+    }
+    REQUIRE(testing::WaitFor(
+        [&] {
+          auto s = hv->Snapshot();
+          return s.ok() && (*s)["hosts"].contains("host-a") && (*s)["hosts"].contains("host-b");
+        },
+        absl::Seconds(20)));
+    // Transfers from host-a run for 10 minutes unless aborted.
+    REQUIRE(hv->SetTransferDuration("host-a", absl::Minutes(10)).ok());
+    for (const char* u : {kUuid1, kUuid2}) {
+      REQUIRE(
+          hv->CreateDomain("host-a", u, absl::StrCat("watched-", std::string(1, u[35])), 64).ok());
+      REQUIRE(cloud->WaitInstanceOn(u, "host-a", absl::Seconds(20)));
+    }
+    channel = grpc::CreateChannel("unix:" + dir + "/api.sock", grpc::InsecureChannelCredentials());
+  }
+  ~WatchCloud() {
+    channel.reset();
+    cloud.reset();
+    testing::RunCommand("rm -rf " + dir).IgnoreError();
+  }
+
+  // A migration host-a -> host-b whose transfer runs for 10 minutes; waits until RUNNING.
+  std::string StartLong(const std::string& uuid) {
+    v1::MigrationOptions o;
+    o.set_completion_timeout_s(3600);
+    auto m = cloud->Migrate(uuid, "host-b", o);
+    INFO(m.status().ToString());
+    REQUIRE(m.ok());
+    const std::string id = m->migration().id();
+    sv1::Migration last;
+    const bool running = testing::WaitFor(
+        [&] {
+          auto g = cloud->Get(id);
+          if (g.ok()) last = *g;
+          return g.ok() && g->status() == v1::MIGRATION_STATUS_RUNNING;
+        },
+        absl::Seconds(30));
+    INFO(last.DebugString());
+    INFO(cloud->SchedulerLog());
+    REQUIRE(running);
+    return id;
+  }
+
+  // ListHosts with `token`: its status and how long it took.
+  std::pair<grpc::Status, absl::Duration> ListHosts(const char* token) {
+    auto stub = sv1::SchedulerApi::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    ctx.AddMetadata("authorization", std::string("Bearer ") + token);
+    sv1::ListHostsResponse r;
+    const absl::Time t0 = absl::Now();
+    grpc::Status s = stub->ListHosts(&ctx, {}, &r);
+    return {s, absl::Now() - t0};
+  }
+};
+
+bool NamesCap(const std::string& message) {
+  return absl::StrContains(message, absl::StrCat("--watch-max-streams ", kCap));
+}
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+TEST_CASE(
+    "watch limits: 500 streams of one token, other calls answered, streams end with their "
+    "migration") {
+  WatchCloud w;
+  const std::string id1 = w.StartLong(kUuid1);
+  const std::string id2 = w.StartLong(kUuid2);
+
+  // Other calls, of another token and of the flooding one, probed while the streams open.
+  absl::Notification storm_over;
+  absl::Mutex probe_mu;
+  absl::Duration probe_max = absl::ZeroDuration();
+  int probes = 0, probe_failures = 0;
+  std::string probe_error;
+  std::thread prober([&] {
+    // Paced, not a wait for a condition: a probe every 50 ms until the storm is over.
+    do {
+      for (const char* token : {kOp, kReader}) {
+        auto [s, took] = w.ListHosts(token);
+        absl::MutexLock l(&probe_mu);
+        ++probes;
+        probe_max = std::max(probe_max, took);
+        if (!s.ok()) {
+          ++probe_failures;
+          probe_error = s.error_message();
+        }
+      }
+    } while (!storm_over.WaitForNotificationWithTimeout(absl::Milliseconds(50)));
+  });
+
+  const absl::Time t0 = absl::Now();
+  auto storm = std::make_unique<Watches>(w.channel, kReader, id1, kStreams);
+  const bool resolved =
+      storm->Await([&] { return storm->Resolved() == kStreams; }, absl::Seconds(60));
+  const absl::Duration resolve_time = absl::Now() - t0;
+  storm_over.Notify();
+  prober.join();
+  REQUIRE(resolved);
+
+  int open = 0, refused_cap = 0, refused_threads = 0, other = 0;
+  std::string other_error;
+  for (const auto& o : storm->Outcomes()) {
+    if (!o.finished && o.snapshots > 0) {
+      ++open;
+      CHECK(o.last == v1::MIGRATION_STATUS_RUNNING);
+    } else if (o.finished && o.code == grpc::StatusCode::RESOURCE_EXHAUSTED && o.snapshots == 0) {
+      if (NamesCap(o.message)) {
+        ++refused_cap;
+      } else {
+        ++refused_threads;  // gRPC's own answer when every thread is busy
+        INFO(o.message);
+        CHECK(absl::StrContains(o.message, "Threadpool"));
+      }
+    } else {
+      ++other;
+      other_error = absl::StrCat(o.code, " ", o.message, " snapshots=", o.snapshots);
+    }
+  }
+  printf(
+      "%d WatchMigration streams of one reader token: %d open (cap %d), %d refused naming the "
+      "cap, %d refused by gRPC's thread cap, %d otherwise; all resolved in %.0f ms\n",
+      kStreams, open, kCap, refused_cap, refused_threads, other, Ms(resolve_time));
+  printf(
+      "during that: %d ListHosts calls (operator and that reader), slowest %.0f ms, %d failed%s\n",
+      probes, Ms(probe_max), probe_failures,
+      probe_failures ? absl::StrCat(" (", probe_error, ")").c_str() : "");
+  INFO(other_error);
+  CHECK(open == kCap);
+  CHECK(other == 0);
+  CHECK(refused_cap + refused_threads == kStreams - kCap);
+  CHECK(refused_cap > 0);
+  CHECK(probe_failures == 0);
+  CHECK(probe_max < absl::Seconds(2));
+
+  // With the cap held: the flooding token's other calls, and another token's, answer in 2 s.
+  for (const char* token : {kReader, kOp}) {
+    auto [s, took] = w.ListHosts(token);
+    INFO(s.error_message());
+    CHECK(s.ok());
+    CHECK(took < absl::Seconds(2));
+    printf("ListHosts (%s) with %d streams held: %.0f ms\n",
+           token == kOp ? "operator" : "the reader", kCap, Ms(took));
+  }
+  // One more stream of that token is refused at once, naming the cap; another token may watch.
+  {
+    Watches more(w.channel, kReader, id1, 1);
+    REQUIRE(more.Await([&] { return more.Finished() == 1; }, absl::Seconds(5)));
+    const auto o = more.Outcomes()[0];
+    INFO(o.message);
+    CHECK(o.code == grpc::StatusCode::RESOURCE_EXHAUSTED);
+    CHECK(NamesCap(o.message));
+  }
+  // Another token may watch, up to what the total cap leaves (32 - 20 = 12): its 13th stream is
+  // refused naming the total cap.
+  const int op_open = kTotal - kCap;
+  auto op_watch = std::make_unique<Watches>(w.channel, kOp, id1, op_open + 1);
+  REQUIRE(op_watch->Await([&] { return op_watch->Resolved() == op_open + 1; }, absl::Seconds(10)));
+  CHECK(op_watch->Open() == op_open);
+  for (const auto& o : op_watch->Outcomes()) {
+    if (o.snapshots > 0) continue;
+    INFO(o.message);
+    CHECK(o.code == grpc::StatusCode::RESOURCE_EXHAUSTED);
+    CHECK(absl::StrContains(o.message, absl::StrCat("--watch-max-streams-total ", kTotal)));
+  }
+
+  // The migration goes to `error` (owned elsewhere, so that nothing here resolves it): every open
+  // stream ends, OK, its last snapshot ERROR.
+  const absl::Time errored = absl::Now();
+  auto sql = w.cloud->Sql(absl::StrCat(
+      "UPDATE migrations SET status = 'error', owner = 'elsewhere', lease_expires_at = now() + "
+      "interval '1 hour' WHERE uuid = '",
+      id1, "' RETURNING status"));
+  INFO(sql.status().ToString());
+  REQUIRE(sql.ok());
+  REQUIRE(absl::StrContains(*sql, "error"));
+  const bool ended = storm->Await([&] { return storm->Open() == 0; }, absl::Seconds(10)) &&
+                     op_watch->Await([&] { return op_watch->Open() == 0; }, absl::Seconds(10));
+  absl::Duration slowest_end = absl::ZeroDuration();
+  int ended_ok = 0;
+  for (Watches* ws : {storm.get(), op_watch.get()}) {
+    for (const auto& o : ws->Outcomes()) {
+      if (o.snapshots == 0) continue;
+      CHECK(o.finished);
+      CHECK(o.code == grpc::StatusCode::OK);
+      CHECK(o.last == v1::MIGRATION_STATUS_ERROR);
+      if (o.finished && o.code == grpc::StatusCode::OK) ++ended_ok;
+      slowest_end = std::max(slowest_end, o.finished_at - errored);
+    }
+  }
+  printf(
+      "migration set to error: %d open streams ended OK with an ERROR snapshot, the last "
+      "%.0f ms after the change\n",
+      ended_ok, Ms(slowest_end));
+  CHECK(ended);
+  CHECK(ended_ok == kCap + op_open);
+  storm.reset();
+  op_watch.reset();
+
+  // The slots are free again: kCap streams of the reader on the second migration open, one more
+  // is refused; an abort cancels the migration and ends them all.
+  Watches again(w.channel, kReader, id2, kCap + 1);
+  REQUIRE(again.Await([&] { return again.Resolved() == kCap + 1; }, absl::Seconds(20)));
+  CHECK(again.Open() == kCap);
+  grpc::ClientContext ctx;
+  w.cloud->Prepare(&ctx, absl::Seconds(20));
+  sv1::AbortMigrationRequest ab;
+  ab.set_migration_id(id2);
+  ab.set_reason("watch limits test");
+  sv1::AbortMigrationResponse ar;
+  const absl::Time aborted = absl::Now();
+  grpc::Status as = w.cloud->api().AbortMigration(&ctx, ab, &ar);
+  INFO(as.error_message());
+  REQUIRE(as.ok());
+  const bool cancelled_ended =
+      again.Await([&] { return again.Finished() == kCap + 1; }, absl::Seconds(60));
+  INFO(w.cloud->SchedulerLog());
+  CHECK(cancelled_ended);
+  int refused = 0, cancelled = 0;
+  absl::Duration slowest = absl::ZeroDuration();
+  for (const auto& o : again.Outcomes()) {
+    if (o.snapshots == 0) {
+      ++refused;
+      CHECK(o.code == grpc::StatusCode::RESOURCE_EXHAUSTED);
+      continue;
+    }
+    CHECK(o.code == grpc::StatusCode::OK);
+    CHECK(o.last == v1::MIGRATION_STATUS_CANCELLED);
+    cancelled += o.last == v1::MIGRATION_STATUS_CANCELLED;
+    slowest = std::max(slowest, o.finished_at - aborted);
+  }
+  printf(
+      "second migration aborted: %d streams ended OK with a CANCELLED snapshot (%d refused), "
+      "the last %.0f ms after the abort\n",
+      cancelled, refused, Ms(slowest));
+  CHECK(refused == 1);
+  CHECK(cancelled == kCap);
+}
+
+TEST_CASE("watch limits: a request over --grpc-max-message-bytes is refused") {
+  WatchCloud w;
+  auto stub = sv1::SchedulerApi::NewStub(w.channel);
+  grpc::ClientContext ctx;
+  w.cloud->Prepare(&ctx);
+  sv1::ListHostsRequest big;
+  big.set_page_token(std::string(5 << 20, 'x'));  // over the 4 MiB default
+  sv1::ListHostsResponse r;
+  grpc::Status s = stub->ListHosts(&ctx, big, &r);
+  INFO(s.error_message());
+  CHECK(s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // The server goes on answering.
+  auto [ok, took] = w.ListHosts(kOp);
+  CHECK(ok.ok());
+  printf("a 5 MiB request: %s; the next call answered in %.0f ms\n", s.error_message().c_str(),
+         Ms(took));
+}
+
+}  // namespace
+}  // namespace livemig::e2e
