@@ -90,8 +90,9 @@ TEST_CASE("http: the limits are answered with their status and Connection: close
   REQUIRE(header.ok());
   CHECK(header->status == 431);
   // A header line longer than all headers may be: still the header's 431, not the line's 414.
-  auto huge = RawExchange(f.port(), absl::StrCat("GET /hello/a HTTP/1.1\r\nX-Huge: ",
-                                                 std::string(100000, 'h'), "\r\n\r\n"));
+  auto huge = RawExchange(
+      f.port(),
+      absl::StrCat("GET /hello/a HTTP/1.1\r\nX-Huge: ", std::string(100000, 'h'), "\r\n\r\n"));
   REQUIRE(huge.ok());
   CHECK(huge->status == 431);
   auto huge_line = RawExchange(f.port(), Get("/hello/" + std::string(100000, 'a')));

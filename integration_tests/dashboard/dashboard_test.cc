@@ -165,10 +165,10 @@ struct DashboardCloud {
         "-binary | base64 -w0"));
     REQUIRE(pin.ok());
     g_spki_pin = *pin;
-    cloud->StartScheduler(absl::StrCat(
-        "--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port,
-        " --lease 3 --service-down-time 20 --report-interval 1 --api-tls-cert ", pki,
-        "/api.pem --api-tls-key ", pki, "/api.key"));
+    cloud->StartScheduler(
+        absl::StrCat("--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port,
+                     " --lease 3 --service-down-time 20 --report-interval 1 --api-tls-cert ", pki,
+                     "/api.pem --api-tls-key ", pki, "/api.key"));
     hv = std::make_unique<driver::FakeHypervisor>(state);
     // host-a/host-b: the fake QEMU profile (byte counters); xen-a/xen-b: the fake libxl profile
     // (elapsed time only, as Xen/libxl).
