@@ -547,9 +547,9 @@ else
   fail "pki.sh issue still issues server+client certificates" "$ext"
 fi
 if ext=$(ext_of "$TMP/pki/hv-a.example.net.pem") \
-  && openssl x509 -in "$TMP/pki/hv-a.example.net.pem" -noout -ext keyUsage 2>/dev/null | grep -q "Digital Signature" \
+  && openssl x509 -in "$TMP/pki/hv-a.example.net.pem" -noout -ext keyUsage 2>/dev/null | grep -q "Digital Signature, Key Encipherment" \
   && grep -qx "Extended Key Usage=TLS Web Server Authentication, TLS Web Client Authentication" <<<"$ext"; then
-  pass "pki.sh issue: a host's certificate has keyUsage digitalSignature and server+client auth"
+  pass "pki.sh issue: a host's certificate has keyUsage digitalSignature (+keyEncipherment, which libvirtd requires) and server+client auth"
 else
   fail "pki.sh issue: a host's certificate has keyUsage digitalSignature and server+client auth" "$ext"
 fi

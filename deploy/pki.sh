@@ -55,7 +55,8 @@ sign() {
 # The mutual-TLS certificate of the scheduler (NAME "scheduler") or of a hypervisor host (CN = its
 # hostname). Both sides serve and call (the scheduler serves the registry and calls the agents;
 # an agent serves its steps and reports to the registry): serverAuth and clientAuth, keyUsage
-# digitalSignature (EC keys). `role` is "scheduler" or "host"; a host may not take a name reserved
+# digitalSignature and keyEncipherment (libvirtd refuses a server certificate whose keyUsage
+# lacks keyEncipherment, and the lab's libvirtd uses these certificates). `role` is "scheduler" or "host"; a host may not take a name reserved
 # for the scheduler's identity (the agents' allow-lists name it: such a host could drive them).
 RESERVED_HOST_NAMES=(scheduler livemig-scheduler api ca)
 issue_mtls() {
@@ -74,7 +75,7 @@ issue_mtls() {
   local san; san=$(IFS=,; echo "${sans[*]}")
   sign "$dir" "$name" "subjectAltName=$san
 extendedKeyUsage=serverAuth,clientAuth
-keyUsage=critical,digitalSignature
+keyUsage=critical,digitalSignature,keyEncipherment
 basicConstraints=critical,CA:FALSE"
   echo "pki: issued $dir/$name.pem ($role, CN=$name, $san)"
 }
