@@ -525,6 +525,17 @@ absl::Status FakeHypervisor::SetTransferDuration(const std::string& host, absl::
   });
 }
 
+absl::Status FakeHypervisor::SetTransferDowntime(const std::string& host, absl::Duration d) {
+  return Mutate([&](json& st, bool* changed) -> absl::Status {
+    if (!st["hosts"].contains(host)) {
+      return absl::NotFoundError(absl::StrCat("fake host ", host, " is not registered"));
+    }
+    st["hosts"][host]["transfer_downtime_ms"] = absl::ToInt64Milliseconds(d);
+    *changed = true;
+    return absl::OkStatus();
+  });
+}
+
 absl::StatusOr<std::vector<std::pair<std::string, std::string>>> FakeHypervisor::Locate(
     const std::string& uuid) {
   std::vector<std::pair<std::string, std::string>> out;
@@ -879,6 +890,8 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::Report(const std::strin
       p->set_bytes_processed(done);
       p->set_bytes_remaining(total - done);
       p->set_percent(total ? 100.0 * done / total : 100.0);
+      // The measured downtime, once completed (QEMU reports it; libxl has no such counter).
+      if (state == "completed") p->set_downtime_ms(t.value("downtime_ms", 0ull));
     }
     return absl::OkStatus();
   }));
@@ -931,6 +944,7 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
               {"dst", req.dest_host()},
               {"start_ms", NowMs(hv_.clock())},
               {"duration_ms", src.value("transfer_duration_ms", 0ll)},
+              {"downtime_ms", src.value("transfer_downtime_ms", 0ll)},
               {"state", "running"},
               {"memory_mib", dom.value("memory_mib", 0ull)},
               {"prior_state", prior},

@@ -123,6 +123,10 @@ class FakeHypervisor {
                           v1::ErrorReason reason = v1::ERROR_REASON_UNSPECIFIED);
   // Every later transfer from `host` takes this long (default 0: immediate).
   absl::Status SetTransferDuration(const std::string& host, absl::Duration d);
+  // Every later completed transfer from `host` reports this guest downtime, as QEMU's job
+  // statistics do (default: none reported). Only the fake-qemu profile reports it; fake-libxl,
+  // like Xen, never does.
+  absl::Status SetTransferDowntime(const std::string& host, absl::Duration d);
   // Where the domain runs now: the hosts that have it, with their state ("running",
   // "paused", "incoming").
   absl::StatusOr<std::vector<std::pair<std::string, std::string>>> Locate(const std::string& uuid);

@@ -4,6 +4,9 @@
 // token shows the error banner; a migration of a fixed duration is shown in flight with its
 // progress and phase, then in the history as completed with its duration. A second pair of
 // hosts uses the fake libxl profile (no byte counters), whose migration shows elapsed time only.
+// The charts (inline SVG drawn by the page) count each host's migrations out and in, and draw
+// each finished migration's duration and downtime: measured on the QEMU profile, "no downtime
+// reported" on libxl (as Xen).
 // Assertions are on the DOM that Chromium dumps (--dump-dom); screenshots are saved to
 // $TEST_UNDECLARED_OUTPUTS_DIR.
 #include <unistd.h>
@@ -12,6 +15,8 @@
 #include <fstream>
 #include <optional>
 #include <regex>
+#include <tuple>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -99,20 +104,33 @@ std::string Table(const std::string& dom, const std::string& id) {
   return p == std::string::npos ? "" : ElementAt(dom, p, "table");
 }
 
-// The row <tr class="..." ... attr="value" ...> of `table` whose opening tag has attr=value.
-std::optional<std::string> Row(const std::string& table, const std::string& cls,
-                               const std::string& attr, const std::string& value) {
+// The element <tag class="..." ... attr="value" ...> of `s` whose opening tag has attr=value.
+std::optional<std::string> Element(const std::string& s, const std::string& tag_name,
+                                   const std::string& cls, const std::string& attr,
+                                   const std::string& value) {
   size_t pos = 0;
-  const std::string open = "<tr class=\"" + cls;
-  while ((pos = table.find(open, pos)) != std::string::npos) {
-    const size_t end = table.find('>', pos);
-    const std::string tag = table.substr(pos, end - pos);
+  const std::string open = "<" + tag_name + " class=\"" + cls;
+  while ((pos = s.find(open, pos)) != std::string::npos) {
+    const size_t end = s.find('>', pos);
+    const std::string tag = s.substr(pos, end - pos);
     if (absl::StrContains(tag, absl::StrCat(" ", attr, "=\"", value, "\""))) {
-      return ElementAt(table, pos, "tr");
+      return ElementAt(s, pos, tag_name);
     }
     pos = end;
   }
   return std::nullopt;
+}
+
+// The row <tr class="..." ... attr="value" ...> of `table` whose opening tag has attr=value.
+std::optional<std::string> Row(const std::string& table, const std::string& cls,
+                               const std::string& attr, const std::string& value) {
+  return Element(table, "tr", cls, attr, value);
+}
+
+// The chart <svg id="..."> of the dumped DOM; empty when missing.
+std::string Chart(const std::string& dom, const std::string& id) {
+  const size_t p = dom.find("<svg id=\"" + id + "\"");
+  return p == std::string::npos ? "" : ElementAt(dom, p, "svg");
 }
 
 // An attribute of the first tag of `element`.
@@ -301,6 +319,9 @@ TEST_CASE("dashboard: token form, live progress in flight, then completion in th
   // Two migrations of a fixed duration: one with byte counters, one without (libxl).
   REQUIRE(c.hv->SetTransferDuration("host-a", absl::Seconds(12)).ok());
   REQUIRE(c.hv->SetTransferDuration("xen-a", absl::Seconds(12)).ok());
+  // A measured downtime on completion: the QEMU profile reports it; libxl (as Xen) never does.
+  REQUIRE(c.hv->SetTransferDowntime("host-a", absl::Milliseconds(35)).ok());
+  REQUIRE(c.hv->SetTransferDowntime("xen-a", absl::Milliseconds(35)).ok());
   const json m = c.Migrate(kUuid, "host-b");
   const json x = c.Migrate(kXenUuid, "xen-b");
   const std::string id = m["id"], number = m["number"];
@@ -377,6 +398,28 @@ TEST_CASE("dashboard: token form, live progress in flight, then completion in th
     // Not in the history yet.
     CHECK_FALSE(Row(Table(dom, "history"), "migration", "data-number", number));
     CHECK(absl::Now() - t_dump < absl::Seconds(10));  // the dump saw the transfer, not its end
+
+    // The host chart counts the migrations in flight: one out of each source, one into each
+    // destination, one bar each (both were requested at once); no finished migration is drawn.
+    const std::string hchart = Chart(dom, "chart-hosts");
+    INFO(hchart);
+    REQUIRE(!hchart.empty());
+    CHECK(absl::StrContains(hchart, "role=\"img\""));
+    for (const auto& [h, out, in] :
+         std::vector<std::tuple<std::string, std::string, std::string>>{{"host-a", "1", "0"},
+                                                                        {"host-b", "0", "1"},
+                                                                        {"xen-a", "1", "0"},
+                                                                        {"xen-b", "0", "1"}}) {
+      INFO(h);
+      auto g = Element(hchart, "g", "host-row", "data-host", h);
+      REQUIRE(g);
+      CHECK(Attr(*g, "data-out") == out);
+      CHECK(Attr(*g, "data-in") == in);
+      CHECK(absl::StrContains(*g, ">" + h + "<"));  // the host's label
+    }
+    CHECK(CountOf(hchart, "<rect class=\"bar-out\"") == 2);
+    CHECK(CountOf(hchart, "<rect class=\"bar-in\"") == 2);
+    CHECK(CountOf(Chart(dom, "chart-durations"), "<g class=\"migration-bar\"") == 0);
   }
   Chromium(url, absl::StrCat("--window-size=1280,900 --screenshot=", OutputDir(),
                              "/dashboard-in-flight.png"));
@@ -414,6 +457,41 @@ TEST_CASE("dashboard: token form, live progress in flight, then completion in th
     CHECK(TextOf(*Row(hosts, "host", "data-host", "host-a"), "migrations-out") == "0");
     CHECK(TextOf(*Row(hosts, "host", "data-host", "host-b"), "migrations-in") == "0");
     CHECK(TextOf(*Row(hosts, "host", "data-host", "host-b"), "instances") == "1");
+
+    // The durations chart: one bar per finished migration of the history, with the history's
+    // duration; the QEMU migration's measured downtime, the libxl one "no downtime reported".
+    const std::string dchart = Chart(dom, "chart-durations");
+    INFO(dchart);
+    REQUIRE(!dchart.empty());
+    CHECK(CountOf(dchart, "<g class=\"migration-bar\"") ==
+          CountOf(history, "<tr class=\"migration"));
+    CHECK(CountOf(dchart, "<rect class=\"duration\"") == 2);
+    auto bar = Element(dchart, "g", "migration-bar", "data-number", number);
+    REQUIRE(bar);
+    CHECK(Attr(*bar, "data-status") == "completed");
+    CHECK(Attr(*bar, "data-duration-ms") == duration_ms);
+    CHECK(Attr(*bar, "data-downtime") == "reported");
+    CHECK(Attr(*bar, "data-downtime-ms") == "35");
+    CHECK(absl::StrContains(*bar, "<rect class=\"downtime\""));
+    CHECK(absl::StrContains(*bar, ">35 ms<"));
+    auto xbar = Element(dchart, "g", "migration-bar", "data-number", xnumber);
+    REQUIRE(xbar);
+    CHECK(Attr(*xbar, "data-status") == "completed");
+    CHECK(Attr(*xbar, "data-downtime") == "none-reported");
+    CHECK_FALSE(absl::StrContains(*xbar, "<rect class=\"downtime\""));
+    CHECK(absl::StrContains(*xbar, ">no downtime reported<"));
+    CHECK(CountOf(dchart, "<rect class=\"downtime\"") == 1);
+    // The text alternative names both.
+    CHECK(absl::StrContains(dchart, "role=\"img\""));
+    CHECK(std::regex_search(dchart, std::regex("<desc[^>]*>[^<]*downtime 35 ms")));
+    CHECK(std::regex_search(dchart,
+                            std::regex(absl::StrCat("<desc[^>]*>[^<]*", kXenName,
+                                                    ": completed, [^;<]*no downtime reported"))));
+    // The host chart still counts both (the history's migrations of the window).
+    const std::string hchart = Chart(dom, "chart-hosts");
+    CHECK(Attr(*Element(hchart, "g", "host-row", "data-host", "host-a"), "data-out") == "1");
+    CHECK(Attr(*Element(hchart, "g", "host-row", "data-host", "xen-b"), "data-in") == "1");
+    CHECK(absl::StrContains(hchart, "host-a: 1 out, 0 in"));
   }
   // A link to one migration opens its details with the step timeline (GET /v1/migrations/{id}).
   {
@@ -430,7 +508,8 @@ TEST_CASE("dashboard: token form, live progress in flight, then completion in th
     CHECK(absl::StrContains(*Row(Table(dom, "history"), "migration", "data-number", number),
                             "<tr class=\"migration selected\""));
   }
-  Chromium(url, absl::StrCat("--window-size=1280,900 --screenshot=", OutputDir(),
+  // Tall enough to show the charts below the tables.
+  Chromium(url, absl::StrCat("--window-size=1280,1300 --screenshot=", OutputDir(),
                              "/dashboard-completed.png"));
   INFO("screenshots in " << OutputDir());
   CHECK(access((OutputDir() + "/dashboard-in-flight.png").c_str(), R_OK) == 0);
