@@ -32,8 +32,8 @@ PACKAGES=(
   openssl ca-certificates libssl-dev
   # headless browser for the dashboard test
   chromium
-  # the unchanged OpenStack client, run against the Compute API subset by the tests
-  python3-openstackclient
+  # the unchanged OpenStack client and SDK, run against the Compute API subset by the tests
+  python3-openstackclient python3-openstacksdk
   # systemd-analyze verifies the production units in the deploy test (not used as init here)
   systemd python3-yaml
 )

@@ -2,7 +2,10 @@
 
 #include <openssl/sha.h>
 
+#include <map>
+
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -245,7 +248,8 @@ json HypervisorJson(const sv1::Host& h, const Ctx& c, bool detail) {
   j["disk_available_least"] = 0;
   j["running_vms"] = h.instance_count();
   j["current_workload"] = h.migrations_in() + h.migrations_out();
-  j["cpu_info"] = json{{"arch", inv.cpu().arch()}, {"model", inv.cpu().model()}}.dump();
+  const json cpu = {{"arch", inv.cpu().arch()}, {"model", inv.cpu().model()}};
+  j["cpu_info"] = c.minor >= 28 ? cpu : json(cpu.dump());  // an object from 2.28
   j["service"] = {
       {"host", inv.hostname()},
       {"id", c.minor >= 53 ? json(HostUuid(inv.hostname())) : json(1)},
@@ -261,6 +265,132 @@ absl::StatusOr<sv1::Host> HostById(ApiCore* core, const std::string& id) {
     if (HostUuid(h.inventory().hostname()) == id || h.inventory().hostname() == id) return h;
   }
   return absl::NotFoundError(absl::StrCat("Service ", id, " could not be found."));
+}
+
+// True for the steps an agent runs (on the source or the destination).
+bool AgentStep(v1::MigrationStep step) {
+  switch (step) {
+    case v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST:
+    case v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC:
+    case v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST_CLEANUP:
+    case v1::MIGRATION_STEP_PRE_LIVE_MIGRATION:
+    case v1::MIGRATION_STEP_LIVE_MIGRATION:
+    case v1::MIGRATION_STEP_POST_LIVE_MIGRATION:
+    case v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION:
+    case v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION:
+    case v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION:
+    case v1::MIGRATION_STEP_ABORT:
+    case v1::MIGRATION_STEP_FORCE_COMPLETE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Nova's instance-action event name for a step: Nova's own where Nova has the event; otherwise
+// the step's name after "compute_" (an agent runs it) or "conductor_" (the scheduler, which
+// plays the conductor's part).
+std::string NovaEventName(v1::MigrationStep step) {
+  switch (step) {
+    case v1::MIGRATION_STEP_ACCEPT:
+      return "conductor_live_migrate_instance";
+    case v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST:
+      return "compute_check_can_live_migrate_destination";
+    case v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC:
+      return "compute_check_can_live_migrate_source";
+    case v1::MIGRATION_STEP_PRE_LIVE_MIGRATION:
+      return "compute_pre_live_migration";
+    case v1::MIGRATION_STEP_LIVE_MIGRATION:
+      return "compute_live_migration";
+    case v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION:
+      return "compute_post_live_migration_at_destination";
+    case v1::MIGRATION_STEP_ROLLBACK_LIVE_MIGRATION_AT_DESTINATION:
+      return "compute_rollback_live_migration_at_destination";
+    case v1::MIGRATION_STEP_ABORT:
+      return "compute_live_migration_abort";
+    case v1::MIGRATION_STEP_FORCE_COMPLETE:
+      return "compute_live_migration_force_complete";
+    default:
+      return absl::StrCat(AgentStep(step) ? "compute_" : "conductor_", StepName(step));
+  }
+}
+
+// A migration's instance-action request id: "req-" and the migration's UUID (stable, and the
+// form Nova's request ids have).
+std::string ActionRequestId(const sv1::Migration& m) { return "req-" + m.id(); }
+
+// Each migration is one `live-migration` action; its events are the migration's steps.
+json ActionJson(const sv1::Migration& m, const Ctx& c, bool with_events) {
+  MigrationStatus status = MigrationStatus::kAccepted;
+  if (auto from = FromProtoStatus(m.status()); from.ok()) status = *from;
+  const bool failed = status == MigrationStatus::kFailed || status == MigrationStatus::kError;
+  json a = {{"action", "live-migration"},
+            {"instance_uuid", m.instance_uuid()},
+            {"request_id", ActionRequestId(m)},
+            {"user_id", m.requester()},
+            {"project_id", "livemig"},
+            {"start_time", Iso(m.created_at())},
+            {"message", failed ? json("Error") : json(nullptr)}};
+  if (c.minor >= 58) a["updated_at"] = Iso(m.updated_at());
+  if (!with_events) return a;
+  // The log holds a step's intent (STARTED, detail "<step> on <host>") and later its result;
+  // Nova shows one event per call: the intent alone while the step runs, then its result. Notes
+  // (and other non-results) are not events.
+  json events = json::array();
+  std::map<v1::MigrationStep, size_t> running;  // step -> index of its intent in `events`
+  for (const auto& e : m.events()) {
+    const std::string name = NovaEventName(e.step());
+    if (e.outcome() == sv1::STEP_OUTCOME_STARTED) {
+      const std::string on = absl::StrCat(StepName(e.step()), " on ");
+      const std::string host = !AgentStep(e.step())               ? std::string()
+                               : absl::StartsWith(e.detail(), on) ? e.detail().substr(on.size())
+                                                                  : e.host();
+      json ev = {{"event", name},          {"start_time", Iso(e.started_at())},
+                 {"finish_time", nullptr}, {"result", nullptr},
+                 {"traceback", nullptr},   {"host", host}};
+      running[e.step()] = events.size();
+      events.push_back(ev);
+      continue;
+    }
+    if (e.outcome() != sv1::STEP_OUTCOME_SUCCEEDED && e.outcome() != sv1::STEP_OUTCOME_FAILED &&
+        e.outcome() != sv1::STEP_OUTCOME_SKIPPED) {
+      continue;
+    }
+    json* ev;
+    if (auto it = running.find(e.step()); it != running.end()) {
+      ev = &events[it->second];
+      running.erase(it);
+    } else {
+      events.push_back({{"event", name}, {"host", e.host()}});
+      ev = &events.back();
+    }
+    const bool failed = e.outcome() == sv1::STEP_OUTCOME_FAILED;
+    (*ev)["start_time"] = Iso(e.started_at());
+    (*ev)["finish_time"] = Iso(e.finished_at());
+    (*ev)["result"] = failed ? "Error" : "Success";
+    (*ev)["traceback"] = failed ? json(e.detail()) : json(nullptr);
+  }
+  for (auto& ev : events) {  // host and hostId from 2.62
+    const std::string host = ev["host"];
+    if (c.minor >= 62) {
+      ev["hostId"] = host.empty() ? "" : HostUuid(host);
+    } else {
+      ev.erase("host");
+    }
+  }
+  a["events"] = events;
+  return a;
+}
+
+// The not-served query parameters of a list this API answers whole.
+absl::Status NoPagingParams(const http::Request& req) {
+  for (const char* p : {"limit", "marker", "changes-since", "changes-before"}) {
+    if (req.has_param(p)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("query parameter ", p, " is not served by this API (the list is whole)"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -506,6 +636,45 @@ void RegisterNovaApi(http::Server& s, ApiCore* core, const TokenStore* tokens) {
         hypervisors(false));
   s.Get("/v2.1/os-hypervisors/detail", NovaGate(tokens, false, "GET /v2.1/os-hypervisors"),
         hypervisors(true));
+  // Before /os-hypervisors/{id}, which would take "statistics" for an id.
+  s.Get("/v2.1/os-hypervisors/statistics",
+        NovaGate(tokens, false, "GET /v2.1/os-hypervisors/statistics"),
+        [core, tokens](const http::Request& req, http::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/os-hypervisors/statistics", &c)) return;
+          auto hosts = core->ListAllHosts();
+          if (!hosts.ok()) return NovaError(res, hosts.status());
+          // The sums of what GET /os-hypervisors/detail shows for each host.
+          json sum = {{"count", 0}};
+          for (const char* k : {"vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used",
+                                "local_gb_used", "free_ram_mb", "free_disk_gb", "current_workload",
+                                "running_vms", "disk_available_least"}) {
+            sum[k] = 0;
+          }
+          for (const auto& h : *hosts) {
+            const json hv = HypervisorJson(h, c, true);
+            sum["count"] = sum["count"].get<int64_t>() + 1;
+            for (auto& [k, v] : sum.items()) {
+              if (k != "count") v = v.get<int64_t>() + hv[k].get<int64_t>();
+            }
+          }
+          Reply(res, {{"hypervisor_statistics", sum}});
+        });
+  s.Get(R"(/v2.1/os-hypervisors/([^/]+)/uptime)",
+        NovaGate(tokens, false, "GET /v2.1/os-hypervisors/{id}/uptime"),
+        [core, tokens](const http::Request& req, http::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/os-hypervisors/{id}/uptime", &c)) return;
+          if (auto h = HostById(core, req.matches[1]); !h.ok()) {
+            return NovaError(res,
+                             absl::NotFoundError(absl::StrCat("Hypervisor with ID ", req.matches[1],
+                                                              " could not be found.")));
+          }
+          // Nova's answer for a driver without host uptime; the agents do not report it.
+          NovaErrorReply(
+              res, absl::UnimplementedError("Virt driver does not implement uptime function."),
+              501);
+        });
   s.Get(R"(/v2.1/os-hypervisors/([^/]+))", NovaGate(tokens, false, "GET /v2.1/os-hypervisors/{id}"),
         [core, tokens](const http::Request& req, http::Response& res) {
           Ctx c;
@@ -517,6 +686,134 @@ void RegisterNovaApi(http::Server& s, ApiCore* core, const TokenStore* tokens) {
                                                               " could not be found.")));
           }
           Reply(res, {{"hypervisor", HypervisorJson(*h, c, true)}});
+        });
+  s.Get(R"(/v2.1/servers/([^/]+)/os-instance-actions)",
+        NovaGate(tokens, false, "GET /v2.1/servers/{id}/os-instance-actions"),
+        [core, tokens](const http::Request& req, http::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/servers/{id}/os-instance-actions", &c)) {
+            return;
+          }
+          if (auto st = NoPagingParams(req); !st.ok()) return NovaError(res, st);
+          const std::string id = req.matches[1];
+          if (auto st = CheckNovaServerId(id); !st.ok()) return NovaError(res, st);
+          if (auto i = core->GetInstance(id); !i.ok()) return NovaError(res, i.status());
+          sv1::ListMigrationsRequest r;
+          r.set_instance_uuid(id);
+          r.set_page_size(1000);
+          json out = json::array();
+          do {  // newest first, as Nova lists actions
+            auto list = core->ListMigrations(r);
+            if (!list.ok()) return NovaError(res, list.status());
+            for (const auto& m : list->migrations()) out.push_back(ActionJson(m, c, false));
+            r.set_page_token(list->next_page_token());
+          } while (!r.page_token().empty());
+          Reply(res, {{"instanceActions", out}});
+        });
+  s.Get(R"(/v2.1/servers/([^/]+)/os-instance-actions/([^/]+))",
+        NovaGate(tokens, false, "GET /v2.1/servers/{id}/os-instance-actions/{request_id}"),
+        [core, tokens](const http::Request& req, http::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false,
+                     "GET /v2.1/servers/{id}/os-instance-actions/{request_id}", &c)) {
+            return;
+          }
+          const std::string id = req.matches[1], request_id = req.matches[2];
+          if (auto st = CheckNovaServerId(id); !st.ok()) return NovaError(res, st);
+          if (auto i = core->GetInstance(id); !i.ok()) return NovaError(res, i.status());
+          const absl::Status not_found = absl::NotFoundError(absl::StrCat(
+              "Action for request_id ", Printable(request_id), " on instance ", id, " not found"));
+          const std::string uuid =
+              absl::StartsWith(request_id, "req-") ? request_id.substr(4) : std::string();
+          if (!IsUuid(uuid)) return NovaError(res, not_found);
+          auto m = core->GetMigration(uuid, true);
+          if (!m.ok() && m.status().code() != absl::StatusCode::kNotFound) {
+            return NovaError(res, m.status());
+          }
+          if (!m.ok() || m->instance_uuid() != id) return NovaError(res, not_found);
+          Reply(res, {{"instanceAction", ActionJson(*m, c, true)}});
+        });
+  // No host aggregates: hosts carry no aggregate or zone (all are in the zone "nova").
+  s.Get("/v2.1/os-aggregates", NovaGate(tokens, false, "GET /v2.1/os-aggregates"),
+        [tokens](const http::Request& req, http::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/os-aggregates", &c)) return;
+          Reply(res, {{"aggregates", json::array()}});
+        });
+  s.Get(R"(/v2.1/os-aggregates/([^/]+))", NovaGate(tokens, false, "GET /v2.1/os-aggregates/{id}"),
+        [tokens](const http::Request& req, http::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/os-aggregates/{id}", &c)) return;
+          NovaError(res, absl::NotFoundError(absl::StrCat("Aggregate ", Printable(req.matches[1]),
+                                                          " could not be found.")));
+        });
+  auto zones = [core, tokens](bool detail) {
+    return [core, tokens, detail](const http::Request& req, http::Response& res) {
+      Ctx c;
+      if (!Begin(req, res, tokens, false, "GET /v2.1/os-availability-zone", &c)) return;
+      auto hosts = core->ListAllHosts();
+      if (!hosts.ok()) return NovaError(res, hosts.status());
+      if (hosts->empty()) return Reply(res, {{"availabilityZoneInfo", json::array()}});
+      // As Nova: the zone is available while one of its services is enabled; per service,
+      // available = up (reporting) and active = enabled.
+      bool available = false;
+      json per_host = json::object();
+      for (const auto& h : *hosts) {
+        available = available || h.enabled();
+        per_host[h.inventory().hostname()] = {{"nova-compute",
+                                               {{"available", h.up()},
+                                                {"active", h.enabled()},
+                                                {"updated_at", Iso(h.last_report_at())}}}};
+      }
+      Reply(res, {{"availabilityZoneInfo",
+                   json::array({{{"zoneName", "nova"},
+                                 {"zoneState", {{"available", available}}},
+                                 {"hosts", detail ? per_host : json(nullptr)}}})}});
+    };
+  };
+  s.Get("/v2.1/os-availability-zone", NovaGate(tokens, false, "GET /v2.1/os-availability-zone"),
+        zones(false));
+  s.Get("/v2.1/os-availability-zone/detail",
+        NovaGate(tokens, false, "GET /v2.1/os-availability-zone"), zones(true));
+  s.Get("/v2.1/limits", NovaGate(tokens, false, "GET /v2.1/limits"),
+        [core, tokens](const http::Request& req, http::Response& res) {
+          Ctx c;
+          if (!Begin(req, res, tokens, false, "GET /v2.1/limits", &c)) return;
+          int64_t instances = 0, cores = 0, ram = 0;
+          sv1::ListInstancesRequest r;
+          r.set_page_size(1000);
+          do {
+            auto list = core->ListInstances(r);
+            if (!list.ok()) return NovaError(res, list.status());
+            for (const auto& i : list->instances()) {
+              if (i.missing()) continue;
+              ++instances;
+              cores += i.vcpus();
+              ram += static_cast<int64_t>(i.memory_mib());
+            }
+            r.set_page_token(list->next_page_token());
+          } while (!r.page_token().empty());
+          // No quotas: instances, cores and RAM are unlimited (-1); what this API cannot create
+          // (key pairs, server groups, metadata) has the limit 0.
+          json abs = {{"maxTotalInstances", -1},    {"maxTotalCores", -1},
+                      {"maxTotalRAMSize", -1},      {"maxTotalKeypairs", 0},
+                      {"maxServerMeta", 0},         {"maxServerGroups", 0},
+                      {"maxServerGroupMembers", 0}, {"totalInstancesUsed", instances},
+                      {"totalCoresUsed", cores},    {"totalRAMUsed", ram},
+                      {"totalServerGroupsUsed", 0}};
+          if (c.minor < 36) {
+            abs["maxSecurityGroups"] = 0;
+            abs["maxSecurityGroupRules"] = 0;
+            abs["maxTotalFloatingIps"] = 0;
+            abs["totalSecurityGroupsUsed"] = 0;
+            abs["totalFloatingIpsUsed"] = 0;
+          }
+          if (c.minor < 39) abs["maxImageMeta"] = 0;
+          if (c.minor < 57) {
+            abs["maxPersonality"] = 0;
+            abs["maxPersonalitySize"] = 0;
+          }
+          Reply(res, {{"limits", {{"rate", json::array()}, {"absolute", abs}}}});
         });
 }
 

@@ -4,6 +4,7 @@
 // (--os-cacert), as an operator would run it.
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <map>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -125,6 +126,65 @@ TEST_CASE("openstack: compute service list/set and hypervisor list") {
   CHECK(json::parse(*hv).size() == 2);
 }
 
+// Rows of `-f json` for a Lister with Name/Value columns, as a name -> value object.
+json NameValues(const std::string& out) {
+  json m = json::object();
+  for (const auto& row : json::parse(out)) m[row["Name"].get<std::string>()] = row["Value"];
+  return m;
+}
+
+TEST_CASE("openstack: hypervisor show, stats, availability zones, aggregates, limits (reader)") {
+  auto hv = N().Os("hypervisor show -f json host-a", kReader);
+  INFO(hv.status().ToString());
+  REQUIRE(hv.ok());
+  auto h = json::parse(*hv);
+  CHECK(h["hypervisor_hostname"] == "host-a");
+  CHECK(h["service_host"] == "host-a");
+  CHECK(h["state"] == "up");
+  CHECK(h["aggregates"] == json::array());
+  CHECK(h["running_vms"] == 1);
+  CHECK(h["memory_mb"].get<int64_t>() > 0);
+
+  auto stats = N().Os("hypervisor stats show -f json", kReader);
+  INFO(stats.status().ToString());
+  REQUIRE(stats.ok());
+  auto st = json::parse(*stats);
+  CHECK(st["count"] == 2);
+  CHECK(st["running_vms"] == 1);
+  // The sums of both hosts: host-a's share is at most the total, and the used and free add up.
+  CHECK(st["memory_mb"].get<int64_t>() > h["memory_mb"].get<int64_t>());
+  CHECK(st["memory_mb_used"].get<int64_t>() + st["free_ram_mb"].get<int64_t>() ==
+        st["memory_mb"].get<int64_t>());
+
+  auto az = N().Os("availability zone list --compute --long -f json", kReader);
+  INFO(az.status().ToString());
+  REQUIRE(az.ok());
+  auto zones = json::parse(*az);
+  REQUIRE(zones.size() == 2);  // one row per host's nova-compute service
+  for (const auto& z : zones) {
+    CHECK(z["Zone Name"] == "nova");
+    CHECK(z["Zone Status"] == "available");
+    CHECK(z["Service Name"] == "nova-compute");
+    CHECK(absl::StartsWith(z["Service Status"].get<std::string>(), "enabled :-) 20"));
+  }
+  CHECK(zones[0]["Host Name"] != zones[1]["Host Name"]);
+
+  auto agg = N().Os("aggregate list -f json", kReader);
+  INFO(agg.status().ToString());
+  REQUIRE(agg.ok());
+  CHECK(json::parse(*agg) == json::array());
+
+  auto limits = N().Os("limits show --absolute -f json", kReader);
+  INFO(limits.status().ToString());
+  REQUIRE(limits.ok());
+  auto l = NameValues(*limits);
+  INFO(l.dump());
+  CHECK(l["maxTotalInstances"] == -1);
+  CHECK(l["maxTotalRAMSize"] == -1);
+  CHECK(l["totalInstancesUsed"] == 1);
+  CHECK(l["totalRAMUsed"] == 256);
+}
+
 TEST_CASE("openstack: live-migrate, list the migration, errors the client reports") {
   auto mig = N().Os(absl::StrCat("server migrate --live-migration --host host-b ", kUuid));
   INFO(mig.status().ToString());
@@ -153,6 +213,51 @@ TEST_CASE("openstack: live-migrate, list the migration, errors the client report
       N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid), kReader);
   REQUIRE_FALSE(reader.ok());
   CHECK(absl::StrContains(reader.status().message(), "403"));
+}
+
+TEST_CASE("openstack: server event list/show: the migration as a live-migration action") {
+  auto list = N().Os(absl::StrCat("server event list --long -f json ", kUuid), kReader);
+  INFO(list.status().ToString());
+  REQUIRE(list.ok());
+  auto actions = json::parse(*list);
+  REQUIRE(actions.size() == 1);
+  CHECK(actions[0]["Action"] == "live-migration");
+  CHECK(actions[0]["Server ID"] == kUuid);
+  CHECK(absl::StrContains(actions[0]["User ID"].get<std::string>(), "nova-operator"));
+  const std::string req = actions[0]["Request ID"];
+  CHECK(absl::StartsWith(req, "req-"));
+  auto show = N().Os(absl::StrCat("server event show -f json ", kUuid, " ", req), kReader);
+  INFO(show.status().ToString());
+  REQUIRE(show.ok());
+  auto a = json::parse(*show);
+  CHECK(a["action"] == "live-migration");
+  CHECK(a["request_id"] == req);
+  CHECK(a["message"].is_null());
+  CHECK_FALSE(a["updated_at"].get<std::string>().empty());  // 2.58+
+  std::map<std::string, json> events;
+  std::map<std::string, int> count;
+  for (const auto& e : a["events"]) {
+    CHECK_FALSE(e["result"].is_null());  // every step finished: intent and result are one event
+    events[e["event"].get<std::string>()] = e;
+    ++count[e["event"].get<std::string>()];
+  }
+  for (const char* name :
+       {"conductor_live_migrate_instance", "compute_check_can_live_migrate_destination",
+        "compute_check_can_live_migrate_source", "compute_pre_live_migration",
+        "compute_live_migration", "compute_post_live_migration_at_destination"}) {
+    INFO(name);
+    REQUIRE(count[name] == 1);
+    CHECK(events[name]["result"] == "Success");
+    CHECK_FALSE(events[name]["start_time"].get<std::string>().empty());
+    CHECK_FALSE(events[name]["finish_time"].get<std::string>().empty());
+    CHECK(events[name]["traceback"].is_null());
+  }
+  CHECK(events["compute_pre_live_migration"]["host"] == "host-b");  // 2.62+: where it ran
+  CHECK(events["compute_live_migration"]["host"] == "host-a");
+  auto unknown = N().Os(
+      absl::StrCat("server event show ", kUuid, " req-99999999-2222-4333-8444-555555555555"));
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(absl::StrContains(unknown.status().message(), "not found"));
 }
 
 TEST_CASE("openstack: abort and force-complete a slow migration; 409 while migrating") {
@@ -207,6 +312,24 @@ TEST_CASE("openstack: abort and force-complete a slow migration; 409 while migra
         return show.ok() && json::parse(*show)["OS-EXT-SRV-ATTR:host"] == "host-a";
       },
       absl::Seconds(60)));
+}
+
+TEST_CASE("openstacksdk: live_migrate_server, migrations(), server_actions()") {
+  auto out = testing::RunCommand(
+      absl::StrCat("HOME=", N().dir, " /usr/bin/python3 ",
+                   testing::RunfilePath("integration_tests/nova/sdk_check.py"),
+                   " --endpoint https://127.0.0.1:", N().port, "/v2.1 --token ", kOp, " --cacert ",
+                   N().cloud->pki(), "/ca.pem --server ", kUuid, " --host host-b"));
+  INFO(out.status().ToString());
+  REQUIRE(out.ok());
+  auto j = json::parse(*out);
+  CHECK(j["migration"]["status"] == "completed");
+  CHECK(j["migration"]["source"] == "host-a");
+  CHECK(j["migration"]["dest"] == "host-b");
+  // Four migrations by now (host-b, the cancelled one, the forced one, the SDK's), newest first.
+  REQUIRE(j["actions"].size() == 4);
+  for (const auto& a : j["actions"]) CHECK(a["action"] == "live-migration");
+  CHECK(j["events"]["compute_live_migration"] == "Success");
 }
 
 }  // namespace
