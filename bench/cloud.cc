@@ -170,14 +170,9 @@ class CountingMigrationStore : public db::MigrationStore {
     Timed timed(c_, "migrations.RequestForceComplete");
     return in_->RequestForceComplete(id, by);
   }
-  absl::StatusOr<std::map<std::string, int64_t>> CountByStatus() override {
-    Timed timed(c_, "migrations.CountByStatus");
-    return in_->CountByStatus();
-  }
-  absl::StatusOr<std::vector<StepHistogram>> StepDurations(
-      const std::vector<int64_t>& bounds_ms) override {
-    Timed timed(c_, "migrations.StepDurations");
-    return in_->StepDurations(bounds_ms);
+  absl::StatusOr<db::MigrationMetrics> ReadMetrics(absl::Duration service_down_time) override {
+    Timed timed(c_, "migrations.ReadMetrics");
+    return in_->ReadMetrics(service_down_time);
   }
   absl::StatusOr<int64_t> MemoryClaimedOn(const std::string& host) override {
     Timed timed(c_, "migrations.MemoryClaimedOn");

@@ -775,6 +775,107 @@ TEST_CASE("finished migrations are purged after the retention") {
   CHECK(db.Count("SELECT count(*) FROM migrations") == 2);
 }
 
+// A completed migration of instance n with the hypervisor's final figures (no downtime: Xen).
+int64_t CompletedMigration(Db& db, int n, int64_t bytes, int64_t elapsed_ms,
+                           std::optional<int64_t> downtime_ms) {
+  auto& migs = db.stores->migrations();
+  auto c = migs.CreateMigration(NewMig(n));
+  INFO(c.status().ToString());
+  REQUIRE(c.ok());
+  const int64_t id = c->migration.id;
+  using S = MigrationStatus;
+  REQUIRE(migs.ApplyTransition(Step(id, S::kAccepted, S::kPreparing, "pre_checks")).ok());
+  REQUIRE(migs.ApplyTransition(Step(id, S::kPreparing, S::kRunning, "live_migration")).ok());
+  MigrationProgress p;
+  p.phase = "pre-copy";
+  p.bytes_total = p.bytes_processed = bytes;
+  p.bytes_remaining = 0;
+  p.elapsed_ms = elapsed_ms;
+  p.downtime_ms = downtime_ms;
+  REQUIRE(migs.UpdateProgress(id, "sched-1", p).ok());
+  REQUIRE(migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post")).ok());
+  REQUIRE(migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "done")).ok());
+  return id;
+}
+
+void CheckSameCounters(const MigrationMetrics& a, const MigrationMetrics& b) {
+  CHECK(a.ended == b.ended);
+  CHECK(a.entered_error == b.entered_error);
+  CHECK(a.bytes_transferred == b.bytes_transferred);
+  CHECK(a.refusals == b.refusals);
+  auto same = [](const MetricHistogram& x, const MetricHistogram& y) {
+    return x.cumulative == y.cumulative && x.count == y.count && x.sum_ms == y.sum_ms;
+  };
+  CHECK(same(a.transfer, b.transfer));
+  CHECK(same(a.downtime, b.downtime));
+  REQUIRE(a.step_durations.size() == b.step_durations.size());
+  for (const auto& [step, h] : a.step_durations) {
+    INFO(step);
+    REQUIRE(b.step_durations.count(step) == 1);
+    CHECK(same(h, b.step_durations.at(step)));
+  }
+}
+
+TEST_CASE("metrics: counters and histograms never decrease across a purge") {
+  Db db;
+  Seed(db, 4);
+  auto& migs = db.stores->migrations();
+  using S = MigrationStatus;
+  // A pre-check refusal, a completed migration with downtime (QEMU), one without (Xen), and one
+  // that went through error and then failed.
+  auto r = migs.CreateMigration(NewMig(1));
+  REQUIRE(r.ok());
+  Transition refuse = Step(r->migration.id, S::kAccepted, S::kFailed, "pre_checks");
+  refuse.refused_check = "memory";
+  REQUIRE(migs.ApplyTransition(refuse).ok());
+  CompletedMigration(db, 2, 256 << 20, 2500, 40);
+  CompletedMigration(db, 3, 128 << 20, 800, std::nullopt);
+  auto e = migs.CreateMigration(NewMig(4));
+  REQUIRE(e.ok());
+  REQUIRE(migs.ApplyTransition(Step(e->migration.id, S::kAccepted, S::kError, "x")).ok());
+  REQUIRE(migs.ApplyTransition(Step(e->migration.id, S::kError, S::kFailed, "reconciled")).ok());
+  REQUIRE(migs.CreateMigration(NewMig(1)).ok());  // in flight
+
+  auto before = migs.ReadMetrics(absl::Seconds(60));
+  REQUIRE(before.ok());
+  CHECK(before->ended == std::map<std::string, int64_t>{{"completed", 2}, {"failed", 2}});
+  CHECK(before->entered_error == 1);
+  CHECK(before->bytes_transferred == (256 << 20) + (128 << 20));
+  CHECK(before->refusals == std::map<std::string, int64_t>{{"memory", 1}});
+  CHECK(before->in_flight == std::map<std::string, int64_t>{{"accepted", 1}});
+  CHECK(before->hosts == std::map<std::string, int64_t>{{"up", 2}});
+  // Downtime: the Xen migration recorded none (not a zero): one sample of 40 ms.
+  CHECK(before->downtime.count == 1);
+  CHECK(before->downtime.sum_ms == 40);
+  CHECK(before->downtime.cumulative == std::vector<int64_t>{0, 0, 1, 1, 1, 1, 1, 1, 1, 1});
+  CHECK(before->transfer.count == 2);
+  CHECK(before->transfer.cumulative.front() == 1);  // 800 ms <= 1 s; 2.5 s in the next bucket
+  CHECK(before->transfer.cumulative[1] == 2);
+  REQUIRE(before->step_durations.count("pre_checks") == 1);
+  CHECK(before->step_durations.at("pre_checks").count == 3);
+
+  db.Exec(
+      "UPDATE migrations SET finished_at = now() - interval '40 days' "
+      "WHERE finished_at IS NOT NULL");
+  auto n = migs.PurgeFinished(absl::Now() - absl::Hours(24 * 30));
+  REQUIRE(n.ok());
+  CHECK(*n == 4);
+  CHECK(db.Count("SELECT count(*) FROM migrations") == 1);
+  auto after = migs.ReadMetrics(absl::Seconds(60));
+  REQUIRE(after.ok());
+  CheckSameCounters(*before, *after);
+  CHECK(after->in_flight == before->in_flight);
+  // A second purge with nothing to purge folds nothing; later migrations add to the totals.
+  REQUIRE(migs.PurgeFinished(absl::Now() - absl::Hours(24 * 30)).ok());
+  CheckSameCounters(*before, *migs.ReadMetrics(absl::Seconds(60)));
+  CompletedMigration(db, 4, 64 << 20, 1500, 20);  // instance 4 is still on host-a
+  auto later = migs.ReadMetrics(absl::Seconds(60));
+  REQUIRE(later.ok());
+  CHECK(later->ended.at("completed") == 3);
+  CHECK(later->downtime.count == 2);
+  CHECK(later->bytes_transferred == (256 << 20) + (128 << 20) + (64 << 20));
+}
+
 // An evacuation of host-a by frank, owned by sched-1.
 NewEvacuation NewEvac(std::vector<std::string> instance_uuids, int32_t max_parallel = 2,
                       std::optional<std::string> request_id = std::nullopt) {

@@ -720,6 +720,69 @@ void InsertEvent(pqxx::transaction_base& w, const MigrationEvent& e) {
 }
 
 constexpr char kPageTokenPrefix[] = "m1.";
+
+// ---- metrics: the live figures and the purge's fold share one query ----------------------
+
+// The bucket (its upper bound in ms; -1: +Inf) of the value `v` (ms) among `bounds`: the first
+// bound >= v. width_bucket counts the bounds <= its operand, so with v - 1 it counts those < v.
+std::string BucketOf(const std::string& v, const std::vector<int64_t>& bounds) {
+  const std::string arr = absl::StrCat("'{", absl::StrJoin(bounds, ","), "}'::bigint[]");
+  return absl::StrCat("COALESCE((", arr, ")[width_bucket(GREATEST(", v, ", 0) - 1, ", arr,
+                      ") + 1], -1)");
+}
+
+// Rows (family, label, le_ms, n, s) of every counter and histogram bucket contributed by the
+// migrations matching `in` (a condition on their `id`) and their events: metric_totals' shape.
+// ReadMetrics adds them to metric_totals; PurgeFinished folds the purged ones into it.
+std::string MetricRows(const std::string& in) {
+  return absl::StrCat(
+      "SELECT 'ended'::text AS family, status AS label, 0::bigint AS le_ms, count(*) AS n, "
+      "0::numeric AS s FROM migrations WHERE finished_at IS NOT NULL AND id ",
+      in,
+      " GROUP BY status "
+      "UNION ALL SELECT 'entered_error', '', 0, count(*), 0 FROM migrations "
+      "WHERE error_at IS NOT NULL AND id ",
+      in,
+      " UNION ALL SELECT 'bytes_transferred', '', 0, count(*), "
+      "COALESCE(sum(GREATEST(bytes_processed, 0)), 0) FROM migrations WHERE finished_at IS NOT "
+      "NULL AND bytes_processed IS NOT NULL AND id ",
+      in,
+      " UNION ALL SELECT 'refusals', refused_check, 0, count(*), 0 FROM migrations "
+      "WHERE refused_check IS NOT NULL AND id ",
+      in,
+      " GROUP BY refused_check "
+      // Completed migrations only: a failed transfer's time is not a transfer time, and a
+      // hypervisor that reports no downtime (libxl) leaves downtime_ms NULL: no sample.
+      "UNION ALL SELECT 'transfer', '', ",
+      BucketOf("elapsed_ms", TransferBoundsMs()),
+      ", count(*), sum(GREATEST(elapsed_ms, 0)) FROM migrations WHERE status = 'completed' AND "
+      "elapsed_ms IS NOT NULL AND id ",
+      in, " GROUP BY 3 UNION ALL SELECT 'downtime', '', ",
+      BucketOf("downtime_ms", DowntimeBoundsMs()),
+      ", count(*), sum(GREATEST(downtime_ms, 0)) FROM migrations WHERE status = 'completed' AND "
+      "downtime_ms IS NOT NULL AND id ",
+      in, " GROUP BY 3 UNION ALL SELECT 'step_duration', step, ",
+      BucketOf("duration_ms", StepDurationBoundsMs()),
+      ", count(*), sum(GREATEST(duration_ms, 0)) FROM migration_events WHERE kind = 'result' AND "
+      "duration_ms IS NOT NULL AND migration_id ",
+      in, " GROUP BY step, 3");
+}
+
+// metric_totals rows of one histogram family (le_ms -> (count, sum)) as cumulative buckets.
+MetricHistogram Cumulative(const std::map<int64_t, std::pair<int64_t, double>>& buckets,
+                           const std::vector<int64_t>& bounds) {
+  MetricHistogram h;
+  for (int64_t b : bounds) {
+    int64_t c = 0;
+    for (const auto& [le, v] : buckets) c += le >= 0 && le <= b ? v.first : 0;
+    h.cumulative.push_back(c);
+  }
+  for (const auto& [le, v] : buckets) {
+    h.count += v.first;
+    h.sum_ms += v.second;
+  }
+  return h;
+}
 }  // namespace
 
 std::string PageTokenAfter(int64_t id) { return absl::StrCat(kPageTokenPrefix, id); }
@@ -982,6 +1045,8 @@ class PgMigrationStore : public MigrationStore {
               "memory_claim_mib = CASE WHEN $9 THEN 0 ELSE COALESCE($6, memory_claim_mib) END, "
               "failure_reason = COALESCE($7, failure_reason), "
               "candidates = COALESCE($11::jsonb, candidates), "
+              "refused_check = COALESCE($13, refused_check), "
+              "error_at = CASE WHEN $3 = 'error' THEN COALESCE(error_at, now()) ELSE error_at END, "
               "started_at = CASE WHEN $8 THEN COALESCE(started_at, now()) ELSE started_at END, "
               "finished_at = CASE WHEN $9 THEN now() ELSE NULL END, "
               "owner = CASE WHEN $9 THEN NULL ELSE owner END, "
@@ -997,7 +1062,7 @@ class PgMigrationStore : public MigrationStore {
                   EventsInsertFrom("upd", "$12") + ") " + MigrationSelectFrom("upd"),
               t.migration_id, std::string(ToString(t.from)), std::string(ToString(t.to)), t.step,
               t.dest_host, t.memory_claim_mib, t.failure_reason, t.mark_started, terminal, t.owner,
-              t.candidates_json, EventsJson(events));
+              t.candidates_json, EventsJson(events), t.refused_check);
           if (!r.empty()) return MigrationFromRow(r[0]);
           // Nothing changed: say why.
           pqxx::result cur = Prep(w,
@@ -1167,43 +1232,55 @@ class PgMigrationStore : public MigrationStore {
                          "force-complete requested by ");
   }
 
-  absl::StatusOr<std::map<std::string, int64_t>> CountByStatus() override {
-    return pool_->ReadQuery<std::map<std::string, int64_t>>(
-        "count migrations",
-        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::map<std::string, int64_t>> {
-          std::map<std::string, int64_t> out;
-          for (const auto& row :
-               w.exec("SELECT status, count(*) FROM migrations GROUP BY status")) {
-            out[Str(row[0])] = row[1].as<int64_t>();
-          }
-          return out;
-        });
-  }
-
-  absl::StatusOr<std::vector<StepHistogram>> StepDurations(
-      const std::vector<int64_t>& bounds_ms) override {
-    std::string cols;
-    for (size_t i = 0; i < bounds_ms.size(); ++i) {
-      absl::StrAppend(&cols, ", count(*) FILTER (WHERE duration_ms <= ", bounds_ms[i], ")");
-    }
-    return pool_->ReadQuery<std::vector<StepHistogram>>(
-        "step durations",
-        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<StepHistogram>> {
-          std::vector<StepHistogram> out;
-          pqxx::result r = w.exec(absl::StrCat(
-              "SELECT step, count(*), COALESCE(sum(duration_ms), 0)", cols,
-              " FROM migration_events WHERE kind = 'result' AND duration_ms IS NOT NULL "
-              "GROUP BY step ORDER BY step"));
-          for (const auto& row : r) {
-            StepHistogram h;
-            h.step = Str(row[0]);
-            h.count = row[1].as<int64_t>();
-            h.sum_ms = row[2].as<double>();
-            for (size_t i = 0; i < bounds_ms.size(); ++i) {
-              h.cumulative.push_back(row[static_cast<int>(3 + i)].as<int64_t>());
+  absl::StatusOr<MigrationMetrics> ReadMetrics(absl::Duration service_down_time) override {
+    // One statement: one snapshot of the rows and of metric_totals, so a purge committing during
+    // the read is counted once (as rows or as totals).
+    static const std::string sql = absl::StrCat(
+        "SELECT family, label, le_ms, sum(n)::bigint, sum(s)::float8 FROM (",
+        MetricRows("IS NOT NULL"),
+        " UNION ALL SELECT 'in_flight', status, 0, count(*), 0 FROM migrations WHERE ", kActive,
+        " GROUP BY status UNION ALL SELECT family, label, le_ms, count, sum FROM metric_totals "
+        // Hosts by liveness (HostRecord::up's rule) and disabled ones.
+        "UNION ALL SELECT 'hosts', CASE WHEN COALESCE(last_report_at > now() - "
+        "make_interval(secs => $1), false) THEN 'up' ELSE 'down' END, 0, count(*), 0 FROM hosts "
+        "GROUP BY 2 UNION ALL SELECT 'hosts_disabled', '', 0, count(*), 0 FROM hosts "
+        "WHERE NOT enabled) x GROUP BY 1, 2, 3");
+    return pool_->ReadQuery<MigrationMetrics>(
+        "read metrics", [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationMetrics> {
+          MigrationMetrics out;
+          std::map<std::string, std::map<int64_t, std::pair<int64_t, double>>> steps;
+          std::map<int64_t, std::pair<int64_t, double>> transfer, downtime;
+          for (const auto& row : w.exec_params(sql, absl::ToDoubleSeconds(service_down_time))) {
+            const std::string family = Str(row[0]), label = Str(row[1]);
+            const int64_t le = row[2].as<int64_t>(), n = row[3].as<int64_t>();
+            const double sum = row[4].as<double>();
+            if (family == "ended") {
+              out.ended[label] += n;
+            } else if (family == "entered_error") {
+              out.entered_error += n;
+            } else if (family == "bytes_transferred") {
+              out.bytes_transferred += static_cast<int64_t>(sum);
+            } else if (family == "refusals") {
+              out.refusals[label] += n;
+            } else if (family == "in_flight") {
+              out.in_flight[label] += n;
+            } else if (family == "hosts") {
+              out.hosts[label] += n;
+            } else if (family == "hosts_disabled") {
+              out.hosts_disabled += n;
+            } else if (family == "step_duration") {
+              steps[label][le] = {n, sum};
+            } else if (family == "transfer") {
+              transfer[le] = {n, sum};
+            } else if (family == "downtime") {
+              downtime[le] = {n, sum};
             }
-            out.push_back(std::move(h));
           }
+          for (const auto& [step, b] : steps) {
+            out.step_durations[step] = Cumulative(b, StepDurationBoundsMs());
+          }
+          out.transfer = Cumulative(transfer, TransferBoundsMs());
+          out.downtime = Cumulative(downtime, DowntimeBoundsMs());
           return out;
         });
   }
@@ -1221,15 +1298,24 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<int64_t> PurgeFinished(absl::Time before) override {
-    return pool_->Query<int64_t>(
-        "purge finished migrations", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
-          // Evacuation items keep their outcome; their migration link is cleared (SET NULL).
-          pqxx::result r = w.exec_params(
-              "DELETE FROM migrations WHERE finished_at IS NOT NULL AND finished_at < "
-              "to_timestamp($1::double precision / 1000000)",
-              ToUs(before));
-          return static_cast<int64_t>(r.affected_rows());
-        });
+    // One statement: the delete and the fold of the deleted rows (and their events, which the
+    // cascade removes) into metric_totals share one snapshot and commit together, so the
+    // counters read by ReadMetrics never go down. Evacuation items keep their outcome; their
+    // migration link is cleared (SET NULL).
+    static const std::string sql = absl::StrCat(
+        "WITH gone AS (DELETE FROM migrations WHERE finished_at IS NOT NULL AND finished_at < "
+        "to_timestamp($1::double precision / 1000000) RETURNING id), "
+        "fold AS (INSERT INTO metric_totals (family, label, le_ms, count, sum) "
+        "SELECT family, label, le_ms, sum(n), sum(s) FROM (",
+        MetricRows("IN (SELECT id FROM gone)"),
+        ") x GROUP BY 1, 2, 3 ON CONFLICT (family, label, le_ms) DO UPDATE SET "
+        "count = metric_totals.count + EXCLUDED.count, sum = metric_totals.sum + EXCLUDED.sum) "
+        "SELECT count(*) FROM gone");
+    return pool_->SingleQuery<int64_t>("purge finished migrations",
+                                       [&](pqxx::transaction_base& w) -> absl::StatusOr<int64_t> {
+                                         pqxx::result r = w.exec_params(sql, ToUs(before));
+                                         return r[0][0].as<int64_t>();
+                                       });
   }
 
  private:
@@ -1318,7 +1404,8 @@ class PgMigrationStore : public MigrationStore {
               id, by, reason);
           MigrationEvent ev;
           ev.migration_id = id;
-          ev.step = cur.step;
+          // The request's own step (a note, not a result of the step that was running).
+          ev.step = std::string(by_col) == "aborted_by" ? "abort" : "force_complete";
           ev.kind = "info";
           ev.outcome = "requested";
           ev.status = std::string(ToString(cur.status));

@@ -4,6 +4,7 @@
 #define LIVEMIG_DB_RECORDS_H_
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -229,6 +230,8 @@ struct Transition {
   // The ranked destination candidates (MigrationRecord::candidates_json), when choosing one.
   std::optional<std::string> candidates_json;
   bool mark_started = false;  // sets started_at (the transfer began)
+  // The pre-check that refused the migration (a check's stable name), with a `failed` `to`.
+  std::optional<std::string> refused_check;
   // More events in the same transaction (e.g. the next step's intent).
   std::vector<MigrationEvent> extra_events;
 };
@@ -306,6 +309,52 @@ struct NewEvacuation {
   // The scheduler that will drive it (gets the first lease); "": none yet (any may take it over).
   std::string owner;
   absl::Duration lease = absl::Seconds(15);
+};
+
+// ---- metrics (MigrationStore::ReadMetrics) ------------------------------------------------
+
+// Histogram bucket upper bounds, in ms. The purge folds purged values into the bucket of these
+// bounds (metric_totals.le_ms): changing a bound needs a schema migration that rebuckets
+// metric_totals.
+inline const std::vector<int64_t>& StepDurationBoundsMs() {
+  static const std::vector<int64_t> b = {100, 500, 1000, 5000, 10000, 30000, 60000, 300000};
+  return b;
+}
+inline const std::vector<int64_t>& TransferBoundsMs() {
+  static const std::vector<int64_t> b = {1000,   5000,   10000,  30000,  60000,
+                                         120000, 300000, 600000, 1800000};
+  return b;
+}
+inline const std::vector<int64_t>& DowntimeBoundsMs() {
+  static const std::vector<int64_t> b = {10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000};
+  return b;
+}
+
+// One histogram (of one label value): cumulative counts per bound of its family (the +Inf bucket
+// is `count`), and the sum of the observed values.
+struct MetricHistogram {
+  std::vector<int64_t> cumulative;
+  int64_t count = 0;
+  double sum_ms = 0;
+};
+
+// Figures for /metrics. Counters (never decrease): every migration that ended, by terminal
+// status; those that ever entered `error`; the bytes the finished ones transferred (the last
+// bytes_processed reported); pre-check refusals by check. Histograms (never decrease): each
+// step's duration (the event log's results), the transfer time (the hypervisor job's elapsed
+// time) and downtime of completed migrations (none recorded when the hypervisor reports none,
+// as libxl). Gauges: the migrations not terminal, by status; hosts by liveness; disabled hosts.
+struct MigrationMetrics {
+  std::map<std::string, int64_t> ended;  // completed / failed / cancelled
+  int64_t entered_error = 0;
+  int64_t bytes_transferred = 0;
+  std::map<std::string, int64_t> refusals;   // check name -> count
+  std::map<std::string, int64_t> in_flight;  // non-terminal status -> count
+  std::map<std::string, int64_t> hosts;      // "up" / "down" (HostRecord::up) -> count
+  int64_t hosts_disabled = 0;
+  std::map<std::string, MetricHistogram> step_durations;  // step -> StepDurationBoundsMs
+  MetricHistogram transfer;                               // TransferBoundsMs
+  MetricHistogram downtime;                               // DowntimeBoundsMs
 };
 
 }  // namespace livemig::db

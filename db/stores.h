@@ -132,23 +132,18 @@ class MigrationStore {
   virtual absl::StatusOr<MigrationRecord> RequestForceComplete(int64_t id,
                                                                const std::string& by) = 0;
 
-  // Migrations per status (for metrics).
-  virtual absl::StatusOr<std::map<std::string, int64_t>> CountByStatus() = 0;
-  // Step durations from the event log's results, as cumulative histogram buckets (for metrics):
-  // per step, counts of durations <= each bound in `bounds_ms`, plus the total count and sum.
-  struct StepHistogram {
-    std::string step;
-    std::vector<int64_t> cumulative;  // one per bound
-    int64_t count = 0;
-    double sum_ms = 0;
-  };
-  virtual absl::StatusOr<std::vector<StepHistogram>> StepDurations(
-      const std::vector<int64_t>& bounds_ms) = 0;
+  // What /metrics reports, read in ONE statement (one snapshot, so a purge committing meanwhile
+  // is seen entirely or not at all): the rows present plus what purges folded into
+  // metric_totals. Every field but `in_flight` only grows, across purges, restarts and
+  // scheduler replicas (see MigrationMetrics). `service_down_time` decides a host's liveness.
+  virtual absl::StatusOr<MigrationMetrics> ReadMetrics(absl::Duration service_down_time) = 0;
 
   // Sum of memory claims of active migrations into `host`.
   virtual absl::StatusOr<int64_t> MemoryClaimedOn(const std::string& host) = 0;
 
   // Deletes terminal migrations (and their events) finished before `before`; returns how many.
+  // Folds their contributions to the metrics into metric_totals in the same statement, so that
+  // ReadMetrics' counters do not go down.
   virtual absl::StatusOr<int64_t> PurgeFinished(absl::Time before) = 0;
 };
 

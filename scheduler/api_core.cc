@@ -4,6 +4,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -420,44 +421,95 @@ absl::StatusOr<sv1::Instance> ApiCore::GetInstance(const std::string& uuid) {
   return ToProtoInstance(i);
 }
 
+namespace {
+// Prometheus text format 0.0.4: one family's HELP and TYPE lines.
+void Family(std::string* out, const char* name, const char* type, const char* help) {
+  absl::StrAppend(out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+}
+
+// A label value escaped as the text format wants (backslash, double quote, newline).
+std::string LabelValue(const std::string& v) {
+  return absl::StrReplaceAll(v, {{"\\", "\\\\"}, {"\"", "\\\""}, {"\n", "\\n"}});
+}
+
+// A histogram's series: `labels` is "" or `key="value",`; bounds in ms, reported in seconds.
+void Histogram(std::string* out, const char* name, const std::string& labels,
+               const db::MetricHistogram& h, const std::vector<int64_t>& bounds_ms) {
+  for (size_t i = 0; i < bounds_ms.size(); ++i) {
+    absl::StrAppend(out, name, "_bucket{", labels, "le=\"", bounds_ms[i] / 1000.0, "\"} ",
+                    i < h.cumulative.size() ? h.cumulative[i] : 0, "\n");
+  }
+  const std::string braces =
+      labels.empty() ? "" : absl::StrCat("{", labels.substr(0, labels.size() - 1), "}");
+  absl::StrAppend(out, name, "_bucket{", labels, "le=\"+Inf\"} ", h.count, "\n", name, "_sum",
+                  braces, " ", h.sum_ms / 1000.0, "\n", name, "_count", braces, " ", h.count, "\n");
+}
+}  // namespace
+
+// Counters and histograms come from ReadMetrics (one statement: the rows present plus what
+// purges folded into metric_totals), so they never decrease and every replica reports the same;
+// the gauges too. One query per scrape, on the API pool.
 absl::StatusOr<std::string> ApiCore::MetricsText() {
+  ASSIGN_OR_RETURN(db::MigrationMetrics m,
+                   migrations_->ReadMetrics(orchestrator_->options().service_down_time));
   std::string out;
-  ASSIGN_OR_RETURN(auto counts, migrations_->CountByStatus());
-  absl::StrAppend(&out, "# HELP livemig_migrations Migrations in the database by status.\n",
-                  "# TYPE livemig_migrations gauge\n");
+  Family(&out, "livemig_migrations_total", "counter",
+         "Migrations that ended, by outcome (the terminal status: completed, failed = rolled "
+         "back, cancelled = aborted).");
+  for (const char* outcome : {"completed", "failed", "cancelled"}) {
+    auto it = m.ended.find(outcome);
+    absl::StrAppend(&out, "livemig_migrations_total{outcome=\"", outcome, "\"} ",
+                    it == m.ended.end() ? 0 : it->second, "\n");
+  }
+  Family(&out, "livemig_migrations_entered_error_total", "counter",
+         "Migrations that entered error (the VM's location unproven; an operator or the "
+         "reconciler resolves it).");
+  absl::StrAppend(&out, "livemig_migrations_entered_error_total ", m.entered_error, "\n");
+  Family(&out, "livemig_migrations_in_flight", "gauge",
+         "Migrations not finished (error included), by status.");
   for (MigrationStatus st : AllMigrationStatuses()) {
-    auto it = counts.find(ToString(st));
-    absl::StrAppend(&out, "livemig_migrations{status=\"", ToString(st), "\"} ",
-                    it == counts.end() ? 0 : it->second, "\n");
+    if (IsTerminal(st)) continue;
+    auto it = m.in_flight.find(ToString(st));
+    absl::StrAppend(&out, "livemig_migrations_in_flight{status=\"", ToString(st), "\"} ",
+                    it == m.in_flight.end() ? 0 : it->second, "\n");
   }
-  const std::vector<int64_t> bounds = {100, 500, 1000, 5000, 10000, 30000, 60000, 300000};
-  ASSIGN_OR_RETURN(auto hist, migrations_->StepDurations(bounds));
-  absl::StrAppend(&out, "# HELP livemig_step_duration_seconds Duration of each migration step.\n",
-                  "# TYPE livemig_step_duration_seconds histogram\n");
-  for (const auto& h : hist) {
-    for (size_t i = 0; i < bounds.size(); ++i) {
-      absl::StrAppend(&out, "livemig_step_duration_seconds_bucket{step=\"", h.step, "\",le=\"",
-                      bounds[i] / 1000.0, "\"} ", h.cumulative[i], "\n");
-    }
-    absl::StrAppend(&out, "livemig_step_duration_seconds_bucket{step=\"", h.step,
-                    "\",le=\"+Inf\"} ", h.count, "\n", "livemig_step_duration_seconds_sum{step=\"",
-                    h.step, "\"} ", h.sum_ms / 1000.0, "\n",
-                    "livemig_step_duration_seconds_count{step=\"", h.step, "\"} ", h.count, "\n");
+  Family(&out, "livemig_migration_bytes_transferred_total", "counter",
+         "Bytes the finished migrations transferred (the last count their hypervisor reported).");
+  absl::StrAppend(&out, "livemig_migration_bytes_transferred_total ", m.bytes_transferred, "\n");
+  Family(&out, "livemig_precheck_refusals_total", "counter",
+         "Migrations a pre-check refused, by the check that refused them.");
+  for (const auto& [check, n] : m.refusals) {
+    absl::StrAppend(&out, "livemig_precheck_refusals_total{check=\"", LabelValue(check), "\"} ", n,
+                    "\n");
   }
-  ASSIGN_OR_RETURN(auto hosts, hosts_->ListHosts(orchestrator_->options().service_down_time));
-  int up = 0;
-  for (const auto& h : hosts) up += h.up ? 1 : 0;
-  absl::StrAppend(&out, "# HELP livemig_hosts Hosts known to the scheduler by liveness.\n",
-                  "# TYPE livemig_hosts gauge\n", "livemig_hosts{state=\"up\"} ", up, "\n",
-                  "livemig_hosts{state=\"down\"} ", static_cast<int>(hosts.size()) - up, "\n");
   int64_t two_copies = 0;
-  for (const auto& h : hist) two_copies += h.step == "two_running_copies" ? h.count : 0;
-  absl::StrAppend(&out,
-                  "# HELP livemig_two_running_copies_detected Migrations whose rollback found the "
-                  "domain running on both hosts (the source's copy was paused; an operator "
-                  "decides).\n",
-                  "# TYPE livemig_two_running_copies_detected gauge\n",
-                  "livemig_two_running_copies_detected ", two_copies, "\n");
+  auto tc = m.step_durations.find("two_running_copies");
+  if (tc != m.step_durations.end()) two_copies = tc->second.count;
+  Family(&out, "livemig_two_running_copies_detected_total", "counter",
+         "Migrations whose rollback found the domain running on both hosts (the source's copy "
+         "was paused; an operator decides).");
+  absl::StrAppend(&out, "livemig_two_running_copies_detected_total ", two_copies, "\n");
+  Family(&out, "livemig_step_duration_seconds", "histogram", "Duration of each migration step.");
+  for (const auto& [step, h] : m.step_durations) {
+    Histogram(&out, "livemig_step_duration_seconds",
+              absl::StrCat("step=\"", LabelValue(step), "\","), h, db::StepDurationBoundsMs());
+  }
+  Family(&out, "livemig_migration_transfer_seconds", "histogram",
+         "Transfer time of completed migrations (the hypervisor job's elapsed time).");
+  Histogram(&out, "livemig_migration_transfer_seconds", "", m.transfer, db::TransferBoundsMs());
+  Family(&out, "livemig_migration_downtime_seconds", "histogram",
+         "Downtime of completed migrations as the hypervisor measured it; none recorded when it "
+         "reports none (Xen's libxl).");
+  Histogram(&out, "livemig_migration_downtime_seconds", "", m.downtime, db::DowntimeBoundsMs());
+  Family(&out, "livemig_hosts", "gauge", "Hosts known to the scheduler by liveness (up, down).");
+  for (const char* state : {"up", "down"}) {
+    auto it = m.hosts.find(state);
+    absl::StrAppend(&out, "livemig_hosts{state=\"", state, "\"} ",
+                    it == m.hosts.end() ? 0 : it->second, "\n");
+  }
+  Family(&out, "livemig_hosts_disabled", "gauge",
+         "Hosts disabled by an operator (no migration goes to them), up or down.");
+  absl::StrAppend(&out, "livemig_hosts_disabled ", m.hosts_disabled, "\n");
   return out;
 }
 

@@ -232,7 +232,10 @@ class MigrationRun {
     ASSIGN_OR_RETURN(db::HostRecord src, Host(m_.source_host));
     const v1::MigrationOptions options = OptionsFromJson(m_.options_json);
     for (const auto& c : CheckSource(inst, src, options)) {
-      if (!c.passed()) return Move(S::kFailed, "pre_checks", false, c.reason(), start);
+      if (!c.passed()) {
+        return Move(S::kFailed, "pre_checks", false, c.reason(), start, std::nullopt,
+                    Refused(c.name()));
+      }
     }
     candidates_.clear();
     // The ranked candidates (with every check and the rejected ones' reasons), persisted with the
@@ -246,8 +249,10 @@ class MigrationRun {
         dst.memory_claimed_mib = std::max<int64_t>(0, dst.memory_claimed_mib - m_.memory_claim_mib);
       }
       sv1::HostCheck hc = CheckDestination(inst, src, dst, options);
-      if (!hc.passed())
-        return Move(S::kFailed, "pre_checks", false, FirstFailure(hc.checks()), start);
+      if (!hc.passed()) {
+        return Move(S::kFailed, "pre_checks", false, FirstFailure(hc.checks()), start, std::nullopt,
+                    Refused(FirstFailedCheck(hc.checks())));
+      }
       candidates_.push_back(m_.requested_dest);
     } else {
       ASSIGN_OR_RETURN(
@@ -272,7 +277,12 @@ class MigrationRun {
             S::kFailed, "select_destination", false,
             absl::StrCat("no host can take instance ", inst.name.empty() ? inst.uuid : inst.name,
                          rejected.empty() ? ": no other host is known" : ": ", rejected),
-            start, std::nullopt, [&](db::Transition& t) { t.candidates_json = ranked_json; });
+            start, std::nullopt, [&](db::Transition& t) {
+              t.candidates_json = ranked_json;
+              // The best-ranked host's refusal (or none: no other host is known).
+              t.refused_check =
+                  ranked.empty() ? "no_other_host" : FirstFailedCheck(ranked.front().checks());
+            });
       }
     }
     const std::string dest = candidates_.front();
@@ -291,6 +301,11 @@ class MigrationRun {
                   std::nullopt, set_dest);
     return Move(S::kPreparing, "pre_checks", true, detail, start,
                 Intent("check_can_live_migrate_on_dest", dest), set_dest);
+  }
+
+  // Records the pre-check that refused the migration (counted by /metrics by check).
+  static std::function<void(db::Transition&)> Refused(std::string check) {
+    return [check = std::move(check)](db::Transition& t) { t.refused_check = check; };
   }
 
   std::string AbortReason() const {
@@ -339,7 +354,7 @@ class MigrationRun {
     ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
     const v1::MigrationOptions options = OptionsFromJson(m_.options_json);
     if (candidates_.empty()) candidates_.push_back(m_.dest_host);
-    std::string last_reason;
+    std::string last_reason, last_check;
     int attempts = 0;
     for (const std::string& cand : candidates_) {
       if (attempts++ >= opt().destination_attempts) break;
@@ -371,6 +386,7 @@ class MigrationRun {
       TestPoint("check_can_live_migrate_on_dest:after");
       if (!d.ok() || !d->passed()) {
         last_reason = d.ok() ? FirstFailure(d->checks()) : std::string(d.status().message());
+        last_check = d.ok() ? FirstFailedCheck(d->checks()) : "check_can_live_migrate_on_dest";
         RETURN_IF_ERROR(
             Record("check_can_live_migrate_on_dest", false, last_reason, t, std::nullopt));
         if (!m_.requested_dest.empty()) break;
@@ -391,6 +407,7 @@ class MigrationRun {
       TestPoint("check_can_live_migrate_on_src:after");
       if (!s.ok() || !s->passed()) {
         last_reason = s.ok() ? FirstFailure(s->checks()) : std::string(s.status().message());
+        last_check = s.ok() ? FirstFailedCheck(s->checks()) : "check_can_live_migrate_on_src";
         auto cleanup = StepReq<cv1::CheckCanLiveMigrateOnDestCleanupRequest>();
         *cleanup.mutable_dest_check_data() = d->dest_check_data();
         Retry<cv1::CheckCanLiveMigrateOnDestCleanupResponse>([&] {
@@ -426,7 +443,8 @@ class MigrationRun {
     }
     return Move(S::kFailed, "check_can_live_migrate_on_dest", false,
                 last_reason.empty() ? "no destination passed the agent checks" : last_reason,
-                absl::Now());
+                absl::Now(), std::nullopt,
+                Refused(last_check.empty() ? "check_can_live_migrate_on_dest" : last_check));
   }
 
   // ---- running: the transfer -----------------------------------------------------------------

@@ -66,6 +66,13 @@ std::string FirstFailure(const google::protobuf::RepeatedPtrField<v1::CheckResul
   return "";
 }
 
+std::string FirstFailedCheck(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks) {
+  for (const auto& c : checks) {
+    if (!c.passed()) return c.name();
+  }
+  return "";
+}
+
 std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const db::HostRecord& src,
                                          const v1::MigrationOptions& options) {
   std::vector<v1::CheckResult> out;

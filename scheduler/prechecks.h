@@ -60,6 +60,8 @@ std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const d
 absl::Status HostSupportsOptions(const db::HostRecord& h, const v1::MigrationOptions& options);
 
 std::string FirstFailure(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks);
+// The first failed check's name (CheckResult.name), or "".
+std::string FirstFailedCheck(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks);
 
 }  // namespace livemig::sched
 

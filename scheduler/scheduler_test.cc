@@ -625,7 +625,7 @@ TEST_CASE("scheduler: a rollback that finds the domain running on both hosts pau
   CHECK(c.Where() == Loc{{"fake-a", "paused"}});
   auto metrics = c.api->MetricsText();
   REQUIRE(metrics.ok());
-  CHECK(absl::StrContains(*metrics, "livemig_two_running_copies_detected 1\n"));
+  CHECK(absl::StrContains(*metrics, "livemig_two_running_copies_detected_total 1\n"));
 }
 
 // A migration in error whose source holds the domain paused (as force-complete's pause leaves

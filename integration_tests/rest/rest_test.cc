@@ -189,7 +189,7 @@ TEST_CASE("rest: a migration over REST, its listing, and the conflicts after it"
   auto inst = R().Get(absl::StrCat("/v1/instances/", kUuid), kReader);
   CHECK(json::parse(inst->body)["host"] == "host-b");
   auto metrics = R().Get("/metrics", kReader);
-  CHECK(absl::StrContains(metrics->body, "livemig_migrations{status=\"completed\"} 1"));
+  CHECK(absl::StrContains(metrics->body, "livemig_migrations_total{outcome=\"completed\"} 1"));
   CHECK(absl::StrContains(metrics->body,
                           "livemig_step_duration_seconds_bucket{step=\"live_migration\""));
   CHECK(absl::StrContains(metrics->body, "livemig_hosts{state=\"up\"} 2"));
