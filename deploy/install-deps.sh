@@ -36,6 +36,8 @@ PACKAGES=(
   python3-openstackclient python3-openstacksdk
   # systemd-analyze verifies the production units in the deploy test (not used as init here)
   systemd python3-yaml
+  # the REST tests validate every answer against api/openapi.json (api/validate_responses.py)
+  python3-jsonschema
 )
 
 missing=()
@@ -44,14 +46,33 @@ for p in "${PACKAGES[@]}"; do
   [[ "$st" == "installed" ]] || missing+=("$p")
 done
 
+# The pinned OpenAPI linter (//api:openapi_lint_test) from the npm registry, kept outside the
+# tree; installed with npm (Node.js from nodejs/npm) when its cache directory lacks it.
+REDOCLY_VERSION=2.77.0
+redocly_dir=/var/cache/livemig/npm/redocly-$REDOCLY_VERSION
+command -v npm >/dev/null || missing+=(nodejs npm)
+install_redocly() {
+  [[ -x $redocly_dir/node_modules/.bin/redocly ]] && return 0
+  echo "install-deps: installing @redocly/cli $REDOCLY_VERSION into $redocly_dir"
+  rm -rf "$redocly_dir.tmp" && mkdir -p "$redocly_dir.tmp"
+  npm install --prefix "$redocly_dir.tmp" --no-audit --no-fund --no-save \
+    "@redocly/cli@$REDOCLY_VERSION" >"$redocly_dir.log" 2>&1 ||
+    { echo "install-deps: npm install @redocly/cli failed; see $redocly_dir.log" >&2; return 1; }
+  rm -rf "$redocly_dir" && mv "$redocly_dir.tmp" "$redocly_dir"
+}
+
 if [[ "${1:-}" == "--check" ]]; then
+  [[ -x $redocly_dir/node_modules/.bin/redocly ]] || missing+=("@redocly/cli@$REDOCLY_VERSION (npm)")
   if ((${#missing[@]})); then echo "missing: ${missing[*]}"; exit 1; fi
   echo "all ${#PACKAGES[@]} packages present"; exit 0
 fi
 
 if ((${#missing[@]} == 0)); then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
-  exit 0
+  if [[ -x $redocly_dir/node_modules/.bin/redocly ]]; then exit 0; fi
+  [[ $(id -u) -eq 0 ]] || { echo "install-deps: run as root to install @redocly/cli" >&2; exit 1; }
+  install_redocly
+  exit
 fi
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -74,3 +95,4 @@ t0=$SECONDS
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"
 echo "install-deps: done in $((SECONDS - t0)) s"
+install_redocly
