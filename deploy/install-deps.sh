@@ -34,6 +34,9 @@ PACKAGES=(
   chromium
   # the unchanged OpenStack client and SDK, run against the Compute API subset by the tests
   python3-openstackclient python3-openstacksdk
+  # a private Prometheus scrapes the scheduler's /metrics in its test; promtool checks the text and
+  # the example rules (deploy/prometheus/)
+  prometheus
   # systemd-analyze verifies the production units in the deploy test (not used as init here)
   systemd python3-yaml
   # the REST tests validate every answer against api/openapi.json (api/validate_responses.py)
