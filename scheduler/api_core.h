@@ -58,7 +58,9 @@ class ApiCore {
   absl::StatusOr<sv1::ListInstancesResponse> ListInstances(const sv1::ListInstancesRequest& r);
   absl::StatusOr<sv1::Instance> GetInstance(const std::string& uuid);
 
-  // Prometheus text format: migrations by status, step latency histograms, hosts up/down.
+  // Prometheus text format (deploy/README.md, "Metrics"): counters that never decrease (migrations
+  // by outcome, bytes, pre-check refusals, two running copies), histograms (step durations,
+  // transfer time, downtime), gauges (migrations in flight, hosts).
   absl::StatusOr<std::string> MetricsText();
 
   // Takes over the running evacuations that no scheduler owns (their owner's lease expired, or
