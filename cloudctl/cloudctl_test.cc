@@ -16,6 +16,7 @@
 #include <regex>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "cloudctl/config.h"
@@ -223,9 +224,34 @@ TEST_CASE("format: tables, progress lines and summaries") {
   p->set_has_bytes(true);
   p->set_bytes_total(512ull << 20);
   p->set_bytes_processed(256ull << 20);
+  p->set_bytes_remaining(256ull << 20);
   p->set_percent(50);
   CHECK(ProgressLine(m) ==
-        "running: live_migration | pre-copy [############............]  50.0%  256.0/512.0 MiB");
+        "running: live_migration | pre-copy [############............]  50.0%  remaining 256.0 "
+        "of 512.0 MiB, sent 256.0 MiB");
+
+  // A guest that keeps dirtying memory: more sent than the total; each figure named, the
+  // percentage from what remains.
+  p->set_bytes_total((uint64_t{646} << 20) / 10);
+  p->set_bytes_processed((uint64_t{5733} << 20) / 10);
+  p->set_bytes_remaining((uint64_t{347} << 20) / 10);
+  p->set_percent(0);
+  p->set_iteration(3);
+  m.set_status(v1::MIGRATION_STATUS_RUNNING);
+  p->set_downtime_ms(300);
+  const std::string shown = RenderMigration(m);
+  INFO(shown);
+  CHECK(absl::StrContains(shown, "46.3% (remaining 34.7 of 64.6 MiB, sent 573.3 MiB), pass 3"));
+  CHECK(absl::StrContains(shown, "expected downtime"));
+  m.set_status(v1::MIGRATION_STATUS_COMPLETED);
+  CHECK_FALSE(absl::StrContains(RenderMigration(m), "expected downtime"));
+  m.set_status(v1::MIGRATION_STATUS_RUNNING);
+
+  // The first sample, before the hypervisor's first figures.
+  p->Clear();
+  p->set_phase(v1::MIGRATION_PHASE_PRE_COPY);
+  p->set_has_bytes(true);
+  CHECK(ProgressLine(m) == "running: live_migration | pre-copy waiting for the first byte counts");
 
   p->Clear();
   p->set_elapsed_ms(12345);
@@ -334,6 +360,32 @@ TEST_CASE("cloudctl --help explains the commands and the exit codes") {
   }
   CHECK(Cloudctl("migration-list --help").code == 0);
   CHECK(Has(Cloudctl("host-evacuate-live --help").out, "--max-parallel"));
+}
+
+// The completion script is generated from the parser: every command and option is in it, bash
+// accepts it, and it completes a command, an option and a status (run by bash itself).
+TEST_CASE("cloudctl completion bash completes commands, options and statuses") {
+  auto r = Cloudctl("completion bash");
+  REQUIRE(r.code == 0);
+  for (const char* word : {"live-migration", "host-evacuate-live", "instance-show", "--dry-run",
+                           "--max-parallel", "--server", "complete -F _cloudctl cloudctl"}) {
+    CHECK(Has(r.out, word));
+  }
+  const std::string script = WorkDir() + "/cloudctl.bash";
+  std::ofstream(script) << r.out;
+  auto complete = [&](const std::string& words, int cword) {
+    auto out = testing::RunCommand(absl::StrCat("bash -c 'source ", script, "; COMP_WORDS=(", words,
+                                                "); COMP_CWORD=", cword,
+                                                "; _cloudctl; echo \"${COMPREPLY[*]}\"'"));
+    return out.ok() ? *out : std::string(out.status().message());
+  };
+  CHECK(complete("cloudctl host-dis", 1) == "host-disable\n");
+  CHECK(complete("cloudctl --server x:1 live-migration --allow", 4) == "--allow-post-copy\n");
+  CHECK(complete("cloudctl migration-list --status runn", 3) == "running running-post-copy\n");
+  CHECK(complete("cloudctl host-list --state \"\"", 3) == "up down\n");
+  auto bad = Cloudctl("completion fish");
+  CHECK(bad.code == 2);
+  CHECK(Has(bad.err, "fish"));
 }
 
 TEST_CASE("command-line errors exit 2 before calling the scheduler") {

@@ -165,6 +165,8 @@ std::string OutcomeName(sv1::StepOutcome o) {
       return "succeeded";
     case sv1::STEP_OUTCOME_FAILED:
       return "FAILED";
+    case sv1::STEP_OUTCOME_NOTE:
+      return "note";
     case sv1::STEP_OUTCOME_SKIPPED:
       return "skipped";
     default:
@@ -267,40 +269,51 @@ std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
 
 namespace {
 
-// The transfer part of the progress: "pre-copy [####....]  50.0%  256.0/512.0 MiB ..." with a
-// bar, or without ("pre-copy, 50.0% (256.0/512.0 MiB), elapsed 2.0 s"); "" before the transfer.
+// The transfer part of the progress, with the figures Nova shows, each named: processed (sent so
+// far, re-sent dirty pages included, so it can exceed the total), remaining and total.
+//   bar:  "pre-copy [###.....]  46.3%  remaining 34.7 of 64.6 MiB, sent 573.3 MiB  12.0 MiB/s ..."
+//   text: "pre-copy, 46.3% (remaining 34.7 of 64.6 MiB, sent 573.3 MiB), elapsed 2.0 s, pass 3"
+// Before the hypervisor's first byte counts: "waiting for the first byte counts". "" before the
+// transfer.
 std::string TransferText(const v1::MigrationProgress& p, bool bar) {
   if (!p.has_bytes() && p.elapsed_ms() == 0 && p.phase() == v1::MIGRATION_PHASE_UNSPECIFIED) {
     return "";
   }
   std::string text = PhaseName(p.phase());
+  const char* sep = text.empty() ? "" : (bar ? " " : ", ");
+  const std::string elapsed =
+      p.elapsed_ms() > 0 ? HumanDuration(absl::Milliseconds(p.elapsed_ms())) : "";
   if (!p.has_bytes()) {
-    absl::StrAppend(&text, text.empty() ? "" : (bar ? " " : ", "), "elapsed ",
+    absl::StrAppend(&text, sep, "elapsed ",
                     absl::StrFormat("%.1f s", static_cast<double>(p.elapsed_ms()) / 1000.0),
                     " (this hypervisor reports no byte counts)");
     return text;
   }
+  if (p.bytes_total() == 0) {
+    absl::StrAppend(&text, sep, "waiting for the first byte counts",
+                    elapsed.empty() ? "" : ", elapsed ", elapsed);
+    return text;
+  }
   double pct = p.percent();
-  if (pct <= 0 && p.bytes_total() > 0) {
-    pct = 100.0 * static_cast<double>(p.bytes_processed()) / static_cast<double>(p.bytes_total());
+  if (pct <= 0) {
+    const uint64_t left = std::min(p.bytes_remaining(), p.bytes_total());
+    pct =
+        100.0 * static_cast<double>(p.bytes_total() - left) / static_cast<double>(p.bytes_total());
   }
   pct = std::clamp(pct, 0.0, 100.0);
+  const std::string figures =
+      absl::StrCat("remaining ", MiB(p.bytes_remaining()), " of ", MiB(p.bytes_total()),
+                   " MiB, sent ", MiB(p.bytes_processed()), " MiB");
   if (bar) {
     constexpr int kBar = 24;
     const int filled = static_cast<int>(std::lround(pct / 100.0 * kBar));
-    absl::StrAppend(&text, text.empty() ? "" : " ", "[", std::string(filled, '#'),
-                    std::string(kBar - filled, '.'), "] ", absl::StrFormat("%5.1f%%", pct), "  ",
-                    MiB(p.bytes_processed()), "/", MiB(p.bytes_total()), " MiB");
+    absl::StrAppend(&text, sep, "[", std::string(filled, '#'), std::string(kBar - filled, '.'),
+                    "] ", absl::StrFormat("%5.1f%%", pct), "  ", figures);
     if (p.rate_bytes_s() > 0) absl::StrAppend(&text, "  ", MiB(p.rate_bytes_s()), " MiB/s");
-    if (p.elapsed_ms() > 0) {
-      absl::StrAppend(&text, "  elapsed ", HumanDuration(absl::Milliseconds(p.elapsed_ms())));
-    }
+    if (!elapsed.empty()) absl::StrAppend(&text, "  elapsed ", elapsed);
   } else {
-    absl::StrAppend(&text, text.empty() ? "" : ", ", absl::StrFormat("%.1f%%", pct), " (",
-                    MiB(p.bytes_processed()), "/", MiB(p.bytes_total()), " MiB)");
-    if (p.elapsed_ms() > 0) {
-      absl::StrAppend(&text, ", elapsed ", HumanDuration(absl::Milliseconds(p.elapsed_ms())));
-    }
+    absl::StrAppend(&text, sep, absl::StrFormat("%.1f%%", pct), " (", figures, ")");
+    if (!elapsed.empty()) absl::StrAppend(&text, ", elapsed ", elapsed);
     if (p.iteration() > 0) absl::StrAppend(&text, ", pass ", p.iteration());
   }
   return text;
@@ -338,11 +351,11 @@ std::string SummaryLine(const sv1::Migration& m) {
       return absl::StrCat(id, " failed after ", took, "; ", Name(m), " stays on ", m.source_host(),
                           ": ", OrDash(m.failure_reason()));
     case v1::MIGRATION_STATUS_CANCELLED:
+      // failure_reason already says who aborted it and why ("aborted by X: reason").
       return absl::StrCat(
-          id, " cancelled after ", took,
-          m.aborted_by().empty() ? "" : absl::StrCat(" (aborted by ", m.aborted_by(), ")"), "; ",
-          Name(m), " stays on ", m.source_host(), m.failure_reason().empty() ? "" : ": ",
-          m.failure_reason());
+          id, " cancelled after ", took, "; ", Name(m), " stays on ", m.source_host(), ": ",
+          m.failure_reason().empty() ? absl::StrCat("aborted by ", OrDash(m.aborted_by()))
+                                     : m.failure_reason());
     case v1::MIGRATION_STATUS_ERROR:
       return absl::StrCat(id, " is in error after ", took, ": ", OrDash(m.failure_reason()),
                           ". The scheduler keeps working on it (where the VM runs is not proven).");
@@ -367,8 +380,12 @@ std::string RenderMigration(const sv1::Migration& m) {
   f.Add("options", Wrap(OptionsSummary(m.options()), 70));
   f.Add("block migration", YesNo(m.block_migration()));
   f.Add("transfer", OrDash(TransferText(m.progress(), false)));
-  if (m.progress().downtime_ms() > 0)
-    f.Add("downtime", absl::StrCat(m.progress().downtime_ms(), " ms"));
+  if (m.progress().downtime_ms() > 0) {
+    // While the transfer runs, libvirt's figure is its estimate; after it, the measured one.
+    const bool done = m.status() == v1::MIGRATION_STATUS_COMPLETED ||
+                      m.status() == v1::MIGRATION_STATUS_POST_MIGRATING;
+    f.Add(done ? "downtime" : "expected downtime", absl::StrCat(m.progress().downtime_ms(), " ms"));
+  }
   f.Add("post-copy started", YesNo(m.post_copy_started()));
   f.Add("memory claimed", SizeMiB(static_cast<int64_t>(m.memory_claimed_mib())));
   f.Add("requester", OrDash(m.requester()));

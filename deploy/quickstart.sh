@@ -18,6 +18,9 @@
 #
 # State: $LIVEMIG_STATE_DIR (default /var/tmp/livemig-quickstart, with --xen
 # /var/tmp/livemig-quickstart-xen); each stage's log is in $LIVEMIG_STATE_DIR/logs.
+# The programs are installed with deploy/install.sh into $LIVEMIG_PREFIX (default /usr/local:
+# cloudctl on the PATH, with bash completion); `stop` leaves them installed
+# (deploy/install.sh --uninstall removes them).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -46,6 +49,8 @@ if ((XEN)); then
   GUEST_UUID=4c1f0d2e-7a3b-4e5c-9d8f-0a1b2c3d4e60
 fi
 BIN=$ROOT/bazel-bin
+# Where deploy/install.sh puts the programs and cloudctl's bash completion.
+PREFIX=${LIVEMIG_PREFIX:-/usr/local}
 HTTP_PORT=${LIVEMIG_HTTP_PORT:-$((XEN ? 8781 : 8780))}
 H_A=lab-a
 H_B=lab-b
@@ -135,7 +140,16 @@ bazel build //... >"$LOG/build.log" 2>&1 || fail "the build failed; see $LOG/bui
 # The default configuration's output directory (the bazel-bin symlink follows the last build,
 # which may have been another configuration, e.g. the optimized benchmarks).
 BIN=$(bazel info bazel-bin 2>>"$LOG/build.log") || fail "bazel info failed; see $LOG/build.log"
-CLOUDCTL=("$BIN/cloudctl/cloudctl" --server "unix:$RUN/api.sock")
+ok
+
+stage "installing cloudctl, scheduler, compute_agent, livemig-dbctl into $PREFIX/bin (deploy/install.sh)"
+bash deploy/install.sh --no-build --prefix "$PREFIX" >"$LOG/install-programs.log" 2>&1 ||
+  fail "see $LOG/install-programs.log"
+sed 's/^/    /' "$LOG/install-programs.log" | grep -v '^    ==>' || true
+CLOUDCTL=("$PREFIX/bin/cloudctl" --server "unix:$RUN/api.sock")
+# The "Try next" lines say plain `cloudctl` when the prefix is on the PATH (/usr/local/bin is).
+CTL=cloudctl
+[[ ":$PATH:" == *":$PREFIX/bin:"* ]] || CTL=$PREFIX/bin/cloudctl
 ok
 
 stage "creating the PKI in $PKI (cluster CA, scheduler and agent certificates, the API's server certificate)"
@@ -161,7 +175,7 @@ ok
 stage "starting PostgreSQL 15 in $STATE/postgres (Unix socket only)"
 DB=$(OWNER_PID=1 bash deploy/pgctl.sh start "$STATE/postgres" --durable 2>"$LOG/pgctl.log" | tail -1) \
   || fail "see $LOG/pgctl.log and $STATE/postgres/server.log"
-"$BIN/db/livemig-dbctl" --db "$DB" schema apply | sed 's/^/    /' || fail "schema apply failed"
+"$PREFIX/bin/livemig-dbctl" --db "$DB" schema apply | sed 's/^/    /' || fail "schema apply failed"
 ok
 
 REGISTRY="unix:$RUN/registry.sock"
@@ -189,7 +203,7 @@ fi
 
 stage "starting the scheduler (API unix:$RUN/api.sock, REST + dashboard https://127.0.0.1:$HTTP_PORT, registry $REGISTRY with mutual TLS)"
 if ! pid_alive "$PIDS/scheduler.pid"; then
-  setsid "$BIN/scheduler/scheduler" --db "$DB" --listen "unix:$RUN/api.sock" \
+  setsid "$PREFIX/bin/scheduler" --db "$DB" --listen "unix:$RUN/api.sock" \
     --registry-listen "$REGISTRY" --tls-ca "$PKI/ca.pem" \
     --tls-cert "$PKI/scheduler.pem" --tls-key "$PKI/scheduler.key" --report-interval 2 \
     --tokens-file "$STATE/tokens" --http-listen "127.0.0.1:$HTTP_PORT" \
@@ -215,7 +229,7 @@ fi
 ((XEN)) || stage "starting a compute agent inside each lab host (libvirt QEMU profile)"
 for h in a b; do
   if ((XEN)); then :; elif ! pid_alive "$PIDS/agent-$h.pid"; then
-    setsid bash "$LABSH" exec "$LAB" "$h" -- "$BIN/compute/compute_agent" --hostname "lab-$h" \
+    setsid bash "$LABSH" exec "$LAB" "$h" -- "$PREFIX/bin/compute_agent" --hostname "lab-$h" \
       --listen "unix:$RUN/agent-$h.sock" --libvirt-uri "$(bash "$LABSH" uri "$LAB" "$h")" \
       --profile qemu --instance-path "$LAB/instances" --reserved-mib 256 \
       --migration-uri "$(bash "$LABSH" peer-uri "$LAB" "$h")" \
@@ -281,10 +295,11 @@ REST:      curl --cacert $PKI/ca.pem -H "Authorization: Bearer $READ_TOKEN" http
 
 Try next:
   export LIVEMIG_SERVER=unix:$RUN/api.sock LIVEMIG_TOKEN=$OP_TOKEN
-  $BIN/cloudctl/cloudctl migration-list
-  $BIN/cloudctl/cloudctl migration-show 1          # the step timeline
-  $BIN/cloudctl/cloudctl live-migration $GUEST_UUID --dry-run
-  $BIN/cloudctl/cloudctl live-migration $GUEST_UUID --wait   # the scheduler picks the host
+  $CTL migration-list
+  $CTL migration-show 1          # the step timeline
+  $CTL live-migration $GUEST_UUID --dry-run
+  $CTL live-migration $GUEST_UUID --wait   # the scheduler picks the host
+  $CTL --help                    # every command; tab completion in new bash shells
   psql "$DB" -c 'select * from v_host_summary'
   $0 $( ((XEN)) && echo "--xen ")status
 Stop everything (processes, the lab, PostgreSQL, $STATE):

@@ -86,6 +86,20 @@ std::string FormatVersion(uint64_t v) {
   return absl::StrCat(v / 1000000, ".", (v / 1000) % 1000, ".", v % 1000);
 }
 
+std::string MemoryReason(const std::string& host, int64_t free_mib, int64_t reserved_mib,
+                         int64_t claimed_mib, const std::string& instance, int64_t need_mib) {
+  const bool claims = claimed_mib >= 0;
+  const std::string held = claims ? absl::StrCat(reserved_mib, " MiB dom0 reserve and ",
+                                                 claimed_mib, " MiB claimed by inbound migrations")
+                                  : absl::StrCat(reserved_mib, " MiB dom0 reserve");
+  const int64_t avail = free_mib - reserved_mib - std::max<int64_t>(claimed_mib, 0);
+  return absl::StrCat(
+      "destination ", host, " has ", free_mib, " MiB free; ",
+      avail >= 0 ? absl::StrCat("the ", held, claims ? " leave " : " leaves ", avail, " MiB")
+                 : absl::StrCat("that is within its ", held, ", so none is available"),
+      "; instance ", instance, " needs ", need_mib, " MiB");
+}
+
 absl::Status CheckOptionsSupported(const v1::MigrationOptions& o,
                                    const v1::BackendCapabilities& caps,
                                    const std::string& hypervisor) {
@@ -180,10 +194,10 @@ cv1::CheckCanLiveMigrateOnDestResponse EvaluateDestChecks(
   const uint64_t avail =
       f.memory_free_mib > f.memory_reserved_mib ? f.memory_free_mib - f.memory_reserved_mib : 0;
   add("memory", avail >= need,
-      absl::StrCat("destination ", h, " has ", avail, " MiB free after the ", f.memory_reserved_mib,
-                   " MiB dom0 reserve (", f.memory_free_mib, " MiB free); instance ",
+      MemoryReason(h, static_cast<int64_t>(f.memory_free_mib),
+                   static_cast<int64_t>(f.memory_reserved_mib), -1,
                    req.instance().name().empty() ? req.instance_uuid() : req.instance().name(),
-                   " needs ", need, " MiB"));
+                   static_cast<int64_t>(need)));
 
   // Networks: every bridge the instance's NICs use must exist here.
   std::set<std::string> bridges(f.bridges.begin(), f.bridges.end());

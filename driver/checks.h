@@ -75,6 +75,14 @@ std::vector<std::string> PciHostDevices(const std::string& domain_xml);
 // "4.17.0" for 4017000.
 std::string FormatVersion(uint64_t v);
 
+// The memory check's reason, with the figures as they are (shared by the agent's destination
+// check and the scheduler's pre-check): "destination H has F MiB free; the R MiB dom0 reserve
+// [and C MiB claimed by inbound migrations] leave(s) A MiB; instance I needs N MiB", or, when the
+// reserve (and claims) exceed what is free, "... that is within its R MiB dom0 reserve [and C MiB
+// claimed by inbound migrations], so none is available; ...". `claimed` < 0: not mentioned.
+std::string MemoryReason(const std::string& host, int64_t free_mib, int64_t reserved_mib,
+                         int64_t claimed_mib, const std::string& instance, int64_t need_mib);
+
 // ---- Xen's paging modes and guest kinds (check "xen_pv_shadow_paging") --------------------------
 //
 // A PV guest live-migrates only with log-dirty mode, which Xen runs on shadow paging; a Xen built

@@ -428,7 +428,7 @@ TEST_CASE("contract: destination check decides with numbers, and its probe is cl
     for (const auto& c : big->checks()) {
       if (c.name() == "memory") {
         CHECK_FALSE(c.passed());
-        CHECK(absl::StrContains(c.reason(), "MiB free after the"));
+        CHECK(absl::StrContains(c.reason(), "MiB dom0 reserve"));
         CHECK(absl::StrContains(c.reason(), "needs 1099511627776 MiB"));
         memory_reason = true;
       }
@@ -1576,11 +1576,24 @@ TEST_CASE("checks: the destination check explains each refusal") {
   CHECK(absl::StrContains(by["cpu"].reason(), "avx2"));
   CHECK_FALSE(by["memory"].passed());
   CHECK(by["memory"].reason() ==
-        "destination host-b has 412 MiB free after the 512 MiB dom0 reserve (924 MiB free); "
+        "destination host-b has 924 MiB free; the 512 MiB dom0 reserve leaves 412 MiB; "
         "instance web-1 needs 1024 MiB");
   CHECK_FALSE(by["network"].passed());
   CHECK(absl::StrContains(by["network"].reason(), "br-guest"));
   CHECK(by["storage_probe"].passed());
+
+  // A reserve larger than the free memory: the figures as they are, not "0 MiB free".
+  f.memory_free_mib = 900;
+  f.memory_reserved_mib = 24000;
+  auto small = EvaluateDestChecks(DestRequest("m-2", 512), f);
+  for (const auto& c : small.checks()) {
+    if (c.name() != "memory") continue;
+    CHECK_FALSE(c.passed());
+    CHECK(absl::StrContains(c.reason(),
+                            "has 900 MiB free; that is within its 24000 MiB dom0 "
+                            "reserve, so none is available; instance"));
+    CHECK_FALSE(absl::StrContains(c.reason(), " 0 MiB"));
+  }
 }
 
 TEST_CASE("checks: options against Xen's capabilities") {

@@ -282,6 +282,7 @@ sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
     pe->set_seq(++seq);
     pe->set_step(StepFromName(e.step));
     pe->set_outcome(e.kind == "intent"      ? sv1::STEP_OUTCOME_STARTED
+                    : e.kind == "info"      ? sv1::STEP_OUTCOME_NOTE
                     : e.outcome == "failed" ? sv1::STEP_OUTCOME_FAILED
                                             : sv1::STEP_OUTCOME_SUCCEEDED);
     *pe->mutable_started_at() = ToProtoTime(e.started_at);

@@ -309,7 +309,8 @@ class MigrationRun {
   }
 
   std::string AbortReason() const {
-    return absl::StrCat("aborted by ", m_.aborted_by.empty() ? "an operator" : m_.aborted_by);
+    return absl::StrCat("aborted by ", m_.aborted_by.empty() ? "an operator" : m_.aborted_by,
+                        m_.abort_reason.empty() ? "" : ": ", m_.abort_reason);
   }
 
   // FIFO within the per-host and total limits.

@@ -120,10 +120,9 @@ sv1::HostCheck CheckDestination(const db::InstanceRecord& inst, const db::HostRe
   hc.set_memory_available_mib(avail);
   hc.set_migrations_in_flight(static_cast<uint32_t>(dst.migrations_in + dst.migrations_out));
   add("memory", avail >= inst.memory_mib,
-      absl::StrCat("destination ", h, " has ", std::max<int64_t>(avail, 0), " MiB free after the ",
-                   dst.report.memory_reserved_mib, " MiB dom0 reserve and ", dst.memory_claimed_mib,
-                   " MiB claimed by inbound migrations; instance ",
-                   inst.name.empty() ? inst.uuid : inst.name, " needs ", inst.memory_mib, " MiB"));
+      driver::MemoryReason(h, dst.report.memory_free_mib, dst.report.memory_reserved_mib,
+                           dst.memory_claimed_mib, inst.name.empty() ? inst.uuid : inst.name,
+                           inst.memory_mib));
   if (src.report.cpu_arch != dst.report.cpu_arch) {
     add("cpu", false,
         absl::StrCat("CPU architecture differs: source ", src.report.cpu_arch, ", destination ", h,

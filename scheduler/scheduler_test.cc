@@ -579,10 +579,27 @@ TEST_CASE("scheduler: abort while running cancels and leaves the VM on the sourc
   sv1::AbortMigrationRequest a;
   a.set_migration_id(r->migration().id());
   a.set_requester("dave");
+  a.set_reason("maintenance window closed");
   REQUIRE(c.api->AbortMigration(a, "").ok());
   auto m = c.WaitTerminal(r->migration().id());
   CHECK(m.status() == v1::MIGRATION_STATUS_CANCELLED);
   CHECK(m.aborted_by() == "anonymous [dave]");
+  // Said once, with the reason (it read "aborted by X — aborted by X").
+  CHECK(m.failure_reason() == "aborted by anonymous [dave]: maintenance window closed");
+  // The request is a note on the abort step, not a live_migration step that succeeded.
+  bool request_noted = false;
+  for (const auto& e : m.events()) {
+    INFO(StepName(e.step()) << ": " << sv1::StepOutcome_Name(e.outcome()) << ": " << e.detail());
+    if (e.step() == v1::MIGRATION_STEP_LIVE_MIGRATION) {
+      CHECK(e.outcome() != sv1::STEP_OUTCOME_SUCCEEDED);
+    }
+    if (e.step() == v1::MIGRATION_STEP_ABORT &&
+        absl::StrContains(e.detail(), "abort requested by anonymous [dave]")) {
+      CHECK(e.outcome() == sv1::STEP_OUTCOME_NOTE);
+      request_noted = true;
+    }
+  }
+  CHECK(request_noted);
   CHECK(c.Where() == Loc{{"fake-a", "running"}});
   CHECK(c.api->AbortMigration(a, "").status().code() == absl::StatusCode::kFailedPrecondition);
 }

@@ -380,7 +380,8 @@ TEST_CASE("dashboard: token form, live progress in flight, then completion in th
     CHECK(absl::EndsWith(text, "%"));
     CHECK(std::stod(text) == Approx(percent).margin(0.05));
     CHECK(absl::StrContains(*row, "<progress class=\"progress\" max=\"100\" value=\""));
-    CHECK(absl::StrContains(*row, " MiB remaining"));
+    CHECK(absl::StrContains(*row, "remaining "));
+    CHECK(absl::StrContains(*row, " MiB, sent "));
     CHECK(absl::StrContains(*row, "host-a → host-b"));
     CHECK(TextOf(*row, "step") == "live migration");
     // The instance name is text, not markup.

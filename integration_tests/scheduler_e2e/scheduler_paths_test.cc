@@ -153,7 +153,11 @@ TEST_CASE("paths: each pre-check failure is recorded as failed with its cause an
   v1::MigrationOptions downtime;
   downtime.set_max_downtime_ms(300);
   const std::vector<Want> wants = {
-      {"host-small", "memory", "host-small has 768 MiB free after the 512 MiB dom0 reserve", {}},
+      {"host-small",
+       "memory",
+       "host-small has 1280 MiB free; the 512 MiB dom0 reserve and 0 MiB claimed by inbound "
+       "migrations leave 768 MiB",
+       {}},
       {"host-kvm", "hypervisor type", "source runs Xen, destination host-kvm runs QEMU", {}},
       {"host-old",
        "hypervisor version",
