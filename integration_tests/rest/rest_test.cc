@@ -1,6 +1,6 @@
 // The REST/JSON API of the real scheduler binary (with two fake agents and PostgreSQL): every
 // endpoint, authentication (401 / 403), malformed input (400), the error mapping, and the
-// OpenAPI document checked against the server.
+// OpenAPI document checked against the server: every answer validated against its schemas.
 #include <catch2/catch.hpp>
 #include <fstream>
 
@@ -67,13 +67,29 @@ struct Rest {
     return {{"Authorization", std::string("Bearer ") + token}};
   }
   httplib::Result Get(const std::string& path, const char* token) {
-    return http->Get(path.c_str(), Auth(token));
+    return Record("GET", path, http->Get(path.c_str(), Auth(token)));
   }
   httplib::Result Post(const std::string& path, const std::string& body, const char* token) {
-    return http->Post(path.c_str(), Auth(token), body, "application/json");
+    return Record("POST", path, http->Post(path.c_str(), Auth(token), body, "application/json"));
   }
   httplib::Result Put(const std::string& path, const std::string& body, const char* token) {
-    return http->Put(path.c_str(), Auth(token), body, "application/json");
+    return Record("PUT", path, http->Put(path.c_str(), Auth(token), body, "application/json"));
+  }
+  // Every answer, one JSON line each, for the last test case to validate against the OpenAPI
+  // document in one run of api/validate_responses.py.
+  std::string answers = dir + "/answers.jsonl";
+  int recorded = 0;
+  httplib::Result Record(const char* method, const std::string& path, httplib::Result r) {
+    if (!r) return r;
+    json line = {{"method", method},
+                 {"path", path},
+                 {"status", r->status},
+                 {"content_type", r->get_header_value("Content-Type")},
+                 {"body", r->body}};
+    std::ofstream(answers, std::ios::app)
+        << line.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+    ++recorded;
+    return r;
   }
 };
 
@@ -308,6 +324,21 @@ TEST_CASE("rest: instances page by name with limit and marker") {
   CHECK(by_host["instances"].size() == 1);
   CHECK(by_host["instances"][0]["name"] == "app-1");
   CHECK_FALSE(by_host.value("next_page_token", "").empty());
+}
+
+// Last (Catch2 runs test cases in the order of this file): every answer the test cases above
+// received, validated against the response schemas of api/openapi.json.
+TEST_CASE("rest: every answer above matches the OpenAPI document's schemas") {
+  REQUIRE(R().recorded > 50);
+  const std::string report = R().dir + "/validation.txt";
+  auto run = testing::RunCommand(absl::StrCat(
+      "/usr/bin/python3 ", testing::RunfilePath("api/validate_responses.py"), " ",
+      testing::RunfilePath("api/openapi.json"), " ", R().answers, " >", report, " 2>&1"));
+  std::ifstream in(report);
+  const std::string out((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO(out);
+  CHECK(run.ok());
+  CHECK(absl::StrContains(out, absl::StrCat(R().recorded, " answers match")));
 }
 
 }  // namespace
