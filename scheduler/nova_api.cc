@@ -334,10 +334,10 @@ json ActionJson(const sv1::Migration& m, const Ctx& c, bool with_events) {
   if (c.minor >= 58) a["updated_at"] = Iso(m.updated_at());
   if (!with_events) return a;
   // The log holds a step's intent (STARTED, detail "<step> on <host>") and later its result;
-  // Nova shows one event per call: the intent alone while the step runs, then its result. Notes
-  // (and other non-results) are not events.
+  // Nova shows one event per call: the intent alone while the step runs, then its result.
   json events = json::array();
   std::map<v1::MigrationStep, size_t> running;  // step -> index of its intent in `events`
+  std::map<v1::MigrationStep, size_t> relays;   // abort, force_complete -> index in `events`
   for (const auto& e : m.events()) {
     const std::string name = NovaEventName(e.step());
     if (e.outcome() == sv1::STEP_OUTCOME_STARTED) {
@@ -352,7 +352,26 @@ json ActionJson(const sv1::Migration& m, const Ctx& c, bool with_events) {
       events.push_back(ev);
       continue;
     }
-    if (e.outcome() != sv1::STEP_OUTCOME_SUCCEEDED && e.outcome() != sv1::STEP_OUTCOME_FAILED &&
+    const bool error = e.outcome() == sv1::STEP_OUTCOME_FAILED;
+    const std::string finish = Iso(e.has_finished_at() ? e.finished_at() : e.started_at());
+    // An operator's abort or force-complete is logged as notes (the request, its relay to the
+    // source): together one event, Nova's compute_live_migration_abort / _force_complete, from
+    // the first note to the last. Other notes are not events.
+    if (e.step() == v1::MIGRATION_STEP_ABORT || e.step() == v1::MIGRATION_STEP_FORCE_COMPLETE) {
+      auto [it, first] = relays.emplace(e.step(), events.size());
+      if (first) {
+        events.push_back({{"event", name},
+                          {"start_time", Iso(e.started_at())},
+                          {"result", "Success"},
+                          {"traceback", nullptr},
+                          {"host", m.source_host()}});
+      }
+      json& ev = events[it->second];
+      ev["finish_time"] = finish;
+      if (error) ev["result"] = "Error", ev["traceback"] = e.detail();
+      continue;
+    }
+    if (e.outcome() != sv1::STEP_OUTCOME_SUCCEEDED && !error &&
         e.outcome() != sv1::STEP_OUTCOME_SKIPPED) {
       continue;
     }
@@ -360,15 +379,13 @@ json ActionJson(const sv1::Migration& m, const Ctx& c, bool with_events) {
     if (auto it = running.find(e.step()); it != running.end()) {
       ev = &events[it->second];
       running.erase(it);
-    } else {
-      events.push_back({{"event", name}, {"host", e.host()}});
+    } else {  // a result without its intent in the log
+      events.push_back({{"event", name}, {"start_time", Iso(e.started_at())}, {"host", e.host()}});
       ev = &events.back();
     }
-    const bool failed = e.outcome() == sv1::STEP_OUTCOME_FAILED;
-    (*ev)["start_time"] = Iso(e.started_at());
-    (*ev)["finish_time"] = Iso(e.finished_at());
-    (*ev)["result"] = failed ? "Error" : "Success";
-    (*ev)["traceback"] = failed ? json(e.detail()) : json(nullptr);
+    (*ev)["finish_time"] = finish;  // start_time: when the intent was recorded
+    (*ev)["result"] = error ? "Error" : "Success";
+    (*ev)["traceback"] = error ? json(e.detail()) : json(nullptr);
   }
   for (auto& ev : events) {  // host and hostId from 2.62
     const std::string host = ev["host"];

@@ -290,6 +290,29 @@ TEST_CASE("openstack: abort and force-complete a slow migration; 409 while migra
         return l.ok() && json::parse(*l).size() == 1;
       },
       absl::Seconds(30)));
+  // The cancelled migration's action (the newest): the abort relayed to the source, and the
+  // transfer's end as an error with the reason.
+  auto actions = N().Os(absl::StrCat("server event list -f json ", kUuid));
+  REQUIRE(actions.ok());
+  auto cancelled = N().Os(absl::StrCat("server event show -f json ", kUuid, " ",
+                                       json::parse(*actions)[0]["Request ID"].get<std::string>()));
+  INFO(cancelled.status().ToString());
+  REQUIRE(cancelled.ok());
+  INFO(*cancelled);
+  const json c = json::parse(*cancelled);
+  std::map<std::string, json> ev;
+  for (const auto& e : c["events"]) ev[e["event"].get<std::string>()] = e;
+  REQUIRE(ev.count("compute_live_migration_abort") == 1);
+  CHECK(ev["compute_live_migration_abort"]["host"] == "host-b");
+  CHECK(ev["compute_live_migration"]["result"] == "Error");
+  // The transfer ran from before the abort request until after it.
+  CHECK(ev["compute_live_migration"]["start_time"] <
+        ev["compute_live_migration_abort"]["start_time"]);
+  CHECK(ev["compute_live_migration"]["finish_time"] >=
+        ev["compute_live_migration_abort"]["start_time"]);
+  CHECK(absl::StrContains(ev["compute_live_migration"]["traceback"].get<std::string>(),
+                          "aborted by nova-operator"));
+  CHECK(ev["compute_rollback_live_migration_at_destination"]["result"] == "Success");
   // Force-complete: a second slow migration is forced to converge.
   REQUIRE(N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid)).ok());
   REQUIRE(testing::WaitFor(
