@@ -732,40 +732,49 @@ std::string BucketOf(const std::string& v, const std::vector<int64_t>& bounds) {
 }
 
 // Rows (family, label, le_ms, n, s) of every counter and histogram bucket contributed by the
-// migrations matching `in` (a condition on their `id`) and their events: metric_totals' shape.
-// ReadMetrics adds them to metric_totals; PurgeFinished folds the purged ones into it.
-std::string MetricRows(const std::string& in) {
+// migration rows of `migs` and the event rows of `events` (FROM items: a subquery or a CTE):
+// metric_totals' shape. ReadMetrics adds those not folded yet to metric_totals; the fold and the
+// purge add them into it.
+std::string MetricRows(const std::string& migs, const std::string& events) {
   return absl::StrCat(
       "SELECT 'ended'::text AS family, status AS label, 0::bigint AS le_ms, count(*) AS n, "
-      "0::numeric AS s FROM migrations WHERE finished_at IS NOT NULL AND id ",
-      in,
-      " GROUP BY status "
-      "UNION ALL SELECT 'entered_error', '', 0, count(*), 0 FROM migrations "
-      "WHERE error_at IS NOT NULL AND id ",
-      in,
-      " UNION ALL SELECT 'bytes_transferred', '', 0, count(*), "
-      "COALESCE(sum(GREATEST(bytes_processed, 0)), 0) FROM migrations WHERE finished_at IS NOT "
-      "NULL AND bytes_processed IS NOT NULL AND id ",
-      in,
-      " UNION ALL SELECT 'refusals', refused_check, 0, count(*), 0 FROM migrations "
-      "WHERE refused_check IS NOT NULL AND id ",
-      in,
-      " GROUP BY refused_check "
+      "0::numeric AS s FROM ",
+      migs,
+      " m WHERE finished_at IS NOT NULL GROUP BY status "
+      "UNION ALL SELECT 'entered_error', '', 0, count(*), 0 FROM ",
+      migs,
+      " m WHERE error_at IS NOT NULL "
+      "UNION ALL SELECT 'bytes_transferred', '', 0, count(*), "
+      "COALESCE(sum(GREATEST(bytes_processed, 0)), 0) FROM ",
+      migs,
+      " m WHERE finished_at IS NOT NULL AND bytes_processed IS NOT NULL "
+      "UNION ALL SELECT 'refusals', refused_check, 0, count(*), 0 FROM ",
+      migs,
+      " m WHERE refused_check IS NOT NULL GROUP BY refused_check "
       // Completed migrations only: a failed transfer's time is not a transfer time, and a
       // hypervisor that reports no downtime (libxl) leaves downtime_ms NULL: no sample.
       "UNION ALL SELECT 'transfer', '', ",
-      BucketOf("elapsed_ms", TransferBoundsMs()),
-      ", count(*), sum(GREATEST(elapsed_ms, 0)) FROM migrations WHERE status = 'completed' AND "
-      "elapsed_ms IS NOT NULL AND id ",
-      in, " GROUP BY 3 UNION ALL SELECT 'downtime', '', ",
+      BucketOf("elapsed_ms", TransferBoundsMs()), ", count(*), sum(GREATEST(elapsed_ms, 0)) FROM ",
+      migs,
+      " m WHERE status = 'completed' AND elapsed_ms IS NOT NULL GROUP BY 3 "
+      "UNION ALL SELECT 'downtime', '', ",
       BucketOf("downtime_ms", DowntimeBoundsMs()),
-      ", count(*), sum(GREATEST(downtime_ms, 0)) FROM migrations WHERE status = 'completed' AND "
-      "downtime_ms IS NOT NULL AND id ",
-      in, " GROUP BY 3 UNION ALL SELECT 'step_duration', step, ",
+      ", count(*), sum(GREATEST(downtime_ms, 0)) FROM ", migs,
+      " m WHERE status = 'completed' AND downtime_ms IS NOT NULL GROUP BY 3 "
+      "UNION ALL SELECT 'step_duration', step, ",
       BucketOf("duration_ms", StepDurationBoundsMs()),
-      ", count(*), sum(GREATEST(duration_ms, 0)) FROM migration_events WHERE kind = 'result' AND "
-      "duration_ms IS NOT NULL AND migration_id ",
-      in, " GROUP BY step, 3");
+      ", count(*), sum(GREATEST(duration_ms, 0)) FROM ", events,
+      " e WHERE kind = 'result' AND duration_ms IS NOT NULL GROUP BY step, 3");
+}
+
+// Adds `rows` (MetricRows) into metric_totals.
+std::string AddToTotals(const std::string& rows) {
+  return absl::StrCat(
+      "INSERT INTO metric_totals (family, label, le_ms, count, sum) "
+      "SELECT family, label, le_ms, sum(n), sum(s) FROM (",
+      rows,
+      ") x GROUP BY 1, 2, 3 HAVING sum(n) > 0 ON CONFLICT (family, label, le_ms) DO UPDATE SET "
+      "count = metric_totals.count + EXCLUDED.count, sum = metric_totals.sum + EXCLUDED.sum");
 }
 
 // metric_totals rows of one histogram family (le_ms -> (count, sum)) as cumulative buckets.
@@ -1233,11 +1242,16 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<MigrationMetrics> ReadMetrics(absl::Duration service_down_time) override {
-    // One statement: one snapshot of the rows and of metric_totals, so a purge committing during
-    // the read is counted once (as rows or as totals).
+    RETURN_IF_ERROR(FoldMetrics());
+    // One statement: one snapshot of the rows not folded, of metric_totals and of the fold's
+    // mark, so a fold or a purge committing during the read is counted once (as rows or as
+    // totals). Reads the active and recently finished migrations (partial index) and the events
+    // of the last minutes (primary key range), not the whole history.
     static const std::string sql = absl::StrCat(
         "SELECT family, label, le_ms, sum(n)::bigint, sum(s)::float8 FROM (",
-        MetricRows("IS NOT NULL"),
+        MetricRows("(SELECT * FROM migrations WHERE NOT metrics_folded)",
+                   "(SELECT * FROM migration_events WHERE id > "
+                   "(SELECT events_through FROM metric_fold))"),
         " UNION ALL SELECT 'in_flight', status, 0, count(*), 0 FROM migrations WHERE ", kActive,
         " GROUP BY status UNION ALL SELECT family, label, le_ms, count, sum FROM metric_totals "
         // Hosts by liveness (HostRecord::up's rule) and disabled ones.
@@ -1298,27 +1312,56 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<int64_t> PurgeFinished(absl::Time before) override {
-    // One statement: the delete and the fold of the deleted rows (and their events, which the
-    // cascade removes) into metric_totals share one snapshot and commit together, so the
-    // counters read by ReadMetrics never go down. Evacuation items keep their outcome; their
-    // migration link is cleared (SET NULL).
+    // Under the fold's lock (taken first, so the statement's snapshot sees every fold before
+    // it): the delete and the fold of what the deleted rows and their events (which the cascade
+    // removes) contributed and no fold folded yet share one statement, so the counters read by
+    // ReadMetrics never go down. Evacuation items keep their outcome; their migration link is
+    // cleared (SET NULL).
     static const std::string sql = absl::StrCat(
         "WITH gone AS (DELETE FROM migrations WHERE finished_at IS NOT NULL AND finished_at < "
-        "to_timestamp($1::double precision / 1000000) RETURNING id), "
-        "fold AS (INSERT INTO metric_totals (family, label, le_ms, count, sum) "
-        "SELECT family, label, le_ms, sum(n), sum(s) FROM (",
-        MetricRows("IN (SELECT id FROM gone)"),
-        ") x GROUP BY 1, 2, 3 ON CONFLICT (family, label, le_ms) DO UPDATE SET "
-        "count = metric_totals.count + EXCLUDED.count, sum = metric_totals.sum + EXCLUDED.sum) "
-        "SELECT count(*) FROM gone");
-    return pool_->SingleQuery<int64_t>("purge finished migrations",
-                                       [&](pqxx::transaction_base& w) -> absl::StatusOr<int64_t> {
-                                         pqxx::result r = w.exec_params(sql, ToUs(before));
-                                         return r[0][0].as<int64_t>();
-                                       });
+        "to_timestamp($1::double precision / 1000000) RETURNING *), "
+        "fold AS (",
+        AddToTotals(MetricRows("(SELECT * FROM gone WHERE NOT metrics_folded)",
+                               "(SELECT * FROM migration_events WHERE migration_id IN "
+                               "(SELECT id FROM gone) AND id > (SELECT events_through FROM "
+                               "metric_fold))")),
+        ") SELECT count(*) FROM gone");
+    return pool_->Query<int64_t>("purge finished migrations",
+                                 [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
+                                   w.exec("SELECT 1 FROM metric_fold FOR UPDATE");
+                                   pqxx::result r = w.exec_params(sql, ToUs(before));
+                                   return r[0][0].as<int64_t>();
+                                 });
   }
 
  private:
+  // Folds into metric_totals the finished migrations not folded yet and the events up to the
+  // newest one created more than 5 minutes ago (schema 0008_metric_fold.sql), under the fold's
+  // row lock; the statement runs after the lock is held, so its snapshot sees every earlier fold
+  // and purge. When another caller holds the lock (folding or purging), returns at once: its fold
+  // serves this read as well.
+  absl::Status FoldMetrics() {
+    static const std::string sql = absl::StrCat(
+        "WITH upto AS (SELECT COALESCE((SELECT max(id) FROM migration_events WHERE id > "
+        "(SELECT events_through FROM metric_fold) AND created_at < now() - interval '5 minutes'), "
+        "(SELECT events_through FROM metric_fold)) AS id), "
+        "done AS (UPDATE migrations SET metrics_folded = true WHERE NOT metrics_folded AND "
+        "finished_at IS NOT NULL RETURNING *), "
+        "fold AS (",
+        AddToTotals(MetricRows("done",
+                               "(SELECT * FROM migration_events WHERE id > (SELECT events_through "
+                               "FROM metric_fold) AND id <= (SELECT id FROM upto))")),
+        "), mark AS (UPDATE metric_fold SET events_through = (SELECT id FROM upto) "
+        "WHERE events_through <> (SELECT id FROM upto)) "
+        "SELECT count(*) FROM done");
+    return pool_->Run("fold metrics", [&](pqxx::work& w) -> absl::Status {
+      pqxx::result lock = w.exec("SELECT 1 FROM metric_fold FOR UPDATE SKIP LOCKED");
+      if (lock.empty()) return absl::OkStatus();
+      w.exec(sql);
+      return absl::OkStatus();
+    });
+  }
+
   absl::StatusOr<MigrationRecord> FindByRequestIdIn(pqxx::transaction_base& w,
                                                     const std::string& request_id,
                                                     const std::string& instance_uuid) {

@@ -448,7 +448,7 @@ void Histogram(std::string* out, const char* name, const std::string& labels,
 
 // Counters and histograms come from ReadMetrics (one statement: the rows present plus what
 // purges folded into metric_totals), so they never decrease and every replica reports the same;
-// the gauges too. One query per scrape, on the API pool.
+// the gauges too. A small fold and one query per scrape (db/README.md), on the API pool.
 absl::StatusOr<std::string> ApiCore::MetricsText() {
   ASSIGN_OR_RETURN(db::MigrationMetrics m,
                    migrations_->ReadMetrics(orchestrator_->options().service_down_time));
