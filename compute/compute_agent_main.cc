@@ -162,7 +162,24 @@ int main(int argc, char** argv) {
                  "transfers running at once from this host")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  // How long a finished migration's answers are remembered (a repeated step request, or the
+  // scheduler asking after a restart, still gets its answer), bounded in time and in count so a
+  // long-running agent does not grow with every migration it served. The same limits apply to the
+  // agent's records and to the libvirt driver's finished transfers.
+  double finished_keep_s = absl::ToDoubleSeconds(core_options.finished_keep);
+  app.add_option("--finished-retention", finished_keep_s,
+                 "seconds a finished migration's record is kept (at least as long as the "
+                 "scheduler's roll-forward window and its agent-silence limit)")
+      ->capture_default_str()
+      ->check(CLI::Range(60.0, 7 * 86400.0));
+  app.add_option("--finished-max", core_options.max_finished,
+                 "most finished migration records kept (the oldest go first)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{10}, size_t{1000000}));
   CLI11_PARSE(app, argc, argv);
+  core_options.finished_keep = absl::Seconds(finished_keep_s);
+  lv.finished_transfer_keep = core_options.finished_keep;
+  lv.max_finished_transfers = core_options.max_finished;
 
   // Signals are handled by one thread (sigwait), never asynchronously.
   sigset_t sigs;
