@@ -5,7 +5,7 @@ set -euo pipefail
 doc=api/openapi.json
 v=api/validate_responses.py
 tmp=${TEST_TMPDIR:-$(mktemp -d)}
-mig='{"id":"6f1c1e0a-1b2c-4d3e-8f40-0123456789ab","number":"7","instance_uuid":"44444444-2222-4333-8444-555555555555","source_host":"host-a","status":"MIGRATION_STATUS_COMPLETED","step":"MIGRATION_STEP_COMPLETE","requester":"ops","created_at":"2026-12-07T03:00:00Z","updated_at":"2026-12-07T03:00:01.250Z"}'
+mig='{"id":"6f1c1e0a-1b2c-4d3e-8f40-0123456789ab","number":"7","instance_uuid":"44444444-2222-4333-8444-555555555555","source_host":"host-a","status":"completed","step":"complete","requester":"ops","created_at":"2026-12-07T03:00:00Z","updated_at":"2026-12-07T03:00:01.250Z"}'
 rec() {  # method path status body [content type]
   python3 -c 'import json,sys; print(json.dumps({"method":sys.argv[1],"path":sys.argv[2],"status":int(sys.argv[3]),"body":sys.argv[4],"content_type":sys.argv[5]}))' \
     "$1" "$2" "$3" "$4" "${5:-application/json}"
@@ -33,7 +33,7 @@ expect_ok GET /nowhere 404 '{"error":{"code":"NOT_FOUND","message":"no such endp
 expect_ok GET /metrics 200 '# HELP x' 'text/plain; version=0.0.4'
 expect_ok GET /healthz 200 '{"status":"ok"}'
 expect_mismatch "'id' is a required property" GET /v1/migrations/1 200 "${mig/\"id\":\"6f1c1e0a-1b2c-4d3e-8f40-0123456789ab\",/}"
-expect_mismatch "is not one of" GET /v1/migrations/1 200 "${mig/MIGRATION_STATUS_COMPLETED/done}"
+expect_mismatch "is not one of" GET /v1/migrations/1 200 "${mig/\"completed\"/\"done\"}"
 expect_mismatch "Additional properties" GET /v1/migrations/1 200 "${mig/\"number\"/\"colour\":\"red\",\"number\"}"
 expect_mismatch "is not of type 'string'" GET /v1/migrations/1 200 "${mig/\"7\"/7}"
 expect_mismatch "is not a 'uuid'" GET /v1/migrations/1 200 "${mig/6f1c1e0a-1b2c-4d3e-8f40-0123456789ab/nope}"

@@ -239,8 +239,8 @@ wait_instance() { # HOSTNAME WHY: the scheduler idle for the instance, which run
   while :; do
     j=$(inst)
     if [[ -n $j ]] && jq -e --arg h "$want" '.host == $h and (.missing | not) and
-        (.active_migration_id // "") == "" and .task_state != "TASK_STATE_MIGRATING" and
-        .state == "DOMAIN_STATE_RUNNING"' <<<"$j" >/dev/null 2>&1; then
+        (.active_migration_id // "") == "" and .task_state != "migrating" and
+        .state == "running"' <<<"$j" >/dev/null 2>&1; then
       return 0
     fi
     if ((SECONDS - t0 > 180)); then
@@ -268,7 +268,7 @@ def ts(s):
         s, f = s.split("."); frac = float("0." + f)
     return datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc).timestamp() + frac
 m = json.load(sys.stdin)
-ev = [e for e in m.get("events", []) if e.get("step") == "MIGRATION_STEP_LIVE_MIGRATION" and e.get("finished_at")]
+ev = [e for e in m.get("events", []) if e.get("step") == "live_migration" and e.get("finished_at")]
 c, f = ts(m.get("created_at")), ts(m.get("finished_at"))
 if not ev or c is None or f is None: print("- - -"); sys.exit()
 s, e = ts(ev[-1]["started_at"]), ts(ev[-1]["finished_at"])

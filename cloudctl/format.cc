@@ -8,7 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/migration_status.h"
-#include "google/protobuf/util/json_util.h"
+#include "scheduler/api_names.h"
 #include "scheduler/convert.h"
 
 namespace livemig::cloudctl {
@@ -646,14 +646,10 @@ std::string RenderEvacuationList(const sv1::ListEvacuationsResponse& r) {
 }
 
 std::string ToJson(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions o;
-  o.preserve_proto_field_names = true;
+  sched::ApiJsonOptions o;
   o.always_print_primitive_fields = true;
-  o.add_whitespace = true;
-  if (!google::protobuf::util::MessageToJsonString(m, &out, o).ok()) return "{}\n";
-  if (out.empty() || out.back() != '\n') out += "\n";
-  return out;
+  o.pretty = true;
+  return sched::ToApiJson(m, o);
 }
 
 }  // namespace livemig::cloudctl

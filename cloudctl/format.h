@@ -104,7 +104,8 @@ std::string RenderInstanceList(const sv1::ListInstancesResponse& r);
 std::string RenderEvacuation(const sv1::Evacuation& e);
 std::string RenderEvacuationList(const sv1::ListEvacuationsResponse& r);
 
-// The message as JSON (proto field names, every field printed, indented).
+// The message as JSON (proto field names, every field printed, indented), with the REST API's
+// enum names (sched::ApiEnumName: "running", "live_migration", not MIGRATION_STATUS_RUNNING).
 std::string ToJson(const google::protobuf::Message& m);
 
 }  // namespace livemig::cloudctl

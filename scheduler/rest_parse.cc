@@ -16,6 +16,7 @@
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
+#include "scheduler/api_names.h"
 #include "scheduler/convert.h"
 
 namespace livemig::sched {
@@ -178,7 +179,7 @@ absl::Status CheckValue(const json& v, const FieldDescriptor* f, const std::stri
       return absl::OkStatus();
     case FieldDescriptor::CPPTYPE_ENUM: {
       const auto* e = f->enum_type();
-      if (v.is_string() && e->FindValueByName(v.get<std::string>()) != nullptr) {
+      if (v.is_string() && FindApiEnumValue(e, v.get<std::string>()) != nullptr) {
         return absl::OkStatus();
       }
       if ((v.is_number_integer() || v.is_number_unsigned()) &&
@@ -188,7 +189,9 @@ absl::Status CheckValue(const json& v, const FieldDescriptor* f, const std::stri
         return absl::OkStatus();
       }
       std::vector<std::string> names;
-      for (int i = 0; i < e->value_count(); ++i) names.push_back(e->value(i)->name());
+      for (int i = 0; i < e->value_count(); ++i) {
+        if (e->value(i)->number() != 0) names.push_back(ApiEnumName(e->value(i)));
+      }
       return Invalid("field '", path, "' must be one of ", absl::StrJoin(names, ", "), ", got ",
                      Shown(v));
     }
@@ -211,8 +214,10 @@ absl::StatusOr<json> ParseBody(absl::string_view body, google::protobuf::Message
   absl::StatusOr<json> j = ParseObject(body);
   if (!j.ok()) return j.status();
   if (auto st = CheckObject(*j, msg->GetDescriptor(), ""); !st.ok()) return st;
+  json proto_names = *j;
+  ApiEnumNamesToProto(proto_names, msg->GetDescriptor());
   google::protobuf::util::JsonParseOptions o;
-  auto s = google::protobuf::util::JsonStringToMessage(j->dump(), msg, o);
+  auto s = google::protobuf::util::JsonStringToMessage(proto_names.dump(), msg, o);
   if (!s.ok()) {
     return Invalid("the request body is not valid JSON for this call: ",
                    Printable(std::string(s.message())));

@@ -5,8 +5,8 @@
 #include "common/http_server.h"
 #include "common/log.h"
 #include "common/status_map.h"
-#include "google/protobuf/util/json_util.h"
 #include "nlohmann/json.hpp"
+#include "scheduler/api_names.h"
 #include "scheduler/convert.h"
 #include "scheduler/nova_api.h"
 #include "scheduler/rest_parse.h"
@@ -14,13 +14,7 @@
 namespace livemig::sched {
 namespace {
 
-std::string Json(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions o;
-  o.preserve_proto_field_names = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
-  return out;
-}
+std::string Json(const google::protobuf::Message& m) { return ToApiJson(m); }
 
 std::string Escape(const std::string& s) {
   std::string out;

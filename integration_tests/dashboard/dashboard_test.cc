@@ -219,7 +219,7 @@ struct DashboardCloud {
       REQUIRE(testing::WaitFor(
           [&] {
             auto j = GetJson(absl::StrCat("/v1/instances/", uuid));
-            return j && j->value("state", "") == "DOMAIN_STATE_RUNNING";
+            return j && j->value("state", "") == "running";
           },
           absl::Seconds(30)));
     }
@@ -327,7 +327,7 @@ TEST_CASE("dashboard: token form, live progress in flight, then completion in th
   const std::string id = m["id"], number = m["number"];
   const std::string xid = x["id"], xnumber = x["number"];
   auto running_with_progress = [](const json& j) {
-    return j.value("status", "") == "MIGRATION_STATUS_RUNNING" && j.contains("progress") &&
+    return j.value("status", "") == "running" && j.contains("progress") &&
            j["progress"].contains("elapsed_ms");
   };
   // The first progress sample of a transfer may carry 0 bytes: wait for one that has moved.
@@ -426,11 +426,9 @@ TEST_CASE("dashboard: token form, live progress in flight, then completion in th
                              "/dashboard-in-flight.png"));
 
   const json done = c.WaitMigration(
-      id, [](const json& j) { return j.value("status", "") == "MIGRATION_STATUS_COMPLETED"; },
-      absl::Seconds(60));
+      id, [](const json& j) { return j.value("status", "") == "completed"; }, absl::Seconds(60));
   c.WaitMigration(
-      xid, [](const json& j) { return j.value("status", "") == "MIGRATION_STATUS_COMPLETED"; },
-      absl::Seconds(60));
+      xid, [](const json& j) { return j.value("status", "") == "completed"; }, absl::Seconds(60));
   {
     const std::string dom = Chromium(url, "--dump-dom");
     Save("dom-completed.html", dom);

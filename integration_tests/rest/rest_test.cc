@@ -53,7 +53,7 @@ struct Rest {
     REQUIRE(testing::WaitFor(
         [&] {
           auto r = Get("/v1/instances/" + std::string(kUuid), kReader);
-          return r && r->status == 200 && absl::StrContains(r->body, "RUNNING");
+          return r && r->status == 200 && absl::StrContains(r->body, R"("state":"running")");
         },
         absl::Seconds(20)));
   }
@@ -164,6 +164,21 @@ TEST_CASE("rest: malformed input is 400 with a message; unknown things are 404")
   CHECK(too_big->status == 413);
   auto no_reason = R().Put("/v1/hosts/host-b/enabled", R"({"enabled":false})", kOp);
   CHECK(no_reason->status == 400);
+  // Enum values in a body: the names the answers use; the proto names still parse; others are
+  // 400 naming the valid ones.
+  const std::string live = absl::StrCat("/v1/instances/", kUuid, "/live-migration");
+  for (const char* mode : {"live", "MIGRATION_MODE_LIVE"}) {
+    auto dry =
+        R().Post(live,
+                 absl::StrCat(R"({"destination":"host-b","dry_run":true,"options":{"mode":")", mode,
+                              R"(","block_migration":"auto"}})"),
+                 kOp);
+    INFO(mode << ": " << dry->body);
+    CHECK(dry->status == 200);
+  }
+  auto sideways = R().Post(live, R"({"dry_run":true,"options":{"mode":"sideways"}})", kOp);
+  CHECK(sideways->status == 400);
+  CHECK(absl::StrContains(sideways->body, "must be one of live, offline"));
 }
 
 TEST_CASE("rest: a migration over REST, its listing, and the conflicts after it") {
@@ -190,7 +205,7 @@ TEST_CASE("rest: a migration over REST, its listing, and the conflicts after it"
         auto g = R().Get("/v1/migrations/" + id, kReader);
         if (!g || g->status != 200) return false;
         last = json::parse(g->body);
-        return last["status"] == "MIGRATION_STATUS_COMPLETED";
+        return last["status"] == "completed";
       },
       absl::Seconds(60)));
   CHECK(last["requester"] == "ops-alice");
@@ -245,8 +260,7 @@ TEST_CASE("rest: hosts, evacuations and instances") {
   REQUIRE(testing::WaitFor(
       [&] {
         auto g = R().Get("/v1/evacuations/" + evid, kReader);
-        return g && g->status == 200 &&
-               json::parse(g->body)["status"] != "EVACUATION_STATUS_RUNNING";
+        return g && g->status == 200 && json::parse(g->body)["status"] != "running";
       },
       absl::Seconds(60)));
   auto list = R().Get("/v1/evacuations", kReader);
