@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 
 namespace livemig {
@@ -36,6 +37,16 @@ inline bool IsValidHostname(absl::string_view s) {
     }
   }
   return true;
+}
+
+// Names no host may take (case-insensitive): the scheduler's identity, which the agents'
+// allow-lists name, so a host certificate or report with it could drive every agent. The same
+// list as RESERVED_HOST_NAMES in deploy/pki.sh (which refuses to issue host certificates for them).
+inline bool IsReservedHostname(absl::string_view s) {
+  for (absl::string_view r : {"scheduler", "livemig-scheduler", "api", "ca"}) {
+    if (absl::EqualsIgnoreCase(s, r)) return true;
+  }
+  return false;
 }
 
 // A caller's idempotency key: 1..128 printable ASCII characters.

@@ -19,6 +19,7 @@
 #include "common/status_map.h"
 #include "common/test_hooks.h"
 #include "common/tls.h"
+#include "common/validate.h"
 #include "compute/agent_core.h"
 #include "compute/agent_service.h"
 #include "compute/host_reporter.h"
@@ -193,6 +194,12 @@ int main(int argc, char** argv) {
     char buf[256] = {0};
     gethostname(buf, sizeof(buf) - 1);
     hostname = buf;
+  }
+  if (livemig::IsReservedHostname(hostname)) {
+    std::cerr << "compute_agent: the host name '" << hostname
+              << "' is reserved for the scheduler's identity (the agents' allow-lists name it); "
+                 "run the agent with --hostname set to this host's own name\n";
+    return 2;
   }
   livemig::SetLogComponent("compute_agent[" + hostname + "]");
   livemig::SetTestPointProcess("agent:" + hostname);

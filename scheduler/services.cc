@@ -9,6 +9,7 @@
 #include "common/migration_status.h"
 #include "common/status_map.h"
 #include "common/tls.h"
+#include "common/validate.h"
 #include "db/pg_stores.h"
 #include "scheduler/convert.h"
 
@@ -194,6 +195,13 @@ grpc::Status HostRegistryService::ReportHost(grpc::ServerContext* ctx,
   if (!db::IsValidHostname(inv.hostname())) {
     return ToGrpcStatus(absl::InvalidArgumentError(
         absl::StrCat("report for an invalid host name '", inv.hostname(), "'")));
+  }
+  if (IsReservedHostname(inv.hostname())) {
+    LogWarning("refused a report for the reserved host name '%s'", inv.hostname());
+    return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+        "'", inv.hostname(),
+        "' is reserved for the scheduler's identity and may not be a host's name: name the host "
+        "by its hostname (deploy/pki.sh refuses to issue a host certificate with this name)")));
   }
   if (inv.report_seq() == 0) {
     return ToGrpcStatus(absl::InvalidArgumentError("report_seq must be positive"));

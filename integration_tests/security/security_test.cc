@@ -605,6 +605,39 @@ TEST_CASE("registry: forged host reports are refused for every wrong caller") {
   CHECK(E().cloud->WaitInstanceOn(kFreeUuid, "host-a", absl::Seconds(5)));
 }
 
+// A report for a name reserved for the scheduler's identity is refused, whoever sends it (here
+// the scheduler's own certificate, whose CN is "scheduler": the CN check alone would pass it).
+TEST_CASE("registry: a report for a reserved host name is refused") {
+  TlsFiles f;
+  f.ca = E().cloud->pki() + "/ca.pem";
+  f.cert = E().cloud->pki() + "/scheduler.pem";
+  f.key = E().cloud->pki() + "/scheduler.key";
+  auto creds = MakeChannelCredentials(f);
+  REQUIRE(creds.ok());
+  grpc::ChannelArguments args = ClientChannelArgs("scheduler");
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto channel = grpc::CreateCustomChannel("unix:" + E().dir + "/registry.sock", *creds, args);
+  auto stub = livemig::registry::v1::HostRegistry::NewStub(channel);
+  for (const char* name : {"scheduler", "Scheduler", "api"}) {
+    livemig::registry::v1::ReportHostRequest req;
+    req.mutable_inventory()->set_hostname(name);
+    req.mutable_inventory()->set_report_seq(1);
+    livemig::registry::v1::ReportHostResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const grpc::Status st = stub->ReportHost(&ctx, req, &resp);
+    INFO(name << " -> " << CodeName(st.error_code()) << ": " << st.error_message());
+    CHECK(st.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(absl::StrContains(st.error_message(), "reserved"));
+  }
+  grpc::ClientContext ctx;
+  E().cloud->Prepare(&ctx);
+  sv1::GetHostRequest g;
+  g.set_hostname("scheduler");
+  sv1::Host h;
+  CHECK(E().cloud->api().GetHost(&ctx, g, &h).error_code() == grpc::StatusCode::NOT_FOUND);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. The APIs.
 
