@@ -62,6 +62,7 @@ declare -A SOURCES=(
   [common.pb]="$WORK/gen/proto/common.pb.cc|nocov"
   [scheduler.pb]="$WORK/gen/proto/scheduler.pb.cc|nocov"
   [convert]="$SRC/scheduler/convert.cc|nocov"
+  [api_names]="$SRC/scheduler/api_names.cc|cov"
   [migration_status]="$SRC/common/migration_status.cc|nocov"
   [rest_parse]="$SRC/scheduler/rest_parse.cc|cov"
   [args]="$SRC/cloudctl/args.cc|cov"
@@ -82,7 +83,7 @@ if [[ $build_ok == 1 ]]; then
   [[ $build_ok == 1 ]] || cat "$WORK"/obj/*.log
 fi
 COMMON=("$WORK/obj/common.pb.o" "$WORK/obj/scheduler.pb.o" "$WORK/obj/convert.o"
-  "$WORK/obj/migration_status.o" "$WORK/obj/rest_parse.o")
+  "$WORK/obj/api_names.o" "$WORK/obj/migration_status.o" "$WORK/obj/rest_parse.o")
 link() {  # target extra-objects...
   local t=$1
   shift
