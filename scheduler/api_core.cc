@@ -182,9 +182,8 @@ absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrateFor(
           dst.disabled_reason, " (enable it with host-enable, or choose another)"));
     }
     if (!dst.up) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "destination ", r.destination(), " is down: its agent has not reported for more than ",
-          absl::FormatDuration(down)));
+      return absl::FailedPreconditionError(
+          absl::StrCat(HostDownReason("destination", dst), " (nothing was started)"));
     }
   }
   db::NewMigration nm;

@@ -73,14 +73,32 @@ std::string FirstFailedCheck(const google::protobuf::RepeatedPtrField<v1::CheckR
   return "";
 }
 
+std::string HostDownReason(const std::string& role, const db::HostRecord& h, absl::Time now) {
+  const std::string& name = h.report.hostname;
+  const std::string since =
+      h.last_report_at
+          ? absl::StrCat(
+                "no report since ",
+                absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", *h.last_report_at, absl::UTCTimeZone()),
+                " (", absl::FormatDuration(absl::Trunc(now - *h.last_report_at, absl::Seconds(1))),
+                " ago, longer than the scheduler's service_down_time)")
+          : "its agent has never reported";
+  const std::string todo =
+      role == "source"
+          ? "the instance can be migrated once the host reports again: check its compute agent "
+            "(running? its log; can it reach the scheduler's registry?)"
+          : "choose another destination, or check its compute agent (running? its log; can it "
+            "reach the scheduler's registry?)";
+  return absl::StrCat(role, " ", name, " is down: ", since, "; ", todo);
+}
+
 std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const db::HostRecord& src,
                                          const v1::MigrationOptions& options) {
   std::vector<v1::CheckResult> out;
   const std::string& h = src.report.hostname;
-  out.push_back(
-      Result(h, "source_up", src.up,
-             src.up ? absl::StrCat("source ", h, " reports in time")
-                    : absl::StrCat("source ", h, " is down: no report within service_down_time")));
+  out.push_back(Result(
+      h, "source_up", src.up,
+      src.up ? absl::StrCat("source ", h, " reports in time") : HostDownReason("source", src)));
   absl::Status s = HostSupportsOptions(src, options);
   out.push_back(
       Result(h, "source_options", s.ok(),
@@ -99,7 +117,7 @@ sv1::HostCheck CheckDestination(const db::InstanceRecord& inst, const db::HostRe
   };
   add("dest_up", dst.up,
       dst.up ? absl::StrCat("destination ", h, " reports in time")
-             : absl::StrCat("destination ", h, " is down: no report within service_down_time"));
+             : HostDownReason("destination", dst));
   add("dest_enabled", dst.enabled,
       dst.enabled ? absl::StrCat("destination ", h, " is enabled")
                   : absl::StrCat("destination ", h, " is disabled",

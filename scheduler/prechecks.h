@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "db/records.h"
 #include "db/stores.h"
@@ -49,6 +50,12 @@ absl::StatusOr<std::vector<sv1::HostCheck>> ChooseDestinations(db::HostStore& ho
                                                                const v1::MigrationOptions& options,
                                                                absl::Duration service_down_time,
                                                                int limit = kDestinationCandidates);
+
+// Why host `h` counts as down, as users read it (the API's refusal, the pre-checks, the dry run):
+// which host, that it is down, since when it has not reported and for how long, and what to do.
+// `role`: "source" or "destination".
+std::string HostDownReason(const std::string& role, const db::HostRecord& h,
+                           absl::Time now = absl::Now());
 
 // Whether the source host can drive the migration (up; options supported by its backend).
 std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const db::HostRecord& src,
