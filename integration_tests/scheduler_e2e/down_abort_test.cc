@@ -1,7 +1,7 @@
 // Two promised paths through the real binaries (PostgreSQL, the scheduler, FakeDriver agents as
 // separate processes, gRPC and cloudctl):
 //   - a migration refused because its destination, or its source, is down (no report within the
-//     scheduler's --service-down-time, here 4 s): the exact message users see from LiveMigrate,
+//     scheduler's --service-down-time, here 6 s): the exact message users see from LiveMigrate,
 //     from the migration's record, from the dry run (CheckMigration) and from cloudctl;
 //   - abort while `accepted` and while `preparing`, the migration held at that step by the
 //     scheduler's test hooks (common/test_hooks.h): cancelled, the guest untouched on the source,
@@ -30,7 +30,7 @@ namespace {
 
 using Loc = std::vector<std::pair<std::string, std::string>>;
 
-constexpr int kServiceDownSeconds = 4;
+constexpr int kServiceDownSeconds = 6;
 
 // "<role> <host> is down: no report since <UTC time> (<N>s ago, ...); <what to do>", as a regex
 // of the whole message (the time and the age vary).
