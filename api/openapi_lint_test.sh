@@ -2,7 +2,7 @@
 # Lints api/openapi.json with the pinned Redocly CLI (api/redocly.yaml: recommended-strict, every
 # finding an error). deploy/install-deps.sh installs that CLI into its cache when missing.
 set -euo pipefail
-version=2.77.0
+version=1.34.20  # the same pin as deploy/install-deps.sh (runs on Debian 12's Node.js 18)
 redocly=${LIVEMIG_REDOCLY:-/var/cache/livemig/npm/redocly-$version/node_modules/.bin/redocly}
 if [[ ! -x $redocly ]]; then
   echo "FAIL: the OpenAPI linter @redocly/cli $version is not installed at $redocly;" \

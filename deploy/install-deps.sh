@@ -51,7 +51,8 @@ done
 
 # The pinned OpenAPI linter (//api:openapi_lint_test) from the npm registry, kept outside the
 # tree; installed with npm (Node.js from nodejs/npm) when its cache directory lacks it.
-REDOCLY_VERSION=2.77.0
+# 1.34.20: runs on Debian 12's Node.js 18 (node >= 18.17; the 2.x line needs Node 20.19).
+REDOCLY_VERSION=1.34.20
 redocly_dir=/var/cache/livemig/npm/redocly-$REDOCLY_VERSION
 command -v npm >/dev/null || missing+=(nodejs npm)
 install_redocly() {
