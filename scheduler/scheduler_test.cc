@@ -983,10 +983,13 @@ TEST_CASE("scheduler: killed mid-transfer, another scheduler takes over and fini
   REQUIRE(c.drivers["fake-a"]->hypervisor().SetTransferDuration("fake-a", absl::Seconds(3)).ok());
   auto r = c.Migrate(kUuid);
   REQUIRE(r.ok());
+  // Running, and the transfer started on the hypervisor (the destination holds the incoming
+  // domain): status running alone is written just before the transfer is started, and a
+  // scheduler stopped in between never starts it (the takeover then rightly rolls back).
   REQUIRE(livemig::testing::WaitFor(
       [&] {
         auto m = c.api->GetMigration(r->migration().id());
-        return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING;
+        return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING && c.Where().size() == 2;
       },
       absl::Seconds(10)));
   c.orch->Stop();  // the first scheduler is gone; its lease expires
