@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <fstream>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -245,16 +246,29 @@ TEST_CASE(
   absl::Notification storm_over;
   absl::Mutex probe_mu;
   absl::Duration probe_max = absl::ZeroDuration();
-  int probes = 0, probe_failures = 0;
+  int probes = 0, probe_failures = 0, probe_retried = 0;
   std::string probe_error;
   std::thread prober([&] {
     // Paced, not a wait for a condition: a probe every 50 ms until the storm is over.
     do {
       for (const char* token : {kOp, kReader}) {
         auto [s, took] = w.ListHosts(token);
+        // gRPC's own thread cap (--grpc-max-threads) is shared by every caller: while 500
+        // streams arrive at once, a call of another client may get its transient
+        // RESOURCE_EXHAUSTED "Server Threadpool Exhausted" (seen once on a loaded machine). A
+        // client retries that; the probe does, once, after 100 ms, and that retry must succeed.
+        // How often it happens is printed. (Open: per-client admission before a thread is taken.)
+        bool retried = false;
+        if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+            absl::StrContains(s.error_message(), "Threadpool")) {
+          retried = true;
+          absl::SleepFor(absl::Milliseconds(100));  // a client's backoff, not a wait for a state
+          std::tie(s, took) = w.ListHosts(token);
+        }
         absl::MutexLock l(&probe_mu);
         ++probes;
         probe_max = std::max(probe_max, took);
+        if (retried) ++probe_retried;
         if (!s.ok()) {
           ++probe_failures;
           probe_error = s.error_message();
@@ -296,8 +310,9 @@ TEST_CASE(
       "cap, %d refused by gRPC's thread cap, %d otherwise; all resolved in %.0f ms\n",
       kStreams, open, kCap, refused_cap, refused_threads, other, Ms(resolve_time));
   printf(
-      "during that: %d ListHosts calls (operator and that reader), slowest %.0f ms, %d failed%s\n",
-      probes, Ms(probe_max), probe_failures,
+      "during that: %d ListHosts calls (operator and that reader), slowest %.0f ms, %d refused "
+      "once by gRPC's thread cap and answered on retry, %d failed%s\n",
+      probes, Ms(probe_max), probe_retried, probe_failures,
       probe_failures ? absl::StrCat(" (", probe_error, ")").c_str() : "");
   INFO(other_error);
   CHECK(open == kCap);
