@@ -61,7 +61,7 @@ TEST_CASE("the state machine allows the flow and forbids going back after post-c
   CHECK_FALSE(IsPastPointOfNoReturn(S::kRunning));
 }
 
-TEST_CASE("errors map once to gRPC, HTTP and exit codes as DESIGN.md's table says") {
+TEST_CASE("errors map once to gRPC, HTTP and exit codes as docs/DESIGN.md's error table says") {
   CHECK(HttpCodeFor(absl::StatusCode::kInvalidArgument) == 400);
   CHECK(HttpCodeFor(absl::StatusCode::kNotFound) == 404);
   CHECK(HttpCodeFor(absl::StatusCode::kAborted) == 409);

@@ -2,7 +2,7 @@
 // which are terminal, which hold the instance, and which transitions the state machine allows.
 //
 //   accepted → queued → preparing → running → running (post-copy) → post-migrating → completed
-//   any of accepted..running → failed | cancelled (rollback, row R of DESIGN.md)
+//   any of accepted..running → failed | cancelled (docs/DESIGN.md § The migration flow, row R)
 //   post-migrating → error (roll-forward could not finish); error → completed | failed
 //
 // `error` is not terminal: the VM's location is unproven, so the instance stays claimed and the

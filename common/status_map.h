@@ -1,5 +1,5 @@
 // The one place where errors are mapped between absl::Status, gRPC status and HTTP codes,
-// following the error table of DESIGN.md:
+// following the error table of docs/DESIGN.md § Errors:
 //
 //   InvalidArgument 400, NotFound 404, Aborted 409 (already migrating / concurrent change),
 //   FailedPrecondition 409, Unauthenticated 401, PermissionDenied 403, Unavailable 503,

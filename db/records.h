@@ -23,7 +23,7 @@ struct DomainReport {
   int32_t vcpus = 0;
 };
 
-// A host's inventory as its agent reports it (DESIGN.md, Hosts and liveness).
+// A host's inventory as its agent reports it (docs/DESIGN.md § Hosts and liveness).
 struct HostReport {
   std::string hostname;
   std::string agent_address;

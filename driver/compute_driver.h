@@ -1,5 +1,6 @@
 // ComputeDriver: the one seam between a compute agent and its hypervisor, shaped after the steps
-// of the live-migration flow (DESIGN.md) and after Nova's nova/virt/driver.py.
+// of the live-migration flow (docs/DESIGN.md § The migration flow) and after Nova's
+// nova/virt/driver.py.
 //
 // Implementations: LibvirtDriver (libvirt; the libxl profile for Xen in production, the QEMU
 // profile in the lab) and FakeDriver (a fake hypervisor whose state outlives the agent).

@@ -1,5 +1,5 @@
-// FakeDriver: a fake hypervisor that follows libvirt peer-to-peer's contract (DESIGN.md, Testing
-// topology) for unit tests, fault-injection tests and benchmarks.
+// FakeDriver: a fake hypervisor that follows libvirt peer-to-peer's contract (docs/DESIGN.md
+// § Testing topology) for unit tests, fault-injection tests and benchmarks.
 //
 // The hypervisors' state lives in a state directory shared by the fake hosts of one test
 // (state.json under an flock), outside the agent processes: killing an agent does not kill its

@@ -1,10 +1,11 @@
 // ApiCore: the scheduler API's operations over the stores and the orchestrator, independent of
 // any transport (the gRPC handlers in services.h and, later, REST call it).
 //
-// Validation follows DESIGN.md's step 1: malformed input, unknown instance or host, destination =
-// source, destination disabled or down, instance neither running nor paused, and instance already
-// migrating are answered at once (InvalidArgument / NotFound / FailedPrecondition / Aborted) and
-// create no migration row; a repeated request id returns the same migration.
+// Validation follows step 1 of docs/DESIGN.md § The migration flow: malformed input, unknown
+// instance or host, destination = source, destination disabled or down, instance neither running
+// nor paused, and instance already migrating are answered at once (InvalidArgument / NotFound /
+// FailedPrecondition / Aborted) and create no migration row; a repeated request id returns the
+// same migration.
 #ifndef LIVEMIG_SCHEDULER_API_CORE_H_
 #define LIVEMIG_SCHEDULER_API_CORE_H_
 

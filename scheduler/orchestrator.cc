@@ -496,7 +496,7 @@ class MigrationRun {
     return Monitor(src.get(), dst.get(), started);
   }
 
-  // What both hypervisors show of the instance (DESIGN.md Recovery).
+  // What both hypervisors show of the instance (docs/DESIGN.md § Recovery rules).
   //   src_job: a job runs on the source's domain that may be this migration's transfer: one the
   //     agent names a migration (migration_job_active), or, on Xen, any job (job_active): libxl
   //     reports every job as "unbounded" of unknown operation, and the record says that this

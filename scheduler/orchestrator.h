@@ -1,5 +1,5 @@
-// The orchestrator: one durable state machine per migration (DESIGN.md's flow table), driven by
-// the scheduler that holds the migration's lease.
+// The orchestrator: one durable state machine per migration (docs/DESIGN.md § The migration
+// flow), driven by the scheduler that holds the migration's lease.
 //
 //   accepted → (pre-checks, destination choice) → queued → preparing (check on dest, check on
 //   src, pre_live_migration) → running → post-migrating (post at source, at destination) →

@@ -312,7 +312,7 @@ void RunMatrix(const std::string& path) {
       cases.push_back({path, p, absl::StartsWith(p, "agent:source:") ? "source" : "destination"});
     }
   }
-  // The matrix must cover the steps of DESIGN.md's flow on this path.
+  // The matrix must cover the steps of docs/DESIGN.md § The migration flow on this path.
   std::vector<std::string> must = {"scheduler:pre_checks:before",
                                    "scheduler:check_can_live_migrate_on_dest:before",
                                    "scheduler:check_can_live_migrate_on_src:before",

@@ -1,6 +1,6 @@
 // Duplicate requests: two scheduler processes share one database; 50 concurrent LiveMigrate calls
 // for one instance (distinct request ids, split across both schedulers, released together) must
-// create exactly one migration — the other 49 get ABORTED (DESIGN.md's error table: "instance
+// create exactly one migration — the other 49 get ABORTED (docs/DESIGN.md § Errors: "instance
 // already migrating; concurrent change"), or, when a call reads the instance only after the winner
 // completed, INVALID_ARGUMENT (the destination is now its current host) — round after round,
 // migrating back and forth. And 50 concurrent calls with the same request id all get that one

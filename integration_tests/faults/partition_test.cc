@@ -1,7 +1,7 @@
 // Partitions between the scheduler and an agent, in the middle of a migration's transfer:
-//  (a) the agent SIGSTOPped (DESIGN.md: "A stopped agent (SIGSTOP) is a partition"): the
-//      scheduler's calls fail by their deadline (--agent-deadline 2), the host is marked down
-//      after --service-down-time, and after SIGCONT the migration resolves;
+//  (a) the agent SIGSTOPped (docs/DESIGN.md § Testing topology: "A stopped agent (SIGSTOP) is a
+//      partition"): the scheduler's calls fail by their deadline (--agent-deadline 2), the host
+//      is marked down after --service-down-time, and after SIGCONT the migration resolves;
 //  (b) a dropped port: the scheduler reaches the agent through a proxy on 127.0.0.1
 //      (testing/blackhole_proxy.h; the agent advertises the proxy's address) that is switched to
 //      black-holing — nothing answered, nothing closed or refused — and then restored.

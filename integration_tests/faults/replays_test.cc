@@ -1,6 +1,7 @@
 // Replays: the scheduler runs with --test-replay-agent-steps=N (a test-only decorator of its agent
 // clients), so every agent step RPC is delivered N times in a row and the answers are compared.
-// DESIGN.md: "Every step RPC is idempotent, keyed by migration id, and safe to repeat". For N = 2
+// docs/DESIGN.md § Durable writes and idempotency: "Every step RPC is idempotent, keyed by
+// migration id, and safe to repeat". For N = 2
 // and 3, a completed migration, a transfer failure and a pre_live_migration failure (both rolled
 // back) and an operator's abort must end exactly as without replay (same status, the VM on the
 // same single host, the database agreeing, the same intent/result events), with 0 different
