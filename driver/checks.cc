@@ -11,6 +11,7 @@
 #include <set>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -407,6 +408,27 @@ std::vector<std::string> PciHostDevices(const std::string& xml) {
     };
     out.push_back(absl::StrFormat("%04x:%02x:%02x.%x", num("domain"), num("bus"), num("slot"),
                                   num("function")));
+  }
+  return out;
+}
+
+std::vector<cv1::LocalDisk> LocalFileDisks(const std::string& xml) {
+  static const std::regex kDisk("<disk\\b([^>]*)>([\\s\\S]*?)</disk>");
+  std::vector<cv1::LocalDisk> out;
+  for (auto it = std::sregex_iterator(xml.begin(), xml.end(), kDisk); it != std::sregex_iterator();
+       ++it) {
+    const std::string attrs = (*it)[1], body = (*it)[2];
+    if (Attribute(attrs, "type") != "file" || Attribute(attrs, "device") != "disk") continue;
+    if (absl::StrContains(body, "<readonly") || absl::StrContains(body, "<shareable")) continue;
+    std::string a, c;
+    if (!FindElement(body, "source", &a, &c) || Attribute(a, "file").empty()) continue;
+    cv1::LocalDisk d;
+    d.set_path(Attribute(a, "file"));
+    d.set_format(FindElement(body, "driver", &a, &c) && !Attribute(a, "type").empty()
+                     ? Attribute(a, "type")
+                     : "raw");
+    if (FindElement(body, "target", &a, &c)) d.set_target(Attribute(a, "dev"));
+    out.push_back(std::move(d));
   }
   return out;
 }

@@ -72,6 +72,11 @@ cv1::CheckCanLiveMigrateOnSrcResponse EvaluateSrcChecks(
 // type='pci'>), as domain:bus:slot.function (DomainInfo.host_devices).
 std::vector<std::string> PciHostDevices(const std::string& domain_xml);
 
+// The local file disks of a libvirt domain definition that block migration copies: <disk
+// type='file' device='disk'> with a <source file>, neither <readonly/> nor <shareable/>. Each with
+// its path, format (<driver type>, "raw" when absent) and target; virtual_size_bytes left 0.
+std::vector<cv1::LocalDisk> LocalFileDisks(const std::string& domain_xml);
+
 // "4.17.0" for 4017000.
 std::string FormatVersion(uint64_t v);
 

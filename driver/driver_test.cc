@@ -208,6 +208,9 @@ class XenLikeApi : public LibvirtApi {
   absl::Status MigrateSetMaxDowntime(virDomainPtr d, uint64_t ms) override {
     return inner_->MigrateSetMaxDowntime(d, ms);
   }
+  absl::StatusOr<uint64_t> GetBlockCapacity(virDomainPtr d, const std::string& disk) override {
+    return inner_->GetBlockCapacity(d, disk);
+  }
   absl::Status MigrateSetMaxSpeed(virDomainPtr d, uint64_t mib_s) override {
     return inner_->MigrateSetMaxSpeed(d, mib_s);
   }
@@ -945,6 +948,101 @@ TEST_CASE("libvirt driver: the destination's rollback by pause reason") {
         s.driver->RollbackLiveMigrationAtDestination(DestRollback("m-12", kXenVmUuid, false)).ok());
     CHECK_FALSE(DomainExists(s.xen->conn.get(), kXenVmUuid));
   }
+}
+
+// ---- Block migration: the local disks ----------------------------------------------------------
+
+TEST_CASE("checks: the local file disks that block migration copies") {
+  const std::string xml =
+      "<domain type='qemu'><devices>"
+      "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+      "<source file='/var/lib/x/a.qcow2'/><target dev='vda' bus='virtio'/></disk>"
+      "<disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='hdc'/>"
+      "<readonly/></disk>"
+      "<disk type='file' device='disk'><source file='/var/lib/x/ro.img'/><target dev='vdb'/>"
+      "<readonly/></disk>"
+      "<disk type='file' device='disk'><source file='/shared/s.img'/><target dev='vde'/>"
+      "<shareable/></disk>"
+      "<disk type='file' device='disk'><driver name='qemu'/>"
+      "<source file='/var/lib/x/b.img'/><target dev='vdc'/></disk>"
+      "<disk type='block' device='disk'><source dev='/dev/vg/lv'/><target dev='vdd'/></disk>"
+      "</devices></domain>";
+  auto disks = LocalFileDisks(xml);
+  REQUIRE(disks.size() == 2);
+  CHECK(disks[0].path() == "/var/lib/x/a.qcow2");
+  CHECK(disks[0].format() == "qcow2");
+  CHECK(disks[0].target() == "vda");
+  CHECK(disks[1].path() == "/var/lib/x/b.img");
+  CHECK(disks[1].format() == "raw");  // no <driver type>: raw
+  CHECK(disks[1].target() == "vdc");
+  CHECK(LocalFileDisks("<domain><devices/></domain>").empty());
+}
+
+TEST_CASE("libvirt driver: block migration's destination disks, created once, rolled back") {
+  LibvirtDriver::Options o;
+  o.uri = "test:///default";
+  o.profile = "qemu";
+  o.hostname = "dest-host";
+  o.instance_path = TempDir("inst");
+  o.state_dir = TempDir("state");
+  o.bridges = {"br-guest"};
+  auto d = LibvirtDriver::Create(o);
+  REQUIRE(d.ok());
+  const std::string dir = TempDir("disks");
+  const std::string mine = dir + "/sub dir/it's.qcow2";  // created, with its directory
+  const std::string theirs = dir + "/theirs.img";        // already there: kept as it is
+  {
+    std::ofstream out(theirs);
+    out << "the operator's data";
+  }
+  cv1::PreLiveMigrationRequest pre;
+  pre.set_migration_id("m-block");
+  pre.set_instance_uuid(kAbsentUuid);
+  auto* src = pre.mutable_migrate_data()->mutable_src_check();
+  src->set_block_migration(true);
+  auto* a = src->add_local_disks();
+  a->set_path(mine);
+  a->set_format("qcow2");
+  a->set_virtual_size_bytes(32ull << 20);
+  a->set_target("vda");
+  auto* b = src->add_local_disks();
+  b->set_path(theirs);
+  b->set_format("raw");
+  b->set_virtual_size_bytes(1ull << 20);
+  b->set_target("vdb");
+  auto file_size = [](const std::string& p) -> int64_t {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0 ? st.st_size : -1;
+  };
+  REQUIRE((*d)->PreLiveMigration(pre).ok());
+  auto info = LibvirtDriver::RunHostCommand(
+      "qemu-img info --output=json '" + dir + "/sub dir/it'\\''s.qcow2'", absl::Seconds(30));
+  REQUIRE(info.ok());
+  CHECK(absl::StrContains(*info, "\"virtual-size\": 33554432"));
+  CHECK(absl::StrContains(*info, "\"format\": \"qcow2\""));
+  // A repeat creates nothing again: the created file keeps what was written to it since.
+  {
+    std::ofstream out(mine, std::ios::app);
+    out << "x";
+  }
+  const int64_t grown = file_size(mine);
+  REQUIRE((*d)->PreLiveMigration(pre).ok());
+  CHECK(file_size(mine) == grown);
+  CHECK(file_size(theirs) == 19);
+  // The destination's rollback removes what it created, only that; a repeat changes nothing.
+  REQUIRE(
+      (*d)->RollbackLiveMigrationAtDestination(DestRollback("m-block", kAbsentUuid, false)).ok());
+  CHECK(file_size(mine) == -1);
+  CHECK(file_size(theirs) == 19);
+  REQUIRE(
+      (*d)->RollbackLiveMigrationAtDestination(DestRollback("m-block", kAbsentUuid, false)).ok());
+  CHECK(file_size(theirs) == 19);
+  // A disk path that is not an absolute file path is refused, naming it.
+  a->set_path("relative/x.qcow2");
+  pre.set_migration_id("m-block-2");
+  auto bad = (*d)->PreLiveMigration(pre);
+  CHECK(bad.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(absl::StrContains(bad.status().message(), "relative/x.qcow2"));
 }
 
 // ---- FakeDriver migrations ----------------------------------------------------------------

@@ -174,6 +174,13 @@ class RealLibvirtApi : public LibvirtApi {
     virTypedParamsFree(params, n);
     return s;
   }
+  absl::StatusOr<uint64_t> GetBlockCapacity(virDomainPtr d, const std::string& disk) override {
+    virDomainBlockInfo info;
+    if (virDomainGetBlockInfo(d, disk.c_str(), &info, 0) < 0) {
+      return LastLibvirtError("virDomainGetBlockInfo " + disk);
+    }
+    return static_cast<uint64_t>(info.capacity);
+  }
   absl::Status AbortJob(virDomainPtr d) override {
     return virDomainAbortJob(d) < 0 ? LastLibvirtError("virDomainAbortJob") : absl::OkStatus();
   }
@@ -272,6 +279,9 @@ class StrictLibxlApi : public LibvirtApi {
     return inner_->MigrateToURI3(d, dconnuri, p, flags);
   }
   absl::Status AbortJob(virDomainPtr) override { return Unsupported("virDomainAbortJob"); }
+  absl::StatusOr<uint64_t> GetBlockCapacity(virDomainPtr, const std::string&) override {
+    return Unsupported("virDomainGetBlockInfo");
+  }
   absl::Status MigrateSetMaxDowntime(virDomainPtr, uint64_t) override {
     return Unsupported("virDomainMigrateSetMaxDowntime");
   }

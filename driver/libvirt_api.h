@@ -95,6 +95,9 @@ class LibvirtApi {
   virtual absl::StatusOr<JobStats> GetJobStats(virDomainPtr d, unsigned int flags) = 0;
   virtual absl::Status MigrateToURI3(virDomainPtr d, const std::string& dconnuri,
                                      const MigrateParams& params, unsigned int flags) = 0;
+  // virDomainGetBlockInfo's capacity: the virtual size, in bytes, of the disk `disk` (its target
+  // name or its source path).
+  virtual absl::StatusOr<uint64_t> GetBlockCapacity(virDomainPtr d, const std::string& disk) = 0;
   virtual absl::Status AbortJob(virDomainPtr d) = 0;
   virtual absl::Status MigrateSetMaxDowntime(virDomainPtr d, uint64_t ms) = 0;
   virtual absl::Status MigrateSetMaxSpeed(virDomainPtr d, uint64_t mib_s) = 0;

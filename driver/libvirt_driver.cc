@@ -155,6 +155,50 @@ bool IsRunningState(int state) {
   return state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_BLOCKED || state == VIR_DOMAIN_PAUSED;
 }
 
+// `s` as one sh word, whatever it holds.
+std::string ShellQuote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
+}
+
+// The disk files the destination created for a migration's block migration, one path a line.
+std::string DisksRecordPath(const std::string& state_dir, const std::string& migration_id) {
+  return absl::StrCat(state_dir, "/disks/", migration_id, ".list");
+}
+
+std::vector<std::string> ReadLines(const std::string& path) {
+  std::vector<std::string> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) out.push_back(line);
+  }
+  return out;
+}
+
+absl::Status WriteLines(const std::string& path, const std::vector<std::string>& lines) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    for (const auto& l : lines) out << l << "\n";
+    out.flush();
+    if (!out) {
+      return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
+    }
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 v1::BackendCapabilities LibvirtDriver::ProfileCapabilities(const std::string& profile,
@@ -230,6 +274,7 @@ absl::StatusOr<std::unique_ptr<LibvirtDriver>> LibvirtDriver::Create(
                      &d->caps_);
   }
   RETURN_IF_ERROR(MkdirP(o.state_dir + "/staged"));
+  RETURN_IF_ERROR(MkdirP(o.state_dir + "/disks"));
   return d;
 }
 
@@ -551,8 +596,109 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> LibvirtDriver::CheckCanLiv
   ASSIGN_OR_RETURN(DomHandle dom, Lookup(req.instance_uuid()));
   ASSIGN_OR_RETURN(v1::DomainInfo info, ToDomainInfo(dom.get()));
   ASSIGN_OR_RETURN(std::string xml, api_->GetXMLDesc(dom.get(), VIR_DOMAIN_XML_MIGRATABLE));
-  return EvaluateSrcChecks(req, ProbeVisible(options_.instance_path, req.migration_id()), caps_,
-                           HypervisorName(), info, xml);
+  auto resp = EvaluateSrcChecks(req, ProbeVisible(options_.instance_path, req.migration_id()),
+                                caps_, HypervisorName(), info, xml);
+  if (resp.src_check_data().block_migration()) {
+    AddLocalDisks(dom.get(), xml, req.source_host(), &resp);
+  }
+  return resp;
+}
+
+void LibvirtDriver::AddLocalDisks(virDomainPtr dom, const std::string& xml, const std::string& host,
+                                  cv1::CheckCanLiveMigrateOnSrcResponse* resp) {
+  uint64_t total = 0;
+  std::vector<std::string> listed, failed;
+  for (cv1::LocalDisk d : LocalFileDisks(xml)) {
+    auto capacity = api_->GetBlockCapacity(dom, d.target().empty() ? d.path() : d.target());
+    if (!capacity.ok()) {
+      failed.push_back(absl::StrCat(d.path(), ": ", capacity.status().message()));
+      continue;
+    }
+    d.set_virtual_size_bytes(*capacity);
+    total += *capacity;
+    listed.push_back(absl::StrCat(d.target(), " (", d.path(), ", ", d.format(), ", ",
+                                  *capacity / kMiB, " MiB)"));
+    *resp->mutable_src_check_data()->add_local_disks() = std::move(d);
+  }
+  resp->mutable_src_check_data()->set_block_migration_disk_mib((total + kMiB - 1) / kMiB);
+  v1::CheckResult* c = resp->add_checks();
+  c->set_host(host);
+  c->set_name("local_disks");
+  c->set_passed(failed.empty());
+  if (!failed.empty()) {
+    c->set_reason(absl::StrCat("cannot size the local disks to copy on ", host, ": ",
+                               absl::StrJoin(failed, "; ")));
+    resp->set_passed(false);
+  } else if (listed.empty()) {
+    c->set_reason("the instance has no local file disk: block migration copies its memory only");
+  } else {
+    c->set_reason(absl::StrCat("block migration copies the local disks ",
+                               absl::StrJoin(listed, ", "), "; the destination creates them"));
+  }
+}
+
+absl::StatusOr<std::string> LibvirtDriver::HostShell(const std::string& script) {
+  std::string command = absl::StrCat("sh -c ", ShellQuote(script));
+  if (!options_.host_command_prefix.empty()) {
+    command = absl::StrCat(options_.host_command_prefix, " ", command);
+  }
+  return RunHostCommand(command, options_.host_command_timeout);
+}
+
+absl::Status LibvirtDriver::CreateDestinationDisks(const cv1::PreLiveMigrationRequest& req) {
+  const cv1::SrcCheckData& src = req.migrate_data().src_check();
+  if (!src.block_migration() || src.local_disks().empty()) return absl::OkStatus();
+  static const std::regex kFormat("[a-z0-9]+");
+  const std::string record = DisksRecordPath(options_.state_dir, req.migration_id());
+  std::vector<std::string> created = ReadLines(record);
+  for (const cv1::LocalDisk& d : src.local_disks()) {
+    const std::string& path = d.path();
+    if (path.size() < 2 || path[0] != '/' || path.back() == '/' ||
+        absl::StrContains(path, "/../") || absl::StrContains(path, "\n")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("block migration: the disk path '", path, "' is not an absolute file path"));
+    }
+    if (!std::regex_match(d.format(), kFormat) || d.virtual_size_bytes() == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "block migration: disk ", path, " needs a format and a virtual size (got format '",
+          d.format(), "', ", d.virtual_size_bytes(), " bytes)"));
+    }
+    // A file already there is kept as it is: one this driver created on an earlier call for this
+    // migration, or one the operator put there (libvirt copies into it; never overwritten).
+    ASSIGN_OR_RETURN(std::string there,
+                     HostShell(absl::StrCat("if [ -e ", ShellQuote(path),
+                                            " ]; then echo yes; else echo no; fi")));
+    if (absl::StripAsciiWhitespace(there) == "yes") continue;
+    // Recorded before it is created: a rollback removes it even if this call is cut short.
+    if (std::find(created.begin(), created.end(), path) == created.end()) {
+      created.push_back(path);
+      RETURN_IF_ERROR(WriteLines(record, created));
+    }
+    const std::string dir = path.substr(0, path.rfind('/'));
+    auto made = HostShell(absl::StrCat("mkdir -p ", ShellQuote(dir.empty() ? "/" : dir),
+                                       " && qemu-img create -q -f ", d.format(), " ",
+                                       ShellQuote(path), " ", d.virtual_size_bytes()));
+    if (!made.ok()) {
+      return absl::InternalError(absl::StrCat(
+          "cannot create the disk ", path, " (", d.format(), ", ", d.virtual_size_bytes(),
+          " bytes) for block migration on ", options_.hostname, ": ", made.status().message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LibvirtDriver::RemoveCreatedDisks(const std::string& migration_id) {
+  const std::string record = DisksRecordPath(options_.state_dir, migration_id);
+  for (const std::string& path : ReadLines(record)) {
+    auto removed = HostShell(absl::StrCat("rm -f ", ShellQuote(path)));
+    if (!removed.ok()) {
+      return absl::InternalError(absl::StrCat("cannot remove the disk ", path,
+                                              " created for block migration on ", options_.hostname,
+                                              ": ", removed.status().message()));
+    }
+  }
+  unlink(record.c_str());
+  return absl::OkStatus();
 }
 
 absl::Status LibvirtDriver::CheckCanLiveMigrateOnDestCleanup(
@@ -595,6 +741,8 @@ absl::StatusOr<cv1::PreLiveMigrationData> LibvirtDriver::PreLiveMigration(
       }
     }
   }
+  // Block migration: libvirt creates only storage-pool volumes; the local disk files are ours.
+  RETURN_IF_ERROR(CreateDestinationDisks(req));
   const std::string data_host =
       options_.migration_data_host.empty() ? options_.hostname : options_.migration_data_host;
   std::string peer = options_.migration_uri;
@@ -1020,6 +1168,7 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::PostLiveMigrationAtDestination(
   }
   RemoveProbe(options_.instance_path, req.migration_id());
   unlink((options_.state_dir + "/staged/" + req.migration_id() + ".xml").c_str());
+  unlink(DisksRecordPath(options_.state_dir, req.migration_id()).c_str());  // the disks stay
   return ToDomainInfo(dom->get());
 }
 
@@ -1076,6 +1225,7 @@ absl::Status LibvirtDriver::RollbackLiveMigrationAtDestination(
              dom.status().code() != absl::StatusCode::kInvalidArgument) {
     return dom.status();
   }
+  RETURN_IF_ERROR(RemoveCreatedDisks(req.migration_id()));
   RemoveProbe(options_.instance_path, req.migration_id());
   unlink((options_.state_dir + "/staged/" + req.migration_id() + ".xml").c_str());
   return absl::OkStatus();

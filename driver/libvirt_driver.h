@@ -18,7 +18,9 @@
 //     messages whatever libxl refuses (for the lab, over QEMU).
 //   - qemu: the full set: job stats in bytes, bandwidth, max downtime raised in steps (as Nova
 //     does), completion timeout with abort or force-complete (post-copy when allowed, else
-//     pause), auto-converge.
+//     pause), auto-converge, block migration (NON_SHARED_DISK: the source sizes the local file
+//     disks, the destination creates each missing one with qemu-img before the transfer, as
+//     libvirt creates only storage-pool volumes, and removes those it created at rollback).
 //
 // The monitor loop runs here, next to libvirt, with the options passed in LiveMigration.
 // Thread-safe; the connection is re-opened when it drops.
@@ -83,6 +85,12 @@ class LibvirtDriver : public ComputeDriver {
     // "xen_pv_shadow_paging". Empty: not run, the paging modes are unknown (never refused on).
     std::string xen_info_command = "xl info";
     absl::Duration xen_info_timeout = absl::Seconds(10);  // then the command is killed: unknown
+    // Prepended to the commands the driver runs on its host for block migration (qemu-img create
+    // of a destination disk, rm at rollback), which must see the files as libvirtd does: empty
+    // where the agent shares libvirtd's filesystem (production); the lab's
+    // "lab.sh exec DIR b --".
+    std::string host_command_prefix;
+    absl::Duration host_command_timeout = absl::Seconds(60);
     // Ended transfers are kept this long, and at most this many (see the file comment).
     absl::Duration finished_transfer_keep = absl::Hours(1);
     size_t max_finished_transfers = 1000;
@@ -160,6 +168,15 @@ class LibvirtDriver : public ComputeDriver {
   // timeout, abort and force-complete requested); returns the sample as stored.
   cv1::MigrationProgressReport UpdateTransfer(const std::string& id,
                                               cv1::MigrationProgressReport r);
+  // Block migration. The source: each local file disk libvirt copies, sized (check
+  // "local_disks"). The destination: creates each missing disk file before the transfer
+  // (recorded in state_dir/disks/<migration id>.list), and removes those at rollback.
+  void AddLocalDisks(virDomainPtr dom, const std::string& xml, const std::string& host,
+                     cv1::CheckCanLiveMigrateOnSrcResponse* resp);
+  absl::Status CreateDestinationDisks(const cv1::PreLiveMigrationRequest& req);
+  absl::Status RemoveCreatedDisks(const std::string& migration_id);
+  // Runs `script` with sh -c on this host (after Options::host_command_prefix).
+  absl::StatusOr<std::string> HostShell(const std::string& script);
   // Forgets the ended transfers past their retention (see the file comment).
   void PruneTransfersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

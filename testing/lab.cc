@@ -67,8 +67,10 @@ std::string Lab::ExecPrefix(const std::string& host) const {
 }
 
 absl::Status Lab::StartGuest(const std::string& host, const std::string& name,
-                             const std::string& uuid) {
-  return LabSh(absl::StrCat("guest-start ", dir_, " ", host, " ", name, " --uuid ", uuid)).status();
+                             const std::string& uuid, const std::string& extra_args) {
+  return LabSh(absl::StrCat("guest-start ", dir_, " ", host, " ", name, " --uuid ", uuid, " ",
+                            extra_args))
+      .status();
 }
 
 absl::StatusOr<Lab::Beat> Lab::Heartbeat(const std::string& name) {

@@ -28,8 +28,9 @@ class Lab {
   std::string Ip(const std::string& host) const;
   std::string InstancePath() const { return dir_ + "/instances"; }
 
-  absl::Status StartGuest(const std::string& host, const std::string& name,
-                          const std::string& uuid);
+  // `extra_args`: more of lab.sh guest-start's options (e.g. "--memory-mib 32 --disk FILE").
+  absl::Status StartGuest(const std::string& host, const std::string& name, const std::string& uuid,
+                          const std::string& extra_args = "");
   struct Beat {
     int boots = 0;
     long last = 0;

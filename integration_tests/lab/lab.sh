@@ -39,9 +39,12 @@ Usage: lab.sh COMMAND [ARGS]          (root; all state lives in the lab director
   exec DIR a|b -- CMD...
                       run CMD inside that host's namespaces (net, uts, mount).
   guest-build DIR     assemble the tiny guest kernel from guest/ into DIR/guest/labguest.elf.
-  guest-xml DIR NAME [--memory-mib N] [--uuid UUID] [--mac MAC] [--bridge BR]
-                      print the guest's domain XML (serial log DIR/instances/NAME/console.log).
-  guest-start DIR a|b NAME [--memory-mib N] [--uuid UUID]
+  guest-xml DIR NAME [--memory-mib N] [--uuid UUID] [--mac MAC] [--bridge BR] [--disk FILE]
+                      print the guest's domain XML (serial log DIR/instances/NAME/console.log);
+                      --disk adds a virtio data disk (qcow2 when FILE ends in .qcow2, else raw),
+                      a path as the host's libvirtd sees it (e.g. under the per-host, not shared
+                      /var/lib/libvirt/images); the guest never reads it.
+  guest-start DIR a|b NAME [--memory-mib N] [--uuid UUID] [--disk FILE]
                       define + start the guest on that host; prints its UUID.
   where DIR NAME      prints the host(s) where NAME is running (a, b, or nothing).
   heartbeat DIR NAME  prints boots=<n> last=<counter> beats=<n> gaps=<n> corrupt=<n> from the
@@ -684,14 +687,15 @@ serial_log() { echo "$LAB_DIR/instances/$1/console.log"; }
 
 cmd_guest_xml() {
   local dir=${1:-} name=${2:-}
-  shift 2 || die "usage: lab.sh guest-xml DIR NAME [--memory-mib N] [--uuid UUID] [--mac MAC] [--bridge BR]"
-  local mem=64 uuid="" mac="" bridge=br-guest
+  shift 2 || die "usage: lab.sh guest-xml DIR NAME [--memory-mib N] [--uuid UUID] [--mac MAC] [--bridge BR] [--disk FILE]"
+  local mem=64 uuid="" mac="" bridge=br-guest disk="" disk_xml=""
   while (($#)); do
     case "$1" in
       --memory-mib) mem=$2; shift 2 ;;
       --uuid) uuid=$2; shift 2 ;;
       --mac) mac=$2; shift 2 ;;
       --bridge) bridge=$2; shift 2 ;;
+      --disk) disk=$2; shift 2 ;;
       *) die "unknown option $1" ;;
     esac
   done
@@ -704,6 +708,14 @@ cmd_guest_xml() {
     mac=52:54:00:${hx:0:2}:${hx:2:2}:${hx:4:2}
   fi
   mkdir -p "$LAB_DIR/instances/$name"
+  if [[ -n "$disk" ]]; then
+    [[ "$disk" =~ ^/[A-Za-z0-9._/+-]+$ ]] || die "--disk must be a plain absolute path: $disk"
+    disk_xml="    <disk type='file' device='disk'>
+      <driver name='qemu' type='$([[ "$disk" == *.qcow2 ]] && echo qcow2 || echo raw)'/>
+      <source file='$disk'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>"
+  fi
   cat <<EOF
 <domain type='qemu'>
   <name>$name</name>
@@ -721,6 +733,7 @@ $([[ -n "$uuid" ]] && echo "  <uuid>$uuid</uuid>")
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
+$disk_xml
     <serial type='file'>
       <source path='$(serial_log "$name")' append='on'/>
       <target port='0'/>
