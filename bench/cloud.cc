@@ -74,6 +74,7 @@ bool IsWriteCall(const std::string& name) {
                                   "migrations.RequestAbort",
                                   "migrations.RequestForceComplete",
                                   "migrations.PurgeFinished",
+                                  "migrations.FoldMetrics",
                                   "hosts.ApplyReport",
                                   "hosts.SetHostEnabled",
                                   "instances.CompareAndSetTaskState"};
@@ -181,6 +182,10 @@ class CountingMigrationStore : public db::MigrationStore {
   absl::StatusOr<int64_t> PurgeFinished(absl::Time before) override {
     Timed timed(c_, "migrations.PurgeFinished");
     return in_->PurgeFinished(before);
+  }
+  absl::StatusOr<int64_t> FoldMetrics() override {
+    Timed timed(c_, "migrations.FoldMetrics");
+    return in_->FoldMetrics();
   }
 
   std::optional<MigrationStatus> WaitTerminal(int64_t id, absl::Duration timeout) {

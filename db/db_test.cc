@@ -816,6 +816,13 @@ void CheckSameCounters(const MigrationMetrics& a, const MigrationMetrics& b) {
   }
 }
 
+// Moves every event `by` (an interval) into the past, as if it had been written that long ago.
+void AgeEvents(Db& db, const std::string& by) {
+  db.Exec("ALTER TABLE migration_events DISABLE TRIGGER migration_events_no_update");
+  db.Exec("UPDATE migration_events SET created_at = created_at - interval '" + by + "'");
+  db.Exec("ALTER TABLE migration_events ENABLE TRIGGER migration_events_no_update");
+}
+
 TEST_CASE("metrics: counters and histograms never decrease across a purge") {
   Db db;
   Seed(db, 4);
@@ -875,23 +882,102 @@ TEST_CASE("metrics: counters and histograms never decrease across a purge") {
   CHECK(later->downtime.count == 2);
   CHECK(later->bytes_transferred == (256 << 20) + (128 << 20) + (64 << 20));
 
-  // Events older than 5 minutes are folded by the next read (the scrape then reads only newer
-  // ones), finished migrations at once; the figures stay the same, and so after a purge.
-  db.Exec("ALTER TABLE migration_events DISABLE TRIGGER migration_events_no_update");
-  db.Exec("UPDATE migration_events SET created_at = created_at - interval '10 minutes'");
-  db.Exec("ALTER TABLE migration_events ENABLE TRIGGER migration_events_no_update");
+  // The periodic fold (FoldMetrics) folds the events older than 5 minutes (the scrape then reads
+  // only newer ones) and the finished migrations; the figures stay exactly the same, and so after
+  // a purge.
+  AgeEvents(db, "10 minutes");
+  auto n_folded = migs.FoldMetrics();
+  REQUIRE(n_folded.ok());
+  CHECK(*n_folded == 1);  // the migration completed since the purge
   auto folded = migs.ReadMetrics(absl::Seconds(60));
   REQUIRE(folded.ok());
   CheckSameCounters(*later, *folded);
+  CHECK(folded->in_flight == later->in_flight);
   CHECK(db.Count("SELECT events_through FROM metric_fold") ==
         db.Count("SELECT max(id) FROM migration_events"));
   CHECK(db.Count("SELECT count(*) FROM migrations WHERE NOT metrics_folded") == 1);  // active
+  CHECK(*migs.FoldMetrics() == 0);  // nothing new to fold
+  CheckSameCounters(*later, *migs.ReadMetrics(absl::Seconds(60)));
   db.Exec(
       "UPDATE migrations SET finished_at = now() - interval '40 days' "
       "WHERE finished_at IS NOT NULL");
   REQUIRE(migs.PurgeFinished(absl::Now() - absl::Hours(24 * 30)).ok());
   CHECK(db.Count("SELECT count(*) FROM migrations") == 1);
   CheckSameCounters(*later, *migs.ReadMetrics(absl::Seconds(60)));
+}
+
+// A scrape is a reader's GET: ReadMetrics must not write (before, every read folded, taking the
+// fold's row lock and writing metric_totals). It runs as a role like deploy's read-only
+// livemig_dashboard (SELECT only, read-only sessions), and the fold's tables are unchanged after
+// it; the periodic fold then changes them and not the figures.
+TEST_CASE("metrics: a scrape only reads, and the periodic fold keeps every figure") {
+  Db db;
+  Seed(db, 4);
+  auto& migs = db.stores->migrations();
+  CompletedMigration(db, 2, 256 << 20, 2500, 40);
+  CompletedMigration(db, 3, 128 << 20, 800, std::nullopt);
+  REQUIRE(migs.CreateMigration(NewMig(1)).ok());  // in flight
+  AgeEvents(db, "10 minutes");                    // so that a fold has events to fold too
+
+  const std::string database = [&] {
+    auto r = db.pool->Query<std::string>("database", [](pqxx::work& w) {
+      return absl::StatusOr<std::string>(w.exec("SELECT current_database()")[0][0].c_str());
+    });
+    REQUIRE(r.ok());
+    return *r;
+  }();
+  const std::string role = database + "_dashboard";
+  db.Exec("CREATE ROLE " + role + " LOGIN");
+  db.Exec("ALTER ROLE " + role + " SET default_transaction_read_only = on");
+  db.Exec("GRANT USAGE ON SCHEMA public TO " + role);
+  db.Exec("GRANT SELECT ON ALL TABLES IN SCHEMA public TO " + role);
+  std::string reader_conninfo = db.conninfo;
+  const size_t user = reader_conninfo.find("user=postgres");
+  REQUIRE(user != std::string::npos);
+  reader_conninfo.replace(user, std::string("user=postgres").size(), "user=" + role);
+  auto reader_pool = MakePool(reader_conninfo, 1);
+  PgStores reader(reader_pool.get());
+
+  // What the fold writes, as text: metric_totals, the events' mark and the folded migrations.
+  auto fold_state = [&] {
+    auto r = db.pool->Query<std::string>("fold state", [](pqxx::work& w) {
+      return absl::StatusOr<std::string>(
+          w.exec("SELECT COALESCE((SELECT string_agg(concat_ws(',', family, label, le_ms, count, "
+                 "sum), ';' ORDER BY family, label, le_ms) FROM metric_totals), '') || '|' || "
+                 "(SELECT events_through FROM metric_fold) || '|' || (SELECT count(*) FROM "
+                 "migrations WHERE metrics_folded)")[0][0]
+              .c_str());
+    });
+    REQUIRE(r.ok());
+    return *r;
+  };
+  const std::string unfolded = fold_state();
+  CHECK(unfolded == "|0|0");
+  auto scraped = reader.migrations().ReadMetrics(absl::Seconds(60));
+  INFO(scraped.status().ToString());
+  REQUIRE(scraped.ok());
+  CHECK(scraped->ended == std::map<std::string, int64_t>{{"completed", 2}});
+  CHECK(scraped->in_flight == std::map<std::string, int64_t>{{"accepted", 1}});
+  CHECK(scraped->transfer.count == 2);
+  // The scheduler's own connection writes nothing either.
+  auto own = migs.ReadMetrics(absl::Seconds(60));
+  REQUIRE(own.ok());
+  CHECK(fold_state() == unfolded);
+  CheckSameCounters(*scraped, *own);
+
+  // The fold folds both migrations and every event; the figures are the same, to the byte.
+  auto n = migs.FoldMetrics();
+  REQUIRE(n.ok());
+  CHECK(*n == 2);
+  CHECK(fold_state() != unfolded);
+  CHECK(db.Count("SELECT events_through FROM metric_fold") ==
+        db.Count("SELECT max(id) FROM migration_events"));
+  auto after = reader.migrations().ReadMetrics(absl::Seconds(60));
+  REQUIRE(after.ok());
+  CheckSameCounters(*scraped, *after);
+  CHECK(after->in_flight == scraped->in_flight);
+  // The reader cannot fold: a fold is the scheduler's, not a scrape's.
+  CHECK_FALSE(reader.migrations().FoldMetrics().ok());
 }
 
 // An evacuation of host-a by frank, owned by sched-1.

@@ -1242,11 +1242,11 @@ class PgMigrationStore : public MigrationStore {
   }
 
   absl::StatusOr<MigrationMetrics> ReadMetrics(absl::Duration service_down_time) override {
-    RETURN_IF_ERROR(FoldMetrics());
-    // One statement: one snapshot of the rows not folded, of metric_totals and of the fold's
-    // mark, so a fold or a purge committing during the read is counted once (as rows or as
-    // totals). Reads the active and recently finished migrations (partial index) and the events
-    // of the last minutes (primary key range), not the whole history.
+    // One statement, no write and no lock: one snapshot of the rows not folded, of metric_totals
+    // and of the fold's mark, so a fold or a purge committing during the read is counted once
+    // (as rows or as totals). Reads the active and recently finished migrations (partial index)
+    // and the events of the last minutes (primary key range), not the whole history, as long as
+    // FoldMetrics runs (the scheduler's periodic work).
     static const std::string sql = absl::StrCat(
         "SELECT family, label, le_ms, sum(n)::bigint, sum(s)::float8 FROM (",
         MetricRows("(SELECT * FROM migrations WHERE NOT metrics_folded)",
@@ -1334,13 +1334,11 @@ class PgMigrationStore : public MigrationStore {
                                  });
   }
 
- private:
-  // Folds into metric_totals the finished migrations not folded yet and the events up to the
-  // newest one created more than 5 minutes ago (schema 0008_metric_fold.sql), under the fold's
-  // row lock; the statement runs after the lock is held, so its snapshot sees every earlier fold
-  // and purge. When another caller holds the lock (folding or purging), returns at once: its fold
-  // serves this read as well.
-  absl::Status FoldMetrics() {
+  // Folds the finished migrations not folded yet and the events up to the newest one created
+  // more than 5 minutes ago (schema 0008_metric_fold.sql), under the fold's row lock; the
+  // statement runs after the lock is held, so its snapshot sees every earlier fold and purge.
+  // When another caller holds the lock (folding or purging), returns 0 at once.
+  absl::StatusOr<int64_t> FoldMetrics() override {
     static const std::string sql = absl::StrCat(
         "WITH upto AS (SELECT COALESCE((SELECT max(id) FROM migration_events WHERE id > "
         "(SELECT events_through FROM metric_fold) AND created_at < now() - interval '5 minutes'), "
@@ -1354,14 +1352,14 @@ class PgMigrationStore : public MigrationStore {
         "), mark AS (UPDATE metric_fold SET events_through = (SELECT id FROM upto) "
         "WHERE events_through <> (SELECT id FROM upto)) "
         "SELECT count(*) FROM done");
-    return pool_->Run("fold metrics", [&](pqxx::work& w) -> absl::Status {
+    return pool_->Query<int64_t>("fold metrics", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
       pqxx::result lock = w.exec("SELECT 1 FROM metric_fold FOR UPDATE SKIP LOCKED");
-      if (lock.empty()) return absl::OkStatus();
-      w.exec(sql);
-      return absl::OkStatus();
+      if (lock.empty()) return 0;
+      return w.exec(sql)[0][0].as<int64_t>();
     });
   }
 
+ private:
   absl::StatusOr<MigrationRecord> FindByRequestIdIn(pqxx::transaction_base& w,
                                                     const std::string& request_id,
                                                     const std::string& instance_uuid) {

@@ -132,11 +132,21 @@ class MigrationStore {
   virtual absl::StatusOr<MigrationRecord> RequestForceComplete(int64_t id,
                                                                const std::string& by) = 0;
 
-  // What /metrics reports, read in ONE statement (one snapshot, so a purge committing meanwhile
-  // is seen entirely or not at all): the rows present plus what purges folded into
-  // metric_totals. Every field but `in_flight` only grows, across purges, restarts and
-  // scheduler replicas (see MigrationMetrics). `service_down_time` decides a host's liveness.
+  // What /metrics reports, read in ONE statement (one snapshot, so a fold or a purge committing
+  // meanwhile is seen entirely or not at all): what FoldMetrics and purges folded into
+  // metric_totals plus the rows not folded yet. A pure read: it writes nothing and takes no lock,
+  // so a scrape runs on a read-only connection too. Every field but `in_flight` only grows,
+  // across folds, purges, restarts and scheduler replicas (see MigrationMetrics).
+  // `service_down_time` decides a host's liveness.
   virtual absl::StatusOr<MigrationMetrics> ReadMetrics(absl::Duration service_down_time) = 0;
+
+  // Folds into metric_totals the finished migrations not folded yet and the events older than
+  // 5 minutes (schema 0008_metric_fold.sql), so that ReadMetrics reads only the recent rows; what
+  // ReadMetrics reports is the same before and after. The scheduler's periodic work calls it
+  // (OrchestratorOptions::metrics_fold_interval). One caller at a time: while another folds or
+  // purges, returns 0 at once (that caller's fold serves as well). Returns how many migrations
+  // it folded.
+  virtual absl::StatusOr<int64_t> FoldMetrics() = 0;
 
   // Sum of memory claims of active migrations into `host`.
   virtual absl::StatusOr<int64_t> MemoryClaimedOn(const std::string& host) = 0;

@@ -445,9 +445,10 @@ void Histogram(std::string* out, const char* name, const std::string& labels,
 }
 }  // namespace
 
-// Counters and histograms come from ReadMetrics (one statement: the rows present plus what
-// purges folded into metric_totals), so they never decrease and every replica reports the same;
-// the gauges too. A small fold and one query per scrape (db/README.md), on the API pool.
+// Counters and histograms come from ReadMetrics (one statement: the rows not folded yet plus what
+// the periodic fold and purges folded into metric_totals), so they never decrease and every
+// replica reports the same; the gauges too. One read-only query per scrape (db/README.md), on
+// the API pool: a scrape writes nothing.
 absl::StatusOr<std::string> ApiCore::MetricsText() {
   ASSIGN_OR_RETURN(db::MigrationMetrics m,
                    migrations_->ReadMetrics(orchestrator_->options().service_down_time));

@@ -923,6 +923,9 @@ Orchestrator::~Orchestrator() { Stop(); }
 void Orchestrator::Start() {
   dispatcher_ = std::thread([this] { DispatchLoop(); });
   renewer_ = std::thread([this] { RenewLoop(); });
+  if (options_.metrics_fold_interval > absl::ZeroDuration()) {
+    folder_ = std::thread([this] { FoldLoop(); });
+  }
   started_ = true;
 }
 
@@ -931,6 +934,7 @@ void Orchestrator::Stop() {
   Kick();
   if (dispatcher_.joinable()) dispatcher_.join();
   if (renewer_.joinable()) renewer_.join();
+  if (folder_.joinable()) folder_.join();
   absl::MutexLock l(&mu_);
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return running_.empty(); };
   mu_.Await(absl::Condition(&idle));
@@ -1033,6 +1037,18 @@ void Orchestrator::RenewLoop() {
     auto n = migrations_->RenewLeases(options_.scheduler_id, options_.lease);
     if (!n.ok()) LogWarning("lease renewal failed: %s", n.status().message());
   }
+}
+
+// Off the API's path: a scrape of /metrics only reads (MigrationStore::ReadMetrics). Every
+// replica folds; the store lets one at a time through and the others skip.
+void Orchestrator::FoldLoop() {
+  do {
+    auto n = migrations_->FoldMetrics();
+    if (!n.ok()) {
+      LogWarning("metrics fold failed (retried in %s): %s",
+                 absl::FormatDuration(options_.metrics_fold_interval), n.status().message());
+    }
+  } while (!stop_.WaitForNotificationWithTimeout(options_.metrics_fold_interval));
 }
 
 absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(

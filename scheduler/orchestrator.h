@@ -54,6 +54,10 @@ struct OrchestratorOptions {
   absl::Duration roll_forward_for = absl::Minutes(10);  // then `error`
   absl::Duration transfer_deadline = absl::Hours(6);    // the scheduler's own hard deadline
   absl::Duration agent_silence = absl::Seconds(90);     // source agent unreachable while running
+  // The periodic fold of the metrics (MigrationStore::FoldMetrics): at Start() and then every
+  // this long, so that a scrape of /metrics, a pure read, reads only the recent rows. Zero: no
+  // fold (a scrape still counts right, reading more rows).
+  absl::Duration metrics_fold_interval = absl::Minutes(1);
 };
 
 class Orchestrator {
@@ -62,9 +66,10 @@ class Orchestrator {
                db::InstanceStore* instances, AgentClientFactory* agents);
   ~Orchestrator();
 
-  // Starts the dispatcher (picks up this scheduler's migrations and expired leases) and the
-  // lease renewer. Stop() waits for them and for the running state machines to reach a step
-  // boundary; migrations left unfinished are resumed by the next owner.
+  // Starts the dispatcher (picks up this scheduler's migrations and expired leases), the lease
+  // renewer and the periodic fold of the metrics. Stop() waits for them and for the running
+  // state machines to reach a step boundary; migrations left unfinished are resumed by the next
+  // owner.
   void Start();
   void Stop();
   // Wakes the dispatcher (a migration was created).
@@ -97,6 +102,7 @@ class Orchestrator {
  private:
   void DispatchLoop();
   void RenewLoop();
+  void FoldLoop();
   void RunMigration(int64_t id, std::optional<db::MigrationRecord> created = std::nullopt,
                     std::optional<db::InstanceRecord> instance = std::nullopt);
   // The state machine; returns when the migration is terminal or no longer ours.
@@ -117,7 +123,7 @@ class Orchestrator {
   std::set<int64_t> running_ ABSL_GUARDED_BY(mu_);
   std::map<int64_t, std::thread> threads_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> finished_ ABSL_GUARDED_BY(mu_);
-  std::thread dispatcher_, renewer_;
+  std::thread dispatcher_, renewer_, folder_;
   std::atomic<bool> started_{false};
   absl::Mutex ended_mu_;
   int64_t ended_ ABSL_GUARDED_BY(ended_mu_) = 0;
