@@ -18,6 +18,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "cloudctl/config.h"
 #include "cloudctl/format.h"
@@ -636,6 +637,17 @@ TEST_CASE("live-migration --wait shows progress and completes; show, list and JS
     CHECK(Has(r.out, std::string("| ") + step + " "));
   }
   CHECK(Has(r.out, "succeeded"));
+  // The timeline's Host column: where each agent step ran, as the scheduler recorded it.
+  for (const auto& [step, host] : std::vector<std::pair<std::string, std::string>>{
+           {"check_can_live_migrate_on_src", src}, {"pre_live_migration", dst}}) {
+    bool shown = false;
+    for (absl::string_view line : absl::StrSplit(r.out, '\n')) {
+      shown = shown || (absl::StrContains(line, "| " + step + " ") &&
+                        absl::StrContains(line, "| " + host + " "));
+    }
+    INFO(step << " on " << host << "\n" << r.out);
+    CHECK(shown);
+  }
 
   r = Cloudctl(c.server() + " migration-list --status completed");
   REQUIRE(r.code == 0);

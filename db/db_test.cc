@@ -1118,25 +1118,34 @@ TEST_CASE("an evacuation has a UUID, is found by it, and its migrations carry it
   CHECK(db.Count("SELECT count(*) FROM migrations") == 2);
 }
 
+// Brings an empty database to the newest schema version below `version`, as a scheduler of
+// that time would have left it; returns that version.
+int ApplySchemaBefore(PgPool& pool, int version) {
+  int applied = 0;
+  REQUIRE(pool.Run("schema before " + std::to_string(version),
+                   [&](pqxx::work& w) {
+                     w.exec(
+                         "CREATE TABLE schema_version (version integer PRIMARY KEY, name text "
+                         "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())");
+                     for (const SchemaMigration& m : SchemaMigrations()) {
+                       if (m.version >= version) break;
+                       w.exec(m.sql);
+                       w.exec_params("INSERT INTO schema_version (version, name) VALUES ($1, $2)",
+                                     m.version, std::string(m.name));
+                       applied = m.version;
+                     }
+                     return absl::OkStatus();
+                   })
+              .ok());
+  return applied;
+}
+
 TEST_CASE("schema 5 gives existing evacuations a UUID and their migrations a link") {
   auto c = Server().CreateDatabase();
   REQUIRE(c.ok());
   auto pool = MakePool(*c);
   // A database at schema version 4 with an evacuation's migration and one on its own.
-  REQUIRE(pool->Run("schema 4",
-                    [](pqxx::work& w) {
-                      w.exec(
-                          "CREATE TABLE schema_version (version integer PRIMARY KEY, name text "
-                          "NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())");
-                      for (const SchemaMigration& m : SchemaMigrations()) {
-                        if (m.version > 4) break;
-                        w.exec(m.sql);
-                        w.exec_params("INSERT INTO schema_version (version, name) VALUES ($1, $2)",
-                                      m.version, std::string(m.name));
-                      }
-                      return absl::OkStatus();
-                    })
-              .ok());
+  REQUIRE(ApplySchemaBefore(*pool, 5) == 4);
   const std::string u1 = Uuid(1), u2 = Uuid(2);
   REQUIRE(pool->Run("rows at version 4",
                     [&](pqxx::work& w) {
@@ -1174,6 +1183,105 @@ TEST_CASE("schema 5 gives existing evacuations a UUID and their migrations a lin
   CHECK(e1->uuid != e2->uuid);
   CHECK(stores.migrations().GetMigration(1)->evacuation_uuid == e1->uuid);
   CHECK(stores.migrations().GetMigration(2)->evacuation_uuid.empty());
+}
+
+// Each way an event is written keeps the host its step ran on (MigrationEvent::host, schema 10):
+// a transition's own event and its extra ones, a recorded step's events and an appended one; no
+// host is NULL in the table and "" when read.
+TEST_CASE("an event keeps the host its step ran on, through every way it is written") {
+  Db db;
+  Seed(db);
+  auto& migs = db.stores->migrations();
+  using S = MigrationStatus;
+  auto c = migs.CreateMigration(NewMig(1));
+  REQUIRE(c.ok());
+  const int64_t id = c->migration.id;
+  auto event = [&](const std::string& step, const std::string& kind, const std::string& host) {
+    MigrationEvent e;
+    e.migration_id = id;
+    e.step = step;
+    e.kind = kind;
+    e.host = host;
+    e.detail = step + " on " + host;
+    e.started_at = absl::Now();
+    return e;
+  };
+  Transition t = Step(id, S::kAccepted, S::kPreparing, "pre_checks");
+  t.extra_events = {event("check_can_live_migrate_on_dest", "intent", "host-b")};
+  REQUIRE(migs.ApplyTransition(t).ok());
+  REQUIRE(migs.RecordStep(id, "sched-1", S::kPreparing, "check_can_live_migrate_on_src",
+                          {event("check_can_live_migrate_on_dest", "result", "host-b"),
+                           event("check_can_live_migrate_on_src", "intent", "host-a")})
+              .ok());
+  Transition run = Step(id, S::kPreparing, S::kRunning, "check_can_live_migrate_on_src");
+  run.event_host = "host-a";
+  REQUIRE(migs.ApplyTransition(run).ok());
+  REQUIRE(migs.AppendEvent(event("abort", "info", "host-a")).ok());
+  auto ev = migs.ListEvents(id);
+  REQUIRE(ev.ok());
+  std::vector<std::string> hosts;
+  for (const auto& e : *ev) hosts.push_back(e.step + "@" + e.host);
+  CHECK(hosts == std::vector<std::string>{"accepted@", "pre_checks@",
+                                          "check_can_live_migrate_on_dest@host-b",
+                                          "check_can_live_migrate_on_dest@host-b",
+                                          "check_can_live_migrate_on_src@host-a",
+                                          "check_can_live_migrate_on_src@host-a", "abort@host-a"});
+  CHECK(db.Count("SELECT count(*) FROM migration_events WHERE host IS NULL") == 2);
+  CHECK(db.Count("SELECT count(*) FROM migration_events WHERE host = ''") == 0);
+}
+
+TEST_CASE("schema 10 adds the event's host: older events have none, and keep the rest") {
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  auto pool = MakePool(*c);
+  // A database at the version before 10 with a migration and its events, written as the
+  // scheduler wrote them then (the host only in the intent's free text).
+  const int before = ApplySchemaBefore(*pool, 10);
+  REQUIRE(before >= 8);
+  const std::string u1 = Uuid(1);
+  REQUIRE(pool->Run("rows before 10",
+                    [&](pqxx::work& w) {
+                      w.exec("INSERT INTO hosts (hostname) VALUES ('host-a'), ('host-b')");
+                      w.exec("INSERT INTO instances (uuid, name, host) VALUES ('" + u1 +
+                             "', 'vm-1', 'host-b')");
+                      w.exec(
+                          "INSERT INTO migrations (instance_uuid, source_host, dest_host, status, "
+                          "requested_by, finished_at) VALUES ('" +
+                          u1 + "', 'host-a', 'host-b', 'completed', 'alice', now())");
+                      w.exec(
+                          "INSERT INTO migration_events (migration_id, step, kind, outcome, "
+                          "status, actor, detail, started_at) VALUES (1, 'pre_live_migration', "
+                          "'intent', '', 'preparing', 'sched-1', 'pre_live_migration on host-b', "
+                          "now()), (1, 'pre_live_migration', 'result', 'ok', 'running', "
+                          "'sched-1', 'destination prepared', now())");
+                      return absl::OkStatus();
+                    })
+              .ok());
+  auto r = ApplySchema(*pool);
+  REQUIRE(r.ok());
+  CHECK(r->version_before == before);
+  CHECK(std::find(r->applied.begin(), r->applied.end(), "0010_event_host") != r->applied.end());
+  PgStores stores(pool.get());
+  auto ev = stores.migrations().ListEvents(1);
+  REQUIRE(ev.ok());
+  REQUIRE(ev->size() == 2);
+  // Not parsed out of the detail: an old event has no host.
+  CHECK(ev->at(0).host.empty());
+  CHECK(ev->at(0).detail == "pre_live_migration on host-b");
+  CHECK(ev->at(1).host.empty());
+  CHECK(ev->at(1).outcome == "ok");
+  // New events of the same migration carry theirs.
+  MigrationEvent e;
+  e.migration_id = 1;
+  e.step = "post_live_migration_at_destination";
+  e.kind = "info";
+  e.host = "host-b";
+  e.started_at = absl::Now();
+  REQUIRE(stores.migrations().AppendEvent(e).ok());
+  ev = stores.migrations().ListEvents(1);
+  REQUIRE(ev.ok());
+  REQUIRE(ev->size() == 3);
+  CHECK(ev->at(2).host == "host-b");
 }
 
 // Issue 18: the destination and options were not stored, so a scheduler resuming the evacuation

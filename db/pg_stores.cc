@@ -685,6 +685,7 @@ std::string EventsJson(const std::vector<MigrationEvent>& events) {
                  {"status", text(e.status)},
                  {"actor", text(e.actor)},
                  {"detail", text(e.detail)},
+                 {"host", text(e.host)},
                  {"started_us", ToUs(e.started_at)},
                  {"finished_us", e.finished_at ? nlohmann::json(ToUs(*e.finished_at)) : nullptr},
                  {"duration_ms", e.duration_ms ? nlohmann::json(*e.duration_ms) : nullptr}});
@@ -697,26 +698,27 @@ std::string EventsJson(const std::vector<MigrationEvent>& events) {
 std::string EventsInsertFrom(const std::string& cte, const std::string& param) {
   return absl::StrCat(
       "INSERT INTO migration_events (migration_id, step, kind, outcome, status, actor, detail, "
-      "started_at, finished_at, duration_ms) SELECT ",
+      "host, started_at, finished_at, duration_ms) SELECT ",
       cte,
-      ".id, e.step, e.kind, e.outcome, e.status, e.actor, e.detail, "
+      ".id, e.step, e.kind, e.outcome, e.status, e.actor, e.detail, NULLIF(e.host, ''), "
       "to_timestamp(e.started_us::double precision / 1000000), "
       "to_timestamp(e.finished_us::double precision / 1000000), e.duration_ms FROM ",
       cte, ", ROWS FROM (jsonb_to_recordset(", param,
       "::jsonb) AS (step text, kind text, outcome text, status text, actor text, detail text, "
-      "started_us bigint, finished_us bigint, duration_ms bigint)) WITH ORDINALITY AS e(step, "
-      "kind, outcome, status, actor, detail, started_us, finished_us, duration_ms, ord) "
-      "ORDER BY e.ord RETURNING 1");
+      "host text, started_us bigint, finished_us bigint, duration_ms bigint)) WITH ORDINALITY "
+      "AS e(step, kind, outcome, status, actor, detail, host, started_us, finished_us, "
+      "duration_ms, ord) ORDER BY e.ord RETURNING 1");
 }
 
 void InsertEvent(pqxx::transaction_base& w, const MigrationEvent& e) {
   Prep(w,
        "INSERT INTO migration_events (migration_id, step, kind, outcome, status, actor, detail, "
-       "started_at, finished_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+       "started_at, finished_at, duration_ms, host) VALUES ($1, $2, $3, $4, $5, $6, $7, "
        "to_timestamp($8::double precision / 1000000), CASE WHEN $9::bigint IS NULL THEN NULL "
-       "ELSE to_timestamp($9::double precision / 1000000) END, $10)",
+       "ELSE to_timestamp($9::double precision / 1000000) END, $10, NULLIF($11, ''))",
        e.migration_id, e.step, e.kind, e.outcome, e.status, e.actor, e.detail, ToUs(e.started_at),
-       e.finished_at ? std::optional<int64_t>(ToUs(*e.finished_at)) : std::nullopt, e.duration_ms);
+       e.finished_at ? std::optional<int64_t>(ToUs(*e.finished_at)) : std::nullopt, e.duration_ms,
+       e.host);
 }
 
 constexpr char kPageTokenPrefix[] = "m1.";
@@ -1031,6 +1033,7 @@ class PgMigrationStore : public MigrationStore {
     ev.status = std::string(ToString(t.to));
     ev.actor = t.owner;
     ev.detail = t.event_detail;
+    ev.host = t.event_host;
     ev.finished_at = now;
     ev.started_at = t.event_started_at.value_or(now);
     ev.duration_ms = absl::ToInt64Milliseconds(now - ev.started_at);
@@ -1139,7 +1142,8 @@ class PgMigrationStore : public MigrationStore {
         [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<MigrationEvent>> {
           pqxx::result r = Prep(
               w,
-              absl::StrCat("SELECT id, migration_id, step, kind, outcome, status, actor, detail, ",
+              absl::StrCat("SELECT id, migration_id, step, kind, outcome, status, actor, detail, "
+                           "COALESCE(host, '') AS host, ",
                            Us("started_at"), " AS started_at, ", Us("finished_at"),
                            " AS finished_at, duration_ms FROM migration_events "
                            "WHERE migration_id = $1 ORDER BY id"),
@@ -1155,6 +1159,7 @@ class PgMigrationStore : public MigrationStore {
             e.status = Str(row["status"]);
             e.actor = Str(row["actor"]);
             e.detail = Str(row["detail"]);
+            e.host = Str(row["host"]);
             e.started_at = FromUs(row["started_at"].as<int64_t>());
             e.finished_at = OptTime(row["finished_at"]);
             e.duration_ms = Opt<int64_t>(row["duration_ms"]);

@@ -185,6 +185,9 @@ struct MigrationEvent {
   std::string status;         // the migration's status after the event
   std::string actor;
   std::string detail;
+  // The host the step ran on, for a step an agent runs on one host (the source or the
+  // destination); "" for the scheduler's own steps (and for events older than schema 10).
+  std::string host;
   absl::Time started_at;
   std::optional<absl::Time> finished_at;
   std::optional<int64_t> duration_ms;
@@ -222,6 +225,7 @@ struct Transition {
   std::string event_kind = "result";
   std::string event_outcome = "ok";
   std::string event_detail;
+  std::string event_host;                      // MigrationEvent::host
   std::optional<absl::Time> event_started_at;  // for timings; default now
   // Optional field updates.
   std::optional<std::string> dest_host;

@@ -289,6 +289,7 @@ sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
     if (e.finished_at) *pe->mutable_finished_at() = ToProtoTime(*e.finished_at);
     pe->set_duration_ms(static_cast<uint64_t>(e.duration_ms.value_or(0)));
     pe->set_detail(e.detail);
+    pe->set_host(e.host);
     pe->set_scheduler_id(e.actor);
   }
   return out;

@@ -333,21 +333,18 @@ json ActionJson(const sv1::Migration& m, const Ctx& c, bool with_events) {
             {"message", failed ? json("Error") : json(nullptr)}};
   if (c.minor >= 58) a["updated_at"] = Iso(m.updated_at());
   if (!with_events) return a;
-  // The log holds a step's intent (STARTED, detail "<step> on <host>") and later its result;
-  // Nova shows one event per call: the intent alone while the step runs, then its result.
+  // The log holds a step's intent (STARTED) and later its result, each with the host the step
+  // ran on (recorded since schema 10; "" before, as for the scheduler's own steps); Nova shows
+  // one event per call: the intent alone while the step runs, then its result.
   json events = json::array();
   std::map<v1::MigrationStep, size_t> running;  // step -> index of its intent in `events`
   std::map<v1::MigrationStep, size_t> relays;   // abort, force_complete -> index in `events`
   for (const auto& e : m.events()) {
     const std::string name = NovaEventName(e.step());
     if (e.outcome() == sv1::STEP_OUTCOME_STARTED) {
-      const std::string on = absl::StrCat(StepName(e.step()), " on ");
-      const std::string host = !AgentStep(e.step())               ? std::string()
-                               : absl::StartsWith(e.detail(), on) ? e.detail().substr(on.size())
-                                                                  : e.host();
       json ev = {{"event", name},          {"start_time", Iso(e.started_at())},
                  {"finish_time", nullptr}, {"result", nullptr},
-                 {"traceback", nullptr},   {"host", host}};
+                 {"traceback", nullptr},   {"host", e.host()}};
       running[e.step()] = events.size();
       events.push_back(ev);
       continue;

@@ -43,6 +43,31 @@ bool SourceHoldsDomain(const cv1::DescribeInstanceResponse& s) {
          st == v1::DOMAIN_STATE_PAUSED || st == v1::DOMAIN_STATE_MIGRATING_OUT;
 }
 
+// The host an agent runs `step` on: the destination's steps on `dest`, the source's (and the
+// operator's abort and force-complete, relayed to the source) on `source`; "" for the
+// scheduler's own steps (pre_checks, select_destination, wait_for_slot, reconcile, ...). Each
+// event records it (MigrationEvent::host): the API, Nova's instance actions and cloudctl show it.
+std::string StepHost(const std::string& step, const std::string& source, const std::string& dest) {
+  static constexpr absl::string_view kOnDest[] = {
+      "check_can_live_migrate_on_dest",
+      "check_can_live_migrate_on_dest_cleanup",
+      "pre_live_migration",
+      "post_live_migration_at_destination",
+      "rollback_live_migration_at_destination",
+  };
+  static constexpr absl::string_view kOnSource[] = {
+      "check_can_live_migrate_on_src", "live_migration", "post_live_migration",
+      "rollback_live_migration",       "abort",          "force_complete",
+  };
+  for (absl::string_view s : kOnDest) {
+    if (s == step) return dest;
+  }
+  for (absl::string_view s : kOnSource) {
+    if (s == step) return source;
+  }
+  return "";
+}
+
 }  // namespace
 
 // One migration's state machine, for as long as this scheduler drives it.
@@ -109,11 +134,18 @@ class MigrationRun {
   }
   const OrchestratorOptions& opt() const { return o_->options_; }
 
-  db::MigrationEvent Intent(const std::string& step, const std::string& host) {
+  // The host an agent runs `step` on (StepHost), for this migration; `dest`: the destination
+  // when the row does not name it yet (a candidate about to be tried).
+  std::string HostOf(const std::string& step, const std::string& dest = "") const {
+    return StepHost(step, m_.source_host, dest.empty() ? m_.dest_host : dest);
+  }
+  // The intent of `step`, recorded before its RPC; `dest` as in HostOf.
+  db::MigrationEvent Intent(const std::string& step, const std::string& dest = "") {
     db::MigrationEvent e;
     e.step = step;
     e.kind = "intent";
-    e.detail = absl::StrCat(step, " on ", host);
+    e.host = HostOf(step, dest);
+    e.detail = absl::StrCat(step, " on ", e.host);
     e.started_at = absl::Now();
     return e;
   }
@@ -122,6 +154,7 @@ class MigrationRun {
     db::MigrationEvent e;
     e.step = step;
     e.kind = "result";
+    e.host = HostOf(step);
     e.outcome = ok ? "ok" : "failed";
     e.detail = detail;
     e.started_at = started;
@@ -144,6 +177,7 @@ class MigrationRun {
     t.event_kind = "result";
     t.event_outcome = ok ? "ok" : "failed";
     t.event_detail = detail;
+    t.event_host = HostOf(step);
     t.event_started_at = started;
     if (next) t.extra_events.push_back(*next);
     if (to == S::kFailed || to == S::kCancelled || to == S::kError) t.failure_reason = detail;
@@ -341,7 +375,7 @@ class MigrationRun {
         host_records_.clear();
         agents_.clear();
         return Move(S::kPreparing, "wait_for_slot", true, "a slot is free", start,
-                    Intent("check_can_live_migrate_on_dest", m_.dest_host));
+                    Intent("check_can_live_migrate_on_dest"));
       }
       absl::SleepFor(opt().dispatch_interval * 2);
     }
@@ -396,7 +430,7 @@ class MigrationRun {
       data_.Clear();
       *data_.mutable_dest_check() = d->dest_check_data();
       RETURN_IF_ERROR(Record("check_can_live_migrate_on_dest", true, "destination accepts", t,
-                             Intent("check_can_live_migrate_on_src", m_.source_host)));
+                             Intent("check_can_live_migrate_on_src")));
       // Step 5 on the source.
       t = absl::Now();
       auto sreq = StepReq<cv1::CheckCanLiveMigrateOnSrcRequest>();
@@ -439,8 +473,7 @@ class MigrationRun {
       ASSIGN_OR_RETURN(m_, o_->migrations_->GetMigration(id_));
       if (AbortRequested()) return RollBack(S::kCancelled, AbortReason());
       return Move(S::kRunning, "pre_live_migration", true, "destination prepared", t,
-                  Intent("live_migration", m_.source_host),
-                  [](db::Transition& tr) { tr.mark_started = true; });
+                  Intent("live_migration"), [](db::Transition& tr) { tr.mark_started = true; });
     }
     return Move(S::kFailed, "check_can_live_migrate_on_dest", false,
                 last_reason.empty() ? "no destination passed the agent checks" : last_reason,
@@ -474,7 +507,7 @@ class MigrationRun {
       } else if (truth.dst_running && !truth.src_present) {
         return Move(S::kPostMigrating, "live_migration", true,
                     "the domain runs on the destination only (found after takeover)", started,
-                    Intent("post_live_migration", m_.source_host));
+                    Intent("post_live_migration"));
       } else if (truth.src_present && !truth.dst_running) {
         if (m_.status == S::kRunningPostCopy) {
           return Move(S::kError, "live_migration", false,
@@ -557,7 +590,7 @@ class MigrationRun {
           if (truth.ok() && truth->dst_running && !truth->src_present) {
             return Move(S::kPostMigrating, "live_migration", true,
                         "the domain runs on the destination only", started,
-                        Intent("post_live_migration", m_.source_host));
+                        Intent("post_live_migration"));
           }
           if (truth.ok() && truth->src_job) {
             auto lm = StepReq<cv1::LiveMigrationRequest>();
@@ -587,7 +620,7 @@ class MigrationRun {
                          r->progress().downtime_ms() > 0
                              ? absl::StrCat(", downtime ", r->progress().downtime_ms(), " ms")
                              : ""),
-            started, Intent("post_live_migration", m_.source_host));
+            started, Intent("post_live_migration"));
       }
       if (r->state() == cv1::TRANSFER_STATE_FAILED || r->state() == cv1::TRANSFER_STATE_CANCELLED) {
         if (r->post_copy_started()) {
@@ -602,7 +635,7 @@ class MigrationRun {
       }
       if (r->post_copy_started() && m_.status == S::kRunning) {
         RETURN_IF_ERROR(Move(S::kRunningPostCopy, "live_migration", true, "post-copy started",
-                             started, Intent("live_migration", m_.source_host)));
+                             started, Intent("live_migration")));
       }
       if (now - last_write >= opt().progress_write) {
         WriteProgress(*r);
@@ -657,6 +690,7 @@ class MigrationRun {
     e.status = ToString(m_.status);
     e.actor = opt().scheduler_id;
     e.detail = detail;
+    e.host = HostOf(step);
     e.started_at = absl::Now();
     o_->migrations_->AppendEvent(e).IgnoreError();
   }
@@ -697,7 +731,7 @@ class MigrationRun {
           TestPoint("post_live_migration:after");
           src_done = true;
           RETURN_IF_ERROR(Record("post_live_migration", true, "source cleaned up", t,
-                                 Intent("post_live_migration_at_destination", m_.dest_host)));
+                                 Intent("post_live_migration_at_destination")));
           t = absl::Now();
         } else {
           last = std::string(p.status().message());
@@ -733,8 +767,8 @@ class MigrationRun {
     const std::string failed = m_.step.empty() ? "pre_checks" : m_.step;
     RETURN_IF_ERROR(Record(failed, false, reason, absl::Now(),
                            m_.dest_host.empty()
-                               ? Intent("rollback_live_migration", m_.source_host)
-                               : Intent("rollback_live_migration_at_destination", m_.dest_host)));
+                               ? Intent("rollback_live_migration")
+                               : Intent("rollback_live_migration_at_destination")));
     absl::Time t = absl::Now();
     if (!m_.dest_host.empty()) {
       ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
@@ -784,15 +818,14 @@ class MigrationRun {
           // The domain already runs on the destination: never tear it down; roll forward.
           return Move(S::kPostMigrating, "rollback_live_migration_at_destination", false,
                       "the domain runs on the destination: rolling forward instead", t,
-                      Intent("post_live_migration", m_.source_host));
+                      Intent("post_live_migration"));
         }
         return Move(
             S::kError, "rollback_live_migration_at_destination", false,
             absl::StrCat(reason, "; rollback at destination failed: ", r.status().message()), t);
       }
       RETURN_IF_ERROR(Record("rollback_live_migration_at_destination", true,
-                             "destination cleaned up", t,
-                             Intent("rollback_live_migration", m_.source_host)));
+                             "destination cleaned up", t, Intent("rollback_live_migration")));
       t = absl::Now();
     }
     ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
@@ -870,7 +903,7 @@ class MigrationRun {
     const absl::Time t = absl::Now();
     if (truth->dst_running && !truth->src_present) {
       Move(S::kPostMigrating, "reconcile", true, "the domain runs on the destination only", t,
-           Intent("post_live_migration", m_.source_host))
+           Intent("post_live_migration"))
           .IgnoreError();
     } else if (truth->src_present && !truth->dst_present && !truth->src_job) {
       if (truth->src_running) {

@@ -212,6 +212,21 @@ TEST_CASE("scheduler: a migration completes and the database tells its whole sto
     INFO(step);
     CHECK(result);
   }
+  // Each event names the host its step ran on, the real source or destination, as recorded (not
+  // read from the detail); the scheduler's own steps name none.
+  const std::map<std::string, std::string> on = {{"check_can_live_migrate_on_dest", "fake-b"},
+                                                 {"check_can_live_migrate_on_src", "fake-a"},
+                                                 {"pre_live_migration", "fake-b"},
+                                                 {"live_migration", "fake-a"},
+                                                 {"post_live_migration", "fake-a"},
+                                                 {"post_live_migration_at_destination", "fake-b"}};
+  CHECK(m.source_host() == "fake-a");
+  CHECK(m.dest_host() == "fake-b");
+  for (const auto& e : m.events()) {
+    INFO(e.DebugString());
+    auto it = on.find(StepName(e.step()));
+    CHECK(e.host() == (it == on.end() ? "" : it->second));
+  }
   CHECK(m.requester() == "anonymous [alice]");
   CHECK(*c.stores->migrations().MemoryClaimedOn("fake-b") == 0);
 }

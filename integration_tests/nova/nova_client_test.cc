@@ -252,8 +252,14 @@ TEST_CASE("openstack: server event list/show: the migration as a live-migration 
     CHECK_FALSE(events[name]["finish_time"].get<std::string>().empty());
     CHECK(events[name]["traceback"].is_null());
   }
-  CHECK(events["compute_pre_live_migration"]["host"] == "host-b");  // 2.62+: where it ran
+  // 2.62+: where it ran, as the scheduler recorded it with the event: the source's steps on
+  // host-a, the destination's on host-b; the conductor's (the scheduler's) on none.
+  CHECK(events["compute_check_can_live_migrate_destination"]["host"] == "host-b");
+  CHECK(events["compute_check_can_live_migrate_source"]["host"] == "host-a");
+  CHECK(events["compute_pre_live_migration"]["host"] == "host-b");
   CHECK(events["compute_live_migration"]["host"] == "host-a");
+  CHECK(events["compute_post_live_migration_at_destination"]["host"] == "host-b");
+  CHECK(events["conductor_live_migrate_instance"]["host"] == "");
   auto unknown = N().Os(
       absl::StrCat("server event show ", kUuid, " req-99999999-2222-4333-8444-555555555555"));
   REQUIRE_FALSE(unknown.ok());
