@@ -171,6 +171,13 @@ class CountingMigrationStore : public db::MigrationStore {
     Timed timed(c_, "migrations.RequestForceComplete");
     return in_->RequestForceComplete(id, by);
   }
+  absl::StatusOr<db::MigrationRecord> ResolveError(int64_t id, MigrationStatus to,
+                                                   const std::string& host,
+                                                   const std::string& failure_reason,
+                                                   const db::MigrationEvent& event) override {
+    Timed timed(c_, "migrations.ResolveError");
+    return in_->ResolveError(id, to, host, failure_reason, event);
+  }
   absl::StatusOr<db::MigrationMetrics> ReadMetrics(absl::Duration service_down_time) override {
     Timed timed(c_, "migrations.ReadMetrics");
     return in_->ReadMetrics(service_down_time);

@@ -42,8 +42,9 @@ Exit codes:
   3  not found: unknown instance, host, migration or evacuation
   4  conflict: the instance is already migrating, or a concurrent change won (retry)
   5  failed precondition: instance not running, host disabled or down, option not
-     supported by the hypervisor, wrong state for abort / force-complete; a dry run
-     whose checks fail
+     supported by the hypervisor, wrong state for abort / force-complete / resolve
+     (or the guest does not run on exactly the host named to migration-resolve); a dry
+     run whose checks fail
   6  authentication: no or bad token, or a role that may not do this
   7  the scheduler is unreachable, did not answer in time (--timeout), or the TLS
      handshake with it failed (--ca, --server-name)
@@ -122,9 +123,10 @@ absl::Status Validate(const Command& c) {
     if (!c.instance.empty()) check(sched::CheckUuid("--instance", c.instance));
     check(CheckLength("--marker", c.marker, kMaxTextLength));
   } else if (cmd == "migration-show" || cmd == "migration-abort" ||
-             cmd == "migration-force-complete") {
+             cmd == "migration-force-complete" || cmd == "migration-resolve") {
     check(sched::CheckMigrationId(c.id));
     check(CheckLength("--reason", c.reason, kMaxReasonLength));
+    if (cmd == "migration-resolve") check(sched::CheckHostname("--running-on", c.running_on));
   } else if (cmd == "host-list" || cmd == "instance-list" || cmd == "evacuation-list") {
     check(CheckOptionalHost("--host", c.host));
     check(CheckLength("--marker", c.marker, kMaxTextLength));
@@ -360,6 +362,23 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
                       "the guest (openstack server migration force complete)",
                       "  cloudctl migration-force-complete 42");
     f->add_option("id", c.id, "migration number or UUID")->required();
+
+    CLI::App* r =
+        sub("migration-resolve",
+            "Close a migration in error once the guest runs on one host only (destroy or pause the "
+            "other copy first)",
+            "  cloudctl migration-resolve 42 --running-on host-b --reason \"copy on host-a "
+            "destroyed\"\n"
+            "The scheduler asks both agents where the guest runs and proceeds only if exactly one\n"
+            "of the source and the destination runs it and it is the host you name: the migration\n"
+            "becomes completed (destination) or failed (source), the instance is recorded on that\n"
+            "host and its memory claim released. Otherwise nothing changes and the answer says\n"
+            "what each host reports. Resolving again answers the same.");
+    r->add_option("id", c.id, "migration number or UUID")->required();
+    r->add_option("--running-on", c.running_on,
+                  "the host you see the guest running on (the source or the destination)")
+        ->required();
+    r->add_option("--reason", c.reason, "why (recorded in the migration's timeline)");
   }
 
   // hosts

@@ -54,7 +54,8 @@ struct Command {
   std::string host;                   // host-* positional; --host filters of the lists
   std::string instance;               // migration-list --instance; instance-show's uuid
   std::string id;                     // migration-* and evacuation-show ids
-  std::string reason;                 // migration-abort / host-disable --reason
+  std::string reason;                 // migration-abort / -resolve / host-disable --reason
+  std::string running_on;             // migration-resolve --running-on
   std::string status_filter;          // host-list --status
   std::string state_filter;           // host-list --state
   std::string marker;

@@ -558,6 +558,31 @@ int MigrationAbort(const Client& client, const Output& o, const std::string& id,
   return 0;
 }
 
+int MigrationResolve(const Client& client, const Output& o, const std::string& id,
+                     const std::string& running_on, const std::string& reason) {
+  sv1::ResolveMigrationRequest req;
+  req.set_migration_id(id);
+  req.set_running_on(running_on);
+  req.set_reason(reason);
+  req.set_requester(client.settings().requester);
+  sv1::ResolveMigrationResponse resp;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.ResolveMigration(ctx, req, &resp); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), absl::StrCat("migration-resolve ", id), st,
+                       "cloudctl migration-show shows the migration and its timeline");
+  }
+  if (o.json) {
+    std::cout << ToJson(resp);
+    return 0;
+  }
+  const auto& m = resp.migration();
+  std::cout << "Migration " << m.number() << " resolved: " << StatusName(m.status())
+            << ", the instance runs on " << running_on
+            << ".\nIts timeline: cloudctl migration-show " << m.number() << "\n";
+  return 0;
+}
+
 int MigrationForceComplete(const Client& client, const Output& o, const std::string& id) {
   sv1::ForceCompleteMigrationRequest req;
   req.set_migration_id(id);
@@ -853,3 +878,6 @@ int main(int argc, char** argv) {
   if (cmd == "instance-show") return InstanceShow(client, out, c.instance);
   return ArgError("unknown command " + cmd + "; see cloudctl --help");
 }
+  if (cmd == "migration-resolve") {
+    return MigrationResolve(client, out, c.id, c.running_on, c.reason);
+  }

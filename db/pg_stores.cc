@@ -1252,6 +1252,46 @@ class PgMigrationStore : public MigrationStore {
     // (as rows or as totals). Reads the active and recently finished migrations (partial index)
     // and the events of the last minutes (primary key range), not the whole history, as long as
     // FoldMetrics runs (the scheduler's periodic work).
+  absl::StatusOr<MigrationRecord> ResolveError(int64_t id, MigrationStatus to,
+                                               const std::string& host,
+                                               const std::string& failure_reason,
+                                               const MigrationEvent& event) override {
+    if (to != MigrationStatus::kCompleted && to != MigrationStatus::kFailed) {
+      return absl::InvalidArgumentError(absl::StrCat("migration ", id,
+                                                     ": an error resolves to "
+                                                     "completed or failed, not '",
+                                                     ToString(to), "'"));
+    }
+    MigrationEvent ev = event;
+    ev.status = ToString(to);
+    if (ev.step.empty()) ev.step = "resolve";
+    // One statement: the row (only while in error), the instance, the event, then the row.
+    return pool_->SingleQuery<MigrationRecord>(
+        "resolve migration in error",
+        [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationRecord> {
+          pqxx::result r = Prep(
+              w,
+              "WITH upd AS (UPDATE migrations SET status = $2, step = 'resolve', "
+              "updated_at = now(), memory_claim_mib = 0, failure_reason = $3, "
+              "finished_at = now(), owner = NULL, lease_expires_at = NULL "
+              "WHERE id = $1 AND status = 'error' RETURNING *), "
+              "inst AS (UPDATE instances i SET task_state = NULL, updated_at = now(), host = $4, "
+              "missing = false, missing_since = NULL "
+              "FROM upd WHERE i.uuid = upd.instance_uuid RETURNING 1), "
+              "ev AS (" +
+                  EventsInsertFrom("upd", "$5") + ") " + MigrationSelectFrom("upd"),
+              id, std::string(ToString(to)), failure_reason, host,
+              EventsJson(std::vector<MigrationEvent>{ev}));
+          if (!r.empty()) return MigrationFromRow(r[0]);
+          pqxx::result cur = Prep(w, "SELECT status FROM migrations WHERE id = $1", id);
+          if (cur.empty()) {
+            return absl::NotFoundError(absl::StrCat("migration ", id, " does not exist"));
+          }
+          return absl::AbortedError(absl::StrCat("migration ", id, " is '", Str(cur[0][0]),
+                                                 "', no longer 'error': another actor moved it"));
+        });
+  }
+
     static const std::string sql = absl::StrCat(
         "SELECT family, label, le_ms, sum(n)::bigint, sum(s)::float8 FROM (",
         MetricRows("(SELECT * FROM migrations WHERE NOT metrics_folded)",

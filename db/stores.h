@@ -134,6 +134,16 @@ class MigrationStore {
 
   // What /metrics reports, read in ONE statement (one snapshot, so a fold or a purge committing
   // meanwhile is seen entirely or not at all): what FoldMetrics and purges folded into
+  // An operator's resolution of a migration in `error` (SchedulerApi.ResolveMigration), whoever
+  // holds its lease (an operator decides, not a scheduler): compare-and-swap on status 'error'
+  // to `to` (completed or failed), in ONE transaction: step 'resolve', `failure_reason`, the
+  // memory claim 0 and the lease released; the instance released (task state cleared) and on
+  // `host` (not missing); `event` appended (its status `to`). Aborted when the migration is no
+  // longer in error (the caller reads it again); NotFound when unknown.
+  virtual absl::StatusOr<MigrationRecord> ResolveError(int64_t id, MigrationStatus to,
+                                                       const std::string& host,
+                                                       const std::string& failure_reason,
+                                                       const MigrationEvent& event) = 0;
   // metric_totals plus the rows not folded yet. A pure read: it writes nothing and takes no lock,
   // so a scrape runs on a read-only connection too. Every field but `in_flight` only grows,
   // across folds, purges, restarts and scheduler replicas (see MigrationMetrics).

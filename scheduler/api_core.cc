@@ -1,9 +1,11 @@
 #include "scheduler/api_core.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
@@ -328,6 +330,129 @@ absl::StatusOr<sv1::ForceCompleteMigrationResponse> ApiCore::ForceCompleteMigrat
 }
 
 absl::StatusOr<sv1::CheckMigrationResponse> ApiCore::CheckMigration(
+namespace {
+
+// The resolve event of a migration (step "resolve"), if it has one.
+const db::MigrationEvent* ResolveEvent(const std::vector<db::MigrationEvent>& events) {
+  for (const auto& e : events) {
+    if (e.step == "resolve" && e.kind == "result") return &e;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+absl::StatusOr<sv1::ResolveMigrationResponse> ApiCore::ResolveMigration(
+    const sv1::ResolveMigrationRequest& r, const std::string& caller) {
+  if (r.reason().size() > kMaxReasonLength) {
+    return absl::InvalidArgumentError(absl::StrCat("field 'reason' must be at most ",
+                                                   kMaxReasonLength, " characters, got ",
+                                                   r.reason().size()));
+  }
+  if (r.requester().size() > kMaxReasonLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("field 'requester' must be at most ", kMaxReasonLength, " characters"));
+  }
+  ASSIGN_OR_RETURN(db::MigrationRecord m, FindMigration(r.migration_id()));
+  const std::string& on = r.running_on();
+  if (on.empty() || (on != m.source_host && on != m.dest_host)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("running_on '", on, "' is neither the source (", m.source_host,
+                     ") nor the destination (", m.dest_host.empty() ? "none" : m.dest_host,
+                     ") of migration ", m.id, ": name the host you see the guest running on"));
+  }
+  auto answer =
+      [&](const db::MigrationRecord& rec) -> absl::StatusOr<sv1::ResolveMigrationResponse> {
+    ASSIGN_OR_RETURN(auto events, migrations_->ListEvents(rec.id));
+    sv1::ResolveMigrationResponse resp;
+    *resp.mutable_migration() = ToProtoMigration(rec, events);
+    return resp;
+  };
+  // Already resolved: the same answer (no agent is asked again), or a refusal naming the host.
+  auto resolved = [&](const db::MigrationRecord& rec)
+      -> std::optional<absl::StatusOr<sv1::ResolveMigrationResponse>> {
+    if (!IsTerminal(rec.status)) return std::nullopt;
+    auto events = migrations_->ListEvents(rec.id);
+    if (!events.ok()) return absl::StatusOr<sv1::ResolveMigrationResponse>(events.status());
+    const db::MigrationEvent* e = ResolveEvent(*events);
+    if (e == nullptr) {
+      return absl::StatusOr<sv1::ResolveMigrationResponse>(absl::FailedPreconditionError(
+          absl::StrCat("migration ", rec.id, " is already ", ToString(rec.status),
+                       ": nothing to resolve (only a migration in error is resolved)")));
+    }
+    if (e->host != on) {
+      return absl::StatusOr<sv1::ResolveMigrationResponse>(absl::FailedPreconditionError(
+          absl::StrCat("migration ", rec.id, " was already resolved as running on ", e->host, " (",
+                       e->detail, "), not on ", on)));
+    }
+    return answer(rec);
+  };
+  if (auto done = resolved(m)) return *std::move(done);
+  if (m.status != MigrationStatus::kError) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "migration ", m.id, " is ", ToString(m.status),
+        ": the scheduler still drives it; only a migration in error is resolved. Wait for it "
+        "to finish (cloudctl migration-show), or abort it (cloudctl migration-abort) while it "
+        "can be aborted"));
+  }
+  ASSIGN_OR_RETURN(auto where, orchestrator_->DescribeDomainOnHosts(m));
+  std::vector<std::string> running, said;
+  for (const auto& w : where) {
+    if (w.runs) running.push_back(w.host);
+    said.push_back(absl::StrCat(w.host, ": ", w.state));
+  }
+  const std::string reports = absl::StrCat("(", absl::StrJoin(said, "; "), ")");
+  const std::string nothing = "; nothing was changed";
+  if (running.size() > 1) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "instance ", m.instance_uuid, " runs on both ", absl::StrJoin(running, " and "), " ",
+        reports, ": destroy or pause one copy first, then resolve naming the other", nothing));
+  }
+  if (running.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("instance ", m.instance_uuid, " runs on neither host ", reports,
+                     ": start or resume the copy to keep, then resolve naming its host", nothing));
+  }
+  if (running[0] != on) {
+    return absl::FailedPreconditionError(absl::StrCat("instance ", m.instance_uuid, " runs on ",
+                                                      running[0], ", not ", on, " ", reports,
+                                                      ": check the hosts again", nothing));
+  }
+  const std::string who = Who(caller, r.requester());
+  std::string detail = absl::StrCat("resolved by ", who, ": runs on ", on, ": ",
+                                    r.reason().empty() ? "no reason given" : r.reason());
+  for (const auto& w : where) {
+    if (w.host != on && w.present) {
+      absl::StrAppend(&detail, "; ", w.host, " still holds a ", w.state,
+                      " copy: destroy it by hand");
+    }
+  }
+  db::MigrationEvent ev;
+  ev.step = "resolve";
+  ev.kind = "result";
+  ev.outcome = "ok";
+  ev.actor = who;
+  ev.host = on;
+  ev.detail = detail;
+  ev.started_at = absl::Now();
+  ev.finished_at = ev.started_at;
+  ev.duration_ms = 0;
+  const MigrationStatus to =
+      on == m.dest_host ? MigrationStatus::kCompleted : MigrationStatus::kFailed;
+  auto after = migrations_->ResolveError(
+      m.id, to, on,
+      absl::StrCat(m.failure_reason, m.failure_reason.empty() ? "" : " ", "(", detail, ")"), ev);
+  if (after.status().code() == absl::StatusCode::kAborted) {
+    // Another request (or the reconciler) moved it meanwhile: answer as for a second request.
+    ASSIGN_OR_RETURN(db::MigrationRecord now, migrations_->GetMigration(m.id));
+    if (auto done = resolved(now)) return *std::move(done);
+    return after.status();
+  }
+  if (!after.ok()) return after.status();
+  LogInfo("migration=%s number=%d instance=%s %s", m.uuid, m.id, m.instance_uuid, detail);
+  return answer(*after);
+}
+
     const sv1::CheckMigrationRequest& r) {
   if (!db::IsValidUuid(r.instance_uuid())) {
     return absl::InvalidArgumentError(

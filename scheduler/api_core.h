@@ -43,6 +43,10 @@ class ApiCore {
                                                              const std::string& caller);
   absl::StatusOr<sv1::ForceCompleteMigrationResponse> ForceCompleteMigration(
       const sv1::ForceCompleteMigrationRequest& r, const std::string& caller);
+  // Closes a migration in error once both agents show the guest running on exactly the host the
+  // operator names (scheduler.proto, ResolveMigration).
+  absl::StatusOr<sv1::ResolveMigrationResponse> ResolveMigration(
+      const sv1::ResolveMigrationRequest& r, const std::string& caller);
   absl::StatusOr<sv1::CheckMigrationResponse> CheckMigration(const sv1::CheckMigrationRequest& r);
   absl::StatusOr<sv1::ListHostsResponse> ListHosts(const sv1::ListHostsRequest& r);
   // Every host, walking all pages of ListHosts (for small views such as Nova's services).

@@ -1085,6 +1085,45 @@ void Orchestrator::FoldLoop() {
 }
 
 absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
+absl::StatusOr<std::vector<Orchestrator::DomainWhere>> Orchestrator::DescribeDomainOnHosts(
+    const db::MigrationRecord& m) {
+  std::vector<std::string> names = {m.source_host};
+  if (!m.dest_host.empty()) names.push_back(m.dest_host);
+  std::vector<DomainWhere> out;
+  for (const std::string& name : names) {
+    ASSIGN_OR_RETURN(db::HostRecord h, hosts_->GetHost(name, options_.service_down_time));
+    auto agent = agents_->ForHost(name, h.report.agent_address);
+    cv1::DescribeInstanceRequest di;
+    di.set_instance_uuid(m.instance_uuid);
+    di.set_migration_id(m.uuid);
+    absl::StatusOr<cv1::DescribeInstanceResponse> r = absl::UnknownError("not asked");
+    for (int i = 0; i <= options_.step_retries; ++i) {
+      r = agent->DescribeInstance(di);
+      if (r.ok() || (r.status().code() != absl::StatusCode::kUnavailable &&
+                     r.status().code() != absl::StatusCode::kDeadlineExceeded)) {
+        break;
+      }
+    }
+    if (!r.ok()) {
+      return absl::UnavailableError(absl::StrCat("the agent of ", name,
+                                                 " cannot say whether instance ", m.instance_uuid,
+                                                 " runs there: ", r.status().message()));
+    }
+    DomainWhere w;
+    w.host = name;
+    w.present = r->present();
+    w.runs = DomainRuns(*r);
+    w.state = r->present() ? DomainStateName(r->domain().state()) : "no domain";
+    out.push_back(std::move(w));
+  }
+  return out;
+}
+
+Orchestrator::DryRunCounts Orchestrator::DryRuns() {
+  absl::MutexLock l(&dry_mu_);
+  return dry_;
+}
+
     const sv1::CheckMigrationRequest& req, db::HostStore* hosts_store,
     db::InstanceStore* instances_store) {
   db::HostStore* const hosts = hosts_store ? hosts_store : hosts_;

@@ -383,6 +383,18 @@ absl::StatusOr<sv1::ForceCompleteMigrationRequest> ParseForceComplete(
   return r;
 }
 
+absl::StatusOr<sv1::ResolveMigrationRequest> ParseResolveMigration(absl::string_view migration_id,
+                                                                   absl::string_view body) {
+  LIVEMIG_RETURN(CheckMigrationId(migration_id));
+  sv1::ResolveMigrationRequest r;
+  LIVEMIG_RETURN(ParseJsonBody(body, &r));
+  r.set_migration_id(std::string(migration_id));
+  LIVEMIG_RETURN(CheckHostname("running_on", r.running_on()));
+  LIVEMIG_RETURN(CheckLength("reason", r.reason(), kMaxReasonLength));
+  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
+  return r;
+}
+
 absl::StatusOr<sv1::SetHostEnabledRequest> ParseSetHostEnabled(absl::string_view hostname,
                                                                absl::string_view body) {
   LIVEMIG_RETURN(CheckHostname("host", hostname));

@@ -71,6 +71,9 @@ absl::StatusOr<sv1::AbortMigrationRequest> ParseAbortMigration(absl::string_view
                                                                absl::string_view body);
 absl::StatusOr<sv1::ForceCompleteMigrationRequest> ParseForceComplete(
     absl::string_view migration_id, absl::string_view body);
+// POST /v1/migrations/{id}/resolve {"running_on": .., "reason": .., "requester": ..}
+absl::StatusOr<sv1::ResolveMigrationRequest> ParseResolveMigration(absl::string_view migration_id,
+                                                                   absl::string_view body);
 absl::StatusOr<sv1::SetHostEnabledRequest> ParseSetHostEnabled(absl::string_view hostname,
                                                                absl::string_view body);
 absl::StatusOr<sv1::EvacuateHostRequest> ParseEvacuateHost(absl::string_view hostname,

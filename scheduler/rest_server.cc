@@ -189,6 +189,14 @@ void RestServer::Routes() {
            if (!r.ok()) return SendError(res, r.status());
            Send(res, core_->ForceCompleteMigration(*r, *who));
          });
+  s.Post(R"(/v1/migrations/([^/]+)/resolve)", need(true, "resolve"),
+         [this, auth](const http::Request& req, http::Response& res) {
+           auto who = auth(req, res, true, "resolve");
+           if (!who) return;
+           auto r = ParseResolveMigration(req.matches[1], req.body);
+           if (!r.ok()) return SendError(res, r.status());
+           Send(res, core_->ResolveMigration(*r, *who));
+         });
   s.Get("/v1/hosts", need(false, "GET /v1/hosts"),
         [this, auth](const http::Request& req, http::Response& res) {
           if (!auth(req, res, false, "GET /v1/hosts")) return;

@@ -134,6 +134,12 @@ grpc::Status SchedulerApiService::ForceCompleteMigration(
   LIVEMIG_AUTH(true, "ForceCompleteMigration");
   return Reply(out, [&] { return core_->ForceCompleteMigration(*r, caller); });
 }
+grpc::Status SchedulerApiService::ResolveMigration(grpc::ServerContext* ctx,
+                                                   const sv1::ResolveMigrationRequest* r,
+                                                   sv1::ResolveMigrationResponse* out) {
+  LIVEMIG_AUTH(true, "ResolveMigration");
+  return Reply(out, [&] { return core_->ResolveMigration(*r, caller); });
+}
 grpc::Status SchedulerApiService::CheckMigration(grpc::ServerContext* ctx,
                                                  const sv1::CheckMigrationRequest* r,
                                                  sv1::CheckMigrationResponse* out) {

@@ -43,6 +43,8 @@ class SchedulerApiService final : public sv1::SchedulerApi::Service {
   grpc::Status ForceCompleteMigration(grpc::ServerContext*,
                                       const sv1::ForceCompleteMigrationRequest*,
                                       sv1::ForceCompleteMigrationResponse*) override;
+  grpc::Status ResolveMigration(grpc::ServerContext*, const sv1::ResolveMigrationRequest*,
+                                sv1::ResolveMigrationResponse*) override;
   grpc::Status CheckMigration(grpc::ServerContext*, const sv1::CheckMigrationRequest*,
                               sv1::CheckMigrationResponse*) override;
   grpc::Status ListHosts(grpc::ServerContext*, const sv1::ListHostsRequest*,
