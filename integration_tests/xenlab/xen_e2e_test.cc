@@ -95,10 +95,9 @@ TEST_CASE("xen: a PV guest migrates A→B→A with cloudctl, tunnelled over xen+
   X().MigrateWithCloudctl(kPv, kPvUuid, "a", "PV, tunnelled");
 }
 
-// One way only (time: a tunnelled PVH migration takes 2-3 minutes under emulation); it comes back
-// in the direct case below, and migrates both ways there.
-TEST_CASE("xen: a PVH guest migrates A→B with cloudctl, tunnelled over xen+tls") {
+TEST_CASE("xen: a PVH guest migrates A→B→A with cloudctl, tunnelled over xen+tls") {
   X().MigrateWithCloudctl(kPvh, kPvhUuid, "b", "PVH, tunnelled");
+  X().MigrateWithCloudctl(kPvh, kPvhUuid, "a", "PVH, tunnelled");
 }
 
 TEST_CASE("xen: PV and PVH guests migrate there and back with the stream not tunnelled") {
