@@ -29,6 +29,8 @@ std::vector<const Descriptor*> Roots() {
           sv1::AbortMigrationResponse::descriptor(),
           sv1::ForceCompleteMigrationRequest::descriptor(),
           sv1::ForceCompleteMigrationResponse::descriptor(),
+          sv1::ResolveMigrationRequest::descriptor(),
+          sv1::ResolveMigrationResponse::descriptor(),
           sv1::ListHostsResponse::descriptor(),
           sv1::Host::descriptor(),
           sv1::SetHostEnabledRequest::descriptor(),
@@ -58,9 +60,11 @@ const std::map<std::string, std::set<std::string>>& Required() {
       {"livemig.scheduler.v1.CheckMigrationResponse", {"instance_uuid"}},
       {"livemig.scheduler.v1.AbortMigrationResponse", {"migration"}},
       {"livemig.scheduler.v1.ForceCompleteMigrationResponse", {"migration"}},
+      {"livemig.scheduler.v1.ResolveMigrationResponse", {"migration"}},
       // Request bodies.
       {"livemig.scheduler.v1.CheckMigrationRequest", {"instance_uuid"}},
       {"livemig.scheduler.v1.SetHostEnabledRequest", {"enabled"}},
+      {"livemig.scheduler.v1.ResolveMigrationRequest", {"running_on"}},
   };
   return *kRequired;
 }

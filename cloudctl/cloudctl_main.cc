@@ -865,6 +865,9 @@ int main(int argc, char** argv) {
   if (cmd == "migration-show") return MigrationShow(client, out, c.id);
   if (cmd == "migration-abort") return MigrationAbort(client, out, c.id, c.reason);
   if (cmd == "migration-force-complete") return MigrationForceComplete(client, out, c.id);
+  if (cmd == "migration-resolve") {
+    return MigrationResolve(client, out, c.id, c.running_on, c.reason);
+  }
   if (cmd == "host-list") {
     return HostList(client, out, c.status_filter, c.state_filter, c.limit, c.marker);
   }
@@ -878,6 +881,3 @@ int main(int argc, char** argv) {
   if (cmd == "instance-show") return InstanceShow(client, out, c.instance);
   return ArgError("unknown command " + cmd + "; see cloudctl --help");
 }
-  if (cmd == "migration-resolve") {
-    return MigrationResolve(client, out, c.id, c.running_on, c.reason);
-  }

@@ -1246,12 +1246,6 @@ class PgMigrationStore : public MigrationStore {
                          "force-complete requested by ");
   }
 
-  absl::StatusOr<MigrationMetrics> ReadMetrics(absl::Duration service_down_time) override {
-    // One statement, no write and no lock: one snapshot of the rows not folded, of metric_totals
-    // and of the fold's mark, so a fold or a purge committing during the read is counted once
-    // (as rows or as totals). Reads the active and recently finished migrations (partial index)
-    // and the events of the last minutes (primary key range), not the whole history, as long as
-    // FoldMetrics runs (the scheduler's periodic work).
   absl::StatusOr<MigrationRecord> ResolveError(int64_t id, MigrationStatus to,
                                                const std::string& host,
                                                const std::string& failure_reason,
@@ -1292,6 +1286,12 @@ class PgMigrationStore : public MigrationStore {
         });
   }
 
+  absl::StatusOr<MigrationMetrics> ReadMetrics(absl::Duration service_down_time) override {
+    // One statement, no write and no lock: one snapshot of the rows not folded, of metric_totals
+    // and of the fold's mark, so a fold or a purge committing during the read is counted once
+    // (as rows or as totals). Reads the active and recently finished migrations (partial index)
+    // and the events of the last minutes (primary key range), not the whole history, as long as
+    // FoldMetrics runs (the scheduler's periodic work).
     static const std::string sql = absl::StrCat(
         "SELECT family, label, le_ms, sum(n)::bigint, sum(s)::float8 FROM (",
         MetricRows("(SELECT * FROM migrations WHERE NOT metrics_folded)",

@@ -131,9 +131,6 @@ class MigrationStore {
                                                        const std::string& reason) = 0;
   virtual absl::StatusOr<MigrationRecord> RequestForceComplete(int64_t id,
                                                                const std::string& by) = 0;
-
-  // What /metrics reports, read in ONE statement (one snapshot, so a fold or a purge committing
-  // meanwhile is seen entirely or not at all): what FoldMetrics and purges folded into
   // An operator's resolution of a migration in `error` (SchedulerApi.ResolveMigration), whoever
   // holds its lease (an operator decides, not a scheduler): compare-and-swap on status 'error'
   // to `to` (completed or failed), in ONE transaction: step 'resolve', `failure_reason`, the
@@ -144,6 +141,9 @@ class MigrationStore {
                                                        const std::string& host,
                                                        const std::string& failure_reason,
                                                        const MigrationEvent& event) = 0;
+
+  // What /metrics reports, read in ONE statement (one snapshot, so a fold or a purge committing
+  // meanwhile is seen entirely or not at all): what FoldMetrics and purges folded into
   // metric_totals plus the rows not folded yet. A pure read: it writes nothing and takes no lock,
   // so a scrape runs on a read-only connection too. Every field but `in_flight` only grows,
   // across folds, purges, restarts and scheduler replicas (see MigrationMetrics).

@@ -329,7 +329,6 @@ absl::StatusOr<sv1::ForceCompleteMigrationResponse> ApiCore::ForceCompleteMigrat
   return resp;
 }
 
-absl::StatusOr<sv1::CheckMigrationResponse> ApiCore::CheckMigration(
 namespace {
 
 // The resolve event of a migration (step "resolve"), if it has one.
@@ -453,6 +452,7 @@ absl::StatusOr<sv1::ResolveMigrationResponse> ApiCore::ResolveMigration(
   return answer(*after);
 }
 
+absl::StatusOr<sv1::CheckMigrationResponse> ApiCore::CheckMigration(
     const sv1::CheckMigrationRequest& r) {
   if (!db::IsValidUuid(r.instance_uuid())) {
     return absl::InvalidArgumentError(

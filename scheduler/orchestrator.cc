@@ -1084,7 +1084,6 @@ void Orchestrator::FoldLoop() {
   } while (!stop_.WaitForNotificationWithTimeout(options_.metrics_fold_interval));
 }
 
-absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
 absl::StatusOr<std::vector<Orchestrator::DomainWhere>> Orchestrator::DescribeDomainOnHosts(
     const db::MigrationRecord& m) {
   std::vector<std::string> names = {m.source_host};
@@ -1119,11 +1118,7 @@ absl::StatusOr<std::vector<Orchestrator::DomainWhere>> Orchestrator::DescribeDom
   return out;
 }
 
-Orchestrator::DryRunCounts Orchestrator::DryRuns() {
-  absl::MutexLock l(&dry_mu_);
-  return dry_;
-}
-
+absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
     const sv1::CheckMigrationRequest& req, db::HostStore* hosts_store,
     db::InstanceStore* instances_store) {
   db::HostStore* const hosts = hosts_store ? hosts_store : hosts_;

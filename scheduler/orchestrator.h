@@ -93,6 +93,18 @@ class Orchestrator {
 
   int RunningStateMachines();
 
+  // Where the domain of migration `m` is now, as the agents of its source and (when it has one)
+  // its destination describe it (DescribeInstance, the path the state machine asks by): one
+  // entry per host, the source first. Never guessed: Unavailable naming the host whose agent
+  // cannot answer (NotFound when the host is unknown).
+  struct DomainWhere {
+    std::string host;
+    bool present = false;  // the hypervisor has the domain (any state)
+    bool runs = false;     // running or blocked
+    std::string state;     // DomainStateName, or "no domain"
+  };
+  absl::StatusOr<std::vector<DomainWhere>> DescribeDomainOnHosts(const db::MigrationRecord& m);
+
   // How many migrations this process has driven to a terminal status, and a wait until that
   // number exceeds `seen` (or `timeout` passes): an evacuation reuses a slot at once.
   int64_t MigrationsEnded();
@@ -109,18 +121,6 @@ class Orchestrator {
   void Drive(int64_t id);
   bool Stopping() const { return stop_.HasBeenNotified(); }
   void MigrationEnded();
-  // Where the domain of migration `m` is now, as the agents of its source and (when it has one)
-  // its destination describe it (DescribeInstance, the path the state machine asks by): one
-  // entry per host, the source first. Never guessed: Unavailable naming the host whose agent
-  // cannot answer (NotFound when the host is unknown).
-  struct DomainWhere {
-    std::string host;
-    bool present = false;  // the hypervisor has the domain (any state)
-    bool runs = false;     // running or blocked
-    std::string state;     // DomainStateName, or "no domain"
-  };
-  absl::StatusOr<std::vector<DomainWhere>> DescribeDomainOnHosts(const db::MigrationRecord& m);
-
 
   OrchestratorOptions options_;
   db::MigrationStore* migrations_;
