@@ -89,7 +89,9 @@ struct Options {
   absl::Duration header_timeout = absl::Seconds(10);
   absl::Duration body_timeout = absl::Seconds(30);
   absl::Duration idle_timeout = absl::Seconds(30);
-  int threads = 4;
+  // The handlers run on these I/O threads, so a handler that waits holds one: the scheduler's
+  // dry runs (which ask agents) are capped below this (--dry-run-max-concurrent, default 4).
+  int threads = 8;
   int retry_after_s = 1;
   // TLS: both or neither (PEM files). With them, every connection must complete a TLS
   // handshake within header_timeout; a refused handshake is logged once per connection.

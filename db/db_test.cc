@@ -130,6 +130,32 @@ Transition Step(int64_t id, MigrationStatus from, MigrationStatus to, const std:
   return t;
 }
 
+TEST_CASE("a connection string with the examples' placeholder password is refused unconnected") {
+  // The k8s example Secret's string as it is: refused before any connection is tried (the host
+  // does not exist), naming the placeholder; case-insensitive; a real password is not refused.
+  for (const std::string conninfo :
+       {"host=db.example.net port=5432 dbname=livemig user=livemig password=REPLACE "
+        "sslmode=verify-full sslrootcert=/etc/livemig/pki/postgres-ca.pem",
+        "host=db.example.net dbname=livemig user=livemig password=... sslmode=verify-full",
+        "host=db.example.net dbname=livemig user=livemig password='replace'"}) {
+    PgPool::Options o;
+    o.conninfo = conninfo;
+    auto p = PgPool::Create(o);
+    INFO(conninfo);
+    REQUIRE_FALSE(p.ok());
+    INFO(p.status().ToString());
+    CHECK(p.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(absl::StrContains(p.status().message(), "password is the placeholder"));
+  }
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  PgPool::Options o;
+  o.conninfo = *c + " password=REPLACE-me-with-nothing";  // not a placeholder: connects
+  auto p = PgPool::Create(o);
+  INFO(p.status().ToString());
+  CHECK(p.ok());
+}
+
 TEST_CASE("schema applies to an empty database and re-applies as a no-op") {
   auto c = Server().CreateDatabase();
   REQUIRE(c.ok());

@@ -8,6 +8,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace livemig::db {
@@ -97,6 +98,26 @@ absl::StatusOr<std::unique_ptr<PgPool>> PgPool::Create(Options options) {
     return absl::InvalidArgumentError(
         "no database connection string: pass --db (e.g. \"host=/run/livemig/pg port=5432 "
         "user=livemig dbname=livemig\")");
+  }
+  {
+    char* err = nullptr;
+    std::string placeholder;
+    if (PQconninfoOption* opts = PQconninfoParse(options.conninfo.c_str(), &err)) {
+      for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+        if (o->val == nullptr || std::string(o->keyword) != "password") continue;
+        for (const char* p : kPlaceholderPasswords) {
+          if (absl::EqualsIgnoreCase(o->val, p)) placeholder = p;
+        }
+      }
+      PQconninfoFree(opts);
+    }
+    if (err != nullptr) PQfreemem(err);  // a malformed string: connecting will say why
+    if (!placeholder.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the database connection string's password is the placeholder '", placeholder,
+          "' of the examples (deploy/k8s/secrets.example.yaml), not a secret: put the real "
+          "password of the owner role there (the one deploy/postgres/setup-database.sh set)"));
+    }
   }
   if (options.size < 1) return absl::InvalidArgumentError("database pool size must be >= 1");
   if (options.acquire_timeout <= absl::ZeroDuration()) {

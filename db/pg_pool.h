@@ -42,6 +42,15 @@
 
 namespace livemig::db {
 
+// The placeholder passwords the repository's examples show in connection strings
+// (deploy/k8s/secrets.example.yaml's LIVEMIG_DB, deploy/README.md): refused by PgPool::Create,
+// compared case-insensitively. Keep this list in step with the examples.
+inline constexpr const char* kPlaceholderPasswords[] = {
+    "REPLACE",     // deploy/k8s/secrets.example.yaml (the Secret livemig-db)
+    "...",         // its comment and deploy/README.md (kubectl create secret ... password=...)
+    "<password>",  // the usual spelling of one
+};
+
 class PgPool {
  public:
   struct Options {
@@ -64,6 +73,10 @@ class PgPool {
     std::string size_flag = "--db-pool";
   };
 
+  // Connects once (a wrong connection string fails at start-up, clearly). Refuses, before
+  // connecting, a connection string whose password is a placeholder of the examples
+  // (kPlaceholderPasswords): InvalidArgument naming it, so that a copied example never reaches a
+  // database whose owner was given that publicly known password.
   static absl::StatusOr<std::unique_ptr<PgPool>> Create(Options options);
   ~PgPool();
   PgPool(const PgPool&) = delete;

@@ -20,7 +20,10 @@
 #       units' RestartPreventExitStatus=2 relies on (2: configuration, 7: no Xen libvirtd).
 #       deploy/pki.sh's certificates carry the usages their listeners need: `issue` server and
 #       client authentication (mutual TLS), `issue-server` server authentication only with the
-#       SANs given (the scheduler's API certificate); `token` makes 64 hex characters.
+#       SANs given (the scheduler's API certificate); `token` makes 64 hex characters. The
+#       examples' placeholder credentials (each token line of the example Secret livemig-tokens,
+#       the config's token syntax line filled in, the example Secret livemig-db's password) end
+#       the real scheduler at start-up with exit 2 and a message naming the placeholder.
 #   (d) deploy/postgres/setup-database.sh on a throwaway PostgreSQL (deploy/pgctl.sh): creates
 #       the roles and database, again without error, refuses clearly when it cannot connect; the
 #       scheduler applies its schema as the owner role; the dashboard role can SELECT the views
@@ -579,6 +582,86 @@ if tok=$(bash "$D/pki.sh" token) && [[ $tok =~ ^[0-9a-f]{64}$ ]]; then
   pass "pki.sh token: 64 hex characters (the scheduler refuses tokens under 32)"
 else
   fail "pki.sh token prints 64 hex characters" "$tok"
+fi
+
+# The examples' placeholder credentials are refused at start-up by the real scheduler: each token
+# line of the example Secret livemig-tokens (alone, and after a valid line), the token syntax line
+# of scheduler.conf.example filled in as written, and the example Secret livemig-db's connection
+# string (read from $LIVEMIG_DB as in Kubernetes). Each must end the scheduler with exit 2 (a
+# configuration error, not restarted) and a message naming the placeholder, before it serves or
+# connects anywhere (--db points at no database: a token that got through would end in exit 7).
+# sched_refuses LABEL PATTERN [ENV=VALUE...] -- SCHEDULER_FLAGS...
+sched_flags=(--listen "unix:$TMP/refuse-api.sock" --registry-listen "unix:$TMP/refuse-registry.sock"
+  --http-listen "" --tls-ca "$TMP/pki/ca.pem" --tls-cert "$TMP/pki/scheduler.pem"
+  --tls-key "$TMP/pki/scheduler.key")
+sched_refuses() {
+  local label=$1 pattern=$2 out rc envs=()
+  shift 2
+  while [[ $1 != -- ]]; do envs+=("$1"); shift; done
+  shift
+  out=$(env "${envs[@]}" timeout 20 "${BIN[scheduler]}" "${sched_flags[@]}" "$@" 2>&1)
+  rc=$?
+  if ((rc == 2)) && grep -qE "$pattern" <<<"$out" && ! grep -q "serving the API" <<<"$out"; then
+    pass "scheduler refuses $label at start-up (exit 2): $(grep -oE "$pattern.*" <<<"$out" | head -1 | cut -c1-160)"
+  else
+    fail "scheduler refuses $label at start-up (exit 2, naming it)" "exit $rc: $out"
+  fi
+}
+# With the example config and a --db that reaches no database.
+sched_refuses_tokens() { # LABEL PATTERN TOKENS_FILE
+  sched_refuses "$1" "$2" -- --config "$D/config/scheduler.conf.example" \
+    --db "host=$TMP/no-database port=5432 dbname=livemig user=livemig" --tokens-file "$3"
+}
+mapfile -t example_token_lines < <(python3 - "$D/k8s/secrets.example.yaml" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("metadata", {}).get("name") == "livemig-tokens":
+        for line in doc["stringData"]["tokens"].splitlines():
+            if line.split("#")[0].strip():
+                print(line.strip())
+PY
+)
+example_db=$(python3 - "$D/k8s/secrets.example.yaml" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("metadata", {}).get("name") == "livemig-db":
+        print(doc["stringData"]["LIVEMIG_DB"])
+PY
+)
+if ((${#example_token_lines[@]} >= 2)); then
+  pass "the example Secret livemig-tokens holds ${#example_token_lines[@]} placeholder token lines"
+else
+  fail "the example Secret livemig-tokens holds its placeholder token lines" "${example_token_lines[*]}"
+fi
+valid_line="$(bash "$D/pki.sh" token) operator deploy-test-valid"
+i=0
+for line in "${example_token_lines[@]}"; do
+  i=$((i + 1))
+  tok=${line%% *}
+  printf '%s\n' "$line" >"$TMP/tokens-placeholder-$i"
+  sched_refuses_tokens "the example Secret's token '$tok' (line $i)" \
+    "tokens-placeholder-$i:1: the token is the placeholder '$tok'" "$TMP/tokens-placeholder-$i"
+  printf '%s\n%s\n' "$valid_line" "$line" >"$TMP/tokens-placeholder-$i-second"
+  sched_refuses_tokens "the example Secret's token '$tok' after a valid token" \
+    "tokens-placeholder-$i-second:2: the token is the placeholder '$tok'" \
+    "$TMP/tokens-placeholder-$i-second"
+done
+syntax=$(grep -oE '"<token> <role> <name>"' "$D/config/scheduler.conf.example" | head -1 | tr -d '"')
+if [[ -n $syntax ]]; then
+  printf '%s\n' "${syntax/<role> <name>/operator ops}" >"$TMP/tokens-syntax"
+  sched_refuses_tokens "the config example's token syntax '<token>' filled in" \
+    "tokens-syntax:1: the token is the placeholder '<token>'" "$TMP/tokens-syntax"
+else
+  fail "scheduler.conf.example shows the token file's syntax '<token> <role> <name>'"
+fi
+printf 'short-but-not-a-placeholder operator ops\n' >"$TMP/tokens-short"
+sched_refuses_tokens "a token under 32 characters" "tokens-short:1: token too short \(27 characters, at least 32\)" "$TMP/tokens-short"
+if [[ $example_db == *password=* ]]; then
+  # As the Deployment runs it: no --db, the connection string from $LIVEMIG_DB.
+  sched_refuses "the example Secret livemig-db's password (from \$LIVEMIG_DB, as in Kubernetes)" \
+    "password is the placeholder 'REPLACE'" LIVEMIG_DB="$example_db" -- --tokens-file "$TMP/tokens"
+else
+  fail "the example Secret livemig-db holds a connection string with a password" "$example_db"
 fi
 
 mkdir -p "$TMP/instances" "$TMP/fake"

@@ -636,6 +636,20 @@ absl::StatusOr<std::string> ApiCore::MetricsText() {
          "Hosts disabled by an operator (no migration goes to them), up or down.");
   absl::StrAppend(&out, "livemig_hosts_disabled ", m.hosts_disabled, "\n");
   return out;
+  // Not from the database: this process's dry runs (each replica has its own cap).
+  const Orchestrator::DryRunCounts dry = orchestrator_->DryRuns();
+  Family(&out, "livemig_dry_runs_running", "gauge",
+         "Dry runs (CheckMigration, live-migration --dry-run) running now in this scheduler.");
+  absl::StrAppend(&out, "livemig_dry_runs_running ", dry.running, "\n");
+  Family(&out, "livemig_dry_runs_running_max", "gauge",
+         "The most dry runs that ran at once in this scheduler since it started (at most "
+         "--dry-run-max-concurrent).");
+  absl::StrAppend(&out, "livemig_dry_runs_running_max ", dry.most_running, "\n");
+  Family(&out, "livemig_dry_runs_total", "counter",
+         "Dry runs this scheduler was asked for since it started: run, or refused because "
+         "--dry-run-max-concurrent were running.");
+  absl::StrAppend(&out, "livemig_dry_runs_total{outcome=\"run\"} ", dry.admitted, "\n");
+  absl::StrAppend(&out, "livemig_dry_runs_total{outcome=\"refused\"} ", dry.refused, "\n");
 }
 
 // ---- evacuations -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <random>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -1118,7 +1119,41 @@ absl::StatusOr<std::vector<Orchestrator::DomainWhere>> Orchestrator::DescribeDom
   return out;
 }
 
+Orchestrator::DryRunCounts Orchestrator::DryRuns() {
+  absl::MutexLock l(&dry_mu_);
+  return dry_;
+}
+
 absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::CheckMigration(
+    const sv1::CheckMigrationRequest& req, db::HostStore* hosts_store,
+    db::InstanceStore* instances_store) {
+  {
+    absl::MutexLock l(&dry_mu_);
+    if (dry_.running >= options_.max_concurrent_dry_runs) {
+      ++dry_.refused;
+      const std::string msg = absl::StrCat(
+          "dry run refused: ", dry_.running,
+          " dry runs are running, the most allowed at once (--dry-run-max-concurrent ",
+          options_.max_concurrent_dry_runs, "; each asks the agents for up to ",
+          absl::FormatDuration(options_.dry_run_deadline), "): retry in a few seconds");
+      // A warning on the first refusal and every 100th: a flood does not flood the log.
+      if (dry_.refused == 1 || dry_.refused % 100 == 0) {
+        LogWarning("%s (%d refused since start)", msg, dry_.refused);
+      }
+      return absl::ResourceExhaustedError(msg);
+    }
+    ++dry_.running;
+    ++dry_.admitted;
+    dry_.most_running = std::max(dry_.most_running, dry_.running);
+  }
+  absl::Cleanup done = [this] {
+    absl::MutexLock l(&dry_mu_);
+    --dry_.running;
+  };
+  return DryRun(req, hosts_store, instances_store);
+}
+
+absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::DryRun(
     const sv1::CheckMigrationRequest& req, db::HostStore* hosts_store,
     db::InstanceStore* instances_store) {
   db::HostStore* const hosts = hosts_store ? hosts_store : hosts_;

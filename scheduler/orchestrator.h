@@ -50,6 +50,11 @@ struct OrchestratorOptions {
   // A dry run (CheckMigration) answers within this, its agent calls sharing it; it asks the
   // agents of at most `destination_attempts` candidates, as a migration would.
   absl::Duration dry_run_deadline = absl::Seconds(30);
+  // Dry runs running at once, whoever asks (readers may): each asks up to 1 + 3 ×
+  // destination_attempts agent calls and may last dry_run_deadline, so without a cap a flood of
+  // dry runs fans out to the agents without bound. One more is refused at once with
+  // ResourceExhausted naming the cap and its flag (--dry-run-max-concurrent).
+  int max_concurrent_dry_runs = 4;
   int step_retries = 3;  // idempotent step RPCs retried on Unavailable/DeadlineExceeded
   absl::Duration roll_forward_for = absl::Minutes(10);  // then `error`
   absl::Duration transfer_deadline = absl::Hours(6);    // the scheduler's own hard deadline
@@ -87,9 +92,20 @@ class Orchestrator {
   // changes nothing (the probe file is removed again; the agents keep no record). It reads through
   // `hosts` and `instances` when given (the API passes its own stores, so that dry runs use the
   // API's connections, not the control loop's), else through the orchestrator's.
+  // At most options.max_concurrent_dry_runs run at once; beyond, ResourceExhausted at once.
   absl::StatusOr<sv1::CheckMigrationResponse> CheckMigration(
       const sv1::CheckMigrationRequest& r, db::HostStore* hosts = nullptr,
       db::InstanceStore* instances = nullptr);
+
+  // The dry runs of this process (for /metrics and tests): running now, the most that ever ran
+  // at once, how many were admitted and how many refused by the cap.
+  struct DryRunCounts {
+    int running = 0;
+    int most_running = 0;
+    int64_t admitted = 0;
+    int64_t refused = 0;
+  };
+  DryRunCounts DryRuns();
 
   int RunningStateMachines();
 
@@ -120,6 +136,10 @@ class Orchestrator {
   // The state machine; returns when the migration is terminal or no longer ours.
   void Drive(int64_t id);
   bool Stopping() const { return stop_.HasBeenNotified(); }
+  // CheckMigration once admitted by the cap.
+  absl::StatusOr<sv1::CheckMigrationResponse> DryRun(const sv1::CheckMigrationRequest& r,
+                                                     db::HostStore* hosts,
+                                                     db::InstanceStore* instances);
   void MigrationEnded();
 
   OrchestratorOptions options_;
@@ -137,6 +157,8 @@ class Orchestrator {
   std::vector<std::thread> finished_ ABSL_GUARDED_BY(mu_);
   std::thread dispatcher_, renewer_, folder_;
   std::atomic<bool> started_{false};
+  absl::Mutex dry_mu_;
+  DryRunCounts dry_ ABSL_GUARDED_BY(dry_mu_);
   absl::Mutex ended_mu_;
   int64_t ended_ ABSL_GUARDED_BY(ended_mu_) = 0;
 

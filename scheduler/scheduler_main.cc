@@ -188,6 +188,11 @@ int main(int argc, char** argv) {
   app.add_option("--dry-run-deadline", dry_run_deadline_s,
                  "seconds a dry run (CheckMigration) may take in all, its agent calls sharing it")
       ->capture_default_str();
+  app.add_option("--dry-run-max-concurrent", o.max_concurrent_dry_runs,
+                 "dry runs running at once (each asks agents); one more is refused at once with "
+                 "RESOURCE_EXHAUSTED (REST: 429)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
   app.add_option("--max-outbound-per-host", o.max_outbound_per_host,
                  "concurrent migrations out of one host")
       ->capture_default_str();
@@ -240,6 +245,14 @@ int main(int argc, char** argv) {
   }
   if (dry_run_deadline_s <= 0) {
     return Fail("--dry-run-deadline", absl::InvalidArgumentError("must be positive"));
+  }
+  // A REST dry run waits for agents on one of the HTTP threads: keep threads for other calls.
+  if (!http_listen.empty() && o.max_concurrent_dry_runs >= http_o.threads) {
+    return Fail(
+        "--dry-run-max-concurrent",
+        absl::InvalidArgumentError(absl::StrCat(
+            "must be below --http-threads (", http_o.threads, "), got ", o.max_concurrent_dry_runs,
+            ": each REST dry run holds an HTTP thread while it waits for agents")));
   }
   const bool api_tls = !api_cert.empty();
   if (auto s = livemig::CheckApiListener("--listen", listen, api_tls, api_plaintext); !s.ok()) {

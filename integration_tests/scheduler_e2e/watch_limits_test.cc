@@ -7,10 +7,17 @@
 //    within 2 s; another token can still watch, up to --watch-max-streams-total (32) in all;
 //  - the open streams end once their migration ends: set to `error` (the stream used to poll it
 //    for ever), and cancelled by an abort; the freed slots can be used again;
+//  - at the gRPC thread cap (--grpc-max-threads 64): 150 streams from 5 reader tokens at once and
+//    40 clients calling back to back; the streams held stay within the caps (32 threads), the
+//    other calls are answered or refused RESOURCE_EXHAUSTED by gRPC's thread cap, never anything
+//    else; the control loop is untouched (a migration in flight keeps one owner, its 3 s lease is
+//    renewed every second, host reports stay on time, it completes); after the flood every
+//    token is answered at once and may watch again;
 //  - a request larger than --grpc-max-message-bytes is refused (the server's limits apply).
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
+#include <set>
 #include <thread>
 #include <tuple>
 
@@ -22,6 +29,7 @@
 #include "driver/fake_driver.h"
 #include "grpcpp/grpcpp.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "pqxx/pqxx"
 #include "testing/process.h"
 #include "testing/run_command.h"
 
@@ -35,6 +43,12 @@ constexpr char kUuid2[] = "3a7c0000-0000-4000-8000-000000000002";
 constexpr int kCap = 20;       // --watch-max-streams
 constexpr int kTotal = 32;     // --watch-max-streams-total
 constexpr int kStreams = 500;  // opened at once by one token
+constexpr int kReaders = 5;    // more reader tokens (the thread-cap test)
+
+// The i-th of kReaders more reader tokens (32 characters and more).
+std::string ReaderToken(int i) {
+  return absl::StrCat("rd-token-flood-", i, "-0123456789abcdef0123");
+}
 
 // `n` WatchMigration streams of one token over one channel, driven asynchronously (one
 // completion queue, one thread), each read until it ends.
@@ -159,15 +173,20 @@ struct WatchCloud {
   std::unique_ptr<driver::FakeHypervisor> hv;
   std::shared_ptr<grpc::Channel> channel;
 
-  WatchCloud() {
-    std::ofstream(dir + "/tokens") << kOp << " operator ops-watch\n"
-                                   << kReader << " reader dash-watch\n";
+  // `extra_flags`: more scheduler flags.
+  explicit WatchCloud(const std::string& extra_flags = "") {
+    {
+      std::ofstream tokens(dir + "/tokens");
+      tokens << kOp << " operator ops-watch\n" << kReader << " reader dash-watch\n";
+      for (int i = 0; i < kReaders; ++i) tokens << ReaderToken(i) << " reader dash-" << i << "\n";
+    }
     cloud = std::make_unique<Cloud>(dir);
     cloud->set_token(kOp);
     cloud->StartScheduler(absl::StrCat("--tokens-file ", dir,
                                        "/tokens --report-interval 1 --grpc-max-threads 64 "
                                        "--grpc-max-streams 100 --watch-max-streams ",
-                                       kCap, " --watch-max-streams-total ", kTotal));
+                                       kCap, " --watch-max-streams-total ", kTotal, " ",
+                                       extra_flags));
     hv = std::make_unique<driver::FakeHypervisor>(state);
     for (const char* h : {"host-a", "host-b"}) {
       cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
@@ -424,6 +443,265 @@ TEST_CASE(
       cancelled, refused, Ms(slowest));
   CHECK(refused == 1);
   CHECK(cancelled == kCap);
+}
+
+// A channel of its own (its own connection: gRPC would otherwise share one per target).
+std::shared_ptr<grpc::Channel> OwnChannel(const std::string& dir) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel("unix:" + dir + "/api.sock", grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
+TEST_CASE(
+    "thread cap: 150 streams of 5 tokens and 40 busy callers at the 64-thread cap; the control "
+    "loop keeps its lease, the migration completes, everything answers after") {
+  constexpr int kPerToken = 30;  // streams per token: over --watch-max-streams (20)
+  constexpr int kCallers = 40;   // clients calling back to back during the flood
+  // Lease renewal every second, so that a stall shows within the flood.
+  WatchCloud w("--lease 3");
+  const std::string watched = w.StartLong(kUuid2);  // 10 minutes: the streams' migration
+  REQUIRE(w.hv->SetTransferDuration("host-a", absl::Seconds(6)).ok());
+  const std::string id = w.StartLong(kUuid1);  // the migration in flight during the flood
+
+  // The control loop, sampled every 250 ms from the database: the migration's owner and lease,
+  // the oldest host report.
+  absl::Notification flood_over;
+  struct Sample {
+    std::string status, owner;
+    double lease_left_s = 0, lease_expires = 0, report_age_s = 0;
+  };
+  std::vector<Sample> samples;
+  std::string sample_error;
+  std::thread sampler([&] {
+    // One connection of the test's own (a psql per sample is too slow on a loaded machine).
+    std::unique_ptr<pqxx::connection> db;
+    try {
+      db = std::make_unique<pqxx::connection>(w.cloud->db());
+    } catch (const std::exception& e) {
+      sample_error = e.what();
+      return;
+    }
+    const std::string query = absl::StrCat(
+        "SELECT status, coalesce(owner, ''), coalesce(extract(epoch FROM lease_expires_at - "
+        "clock_timestamp()), 0), coalesce(extract(epoch FROM lease_expires_at), 0), (SELECT "
+        "extract(epoch FROM max(clock_timestamp() - last_report_at)) FROM hosts) FROM "
+        "migrations WHERE uuid = '",
+        id, "'");
+    do {
+      try {
+        pqxx::nontransaction tx(*db);
+        const pqxx::row r = tx.exec1(query);
+        Sample x;
+        x.status = r[0].as<std::string>();
+        x.owner = r[1].as<std::string>();
+        x.lease_left_s = r[2].as<double>();
+        x.lease_expires = r[3].as<double>();
+        x.report_age_s = r[4].as<double>();
+        samples.push_back(x);
+      } catch (const std::exception& e) {
+        sample_error = e.what();
+      }
+    } while (!flood_over.WaitForNotificationWithTimeout(absl::Milliseconds(250)));
+  });
+
+  // Other clients calling back to back: ListHosts with the operator's token, GetMigration with
+  // a reader's, each on its own connection.
+  struct CallerStats {
+    int calls = 0, ok = 0, refused_threads = 0, refused_other = 0, failed = 0;
+    absl::Duration slowest;
+    std::string failure, refusal;
+  };
+  absl::Mutex stats_mu;
+  CallerStats stats;
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCallers; ++i) {
+    callers.emplace_back([&, i] {
+      auto stub = sv1::SchedulerApi::NewStub(OwnChannel(w.dir));
+      while (!flood_over.HasBeenNotified()) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+        const absl::Time t0 = absl::Now();
+        grpc::Status s;
+        if (i % 2 == 0) {
+          ctx.AddMetadata("authorization", std::string("Bearer ") + kOp);
+          sv1::ListHostsResponse r;
+          s = stub->ListHosts(&ctx, {}, &r);
+        } else {
+          ctx.AddMetadata("authorization", "Bearer " + ReaderToken(i % kReaders));
+          sv1::GetMigrationRequest r;
+          r.set_migration_id(id);
+          sv1::Migration m;
+          s = stub->GetMigration(&ctx, r, &m);
+        }
+        const absl::Duration took = absl::Now() - t0;
+        absl::MutexLock l(&stats_mu);
+        ++stats.calls;
+        stats.slowest = std::max(stats.slowest, took);
+        if (s.ok()) {
+          ++stats.ok;
+        } else if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED &&
+                   absl::StrContains(s.error_message(), "Threadpool")) {
+          ++stats.refused_threads;  // gRPC's answer at --grpc-max-threads
+        } else if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          ++stats.refused_other;
+          stats.refusal = s.error_message();
+        } else {
+          ++stats.failed;
+          stats.failure = absl::StrCat(s.error_code(), " ", s.error_message());
+        }
+      }
+    });
+  }
+
+  // The flood: kPerToken streams of each of kReaders tokens, at once, each token on its own
+  // connection, all watching the long migration.
+  const absl::Time t0 = absl::Now();
+  std::vector<std::unique_ptr<Watches>> floods;
+  for (int t = 0; t < kReaders; ++t) {
+    floods.push_back(
+        std::make_unique<Watches>(OwnChannel(w.dir), ReaderToken(t), watched, kPerToken));
+  }
+  bool resolved = true;
+  for (auto& f : floods) {
+    resolved = resolved && f->Await([&] { return f->Resolved() == kPerToken; }, absl::Seconds(30));
+  }
+  const absl::Duration resolve_time = absl::Now() - t0;
+
+  // The migration in flight completes while the streams are held and the callers call.
+  const sv1::Migration done = w.cloud->WaitTerminal(id, absl::Seconds(30));
+  const absl::Duration flood_time = absl::Now() - t0;
+  int open_at_end = 0;
+  for (auto& f : floods) {
+    f->Await(
+        [&] {
+          open_at_end += f->Open();
+          return true;
+        },
+        absl::ZeroDuration());
+  }
+  flood_over.Notify();
+  for (auto& c : callers) c.join();
+  sampler.join();
+  REQUIRE(resolved);
+
+  int open = 0, refused_token = 0, refused_total = 0, refused_threads = 0, other = 0;
+  int most_per_token = 0;
+  std::string other_error, total_message;
+  for (auto& f : floods) {
+    int mine = 0;
+    for (const auto& o : f->Outcomes()) {
+      if (o.snapshots > 0 && !o.finished) {
+        ++open;
+        ++mine;
+      } else if (o.finished && o.snapshots == 0 && o.code == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        if (absl::StrContains(o.message, absl::StrCat("--watch-max-streams-total ", kTotal))) {
+          ++refused_total;
+          total_message = o.message;
+        } else if (NamesCap(o.message)) {
+          ++refused_token;
+        } else if (absl::StrContains(o.message, "Threadpool")) {
+          ++refused_threads;
+        } else {
+          ++other;
+          other_error = o.message;
+        }
+      } else {
+        ++other;
+        other_error = absl::StrCat(o.code, " ", o.message, " snapshots=", o.snapshots);
+      }
+    }
+    most_per_token = std::max(most_per_token, mine);
+  }
+
+  // The control loop while the flood lasted: one owner, the lease renewed, the reports on time.
+  std::set<std::string> owners;
+  std::set<double> leases;
+  double min_lease_left = 1e9, max_report_age = 0;
+  int running_samples = 0;
+  for (const auto& x : samples) {
+    max_report_age = std::max(max_report_age, x.report_age_s);
+    if (x.status == "completed") continue;
+    ++running_samples;
+    owners.insert(x.owner);
+    leases.insert(x.lease_expires);
+    min_lease_left = std::min(min_lease_left, x.lease_left_s);
+  }
+
+  printf(
+      "thread cap (--grpc-max-threads 64): %d WatchMigration streams from %d reader tokens at "
+      "once: %d open (caps %d per token, %d in all; most of one token %d), refused: %d naming "
+      "--watch-max-streams, %d naming --watch-max-streams-total, %d by gRPC's thread cap, %d "
+      "otherwise; all resolved in %.0f ms\n",
+      kPerToken * kReaders, kReaders, open, kCap, kTotal, most_per_token, refused_token,
+      refused_total, refused_threads, other, Ms(resolve_time));
+  printf("the total cap's refusal: %s\n", total_message.c_str());
+  printf(
+      "%d other clients calling back to back for %.1f s: %d calls, %d answered, %d refused by "
+      "gRPC's thread cap (RESOURCE_EXHAUSTED 'Server Threadpool Exhausted'), %d refused "
+      "otherwise, %d failed%s; slowest %.0f ms\n",
+      kCallers, absl::ToDoubleSeconds(flood_time), stats.calls, stats.ok, stats.refused_threads,
+      stats.refused_other, stats.failed,
+      stats.failed ? absl::StrCat(" (", stats.failure, ")").c_str() : "", Ms(stats.slowest));
+  printf(
+      "control loop meanwhile (%zu samples, %d while running): owner %s, lease (3 s) renewed %zu "
+      "times, at least %.2f s left; oldest host report %.2f s old; the migration: %s\n",
+      samples.size(), running_samples, owners.size() == 1 ? "unchanged" : "CHANGED",
+      leases.size() > 0 ? leases.size() - 1 : 0, min_lease_left, max_report_age,
+      v1::MigrationStatus_Name(done.status()).c_str());
+
+  INFO(other_error);
+  INFO(sample_error);
+  CHECK(other == 0);
+  CHECK(open == kTotal);
+  CHECK(open_at_end == kTotal);
+  CHECK(most_per_token <= kCap);
+  CHECK(refused_token + refused_total + refused_threads == kPerToken * kReaders - kTotal);
+  CHECK(refused_total > 0);
+  INFO(stats.failure);
+  INFO(stats.refusal);
+  CHECK(stats.failed == 0);
+  CHECK(stats.refused_other == 0);
+  CHECK(stats.ok >= kCallers);
+  CHECK(stats.slowest < absl::Seconds(3));
+  CHECK(done.status() == v1::MIGRATION_STATUS_COMPLETED);
+  CHECK(running_samples >= 10);
+  CHECK(owners.size() == 1);
+  CHECK(!owners.empty());
+  CHECK_FALSE(owners.count(""));
+  CHECK(leases.size() >= 3);
+  CHECK(min_lease_left > 0.5);
+  CHECK(max_report_age < 3.5);
+
+  // After the flood: the streams closed, every caller is answered at once and may watch again.
+  floods.clear();
+  for (int t = 0; t < kReaders; ++t) {
+    auto [s, took] = w.ListHosts(ReaderToken(t).c_str());
+    INFO(s.error_message());
+    CHECK(s.ok());
+    CHECK(took < absl::Seconds(1));
+  }
+  auto [s, took] = w.ListHosts(kOp);
+  CHECK(s.ok());
+  // A stream may be opened again once the server has seen the flood's streams cancelled (each
+  // at its next poll, 100 ms): single streams tried until one opens (a refused one holds nothing).
+  const absl::Time closed = absl::Now();
+  int tries = 0;
+  const bool reopened = testing::WaitFor(
+      [&] {
+        ++tries;
+        Watches one(w.channel, ReaderToken(0), watched, 1);
+        return one.Await([&] { return one.Resolved() == 1; }, absl::Seconds(10)) &&
+               one.Await([&] { return one.Open() == 1; }, absl::ZeroDuration());
+      },
+      absl::Seconds(10));
+  const absl::Duration reopen_after = absl::Now() - closed;
+  CHECK(reopened);
+  CHECK(reopen_after < absl::Seconds(2));
+  printf(
+      "after the flood: ListHosts of every token answered (the operator's in %.0f ms); a stream "
+      "opens again %.0f ms after the flood's were closed (try %d)\n",
+      Ms(took), Ms(reopen_after), tries);
 }
 
 TEST_CASE("watch limits: a request over --grpc-max-message-bytes is refused") {
