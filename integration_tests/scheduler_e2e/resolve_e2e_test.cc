@@ -2,6 +2,8 @@
 // FakeDriver agents as separate processes, gRPC and cloudctl. A real two-running-copies error
 // (the destination refuses its rollback as the only running copy while the source runs the
 // guest: the scheduler pauses the source's copy and sets error, step two_running_copies), then:
+//   - with the source's agent down: Unavailable naming it; with the source's copy paused and
+//     nothing on the destination: refused, the guest runs on neither host;
 //   - with the guest running on both hosts: refused, saying what each host reports;
 //   - after the source's copy is destroyed, naming the wrong host: refused, saying where it runs;
 //   - naming the right host (cloudctl migration-resolve): completed, the instance on the
@@ -30,10 +32,7 @@ class ResolveCloud {
  public:
   ResolveCloud() {
     cloud_.StartScheduler("--lease 3 --report-interval 1");
-    for (const std::string h : {"host-a", "host-b"}) {
-      cloud_.StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state_,
-                                        " --listen 127.0.0.1:", testing::FreePort()));
-    }
+    for (const std::string h : {"host-a", "host-b"}) StartAgent(h);
     REQUIRE(testing::WaitFor(
         [&] {
           auto snap = hv_.Snapshot();
@@ -44,6 +43,10 @@ class ResolveCloud {
   }
   ~ResolveCloud() { testing::RunCommand("rm -rf " + dir_).IgnoreError(); }
 
+  void StartAgent(const std::string& h) {
+    cloud_.StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state_,
+                                      " --listen 127.0.0.1:", testing::FreePort()));
+  }
   Cloud& cloud() { return cloud_; }
   driver::FakeHypervisor& hv() { return hv_; }
 
@@ -152,6 +155,27 @@ TEST_CASE("resolve: a two-running-copies error is closed only where the guest ru
   CHECK(m.memory_claimed_mib() > 0);  // still claimed: nothing closes it on its own
   CHECK(c.Where(vm) == Loc{{"host-a", "paused"}});
   const std::string number = std::to_string(m.number());
+
+  // The source's agent is down: nothing is guessed, the answer names the host.
+  c.cloud().agent("host-a")->Stop(absl::Seconds(10));
+  auto unreachable = c.Resolve(id, "host-b");
+  INFO(unreachable.status().ToString());
+  CHECK(unreachable.status().code() == absl::StatusCode::kUnavailable);
+  CHECK(absl::StrContains(unreachable.status().message(), "the agent of host-a cannot say"));
+  CHECK(c.cloud().Get(id)->status() == v1::MIGRATION_STATUS_ERROR);
+  // Back (on a new port, reported to the registry): the paused copy is not a running one.
+  c.StartAgent("host-a");
+  absl::StatusOr<sv1::ResolveMigrationResponse> neither = absl::UnknownError("not asked");
+  CHECK(testing::WaitFor(
+      [&] {
+        neither = c.Resolve(id, "host-b");
+        return neither.status().code() != absl::StatusCode::kUnavailable;
+      },
+      absl::Seconds(15)));
+  INFO(neither.status().ToString());
+  CHECK(neither.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(neither.status().message(),
+                          "runs on neither host (host-a: paused; host-b: no domain)"));
 
   // Both hosts run the guest (the copy on host-b runs; host-a's is resumed by hand).
   REQUIRE(hv.Mutate([&](nlohmann::json& st, bool* changed) {
