@@ -37,6 +37,7 @@ std::vector<const Descriptor*> Roots() {
           sv1::EvacuateHostRequest::descriptor(),
           sv1::Evacuation::descriptor(),
           sv1::ListEvacuationsResponse::descriptor(),
+          sv1::CancelEvacuationRequest::descriptor(),
           sv1::ListInstancesResponse::descriptor(),
           sv1::Instance::descriptor()};
 }
@@ -77,6 +78,7 @@ const std::set<std::string>& Uuids() {
       "livemig.scheduler.v1.Migration.evacuation_id",
       "livemig.scheduler.v1.Instance.uuid",
       "livemig.scheduler.v1.Evacuation.id",
+      "livemig.scheduler.v1.CancelEvacuationRequest.evacuation_id",
       "livemig.scheduler.v1.EvacuationItem.instance_uuid",
       "livemig.scheduler.v1.EvacuationItem.migration_id",
       "livemig.scheduler.v1.CheckMigrationResponse.instance_uuid",

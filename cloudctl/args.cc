@@ -43,8 +43,8 @@ Exit codes:
   4  conflict: the instance is already migrating, or a concurrent change won (retry)
   5  failed precondition: instance not running, host disabled or down, option not
      supported by the hypervisor, wrong state for abort / force-complete / resolve
-     (or the guest does not run on exactly the host named to migration-resolve); a dry
-     run whose checks fail
+     (or the guest does not run on exactly the host named to migration-resolve), an
+     evacuation that already finished (evacuation-cancel); a dry run whose checks fail
   6  authentication: no or bad token, or a role that may not do this
   7  the scheduler is unreachable, did not answer in time (--timeout), or the TLS
      handshake with it failed (--ca, --server-name)
@@ -58,6 +58,7 @@ Examples:
   cloudctl migration-list --status running --status post-migrating
   cloudctl migration-show 42
   cloudctl host-disable host-a --reason "BIOS update" && cloudctl host-evacuate-live host-a --wait
+  cloudctl evacuation-cancel 5d0c...-7e --reason "maintenance called off"
 
 Run `cloudctl <command> --help` for a command's options and examples.)";
 
@@ -143,8 +144,9 @@ absl::Status Validate(const Command& c) {
       check(absl::InvalidArgumentError("--target-host is the host being evacuated"));
     }
     check(CheckRequestId("--request-id", c.evacuate.request_id));
-  } else if (cmd == "evacuation-show") {
+  } else if (cmd == "evacuation-show" || cmd == "evacuation-cancel") {
     check(sched::CheckEvacuationId(c.id));
+    check(CheckLength("--reason", c.reason, kMaxReasonLength));
   } else if (cmd == "instance-show") {
     check(sched::CheckUuid("uuid", c.instance));
   }
@@ -446,6 +448,14 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
     CLI::App* sh = sub("evacuation-show", "Show an evacuation and every instance's outcome",
                        "  cloudctl evacuation-show 5d0c...-7e --json");
     sh->add_option("id", c.id, "evacuation id (UUID)")->required();
+
+    CLI::App* x = sub("evacuation-cancel",
+                      "Cancel an evacuation: no new migration of it starts (its pending "
+                      "instances stay on the host); migrations in flight finish",
+                      "  cloudctl evacuation-cancel 5d0c...-7e --reason \"maintenance called "
+                      "off\"");
+    x->add_option("id", c.id, "evacuation id (UUID)")->required();
+    x->add_option("--reason", c.reason, "why (recorded and shown with the evacuation)");
   }
 
   {

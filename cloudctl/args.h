@@ -53,11 +53,11 @@ struct Command {
   std::vector<std::string> statuses;  // migration-list --status
   std::string host;                   // host-* positional; --host filters of the lists
   std::string instance;               // migration-list --instance; instance-show's uuid
-  std::string id;                     // migration-* and evacuation-show ids
-  std::string reason;                 // migration-abort / -resolve / host-disable --reason
-  std::string running_on;             // migration-resolve --running-on
-  std::string status_filter;          // host-list --status
-  std::string state_filter;           // host-list --state
+  std::string id;                     // migration-* and evacuation-show / -cancel ids
+  std::string reason;      // migration-abort / -resolve / host-disable / evacuation-cancel --reason
+  std::string running_on;  // migration-resolve --running-on
+  std::string status_filter;  // host-list --status
+  std::string state_filter;   // host-list --state
   std::string marker;
   uint32_t limit = 0;  // 0: the scheduler's default
 };

@@ -703,7 +703,10 @@ int WaitForEvacuation(const Client& client, const Output& o, sv1::Evacuation e) 
         seen[it.instance_uuid()] = line;
       }
     }
-    if (e.status() != sv1::EVACUATION_STATUS_RUNNING) break;
+    if (e.status() != sv1::EVACUATION_STATUS_RUNNING &&
+        e.status() != sv1::EVACUATION_STATUS_CANCELLING) {
+      break;
+    }
     absl::SleepFor(absl::Seconds(1));
     sv1::Evacuation next;
     const grpc::Status st = GetEvacuation(client, e.id(), &next);
@@ -725,12 +728,14 @@ int WaitForEvacuation(const Client& client, const Output& o, sv1::Evacuation e) 
   } else {
     std::cout << "Evacuation " << e.id() << " of " << e.host() << " "
               << EvacuationStatusName(e.status()) << ": " << e.succeeded() << " succeeded, "
-              << e.failed() << " failed, " << e.skipped() << " skipped (of " << e.total() << ").\n";
+              << e.failed() << " failed, " << e.skipped() << " skipped, " << e.cancelled()
+              << " cancelled (of " << e.total() << ").\n";
   }
   if (e.status() == sv1::EVACUATION_STATUS_COMPLETED) return 0;
   std::cerr << "cloudctl: evacuation " << e.id() << " of " << e.host() << " "
             << EvacuationStatusName(e.status())
-            << (e.failure_reason().empty() ? "" : ": " + e.failure_reason()) << "\n"
+            << (e.failure_reason().empty() ? "" : ": " + e.failure_reason())
+            << (e.cancel_reason().empty() ? "" : " (" + e.cancel_reason() + ")") << "\n"
             << "hint: cloudctl evacuation-show " << e.id() << " lists every instance's outcome\n";
   return kExitEndedBadly;
 }
@@ -798,6 +803,37 @@ int EvacuationShow(const Client& client, const Output& o, const std::string& id)
                        "cloudctl evacuation-list shows the evacuations");
   }
   std::cout << (o.json ? ToJson(e) : RenderEvacuation(e));
+  return 0;
+}
+
+int EvacuationCancel(const Client& client, const Output& o, const std::string& id,
+                     const std::string& reason) {
+  sv1::CancelEvacuationRequest req;
+  req.set_evacuation_id(id);
+  req.set_reason(reason);
+  req.set_requester(client.settings().requester);
+  sv1::Evacuation e;
+  const grpc::Status st =
+      client.Call([&](auto& stub, auto* ctx) { return stub.CancelEvacuation(ctx, req, &e); });
+  if (!st.ok()) {
+    return ReportError(client.settings(), absl::StrCat("evacuation-cancel ", id), st,
+                       "cloudctl evacuation-list shows the evacuations");
+  }
+  if (o.json) {
+    std::cout << ToJson(e);
+    return 0;
+  }
+  std::cout << "Evacuation " << e.id() << " of " << e.host() << " "
+            << EvacuationStatusName(e.status()) << " (by " << OrDash(e.cancelled_by())
+            << (e.cancel_reason().empty() ? "" : ": " + e.cancel_reason()) << "): " << e.cancelled()
+            << " instance(s) not started stay on " << e.host();
+  if (e.status() == sv1::EVACUATION_STATUS_CANCELLING) {
+    std::cout << "; " << e.in_progress()
+              << " migration(s) in flight finish first.\nFollow it: cloudctl evacuation-show "
+              << e.id() << "\n";
+  } else {
+    std::cout << ".\n";
+  }
   return 0;
 }
 
@@ -877,6 +913,7 @@ int main(int argc, char** argv) {
   if (cmd == "host-evacuate-live") return HostEvacuateLive(client, out, c.evacuate);
   if (cmd == "evacuation-list") return EvacuationList(client, out, c.host, c.limit, c.marker);
   if (cmd == "evacuation-show") return EvacuationShow(client, out, c.id);
+  if (cmd == "evacuation-cancel") return EvacuationCancel(client, out, c.id, c.reason);
   if (cmd == "instance-list") return InstanceList(client, out, c.host, c.limit, c.marker);
   if (cmd == "instance-show") return InstanceShow(client, out, c.instance);
   return ArgError("unknown command " + cmd + "; see cloudctl --help");

@@ -348,8 +348,8 @@ TEST_CASE("cloudctl --help explains the commands and the exit codes") {
   for (const char* cmd :
        {"live-migration", "migration-list", "migration-show", "migration-abort",
         "migration-force-complete", "host-list", "host-show", "host-disable", "host-enable",
-        "host-evacuate-live", "evacuation-list", "evacuation-show", "instance-list",
-        "instance-show", "Exit codes", "LIVEMIG_SERVER", "--json"}) {
+        "host-evacuate-live", "evacuation-list", "evacuation-show", "evacuation-cancel",
+        "instance-list", "instance-show", "Exit codes", "LIVEMIG_SERVER", "--json"}) {
     CHECK(Has(r.out, cmd));
   }
   r = Cloudctl("live-migration --help");
@@ -361,6 +361,11 @@ TEST_CASE("cloudctl --help explains the commands and the exit codes") {
   }
   CHECK(Cloudctl("migration-list --help").code == 0);
   CHECK(Has(Cloudctl("host-evacuate-live --help").out, "--max-parallel"));
+  r = Cloudctl("evacuation-cancel --help");
+  CHECK(r.code == 0);
+  CHECK(Has(r.out, "--reason"));
+  CHECK(Has(r.out, "migrations in flight finish"));
+  CHECK(Cloudctl("evacuation-cancel not-a-uuid").code == 2);
 }
 
 // The completion script is generated from the parser: every command and option is in it, bash
@@ -368,8 +373,9 @@ TEST_CASE("cloudctl --help explains the commands and the exit codes") {
 TEST_CASE("cloudctl completion bash completes commands, options and statuses") {
   auto r = Cloudctl("completion bash");
   REQUIRE(r.code == 0);
-  for (const char* word : {"live-migration", "host-evacuate-live", "instance-show", "--dry-run",
-                           "--max-parallel", "--server", "complete -F _cloudctl cloudctl"}) {
+  for (const char* word :
+       {"live-migration", "host-evacuate-live", "evacuation-cancel", "instance-show", "--dry-run",
+        "--max-parallel", "--server", "complete -F _cloudctl cloudctl"}) {
     CHECK(Has(r.out, word));
   }
   const std::string script = WorkDir() + "/cloudctl.bash";

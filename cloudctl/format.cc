@@ -184,6 +184,10 @@ std::string EvacuationStatusName(sv1::EvacuationStatus s) {
       return "completed with errors";
     case sv1::EVACUATION_STATUS_FAILED:
       return "failed";
+    case sv1::EVACUATION_STATUS_CANCELLING:
+      return "cancelling";
+    case sv1::EVACUATION_STATUS_CANCELLED:
+      return "cancelled";
     default:
       return absl::StrCat("unknown(", static_cast<int>(s), ")");
   }
@@ -201,6 +205,8 @@ std::string EvacuationItemOutcomeName(sv1::EvacuationItemOutcome o) {
       return "failed";
     case sv1::EVACUATION_ITEM_OUTCOME_SKIPPED:
       return "skipped";
+    case sv1::EVACUATION_ITEM_OUTCOME_CANCELLED:
+      return "cancelled";
     default:
       return absl::StrCat("unknown(", static_cast<int>(o), ")");
   }
@@ -615,12 +621,18 @@ std::string RenderEvacuation(const sv1::Evacuation& e) {
   f.Add("max parallel", absl::StrCat(e.max_parallel()));
   f.Add("destination",
         e.destination().empty() ? "(scheduler's choice per instance)" : e.destination());
-  f.Add("instances",
-        absl::StrCat(e.total(), " total: ", e.succeeded(), " succeeded, ", e.failed(), " failed, ",
-                     e.skipped(), " skipped, ", e.in_progress(), " in progress"));
+  f.Add("instances", absl::StrCat(e.total(), " total: ", e.succeeded(), " succeeded, ", e.failed(),
+                                  " failed, ", e.skipped(), " skipped, ",
+                                  e.cancelled() ? absl::StrCat(e.cancelled(), " cancelled, ") : "",
+                                  e.in_progress(), " in progress"));
   f.Add("requested by", OrDash(e.requested_by()));
   f.Add("request id", OrDash(e.request_id()));
   if (!e.failure_reason().empty()) f.Add("failure reason", Wrap(e.failure_reason(), 70));
+  if (e.has_cancel_requested_at()) {
+    f.Add("cancelled by", OrDash(e.cancelled_by()));
+    f.Add("cancel reason", Wrap(OrDash(e.cancel_reason()), 70));
+    f.Add("cancelled at", FormatTime(e.cancel_requested_at()));
+  }
   f.Add("created at", FormatTime(e.created_at()));
   f.Add("updated at", FormatTime(e.updated_at()));
   f.Add("finished at", FormatTime(e.finished_at()));

@@ -856,7 +856,11 @@ class PgMigrationStore : public MigrationStore {
                 w,
                 "WITH claim AS (UPDATE instances SET task_state = 'migrating', updated_at = now() "
                 "WHERE uuid = $2::uuid AND task_state IS NULL AND NOT missing AND host IS NOT "
-                "NULL AND host IS DISTINCT FROM NULLIF($3, '') RETURNING host), "
+                "NULL AND host IS DISTINCT FROM NULLIF($3, '') AND ($13::uuid IS NULL OR EXISTS "
+                // An evacuation's migration only while it runs, not cancelled; the share lock
+                // orders this against a concurrent CancelEvacuation (which updates the row).
+                "(SELECT 1 FROM evacuations WHERE uuid = $13::uuid AND status = 'running' AND "
+                "cancel_requested_at IS NULL FOR SHARE)) RETURNING host), "
                 "ins AS (INSERT INTO migrations (request_id, instance_uuid, source_host, "
                 "dest_host, requested_dest, status, step, live, block_migration, options, "
                 "memory_claim_mib, requested_by, owner, lease_expires_at, evacuation_uuid) SELECT "
@@ -890,7 +894,9 @@ class PgMigrationStore : public MigrationStore {
             return absl::AbortedError(absl::StrCat(
                 "instance ", m.instance_uuid, " is already migrating (a concurrent request won)"));
           }
-          if (r.empty()) return DiagnoseClaim(w, m.instance_uuid, m.dest_host);
+          if (r.empty()) {
+            return DiagnoseClaim(w, m.instance_uuid, m.dest_host, m.evacuation_uuid);
+          }
           ASSIGN_OR_RETURN(MigrationRecord rec, MigrationFromRow(r[0]));
           return CreateMigrationResult{std::move(rec), true};
         });
@@ -1434,9 +1440,29 @@ class PgMigrationStore : public MigrationStore {
         });
   }
 
-  // Why the claim of `uuid` (for a migration to `dest`, "" if the scheduler chooses) failed.
+  // Why the claim of `uuid` (for a migration to `dest`, "" if the scheduler chooses, for
+  // evacuation `evacuation_uuid` if set) failed.
   absl::Status DiagnoseClaim(pqxx::transaction_base& w, const std::string& uuid,
-                             const std::string& dest) {
+                             const std::string& dest,
+                             const std::optional<std::string>& evacuation_uuid) {
+    if (evacuation_uuid) {
+      pqxx::result e = w.exec_params(
+          "SELECT status, cancel_requested_at IS NOT NULL FROM evacuations WHERE uuid = $1::uuid",
+          *evacuation_uuid);
+      if (e.empty()) {
+        return absl::NotFoundError(
+            absl::StrCat("evacuation ", *evacuation_uuid, " does not exist"));
+      }
+      if (e[0][1].as<bool>()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "evacuation ", *evacuation_uuid, " was cancelled: no new migration of it starts"));
+      }
+      if (Str(e[0][0]) != "running") {
+        return absl::FailedPreconditionError(absl::StrCat("evacuation ", *evacuation_uuid,
+                                                          " is already ", Str(e[0][0]),
+                                                          ": no new migration of it starts"));
+      }
+    }
     pqxx::result r = w.exec_params(
         "SELECT i.task_state, i.missing, i.host, (SELECT m.id::text || ' (' || m.status || ')' "
         "FROM migrations m WHERE m.instance_uuid = i.uuid AND m." +
@@ -1635,9 +1661,18 @@ class PgEvacuationStore : public EvacuationStore {
       if (owned.empty()) return WhyNotOwned(w, evacuation_id, owner);
       pqxx::result r = w.exec_params(
           "UPDATE evacuation_items SET migration_id = COALESCE($3, migration_id), outcome = $4, "
-          "reason = $5, updated_at = now() WHERE evacuation_id = $1 AND instance_uuid = $2::uuid",
+          "reason = $5, updated_at = now() WHERE evacuation_id = $1 AND instance_uuid = $2::uuid "
+          "AND outcome <> 'cancelled'",
           evacuation_id, item.instance_uuid, item.migration_id, item.outcome, item.reason);
       if (r.affected_rows() == 0) {
+        pqxx::result cancelled = w.exec_params(
+            "SELECT 1 FROM evacuation_items WHERE evacuation_id = $1 AND instance_uuid = $2::uuid",
+            evacuation_id, item.instance_uuid);
+        if (!cancelled.empty()) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("evacuation ", evacuation_id, ": instance ", item.instance_uuid,
+                           " was cancelled (the evacuation was cancelled before its turn)"));
+        }
         return absl::NotFoundError(
             absl::StrCat("evacuation ", evacuation_id, " has no instance ", item.instance_uuid));
       }
@@ -1661,6 +1696,58 @@ class PgEvacuationStore : public EvacuationStore {
       if (r.affected_rows() == 0) return WhyNotOwned(w, id, owner);
       return absl::OkStatus();
     });
+  }
+
+  absl::StatusOr<EvacuationRecord> CancelEvacuation(int64_t id, const std::string& by,
+                                                    const std::string& reason) override {
+    if (by.empty()) return absl::InvalidArgumentError("a cancel needs the caller's identity");
+    const std::string item_reason =
+        absl::StrCat("evacuation cancelled by ", by, reason.empty() ? "" : ": ", reason);
+    absl::Status done = pool_->Run("cancel evacuation", [&](pqxx::work& w) -> absl::Status {
+      // The row first: the owner's item writes and CreateMigration's check of an evacuation's
+      // migration (a share lock) wait for this, or this for them.
+      pqxx::result cur = w.exec_params(
+          "SELECT status, cancel_requested_at IS NOT NULL, uuid::text FROM evacuations WHERE id "
+          "= $1 FOR UPDATE",
+          id);
+      if (cur.empty()) {
+        return absl::NotFoundError(absl::StrCat("evacuation ", id, " does not exist"));
+      }
+      if (cur[0][1].as<bool>()) return absl::OkStatus();  // cancelled before: as it is
+      if (Str(cur[0][0]) != "running") {
+        return absl::FailedPreconditionError(absl::StrCat("evacuation ", id, " already finished (",
+                                                          Str(cur[0][0]),
+                                                          "): there is nothing to cancel"));
+      }
+      const std::string uuid = Str(cur[0][2]);
+      // The clock at the cancel (after the lock), not the transaction's start: every migration
+      // of the evacuation was created before it.
+      w.exec_params(
+          "UPDATE evacuations SET cancel_requested_at = clock_timestamp(), cancelled_by = $2, "
+          "cancel_reason = $3, updated_at = now() WHERE id = $1",
+          id, by, reason);
+      // An item whose migration was created but not recorded yet (its driver is between the
+      // two writes, or died there) is in flight, not cancelled.
+      w.exec_params(
+          "UPDATE evacuation_items it SET outcome = 'migrating', migration_id = m.id, updated_at "
+          "= now() FROM migrations m WHERE it.evacuation_id = $1 AND it.outcome = 'pending' AND "
+          "m.evacuation_uuid = $2::uuid AND m.instance_uuid = it.instance_uuid",
+          id, uuid);
+      w.exec_params(
+          "UPDATE evacuation_items SET outcome = 'cancelled', reason = $2, updated_at = now() "
+          "WHERE evacuation_id = $1 AND outcome = 'pending'",
+          id, item_reason);
+      // Nothing in flight: cancelled now (else its owner finishes it when the last one ends).
+      w.exec_params(absl::StrCat("UPDATE evacuations SET status = 'cancelled', finished_at = "
+                                 "clock_timestamp(), updated_at = now(), owner = NULL, "
+                                 "lease_expires_at = NULL WHERE id = $1 AND NOT EXISTS (SELECT 1 "
+                                 "FROM migrations WHERE evacuation_uuid = $2::uuid AND ",
+                                 kActive, ")"),
+                    id, uuid);
+      return absl::OkStatus();
+    });
+    if (!done.ok()) return done;
+    return GetEvacuation(id);
   }
 
   absl::StatusOr<bool> AcquireEvacuationLease(int64_t id, const std::string& owner,
@@ -1734,8 +1821,9 @@ class PgEvacuationStore : public EvacuationStore {
         "SELECT id, uuid::text AS uuid, host, status, max_parallel, requested_by, reason, "
         "request_id, destination, options::text AS options, owner, ",
         Us("lease_expires_at"), " AS lease_expires_at, ", Us("created_at"), " AS created_at, ",
-        Us("updated_at"), " AS updated_at, ", Us("finished_at"),
-        " AS finished_at FROM evacuations ");
+        Us("updated_at"), " AS updated_at, ", Us("finished_at"), " AS finished_at, ",
+        Us("cancel_requested_at"),
+        " AS cancel_requested_at, cancelled_by, cancel_reason FROM evacuations ");
   }
   // Reads the items of `e` (with their migrations' status) into it.
   static EvacuationRecord WithItems(pqxx::transaction_base& w, EvacuationRecord e) {
@@ -1758,6 +1846,11 @@ class PgEvacuationStore : public EvacuationStore {
       it.migration_dest_host = Str(row[8]);
       e.items.push_back(std::move(it));
     }
+    e.active_migrations = w.exec_params(absl::StrCat("SELECT count(*) FROM migrations WHERE "
+                                                     "evacuation_uuid = $1::uuid AND ",
+                                                     kActive),
+                                        e.uuid)[0][0]
+                              .as<int>();
     return e;
   }
   static EvacuationRecord EvacuationFromRow(const pqxx::row& r) {
@@ -1777,6 +1870,9 @@ class PgEvacuationStore : public EvacuationStore {
     e.created_at = FromUs(r["created_at"].as<int64_t>());
     e.updated_at = FromUs(r["updated_at"].as<int64_t>());
     e.finished_at = OptTime(r["finished_at"]);
+    e.cancel_requested_at = OptTime(r["cancel_requested_at"]);
+    e.cancelled_by = Str(r["cancelled_by"]);
+    e.cancel_reason = Str(r["cancel_reason"]);
     return e;
   }
 

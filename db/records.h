@@ -268,7 +268,7 @@ struct MigrationPage {
 struct EvacuationItem {
   std::string instance_uuid;
   std::optional<int64_t> migration_id;
-  std::string outcome = "pending";  // pending, migrating, completed, failed, skipped
+  std::string outcome = "pending";  // pending, migrating, completed, failed, skipped, cancelled
   std::string reason;
   // Read only (GetEvacuation): the status of the item's migration ("" without one) and its
   // failure reason, so that an evacuation's progress is one read, not one per migration.
@@ -297,7 +297,15 @@ struct EvacuationRecord {
   absl::Time created_at;
   absl::Time updated_at;
   std::optional<absl::Time> finished_at;
+  // The cancel (CancelEvacuation): when it was recorded (unset: not cancelled), by whom, why.
+  // Still `running` with a cancel: its migrations in flight are finishing (CANCELLING).
+  std::optional<absl::Time> cancel_requested_at;
+  std::string cancelled_by;
+  std::string cancel_reason;
   std::vector<EvacuationItem> items;
+  // Read only (GetEvacuation, with the items): its migrations not terminal now, whether or not
+  // an item names them yet (a scheduler may have died between starting one and recording it).
+  int active_migrations = 0;
 };
 
 // EvacuationStore::CreateEvacuation's input.

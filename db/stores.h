@@ -74,7 +74,10 @@ class MigrationStore {
   // that migration (created=false). Errors: NotFound (instance), FailedPrecondition (instance
   // missing or on no host), Aborted (instance already migrating), InvalidArgument (request id
   // reused for another instance, malformed evacuation UUID). With an evacuation UUID, the
-  // migration records that evacuation (a foreign key: it must exist).
+  // migration records that evacuation (a foreign key: it must exist), and is created only while
+  // the evacuation runs and was not cancelled (FailedPrecondition otherwise): the check holds a
+  // share lock of the evacuation's row, so a concurrent CancelEvacuation is ordered before or
+  // after it.
   virtual absl::StatusOr<CreateMigrationResult> CreateMigration(const NewMigration& m) = 0;
 
   virtual absl::StatusOr<MigrationRecord> GetMigration(int64_t id) = 0;
@@ -191,12 +194,22 @@ class EvacuationStore {
                                                                         int limit) = 0;
   // The owner's writes: compare-and-swap on (running, `owner` holds an unexpired lease).
   // Aborted when the lease is not `owner`'s (lost, expired, taken over), FailedPrecondition when
-  // the evacuation already finished, NotFound for an unknown evacuation or item. Finishing
-  // releases the lease.
+  // the evacuation already finished or the item was cancelled (CancelEvacuation; the item keeps
+  // that outcome), NotFound for an unknown evacuation or item. Finishing releases the lease.
   virtual absl::Status UpdateEvacuationItem(int64_t evacuation_id, const std::string& owner,
                                             const EvacuationItem& item) = 0;
   virtual absl::Status FinishEvacuation(int64_t id, const std::string& owner,
                                         const std::string& status) = 0;
+
+  // Records a cancel of running evacuation `id` by `by` (why: `reason`), whoever owns it: its
+  // pending items become `cancelled` with the reason, and from then on CreateMigration refuses
+  // its migrations (FailedPrecondition). With no migration of it in flight it finishes as
+  // `cancelled` at once (releasing its lease); else it stays `running` with the cancel recorded
+  // until its owner finishes it. A second cancel changes nothing (the first reason stays).
+  // Returns the evacuation with its items. FailedPrecondition when it finished otherwise (naming
+  // its status); NotFound when unknown.
+  virtual absl::StatusOr<EvacuationRecord> CancelEvacuation(int64_t id, const std::string& by,
+                                                            const std::string& reason) = 0;
 
   // Takes or renews the lease of a running evacuation when it has no owner, its lease expired,
   // or it is already `owner`'s: true. False when another owner holds a live lease (two callers

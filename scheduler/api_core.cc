@@ -13,6 +13,7 @@
 #include "common/validate.h"
 #include "db/pg_stores.h"
 #include "google/protobuf/util/json_util.h"
+#include "scheduler/api_names.h"
 #include "scheduler/convert.h"
 #include "scheduler/prechecks.h"
 
@@ -659,9 +660,16 @@ sv1::Evacuation ToProtoEvacuation(const db::EvacuationRecord& e) {
   sv1::Evacuation out;
   out.set_id(e.uuid);
   out.set_host(e.host);
-  out.set_status(e.status == "running"     ? sv1::EVACUATION_STATUS_RUNNING
+  out.set_status(e.status == "running" ? (e.cancel_requested_at ? sv1::EVACUATION_STATUS_CANCELLING
+                                                                : sv1::EVACUATION_STATUS_RUNNING)
                  : e.status == "completed" ? sv1::EVACUATION_STATUS_COMPLETED
+                 : e.status == "cancelled" ? sv1::EVACUATION_STATUS_CANCELLED
                                            : sv1::EVACUATION_STATUS_COMPLETED_WITH_ERRORS);
+  if (e.cancel_requested_at) {
+    *out.mutable_cancel_requested_at() = ToProtoTime(*e.cancel_requested_at);
+    out.set_cancelled_by(e.cancelled_by);
+    out.set_cancel_reason(e.cancel_reason);
+  }
   out.set_max_parallel(static_cast<uint32_t>(e.max_parallel));
   out.set_destination(e.destination);
   *out.mutable_options() = OptionsFromJson(e.options_json);
@@ -682,11 +690,13 @@ sv1::Evacuation ToProtoEvacuation(const db::EvacuationRecord& e) {
                    : it.outcome == "migrating" ? sv1::EVACUATION_ITEM_OUTCOME_MIGRATING
                    : it.outcome == "completed" ? sv1::EVACUATION_ITEM_OUTCOME_SUCCEEDED
                    : it.outcome == "failed"    ? sv1::EVACUATION_ITEM_OUTCOME_FAILED
+                   : it.outcome == "cancelled" ? sv1::EVACUATION_ITEM_OUTCOME_CANCELLED
                                                : sv1::EVACUATION_ITEM_OUTCOME_SKIPPED);
     out.set_total(out.total() + 1);
     if (it.outcome == "completed") out.set_succeeded(out.succeeded() + 1);
     if (it.outcome == "failed") out.set_failed(out.failed() + 1);
     if (it.outcome == "skipped") out.set_skipped(out.skipped() + 1);
+    if (it.outcome == "cancelled") out.set_cancelled(out.cancelled() + 1);
     if (it.outcome == "migrating" || it.outcome == "pending") {
       out.set_in_progress(out.in_progress() + 1);
     }
@@ -862,7 +872,10 @@ void ApiCore::DriveEvacuation(int64_t id) {
     }
     // What the request asked for, as stored: the same after a takeover.
     const v1::MigrationOptions options = OptionsFromJson(e->options_json);
-    int in_flight = 0, pending = 0;
+    // In flight: every migration of the evacuation not terminal, also one whose item does not
+    // name it yet (its scheduler died between creating it and recording it; the loop below
+    // finds it again by its request id), so that max_parallel holds across a takeover.
+    int in_flight = e->active_migrations, pending = 0;
     for (auto& it : e->items) {
       if (it.outcome == "migrating" && it.migration_id) {
         const auto status = ParseMigrationStatus(it.migration_status);
@@ -870,8 +883,6 @@ void ApiCore::DriveEvacuation(int64_t id) {
           it.outcome = *status == MigrationStatus::kCompleted ? "completed" : "failed";
           it.reason = it.migration_failure_reason;
           if (lost(evacuations_->UpdateEvacuationItem(id, me, it), e->uuid)) return;
-        } else {
-          ++in_flight;
         }
       } else if (it.outcome == "pending") {
         ++pending;
@@ -892,29 +903,43 @@ void ApiCore::DriveEvacuation(int64_t id) {
       if (m.ok()) {
         it.outcome = "migrating";
         it.migration_id = m->migration().number();
-        ++in_flight;
+        // One created before (found by its request id) was counted already.
+        if (!m->existing()) ++in_flight;
       } else {
         it.outcome =
             m.status().code() == absl::StatusCode::kFailedPrecondition ? "skipped" : "failed";
         it.reason = std::string(m.status().message());
       }
       --pending;
-      if (lost(evacuations_->UpdateEvacuationItem(id, me, it), e->uuid)) return;
+      const absl::Status w = evacuations_->UpdateEvacuationItem(id, me, it);
+      if (lost(w, e->uuid)) return;
+      // Cancelled meanwhile (the item, or the whole evacuation): no more starts in this pass.
+      if (w.code() == absl::StatusCode::kFailedPrecondition) break;
     }
     if (in_flight == 0 && pending <= 0) {
       auto fin = evacuations_->GetEvacuation(id);
       if (!fin.ok()) continue;  // decided at the next pass
+      // An item still open (one just recorded as migrating, e.g. a migration found by its
+      // request id that already ended) or a migration in flight: the next pass records it first.
+      bool open = fin->active_migrations > 0;
+      for (const auto& it : fin->items) {
+        open = open || it.outcome == "pending" || (it.outcome == "migrating" && it.migration_id);
+      }
+      if (open) continue;
       bool all_ok = true;
       for (const auto& it : fin->items)
         all_ok = all_ok && (it.outcome == "completed" || it.outcome == "skipped");
-      absl::Status s = evacuations_->FinishEvacuation(id, me, all_ok ? "completed" : "failed");
+      const char* status = fin->cancel_requested_at ? "cancelled" : all_ok ? "completed" : "failed";
+      absl::Status s = evacuations_->FinishEvacuation(id, me, status);
       if (lost(s, e->uuid)) return;
       if (!s.ok()) {
         LogWarning("evacuation %d (%s) not finished yet: %s", id, e->uuid, s.message());
         continue;
       }
       LogInfo("evacuation %d (%s) finished: %s", id, e->uuid,
-              all_ok ? "completed" : "completed with errors");
+              fin->cancel_requested_at ? "cancelled"
+              : all_ok                 ? "completed"
+                                       : "completed with errors");
       return;
     }
   }
@@ -927,6 +952,40 @@ absl::StatusOr<sv1::Evacuation> ApiCore::GetEvacuation(const std::string& id) {
   }
   ASSIGN_OR_RETURN(auto e, evacuations_->GetEvacuationByUuid(id));
   return ToProtoEvacuation(e);
+}
+
+absl::StatusOr<sv1::Evacuation> ApiCore::CancelEvacuation(const sv1::CancelEvacuationRequest& r,
+                                                          const std::string& caller) {
+  if (!db::IsValidUuid(r.evacuation_id())) {
+    return absl::InvalidArgumentError(absl::StrCat("evacuation id '", r.evacuation_id(),
+                                                   "' is not a UUID (expected 8-4-4-4-12 "
+                                                   "hexadecimal digits)"));
+  }
+  if (r.reason().size() > kMaxReasonLength) {
+    return absl::InvalidArgumentError(absl::StrCat("reason is ", r.reason().size(),
+                                                   " characters long; at most ", kMaxReasonLength,
+                                                   " are kept"));
+  }
+  if (r.requester().size() > kMaxReasonLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("requester is longer than ", kMaxReasonLength, " characters"));
+  }
+  ASSIGN_OR_RETURN(auto e, evacuations_->GetEvacuationByUuid(r.evacuation_id()));
+  if (e.status != "running" && !e.cancel_requested_at) {
+    const sv1::Evacuation shown = ToProtoEvacuation(e);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "evacuation ", e.uuid, " of ", e.host, " already finished (",
+        ApiEnumName(sv1::EvacuationStatus_descriptor()->FindValueByNumber(shown.status())),
+        "): there is nothing to cancel"));
+  }
+  const std::string who = Who(caller, r.requester());
+  ASSIGN_OR_RETURN(auto cancelled, evacuations_->CancelEvacuation(e.id, who, r.reason()));
+  if (!e.cancel_requested_at) {
+    LogInfo("evacuation %d (%s) of %s cancelled by %s%s%s: %d migration(s) in flight finish", e.id,
+            e.uuid, e.host, who, r.reason().empty() ? "" : ": ", r.reason(),
+            cancelled.active_migrations);
+  }
+  return ToProtoEvacuation(cancelled);
 }
 
 absl::StatusOr<sv1::ListEvacuationsResponse> ApiCore::ListEvacuations(

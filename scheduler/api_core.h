@@ -60,6 +60,10 @@ class ApiCore {
   absl::StatusOr<sv1::Evacuation> GetEvacuation(const std::string& id);
   absl::StatusOr<sv1::ListEvacuationsResponse> ListEvacuations(
       const sv1::ListEvacuationsRequest& r);
+  // Cancels a running evacuation (scheduler.proto, CancelEvacuation): no new migration of it
+  // starts; those in flight finish. Idempotent; FailedPrecondition once it finished otherwise.
+  absl::StatusOr<sv1::Evacuation> CancelEvacuation(const sv1::CancelEvacuationRequest& r,
+                                                   const std::string& caller);
   absl::StatusOr<sv1::ListInstancesResponse> ListInstances(const sv1::ListInstancesRequest& r);
   absl::StatusOr<sv1::Instance> GetInstance(const std::string& uuid);
 

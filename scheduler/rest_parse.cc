@@ -426,6 +426,21 @@ absl::StatusOr<sv1::EvacuateHostRequest> ParseEvacuateHost(absl::string_view hos
   return r;
 }
 
+absl::StatusOr<sv1::CancelEvacuationRequest> ParseCancelEvacuation(absl::string_view evacuation_id,
+                                                                   absl::string_view body) {
+  LIVEMIG_RETURN(CheckEvacuationId(evacuation_id));
+  sv1::CancelEvacuationRequest r;
+  LIVEMIG_RETURN(ParseJsonBody(body, &r));
+  if (!r.evacuation_id().empty() && r.evacuation_id() != evacuation_id) {
+    return Invalid("field 'evacuation_id' ('", Printable(r.evacuation_id()),
+                   "') differs from the evacuation in the path");
+  }
+  r.set_evacuation_id(std::string(evacuation_id));
+  LIVEMIG_RETURN(CheckLength("reason", r.reason(), kMaxReasonLength));
+  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
+  return r;
+}
+
 absl::StatusOr<sv1::ListMigrationsRequest> ParseListMigrations(const QueryParams& q) {
   sv1::ListMigrationsRequest r;
   for (auto [it, end] = q.equal_range("status"); it != end; ++it) {

@@ -80,6 +80,9 @@ absl::StatusOr<sv1::EvacuateHostRequest> ParseEvacuateHost(absl::string_view hos
                                                            absl::string_view body);
 // GET /v1/migrations?status=..&host=..&instance=..&limit=..&marker=..&events=true
 absl::StatusOr<sv1::ListMigrationsRequest> ParseListMigrations(const QueryParams& q);
+// POST /v1/evacuations/{id}/cancel {"reason": .., "requester": ..}
+absl::StatusOr<sv1::CancelEvacuationRequest> ParseCancelEvacuation(absl::string_view evacuation_id,
+                                                                   absl::string_view body);
 // GET /v1/evacuations?host=..
 absl::StatusOr<sv1::ListEvacuationsRequest> ParseListEvacuations(const QueryParams& q);
 // GET /v1/instances?host=..&limit=..&marker=.. (marker: the previous page's next_page_token)

@@ -241,6 +241,14 @@ void RestServer::Routes() {
           }
           Send(res, core_->GetEvacuation(req.matches[1]));
         });
+  s.Post(R"(/v1/evacuations/([^/]+)/cancel)", need(true, "cancel evacuation"),
+         [this, auth](const http::Request& req, http::Response& res) {
+           auto who = auth(req, res, true, "cancel evacuation");
+           if (!who) return;
+           auto r = ParseCancelEvacuation(req.matches[1], req.body);
+           if (!r.ok()) return SendError(res, r.status());
+           Send(res, core_->CancelEvacuation(*r, *who));
+         });
   s.Get("/v1/instances", need(false, "GET /v1/instances"),
         [this, auth](const http::Request& req, http::Response& res) {
           if (!auth(req, res, false, "GET /v1/instances")) return;

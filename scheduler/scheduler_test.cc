@@ -379,7 +379,8 @@ OrchestratorOptions Replica(const std::string& id, absl::Duration lease = absl::
   return o;
 }
 
-// Waits until the evacuation is no longer running; returns it as `api` last read it.
+// Waits until the evacuation ended (neither running nor cancelling); returns it as `api` last
+// read it.
 sv1::Evacuation WaitEvacuationDone(ApiCore& api, const std::string& id,
                                    absl::Duration t = absl::Seconds(90)) {
   sv1::Evacuation last;
@@ -388,7 +389,8 @@ sv1::Evacuation WaitEvacuationDone(ApiCore& api, const std::string& id,
         auto g = api.GetEvacuation(id);
         if (!g.ok()) return false;
         last = *g;
-        return last.status() != sv1::EVACUATION_STATUS_RUNNING;
+        return last.status() != sv1::EVACUATION_STATUS_RUNNING &&
+               last.status() != sv1::EVACUATION_STATUS_CANCELLING;
       },
       t);
   INFO(last.DebugString());
@@ -470,6 +472,143 @@ TEST_CASE(
   c.Start(Replica("sched-2"));
   c.api->ResumeEvacuations();
   CheckEvacuatedToC(c, *c.api, WaitEvacuationDone(*c.api, ev.id()), 2);
+}
+
+// The migrations of a finished evacuation, from its items.
+std::vector<sv1::Migration> EvacuationMigrations(ApiCore& api, const sv1::Evacuation& e) {
+  std::vector<sv1::Migration> out;
+  for (const auto& it : e.items()) {
+    if (it.migration_id().empty()) continue;
+    auto m = api.GetMigration(it.migration_id(), false);
+    REQUIRE(m.ok());
+    out.push_back(*m);
+  }
+  return out;
+}
+
+// Whether two of `ms` were in flight at once, by their recorded times ([created, finished)).
+bool AnyOverlap(const std::vector<sv1::Migration>& ms) {
+  auto us = [](const google::protobuf::Timestamp& t) {
+    return t.seconds() * 1000000 + t.nanos() / 1000;
+  };
+  for (size_t i = 0; i < ms.size(); ++i) {
+    for (size_t j = i + 1; j < ms.size(); ++j) {
+      if (us(ms[i].created_at()) < us(ms[j].finished_at()) &&
+          us(ms[j].created_at()) < us(ms[i].finished_at())) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+// A scheduler that died between creating an evacuation's migration and recording it on the item
+// left the item pending while its migration runs: the scheduler resuming the evacuation counts
+// that migration (with max_parallel 1, nothing else starts until it ended) and then records it
+// on its item. (Before, the count came from the items alone: a second migration started beside
+// it.)
+TEST_CASE("scheduler: a resumed evacuation counts the migration its dead driver had not recorded") {
+  Cloud c({}, {"fake-a", "fake-b", "fake-c"});
+  auto& hv = c.drivers["fake-a"]->hypervisor();
+  REQUIRE(hv.CreateDomain("fake-a", kUuid2, "web-2", 512).ok());
+  REQUIRE(hv.CreateDomain("fake-a", kUuid3, "web-3", 512).ok());
+  c.ReportAll();
+  REQUIRE(hv.SetTransferDuration("fake-a", absl::Seconds(2)).ok());
+  db::NewEvacuation ne;
+  ne.host = "fake-a";
+  ne.max_parallel = 1;
+  ne.requested_by = "erin";
+  ne.instance_uuids = {kUuid, kUuid2, kUuid3};
+  ne.destination = "fake-c";  // no owner: as its dead driver's expired lease leaves it
+  auto ev = c.stores->evacuations().CreateEvacuation(ne);
+  REQUIRE(ev.ok());
+  // The migration of its last item (items go in UUID order), created as its driver does.
+  db::NewMigration nm;
+  nm.request_id = absl::StrCat("evacuation-", ev->id, "-", kUuid3);
+  nm.evacuation_uuid = ev->uuid;
+  nm.instance_uuid = kUuid3;
+  nm.dest_host = "fake-c";
+  nm.memory_claim_mib = 512;
+  nm.requested_by = "erin";
+  nm.owner = c.orch->options().scheduler_id;
+  nm.lease = c.orch->options().lease;
+  auto orphan = c.stores->migrations().CreateMigration(nm);
+  REQUIRE(orphan.ok());
+  c.orch->Kick();
+  c.api->ResumeEvacuations();
+  const sv1::Evacuation done = WaitEvacuationDone(*c.api, ev->uuid);
+  INFO(done.DebugString());
+  CHECK(done.status() == sv1::EVACUATION_STATUS_COMPLETED);
+  CHECK(done.succeeded() == 3);
+  const auto ms = EvacuationMigrations(*c.api, done);
+  REQUIRE(ms.size() == 3);
+  bool adopted = false;
+  for (const auto& m : ms) adopted = adopted || m.id() == orphan->migration.uuid;
+  CHECK(adopted);  // its item names it: no second migration of that instance
+  CHECK_FALSE(AnyOverlap(ms));
+}
+
+// Cancel: the migration in flight finishes, the pending instances stay, no new migration of the
+// evacuation can be created (the store refuses it), a second cancel answers the same, and a
+// finished evacuation cannot be cancelled.
+TEST_CASE("scheduler: a cancelled evacuation starts nothing more; the one in flight finishes") {
+  Cloud c({}, {"fake-a", "fake-b", "fake-c"});
+  REQUIRE(c.drivers["fake-a"]->hypervisor().CreateDomain("fake-a", kUuid2, "web-2", 512).ok());
+  REQUIRE(c.drivers["fake-a"]->hypervisor().CreateDomain("fake-a", kUuid3, "web-3", 512).ok());
+  c.ReportAll();
+  const sv1::Evacuation ev = StartEvacuationToC(c, absl::Seconds(2));
+  sv1::CancelEvacuationRequest cr;
+  cr.set_evacuation_id(ev.id());
+  cr.set_reason("freeze");
+  cr.set_requester("frank");
+  auto cancelled = c.api->CancelEvacuation(cr, "ops");
+  REQUIRE(cancelled.ok());
+  CHECK(cancelled->status() == sv1::EVACUATION_STATUS_CANCELLING);
+  CHECK(cancelled->cancelled() == 2);
+  CHECK(cancelled->cancel_reason() == "freeze");
+  CHECK(cancelled->cancelled_by() == "ops [frank]");
+  // Its driver's next start is refused by the store, whatever it read before.
+  db::NewMigration nm;
+  nm.request_id = "late-start";
+  nm.evacuation_uuid = ev.id();
+  nm.instance_uuid = kUuid3;
+  nm.requested_by = "erin";
+  auto late = c.stores->migrations().CreateMigration(nm);
+  CHECK(late.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(late.status().message(), "was cancelled"));
+  cr.set_reason("another");
+  auto again = c.api->CancelEvacuation(cr, "ops");
+  REQUIRE(again.ok());
+  CHECK(again->cancel_reason() == "freeze");
+  const sv1::Evacuation done = WaitEvacuationDone(*c.api, ev.id());
+  INFO(done.DebugString());
+  CHECK(done.status() == sv1::EVACUATION_STATUS_CANCELLED);
+  CHECK(done.succeeded() == 1);
+  CHECK(done.cancelled() == 2);
+  CHECK(c.Where(kUuid) == Loc{{"fake-c", "running"}});
+  CHECK(c.Where(kUuid2) == Loc{{"fake-a", "running"}});
+  CHECK(c.Where(kUuid3) == Loc{{"fake-a", "running"}});
+  CHECK(EvacuationMigrations(*c.api, done).size() == 1);
+  auto finished = c.api->CancelEvacuation(cr, "ops");
+  REQUIRE(finished.ok());  // cancelled: the same answer
+  CHECK(finished->status() == sv1::EVACUATION_STATUS_CANCELLED);
+  // An evacuation that completed: refused, naming its status.
+  sv1::EvacuateHostRequest back;
+  back.set_hostname("fake-c");
+  back.set_destination("fake-a");
+  back.set_requester("erin");
+  auto b = c.api->EvacuateHost(back, "");
+  REQUIRE(b.ok());
+  const sv1::Evacuation b_done = WaitEvacuationDone(*c.api, b->id());
+  CHECK(b_done.status() == sv1::EVACUATION_STATUS_COMPLETED);
+  cr.set_evacuation_id(b->id());
+  auto refused = c.api->CancelEvacuation(cr, "ops");
+  CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(refused.status().message(), "already finished (completed)"));
+  cr.set_evacuation_id("not-a-uuid");
+  CHECK(c.api->CancelEvacuation(cr, "ops").status().code() == absl::StatusCode::kInvalidArgument);
+  cr.set_evacuation_id("00000000-0000-4000-8000-000000000000");
+  CHECK(c.api->CancelEvacuation(cr, "ops").status().code() == absl::StatusCode::kNotFound);
 }
 
 TEST_CASE(

@@ -181,6 +181,12 @@ grpc::Status SchedulerApiService::ListEvacuations(grpc::ServerContext* ctx,
   LIVEMIG_AUTH(false, "ListEvacuations");
   return Reply(out, [&] { return core_->ListEvacuations(*r); });
 }
+grpc::Status SchedulerApiService::CancelEvacuation(grpc::ServerContext* ctx,
+                                                   const sv1::CancelEvacuationRequest* r,
+                                                   sv1::Evacuation* out) {
+  LIVEMIG_AUTH(true, "CancelEvacuation");
+  return Reply(out, [&] { return core_->CancelEvacuation(*r, caller); });
+}
 grpc::Status SchedulerApiService::ListInstances(grpc::ServerContext* ctx,
                                                 const sv1::ListInstancesRequest* r,
                                                 sv1::ListInstancesResponse* out) {

@@ -58,6 +58,8 @@ class SchedulerApiService final : public sv1::SchedulerApi::Service {
                              sv1::Evacuation*) override;
   grpc::Status ListEvacuations(grpc::ServerContext*, const sv1::ListEvacuationsRequest*,
                                sv1::ListEvacuationsResponse*) override;
+  grpc::Status CancelEvacuation(grpc::ServerContext*, const sv1::CancelEvacuationRequest*,
+                                sv1::Evacuation*) override;
   grpc::Status ListInstances(grpc::ServerContext*, const sv1::ListInstancesRequest*,
                              sv1::ListInstancesResponse*) override;
   grpc::Status GetInstance(grpc::ServerContext*, const sv1::GetInstanceRequest*,

@@ -106,6 +106,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 15:
       Expect(s::CheckMigrationId(rest));
       Expect(s::CheckEvacuationId(rest));
+      Expect(s::ParseCancelEvacuation(param, body));
       break;
     default: {
       // Any body against the largest request message.

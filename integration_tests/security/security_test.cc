@@ -671,6 +671,8 @@ std::unique_ptr<pb::Message> ApiRequest(const pb::MethodDescriptor* m) {
       {"SetHostEnabled", "hostname: 'host-b' enabled: false reason: 'matrix'"},
       {"EvacuateHost", "hostname: 'host-b' max_parallel: 1"},
       {"GetEvacuation", "evacuation_id: '00000000-0000-4000-8000-000000000000'"},
+      {"CancelEvacuation",
+       "evacuation_id: '00000000-0000-4000-8000-000000000000' reason: 'matrix'"},
       {"GetInstance", absl::StrCat("instance_uuid: '", kFreeUuid, "'")},
   };
   auto req = NewMessage(m->input_type());
@@ -760,7 +762,7 @@ std::vector<RestOp> RestOps() {
         op.body = R"({"max_parallel":1})";
       } else if (absl::StrContains(path, "live-migration")) {
         op.body = R"({"destination":"host-b","request_id":"rest-matrix"})";
-      } else if (absl::StrContains(path, "/abort")) {
+      } else if (absl::StrContains(path, "/abort") || absl::StrContains(path, "/cancel")) {
         op.body = R"({"reason":"rest matrix"})";
       } else if (method != "get") {
         op.body = absl::StrCat(R"({"instance_uuid":")", kFreeUuid, R"("})");
@@ -810,7 +812,7 @@ TEST_CASE("api REST: every operation needs a valid token; a reader may not mutat
       CHECK(reader->status != 403);
     }
   }
-  CHECK(mutating == 5);
+  CHECK(mutating == 7);
   CHECK(E().DbFingerprint() == before);
 }
 
