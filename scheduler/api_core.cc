@@ -636,7 +636,6 @@ absl::StatusOr<std::string> ApiCore::MetricsText() {
   Family(&out, "livemig_hosts_disabled", "gauge",
          "Hosts disabled by an operator (no migration goes to them), up or down.");
   absl::StrAppend(&out, "livemig_hosts_disabled ", m.hosts_disabled, "\n");
-  return out;
   // Not from the database: this process's dry runs (each replica has its own cap).
   const Orchestrator::DryRunCounts dry = orchestrator_->DryRuns();
   Family(&out, "livemig_dry_runs_running", "gauge",
@@ -651,6 +650,7 @@ absl::StatusOr<std::string> ApiCore::MetricsText() {
          "--dry-run-max-concurrent were running.");
   absl::StrAppend(&out, "livemig_dry_runs_total{outcome=\"run\"} ", dry.admitted, "\n");
   absl::StrAppend(&out, "livemig_dry_runs_total{outcome=\"refused\"} ", dry.refused, "\n");
+  return out;
 }
 
 // ---- evacuations -------------------------------------------------------------------------

@@ -922,6 +922,11 @@ class ProbeAgents : public AgentClientFactory {
     absl::MutexLock l(&mu_);
     return longest_budget_;
   }
+  // The most calls hanging at once, as the hung agents saw them.
+  int MostHanging() {
+    absl::MutexLock l(&mu_);
+    return most_hanging_;
+  }
   absl::Duration hang_cap = absl::Seconds(120);
 
  private:
@@ -934,7 +939,10 @@ class ProbeAgents : public AgentClientFactory {
     if (!migration_id.empty()) ids_.insert(migration_id);
     longest_budget_ = std::max(longest_budget_, deadline - now);
     if (!hung_.count(host)) return absl::OkStatus();
+    ++hanging_;
+    most_hanging_ = std::max(most_hanging_, hanging_);
     mu_.AwaitWithDeadline(absl::Condition(&released_), std::min(deadline, now + hang_cap));
+    --hanging_;
     return absl::DeadlineExceededError(absl::StrCat(rpc, " on ", host, ": Deadline Exceeded"));
   }
   class Client : public AgentClient {
@@ -966,6 +974,8 @@ class ProbeAgents : public AgentClientFactory {
   std::vector<std::pair<std::string, std::string>> calls_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> ids_ ABSL_GUARDED_BY(mu_);
   absl::Duration longest_budget_ ABSL_GUARDED_BY(mu_) = -absl::InfiniteDuration();
+  int hanging_ ABSL_GUARDED_BY(mu_) = 0;
+  int most_hanging_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // The check named `name` of `hc` ("" when absent).
@@ -1061,11 +1071,6 @@ TEST_CASE("scheduler: a dry run with agents that hang answers within its deadlin
     CHECK_FALSE(dry->passed());
     CHECK(probe.Calls("CheckCanLiveMigrateOnDest") == 0);
     for (int i = 0; i < 3; ++i) {
-  // The most calls hanging at once, as the hung agents saw them.
-  int MostHanging() {
-    absl::MutexLock l(&mu_);
-    return most_hanging_;
-  }
       INFO(dry->hosts(i).host());
       const std::string reason = CheckReason(dry->hosts(i), "agent_source");
       CHECK(absl::StrContains(reason, "cannot describe the instance"));
@@ -1074,14 +1079,83 @@ TEST_CASE("scheduler: a dry run with agents that hang answers within its deadlin
   }
 }
 
+TEST_CASE("scheduler: at most max_concurrent_dry_runs dry runs run at once, the rest refused") {
+  Cloud c({}, {"fake-a", "fake-b"});
+  ProbeAgents probe(&c.agents);
+  probe.Hang("fake-b");  // each dry run waits there for its share of the deadline
+  OrchestratorOptions o;
+  o.scheduler_id = "sched-dry";
+  o.dry_run_deadline = absl::Seconds(6);    // the hung destination holds each for ~2 s
+  REQUIRE(o.max_concurrent_dry_runs == 4);  // the default
+  Orchestrator orch(o, &c.stores->migrations(), &c.stores->hosts(), &c.stores->instances(), &probe);
+  sv1::CheckMigrationRequest check;
+  check.set_instance_uuid(kUuid);
+  constexpr int kAtOnce = 20;
+  std::vector<absl::StatusOr<sv1::CheckMigrationResponse>> out(kAtOnce,
+                                                               absl::UnknownError("not run"));
+  std::vector<absl::Duration> took(kAtOnce);
+  absl::Mutex go_mu;
+  bool go = false;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kAtOnce; ++i) {
+    threads.emplace_back([&, i] {
+      {
+        absl::MutexLock l(&go_mu);
+        go_mu.Await(absl::Condition(&go));
+      }
+      const absl::Time t0 = absl::Now();
+      out[i] = orch.CheckMigration(check);
+      took[i] = absl::Now() - t0;
+    });
+  }
+  {
+    absl::MutexLock l(&go_mu);
+    go = true;
+  }
+  for (auto& t : threads) t.join();
+  int ran = 0, refused = 0;
+  absl::Duration slowest_refusal = absl::ZeroDuration();
+  for (int i = 0; i < kAtOnce; ++i) {
+    if (out[i].ok()) {
+      ++ran;
+      CHECK_FALSE(out[i]->passed());  // fake-b's agent hung
+      continue;
+    }
+    INFO(out[i].status().ToString());
+    CHECK(out[i].status().code() == absl::StatusCode::kResourceExhausted);
+    CHECK(absl::StrContains(out[i].status().message(), "--dry-run-max-concurrent 4"));
+    ++refused;
+    slowest_refusal = std::max(slowest_refusal, took[i]);
+  }
+  const Orchestrator::DryRunCounts counts = orch.DryRuns();
+  printf(
+      "%d dry runs at once, the destination's agent hanging: %d ran, %d refused (the slowest "
+      "refusal in %.1f ms); the agent saw at most %d calls at once; counts: most running %d, "
+      "admitted %lld, refused %lld\n",
+      kAtOnce, ran, refused, absl::ToDoubleMilliseconds(slowest_refusal), probe.MostHanging(),
+      counts.most_running, static_cast<long long>(counts.admitted),
+      static_cast<long long>(counts.refused));
+  // All arrived while the first 4 waited for the hung agent: exactly 4 ran.
+  CHECK(ran == 4);
+  CHECK(refused == kAtOnce - 4);
+  CHECK(probe.MostHanging() == 4);
+  CHECK(slowest_refusal < absl::Seconds(1));
+  CHECK(counts.running == 0);
+  CHECK(counts.most_running == 4);
+  CHECK(counts.admitted == 4);
+  CHECK(counts.refused == kAtOnce - 4);
+  // The slots are free again.
+  probe.ReleaseAll();
+  auto again = orch.CheckMigration(check);
+  INFO(again.status().ToString());
+  CHECK(again.ok());
+}
+
 // The steps agent `core` has recorded for migration `id` (none: it keeps no record of it).
 std::vector<int> StepsRecorded(agent::AgentCore& core, const std::string& id) {
   cv1::DescribeInstanceRequest di;
   di.set_instance_uuid(kUuid);
-    ++hanging_;
-    most_hanging_ = std::max(most_hanging_, hanging_);
   di.set_migration_id(id);
-    --hanging_;
   auto d = core.DescribeInstance(di);
   REQUIRE(d.ok());
   return {d->steps_done().begin(), d->steps_done().end()};
@@ -1113,8 +1187,6 @@ TEST_CASE("scheduler: the agents hold no record of a dry run") {
     }
   }
   // No probe file is left on the shared instance path either.
-  int hanging_ ABSL_GUARDED_BY(mu_) = 0;
-  int most_hanging_ ABSL_GUARDED_BY(mu_) = 0;
   auto left = livemig::testing::RunCommand(
       absl::StrCat("find ", c.state, " -name '.livemig-probe-*' | wc -l"));
   REQUIRE(left.ok());
@@ -1218,78 +1290,6 @@ TEST_CASE(
     "scheduler (Xen): a PV guest's migration to a host without shadow paging fails in the "
     "checks, with the reason and the ways out; a PVH guest's completes") {
   // fake-b runs Xen without shadow paging (Debian 12's 4.17.7 security build, XSA-495).
-TEST_CASE("scheduler: at most max_concurrent_dry_runs dry runs run at once, the rest refused") {
-  Cloud c({}, {"fake-a", "fake-b"});
-  ProbeAgents probe(&c.agents);
-  probe.Hang("fake-b");  // each dry run waits there for its share of the deadline
-  OrchestratorOptions o;
-  o.scheduler_id = "sched-dry";
-  o.dry_run_deadline = absl::Seconds(6);    // the hung destination holds each for ~2 s
-  REQUIRE(o.max_concurrent_dry_runs == 4);  // the default
-  Orchestrator orch(o, &c.stores->migrations(), &c.stores->hosts(), &c.stores->instances(), &probe);
-  sv1::CheckMigrationRequest check;
-  check.set_instance_uuid(kUuid);
-  constexpr int kAtOnce = 20;
-  std::vector<absl::StatusOr<sv1::CheckMigrationResponse>> out(kAtOnce,
-                                                               absl::UnknownError("not run"));
-  std::vector<absl::Duration> took(kAtOnce);
-  absl::Mutex go_mu;
-  bool go = false;
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kAtOnce; ++i) {
-    threads.emplace_back([&, i] {
-      {
-        absl::MutexLock l(&go_mu);
-        go_mu.Await(absl::Condition(&go));
-      }
-      const absl::Time t0 = absl::Now();
-      out[i] = orch.CheckMigration(check);
-      took[i] = absl::Now() - t0;
-    });
-  }
-  {
-    absl::MutexLock l(&go_mu);
-    go = true;
-  }
-  for (auto& t : threads) t.join();
-  int ran = 0, refused = 0;
-  absl::Duration slowest_refusal = absl::ZeroDuration();
-  for (int i = 0; i < kAtOnce; ++i) {
-    if (out[i].ok()) {
-      ++ran;
-      CHECK_FALSE(out[i]->passed());  // fake-b's agent hung
-      continue;
-    }
-    INFO(out[i].status().ToString());
-    CHECK(out[i].status().code() == absl::StatusCode::kResourceExhausted);
-    CHECK(absl::StrContains(out[i].status().message(), "--dry-run-max-concurrent 4"));
-    ++refused;
-    slowest_refusal = std::max(slowest_refusal, took[i]);
-  }
-  const Orchestrator::DryRunCounts counts = orch.DryRuns();
-  printf(
-      "%d dry runs at once, the destination's agent hanging: %d ran, %d refused (the slowest "
-      "refusal in %.1f ms); the agent saw at most %d calls at once; counts: most running %d, "
-      "admitted %lld, refused %lld\n",
-      kAtOnce, ran, refused, absl::ToDoubleMilliseconds(slowest_refusal), probe.MostHanging(),
-      counts.most_running, static_cast<long long>(counts.admitted),
-      static_cast<long long>(counts.refused));
-  // All arrived while the first 4 waited for the hung agent: exactly 4 ran.
-  CHECK(ran == 4);
-  CHECK(refused == kAtOnce - 4);
-  CHECK(probe.MostHanging() == 4);
-  CHECK(slowest_refusal < absl::Seconds(1));
-  CHECK(counts.running == 0);
-  CHECK(counts.most_running == 4);
-  CHECK(counts.admitted == 4);
-  CHECK(counts.refused == kAtOnce - 4);
-  // The slots are free again.
-  probe.ReleaseAll();
-  auto again = orch.CheckMigration(check);
-  INFO(again.status().ToString());
-  CHECK(again.ok());
-}
-
   Cloud c(
       {}, {"fake-a", "fake-b"},
       [](driver::FakeDriver::Options& fo) { fo.xen_virt_caps = "pv hvm hap gnttab-v1 gnttab-v2"; },
