@@ -22,6 +22,7 @@
 #include "absl/time/clock.h"
 #include "driver/fake_driver.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
 
@@ -59,52 +60,15 @@ void CheckDown(const std::string& text, const std::string& role, const std::stri
   CHECK(std::stoi(m[1].str()) >= kServiceDownSeconds);
 }
 
-class DownCloud {
+class DownCloud : public FakeCloud {
  public:
-  DownCloud() {
-    ::mkdir(hooks_.c_str(), 0755);
-    // Only this test's processes get the hooks (they inherit the environment); a point pauses
-    // only when armed.
-    ::setenv("LIVEMIG_TEST_HOOK_DIR", hooks_.c_str(), 1);
-    cloud_.StartScheduler(absl::StrCat("--lease 3 --service-down-time ", kServiceDownSeconds,
-                                       " --report-interval 1"));
-    const std::vector<std::string> hosts = {"host-a", "host-b", "host-gone", "host-src"};
-    for (const auto& h : hosts) {
-      cloud_.StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state_,
-                                        " --listen 127.0.0.1:", testing::FreePort()));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto snap = hv_.Snapshot();
-          if (!snap.ok()) return false;
-          for (const auto& h : hosts) {
-            if (!(*snap)["hosts"].contains(h)) return false;
-          }
-          return true;
-        },
-        absl::Seconds(30)));
-  }
-  ~DownCloud() {
-    ::unsetenv("LIVEMIG_TEST_HOOK_DIR");
-    testing::RunCommand("rm -rf " + dir_).IgnoreError();
-  }
+  DownCloud()
+      : FakeCloud({"downab",
+                   absl::StrCat("--lease 3 --service-down-time ", kServiceDownSeconds,
+                                " --report-interval 1"),
+                   {{"host-a"}, {"host-b"}, {"host-gone"}, {"host-src"}},
+                   /*test_hooks=*/true}) {}
 
-  Cloud& cloud() { return cloud_; }
-  driver::FakeHypervisor& hv() { return hv_; }
-
-  std::string NewVm(const std::string& host) {
-    char uuid[40];
-    std::snprintf(uuid, sizeof(uuid), "d0d0d0d0-0000-4000-8000-%012d", ++vms_);
-    REQUIRE(hv_.CreateDomain(host, uuid, absl::StrCat("vm-", vms_), 512).ok());
-    INFO(cloud_.SchedulerLog());
-    REQUIRE(cloud_.WaitInstanceOn(uuid, host, absl::Seconds(20)));
-    return uuid;
-  }
-  Loc Where(const std::string& uuid) {
-    auto w = hv_.Locate(uuid);
-    REQUIRE(w.ok());
-    return *w;
-  }
   nlohmann::json HostState(const std::string& host) {
     auto snap = hv_.Snapshot();
     REQUIRE(snap.ok());
@@ -158,16 +122,6 @@ class DownCloud {
     return s.ok() ? absl::OkStatus()
                   : absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
   }
-  std::pair<int, std::string> Cloudctl(const std::string& args) {
-    const std::string out = absl::StrCat(dir_, "/cloudctl.out");
-    const int rc =
-        std::system(absl::StrCat("env -u LIVEMIG_TOKEN HOME=", dir_, " ",
-                                 testing::RunfilePath("cloudctl/cloudctl"), " --server unix:", dir_,
-                                 "/api.sock ", args, " >", out, " 2>&1 </dev/null")
-                        .c_str());
-    auto text = testing::RunCommand("cat " + out);
-    return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, text.ok() ? *text : ""};
-  }
 
   // Arms the scheduler's test point `point`: the next migration to reach it pauses there.
   void Arm(const std::string& point) {
@@ -185,14 +139,6 @@ class DownCloud {
         absl::Seconds(20));
   }
   void Resume() { std::ofstream(hooks_ + "/resume") << "go"; }
-
- private:
-  std::string dir_ = testing::MakeShortTempDir("downab");
-  std::string hooks_ = dir_ + "/hooks";
-  Cloud cloud_{dir_};
-  std::string state_ = dir_ + "/fake";
-  driver::FakeHypervisor hv_{state_};
-  int vms_ = 0;
 };
 
 DownCloud& D() {

@@ -31,6 +31,7 @@
 #include "driver/fake_driver.h"
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "nlohmann/json.hpp"
 #include "testing/process.h"
 #include "testing/run_command.h"
@@ -62,65 +63,24 @@ int PeakInFlight(const std::vector<Recorded>& ms) {
   return peak;
 }
 
-class EvacCloud {
+class EvacCloud : public FakeCloud {
  public:
-  EvacCloud() {
-    cloud_.StartScheduler(absl::StrCat(
-        "--lease 3 --service-down-time 20 --report-interval 1 --max-outbound-per-host 6 "
-        "--max-inbound-per-host 6 --http-listen 127.0.0.1:",
-        http_port_));
-    for (const char* h : {"host-a", "host-b", "host-c"}) {
-      cloud_.StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state_,
-                                        " --listen 127.0.0.1:", testing::FreePort()));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto snap = hv_.Snapshot();
-          if (!snap.ok()) return false;
-          for (const char* h : {"host-a", "host-b", "host-c"}) {
-            if (!(*snap)["hosts"].contains(h)) return false;
-          }
-          return true;
-        },
-        absl::Seconds(30)));
-    http_.set_read_timeout(20, 0);
-  }
-  ~EvacCloud() { testing::RunCommand("rm -rf " + dir_).IgnoreError(); }
+  EvacCloud() : EvacCloud(testing::FreePort()) {}
 
-  Cloud& cloud() { return cloud_; }
-  driver::FakeHypervisor& hv() { return hv_; }
   httplib::Client& http() { return http_; }
 
   // `n` new running VMs of 256 MiB on `host`, known to the scheduler.
   std::vector<std::string> NewVms(const std::string& host, int n) {
     std::vector<std::string> out;
-    for (int i = 0; i < n; ++i) {
-      char uuid[40];
-      std::snprintf(uuid, sizeof(uuid), "e7ac0000-0000-4000-8000-%012d", ++vms_);
-      REQUIRE(hv_.CreateDomain(host, uuid, absl::StrCat("evac-", vms_), 256).ok());
-      out.push_back(uuid);
-    }
+    for (int i = 0; i < n; ++i) out.push_back(CreateVm(host, 256));
     for (const auto& uuid : out) {
       INFO(cloud_.SchedulerLog());
       REQUIRE(cloud_.WaitInstanceOn(uuid, host, absl::Seconds(20)));
     }
     return out;
   }
-  Loc Where(const std::string& uuid) {
-    auto w = hv_.Locate(uuid);
-    REQUIRE(w.ok());
-    return *w;
-  }
-  // cloudctl against the scheduler's API: its exit status and its output (stdout and stderr).
   std::pair<int, std::string> Cloudctl(const std::string& args) {
-    const std::string out = absl::StrCat(dir_, "/cloudctl.out");
-    const int rc =
-        std::system(absl::StrCat("env -u LIVEMIG_TOKEN LIVEMIG_USER=evac-test HOME=", dir_, " ",
-                                 testing::RunfilePath("cloudctl/cloudctl"), " --server unix:", dir_,
-                                 "/api.sock ", args, " >", out, " 2>&1 </dev/null")
-                        .c_str());
-    auto text = testing::RunCommand("cat " + out);
-    return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, text.ok() ? *text : ""};
+    return FakeCloud::Cloudctl(args, "LIVEMIG_USER=evac-test");
   }
   // Starts an evacuation with cloudctl; returns its id.
   std::string Evacuate(const std::string& args) {
@@ -191,13 +151,17 @@ class EvacCloud {
   }
 
  private:
-  std::string dir_ = testing::MakeShortTempDir("evac");
-  int http_port_ = testing::FreePort();
-  Cloud cloud_{dir_};
-  std::string state_ = dir_ + "/fake";
-  driver::FakeHypervisor hv_{state_};
-  httplib::Client http_{"127.0.0.1", http_port_};
-  int vms_ = 0;
+  explicit EvacCloud(int http_port)
+      : FakeCloud({"evac",
+                   absl::StrCat("--lease 3 --service-down-time 20 --report-interval 1 "
+                                "--max-outbound-per-host 6 --max-inbound-per-host 6 "
+                                "--http-listen 127.0.0.1:",
+                                http_port),
+                   {{"host-a"}, {"host-b"}, {"host-c"}}}),
+        http_("127.0.0.1", http_port) {
+    http_.set_read_timeout(20, 0);
+  }
+  httplib::Client http_;
 };
 
 EvacCloud& C() {

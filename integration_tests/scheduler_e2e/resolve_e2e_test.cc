@@ -20,49 +20,20 @@
 #include "absl/strings/str_cat.h"
 #include "driver/fake_driver.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
 
 namespace livemig::e2e {
 namespace {
 
-using Loc = std::vector<std::pair<std::string, std::string>>;
+using Loc = FakeCloud::Loc;
 
-class ResolveCloud {
+class ResolveCloud : public FakeCloud {
  public:
-  ResolveCloud() {
-    cloud_.StartScheduler("--lease 3 --report-interval 1");
-    for (const std::string h : {"host-a", "host-b"}) StartAgent(h);
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto snap = hv_.Snapshot();
-          return snap.ok() && (*snap)["hosts"].contains("host-a") &&
-                 (*snap)["hosts"].contains("host-b");
-        },
-        absl::Seconds(30)));
-  }
-  ~ResolveCloud() { testing::RunCommand("rm -rf " + dir_).IgnoreError(); }
+  ResolveCloud()
+      : FakeCloud({"resolv", "--lease 3 --report-interval 1", {{"host-a"}, {"host-b"}}}) {}
 
-  void StartAgent(const std::string& h) {
-    cloud_.StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state_,
-                                      " --listen 127.0.0.1:", testing::FreePort()));
-  }
-  Cloud& cloud() { return cloud_; }
-  driver::FakeHypervisor& hv() { return hv_; }
-
-  std::string NewVm(const std::string& host) {
-    char uuid[40];
-    std::snprintf(uuid, sizeof(uuid), "e0e0e0e0-0000-4000-8000-%012d", ++vms_);
-    REQUIRE(hv_.CreateDomain(host, uuid, absl::StrCat("vm-", vms_), 512).ok());
-    INFO(cloud_.SchedulerLog());
-    REQUIRE(cloud_.WaitInstanceOn(uuid, host, absl::Seconds(20)));
-    return uuid;
-  }
-  Loc Where(const std::string& uuid) {
-    auto w = hv_.Locate(uuid);
-    REQUIRE(w.ok());
-    return *w;
-  }
   absl::StatusOr<sv1::ResolveMigrationResponse> Resolve(const std::string& id,
                                                         const std::string& running_on) {
     grpc::ClientContext ctx;
@@ -101,22 +72,8 @@ class ResolveCloud {
     return i;
   }
   std::pair<int, std::string> Cloudctl(const std::string& args) {
-    const std::string out = absl::StrCat(dir_, "/cloudctl.out");
-    const int rc = std::system(
-        absl::StrCat("env -u LIVEMIG_TOKEN HOME=", dir_, " ",
-                     testing::RunfilePath("cloudctl/cloudctl"), " --server unix:", dir_,
-                     "/api.sock --requester resolve-test ", args, " >", out, " 2>&1 </dev/null")
-            .c_str());
-    auto text = testing::RunCommand("cat " + out);
-    return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, text.ok() ? *text : ""};
+    return FakeCloud::Cloudctl("--requester resolve-test " + args);
   }
-
- private:
-  std::string dir_ = testing::MakeShortTempDir("resolv");
-  Cloud cloud_{dir_};
-  std::string state_ = dir_ + "/fake";
-  driver::FakeHypervisor hv_{state_};
-  int vms_ = 0;
 };
 
 int Count(const sv1::Migration& m, v1::MigrationStep step) {

@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "driver/fake_driver.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
 
@@ -28,64 +29,36 @@ namespace {
 
 using Loc = std::vector<std::pair<std::string, std::string>>;
 
-class PathsCloud {
+class PathsCloud : public FakeCloud {
  public:
-  PathsCloud() {
-    cloud_.StartScheduler(
-        "--lease 3 --service-down-time 20 --report-interval 1 --max-outbound-per-host 1");
-    const std::string fake = absl::StrCat("--driver fake --fake-state-dir ", state_);
-    const std::vector<std::pair<std::string, std::string>> hosts = {
-        {"host-a", ""},
-        {"host-b", ""},
-        {"host-small", "--fake-memory-mib 1280"},  // 1280 - 512 reserve = 768 MiB free
-        {"host-kvm", "--fake-hypervisor-type QEMU"},
-        {"host-old", "--fake-hypervisor-version 4016000"},
-        {"host-cpu", "--cpu-features-override sse4.2,avx,aes"},  // no avx2
-        {"host-nobr", "--bridges br-other"},
-        {"host-local", absl::StrCat("--instance-path ", dir_, "/local-instances")},
-        {"xen-a", "--fake-profile fake-libxl"},
-        {"xen-b", "--fake-profile fake-libxl"},
-        // Xen without shadow paging (Debian 12's 4.17.7 security build): no PV live migration.
-        {"xen-noshadow",
-         "--fake-profile fake-libxl --fake-xen-virt-caps 'pv hvm hap gnttab-v1 gnttab-v2'"},
-    };
-    for (const auto& [h, flags] : hosts) {
-      cloud_.StartAgent(
-          h, absl::StrCat(fake, " --listen 127.0.0.1:", testing::FreePort(), " ", flags));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto snap = hv_.Snapshot();
-          if (!snap.ok()) return false;
-          for (const auto& [h, flags] : hosts) {
-            if (!(*snap)["hosts"].contains(h)) return false;
-          }
-          return true;
-        },
-        absl::Seconds(30)));
-  }
-  ~PathsCloud() { testing::RunCommand("rm -rf " + dir_).IgnoreError(); }
-
-  Cloud& cloud() { return cloud_; }
-  driver::FakeHypervisor& hv() { return hv_; }
+  PathsCloud()
+      : FakeCloud(
+            {"paths",
+             "--lease 3 --service-down-time 20 --report-interval 1 "
+             "--max-outbound-per-host 1",
+             {
+                 {"host-a", ""},
+                 {"host-b", ""},
+                 {"host-small", "--fake-memory-mib 1280"},  // 1280 - 512 reserve = 768 MiB free
+                 {"host-kvm", "--fake-hypervisor-type QEMU"},
+                 {"host-old", "--fake-hypervisor-version 4016000"},
+                 {"host-cpu", "--cpu-features-override sse4.2,avx,aes"},  // no avx2
+                 {"host-nobr", "--bridges br-other"},
+                 {"host-local", "--instance-path @DIR@/local-instances"},
+                 {"xen-a", "--fake-profile fake-libxl"},
+                 {"xen-b", "--fake-profile fake-libxl"},
+                 // Xen without shadow paging (Debian 12's 4.17.7 security build): no PV
+                 // live migration.
+                 {"xen-noshadow",
+                  "--fake-profile fake-libxl --fake-xen-virt-caps 'pv hvm hap gnttab-v1 "
+                  "gnttab-v2'"},
+             }}) {}
 
   // A new running VM of `mib` MiB on `host`, known to the scheduler; `kind`: its Xen guest kind
   // on fake-libxl hosts ("": PV).
   std::string NewVm(const std::string& host = "host-a", uint64_t mib = 1024,
                     const std::string& kind = "") {
-    char uuid[40];
-    std::snprintf(uuid, sizeof(uuid), "5a5a5a5a-0000-4000-8000-%012d", ++vms_);
-    REQUIRE(
-        hv_.CreateDomain(host, uuid, absl::StrCat("vm-", vms_), mib, "running", {"br-guest"}, kind)
-            .ok());
-    INFO(cloud_.SchedulerLog());
-    REQUIRE(cloud_.WaitInstanceOn(uuid, host, absl::Seconds(20)));
-    return uuid;
-  }
-  Loc Where(const std::string& uuid) {
-    auto w = hv_.Locate(uuid);
-    REQUIRE(w.ok());
-    return *w;
+    return FakeCloud::NewVm(host, mib, kind);
   }
   sv1::Migration MigrateAndWait(const std::string& uuid, const std::string& dest,
                                 const v1::MigrationOptions& o = {}) {
@@ -105,17 +78,6 @@ class PathsCloud {
     return s.ok() ? absl::OkStatus()
                   : absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
   }
-  // cloudctl against the scheduler's API: its exit status and its output (stdout and stderr).
-  std::pair<int, std::string> Cloudctl(const std::string& args) {
-    const std::string out = absl::StrCat(dir_, "/cloudctl.out");
-    const int rc =
-        std::system(absl::StrCat("env -u LIVEMIG_TOKEN HOME=", dir_, " ",
-                                 testing::RunfilePath("cloudctl/cloudctl"), " --server unix:", dir_,
-                                 "/api.sock ", args, " >", out, " 2>&1 </dev/null")
-                        .c_str());
-    auto text = testing::RunCommand("cat " + out);
-    return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, text.ok() ? *text : ""};
-  }
   std::string AgentLog(const std::string& host) {
     auto text = testing::RunCommand(absl::StrCat("cat ", dir_, "/agent-", host, ".log"));
     return text.ok() ? *text : "";
@@ -128,13 +90,6 @@ class PathsCloud {
         },
         t);
   }
-
- private:
-  std::string dir_ = testing::MakeShortTempDir("paths");
-  Cloud cloud_{dir_};
-  std::string state_ = dir_ + "/fake";
-  driver::FakeHypervisor hv_{state_};
-  int vms_ = 0;
 };
 
 PathsCloud& P() {

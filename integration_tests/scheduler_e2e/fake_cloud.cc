@@ -1,0 +1,98 @@
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "testing/process.h"
+#include "testing/run_command.h"
+
+namespace livemig::e2e {
+namespace {
+
+// The directory first, and the hooks' environment before the cloud starts any process.
+std::string MakeDir(const FakeCloud::Options& o) {
+  std::string dir = testing::MakeShortTempDir(o.tag);
+  if (o.test_hooks) {
+    const std::string hooks = dir + "/hooks";
+    ::mkdir(hooks.c_str(), 0755);
+    // Only this test's processes get the hooks (they inherit the environment); a point pauses
+    // only when armed.
+    ::setenv("LIVEMIG_TEST_HOOK_DIR", hooks.c_str(), 1);
+  }
+  return dir;
+}
+
+}  // namespace
+
+FakeCloud::FakeCloud(const Options& o)
+    : remove_{MakeDir(o)},
+      dir_(remove_.path),
+      hooks_(o.test_hooks ? dir_ + "/hooks" : ""),
+      state_(dir_ + "/fake"),
+      cloud_(dir_),
+      hv_(state_) {
+  cloud_.StartScheduler(o.scheduler_flags);
+  for (const auto& h : o.hosts) StartAgent(h.name, absl::StrReplaceAll(h.flags, {{"@DIR@", dir_}}));
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto snap = hv_.Snapshot();
+        if (!snap.ok()) return false;
+        for (const auto& h : o.hosts) {
+          if (!(*snap)["hosts"].contains(h.name)) return false;
+        }
+        return true;
+      },
+      absl::Seconds(30)));
+}
+
+FakeCloud::~FakeCloud() {
+  if (!hooks_.empty()) ::unsetenv("LIVEMIG_TEST_HOOK_DIR");
+}
+
+FakeCloud::RemoveAtEnd::~RemoveAtEnd() { testing::RunCommand("rm -rf " + path).IgnoreError(); }
+
+void FakeCloud::StartAgent(const std::string& host, const std::string& flags) {
+  cloud_.StartAgent(host, absl::StrCat("--driver fake --fake-state-dir ", state_,
+                                       " --listen 127.0.0.1:", testing::FreePort(), " ", flags));
+}
+
+std::string FakeCloud::CreateVm(const std::string& host, uint64_t mib, const std::string& kind) {
+  char uuid[40];
+  std::snprintf(uuid, sizeof(uuid), "fa4ec10d-0000-4000-8000-%012d", ++vms_);
+  REQUIRE(
+      hv_.CreateDomain(host, uuid, absl::StrCat("vm-", vms_), mib, "running", {"br-guest"}, kind)
+          .ok());
+  return uuid;
+}
+
+std::string FakeCloud::NewVm(const std::string& host, uint64_t mib, const std::string& kind) {
+  const std::string uuid = CreateVm(host, mib, kind);
+  INFO(cloud_.SchedulerLog());
+  REQUIRE(cloud_.WaitInstanceOn(uuid, host, absl::Seconds(20)));
+  return uuid;
+}
+
+FakeCloud::Loc FakeCloud::Where(const std::string& uuid) {
+  auto w = hv_.Locate(uuid);
+  REQUIRE(w.ok());
+  return *w;
+}
+
+std::pair<int, std::string> FakeCloud::Cloudctl(const std::string& args, const std::string& env) {
+  const std::string out = absl::StrCat(dir_, "/cloudctl.out");
+  const int rc =
+      std::system(absl::StrCat("env -u LIVEMIG_TOKEN ", env, " HOME=", dir_, " ",
+                               testing::RunfilePath("cloudctl/cloudctl"), " --server unix:", dir_,
+                               "/api.sock ", args, " >", out, " 2>&1 </dev/null")
+                      .c_str());
+  auto text = testing::RunCommand("cat " + out);
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, text.ok() ? *text : ""};
+}
+
+}  // namespace livemig::e2e

@@ -1,0 +1,72 @@
+// The fixture of the multi-process tests on the FakeDriver: a Cloud (PostgreSQL, the real
+// scheduler and compute_agent binaries) whose agents all run `--driver fake` on one shared
+// fake-hypervisor state directory, which the test reads and drives (driver/fake_driver.h).
+#ifndef LIVEMIG_INTEGRATION_TESTS_SCHEDULER_E2E_FAKE_CLOUD_H_
+#define LIVEMIG_INTEGRATION_TESTS_SCHEDULER_E2E_FAKE_CLOUD_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "driver/fake_driver.h"
+#include "integration_tests/scheduler_e2e/e2e.h"
+
+namespace livemig::e2e {
+
+class FakeCloud {
+ public:
+  // Where a domain is: (host, state) per copy on the fake hypervisor.
+  using Loc = std::vector<std::pair<std::string, std::string>>;
+  struct Host {
+    std::string name;
+    // the agent's extra flags, e.g. "--fake-memory-mib 1280"; @DIR@ stands for dir()
+    std::string flags;
+  };
+  struct Options {
+    std::string tag;              // names the temporary directory (/tmp/lm-<tag>-…)
+    std::string scheduler_flags;  // e.g. "--lease 3 --report-interval 1"
+    std::vector<Host> hosts;
+    // LIVEMIG_TEST_HOOK_DIR=<dir>/hooks for the processes it starts (common/test_hooks.h)
+    bool test_hooks = false;
+  };
+  // Starts the scheduler, an agent per host (each on a free loopback port), and waits until
+  // every host is in the fake hypervisor's state.
+  explicit FakeCloud(const Options& o);
+  ~FakeCloud();  // stops the processes, then removes the directory
+  FakeCloud(const FakeCloud&) = delete;
+  FakeCloud& operator=(const FakeCloud&) = delete;
+
+  Cloud& cloud() { return cloud_; }
+  driver::FakeHypervisor& hv() { return hv_; }
+  const std::string& dir() const { return dir_; }
+  const std::string& hooks() const { return hooks_; }
+
+  // (Re)starts the agent of `host` with the fake driver and its extra `flags`.
+  void StartAgent(const std::string& host, const std::string& flags = "");
+  // A new running domain of `mib` MiB on `host` ("vm-<n>", `kind` as CreateDomain takes it).
+  std::string CreateVm(const std::string& host, uint64_t mib, const std::string& kind = "");
+  // The same, once the scheduler knows it on `host`.
+  std::string NewVm(const std::string& host, uint64_t mib = 512, const std::string& kind = "");
+  Loc Where(const std::string& uuid);
+  // cloudctl against the scheduler's API socket, with `env` (e.g. "LIVEMIG_USER=x") and no
+  // LIVEMIG_TOKEN: its exit status and its output (stdout and stderr).
+  std::pair<int, std::string> Cloudctl(const std::string& args, const std::string& env = "");
+
+ protected:
+  // Removes the directory when everything else is gone (members end in reverse order).
+  struct RemoveAtEnd {
+    std::string path;
+    ~RemoveAtEnd();
+  } remove_;
+  std::string dir_;
+  std::string hooks_;
+  std::string state_;
+  Cloud cloud_;
+  driver::FakeHypervisor hv_;
+  int vms_ = 0;
+};
+
+}  // namespace livemig::e2e
+
+#endif  // LIVEMIG_INTEGRATION_TESTS_SCHEDULER_E2E_FAKE_CLOUD_H_
