@@ -338,7 +338,13 @@ std::string ReadAll(const std::string& path) {
 }
 
 Run Cloudctl(const std::string& args) {
-  static const std::string dir = testing::MakeShortTempDir("badcli");
+  // One directory for the whole run, removed when the test program ends.
+  struct Dir {
+    std::string path = testing::MakeShortTempDir("badcli");
+    ~Dir() { testing::RunCommand("rm -rf " + path).IgnoreError(); }
+  };
+  static const Dir d;
+  const std::string& dir = d.path;
   const std::string cmd = absl::StrCat("env -u LIVEMIG_SERVER -u LIVEMIG_TOKEN HOME=", dir,
                                        " LIVEMIG_SERVER=unix:", dir, "/nothing.sock ",
                                        testing::RunfilePath("cloudctl/cloudctl"), " ", args, " >",
