@@ -236,7 +236,7 @@ stage "tests on real Xen (bazel test //integration_tests/xenlab/...: two nested 
 # other tests wait on processes and timers, so both fit on 2 cores (about 63 minutes one after the
 # other, see README). Their output is shown when they end, after the quickstart.
 xen_rc=
-xen_started=$SECONDS
+xen_started_at=$(date +%s)
 if [[ -n $xen_image ]]; then
   xen_base=/var/cache/livemig/bazel-xen/$(printf '%s' "$root" | md5sum | cut -c1-12)
   mkdir -p "$xen_base"
@@ -248,6 +248,7 @@ if [[ -n $xen_image ]]; then
       --build_event_json_file="$work/xen.bep.json" //integration_tests/xenlab/... \
       >"$work/xen.log" 2>&1
     echo $? >"$work/xen.rc"
+    date +%s >"$work/xen.end"
   ) &
   xen_pid=$!
 else
@@ -257,12 +258,14 @@ fi
 xen_collect() {
   [[ -n $xen_pid ]] || return 0
   stage "tests on real Xen: waiting for them to end, then their output"
-  stage_start=$xen_started
   wait "$xen_pid"
   xen_rc=$(cat "$work/xen.rc" 2>/dev/null || echo 1)
   quiet_bazel <"$work/xen.log"
   bazel --output_base="$xen_base" shutdown >/dev/null 2>&1 || true
-  stage_done "Xen tests (beside the others)"
+  local end
+  end=$(cat "$work/xen.end" 2>/dev/null || date +%s)
+  echo "    (Xen tests took $((end - xen_started_at)) s, beside the other tests; they ended" \
+    "$(date -d "@$end" +%H:%M:%S))"
 }
 
 stage "tests (bazel test --nocache_test_results ${patterns[*]}:" \
