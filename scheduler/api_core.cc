@@ -418,6 +418,17 @@ absl::StatusOr<sv1::ResolveMigrationResponse> ApiCore::ResolveMigration(
                                                       running[0], ", not ", on, " ", reports,
                                                       ": check the hosts again", nothing));
   }
+  // A paused copy left on the other host would take the instance back: the registry records an
+  // instance where a report shows it running, paused or blocked once no migration holds it.
+  for (const auto& w : where) {
+    if (w.host != on && w.present && w.state == "paused") {
+      return absl::FailedPreconditionError(
+          absl::StrCat("instance ", m.instance_uuid, " runs on ", on, " but ", w.host,
+                       " still holds a paused copy ", reports, ": once resolved, ", w.host,
+                       "'s reports would record the instance there again; destroy the copy on ",
+                       w.host, " (virsh destroy and undefine), then resolve", nothing));
+    }
+  }
   const std::string who = Who(caller, r.requester());
   std::string detail = absl::StrCat("resolved by ", who, ": runs on ", on, ": ",
                                     r.reason().empty() ? "no reason given" : r.reason());

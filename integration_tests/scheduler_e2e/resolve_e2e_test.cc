@@ -152,6 +152,22 @@ TEST_CASE("resolve: a two-running-copies error is closed only where the guest ru
   CHECK(absl::StrContains(both.status().message(), "destroy or pause one copy first"));
   CHECK(c.cloud().Get(id)->status() == v1::MIGRATION_STATUS_ERROR);
 
+  // host-a's copy paused again, host-b's running: a paused copy would take the instance back
+  // through host-a's reports once no migration holds it, so it is refused too.
+  REQUIRE(hv.Mutate([&](nlohmann::json& st, bool* changed) {
+              st["hosts"]["host-a"]["domains"][vm]["state"] = "paused";
+              *changed = true;
+              return absl::OkStatus();
+            }).ok());
+  auto paused = c.Resolve(id, "host-b");
+  INFO(paused.status().ToString());
+  REQUIRE_FALSE(paused.ok());
+  CHECK(paused.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(paused.status().message(),
+                          "runs on host-b but host-a still holds a paused copy"));
+  CHECK(absl::StrContains(paused.status().message(), "destroy the copy on host-a"));
+  CHECK(c.cloud().Get(id)->status() == v1::MIGRATION_STATUS_ERROR);
+
   // The operator destroys the copy on host-a, then names the wrong host: refused, saying where.
   REQUIRE(hv.Mutate([&](nlohmann::json& st, bool* changed) {
               st["hosts"]["host-a"]["domains"].erase(vm);
