@@ -1049,12 +1049,58 @@ TEST_CASE("evacuations keep each instance's outcome") {
   CHECK(got->finished_at.has_value());
   CHECK(got->items[0].migration_id == m->migration.id);
   CHECK(got->items[1].reason == "shut off");
-  CHECK(ev.ListEvacuations("host-a", 10)->size() == 1);
-  CHECK(ev.ListEvacuations("host-b", 10)->empty());
+  CHECK(ev.ListEvacuations({"host-a", {}, 10})->evacuations.size() == 1);
+  CHECK(ev.ListEvacuations({"host-b", {}, 10})->evacuations.empty());
   NewEvacuation unknown_host = NewEvac({}, 1);
   unknown_host.host = "host-q";
   CHECK(ev.CreateEvacuation(unknown_host).status().code() == absl::StatusCode::kNotFound);
   CHECK(ev.CreateEvacuation(NewEvac({}, 0)).status().code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("evacuations are listed by the status the API shows, in pages") {
+  Db db;
+  Seed(db);
+  auto& ev = db.stores->evacuations();
+  auto done = ev.CreateEvacuation(NewEvac({}, 1));
+  REQUIRE(done.ok());
+  REQUIRE(ev.FinishEvacuation(done->id, "sched-1", "completed").ok());
+  auto bad = ev.CreateEvacuation(NewEvac({}, 1));
+  REQUIRE(bad.ok());
+  REQUIRE(ev.FinishEvacuation(bad->id, "sched-1", "failed").ok());
+  auto cancelling = ev.CreateEvacuation(NewEvac({}, 1));
+  REQUIRE(cancelling.ok());
+  db.Exec(absl::StrCat("UPDATE evacuations SET cancel_requested_at = now() WHERE id = ",
+                       cancelling->id));
+  auto ids = [&](const EvacuationFilter& f) {
+    auto page = ev.ListEvacuations(f);
+    REQUIRE(page.ok());
+    std::vector<int64_t> out;
+    for (const auto& e : page->evacuations) out.push_back(e.id);
+    return out;
+  };
+  using V = std::vector<int64_t>;
+  CHECK(ids({"host-a", {}, 10}) == V{cancelling->id, bad->id, done->id});
+  CHECK(ids({"host-a", {"completed"}, 10}) == V{done->id});
+  CHECK(ids({"host-a", {"completed_with_errors"}, 10}) == V{bad->id});
+  CHECK(ids({"host-a", {"cancelling"}, 10}) == V{cancelling->id});
+  CHECK(ids({"host-a", {"running"}, 10}).empty());
+  CHECK(ids({"host-a", {"completed", "cancelling"}, 10}) == V{cancelling->id, done->id});
+  CHECK(ids({"host-b", {}, 10}).empty());
+  // Pages of 2: the next page starts after the last row shown; the last page has no token.
+  auto first = ev.ListEvacuations({"", {}, 2});
+  REQUIRE(first.ok());
+  CHECK(first->evacuations.size() == 2);
+  REQUIRE_FALSE(first->next_page_token.empty());
+  auto second = ev.ListEvacuations({"", {}, 2, first->next_page_token});
+  REQUIRE(second.ok());
+  REQUIRE(second->evacuations.size() == 1);
+  CHECK(second->evacuations[0].id == done->id);
+  CHECK(second->next_page_token.empty());
+  CHECK(ev.ListEvacuations({"", {}, 3})->next_page_token.empty());  // exactly full: no more
+  auto forged = ev.ListEvacuations({"", {}, 2, "h1.host-a"});
+  CHECK(forged.status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(absl::StrContains(forged.status().message(), "is not one this server issued"));
+  CHECK(ev.ListEvacuations({"", {}, 0}).status().code() == absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("evacuations keep their request id and each instance's name at planning time") {
@@ -1104,7 +1150,7 @@ TEST_CASE("an evacuation has a UUID, is found by it, and its migrations carry it
   CHECK(db.Count("SELECT count(DISTINCT uuid) FROM evacuations") == 2);
   // Every read returns it.
   CHECK(ev.GetEvacuation(e->id)->uuid == e->uuid);
-  CHECK(ev.ListEvacuations("host-a", 10)->at(1).uuid == e->uuid);
+  CHECK(ev.ListEvacuations({"host-a", {}, 10})->evacuations.at(1).uuid == e->uuid);
   // Found by it, with its items; unknown and malformed UUIDs are told apart.
   auto by = ev.GetEvacuationByUuid(e->uuid);
   REQUIRE(by.ok());
@@ -1330,7 +1376,7 @@ TEST_CASE("an evacuation keeps its destination and options for whoever drives it
   stored_as_asked(*ev.GetEvacuation(e->id));
   stored_as_asked(*ev.GetEvacuationByUuid(e->uuid));
   stored_as_asked(*ev.FindEvacuationByRequestId("evac-to-b"));
-  stored_as_asked(ev.ListEvacuations("host-a", 10)->at(0));
+  stored_as_asked(ev.ListEvacuations({"host-a", {}, 10})->evacuations.at(0));
   // Each item reads its migration's destination with it.
   auto m = db.stores->migrations().CreateMigration(NewMig(1, "host-b"));
   REQUIRE(m.ok());

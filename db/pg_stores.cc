@@ -134,6 +134,7 @@ std::string HostSelectFew(const std::string& from) {
 }
 
 constexpr char kHostPageTokenPrefix[] = "h1.";
+constexpr char kEvacuationPageTokenPrefix[] = "e1.";
 
 HostRecord HostFromRow(const pqxx::row& r) {
   HostRecord h;
@@ -1632,18 +1633,43 @@ class PgEvacuationStore : public EvacuationStore {
     return GetEvacuation(*id);
   }
 
-  absl::StatusOr<std::vector<EvacuationRecord>> ListEvacuations(const std::string& host,
-                                                                int limit) override {
-    if (limit <= 0 || limit > 1000) limit = 100;
-    return pool_->ReadQuery<std::vector<EvacuationRecord>>(
-        "list evacuations",
-        [&](pqxx::transaction_base& w) -> absl::StatusOr<std::vector<EvacuationRecord>> {
+  absl::StatusOr<EvacuationPage> ListEvacuations(const EvacuationFilter& f) override {
+    if (f.limit < 1 || f.limit > 1000) {
+      return absl::InvalidArgumentError(absl::StrCat("page size must be 1 to 1000, got ", f.limit));
+    }
+    int64_t before = 0;  // the last id of the previous page; 0: first page
+    if (!f.page_token.empty()) {
+      const std::string id = f.page_token.substr(
+          std::min(f.page_token.size(), sizeof(kEvacuationPageTokenPrefix) - 1));
+      if (f.page_token.rfind(kEvacuationPageTokenPrefix, 0) != 0 ||
+          !absl::SimpleAtoi(id, &before) || before <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page token '", f.page_token,
+            "' is not one this server issued: pass the next_page_token of the previous page"));
+      }
+    }
+    return pool_->ReadQuery<EvacuationPage>(
+        "list evacuations", [&](pqxx::transaction_base& w) -> absl::StatusOr<EvacuationPage> {
+          // The status as the API shows it (ToProtoEvacuation): a running evacuation with a
+          // cancel request is cancelling; any other ending is completed_with_errors.
           pqxx::result r = w.exec_params(
-              EvacuationSelect() + "WHERE ($1 = '' OR host = $1) ORDER BY id DESC LIMIT $2", host,
-              limit);
-          std::vector<EvacuationRecord> out;
-          for (const auto& row : r) out.push_back(EvacuationFromRow(row));
-          return out;
+              EvacuationSelect() +
+                  "WHERE ($1 = '' OR host = $1) AND (cardinality($2::text[]) = 0 OR CASE WHEN "
+                  "status = 'running' AND cancel_requested_at IS NOT NULL THEN 'cancelling' WHEN "
+                  "status IN ('running', 'completed', 'cancelled') THEN status ELSE "
+                  "'completed_with_errors' END = ANY($2::text[])) AND ($3 = 0 OR id < $3) ORDER "
+                  "BY id DESC LIMIT $4",
+              f.host, TextArray(f.statuses), before, f.limit + 1);
+          EvacuationPage page;
+          for (const auto& row : r) {
+            if (static_cast<int>(page.evacuations.size()) == f.limit) {
+              page.next_page_token =
+                  absl::StrCat(kEvacuationPageTokenPrefix, page.evacuations.back().id);
+              break;
+            }
+            page.evacuations.push_back(EvacuationFromRow(row));
+          }
+          return page;
         });
   }
 

@@ -308,6 +308,21 @@ struct EvacuationRecord {
   int active_migrations = 0;
 };
 
+// ListEvacuations' filter: newest first, keyset pages.
+struct EvacuationFilter {
+  std::string host;  // empty: every host
+  // The API's statuses ("running", "cancelling", "completed", "completed_with_errors",
+  // "cancelled"); empty: any.
+  std::vector<std::string> statuses;
+  int limit = 50;          // 1..1000
+  std::string page_token;  // from a previous page; empty: first page
+};
+
+struct EvacuationPage {
+  std::vector<EvacuationRecord> evacuations;
+  std::string next_page_token;  // empty: no more
+};
+
 // EvacuationStore::CreateEvacuation's input.
 struct NewEvacuation {
   std::string host;

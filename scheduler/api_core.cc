@@ -1001,11 +1001,27 @@ absl::StatusOr<sv1::Evacuation> ApiCore::CancelEvacuation(const sv1::CancelEvacu
 
 absl::StatusOr<sv1::ListEvacuationsResponse> ApiCore::ListEvacuations(
     const sv1::ListEvacuationsRequest& r) {
-  ASSIGN_OR_RETURN(auto list,
-                   evacuations_->ListEvacuations(
-                       r.host(), r.page_size() == 0 ? 100 : static_cast<int>(r.page_size())));
+  db::EvacuationFilter f;
+  f.host = r.host();
+  for (int s : r.statuses()) {
+    const auto st = static_cast<sv1::EvacuationStatus>(s);
+    if (st == sv1::EVACUATION_STATUS_UNSPECIFIED || !sv1::EvacuationStatus_IsValid(s)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("field 'statuses' has an invalid value ", s,
+                       ": use running, cancelling, completed, completed_with_errors, cancelled"));
+    }
+    f.statuses.push_back(ApiEnumName(sv1::EvacuationStatus_descriptor()->FindValueByNumber(s)));
+  }
+  if (r.page_size() > 1000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("field 'page_size' must be 0 (50) to 1000, got ", r.page_size()));
+  }
+  f.limit = r.page_size() == 0 ? 50 : static_cast<int>(r.page_size());
+  f.page_token = r.page_token();
+  ASSIGN_OR_RETURN(db::EvacuationPage page, evacuations_->ListEvacuations(f));
   sv1::ListEvacuationsResponse resp;
-  for (const auto& e : list) {
+  resp.set_next_page_token(page.next_page_token);
+  for (const auto& e : page.evacuations) {
     // The counts come from the items; the items themselves only when asked for.
     auto full = evacuations_->GetEvacuation(e.id);
     sv1::Evacuation out = ToProtoEvacuation(full.ok() ? *full : e);
