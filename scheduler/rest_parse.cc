@@ -478,15 +478,6 @@ absl::StatusOr<sv1::ListMigrationsRequest> ParseListMigrations(const QueryParams
   return r;
 }
 
-absl::StatusOr<sv1::ListEvacuationsRequest> ParseListEvacuations(const QueryParams& q) {
-  sv1::ListEvacuationsRequest r;
-  std::string host;
-  LIVEMIG_ASSIGN(host, Param(q, "host"));
-  LIVEMIG_RETURN(CheckOptionalHostname("query parameter 'host':", host));
-  r.set_host(host);
-  return r;
-}
-
 namespace {
 // `limit` (1..kMaxPageSize; absent: the server's default) and `marker` (the previous page's
 // next_page_token, at most `max_marker` bytes) of a paged list route.
@@ -519,6 +510,26 @@ absl::StatusOr<sv1::ListInstancesRequest> ParseListInstances(const QueryParams& 
   uint32_t size = 0;
   // Instance page tokens carry the last name (base64): longer than the other markers.
   LIVEMIG_RETURN(ParsePage(q, 8192, &size, r.mutable_page_token()));
+  if (size > 0) r.set_page_size(size);
+  return r;
+}
+
+absl::StatusOr<sv1::ListEvacuationsRequest> ParseListEvacuations(const QueryParams& q) {
+  sv1::ListEvacuationsRequest r;
+  for (auto [it, end] = q.equal_range("status"); it != end; ++it) {
+    const auto* v = FindApiEnumValue(sv1::EvacuationStatus_descriptor(), it->second);
+    if (v == nullptr || v->number() == sv1::EVACUATION_STATUS_UNSPECIFIED) {
+      return Invalid("query parameter 'status': unknown status '", Printable(it->second),
+                     "': use running, cancelling, completed, completed_with_errors or cancelled");
+    }
+    r.add_statuses(static_cast<sv1::EvacuationStatus>(v->number()));
+  }
+  std::string host;
+  LIVEMIG_ASSIGN(host, Param(q, "host"));
+  LIVEMIG_RETURN(CheckOptionalHostname("query parameter 'host':", host));
+  r.set_host(host);
+  uint32_t size = 0;
+  LIVEMIG_RETURN(ParsePage(q, 1024, &size, r.mutable_page_token()));
   if (size > 0) r.set_page_size(size);
   return r;
 }

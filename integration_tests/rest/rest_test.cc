@@ -293,6 +293,15 @@ TEST_CASE("rest: hosts, evacuations and instances") {
       absl::Seconds(60)));
   auto list = R().Get("/v1/evacuations", kReader);
   CHECK(json::parse(list->body)["evacuations"].size() == 1);
+  // Filtered by the status it shows, in pages; an unknown status and a forged marker are 400.
+  const std::string shown = json::parse(list->body)["evacuations"][0]["status"];
+  CHECK(json::parse(R().Get("/v1/evacuations?status=" + shown, kReader)->body)["evacuations"]
+            .size() == 1);
+  CHECK(json::parse(R().Get("/v1/evacuations?status=running", kReader)->body)
+            .value("evacuations", json::array())
+            .empty());
+  CHECK(R().Get("/v1/evacuations?status=bogus", kReader)->status == 400);
+  CHECK(R().Get("/v1/evacuations?limit=1&marker=h1.x", kReader)->status == 400);
   auto insts = json::parse(R().Get("/v1/instances", kReader)->body);
   REQUIRE(insts["instances"].size() == 1);
   CHECK(insts["instances"][0]["host"] == "host-a");
