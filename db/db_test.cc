@@ -303,6 +303,83 @@ TEST_CASE("a report never moves an instance that a migration holds") {
   CHECK(db.stores->instances().GetInstance(Uuid(2))->host == "host-a");
 }
 
+// Issue 21: the kind and identity of each disk, as the host reports them, for operators.
+TEST_CASE("an instance keeps the disks its host last reported, replaced by each report") {
+  Db db;
+  auto& hosts = db.stores->hosts();
+  auto& instances = db.stores->instances();
+  const std::string iscsi =
+      R"([{"target_dev":"xvda","source":"/dev/disk/by-path/ip-10.0.2.101:3260-iscsi-iqn.2026-12.net.example:db1-lun-1",)"
+      R"("type":"block","shared":true,"kind":"DISK_KIND_ISCSI","iscsi_target":"iqn.2026-12.net.example:db1",)"
+      R"("iscsi_lun":1,"iscsi_portal":"10.0.2.101:3260","device_id":"naa.60000000000000000e00000000010001",)"
+      R"("volume":"data1"}])";
+  const std::string drbd =
+      R"([{"target_dev":"xvdb","source":"/dev/drbd0","type":"block","shared":true,)"
+      R"("kind":"DISK_KIND_DRBD","drbd_resource":"r0","device_id":"drbd:r0/0","volume":"r0"}])";
+  auto with_disks = [](int n, const std::string& json) {
+    DomainReport d = Dom(n);
+    d.disks_json = json;
+    return d;
+  };
+  auto disks_of = [&](int n) {
+    auto i = instances.GetInstance(Uuid(n));
+    REQUIRE(i.ok());
+    return nlohmann::json::parse(i->disks_json);
+  };
+
+  // Without disks in the report (an agent that reports none): an empty array, never NULL.
+  REQUIRE(hosts.ApplyReport(Report("host-a", 1, {Dom(1), Dom(2)})).ok());
+  CHECK(disks_of(1) == nlohmann::json::array());
+
+  REQUIRE(hosts.ApplyReport(Report("host-a", 2, {with_disks(1, iscsi), Dom(2)})).ok());
+  CHECK(disks_of(1) == nlohmann::json::parse(iscsi));
+  CHECK(disks_of(2) == nlohmann::json::array());
+  // Every way the instances are read carries them.
+  auto list = instances.ListInstances("host-a", 10);
+  REQUIRE(list.ok());
+  REQUIRE(list->size() == 2);
+  CHECK(nlohmann::json::parse(list->at(0).disks_json) == nlohmann::json::parse(iscsi));
+  InstanceFilter f;
+  f.host = "host-a";
+  auto page = instances.ListInstancesPage(f);
+  REQUIRE(page.ok());
+  REQUIRE(page->instances.size() == 2);
+  CHECK(nlohmann::json::parse(page->instances.at(0).disks_json) == nlohmann::json::parse(iscsi));
+
+  // A later report replaces them (not merged).
+  REQUIRE(hosts.ApplyReport(Report("host-a", 3, {with_disks(1, drbd), Dom(2)})).ok());
+  CHECK(disks_of(1) == nlohmann::json::parse(drbd));
+
+  // A report without the domain leaves them (the instance is missing, its disks as last seen).
+  REQUIRE(hosts.ApplyReport(Report("host-a", 4, {Dom(2)})).ok());
+  auto gone = instances.GetInstance(Uuid(1));
+  REQUIRE(gone.ok());
+  CHECK(gone->missing);
+  CHECK(nlohmann::json::parse(gone->disks_json) == nlohmann::json::parse(drbd));
+
+  // A stale report does not write them.
+  REQUIRE(hosts.ApplyReport(Report("host-a", 5, {with_disks(1, iscsi), Dom(2)})).ok());
+  CHECK(disks_of(1) == nlohmann::json::parse(iscsi));
+  auto stale = hosts.ApplyReport(Report("host-a", 4, {with_disks(1, drbd), Dom(2)}));
+  REQUIRE(stale.ok());
+  CHECK_FALSE(stale->accepted);
+  CHECK(disks_of(1) == nlohmann::json::parse(iscsi));
+
+  // Nor does a report while a migration holds the instance (as for its other fields).
+  REQUIRE(hosts.ApplyReport(Report("host-b", 1)).ok());
+  REQUIRE(db.stores->migrations().CreateMigration(NewMig(1)).ok());
+  REQUIRE(hosts.ApplyReport(Report("host-a", 6, {with_disks(1, drbd), Dom(2)})).ok());
+  CHECK(disks_of(1) == nlohmann::json::parse(iscsi));
+
+  // Anything but a JSON array is refused, naming the domain; nothing of the report is applied.
+  for (const std::string& bad : {std::string("{}"), std::string("[1,"), std::string("")}) {
+    auto r = hosts.ApplyReport(Report("host-a", 7, {with_disks(2, bad)}));
+    CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(absl::StrContains(r.status().message(), Uuid(2)));
+  }
+  CHECK(hosts.GetHost("host-a", absl::Seconds(60))->report.seq == 6);
+}
+
 TEST_CASE("host enable and disable record who and why") {
   Db db;
   Seed(db);
@@ -1354,6 +1431,37 @@ TEST_CASE("schema 10 adds the event's host: older events have none, and keep the
   REQUIRE(ev.ok());
   REQUIRE(ev->size() == 3);
   CHECK(ev->at(2).host == "host-b");
+}
+
+TEST_CASE("schema 11 gives existing instances an empty disk list") {
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  auto pool = MakePool(*c);
+  REQUIRE(ApplySchemaBefore(*pool, 11) == 10);
+  const std::string u1 = Uuid(1);
+  REQUIRE(pool->Run("rows at version 10",
+                    [&](pqxx::work& w) {
+                      w.exec("INSERT INTO hosts (hostname) VALUES ('host-a')");
+                      w.exec("INSERT INTO instances (uuid, name, host) VALUES ('" + u1 +
+                             "', 'vm-1', 'host-a')");
+                      return absl::OkStatus();
+                    })
+              .ok());
+  auto r = ApplySchema(*pool);
+  REQUIRE(r.ok());
+  CHECK(r->version_before == 10);
+  CHECK(std::find(r->applied.begin(), r->applied.end(), "0011_instance_disks") != r->applied.end());
+  PgStores stores(pool.get());
+  auto i = stores.instances().GetInstance(u1);
+  REQUIRE(i.ok());
+  CHECK(i->name == "vm-1");
+  CHECK(i->disks_json == "[]");
+  // The database itself refuses anything but an array.
+  auto bad = pool->Run("disks object", [&](pqxx::work& w) {
+    w.exec("UPDATE instances SET disks = '{}' WHERE uuid = '" + u1 + "'");
+    return absl::OkStatus();
+  });
+  CHECK_FALSE(bad.ok());
 }
 
 // Issue 18: the destination and options were not stored, so a scheduler resuming the evacuation

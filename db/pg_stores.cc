@@ -70,6 +70,15 @@ absl::Status CheckJsonObject(const std::string& text, const char* what) {
   return absl::OkStatus();
 }
 
+absl::Status CheckJsonArray(const std::string& text, const std::string& what) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " must be a JSON array, got: ", text.substr(0, 300)));
+  }
+  return absl::OkStatus();
+}
+
 // Runs `sql` as a named prepared statement of the transaction's connection, so that it is parsed
 // and planned once per connection instead of at every call (libpqxx prepares it at its first use
 // there; defining the same text again is a no-op). Only for statements whose plan suits every
@@ -208,6 +217,8 @@ class PgHostStore : public HostStore {
         return absl::InvalidArgumentError(absl::StrCat(
             "host ", p.hostname, " reported a domain with an invalid UUID '", d.uuid, "'"));
       }
+      RETURN_IF_ERROR(CheckJsonArray(
+          d.disks_json, absl::StrCat("the disks of domain ", d.uuid, " reported by ", p.hostname)));
       uuids.push_back(d.uuid);
     }
     auto past_deadline = [&]() -> absl::Status {
@@ -258,14 +269,14 @@ class PgHostStore : public HostStore {
             // definition on another host does not steal an instance either.
             pqxx::result r = w.exec_params(
                 "INSERT INTO instances AS i (uuid, name, host, power_state, memory_mib, vcpus, "
-                "last_seen_at, updated_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, now(), now()) "
-                "ON CONFLICT (uuid) DO UPDATE SET name = EXCLUDED.name, host = EXCLUDED.host, "
-                "power_state = EXCLUDED.power_state, memory_mib = EXCLUDED.memory_mib, vcpus = "
-                "EXCLUDED.vcpus, missing = false, missing_since = NULL, last_seen_at = now(), "
-                "updated_at = now() WHERE i.task_state IS NULL AND (i.host IS NULL OR i.host = "
-                "EXCLUDED.host OR i.missing OR EXCLUDED.power_state IN ('running', 'paused', "
-                "'blocked'))",
-                d.uuid, d.name, p.hostname, d.power_state, d.memory_mib, d.vcpus);
+                "disks, last_seen_at, updated_at) VALUES ($1::uuid, $2, $3, $4, $5, $6, "
+                "$7::jsonb, now(), now()) ON CONFLICT (uuid) DO UPDATE SET name = EXCLUDED.name, "
+                "host = EXCLUDED.host, power_state = EXCLUDED.power_state, memory_mib = "
+                "EXCLUDED.memory_mib, vcpus = EXCLUDED.vcpus, disks = EXCLUDED.disks, missing = "
+                "false, missing_since = NULL, last_seen_at = now(), updated_at = now() WHERE "
+                "i.task_state IS NULL AND (i.host IS NULL OR i.host = EXCLUDED.host OR i.missing "
+                "OR EXCLUDED.power_state IN ('running', 'paused', 'blocked'))",
+                d.uuid, d.name, p.hostname, d.power_state, d.memory_mib, d.vcpus, d.disks_json);
             res.instances_upserted += static_cast<int>(r.affected_rows());
           }
           pqxx::result gone = w.exec_params(
@@ -432,7 +443,7 @@ namespace {
 std::string InstanceSelect() {
   return absl::StrCat(
       "SELECT i.uuid::text AS uuid, i.name, i.host, i.power_state, i.memory_mib, i.vcpus, "
-      "i.task_state, i.missing, ",
+      "i.task_state, i.missing, i.disks::text AS disks, ",
       Us("i.missing_since"), " AS missing_since, ", Us("i.updated_at"),
       " AS updated_at, (SELECT m.id FROM migrations m WHERE m.instance_uuid = i.uuid AND m.",
       kActive, ") AS active_migration_id FROM instances i ");
@@ -451,6 +462,7 @@ InstanceRecord InstanceFromRow(const pqxx::row& r) {
   i.missing_since = OptTime(r["missing_since"]);
   i.updated_at = FromUs(r["updated_at"].as<int64_t>());
   i.active_migration_id = Opt<int64_t>(r["active_migration_id"]);
+  i.disks_json = Str(r["disks"]);
   return i;
 }
 

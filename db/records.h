@@ -21,6 +21,9 @@ struct DomainReport {
   std::string power_state;  // running, paused, shutoff, crashed, ...
   int64_t memory_mib = 0;
   int32_t vcpus = 0;
+  // Its disks: a JSON array of DomainDisk in proto3 JSON (the scheduler's convert code writes and
+  // reads it; the store only checks that it is an array).
+  std::string disks_json = "[]";
 };
 
 // A host's inventory as its agent reports it (docs/DESIGN.md § Hosts and liveness).
@@ -111,6 +114,8 @@ struct InstanceRecord {
   std::optional<absl::Time> missing_since;
   std::optional<int64_t> active_migration_id;
   absl::Time updated_at;
+  // Its disks as its host last reported them (DomainReport::disks_json); "[]" until then.
+  std::string disks_json = "[]";
 };
 
 // One page of instances, by name, then UUID (InstanceStore::ListInstancesPage).

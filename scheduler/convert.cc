@@ -142,6 +142,7 @@ db::HostReport ReportFromInventory(const v1::HostInventory& inv) {
     dr.power_state = DomainStateName(d.state());
     dr.memory_mib = static_cast<int64_t>(d.memory_mib());
     dr.vcpus = static_cast<int32_t>(d.vcpus());
+    dr.disks_json = DisksToJson(d.disks());
     r.domains.push_back(std::move(dr));
   }
   return r;
@@ -208,7 +209,32 @@ sv1::Instance ToProtoInstance(const db::InstanceRecord& i) {
   if (i.missing_since) *out.mutable_missing_since() = ToProtoTime(*i.missing_since);
   if (i.active_migration_id) out.set_active_migration_id(std::to_string(*i.active_migration_id));
   *out.mutable_updated_at() = ToProtoTime(i.updated_at);
+  *out.mutable_disks() = DisksFromJson(i.disks_json);
   return out;
+}
+
+std::string DisksToJson(const google::protobuf::RepeatedPtrField<v1::DomainDisk>& disks) {
+  if (disks.empty()) return "[]";
+  // The array of a message's repeated field, as proto3 JSON: print the message, cut the array.
+  v1::DomainInfo holder;
+  *holder.mutable_disks() = disks;
+  std::string out;
+  google::protobuf::util::JsonPrintOptions p;
+  p.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(holder, &out, p).ok()) return "[]";
+  const size_t open = out.find('['), close = out.rfind(']');
+  if (open == std::string::npos || close == std::string::npos) return "[]";
+  return out.substr(open, close - open + 1);
+}
+
+google::protobuf::RepeatedPtrField<v1::DomainDisk> DisksFromJson(const std::string& json) {
+  v1::DomainInfo holder;
+  google::protobuf::util::JsonParseOptions p;
+  p.ignore_unknown_fields = true;
+  if (!google::protobuf::util::JsonStringToMessage("{\"disks\":" + json + "}", &holder, p).ok()) {
+    return {};
+  }
+  return std::move(*holder.mutable_disks());
 }
 
 std::string CandidatesToJson(const std::vector<sv1::HostCheck>& ranked, size_t max) {

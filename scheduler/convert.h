@@ -40,6 +40,10 @@ sv1::Instance ToProtoInstance(const db::InstanceRecord& i);
 // proto3 JSON, at most `max` of them), and back (an unparsable value gives none).
 std::string CandidatesToJson(const std::vector<sv1::HostCheck>& ranked, size_t max);
 google::protobuf::RepeatedPtrField<sv1::HostCheck> CandidatesFromJson(const std::string& json);
+// An instance's disks as stored on its row (a JSON array of DomainDisk, proto3 JSON with the
+// proto's field names), and back (an unparsable value gives none).
+std::string DisksToJson(const google::protobuf::RepeatedPtrField<v1::DomainDisk>& disks);
+google::protobuf::RepeatedPtrField<v1::DomainDisk> DisksFromJson(const std::string& json);
 sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
                                 const std::vector<db::MigrationEvent>& events = {});
 v1::DomainState DomainStateFromName(const std::string& s);

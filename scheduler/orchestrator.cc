@@ -1259,6 +1259,9 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::DryRun(
     } else if (!desc->present()) {
       desc = absl::NotFoundError(
           absl::StrCat("instance ", inst.uuid, " is not on its source ", src.report.hostname));
+    } else {
+      // What the storage checks judge: each disk's kind and identity as the source sees it now.
+      *resp.mutable_instance_disks() = desc->domain().disks();
     }
   }
   std::random_device rd;
