@@ -114,6 +114,12 @@ int main(int argc, char** argv) {
                  "PV guests are refused migration from and to this host; empty: not run, the "
                  "paging modes are unknown and nothing is refused")
       ->capture_default_str();
+  app.add_option("--volumes-file", lv.volumes_file,
+                 "the shared volumes (iSCSI LUNs, DRBD resources) this host may attach for a "
+                 "migrating guest, one a line: `<name> iscsi portal=<host:port> target=<iqn> "
+                 "lun=<n>` or `<name> drbd resource=<res> device=/dev/drbdN` (deploy/README.md, "
+                 "\"Shared volumes\"); a guest on a volume not listed is refused migration to "
+                 "this host; a malformed file refuses the start");
   std::string cpu_features;
   app.add_option("--cpu-features-override", cpu_features,
                  "comma-separated CPU features to report and check instead of the host's");

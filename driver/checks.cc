@@ -433,6 +433,35 @@ std::vector<cv1::LocalDisk> LocalFileDisks(const std::string& xml) {
   return out;
 }
 
+std::vector<v1::DomainDisk> DomainDisks(const std::string& xml) {
+  static const std::regex kDisk("<disk\\b([^>]*)>([\\s\\S]*?)</disk>");
+  std::vector<v1::DomainDisk> out;
+  for (auto it = std::sregex_iterator(xml.begin(), xml.end(), kDisk); it != std::sregex_iterator();
+       ++it) {
+    const std::string attrs = (*it)[1], body = (*it)[2];
+    const std::string device = Attribute(attrs, "device");
+    if (!device.empty() && device != "disk" && device != "cdrom" && device != "lun") continue;
+    v1::DomainDisk d;
+    d.set_type(Attribute(attrs, "type"));
+    std::string a, c;
+    if (FindElement(body, "source", &a, &c)) {
+      for (const char* key : {"file", "dev", "name", "volume"}) {
+        if (!Attribute(a, key).empty()) {
+          d.set_source(Attribute(a, key));
+          break;
+        }
+      }
+    }
+    if (FindElement(body, "target", &a, &c)) d.set_target_dev(Attribute(a, "dev"));
+    d.set_read_only(device == "cdrom" || absl::StrContains(body, "<readonly"));
+    if (d.type() == "file") d.set_kind(v1::DISK_KIND_FILE);
+    if (d.type() == "block") d.set_kind(v1::DISK_KIND_BLOCK);
+    if (d.type() == "network" || d.type() == "volume") d.set_kind(v1::DISK_KIND_OTHER);
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
 std::string XenGuestKind(const std::string& xml) {
   std::string attrs, body;
   if (!FindElement(xml, "domain", &attrs, &body) || Attribute(attrs, "type") != "xen") return "";

@@ -77,6 +77,12 @@ std::vector<std::string> PciHostDevices(const std::string& domain_xml);
 // its path, format (<driver type>, "raw" when absent) and target; virtual_size_bytes left 0.
 std::vector<cv1::LocalDisk> LocalFileDisks(const std::string& domain_xml);
 
+// Every disk of a libvirt domain definition (<disk> with device disk, cdrom or lun): its type,
+// source (file, dev, network name or volume), target and read-only flag; kind FILE for a file,
+// BLOCK for a block device, OTHER for network and pool volumes (Volumes::Describe tells iSCSI
+// and DRBD apart).
+std::vector<v1::DomainDisk> DomainDisks(const std::string& domain_xml);
+
 // "4.17.0" for 4017000.
 std::string FormatVersion(uint64_t v);
 

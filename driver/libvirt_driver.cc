@@ -24,6 +24,7 @@
 #include "common/status_macros.h"
 #include "common/status_map.h"
 #include "driver/checks.h"
+#include "driver/host_files.h"
 
 namespace livemig::driver {
 namespace {
@@ -155,48 +156,18 @@ bool IsRunningState(int state) {
   return state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_BLOCKED || state == VIR_DOMAIN_PAUSED;
 }
 
-// `s` as one sh word, whatever it holds.
-std::string ShellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) {
-    if (c == '\'') {
-      out += "'\\''";
-    } else {
-      out += c;
-    }
-  }
-  return out + "'";
-}
-
 // The disk files the destination created for a migration's block migration, one path a line.
 std::string DisksRecordPath(const std::string& state_dir, const std::string& migration_id) {
   return absl::StrCat(state_dir, "/disks/", migration_id, ".list");
 }
 
-std::vector<std::string> ReadLines(const std::string& path) {
-  std::vector<std::string> out;
-  std::ifstream in(path);
-  for (std::string line; std::getline(in, line);) {
-    if (!line.empty()) out.push_back(line);
-  }
-  return out;
-}
-
-absl::Status WriteLines(const std::string& path, const std::vector<std::string>& lines) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    for (const auto& l : lines) out << l << "\n";
-    out.flush();
-    if (!out) {
-      return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno)));
-    }
-  }
-  if (rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(
-        absl::StrCat("cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
+Volumes::Options VolumesOptions(const LibvirtDriver::Options& o) {
+  Volumes::Options v;
+  v.hostname = o.hostname;
+  v.volumes_file = o.volumes_file;
+  v.specs = o.volumes;
+  v.state_dir = o.state_dir;
+  return v;
 }
 
 }  // namespace
@@ -228,6 +199,8 @@ v1::BackendCapabilities LibvirtDriver::ProfileCapabilities(const std::string& pr
 LibvirtDriver::LibvirtDriver(Options options, std::unique_ptr<LibvirtApi> api)
     : options_(std::move(options)),
       api_(std::move(api)),
+      volumes_(VolumesOptions(options_),
+               [this](const std::string& script) { return HostShell(script); }),
       finished_({options_.finished_transfer_keep, options_.max_finished_transfers}) {}
 
 void LibvirtDriver::PruneTransfersLocked() {
@@ -242,6 +215,10 @@ absl::StatusOr<std::unique_ptr<LibvirtDriver>> LibvirtDriver::Create(
                                                    "': use auto, libxl, libxl-strict or qemu"));
   }
   if (o.hostname.empty()) o.hostname = SystemHostname();
+  if (!o.volumes_file.empty()) {
+    // The volumes this host may attach (refusing to start on a bad file: nothing is guessed).
+    ASSIGN_OR_RETURN(o.volumes, Volumes::Load(o.volumes_file));
+  }
   if (!api) api = NewRealLibvirtApi();
   const std::string requested = o.profile;
   auto d = std::unique_ptr<LibvirtDriver>(new LibvirtDriver(o, std::move(api)));
@@ -275,6 +252,7 @@ absl::StatusOr<std::unique_ptr<LibvirtDriver>> LibvirtDriver::Create(
   }
   RETURN_IF_ERROR(MkdirP(o.state_dir + "/staged"));
   RETURN_IF_ERROR(MkdirP(o.state_dir + "/disks"));
+  RETURN_IF_ERROR(MkdirP(o.state_dir + "/volumes"));
   return d;
 }
 
@@ -459,6 +437,13 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::ToDomainInfo(virDomainPtr d) {
   auto xml = api_->GetXMLDesc(d, 0);
   if (xml.ok()) {
     info.set_guest_kind(XenGuestKind(*xml));  // "" for a domain that is not Xen's
+    for (v1::DomainDisk disk : DomainDisks(*xml)) {
+      volumes_.Describe(&disk);
+      if (disk.kind() == v1::DISK_KIND_FILE) {
+        disk.set_shared(absl::StartsWith(disk.source(), options_.instance_path + "/"));
+      }
+      *info.add_disks() = std::move(disk);
+    }
     for (const auto& dev : PciHostDevices(*xml)) info.add_host_devices(dev);
     static const std::regex kIface("<interface type='bridge'>([\\s\\S]*?)</interface>");
     static const std::regex kBridge("<source bridge='([^']+)'");
@@ -587,6 +572,10 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnDestResponse> LibvirtDriver::CheckCanLi
   }
   auto resp = EvaluateDestChecks(req, f);
   resp.mutable_dest_check_data()->set_host_uuid(inv.host_uuid());
+  if (auto v = volumes_.Check(req.instance(), "destination")) {
+    if (!v->passed()) resp.set_passed(false);
+    *resp.add_checks() = std::move(*v);
+  }
   return resp;
 }
 
@@ -600,6 +589,10 @@ absl::StatusOr<cv1::CheckCanLiveMigrateOnSrcResponse> LibvirtDriver::CheckCanLiv
                                 caps_, HypervisorName(), info, xml);
   if (resp.src_check_data().block_migration()) {
     AddLocalDisks(dom.get(), xml, req.source_host(), &resp);
+  }
+  if (auto v = volumes_.Check(info, "source")) {
+    if (!v->passed()) resp.set_passed(false);
+    *resp.add_checks() = std::move(*v);
   }
   return resp;
 }
@@ -743,6 +736,10 @@ absl::StatusOr<cv1::PreLiveMigrationData> LibvirtDriver::PreLiveMigration(
   }
   // Block migration: libvirt creates only storage-pool volumes; the local disk files are ours.
   RETURN_IF_ERROR(CreateDestinationDisks(req));
+  // Shared volumes: logged in to / promoted here before the transfer (recorded for rollback).
+  ASSIGN_OR_RETURN(std::vector<std::string> volumes,
+                   volumes_.Attach(req.migration_id(), req.migrate_data().src_check().domain()));
+  for (auto& v : volumes) data.add_connected_volumes(std::move(v));
   const std::string data_host =
       options_.migration_data_host.empty() ? options_.hostname : options_.migration_data_host;
   std::string peer = options_.migration_uri;
@@ -1130,16 +1127,18 @@ absl::Status LibvirtDriver::ForceCompleteLiveMigration(const std::string& migrat
 absl::Status LibvirtDriver::PostLiveMigration(const cv1::PostLiveMigrationRequest& req) {
   RETURN_IF_ERROR(ValidateMigrationId(req.migration_id()));
   auto dom = Lookup(req.instance_uuid());
-  if (dom.status().code() == absl::StatusCode::kNotFound) return absl::OkStatus();  // clean
-  if (!dom.ok()) return dom.status();
-  ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom->get()));
-  if (IsRunningState(b.state)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "domain ", req.instance_uuid(), " still runs on the source ", options_.hostname,
-        ": the transfer has not completed; refusing to clean it up"));
+  if (!dom.ok() && dom.status().code() != absl::StatusCode::kNotFound) return dom.status();
+  if (dom.ok()) {
+    ASSIGN_OR_RETURN(DomainBasics b, api_->Describe(dom->get()));
+    if (IsRunningState(b.state)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "domain ", req.instance_uuid(), " still runs on the source ", options_.hostname,
+          ": the transfer has not completed; refusing to clean it up"));
+    }
+    if (b.persistent) RETURN_IF_ERROR(api_->Undefine(dom->get()));  // a leftover definition
   }
-  if (b.persistent) return api_->Undefine(dom->get());  // a leftover inactive definition
-  return absl::OkStatus();
+  // The guest's shared volumes: logged out of / demoted here, now that it runs elsewhere.
+  return volumes_.Release(req.migrate_data().src_check().domain());
 }
 
 absl::StatusOr<v1::DomainInfo> LibvirtDriver::PostLiveMigrationAtDestination(
@@ -1169,6 +1168,7 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::PostLiveMigrationAtDestination(
   RemoveProbe(options_.instance_path, req.migration_id());
   unlink((options_.state_dir + "/staged/" + req.migration_id() + ".xml").c_str());
   unlink(DisksRecordPath(options_.state_dir, req.migration_id()).c_str());  // the disks stay
+  volumes_.Forget(req.migration_id());  // and so do the volumes it attached: the guest's now
   return ToDomainInfo(dom->get());
 }
 
@@ -1226,6 +1226,7 @@ absl::Status LibvirtDriver::RollbackLiveMigrationAtDestination(
     return dom.status();
   }
   RETURN_IF_ERROR(RemoveCreatedDisks(req.migration_id()));
+  RETURN_IF_ERROR(volumes_.Undo(req.migration_id()));
   RemoveProbe(options_.instance_path, req.migration_id());
   unlink((options_.state_dir + "/staged/" + req.migration_id() + ".xml").c_str());
   return absl::OkStatus();

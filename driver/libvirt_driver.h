@@ -47,6 +47,7 @@
 #include "common/retention.h"
 #include "driver/compute_driver.h"
 #include "driver/libvirt_api.h"
+#include "driver/volumes.h"
 
 namespace livemig::driver {
 
@@ -91,6 +92,11 @@ class LibvirtDriver : public ComputeDriver {
     // "lab.sh exec DIR b --".
     std::string host_command_prefix;
     absl::Duration host_command_timeout = absl::Seconds(60);
+    // The shared volumes (iSCSI LUNs, DRBD resources) this host may attach for a migrating
+    // guest (driver/volumes.h): read from volumes_file at Create (an unreadable or malformed
+    // file refuses the start); `volumes` as given when the file is empty.
+    std::string volumes_file;
+    std::vector<VolumeSpec> volumes;
     // Ended transfers are kept this long, and at most this many (see the file comment).
     absl::Duration finished_transfer_keep = absl::Hours(1);
     size_t max_finished_transfers = 1000;
@@ -185,6 +191,7 @@ class LibvirtDriver : public ComputeDriver {
   std::string profile_;
   v1::BackendCapabilities caps_;
   std::string hypervisor_type_;
+  Volumes volumes_;  // shared volumes: described, checked, attached and released here
 
   absl::Mutex conn_mu_;
   ConnHandle conn_ ABSL_GUARDED_BY(conn_mu_);
