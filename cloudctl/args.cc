@@ -466,7 +466,7 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
     s->add_option("--limit", c.limit, "page size (default 50)")->check(CLI::Range(0u, kMaxLimit));
     s->add_option("--marker", c.marker, "next-page token printed by the previous page");
 
-    CLI::App* sh = sub("instance-show", "Show an instance: host, state, active migration",
+    CLI::App* sh = sub("instance-show", "Show an instance: host, state, active migration, disks",
                        "  cloudctl instance-show 33333333-2222-4333-8444-555555555555");
     sh->add_option("uuid", c.instance, "instance UUID")->required();
   }

@@ -290,6 +290,118 @@ TEST_CASE("format: tables, progress lines and summaries") {
   CHECK(FormatTime(ts, true) == "2024-05-01T12:34:56.123Z");
 }
 
+// Issue 21: instance-show and the dry run show each disk's kind and identity, with one function.
+TEST_CASE("format: an instance's disks, iSCSI, DRBD and file, in instance-show and the dry run") {
+  sv1::Instance i;
+  i.set_uuid(kUuid);
+  i.set_name("db-1");
+  i.set_host("host-a");
+  CHECK(RenderDisks(i.disks()) == "Disks: none reported\n");
+  CHECK(Has(RenderInstance(i), "Disks: none reported"));
+
+  v1::DomainDisk* a = i.add_disks();
+  a->set_target_dev("xvda");
+  a->set_type("block");
+  a->set_kind(v1::DISK_KIND_ISCSI);
+  a->set_source("/dev/disk/by-path/ip-10.0.2.101:3260-iscsi-iqn.2026-12.net.example:db1-lun-1");
+  a->set_iscsi_target("iqn.2026-12.net.example:db1");
+  a->set_iscsi_lun(1);
+  a->set_iscsi_portal("10.0.2.101:3260");
+  a->set_device_id("naa.60000000000000000e00000000010001");
+  a->set_volume("data1");
+  a->set_shared(true);
+  a->set_capacity_mib(20480);
+  v1::DomainDisk* b = i.add_disks();
+  b->set_target_dev("xvdb");
+  b->set_type("block");
+  b->set_kind(v1::DISK_KIND_DRBD);
+  b->set_source("/dev/drbd0");
+  b->set_drbd_resource("r0");
+  b->set_device_id("drbd:r0/0");
+  b->set_volume("r0");
+  b->set_shared(true);
+  v1::DomainDisk* f = i.add_disks();
+  f->set_target_dev("xvdc");
+  f->set_type("file");
+  f->set_kind(v1::DISK_KIND_FILE);
+  f->set_source("/var/lib/livemig/instances/db-1/disk.img");
+  f->set_shared(true);
+  f->set_read_only(true);
+  v1::DomainDisk* old_agent = i.add_disks();  // an agent that does not say the kind
+  old_agent->set_target_dev("xvdd");
+  old_agent->set_type("file");
+  old_agent->set_source("/srv/local/scratch.img");
+  v1::DomainDisk* unseen = i.add_disks();  // an iSCSI LUN whose WWID the host cannot read
+  unseen->set_target_dev("xvde");
+  unseen->set_kind(v1::DISK_KIND_ISCSI);
+  unseen->set_iscsi_target("iqn.2026-12.net.example:db2");
+  unseen->set_iscsi_lun(0);
+
+  const std::string disks = RenderDisks(i.disks());
+  INFO(disks);
+  const std::vector<std::string> lines = absl::StrSplit(disks, '\n');
+  REQUIRE(lines.size() > 4);
+  CHECK(lines[0] == "Disks:");
+  CHECK(Has(lines[2], "| Device | Kind "));
+  CHECK(Has(lines[2], "| Source and identity "));
+  CHECK(Has(lines[2], "| Volume | Shared "));
+  // One row a disk, its first line naming device, kind, the whole source path and volume.
+  auto row_of = [&](const std::string& dev) {
+    for (const auto& l : lines) {
+      if (absl::StartsWith(l, "| " + dev + " ")) return l;
+    }
+    return std::string();
+  };
+  const std::string xvda = row_of("xvda");
+  CHECK(Has(xvda, "| iscsi "));
+  CHECK(Has(xvda, "/dev/disk/by-path/ip-10.0.2.101:3260-iscsi-iqn.2026-12.net.example:db1-lun-1"));
+  CHECK(Has(disks, "| target iqn.2026-12.net.example:db1 lun 1 "));
+  CHECK(Has(xvda, "| data1 "));
+  CHECK(Has(xvda, "| yes "));
+  CHECK(Has(xvda, "| 20.0 GiB "));
+  CHECK(Has(disks, "| portal 10.0.2.101:3260 "));
+  CHECK(Has(disks, "| wwid naa.60000000000000000e00000000010001 "));
+  const std::string xvdb = row_of("xvdb");
+  CHECK(Has(xvdb, "| drbd "));
+  CHECK(Has(xvdb, "| /dev/drbd0 "));
+  CHECK(Has(disks, "| resource r0 "));
+  CHECK(Has(xvdb, "| r0 "));
+  CHECK(Has(disks, "| drbd:r0/0 "));
+  CHECK_FALSE(Has(disks, "wwid drbd:"));
+  const std::string xvdc = row_of("xvdc");
+  CHECK(Has(xvdc, "| file (read-only) "));
+  CHECK(Has(xvdc, "| /var/lib/livemig/instances/db-1/disk.img "));
+  CHECK(Has(xvdc, "| yes "));
+  const std::string xvdd = row_of("xvdd");
+  CHECK(Has(xvdd, "| file "));
+  CHECK(Has(xvdd, "| no (local) "));
+  const std::string xvde = row_of("xvde");
+  CHECK(Has(xvde, "| (empty drive) "));
+  CHECK(Has(disks, "| target iqn.2026-12.net.example:db2 lun 0 "));
+  CHECK(Has(disks, "| wwid unknown "));
+  CHECK(DiskKindName(v1::DomainDisk()) == "-");
+  v1::DomainDisk newer;
+  newer.set_kind(static_cast<v1::DiskKind>(42));
+  CHECK(DiskKindName(newer) == "unknown(42)");
+
+  // instance-show and the dry run print the same section.
+  CHECK(Has(RenderInstance(i), "\n" + disks));
+  sv1::CheckMigrationResponse check;
+  check.set_instance_uuid(kUuid);
+  check.set_source_host("host-a");
+  CHECK(Has(RenderCheck(check), "Disks: none reported"));
+  *check.mutable_instance_disks() = i.disks();
+  CHECK(Has(RenderCheck(check), "\n" + disks));
+  // --json carries them with the API's names.
+  auto j = nlohmann::json::parse(ToJson(i));
+  REQUIRE(j["disks"].size() == 5);
+  CHECK(j["disks"][0]["kind"] == "iscsi");
+  CHECK(j["disks"][0]["iscsi_lun"] == 1);
+  CHECK(j["disks"][1]["drbd_resource"] == "r0");
+  CHECK(nlohmann::json::parse(ToJson(check))["instance_disks"][0]["device_id"] ==
+        "naa.60000000000000000e00000000010001");
+}
+
 TEST_CASE("settings: flag, then environment, then config file, then default") {
   std::map<std::string, std::string> env;
   auto getenv = [&](const char* n) -> const char* {
@@ -486,6 +598,7 @@ TEST_CASE("host-list, host-show and instance-list show the cloud") {
   r = Cloudctl(c.server() + " --json instance-show " + kUuid);
   REQUIRE(r.code == 0);
   CHECK(nlohmann::json::parse(r.out)["name"] == "web-1");
+  CHECK(nlohmann::json::parse(r.out)["disks"].is_array());
 }
 
 TEST_CASE("tokens: none or a bad one exits 6 with a hint; a reader may look, not change") {
@@ -528,6 +641,9 @@ TEST_CASE("live-migration --dry-run prints every check for the candidate") {
   CHECK(Has(r.out, "pass"));
   CHECK(Has(r.out, "nothing was changed"));
   CHECK(Has(r.out, "destination: " + dst));
+  // The disks section (the FakeDriver reports none today: "Disks: none reported"; the format
+  // test above renders iSCSI, DRBD and file disks).
+  CHECK(Has(r.out, "\nDisks:"));
 
   r = Cloudctl(c.server() + " --json live-migration " + kUuid + " " + dst + " --dry-run");
   REQUIRE(r.code == 0);
@@ -536,6 +652,7 @@ TEST_CASE("live-migration --dry-run prints every check for the candidate") {
   CHECK(j["chosen_host"] == dst);
   CHECK(j["hosts"][0]["host"] == dst);
   CHECK(j["hosts"][0]["checks"].size() > 3);
+  CHECK(j["instance_disks"].is_array());
   // A malformed option: exit 2.
   r = Cloudctl(c.server() + " live-migration " + kUuid + " " + dst + " --dry-run --max-downtime 0");
   CHECK(r.code == 2);  // 0 ms is malformed (must be > 0)
@@ -616,6 +733,7 @@ TEST_CASE("live-migration --wait shows progress and completes; show, list and JS
   REQUIRE(r.code == 0);
   CHECK(Has(r.out, "| host "));
   CHECK(Has(r.out, " " + dst + " "));
+  CHECK(Has(r.out, "\nDisks:"));
   CHECK(c.InstanceHost() == dst);
 
   r = Cloudctl(c.server() + " --json migration-show " + std::to_string(n));

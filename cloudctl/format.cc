@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -472,9 +473,9 @@ std::string RenderCheck(const sv1::CheckMigrationResponse& r) {
     c.AddRow({h.host(), h.rank() ? absl::StrCat(h.rank()) : "-", YesNo(h.passed()),
               SizeMiB(h.memory_available_mib()), absl::StrCat(h.migrations_in_flight())});
   }
-  std::string out =
-      absl::StrCat("Dry run for instance ", r.instance_uuid(), " on ", r.source_host(),
-                   ": nothing was changed.\n", t.Render(), "\n", c.Render());
+  std::string out = absl::StrCat("Dry run for instance ", r.instance_uuid(), " on ",
+                                 r.source_host(), ": nothing was changed.\n", t.Render(), "\n",
+                                 c.Render(), "\n", RenderDisks(r.instance_disks()));
   if (r.passed()) {
     absl::StrAppend(&out, "Result: the migration would be accepted; destination: ",
                     OrDash(r.chosen_host()), "\n");
@@ -583,6 +584,52 @@ std::string RenderHostList(const sv1::ListHostsResponse& r) {
   return t.Render();
 }
 
+std::string DiskKindName(const v1::DomainDisk& d) {
+  switch (d.kind()) {
+    case v1::DISK_KIND_UNSPECIFIED:
+      return OrDash(d.type());
+    case v1::DISK_KIND_FILE:
+      return "file";
+    case v1::DISK_KIND_BLOCK:
+      return "block";
+    case v1::DISK_KIND_ISCSI:
+      return "iscsi";
+    case v1::DISK_KIND_DRBD:
+      return "drbd";
+    case v1::DISK_KIND_OTHER:
+      return "other";
+    default:
+      return absl::StrCat("unknown(", static_cast<int>(d.kind()), ")");
+  }
+}
+
+std::string RenderDisks(const google::protobuf::RepeatedPtrField<v1::DomainDisk>& disks) {
+  if (disks.empty()) return "Disks: none reported\n";
+  // The source path whole on its first line (paths are copied, never cut), the identity below.
+  Table t({"Device", "Kind", "Source and identity", "Volume", "Shared", "Size"});
+  for (const auto& d : disks) {
+    std::vector<std::string> lines = {d.source().empty() ? "(empty drive)" : d.source()};
+    if (!d.iscsi_target().empty()) {
+      lines.push_back(absl::StrCat("target ", d.iscsi_target(), " lun ", d.iscsi_lun()));
+    }
+    if (!d.iscsi_portal().empty()) lines.push_back(absl::StrCat("portal ", d.iscsi_portal()));
+    if (!d.drbd_resource().empty()) lines.push_back(absl::StrCat("resource ", d.drbd_resource()));
+    if (!d.device_id().empty()) {
+      // A DRBD identity names itself ("drbd:r0/0"); a SCSI one is the device's WWID.
+      lines.push_back(absl::StartsWith(d.device_id(), "drbd:")
+                          ? d.device_id()
+                          : absl::StrCat("wwid ", d.device_id()));
+    } else if (d.kind() == v1::DISK_KIND_ISCSI || d.kind() == v1::DISK_KIND_BLOCK) {
+      lines.push_back("wwid unknown");
+    }
+    t.AddRow({OrDash(d.target_dev()),
+              absl::StrCat(DiskKindName(d), d.read_only() ? " (read-only)" : ""),
+              absl::StrJoin(lines, "\n"), OrDash(d.volume()), d.shared() ? "yes" : "no (local)",
+              d.capacity_mib() ? SizeMiB(static_cast<int64_t>(d.capacity_mib())) : "-"});
+  }
+  return absl::StrCat("Disks:\n", t.Render());
+}
+
 std::string RenderInstance(const sv1::Instance& i) {
   FieldTable f;
   f.Add("uuid", i.uuid());
@@ -598,7 +645,7 @@ std::string RenderInstance(const sv1::Instance& i) {
   if (IsSet(i.last_seen_at())) f.Add("last seen at", FormatTime(i.last_seen_at()));
   if (IsSet(i.created_at())) f.Add("created at", FormatTime(i.created_at()));
   f.Add("updated at", FormatTime(i.updated_at()));
-  return f.Render();
+  return absl::StrCat(f.Render(), "\n", RenderDisks(i.disks()));
 }
 
 std::string RenderInstanceList(const sv1::ListInstancesResponse& r) {

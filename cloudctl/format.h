@@ -93,6 +93,23 @@ std::string ProgressLine(const sv1::Migration& m);
 //   "Migration 7 failed after 3.1 s (web-1 stays on host-a): <reason>"
 std::string SummaryLine(const sv1::Migration& m);
 
+// "file", "block", "iscsi", "drbd", "other"; the libvirt disk type ("file", "network", ...) when
+// the kind is unspecified (an agent that does not tell); "unknown(N)" for a newer kind.
+std::string DiskKindName(const v1::DomainDisk& d);
+// An instance's disks, one row each: device, kind, the source path (whole, never cut) with the
+// identity below it (iSCSI target, LUN and portal; DRBD resource; the device's WWID or DRBD
+// minor), the configured volume, shared or local, size. "Disks: none reported\n" when there are
+// none. instance-show and the dry run both print it:
+//   Disks:
+//   +--------+------+---------------------+--------+--------+------+
+//   | Device | Kind | Source and identity | Volume | Shared | Size |
+//   +--------+------+---------------------+--------+--------+------+
+//   | xvdb   | drbd | /dev/drbd0          | r0     | yes    | -    |
+//   |        |      | resource r0         |        |        |      |
+//   |        |      | drbd:r0/0           |        |        |      |
+//   +--------+------+---------------------+--------+--------+------+
+std::string RenderDisks(const google::protobuf::RepeatedPtrField<v1::DomainDisk>& disks);
+
 // Tables for the API's objects.
 std::string RenderMigration(const sv1::Migration& m);  // fields, then the step timeline
 std::string RenderMigrationList(const sv1::ListMigrationsResponse& r);
