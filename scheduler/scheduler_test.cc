@@ -1020,6 +1020,145 @@ TEST_CASE("scheduler: a dry run asks the agents of as many candidates as a migra
   CHECK(probe.LongestBudget() > absl::ZeroDuration());
 }
 
+// The disks a libvirt host reports for a guest on an iSCSI LUN and a DRBD volume (the FakeDriver
+// reports none).
+google::protobuf::RepeatedPtrField<v1::DomainDisk> SharedVolumeDisks() {
+  google::protobuf::RepeatedPtrField<v1::DomainDisk> disks;
+  v1::DomainDisk* a = disks.Add();
+  a->set_target_dev("xvda");
+  a->set_type("block");
+  a->set_kind(v1::DISK_KIND_ISCSI);
+  a->set_source("/dev/disk/by-path/ip-10.0.2.101:3260-iscsi-iqn.2026-12.net.example:db1-lun-1");
+  a->set_iscsi_target("iqn.2026-12.net.example:db1");
+  a->set_iscsi_lun(1);
+  a->set_iscsi_portal("10.0.2.101:3260");
+  a->set_device_id("naa.60000000000000000e00000000010001");
+  a->set_volume("data1");
+  a->set_shared(true);
+  a->set_capacity_mib(20480);
+  v1::DomainDisk* b = disks.Add();
+  b->set_target_dev("xvdb");
+  b->set_type("block");
+  b->set_kind(v1::DISK_KIND_DRBD);
+  b->set_source("/dev/drbd0");
+  b->set_drbd_resource("r0");
+  b->set_device_id("drbd:r0/0");
+  b->set_volume("r0");
+  b->set_shared(true);
+  return disks;
+}
+
+// Agents whose DescribeInstance answers carry SharedVolumeDisks(), as a libvirt source's would.
+class DiskAgents : public AgentClientFactory {
+ public:
+  explicit DiskAgents(AgentClientFactory* inner) : inner_(inner) {}
+  std::shared_ptr<AgentClient> ForHost(const std::string& host,
+                                       const std::string& address) override {
+    return std::make_shared<Client>(inner_->ForHost(host, address));
+  }
+
+ private:
+  class Client : public AgentClient {
+   public:
+    explicit Client(std::shared_ptr<AgentClient> inner) : inner_(std::move(inner)) {}
+    absl::StatusOr<cv1::GetHostInfoResponse> GetHostInfo() override {
+      return inner_->GetHostInfo();
+    }
+    // Every RPC passes through; DescribeInstance's answer gains the disks.
+#define LIVEMIG_DISK_RPC(Name, Req, Resp, step) \
+  absl::StatusOr<Resp> Name(const Req& r) override { return WithDisks(inner_->Name(r)); }
+    LIVEMIG_AGENT_RPCS(LIVEMIG_DISK_RPC)
+#undef LIVEMIG_DISK_RPC
+
+   private:
+    template <typename T>
+    static T WithDisks(T answer) {
+      return answer;
+    }
+    static absl::StatusOr<cv1::DescribeInstanceResponse> WithDisks(
+        absl::StatusOr<cv1::DescribeInstanceResponse> d) {
+      if (d.ok() && d->present()) *d->mutable_domain()->mutable_disks() = SharedVolumeDisks();
+      return d;
+    }
+    std::shared_ptr<AgentClient> inner_;
+  };
+  AgentClientFactory* inner_;
+};
+
+// Issue 21: operators see each instance's disks (kind and identity) in GetInstance, the list
+// and the dry run.
+TEST_CASE("scheduler: reported disks reach GetInstance and the list; the dry run describes them") {
+  Cloud c;
+  const auto want = SharedVolumeDisks();
+  auto same = [&](const google::protobuf::RepeatedPtrField<v1::DomainDisk>& got) {
+    if (got.size() != want.size()) return false;
+    for (int i = 0; i < got.size(); ++i) {
+      if (got[i].SerializeAsString() != want[i].SerializeAsString()) return false;
+    }
+    return true;
+  };
+  // Before a report with disks: none.
+  auto before = c.api->GetInstance(kUuid);
+  REQUIRE(before.ok());
+  CHECK(before->disks().empty());
+
+  // fake-a's report, its domain's disks as a libvirt host reports them, through the convert code.
+  auto info = c.cores["fake-a"]->GetHostInfo();
+  REQUIRE(info.ok());
+  v1::HostInventory inv = info->inventory();
+  inv.set_agent_address("local:fake-a");
+  inv.set_report_seq(++c.seq);
+  inv.mutable_agent_started_at()->set_seconds(1);
+  bool found = false;
+  for (auto& d : *inv.mutable_domains()) {
+    if (d.uuid() != kUuid) continue;
+    *d.mutable_disks() = want;
+    found = true;
+  }
+  REQUIRE(found);
+  REQUIRE(c.stores->hosts().ApplyReport(ReportFromInventory(inv)).ok());
+  auto got = c.api->GetInstance(kUuid);
+  REQUIRE(got.ok());
+  INFO(got->DebugString());
+  CHECK(same(got->disks()));
+  CHECK(got->disks(0).kind() == v1::DISK_KIND_ISCSI);
+  CHECK(got->disks(0).iscsi_lun() == 1);
+  CHECK(got->disks(1).drbd_resource() == "r0");
+  sv1::ListInstancesRequest lr;
+  lr.set_host("fake-a");
+  auto list = c.api->ListInstances(lr);
+  REQUIRE(list.ok());
+  REQUIRE(list->instances_size() == 1);
+  CHECK(same(list->instances(0).disks()));
+  // The next report without them (the FakeDriver's own) replaces them.
+  c.ReportAll();
+  CHECK(c.api->GetInstance(kUuid)->disks().empty());
+
+  // The dry run returns what the source describes now.
+  DiskAgents agents(&c.agents);
+  OrchestratorOptions o;
+  o.scheduler_id = "sched-dry";
+  Orchestrator orch(o, &c.stores->migrations(), &c.stores->hosts(), &c.stores->instances(),
+                    &agents);
+  sv1::CheckMigrationRequest check;
+  check.set_instance_uuid(kUuid);
+  auto dry = orch.CheckMigration(check);
+  REQUIRE(dry.ok());
+  INFO(dry->DebugString());
+  CHECK(dry->passed());
+  CHECK(same(dry->instance_disks()));
+  // No candidate passes the scheduler's checks: the source is not asked, so no disks.
+  sv1::SetHostEnabledRequest dis;
+  dis.set_hostname("fake-b");
+  dis.set_enabled(false);
+  dis.set_reason("maintenance");
+  REQUIRE(c.api->SetHostEnabled(dis, "bob").ok());
+  dry = orch.CheckMigration(check);
+  REQUIRE(dry.ok());
+  CHECK_FALSE(dry->passed());
+  CHECK(dry->instance_disks().empty());
+}
+
 TEST_CASE("scheduler: a dry run with agents that hang answers within its deadline, with reasons") {
   Cloud c({}, {"fake-a", "fake-b", "fake-c", "fake-d", "fake-e"});
   OrchestratorOptions o;
