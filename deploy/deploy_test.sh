@@ -780,6 +780,7 @@ HTTP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0
   --listen "unix:$TMP/api.sock" --registry-listen "unix:$TMP/registry.sock" \
   --http-listen "127.0.0.1:$HTTP_PORT" --tls-ca "$TMP/pki/ca.pem" \
   --tls-cert "$TMP/pki/scheduler.pem" --tls-key "$TMP/pki/scheduler.key" \
+  --api-tls-cert "$TMP/pki/api-server.pem" --api-tls-key "$TMP/pki/api-server.key" \
   --tokens-file "$TMP/tokens" >"$TMP/scheduler.log" 2>&1 &
 sched_pid=$!
 PIDS+=("$sched_pid")
@@ -788,10 +789,11 @@ if wait_for_log "$TMP/scheduler.log" "scheduler .* serving the API" 30 "$sched_p
 else
   fail "scheduler starts from scheduler.conf.example as the owner role" "$(tail -5 "$TMP/scheduler.log")"
 fi
-body=$(python3 - "http://127.0.0.1:$HTTP_PORT/healthz" <<'PY' 2>&1
-import sys, urllib.error, urllib.request
+# HTTPS with the API certificate issued above (pki.sh issue-server), trusted through the CA.
+body=$(python3 - "https://127.0.0.1:$HTTP_PORT/healthz" "$TMP/pki/ca.pem" <<'PY' 2>&1
+import ssl, sys, urllib.error, urllib.request
 try:
-    r = urllib.request.urlopen(sys.argv[1], timeout=5)
+    r = urllib.request.urlopen(sys.argv[1], timeout=5, context=ssl.create_default_context(cafile=sys.argv[2]))
     print(r.read().decode().strip(), r.status)
 except urllib.error.HTTPError as e:
     print(e.read().decode().strip(), e.code)

@@ -2,12 +2,17 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
+#include <functional>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -53,7 +58,12 @@ bool RawSend(int fd, const std::string& bytes) {
   return true;
 }
 
-absl::StatusOr<RawReply> RawRead(int fd, absl::Duration deadline) {
+namespace {
+
+// Reads one response from `receive` (bytes read, 0 on a close, -1 with errno EINTR/EAGAIN to try
+// again, another -1 an error), which waits at most the milliseconds it is given.
+absl::StatusOr<RawReply> ReadReply(const std::function<ssize_t(char*, size_t, int)>& receive,
+                                   absl::Duration deadline) {
   const absl::Time end = absl::Now() + deadline;
   std::string in;
   RawReply r;
@@ -89,10 +99,9 @@ absl::StatusOr<RawReply> RawRead(int fd, absl::Duration deadline) {
                                                       absl::FormatDuration(deadline), " (",
                                                       in.size(), " bytes read)"));
     }
-    pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) <= 0) continue;
-    const ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n < 0 && errno == EINTR) continue;
+    const ssize_t n =
+        receive(buf, sizeof buf, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n <= 0) {  // closed (or reset): what arrived is the answer
       if (header_end == std::string::npos) {
         return absl::UnavailableError(absl::StrCat("the connection closed after ", in.size(),
@@ -107,6 +116,21 @@ absl::StatusOr<RawReply> RawRead(int fd, absl::Duration deadline) {
   return r;
 }
 
+}  // namespace
+
+absl::StatusOr<RawReply> RawRead(int fd, absl::Duration deadline) {
+  return ReadReply(
+      [fd](char* buf, size_t size, int wait_ms) -> ssize_t {
+        pollfd p{fd, POLLIN, 0};
+        if (poll(&p, 1, wait_ms) <= 0) {
+          errno = EAGAIN;
+          return -1;
+        }
+        return recv(fd, buf, size, 0);
+      },
+      deadline);
+}
+
 absl::StatusOr<RawReply> RawExchange(int port, const std::string& head, absl::Duration deadline) {
   auto fd = RawConnect(port);
   if (!fd.ok()) return fd.status();
@@ -114,6 +138,107 @@ absl::StatusOr<RawReply> RawExchange(int port, const std::string& head, absl::Du
   if (RawSend(*fd, head)) r = RawRead(*fd, deadline);
   close(*fd);
   return r;
+}
+
+struct RawTls::Ssl {
+  SSL_CTX* ctx = nullptr;
+  SSL* ssl = nullptr;
+  ~Ssl() {
+    if (ssl) SSL_free(ssl);
+    if (ctx) SSL_CTX_free(ctx);
+  }
+};
+
+namespace {
+std::string SslErrors() {
+  std::string out;
+  for (unsigned long e; (e = ERR_get_error()) != 0;) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    absl::StrAppend(&out, out.empty() ? "" : "; ", buf);
+  }
+  return out.empty() ? "no OpenSSL error queued" : out;
+}
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RawTls>> RawTls::Connect(int port, const std::string& ca_file) {
+  // OpenSSL writes with write(2): a server that closed (a refused body) must fail Send, not
+  // end the test process with SIGPIPE.
+  signal(SIGPIPE, SIG_IGN);
+  auto fd = RawConnect(port);
+  if (!fd.ok()) return fd.status();
+  std::unique_ptr<RawTls> c(new RawTls());
+  c->fd_ = *fd;
+  c->ssl_ = std::make_unique<Ssl>();
+  c->ssl_->ctx = SSL_CTX_new(TLS_client_method());
+  if (!c->ssl_->ctx) return absl::InternalError("SSL_CTX_new: " + SslErrors());
+  if (SSL_CTX_load_verify_locations(c->ssl_->ctx, ca_file.c_str(), nullptr) != 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot load the CA ", ca_file, ": ", SslErrors()));
+  }
+  SSL_CTX_set_verify(c->ssl_->ctx, SSL_VERIFY_PEER, nullptr);
+  c->ssl_->ssl = SSL_new(c->ssl_->ctx);
+  SSL_set_fd(c->ssl_->ssl, c->fd_);
+  X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl_->ssl), "127.0.0.1");
+  // A handshake that hangs (a server that never answers) fails within 10 s, not never.
+  timeval tv{10, 0};
+  setsockopt(c->fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (SSL_connect(c->ssl_->ssl) != 1) {
+    const long verify = SSL_get_verify_result(c->ssl_->ssl);
+    return absl::UnavailableError(absl::StrCat(
+        "TLS handshake with 127.0.0.1:", port, " failed: ", SslErrors(),
+        verify != X509_V_OK
+            ? absl::StrCat(" (certificate: ", X509_verify_cert_error_string(verify), ")")
+            : ""));
+  }
+  return c;
+}
+
+RawTls::~RawTls() {
+  if (ssl_ && ssl_->ssl) SSL_shutdown(ssl_->ssl);
+  ssl_.reset();
+  if (fd_ >= 0) close(fd_);
+}
+
+bool RawTls::Send(const std::string& bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const int n = SSL_write(ssl_->ssl, bytes.data() + done,
+                            static_cast<int>(std::min<size_t>(bytes.size() - done, 1 << 20)));
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+absl::StatusOr<RawReply> RawTls::Read(absl::Duration deadline) {
+  return ReadReply(
+      [this](char* buf, size_t size, int wait_ms) -> ssize_t {
+        if (SSL_pending(ssl_->ssl) == 0) {
+          pollfd p{fd_, POLLIN, 0};
+          if (poll(&p, 1, wait_ms) <= 0) {
+            errno = EAGAIN;
+            return -1;
+          }
+        }
+        const int n = SSL_read(ssl_->ssl, buf, static_cast<int>(size));
+        if (n > 0) return n;
+        const int e = SSL_get_error(ssl_->ssl, n);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+          errno = EAGAIN;
+          return -1;
+        }
+        return 0;  // closed (close_notify, a reset or an error): what arrived is the answer
+      },
+      deadline);
+}
+
+absl::StatusOr<RawReply> RawTlsExchange(int port, const std::string& ca_file,
+                                        const std::string& head, absl::Duration deadline) {
+  auto c = RawTls::Connect(port, ca_file);
+  if (!c.ok()) return c.status();
+  if (!(*c)->Send(head)) return absl::UnavailableError("send failed: the server closed");
+  return (*c)->Read(deadline);
 }
 
 }  // namespace livemig::testing

@@ -4,7 +4,9 @@
 #ifndef LIVEMIG_TESTING_RAW_HTTP_H_
 #define LIVEMIG_TESTING_RAW_HTTP_H_
 
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -29,6 +31,33 @@ absl::StatusOr<RawReply> RawRead(int fd, absl::Duration deadline);
 // Connect, send `head`, read the answer, close.
 absl::StatusOr<RawReply> RawExchange(int port, const std::string& head,
                                      absl::Duration deadline = absl::Seconds(10));
+
+// The same bytes inside TLS, for the scheduler's HTTPS listener: the server's certificate is
+// verified against `ca_file` (the cluster CA, pki.sh) and the name 127.0.0.1, as a client of
+// the API does.
+class RawTls {
+ public:
+  // Connects to 127.0.0.1:`port` and completes the handshake; an error names what failed.
+  static absl::StatusOr<std::unique_ptr<RawTls>> Connect(int port, const std::string& ca_file);
+  ~RawTls();
+  RawTls(const RawTls&) = delete;
+  RawTls& operator=(const RawTls&) = delete;
+  // Writes all of `bytes` (false once the server closed or reset).
+  bool Send(const std::string& bytes);
+  // Reads one response, as RawRead.
+  absl::StatusOr<RawReply> Read(absl::Duration deadline);
+
+ private:
+  RawTls() = default;
+  int fd_ = -1;
+  struct Ssl;
+  std::unique_ptr<Ssl> ssl_;
+};
+
+// Connect with TLS, send `head`, read the answer, close.
+absl::StatusOr<RawReply> RawTlsExchange(int port, const std::string& ca_file,
+                                        const std::string& head,
+                                        absl::Duration deadline = absl::Seconds(10));
 
 }  // namespace livemig::testing
 

@@ -12,6 +12,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#define CPPHTTPLIB_OPENSSL_SUPPORT  // the HTTP APIs are served over HTTPS
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
 #include "nlohmann/json.hpp"
@@ -30,14 +31,16 @@ struct Server {
   std::string dir = testing::MakeShortTempDir("badin");
   std::unique_ptr<Cloud> cloud;
   int port = testing::FreePort();
-  std::unique_ptr<httplib::Client> http;
+  std::unique_ptr<httplib::SSLClient> http;
   Server() {
     std::ofstream(dir + "/tokens") << kOp << " operator ops-alice\n";
     cloud = std::make_unique<Cloud>(dir);
     cloud->set_token(kOp);
-    cloud->StartScheduler(
-        absl::StrCat("--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port));
-    http = std::make_unique<httplib::Client>("127.0.0.1", port);
+    cloud->StartScheduler(absl::StrCat(
+        "--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port, cloud->ApiTlsFlags()));
+    http = std::make_unique<httplib::SSLClient>("127.0.0.1", port);
+    http->set_ca_cert_path(cloud->ca_pem().c_str());
+    http->enable_server_certificate_verification(true);
     http->set_read_timeout(30, 0);
     http->set_write_timeout(30, 0);
     REQUIRE(testing::WaitFor(
@@ -258,7 +261,7 @@ TEST_CASE("bad input: oversized bodies are 413 with a JSON message, before the b
         nova ? absl::StrCat("X-Auth-Token: ", kOp, "\r\nOpenStack-API-Version: compute 2.79")
              : absl::StrCat("Authorization: Bearer ", kOp),
         "\r\nContent-Type: application/json\r\nContent-Length: ", 8 << 20, "\r\n\r\n");
-    auto r = testing::RawExchange(S().port, head);
+    auto r = testing::RawTlsExchange(S().port, S().cloud->ca_pem(), head);
     INFO(path);
     REQUIRE(r.ok());
     CHECK(r->status == 413);
@@ -268,30 +271,27 @@ TEST_CASE("bad input: oversized bodies are 413 with a JSON message, before the b
   // Just over the cap, as valid JSON and sent whole, is still refused.
   const std::string over = absl::StrCat(R"({"request_id":")", std::string(1 << 20, 'a'), R"("})");
   {
-    auto fd = testing::RawConnect(S().port);
-    REQUIRE(fd.ok());
-    testing::RawSend(
-        *fd, absl::StrCat("POST ", Migrate(""), " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ",
-                          kOp, "\r\nContent-Length: ", over.size(), "\r\n\r\n"));
-    auto r = testing::RawRead(*fd, absl::Seconds(10));
-    close(*fd);
+    auto c = testing::RawTls::Connect(S().port, S().cloud->ca_pem());
+    REQUIRE(c.ok());
+    (*c)->Send(absl::StrCat("POST ", Migrate(""), " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ",
+                            kOp, "\r\nContent-Length: ", over.size(), "\r\n\r\n"));
+    auto r = (*c)->Read(absl::Seconds(10));
     REQUIRE(r.ok());
     CHECK(r->status == 413);
   }
   // A chunked body that grows past the cap: 413 once the cap is passed.
   {
-    auto fd = testing::RawConnect(S().port);
-    REQUIRE(fd.ok());
-    REQUIRE(testing::RawSend(
-        *fd, absl::StrCat("POST /v1/migrations/check HTTP/1.1\r\nHost: x\r\nAuthorization: "
-                          "Bearer ",
-                          kOp, "\r\nTransfer-Encoding: chunked\r\n\r\n")));
+    auto c = testing::RawTls::Connect(S().port, S().cloud->ca_pem());
+    REQUIRE(c.ok());
+    REQUIRE(
+        (*c)->Send(absl::StrCat("POST /v1/migrations/check HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                                "Bearer ",
+                                kOp, "\r\nTransfer-Encoding: chunked\r\n\r\n")));
     const std::string chunk = absl::StrCat("10000\r\n", std::string(0x10000, 'a'), "\r\n");
     int sent = 0;
     // 400 x 64 KiB = 25 MiB: more than the cap and the sockets' buffers together.
-    while (sent < 400 && testing::RawSend(*fd, chunk)) ++sent;
-    auto r = testing::RawRead(*fd, absl::Seconds(10));
-    close(*fd);
+    while (sent < 400 && (*c)->Send(chunk)) ++sent;
+    auto r = (*c)->Read(absl::Seconds(10));
     REQUIRE(r.ok());
     CHECK(r->status == 413);
     CHECK(sent < 400);  // the server stopped reading (and closed) soon after the cap

@@ -27,6 +27,7 @@
 #include "absl/time/clock.h"
 #include "driver/fake_driver.h"
 #include "grpcpp/grpcpp.h"
+#define CPPHTTPLIB_OPENSSL_SUPPORT  // the HTTP API is served over HTTPS
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
 #include "testing/process.h"
@@ -60,7 +61,7 @@ struct DryRunCloud {
     cloud->set_token(kOp);
     cloud->StartScheduler(absl::StrCat("--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:",
                                        port, " --report-interval 1 --dry-run-max-concurrent ", kCap,
-                                       " --dry-run-deadline ", kDeadlineS));
+                                       " --dry-run-deadline ", kDeadlineS, cloud->ApiTlsFlags()));
     hv = std::make_unique<driver::FakeHypervisor>(state);
     for (const char* h : {"host-a", "host-b", "host-c"}) {
       cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
@@ -106,7 +107,9 @@ struct DryRunCloud {
   }
   std::pair<int, std::string> Rest(const std::string& method, const std::string& path,
                                    const std::string& body = "") {
-    httplib::Client c("127.0.0.1", port);
+    httplib::SSLClient c("127.0.0.1", port);
+    c.set_ca_cert_path(cloud->ca_pem().c_str());
+    c.enable_server_certificate_verification(true);
     c.set_read_timeout(kDeadlineS + 10, 0);
     httplib::Headers h = {{"Authorization", std::string("Bearer ") + kReader}};
     auto r = method == "GET" ? c.Get(path.c_str(), h)

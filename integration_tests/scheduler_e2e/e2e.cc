@@ -38,6 +38,15 @@ void Cloud::Issue(const std::string& name) {
   REQUIRE(RunCommand(absl::StrCat(RunfilePath("deploy/pki.sh"), " issue ", pki_, " ", name)).ok());
 }
 
+std::string Cloud::ApiTlsFlags() {
+  if (!api_cert_issued_) {
+    REQUIRE(RunCommand(absl::StrCat(RunfilePath("deploy/pki.sh"), " issue-server ", pki_, " api"))
+                .ok());
+    api_cert_issued_ = true;
+  }
+  return absl::StrCat(" --api-tls-cert ", pki_, "/api.pem --api-tls-key ", pki_, "/api.key ");
+}
+
 void Cloud::StartScheduler(const std::string& extra) {
   if (!extra.empty()) scheduler_flags_ = extra;
   scheduler_ = std::make_unique<testing::ChildProcess>(

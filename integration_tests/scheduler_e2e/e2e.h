@@ -29,6 +29,11 @@ class Cloud {
   const std::string& db() const { return db_; }
   // Issues a certificate (CN = name, SAN DNS:name).
   void Issue(const std::string& name);
+  // The flags that put the scheduler's TCP API listeners (--listen on TCP, --http-listen) on
+  // TLS: --api-tls-cert/--api-tls-key of a server certificate for 127.0.0.1 and localhost
+  // (pki.sh issue-server <pki> api, issued on the first call). Clients trust ca_pem().
+  std::string ApiTlsFlags();
+  std::string ca_pem() const { return pki_ + "/ca.pem"; }
   void StartScheduler(const std::string& extra_flags = "");
   void KillScheduler();  // SIGKILL
   // Starts an agent with `command_prefix` (e.g. a lab exec prefix) and extra flags; it reports
@@ -68,6 +73,7 @@ class Cloud {
 
  private:
   std::string dir_, pki_, db_, token_, registry_listen_;
+  bool api_cert_issued_ = false;
   std::unique_ptr<testing::PgServer> pg_;
   std::unique_ptr<testing::ChildProcess> scheduler_;
   std::string scheduler_flags_;

@@ -29,6 +29,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "driver/fake_driver.h"
+#define CPPHTTPLIB_OPENSSL_SUPPORT  // the HTTP API is served over HTTPS
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
 #include "integration_tests/scheduler_e2e/fake_cloud.h"
@@ -67,7 +68,7 @@ class EvacCloud : public FakeCloud {
  public:
   EvacCloud() : EvacCloud(testing::FreePort()) {}
 
-  httplib::Client& http() { return http_; }
+  httplib::SSLClient& http() { return http_; }
 
   // `n` new running VMs of 256 MiB on `host`, known to the scheduler.
   std::vector<std::string> NewVms(const std::string& host, int n) {
@@ -157,11 +158,15 @@ class EvacCloud : public FakeCloud {
                                 "--max-outbound-per-host 6 --max-inbound-per-host 6 "
                                 "--http-listen 127.0.0.1:",
                                 http_port),
-                   {{"host-a"}, {"host-b"}, {"host-c"}}}),
+                   {{"host-a"}, {"host-b"}, {"host-c"}},
+                   /*test_hooks=*/false,
+                   /*api_tls=*/true}),
         http_("127.0.0.1", http_port) {
+    http_.set_ca_cert_path(cloud_.ca_pem().c_str());
+    http_.enable_server_certificate_verification(true);
     http_.set_read_timeout(20, 0);
   }
-  httplib::Client http_;
+  httplib::SSLClient http_;
 };
 
 EvacCloud& C() {

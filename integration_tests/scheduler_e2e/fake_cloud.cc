@@ -37,7 +37,7 @@ FakeCloud::FakeCloud(const Options& o)
       state_(dir_ + "/fake"),
       cloud_(dir_),
       hv_(state_) {
-  cloud_.StartScheduler(o.scheduler_flags);
+  cloud_.StartScheduler(o.api_tls ? o.scheduler_flags + cloud_.ApiTlsFlags() : o.scheduler_flags);
   for (const auto& h : o.hosts) StartAgent(h.name, absl::StrReplaceAll(h.flags, {{"@DIR@", dir_}}));
   REQUIRE(testing::WaitFor(
       [&] {

@@ -29,6 +29,8 @@ class FakeCloud {
     std::vector<Host> hosts;
     // LIVEMIG_TEST_HOOK_DIR=<dir>/hooks for the processes it starts (common/test_hooks.h)
     bool test_hooks = false;
+    // the scheduler's TCP API listeners on TLS (Cloud::ApiTlsFlags); clients trust ca_pem()
+    bool api_tls = false;
   };
   // Starts the scheduler, an agent per host (each on a free loopback port), and waits until
   // every host is in the fake hypervisor's state.

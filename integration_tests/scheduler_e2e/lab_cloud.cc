@@ -25,7 +25,7 @@ LabCloud::LabCloud(bool test_hooks) : http_port(testing::FreePort()) {
   cloud->set_token(kToken);
   cloud->StartScheduler(absl::StrCat("--lease 4 --service-down-time 30 --report-interval 1 ",
                                      "--tokens-file ", lab->dir(), "/tokens --http-listen ",
-                                     "127.0.0.1:", http_port));
+                                     "127.0.0.1:", http_port, cloud->ApiTlsFlags()));
   for (const std::string h : {"a", "b"}) {
     cloud->StartAgent("lab-" + h, AgentFlags(h), lab->ExecPrefix(h));
   }

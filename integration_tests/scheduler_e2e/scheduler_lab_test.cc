@@ -82,18 +82,18 @@ TEST_CASE("lab e2e: the unchanged openstack CLI live-migrates the lab's VM") {
   const std::string from = L().Where();
   REQUIRE(from.size() == 1);
   const std::string to = from == "a" ? "lab-b" : "lab-a";
-  auto os = testing::RunCommand(
-      absl::StrCat("HOME=", L().lab->dir(), " openstack --os-auth-type admin_token --os-token ",
-                   kToken, " --os-endpoint http://127.0.0.1:", L().http_port,
-                   "/v2.1 --os-compute-api-version 2.79 server migrate --live-migration --host ",
-                   to, " ", kUuid));
+  auto os = testing::RunCommand(absl::StrCat(
+      "HOME=", L().lab->dir(), " openstack --os-auth-type admin_token --os-token ", kToken,
+      " --os-cacert ", L().cloud->ca_pem(), " --os-endpoint https://127.0.0.1:", L().http_port,
+      "/v2.1 --os-compute-api-version 2.79 server migrate --live-migration --host ", to, " ",
+      kUuid));
   INFO(os.status().ToString());
   REQUIRE(os.ok());
   REQUIRE(L().cloud->WaitInstanceOn(kUuid, to, absl::Seconds(120)));
   CHECK(L().Where() == to.substr(4));
   auto list = testing::RunCommand(absl::StrCat(
       "HOME=", L().lab->dir(), " openstack --os-auth-type admin_token --os-token ", kToken,
-      " --os-endpoint http://127.0.0.1:", L().http_port,
+      " --os-cacert ", L().cloud->ca_pem(), " --os-endpoint https://127.0.0.1:", L().http_port,
       "/v2.1 --os-compute-api-version 2.79 server migration list --status completed -f value"));
   REQUIRE(list.ok());
   CHECK(absl::StrContains(*list, to));

@@ -31,6 +31,7 @@
 #include "google/protobuf/text_format.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/impl/client_unary_call.h"
+#define CPPHTTPLIB_OPENSSL_SUPPORT  // the REST and Nova APIs are served over HTTPS
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
 #include "nlohmann/json.hpp"
@@ -134,7 +135,7 @@ struct Env {
   int port_b = testing::FreePort();
   std::string state = dir + "/fake";
   std::unique_ptr<driver::FakeHypervisor> hv;
-  std::unique_ptr<httplib::Client> http;
+  std::unique_ptr<httplib::SSLClient> http;
   std::shared_ptr<grpc::Channel> api_channel;
   std::string agent_migration, api_migration;  // long transfers (UUIDs)
   std::vector<std::string> tables;
@@ -148,7 +149,8 @@ struct Env {
     cloud->StartScheduler(absl::StrCat("--tokens-file ", dir,
                                        "/tokens --http-listen 127.0.0.1:", http_port,
                                        " --report-interval 1 --max-outbound-per-host 30 "
-                                       "--max-inbound-per-host 30 --max-total 60"));
+                                       "--max-inbound-per-host 30 --max-total 60",
+                                       cloud->ApiTlsFlags()));
     hv = std::make_unique<driver::FakeHypervisor>(state);
     cloud->StartAgent("host-a",
                       absl::StrCat("--driver fake --fake-state-dir ", state,
@@ -183,7 +185,9 @@ struct Env {
     for (const char* u : {kAgentUuid, kApiUuid, kFreeUuid}) {
       REQUIRE(cloud->WaitInstanceOn(u, "host-a", absl::Seconds(20)));
     }
-    http = std::make_unique<httplib::Client>("127.0.0.1", http_port);
+    http = std::make_unique<httplib::SSLClient>("127.0.0.1", http_port);
+    http->set_ca_cert_path(cloud->ca_pem().c_str());
+    http->enable_server_certificate_verification(true);
     http->set_read_timeout(20, 0);
     http->set_url_encode(false);
     api_channel =
