@@ -32,6 +32,9 @@ PACKAGES=(
   openssl ca-certificates libssl-dev
   # headless browser for the dashboard test
   chromium
+  # certutil: the dashboard test's Chromium trusts the test CA (deploy/pki.sh) through an NSS
+  # database in its own HOME, as an operator's browser would
+  libnss3-tools
   # the unchanged OpenStack client and SDK, run against the Compute API subset by the tests
   python3-openstackclient python3-openstacksdk
   # a private Prometheus scrapes the scheduler's /metrics in its test; promtool checks the text and

@@ -57,20 +57,20 @@ void Save(const std::string& name, const std::string& text) {
 
 // Runs headless Chromium on `url` with flags that keep it off the internet, in a new empty
 // profile, and `extra` (--dump-dom or --screenshot=...). Returns stdout; stderr is noise.
-// The public key of the scheduler's API certificate, as Chromium pins it (base64 of the SHA-256
-// of the SubjectPublicKeyInfo): Chromium accepts that server key and no other.
-std::string g_spki_pin;
+// Chromium's HOME: its NSS database ($HOME/.pki/nssdb) holds the cluster CA (deploy/pki.sh) as
+// a trusted root, as an operator's browser would; no certificate error is ignored.
+std::string g_home;
 
 std::string Chromium(const std::string& url, const std::string& extra) {
   const std::string profile = testing::MakeTempDir("chromium-profile");
   REQUIRE(!profile.empty());
+  REQUIRE(!g_home.empty());
   const std::string cmd = absl::StrCat(
-      "timeout 90 ", kChromium,
+      "HOME=", g_home, " timeout 90 ", kChromium,
       " --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking"
       " --disable-component-update --disable-sync --disable-quic --disable-dev-shm-usage"
       " --user-data-dir=",
-      profile, " --ignore-certificate-errors-spki-list=", g_spki_pin,
-      " --virtual-time-budget=3000 ", extra, " '", url, "'");
+      profile, " --virtual-time-budget=3000 ", extra, " '", url, "'");
   auto out = testing::RunCommand(cmd);
   testing::RunCommand("rm -rf " + profile).IgnoreError();
   INFO(out.status().ToString());
@@ -171,22 +171,20 @@ struct DashboardCloud {
                                    << kReaderToken << " reader dash-viewer\n";
     cloud = std::make_unique<Cloud>(dir);
     cloud->set_token(kReaderToken);  // the helper's own gRPC calls (it waits for the API)
-    // HTTPS with the API certificate (pki.sh issue-server); the test's client trusts the CA,
-    // Chromium the certificate's key.
+    // HTTPS with the API certificate (pki.sh issue-server); the test's client and Chromium
+    // trust the CA that issued it (Chromium through an NSS database in its own HOME: certutil,
+    // package libnss3-tools).
     const std::string pki = cloud->pki();
-    REQUIRE(testing::RunCommand(
-                absl::StrCat(testing::RunfilePath("deploy/pki.sh"), " issue-server ", pki, " api"))
-                .ok());
-    auto pin = testing::RunCommand(absl::StrCat(
-        "openssl x509 -in ", pki,
-        "/api.pem -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 "
-        "-binary | base64 -w0"));
-    REQUIRE(pin.ok());
-    g_spki_pin = *pin;
-    cloud->StartScheduler(
-        absl::StrCat("--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port,
-                     " --lease 3 --service-down-time 20 --report-interval 1 --api-tls-cert ", pki,
-                     "/api.pem --api-tls-key ", pki, "/api.key"));
+    g_home = dir + "/home";
+    auto nss = testing::RunCommand(
+        absl::StrCat("mkdir -p ", g_home, "/.pki/nssdb && certutil -d sql:", g_home,
+                     "/.pki/nssdb -N --empty-password && certutil -d sql:", g_home,
+                     "/.pki/nssdb -A -t C,, -n livemig-test-ca -i ", pki, "/ca.pem 2>&1"));
+    INFO(nss.status().ToString());
+    REQUIRE(nss.ok());
+    cloud->StartScheduler(absl::StrCat(
+        "--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port,
+        " --lease 3 --service-down-time 20 --report-interval 1", cloud->ApiTlsFlags()));
     hv = std::make_unique<driver::FakeHypervisor>(state);
     // host-a/host-b: the fake QEMU profile (byte counters); xen-a/xen-b: the fake libxl profile
     // (elapsed time only, as Xen/libxl).
