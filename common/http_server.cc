@@ -1,6 +1,7 @@
 #include "common/http_server.h"
 
 #include <strings.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <boost/asio.hpp>
@@ -15,6 +16,7 @@
 #include <optional>
 #include <thread>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/log.h"
@@ -26,6 +28,64 @@ namespace bhttp = boost::beast::http;
 namespace net = boost::asio;
 namespace ssl = boost::asio::ssl;
 using tcp = boost::asio::ip::tcp;
+
+namespace {
+
+// A TLS server context with `cert` (a PEM chain) and its `key`; InvalidArgument naming the file
+// that cannot be used, or saying that the key is not the certificate's.
+absl::StatusOr<std::shared_ptr<ssl::context>> MakeSslContext(const std::string& cert,
+                                                             const std::string& key) {
+  auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
+  ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                   ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  beast::error_code ec;
+  ctx->use_certificate_chain_file(cert, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot use the TLS certificate ", cert, ": ", ec.message()));
+  }
+  ctx->use_private_key_file(key, ssl::context::pem, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot use the TLS key ", key, ": ",
+                                                   ec.message(), " (is it ", cert, "'s key?)"));
+  }
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the TLS key ", key, " is not the key of the certificate ", cert));
+  }
+  return ctx;
+}
+
+// What identifies a file's version on disk: a renewal (written in place or renamed over it)
+// changes one of these.
+struct FileStamp {
+  bool exists = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+  bool operator==(const FileStamp& o) const {
+    return exists == o.exists && dev == o.dev && ino == o.ino && size == o.size &&
+           mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns;
+  }
+  bool operator!=(const FileStamp& o) const { return !(*this == o); }
+};
+
+FileStamp StampOf(const std::string& path) {
+  struct stat st {};
+  FileStamp f;
+  if (stat(path.c_str(), &st) != 0) return f;
+  f.exists = true;
+  f.dev = st.st_dev;
+  f.ino = st.st_ino;
+  f.size = st.st_size;
+  f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  f.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+  return f;
+}
+
+}  // namespace
 
 bool CaseLess::operator()(const std::string& a, const std::string& b) const {
   return strcasecmp(a.c_str(), b.c_str()) < 0;
@@ -263,7 +323,46 @@ class Server::Impl {
   int logged_ = 0;
   int64_t suppressed_ = 0;
   std::atomic<uint64_t> refused_busy_{0}, refused_limits_{0}, refused_handshakes_{0};
-  std::unique_ptr<ssl::context> ssl_;
+  // The TLS context new connections take (null: plaintext). A connection keeps the one it
+  // started with; CurrentSsl() replaces it when the certificate or key files change on disk.
+  std::shared_ptr<ssl::context> ssl_;
+  std::mutex ssl_mu_;
+  FileStamp cert_stamp_, key_stamp_;
+  absl::Time ssl_checked_ = absl::InfinitePast();
+
+  // Loads the certificate and key; called by Start, and again by CurrentSsl when they changed.
+  absl::Status LoadSsl() {
+    const FileStamp cert = StampOf(o_.tls_cert), key = StampOf(o_.tls_key);
+    cert_stamp_ = cert;
+    key_stamp_ = key;
+    auto ctx = MakeSslContext(o_.tls_cert, o_.tls_key);
+    if (!ctx.ok()) return ctx.status();
+    ssl_ = *std::move(ctx);
+    return absl::OkStatus();
+  }
+
+  // The context for a new connection. At most once a second, looks whether the certificate or
+  // key file changed (a renewal: pki.sh issue-server, cert-manager, ...) and loads them again;
+  // a pair that cannot be used (half written, a key of another certificate) is logged and the
+  // previous context stays until the files change again.
+  std::shared_ptr<ssl::context> CurrentSsl() {
+    std::lock_guard<std::mutex> l(ssl_mu_);
+    const absl::Time now = absl::Now();
+    if (now - ssl_checked_ < absl::Seconds(1)) return ssl_;
+    ssl_checked_ = now;
+    if (StampOf(o_.tls_cert) == cert_stamp_ && StampOf(o_.tls_key) == key_stamp_) return ssl_;
+    if (auto s = LoadSsl(); !s.ok()) {  // ssl_ is unchanged
+      LogError(
+          "HTTP: the TLS certificate changed on disk but cannot be used; the previous one "
+          "is still served: %s",
+          s.message());
+    } else {
+      LogInfo("HTTP: TLS certificate %s (key %s) reloaded: it changed on disk", o_.tls_cert,
+              o_.tls_key);
+    }
+    return ssl_;
+  }
+
   std::vector<std::thread> threads_;
   // Last: destroyed first, with every pending operation and the sessions they hold.
   net::io_context ioc_;
@@ -299,12 +398,13 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // refuse_status != 0: answer that status (503) without reading a request, then close.
   Session(Server::Impl* impl, const std::vector<Server::RouteEntry>* routes,
           const ErrorRenderer* renderer, tcp::socket socket, std::string client, int refuse_status,
-          ssl::context* ctx)
+          std::shared_ptr<ssl::context> ctx)
       : impl_(impl),
         o_(impl->o_),
         routes_(routes),
         renderer_(renderer),
-        stream_(StreamTraits<Stream>::Make(std::move(socket), ctx)),
+        ctx_(std::move(ctx)),
+        stream_(StreamTraits<Stream>::Make(std::move(socket), ctx_.get())),
         buffer_(impl->o_.max_headers + 8192),
         client_(std::move(client)),
         refuse_status_(refuse_status),
@@ -710,6 +810,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   const Options& o_;
   const std::vector<Server::RouteEntry>* routes_;
   const ErrorRenderer* renderer_;
+  const std::shared_ptr<ssl::context> ctx_;  // the TLS context this connection started with
   Stream stream_;
   beast::flat_buffer buffer_;
   const std::string client_;
@@ -735,7 +836,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
 template <class Stream>
 void Server::Impl::StartSession(tcp::socket socket, const std::string& client, int refuse_status) {
   std::make_shared<Session<Stream>>(this, &server_->routes_, &server_->error_renderer_,
-                                    std::move(socket), client, refuse_status, ssl_.get())
+                                    std::move(socket), client, refuse_status,
+                                    ssl_ ? CurrentSsl() : nullptr)
       ->Start();
 }
 
@@ -782,21 +884,7 @@ absl::Status Server::Start(const std::string& host, int port) {
   if (auto s = ValidateOptions(options_); !s.ok()) return s;
   impl_ = std::make_unique<Impl>(this, options_);
   if (!options_.tls_cert.empty()) {
-    impl_->ssl_ = std::make_unique<ssl::context>(ssl::context::tls_server);
-    impl_->ssl_->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
-                             ssl::context::no_sslv3 | ssl::context::no_tlsv1 |
-                             ssl::context::no_tlsv1_1);
-    beast::error_code ec;
-    impl_->ssl_->use_certificate_chain_file(options_.tls_cert, ec);
-    if (ec) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot use the TLS certificate ", options_.tls_cert, ": ", ec.message()));
-    }
-    impl_->ssl_->use_private_key_file(options_.tls_key, ssl::context::pem, ec);
-    if (ec) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cannot use the TLS key ", options_.tls_key, ": ", ec.message()));
-    }
+    if (auto s = impl_->LoadSsl(); !s.ok()) return s;
   }
   beast::error_code ec;
   const auto address = net::ip::make_address(host == "localhost" ? "127.0.0.1" : host, ec);

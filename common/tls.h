@@ -56,10 +56,30 @@ std::string HostOfAddress(const std::string& address);
 absl::Status CheckApiListener(const std::string& flag, const std::string& address, bool has_tls,
                               bool allow_plaintext);
 
-// Server credentials with `cert_pem`/`key_pem` files (the client presents no certificate: the
-// bearer token authenticates it). InvalidArgument naming the file when one cannot be read.
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeApiServerCredentials(
-    const std::string& cert_pem, const std::string& key_pem);
+// The gRPC API's server credentials with `cert_pem`/`key_pem` files (the client presents no
+// certificate: the bearer token authenticates it), and what keeps them current: a renewal
+// written over the files (both parse, the key is the certificate's) is served to new
+// connections within about `refresh_s` + 1 s, without a restart; a pair that cannot be used is
+// logged and the previous one stays. Keep the object for as long as the server runs.
+class ApiServerTls {
+ public:
+  ~ApiServerTls();
+  const std::shared_ptr<grpc::ServerCredentials>& credentials() const { return credentials_; }
+  class Mirror;
+
+ private:
+  ApiServerTls();
+  friend absl::StatusOr<std::unique_ptr<ApiServerTls>> MakeApiServerCredentials(const std::string&,
+                                                                                const std::string&,
+                                                                                unsigned int);
+  std::shared_ptr<grpc::ServerCredentials> credentials_;
+  std::unique_ptr<Mirror> mirror_;
+};
+// InvalidArgument naming the file when one cannot be read or parsed, or the key is not the
+// certificate's.
+absl::StatusOr<std::unique_ptr<ApiServerTls>> MakeApiServerCredentials(const std::string& cert_pem,
+                                                                       const std::string& key_pem,
+                                                                       unsigned int refresh_s = 5);
 
 // When the certificate in `pem_path` expires.
 absl::StatusOr<absl::Time> CertificateNotAfter(const std::string& pem_path);
