@@ -411,6 +411,7 @@ int main(int argc, char** argv) {
   api_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   reg_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   orchestrator.Stop();
+  api_server_tls.reset();  // stops its watcher and removes its private copy (no destructors below)
   livemig::LogInfo("stopped");
   std::_Exit(0);
 }

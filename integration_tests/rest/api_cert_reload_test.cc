@@ -44,12 +44,15 @@ TEST_CASE("a renewed API certificate is served on gRPC and HTTP without a restar
   const std::string tls_flags = cloud.ApiTlsFlags();  // issues pki/api.pem and api.key
   const std::string ca = cloud.ca_pem(), cert = cloud.pki() + "/api.pem";
   const int grpc_port = testing::FreePort(), http_port = testing::FreePort();
+  // Its private copy of the certificate for gRPC goes to $TMPDIR: here, to look at it.
+  const std::string tmp = dir + "/tmp";
+  REQUIRE(testing::RunCommand("mkdir -m 700 " + tmp).ok());
   testing::ChildProcess sched(
-      absl::StrCat(testing::RunfilePath("scheduler/scheduler"), " --db '", cloud.db(),
-                   "' --listen 127.0.0.1:", grpc_port, " --http-listen 127.0.0.1:", http_port,
-                   " --registry-listen unix:", dir, "/registry.sock --tls-ca ", ca, " --tls-cert ",
-                   cloud.pki(), "/scheduler.pem --tls-key ", cloud.pki(),
-                   "/scheduler.key --no-auth", tls_flags),
+      absl::StrCat("env TMPDIR=", tmp, " ", testing::RunfilePath("scheduler/scheduler"), " --db '",
+                   cloud.db(), "' --listen 127.0.0.1:", grpc_port,
+                   " --http-listen 127.0.0.1:", http_port, " --registry-listen unix:", dir,
+                   "/registry.sock --tls-ca ", ca, " --tls-cert ", cloud.pki(),
+                   "/scheduler.pem --tls-key ", cloud.pki(), "/scheduler.key --no-auth", tls_flags),
       dir + "/scheduler.log");
   const std::string first = OnDisk(cert);
   {
@@ -130,7 +133,14 @@ TEST_CASE("a renewed API certificate is served on gRPC and HTTP without a restar
     REQUIRE(Served(http_port, ca) == second);
   }
   CHECK(sched.Running());
-  sched.Stop();
+  // The copy (a private directory) exists while the scheduler runs and is gone once it stops.
+  auto copies = testing::RunCommand(absl::StrCat("ls ", tmp));
+  REQUIRE(copies.ok());
+  CHECK(absl::StartsWith(*copies, "livemig-api-tls-"));
+  CHECK(sched.Stop() == 0);
+  copies = testing::RunCommand(absl::StrCat("ls ", tmp));
+  REQUIRE(copies.ok());
+  CHECK(*copies == "");
   testing::RunCommand("rm -rf " + dir).IgnoreError();
 }
 
