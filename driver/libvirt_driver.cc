@@ -885,6 +885,9 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::LiveMigration(
   RETURN_IF_ERROR(CheckOptionsSupported(o, caps_, HypervisorName()));
   ASSIGN_OR_RETURN(DomHandle dom, Lookup(req.instance_uuid()));
   ASSIGN_OR_RETURN(DomainBasics before, api_->Describe(dom.get()));
+  // The shared volumes the guest holds here, recorded before the transfer for PostLiveMigration.
+  ASSIGN_OR_RETURN(v1::DomainInfo held, ToDomainInfo(dom.get()));
+  RETURN_IF_ERROR(volumes_.NoteHeld(id, held));
   auto job = api_->GetJobStats(dom.get(), 0);
   const bool attach =
       job.ok() && job->type != VIR_DOMAIN_JOB_NONE &&
@@ -1138,7 +1141,7 @@ absl::Status LibvirtDriver::PostLiveMigration(const cv1::PostLiveMigrationReques
     if (b.persistent) RETURN_IF_ERROR(api_->Undefine(dom->get()));  // a leftover definition
   }
   // The guest's shared volumes: logged out of / demoted here, now that it runs elsewhere.
-  return volumes_.Release(req.migrate_data().src_check().domain());
+  return volumes_.Release(req.migration_id(), req.migrate_data().src_check().domain());
 }
 
 absl::StatusOr<v1::DomainInfo> LibvirtDriver::PostLiveMigrationAtDestination(
@@ -1257,6 +1260,7 @@ absl::StatusOr<v1::DomainInfo> LibvirtDriver::RollbackLiveMigration(
     }
     RETURN_IF_ERROR(api_->Resume(dom->get()));
   }
+  volumes_.ForgetHeld(req.migration_id());  // the guest keeps its volumes here
   return ToDomainInfo(dom->get());
 }
 

@@ -292,10 +292,11 @@ void Volumes::Describe(v1::DomainDisk* d) const {
 
 absl::StatusOr<DrbdState> Volumes::Drbd(const std::string& resource) const {
   const std::string r = ShellQuote(resource);
-  ASSIGN_OR_RETURN(
-      std::string out,
-      run_(absl::StrCat("drbdadm role ", r, " && echo @@ && drbdadm cstate ", r,
-                        " && echo @@ && drbdadm dstate ", r, " && echo @@ && drbdsetup show ", r)));
+  ASSIGN_OR_RETURN(std::string out,
+                   run_(absl::StrCat("drbdadm role ", r, " && echo @@ && drbdadm cstate ", r,
+                                     " && echo @@ && drbdadm dstate ", r,
+                                     " && echo @@ && { /lib/drbd/drbdsetup-84 show ", r,
+                                     " 2>/dev/null || drbdsetup show ", r, "; }")));
   std::vector<std::string> parts = absl::StrSplit(out, "@@\n");
   if (parts.size() != 4) {
     return absl::InternalError(
@@ -603,23 +604,51 @@ absl::Status Volumes::Undo(const std::string& migration_id) {
 
 void Volumes::Forget(const std::string& migration_id) { unlink(RecordPath(migration_id).c_str()); }
 
-absl::Status Volumes::Release(const v1::DomainInfo& instance) {
+std::vector<std::string> Volumes::HeldLines(const v1::DomainInfo& instance) const {
+  std::vector<std::string> out;
   for (const v1::DomainDisk& d : instance.disks()) {
-    if (d.kind() == v1::DISK_KIND_ISCSI) {
-      for (const VolumeSpec& v : options_.specs) {
-        if (v.kind == v1::DISK_KIND_ISCSI && v.target == d.iscsi_target() &&
-            v.lun == d.iscsi_lun()) {
-          RETURN_IF_ERROR(IscsiLogout(v.portal, v.target, v.lun));
-        }
+    for (const VolumeSpec& v : options_.specs) {
+      std::string line;
+      if (d.kind() == v1::DISK_KIND_ISCSI && v.kind == v1::DISK_KIND_ISCSI &&
+          v.target == d.iscsi_target() && v.lun == d.iscsi_lun()) {
+        line = absl::StrCat("iscsi ", v.portal, " ", v.target, " ", v.lun);
+      } else if (d.kind() == v1::DISK_KIND_DRBD && v.kind == v1::DISK_KIND_DRBD &&
+                 !d.drbd_resource().empty() && v.resource == d.drbd_resource()) {
+        line = absl::StrCat("drbd ", v.resource);
       }
-    } else if (d.kind() == v1::DISK_KIND_DRBD && !d.drbd_resource().empty()) {
-      for (const VolumeSpec& v : options_.specs) {
-        if (v.kind == v1::DISK_KIND_DRBD && v.resource == d.drbd_resource()) {
-          RETURN_IF_ERROR(DrbdRole(v.resource, false));
-        }
+      if (!line.empty() && std::find(out.begin(), out.end(), line) == out.end()) {
+        out.push_back(line);
       }
     }
   }
+  return out;
+}
+
+std::string Volumes::HeldPath(const std::string& migration_id) const {
+  return absl::StrCat(options_.state_dir, "/volumes/", migration_id, ".held");
+}
+
+absl::Status Volumes::NoteHeld(const std::string& migration_id, const v1::DomainInfo& instance) {
+  std::vector<std::string> lines = ReadLines(HeldPath(migration_id));
+  for (const std::string& l : HeldLines(instance)) {
+    if (std::find(lines.begin(), lines.end(), l) == lines.end()) lines.push_back(l);
+  }
+  if (lines.empty()) return absl::OkStatus();
+  mkdir(absl::StrCat(options_.state_dir, "/volumes").c_str(), 0700);
+  return WriteLines(HeldPath(migration_id), lines);
+}
+
+void Volumes::ForgetHeld(const std::string& migration_id) {
+  unlink(HeldPath(migration_id).c_str());
+}
+
+absl::Status Volumes::Release(const std::string& migration_id, const v1::DomainInfo& instance) {
+  std::vector<std::string> lines = ReadLines(HeldPath(migration_id));
+  for (const std::string& l : HeldLines(instance)) {
+    if (std::find(lines.begin(), lines.end(), l) == lines.end()) lines.push_back(l);
+  }
+  for (const std::string& l : lines) RETURN_IF_ERROR(Detach(l));
+  ForgetHeld(migration_id);
   return absl::OkStatus();
 }
 

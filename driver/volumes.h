@@ -9,7 +9,8 @@
 //   check (source)           a DRBD resource is connected and up to date here too
 //   PreLiveMigration (dest)  logs in to the iSCSI target / promotes the DRBD resource (both
 //                            primaries for the switch-over); each action recorded before it is done
-//   PostLiveMigration (src)  logs out / demotes the source's side
+//   LiveMigration (src)      records the volumes the guest holds there
+//   PostLiveMigration (src)  logs out / demotes the source's side (what LiveMigration recorded)
 //   Rollback (dest)          undoes exactly the recorded actions (a volume the destination
 //                            already held is left as it was)
 //
@@ -101,8 +102,15 @@ class Volumes {
                                                   const v1::DomainInfo& instance);
   // Rollback at the destination: detaches what Attach recorded for the migration; idempotent.
   absl::Status Undo(const std::string& migration_id);
-  // PostLiveMigration at the source: detaches the instance's volumes here; idempotent.
-  absl::Status Release(const v1::DomainInfo& instance);
+  // LiveMigration at the source, before the transfer: records the volumes the guest holds here
+  // (state_dir/volumes/<id>.held), which PostLiveMigration releases once the guest runs
+  // elsewhere -- the domain, and so its description, is gone from this host by then.
+  absl::Status NoteHeld(const std::string& migration_id, const v1::DomainInfo& instance);
+  // PostLiveMigration at the source: detaches the volumes recorded by NoteHeld and those of
+  // `instance` (when the request describes it); idempotent.
+  absl::Status Release(const std::string& migration_id, const v1::DomainInfo& instance);
+  // RollbackLiveMigration at the source: the guest keeps its volumes here; drops the record.
+  void ForgetHeld(const std::string& migration_id);
   // PostLiveMigrationAtDestination: the attached volumes are the guest's now; drops the record.
   void Forget(const std::string& migration_id);
 
@@ -117,6 +125,10 @@ class Volumes {
   absl::Status DrbdRole(const std::string& resource, bool primary);
   absl::Status Detach(const std::string& volume);  // "iscsi ..." / "drbd ..." record line
   std::string RecordPath(const std::string& migration_id) const;
+  std::string HeldPath(const std::string& migration_id) const;
+  // The record lines ("iscsi <portal> <target> <lun>", "drbd <resource>") of the configured
+  // volumes the instance's disks are on.
+  std::vector<std::string> HeldLines(const v1::DomainInfo& instance) const;
 
   Options options_;
   Runner run_;

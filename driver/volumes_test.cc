@@ -361,15 +361,20 @@ TEST_CASE("release at the source: logs out and demotes; waits while Xen holds th
   *inst.add_disks() = Disk("block", IscsiByPath(kPortal, kIqn, 1), "xvda");
   *inst.add_disks() = Disk("block", "/dev/drbd0", "xvdb");
   for (auto& d : *inst.mutable_disks()) v.Describe(&d);
-  REQUIRE(v.Release(inst).ok());
+  // Recorded at the transfer's start; released from the record alone (the request of
+  // PostLiveMigration does not describe the domain, which is gone from the source by then).
+  REQUIRE(v.NoteHeld("mig-9", inst).ok());
+  REQUIRE(access((src.root + "/volumes/mig-9.held").c_str(), F_OK) == 0);
+  REQUIRE(v.Release("mig-9", v1::DomainInfo()).ok());
   CHECK(src.Count("--logout") == 1);
   CHECK(src.role["r0"] == "Secondary");
-  REQUIRE(v.Release(inst).ok());  // idempotent
+  CHECK(access((src.root + "/volumes/mig-9.held").c_str(), F_OK) != 0);
+  REQUIRE(v.Release("mig-9", inst).ok());  // idempotent
 
   // The device stays open (a domain still uses it): refused after the deadline, saying why.
   src.role["r0"] = "Primary";
   src.device_busy = true;
-  absl::Status st = v.Release(inst);
+  absl::Status st = v.Release("mig-10", inst);
   CHECK(st.code() == absl::StatusCode::kUnavailable);
   CHECK(absl::StrContains(st.message(), "cannot make DRBD resource r0 Secondary on xenb"));
   CHECK(absl::StrContains(st.message(), "Device is held open"));
@@ -382,7 +387,7 @@ TEST_CASE("release at the source: logs out and demotes; waits while Xen holds th
   v1::DomainInfo only;
   *only.add_disks() = Disk("block", IscsiByPath(kPortal, kIqn, 1), "xvda");
   tv.Describe(only.mutable_disks(0));
-  REQUIRE(tv.Release(only).ok());
+  REQUIRE(tv.Release("mig-11", only).ok());
   CHECK(two.Count("--logout") == 0);
 }
 
