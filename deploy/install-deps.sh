@@ -28,6 +28,8 @@ PACKAGES=(
   # Debian's archive and booted under QEMU; ssh reaches each dom0 over a forwarded port, socat
   # carries each connection of a dom0's agent to the scheduler (QEMU guestfwd cmd:)
   debootstrap qemu-utils e2fsprogs cpio openssh-client gzip socat
+  # its iSCSI target (the shared-volume tests: a LUN both dom0s log in to; xenlab.sh --volumes)
+  tgt
   # PKI for mutual TLS
   openssl ca-certificates libssl-dev
   # headless browser for the dashboard test

@@ -249,6 +249,20 @@ const VolumeSpec* Volumes::Find(const v1::DomainDisk& d) const {
   return nullptr;
 }
 
+const VolumeSpec* Volumes::Configured(const v1::DomainDisk& d) const {
+  for (const VolumeSpec& v : options_.specs) {
+    if (d.kind() == v1::DISK_KIND_ISCSI && v.kind == v1::DISK_KIND_ISCSI &&
+        v.target == d.iscsi_target() && v.lun == d.iscsi_lun()) {
+      return &v;
+    }
+    if (d.kind() == v1::DISK_KIND_DRBD && v.kind == v1::DISK_KIND_DRBD &&
+        !d.drbd_resource().empty() && v.resource == d.drbd_resource()) {
+      return &v;
+    }
+  }
+  return nullptr;
+}
+
 void Volumes::Describe(v1::DomainDisk* d) const {
   if (d->type() != "block" && d->type() != "file") return;
   static const std::regex kByPath(
@@ -322,13 +336,7 @@ std::optional<v1::CheckResult> Volumes::Check(const v1::DomainInfo& instance,
     if (d.kind() == v1::DISK_KIND_ISCSI) {
       any = true;
       if (role != "destination") continue;
-      const VolumeSpec* mine = nullptr;
-      for (const VolumeSpec& v : options_.specs) {
-        if (v.kind == v1::DISK_KIND_ISCSI && v.target == d.iscsi_target() &&
-            v.lun == d.iscsi_lun()) {
-          mine = &v;
-        }
-      }
+      const VolumeSpec* mine = Configured(d);
       if (mine == nullptr) {
         bad.push_back(absl::StrCat("disk ", name, " is iSCSI target ", d.iscsi_target(), " LUN ",
                                    d.iscsi_lun(), ", which ", h, "'s volumes file ", file,
@@ -359,10 +367,7 @@ std::optional<v1::CheckResult> Volumes::Check(const v1::DomainInfo& instance,
       }
     } else if (d.kind() == v1::DISK_KIND_DRBD) {
       any = true;
-      const VolumeSpec* mine = nullptr;
-      for (const VolumeSpec& v : options_.specs) {
-        if (v.kind == v1::DISK_KIND_DRBD && v.resource == d.drbd_resource()) mine = &v;
-      }
+      const VolumeSpec* mine = Configured(d);
       if (d.drbd_resource().empty() || mine == nullptr) {
         bad.push_back(
             absl::StrCat("disk ", name, " is DRBD ",
@@ -528,13 +533,7 @@ absl::StatusOr<std::vector<std::string>> Volumes::Attach(const std::string& migr
   std::vector<std::string> attached;
   for (const v1::DomainDisk& d : instance.disks()) {
     if (d.kind() == v1::DISK_KIND_ISCSI) {
-      const VolumeSpec* mine = nullptr;
-      for (const VolumeSpec& v : options_.specs) {
-        if (v.kind == v1::DISK_KIND_ISCSI && v.target == d.iscsi_target() &&
-            v.lun == d.iscsi_lun()) {
-          mine = &v;
-        }
-      }
+      const VolumeSpec* mine = Configured(d);
       if (mine == nullptr) {
         return absl::FailedPreconditionError(
             absl::StrCat(options_.hostname, " may not log in to iSCSI target ", d.iscsi_target(),
@@ -559,11 +558,7 @@ absl::StatusOr<std::vector<std::string>> Volumes::Attach(const std::string& migr
       attached.push_back(absl::StrCat("iscsi:", mine->target, ":", mine->lun));
     } else if (d.kind() == v1::DISK_KIND_DRBD) {
       const std::string line = absl::StrCat("drbd ", d.drbd_resource());
-      bool configured = false;
-      for (const VolumeSpec& v : options_.specs) {
-        configured |= v.kind == v1::DISK_KIND_DRBD && v.resource == d.drbd_resource();
-      }
-      if (!configured) {
+      if (Configured(d) == nullptr) {
         return absl::FailedPreconditionError(
             absl::StrCat(options_.hostname, " may not promote DRBD resource '", d.drbd_resource(),
                          "': its volumes file does not list it"));
@@ -607,19 +602,12 @@ void Volumes::Forget(const std::string& migration_id) { unlink(RecordPath(migrat
 std::vector<std::string> Volumes::HeldLines(const v1::DomainInfo& instance) const {
   std::vector<std::string> out;
   for (const v1::DomainDisk& d : instance.disks()) {
-    for (const VolumeSpec& v : options_.specs) {
-      std::string line;
-      if (d.kind() == v1::DISK_KIND_ISCSI && v.kind == v1::DISK_KIND_ISCSI &&
-          v.target == d.iscsi_target() && v.lun == d.iscsi_lun()) {
-        line = absl::StrCat("iscsi ", v.portal, " ", v.target, " ", v.lun);
-      } else if (d.kind() == v1::DISK_KIND_DRBD && v.kind == v1::DISK_KIND_DRBD &&
-                 !d.drbd_resource().empty() && v.resource == d.drbd_resource()) {
-        line = absl::StrCat("drbd ", v.resource);
-      }
-      if (!line.empty() && std::find(out.begin(), out.end(), line) == out.end()) {
-        out.push_back(line);
-      }
-    }
+    const VolumeSpec* v = Configured(d);
+    if (v == nullptr) continue;
+    const std::string line = v->kind == v1::DISK_KIND_ISCSI
+                                 ? absl::StrCat("iscsi ", v->portal, " ", v->target, " ", v->lun)
+                                 : absl::StrCat("drbd ", v->resource);
+    if (std::find(out.begin(), out.end(), line) == out.end()) out.push_back(line);
   }
   return out;
 }

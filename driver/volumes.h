@@ -115,7 +115,9 @@ class Volumes {
   void Forget(const std::string& migration_id);
 
  private:
-  const VolumeSpec* Find(const v1::DomainDisk& d) const;
+  const VolumeSpec* Find(const v1::DomainDisk& d) const;  // by its source path
+  // The configured volume of a described disk: the same iSCSI target and LUN, or DRBD resource.
+  const VolumeSpec* Configured(const v1::DomainDisk& d) const;
   std::string Resolve(const std::string& path) const;   // realpath under root, root stripped
   std::string Wwid(const std::string& dev_path) const;  // "" when unknown
   absl::StatusOr<DrbdState> Drbd(const std::string& resource) const;

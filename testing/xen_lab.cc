@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -47,7 +48,8 @@ absl::StatusOr<std::unique_ptr<XenLab>> XenLab::Up(const Options& o) {
   std::unique_ptr<XenLab> l(new XenLab(o.dir));  // tears down even a partial lab
   auto up = RunCommand(absl::StrCat("LAB_OWNER_PID=", getpid(), " bash ", sh, " up ", o.dir,
                                     " --image ", *image, " --agent ", o.agent, " --pki ", o.pki,
-                                    o.xen_b.empty() ? "" : " --xen-b " + o.xen_b));
+                                    o.xen_b.empty() ? "" : " --xen-b " + o.xen_b,
+                                    o.volumes ? " --volumes" : ""));
   if (!up.ok()) return up.status();
   std::ifstream env(o.dir + "/lab.env");
   std::string line;
@@ -93,8 +95,40 @@ std::string XenLab::AgentLog(const std::string& h, int lines) const {
 }
 
 absl::Status XenLab::StartGuest(const std::string& h, const std::string& name,
-                                const std::string& uuid, const std::string& kind) {
-  return Sh(absl::StrCat("guest-start ", dir_, " ", h, " ", name, " ", uuid, " ", kind)).status();
+                                const std::string& uuid, const std::string& kind,
+                                const std::string& disk) {
+  return Sh(absl::StrCat("guest-start ", dir_, " ", h, " ", name, " ", uuid, " ", kind,
+                         disk.empty() ? "" : " --disk " + disk))
+      .status();
+}
+
+absl::StatusOr<long> XenLab::DiskRecord(const std::string& h, const std::string& dev) const {
+  auto out = Sh(absl::StrCat("disk-record ", dir_, " ", h, " ", dev));
+  if (!out.ok()) return out.status();
+  std::vector<std::string> w = absl::StrSplit(Trim(*out), ' ', absl::SkipEmpty());
+  long n = 0;
+  if (w.size() != 3 || w[0] != "LMDISK" || !absl::SimpleAtoi(w[1], &n)) {
+    return absl::DataLossError(
+        absl::StrCat("sector 0 of ", dev, " on ", Name(h), " holds no whole record: '", *out, "'"));
+  }
+  return n;
+}
+
+absl::StatusOr<long> XenLab::DiskConsole(const std::string& name, int* errors) const {
+  auto out = RunCommand(
+      absl::StrCat("cat ", dir_, "/share/consoles-xen?/guest-", name,
+                   ".log 2>/dev/null | tr -d '\\r' | awk '$1 == \"disk\" && $4 == \"ok\" "
+                   "&& $2 > last { last = $2 } $1 == \"disk\" && $4 == \"ERR\" "
+                   "{ e++ } END { printf \"%d %d\\n\", last, e }'"));
+  if (!out.ok()) return out.status();
+  std::vector<std::string> w = absl::StrSplit(Trim(*out), ' ', absl::SkipEmpty());
+  long last = 0;
+  int e = 0;
+  if (w.size() != 2 || !absl::SimpleAtoi(w[0], &last) || !absl::SimpleAtoi(w[1], &e)) {
+    return absl::InternalError(absl::StrCat("cannot read the consoles of ", name, ": ", *out));
+  }
+  if (errors != nullptr) *errors = e;
+  return last;
 }
 
 absl::StatusOr<XenLab::Beat> XenLab::Heartbeat(const std::string& name, long since) const {

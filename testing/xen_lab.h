@@ -29,6 +29,9 @@ class XenLab {
     std::string pki;    // a CA made by deploy/pki.sh init; host certificates are issued into it
     std::string agent;  // the compute_agent binary copied into both dom0s
     std::string xen_b;  // "" or "noshadow": host b boots Xen built without shadow paging
+    // Shared volumes (xenlab.sh up --volumes): an iSCSI LUN both dom0s reach, DRBD resource r0
+    // between them, the agents' volumes file /mnt/lab/volumes.conf.
+    bool volumes = false;
   };
   // Builds or finds the cached image for `agent`; returns its directory.
   static absl::StatusOr<std::string> Image(const std::string& agent);
@@ -48,9 +51,16 @@ class XenLab {
   absl::Status StartAgent(const std::string& h, const std::string& extra_flags = "");
   absl::Status KillAgent(const std::string& h, const std::string& signal = "KILL");
   std::string AgentLog(const std::string& h, int lines = 40) const;
-  // `kind`: "pv" or "pvh".
+  // `kind`: "pv" or "pvh". `disk`: a dom0 block device that becomes the guest's xvda, to which
+  // it writes a counter record every 200 ms (DiskRecord reads it).
   absl::Status StartGuest(const std::string& h, const std::string& name, const std::string& uuid,
-                          const std::string& kind);
+                          const std::string& kind, const std::string& disk = "");
+  // The guest's last record on `dev` as host h reads it (O_DIRECT): its counter, or an error
+  // saying what was read.
+  absl::StatusOr<long> DiskRecord(const std::string& h, const std::string& dev) const;
+  // The counter of the last "disk <n> <ms> ok" line on the guest's consoles (both hosts); 0 when
+  // none. `errors`: how many writes it reported failed.
+  absl::StatusOr<long> DiskConsole(const std::string& name, int* errors = nullptr) const;
   struct Beat {
     int boots = 0;
     long last = 0;

@@ -48,7 +48,8 @@ BASE_PKGS="linux-image-amd64 initramfs-tools udev kmod
  xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common xenstore-utils
  libvirt-daemon libvirt-daemon-driver-xen libvirt-clients
  iproute2 iputils-ping procps busybox-static openssh-server openssh-client
- netcat-openbsd less ca-certificates"
+ netcat-openbsd less ca-certificates
+ open-iscsi drbd-utils"
 PKGS=$(echo $BASE_PKGS $agent_pkgs)
 
 # Only what goes into the image is hashed: dom0's real init and the guests' init live on the
@@ -174,6 +175,14 @@ cp "$R/boot/vmlinuz-$KVER" "$work/out/boot/vmlinuz"
 cp "$R/boot/initrd.img-$KVER" "$work/out/boot/initrd.img"
 cp "$R/boot/vmlinuz-$KVER" "$work/out/guest/vmlinuz"
 cp "$R/bin/busybox" "$work/out/guest/busybox"  # xenlab.sh packs the guests' initramfs with it
+# Debian's kernel has Xen's block front end as a module: a guest with a disk loads it from its
+# initramfs (xenlab.sh guest-start --disk)
+blkfront=$(find "$R/lib/modules/$KVER" -name 'xen-blkfront.ko*' | head -1)
+[[ -n $blkfront ]] || die "no xen-blkfront module in the image's kernel $KVER"
+case $blkfront in
+  *.xz) xz -dc "$blkfront" >"$work/out/guest/xen-blkfront.ko" ;;
+  *) cp "$blkfront" "$work/out/guest/xen-blkfront.ko" ;;
+esac
 
 log "ext4 + qcow2"
 nice -n 10 mkfs.ext4 -q -L xenroot -d "$R" "$work/base.raw" 3G

@@ -21,7 +21,7 @@ namespace livemig::e2e {
 
 using testing::RunfilePath;
 
-XenCloud::XenCloud(const std::string& xen_b, const std::string& agent_flags) {
+XenCloud::XenCloud(const std::string& xen_b, const std::string& agent_flags, bool volumes) {
   std::string d = "/tmp/livemig-xenlab-XXXXXX";
   REQUIRE(mkdtemp(d.data()) != nullptr);
   dir = d;
@@ -30,7 +30,8 @@ XenCloud::XenCloud(const std::string& xen_b, const std::string& agent_flags) {
   auto l = testing::XenLab::Up({.dir = dir,
                                 .pki = cloud->pki(),
                                 .agent = RunfilePath("compute/compute_agent"),
-                                .xen_b = xen_b});
+                                .xen_b = xen_b,
+                                .volumes = volumes});
   if (!l.ok()) FAIL("the Xen lab did not start: " << l.status().ToString());
   lab = std::move(l).value();
   std::ofstream(dir + "/tokens") << kXenToken << " operator xen-lab-operator\n";
@@ -40,7 +41,9 @@ XenCloud::XenCloud(const std::string& xen_b, const std::string& agent_flags) {
   ::mkdir(hooks.c_str(), 0755);
   StartScheduler(absl::StrCat("--lease 10 --service-down-time 30 --report-interval 1 ",
                               "--tokens-file ", dir, "/tokens"));
-  for (const char* h : {"a", "b"}) StartAgent(h, agent_flags);
+  const std::string flags =
+      absl::StrCat(agent_flags, volumes ? " --volumes-file /mnt/lab/volumes.conf" : "");
+  for (const char* h : {"a", "b"}) StartAgent(h, flags);
 }
 
 void XenCloud::StartScheduler(const std::string& flags) {

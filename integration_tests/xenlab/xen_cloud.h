@@ -27,8 +27,10 @@ struct XenCloud {
   std::unique_ptr<testing::XenLab> lab;
 
   // `xen_b`: "" or "noshadow" (host b boots Xen built without shadow paging); `agent_flags`:
-  // extra flags on both agents' production command line (e.g. "--no-tunnel").
-  explicit XenCloud(const std::string& xen_b = "", const std::string& agent_flags = "");
+  // extra flags on both agents' production command line (e.g. "--no-tunnel"); `volumes`: the
+  // lab's shared volumes (an iSCSI LUN, DRBD r0), listed in both agents' --volumes-file.
+  explicit XenCloud(const std::string& xen_b = "", const std::string& agent_flags = "",
+                    bool volumes = false);
   ~XenCloud();
 
   // Starts the agent of host "a" or "b" with extra flags on production's command line and waits

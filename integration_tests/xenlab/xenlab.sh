@@ -4,8 +4,13 @@
 # stage of deploy/run-tests.sh, deploy/quickstart.sh --xen and bench/. Root only.
 #
 #   xenlab.sh image --agent BIN            build (or find) the cached dom0 image; prints its dir
-#   xenlab.sh up DIR --image IMG --agent BIN --pki PKI [--xen-b noshadow] [--cpu CPU]
-#                                          boot hosts xena and xenb; DIR is the lab's (new) dir
+#   xenlab.sh up DIR --image IMG --agent BIN --pki PKI [--xen-b noshadow] [--cpu CPU] [--volumes]
+#                                          boot hosts xena and xenb; DIR is the lab's (new) dir.
+#                                          --volumes: shared volumes too -- an iSCSI target on
+#                                          127.0.0.1 (tgtd) whose LUN both dom0s reach at
+#                                          10.0.2.101:3260, and DRBD resource r0 (/dev/drbd0 on
+#                                          each dom0's second disk, over the link, two primaries
+#                                          allowed); the agents' volumes file /mnt/lab/volumes.conf
 #   xenlab.sh down DIR                     stop the lab's QEMUs by their recorded pids
 #   xenlab.sh sweep [PARENT]               down every lab under PARENT (/tmp) whose owner died
 #   xenlab.sh status DIR                   what runs, ports, addresses
@@ -14,7 +19,12 @@
 #   xenlab.sh agent-start DIR a|b [FLAGS]  start the compute agent in a dom0 (production's
 #                                          command line: --config /etc/livemig/compute-agent.conf)
 #   xenlab.sh agent-kill DIR a|b [SIGNAL]  signal the agent (default KILL); waits until it is gone
-#   xenlab.sh guest-start DIR a|b NAME UUID pv|pvh   define and start a guest; waits for its ticks
+#   xenlab.sh guest-start DIR a|b NAME UUID pv|pvh [--disk DEV]   define and start a guest; waits
+#                                          for its ticks. --disk: DEV (a dom0 block device) is its
+#                                          xvda, to which it writes a counter record every 200 ms,
+#                                          synchronously ("disk <n> <ms> ok" on its console)
+#   xenlab.sh disk-record DIR a|b DEV      the guest's last record on DEV, read in that dom0
+#                                          with O_DIRECT: "LMDISK <n> <boot id>"
 #   xenlab.sh heartbeat DIR NAME [SINCE]   boots=N last=COUNTER gaps=G max_pause_ms=P ticks=T
 #                                          (P: the longest gap between ticks after tick SINCE)
 #   xenlab.sh where DIR NAME               the hosts (a b) whose hypervisor runs NAME
@@ -27,7 +37,7 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 die() { echo "xenlab: $*" >&2; exit 1; }
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
 now() { date +%s.%N; }
 since() { awk -v a="$(now)" -v b="$1" 'BEGIN{printf "%.1f", a-b}'; }
 
@@ -59,11 +69,11 @@ cmd_up() {
   # qemu64 (as Xen's CI; -cpu max crashes dom0 user space), +svm +npt: PVH guests on HAP;
   # +aes +pclmulqdq +ssse3 +sse4.x: TLS (the tunnelled stream, xen+tls://) with AES-NI, about 5x
   # faster here; OpenSSL uses SSSE3 with AES-NI and dies on an invalid opcode without it.
-  local image="" agent="" pki="" xen_b="" cpu=${XENLAB_CPU:-qemu64,+svm,+npt,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2}
+  local image="" agent="" pki="" xen_b="" volumes=0 cpu=${XENLAB_CPU:-qemu64,+svm,+npt,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2}
   while (($#)); do
     case $1 in
       --image) image=$2; shift 2 ;; --agent) agent=$2; shift 2 ;; --pki) pki=$2; shift 2 ;;
-      --xen-b) xen_b=$2; shift 2 ;; --cpu) cpu=$2; shift 2 ;;
+      --xen-b) xen_b=$2; shift 2 ;; --cpu) cpu=$2; shift 2 ;; --volumes) volumes=1; shift ;;
       *) die "up: unknown argument '$1'" ;;
     esac
   done
@@ -71,7 +81,7 @@ cmd_up() {
   [[ -f $image/.complete ]] || die "up: --image must name a built image (xenlab.sh image)"
   [[ -x $agent ]] || die "up: --agent must name the compute_agent binary"
   [[ -f $pki/ca.pem && -f $pki/ca.key ]] || die "up: --pki must hold a CA (deploy/pki.sh init)"
-  local t; for t in qemu-system-x86_64 qemu-img socat ssh ssh-keygen cpio; do
+  local t; for t in qemu-system-x86_64 qemu-img socat ssh ssh-keygen cpio $( ((volumes)) && echo tgtd tgtadm); do
     command -v $t >/dev/null || die "'$t' is missing: run deploy/install-deps.sh"
   done
   mkdir -p "$dir"/{run,ssh,share/logs,share/instances,share/pki,share/ssh,share/bin} || die "cannot create $dir"
@@ -95,6 +105,12 @@ LINK_B=10.250.$subnet.2
 NAME_A=xena
 NAME_B=xenb
 SCHEDULER_IN_LAB=10.0.2.100:8771
+VOLUMES=$volumes
+ISCSI_PORT=$( ((volumes)) && free_port || echo 0)
+ISCSI_CTL=$(( (link_port % 10000) + 20000 ))  # tgtd takes at most 32767
+ISCSI_IN_LAB=10.0.2.101:3260
+ISCSI_IQN=iqn.2026-12.lab.livemig:lab$subnet
+DRBD_PORT=7789
 ENV
   load "$dir"
   local s=$dir/share
@@ -111,9 +127,66 @@ ENV
   cp "$dir/ssh/id_ed25519.pub" "$s/ssh/authorized_keys"
   render_agent_conf a >"$s/agent-xena.conf" || die "rendering the agent's configuration failed"
   render_agent_conf b >"$s/agent-xenb.conf" || die "rendering the agent's configuration failed"
+  ((VOLUMES)) && { volumes_prepare "$dir" || die "preparing the shared volumes failed"; }
   local h
   for h in a b; do start_qemu "$dir" "$h" "$cpu" "$([[ $h == b ]] && echo "$xen_b")" || die "QEMU for host $h did not start"; done
   wait_ready "$dir" "$t0"
+  ((VOLUMES)) && { volumes_ready "$dir" || die "the shared volumes are not ready"; }
+  return 0
+}
+
+# --- shared volumes (--volumes) --------------------------------------------------------------
+volumes_prepare() { # the target on this machine, DRBD's config and disks, the agents' volumes file
+  local dir=$1 s=$1/share
+  truncate -s 64M "$dir/run/iscsi-lun.img" && truncate -s 80M "$dir/run/drbd-a.img" "$dir/run/drbd-b.img" || return 1
+  # tgtd on 127.0.0.1 only, its own control port (never the system's tgtd), pid recorded
+  tgtd -C "$ISCSI_CTL" -p "$dir/run/tgtd.pid" --iscsi "portal=127.0.0.1:$ISCSI_PORT" || return 1
+  local i; for i in $(seq 1 50); do tgtadm -C "$ISCSI_CTL" --mode target --op show >/dev/null 2>&1 && break; sleep 0.1; done
+  tgtadm -C "$ISCSI_CTL" --lld iscsi --op new --mode target --tid 1 -T "$ISCSI_IQN" &&
+    tgtadm -C "$ISCSI_CTL" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$dir/run/iscsi-lun.img" &&
+    tgtadm -C "$ISCSI_CTL" --lld iscsi --op update --mode logicalunit --tid 1 --lun 1 \
+      --params "scsi_id=livemig-lab-lun1,scsi_sn=LM$ISCSI_PORT" &&
+    tgtadm -C "$ISCSI_CTL" --lld iscsi --op bind --mode target --tid 1 -I ALL || return 1
+  echo "xenlab: iSCSI target $ISCSI_IQN LUN 1 (64 MiB) on 127.0.0.1:$ISCSI_PORT, tgtd pid $(cat "$dir/run/tgtd.pid"); the dom0s reach it at $ISCSI_IN_LAB"
+  cat >"$s/drbd-r0.res" <<RES
+resource r0 {
+  net {
+    protocol C;
+    allow-two-primaries yes;
+  }
+  device    /dev/drbd0;
+  disk      /dev/vdb;
+  meta-disk internal;
+  on xena { address $LINK_A:$DRBD_PORT; }
+  on xenb { address $LINK_B:$DRBD_PORT; }
+}
+RES
+  cat >"$s/volumes.conf" <<VOL
+# the Xen lab's shared volumes (xenlab.sh up --volumes)
+lab-lun iscsi portal=$ISCSI_IN_LAB target=$ISCSI_IQN lun=1
+r0      drbd  resource=r0 device=/dev/drbd0
+VOL
+}
+
+volumes_ready() { # DRBD r0 connected, both sides up to date (fresh zeroed disks: no initial sync)
+  local dir=$1 h deadline=$((SECONDS + 120))
+  for h in a b; do
+    until [[ $(sshh "$dir" "$h" "drbdadm cstate r0" 2>/dev/null) == Connected ]]; do
+      ((SECONDS > deadline)) && { sshh "$dir" "$h" "cat /proc/drbd; tail -5 /mnt/lab/logs/dom0-$(host_name "$h").log" >&2; echo "xenlab: DRBD r0 on $h did not connect" >&2; return 1; }
+      sleep 1
+    done
+  done
+  # both disks are fresh and zeroed: declared in sync without copying them; where DRBD refuses
+  # that, host a's copy is made the source of an initial sync (80 MiB over the link, ~30 s)
+  if ! sshh "$dir" a "drbdadm -- --clear-bitmap new-current-uuid r0"; then
+    echo "xenlab: DRBD r0: --clear-bitmap refused; initial sync from xena" >&2
+    sshh "$dir" a "drbdadm primary --force r0 && drbdadm secondary r0" || return 1
+  fi
+  until [[ $(sshh "$dir" b "drbdadm dstate r0" 2>/dev/null) == UpToDate/UpToDate ]]; do
+    ((SECONDS > deadline)) && { echo "xenlab: DRBD r0 not UpToDate/UpToDate: $(sshh "$dir" b "drbdadm dstate r0")" >&2; return 1; }
+    sleep 1
+  done
+  echo "xenlab: DRBD r0 Connected, UpToDate/UpToDate on both hosts (allow-two-primaries)"
 }
 
 render_agent_conf() { # the deploy/config example, with this lab's names and addresses
@@ -148,7 +221,8 @@ start_qemu() { # start_qemu DIR a|b CPU [noshadow]
     -initrd "$IMAGE/boot/vmlinuz root=/dev/vda rw console=hvc0 earlyprintk=xen init=/sbin/xenlab-init net.ifnames=0 xenlab.host=$name xenlab.ip=$ip,$IMAGE/boot/initrd.img" \
     -drive file="$dir/run/host-$h.qcow2",if=virtio,format=qcow2,cache=unsafe \
     -virtfs local,path="$dir/share",mount_tag=lab,security_model=passthrough,id=lab \
-    -netdev "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:$ssh-:22,hostfwd=tcp:127.0.0.1:$agent-:8772,guestfwd=tcp:${SCHEDULER_IN_LAB}-cmd:socat - TCP:127.0.0.1:$REGISTRY" \
+    $( ((VOLUMES)) && echo "-drive file=$dir/run/drbd-$h.img,if=virtio,format=raw,cache=unsafe") \
+    -netdev "user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:$ssh-:22,hostfwd=tcp:127.0.0.1:$agent-:8772,guestfwd=tcp:${SCHEDULER_IN_LAB}-cmd:socat - TCP:127.0.0.1:$REGISTRY$( ((VOLUMES)) && echo ",guestfwd=tcp:${ISCSI_IN_LAB}-cmd:socat - TCP:127.0.0.1:$ISCSI_PORT")" \
     -device virtio-net-pci,netdev=mgmt,mac=52:54:00:00:01:0$n \
     -netdev socket,id=link,$link \
     -device virtio-net-pci,netdev=link,mac=52:54:00:77:00:0$n \
@@ -199,7 +273,18 @@ cmd_down() {
       echo "xenlab: stopped host $h (QEMU pid $pid)"
     fi
   done
-  rm -f "$dir"/run/host-*.qcow2
+  local tpid; tpid=$(cat "$dir/run/tgtd.pid" 2>/dev/null)
+  if [[ -n $tpid ]] && tr "\0" " " <"/proc/$tpid/cmdline" 2>/dev/null | grep -qF -- "$dir/run/tgtd.pid"; then
+    # tgtd ignores SIGTERM: asked to exit through its own control port, killed if it does not
+    . "$dir/lab.env"
+    tgtadm -C "$ISCSI_CTL" --mode system --op delete >/dev/null 2>&1 ||
+      tgtadm -C "$ISCSI_CTL" --mode system --op delete --force >/dev/null 2>&1
+    kill "$tpid" 2>/dev/null
+    for _ in $(seq 1 50); do kill -0 "$tpid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$tpid" 2>/dev/null
+    echo "xenlab: stopped the iSCSI target (tgtd pid $tpid)"
+  fi
+  rm -f "$dir"/run/host-*.qcow2 "$dir"/run/*.img
 }
 
 cmd_sweep() {
@@ -241,7 +326,8 @@ cmd_agent_kill() {
 }
 
 cmd_guest_start() {
-  local dir=$1 h=$2 name=$3 uuid=$4 kind=$5; load "$dir"
+  local dir=$1 h=$2 name=$3 uuid=$4 kind=$5 disk=""; load "$dir"
+  [[ ${6:-} == --disk ]] && disk=${7:?guest-start: --disk needs a dom0 device}
   local d=$dir/share/instances/$uuid mib machine ostype
   case $kind in
     pv) mib=96 machine=xenpv ostype=linux ;;
@@ -254,11 +340,17 @@ cmd_guest_start() {
   mkdir -p "$g"/{bin,proc,sys,dev,tmp}
   cp "$IMAGE/guest/busybox" "$g/bin/busybox"
   install -m 0755 "$here/guest/domU-init" "$g/init"
+  if [[ -n $disk ]]; then  # its block front end (a module in Debian's kernel) and the writer's trigger
+    mkdir -p "$g/lib" && cp "$IMAGE/guest/xen-blkfront.ko" "$g/lib/" && touch "$g/disk-writer"
+  fi
   (cd "$g" && find . | cpio -o -H newc --quiet | gzip -1) >"$d/initrd.gz"
   rm -rf "$g"
   local mac; mac=$(printf '00:16:3e:%02x:%02x:%02x' $((0x${uuid:0:2})) $((0x${uuid:2:2})) $((0x${uuid:4:2})))
   sed -e "s/@NAME@/$name/g" -e "s/@UUID@/$uuid/g" -e "s/@MIB@/$mib/g" -e "s/@MACHINE@/$machine/" \
-    -e "s/@OSTYPE@/$ostype/" -e "s/@MAC@/$mac/" "$here/guest/domain.xml.in" >"$d/domain.xml"
+    -e "s/@OSTYPE@/$ostype/" -e "s/@MAC@/$mac/" "$here/guest/domain.xml.in" |
+    if [[ -n $disk ]]; then
+      sed "s|  <devices>|  <devices>\n    <disk type='block' device='disk'>\n      <driver name='phy'/>\n      <source dev='$disk'/>\n      <target dev='xvda' bus='xen'/>\n    </disk>|"
+    else cat; fi >"$d/domain.xml"
   sshh "$dir" "$h" "virsh -c xen:///system define /var/lib/livemig/instances/$uuid/domain.xml >/dev/null && virsh -c xen:///system start $name" ||
     die "guest $name did not start on $h"
   local t0=$SECONDS
@@ -285,6 +377,11 @@ cmd_heartbeat() { # from both hosts' console logs of NAME (on the share); the pa
     }'
 }
 
+cmd_disk_record() { # the guest's last record on DEV as that dom0 reads it (O_DIRECT: not its cache)
+  local dir=$1 h=$2 dev=$3
+  sshh "$dir" "$h" "dd if='$dev' bs=512 count=1 iflag=direct 2>/dev/null | tr -d '\\000' | head -1"
+}
+
 cmd_where() {
   local dir=$1 name=$2 h out=()
   for h in a b; do
@@ -308,6 +405,7 @@ case $cmd in
   guest-start) cmd_guest_start "$@" ;;
   heartbeat) cmd_heartbeat "$@" ;;
   where) cmd_where "$@" ;;
+  disk-record) cmd_disk_record "$@" ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;
 esac
