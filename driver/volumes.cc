@@ -102,7 +102,9 @@ std::string IscsiByPath(const std::string& portal, const std::string& target, ui
 absl::StatusOr<std::vector<VolumeSpec>> ParseVolumesFile(const std::string& text,
                                                          const std::string& path) {
   static const std::regex kName("^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$");
-  static const std::regex kPortal("^[A-Za-z0-9.:\\[\\]-]+:[0-9]{1,5}$");
+  // An address, not a name: udev names the LUN's device after the session's address.
+  static const std::regex kPortal(
+      "^([0-9]{1,3}(\\.[0-9]{1,3}){3}|\\[[0-9A-Fa-f:.]+\\]):[0-9]{1,5}$");
   static const std::regex kIqn("^(iqn\\.|eui\\.|naa\\.)[A-Za-z0-9.:_-]{1,220}$");
   static const std::regex kDev("^/dev/[A-Za-z0-9._/:-]+$");
   std::vector<VolumeSpec> out;
@@ -150,7 +152,10 @@ absl::StatusOr<std::vector<VolumeSpec>> ParseVolumesFile(const std::string& text
       const std::string lun = take("lun");
       v.device = take("device");
       if (!std::regex_match(v.portal, kPortal)) {
-        return bad(absl::StrCat("portal='", v.portal, "' is not <host>:<port>"));
+        return bad(absl::StrCat("portal='", v.portal,
+                                "' is not <IPv4 address>:<port> or [<IPv6 address>]:<port> (an "
+                                "address: udev names the LUN's device after it, the same on "
+                                "every host that logs in through it)"));
       }
       if (!std::regex_match(v.target, kIqn)) {
         return bad(absl::StrCat("target='", v.target, "' is not an iSCSI name (iqn.…)"));
@@ -324,6 +329,43 @@ bool Volumes::LoggedIn(const std::string& portal, const std::string& target, uin
   return !Resolve(IscsiByPath(portal, target, lun)).empty();
 }
 
+std::string Volumes::PathMismatch(const v1::DomainDisk& d, const VolumeSpec& v) const {
+  if (d.source() == v.device) return "";
+  if (v.kind == v1::DISK_KIND_ISCSI && d.source() == IscsiByPath(v.portal, v.target, v.lun)) {
+    return "";
+  }
+  if (v.kind == v1::DISK_KIND_DRBD) {
+    if (ByResResource(d.source()) == v.resource) return "";
+    const std::string real = Resolve(d.source());
+    if (!real.empty() && real == Resolve(v.device)) return "";
+  }
+  return absl::StrCat("the guest's disk path ", d.source(), " is not ", options_.hostname,
+                      "'s device for volume ", v.name, " (", v.device,
+                      "): the guest would open another device there. Use one path on every "
+                      "host");
+}
+
+namespace {
+// What keeps a DRBD resource from the switch-over; none when it is ready.
+std::vector<std::string> DrbdProblems(const DrbdState& st) {
+  std::vector<std::string> missing;
+  if (st.cstate != "Connected") {
+    missing.push_back(
+        absl::StrCat("is ", st.cstate.empty() ? "not up" : st.cstate, ", not Connected"));
+  }
+  if (st.disk != "UpToDate" || st.peer_disk != "UpToDate") {
+    missing.push_back(
+        absl::StrCat("has disks ", st.disk, "/", st.peer_disk, ", not UpToDate/UpToDate"));
+  }
+  if (!st.two_primaries) {
+    missing.push_back(
+        "does not allow two primaries (net { allow-two-primaries yes; }), which the "
+        "switch-over needs");
+  }
+  return missing;
+}
+}  // namespace
+
 std::optional<v1::CheckResult> Volumes::Check(const v1::DomainInfo& instance,
                                               const std::string& role) const {
   const std::string& h = options_.hostname;
@@ -335,14 +377,20 @@ std::optional<v1::CheckResult> Volumes::Check(const v1::DomainInfo& instance,
     const std::string name = DiskName(d);
     if (d.kind() == v1::DISK_KIND_ISCSI) {
       any = true;
-      if (role != "destination") continue;
       const VolumeSpec* mine = Configured(d);
       if (mine == nullptr) {
-        bad.push_back(absl::StrCat("disk ", name, " is iSCSI target ", d.iscsi_target(), " LUN ",
-                                   d.iscsi_lun(), ", which ", h, "'s volumes file ", file,
-                                   " does not list, so ", h,
-                                   " may not log in to it: add the volume there (deploy/README.md, "
-                                   "\"Shared volumes\") and restart the agent"));
+        bad.push_back(absl::StrCat(
+            "disk ", name, " is iSCSI target ", d.iscsi_target(), " LUN ", d.iscsi_lun(),
+            ", which ", h, "'s volumes file ", file, " does not list, so ", h,
+            role == "destination" ? " may not log in to it"
+                                  : " could not log out of it after the migration",
+            ": add the volume there (deploy/README.md, \"Shared volumes\") and restart the "
+            "agent"));
+        continue;
+      }
+      if (role != "destination") continue;
+      if (std::string m = PathMismatch(d, *mine); !m.empty()) {
+        bad.push_back(absl::StrCat("disk ", name, ": ", m));
         continue;
       }
       if (LoggedIn(mine->portal, mine->target, mine->lun)) {
@@ -383,19 +431,9 @@ std::optional<v1::CheckResult> Volumes::Check(const v1::DomainInfo& instance,
                                    " on ", h, ": ", st.status().message()));
         continue;
       }
-      std::vector<std::string> missing;
-      if (st->cstate != "Connected") {
-        missing.push_back(
-            absl::StrCat("is ", st->cstate.empty() ? "not up" : st->cstate, ", not Connected"));
-      }
-      if (st->disk != "UpToDate" || st->peer_disk != "UpToDate") {
-        missing.push_back(
-            absl::StrCat("has disks ", st->disk, "/", st->peer_disk, ", not UpToDate/UpToDate"));
-      }
-      if (!st->two_primaries) {
-        missing.push_back(
-            "does not allow two primaries (net { allow-two-primaries yes; }), which the "
-            "switch-over needs");
+      std::vector<std::string> missing = DrbdProblems(*st);
+      if (role == "destination") {
+        if (std::string m = PathMismatch(d, *mine); !m.empty()) missing.push_back(m);
       }
       if (!missing.empty()) {
         bad.push_back(absl::StrCat("disk ", name, ": DRBD resource ", mine->resource, " on ", h,
@@ -448,11 +486,14 @@ absl::Status Volumes::IscsiLogin(const std::string& portal, const std::string& t
                                  uint32_t lun) {
   const std::string node =
       absl::StrCat("iscsiadm -m node -T ", ShellQuote(target), " -p ", ShellQuote(portal));
-  // A node record first (as discovery would make it), then the login; a session that exists
-  // already (exit 15) is success.
-  auto out = run_(absl::StrCat(node, " -o new >/dev/null && { ", node,
-                               " --login; rc=$?; [ $rc = 0 ] || [ $rc = 15 ]; } && "
-                               "{ udevadm settle -t 10 || true; }"));
+  // A node record first, made only when missing (`-o new` would reset one an operator set up,
+  // e.g. with CHAP), then the login; a session that exists already (exit 15) is rescanned, so
+  // that a LUN mapped since shows up.
+  auto out =
+      run_(absl::StrCat("{ ", node, " >/dev/null 2>&1 || ", node, " -o new >/dev/null; } && { ",
+                        node, " --login; rc=$?; [ $rc = 0 ] || { [ $rc = 15 ] && ", node,
+                        " --rescan >/dev/null; }; } && "
+                        "{ udevadm settle -t 5 || true; }"));
   if (!out.ok()) {
     return absl::UnavailableError(absl::StrCat("cannot log in to iSCSI target ", target, " at ",
                                                portal, " on ", options_.hostname, ": ",
@@ -539,6 +580,9 @@ absl::StatusOr<std::vector<std::string>> Volumes::Attach(const std::string& migr
             absl::StrCat(options_.hostname, " may not log in to iSCSI target ", d.iscsi_target(),
                          " LUN ", d.iscsi_lun(), ": its volumes file does not list it"));
       }
+      if (std::string m = PathMismatch(d, *mine); !m.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat("disk ", DiskName(d), ": ", m));
+      }
       const std::string line =
           absl::StrCat("iscsi ", mine->portal, " ", mine->target, " ", mine->lun);
       const bool mine_already = std::find(done.begin(), done.end(), line) != done.end();
@@ -557,23 +601,40 @@ absl::StatusOr<std::vector<std::string>> Volumes::Attach(const std::string& migr
       }
       attached.push_back(absl::StrCat("iscsi:", mine->target, ":", mine->lun));
     } else if (d.kind() == v1::DISK_KIND_DRBD) {
-      const std::string line = absl::StrCat("drbd ", d.drbd_resource());
-      if (Configured(d) == nullptr) {
+      const VolumeSpec* mine = Configured(d);
+      if (mine == nullptr) {
         return absl::FailedPreconditionError(
             absl::StrCat(options_.hostname, " may not promote DRBD resource '", d.drbd_resource(),
                          "': its volumes file does not list it"));
       }
-      ASSIGN_OR_RETURN(DrbdState st, Drbd(d.drbd_resource()));
-      if (st.role == "Primary") {
+      if (std::string m = PathMismatch(d, *mine); !m.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat("disk ", DiskName(d), ": ", m));
+      }
+      const std::string& res = mine->resource;
+      const std::string line = absl::StrCat("drbd ", res);
+      auto st = Drbd(res);
+      if (!st.ok()) {
+        return absl::UnavailableError(
+            absl::StrCat("cannot read DRBD resource ", res, " on ", options_.hostname,
+                         " before promoting it: ", st.status().message()));
+      }
+      if (st->role == "Primary") {
         // By this migration (a repeated call), or primary before it: left as it is.
         if (std::find(done.begin(), done.end(), line) != done.end()) {
-          attached.push_back(absl::StrCat("drbd:", d.drbd_resource()));
+          attached.push_back(absl::StrCat("drbd:", res));
         }
         continue;
       }
+      // Checked again now, not only at the check step: promoted while disconnected, this side
+      // would miss the source's last writes and the guest would resume on stale data.
+      if (std::vector<std::string> missing = DrbdProblems(*st); !missing.empty()) {
+        return absl::FailedPreconditionError(absl::StrCat("not promoting DRBD resource ", res,
+                                                          " on ", options_.hostname, ": it ",
+                                                          absl::StrJoin(missing, "; ")));
+      }
       RETURN_IF_ERROR(remember(line));
-      RETURN_IF_ERROR(DrbdRole(d.drbd_resource(), true));
-      attached.push_back(absl::StrCat("drbd:", d.drbd_resource()));
+      RETURN_IF_ERROR(DrbdRole(res, true));
+      attached.push_back(absl::StrCat("drbd:", res));
     }
   }
   return attached;

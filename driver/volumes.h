@@ -75,7 +75,9 @@ class Volumes {
     std::vector<VolumeSpec> specs;
     std::string state_dir;  // records of what PreLiveMigration did (state_dir/volumes/<id>.list)
     std::string root;       // prefix of /dev and /sys paths (tests); "" in production
-    absl::Duration device_timeout = absl::Seconds(30);   // an iSCSI LUN's device to appear
+    // An iSCSI LUN's device to appear after the login: well under the scheduler's per-step
+    // deadline (--agent-deadline, 30 s), so that the agent's reason reaches the migration.
+    absl::Duration device_timeout = absl::Seconds(15);
     absl::Duration release_timeout = absl::Seconds(20);  // a DRBD device to be closed by Xen
     // Whether the iSCSI portal answers on TCP (default: a connect with a 3 s deadline).
     std::function<absl::Status(const std::string& portal)> reach;
@@ -118,6 +120,8 @@ class Volumes {
   const VolumeSpec* Find(const v1::DomainDisk& d) const;  // by its source path
   // The configured volume of a described disk: the same iSCSI target and LUN, or DRBD resource.
   const VolumeSpec* Configured(const v1::DomainDisk& d) const;
+  // Why the guest's disk path does not open volume v's device on this host; "" when it does.
+  std::string PathMismatch(const v1::DomainDisk& d, const VolumeSpec& v) const;
   std::string Resolve(const std::string& path) const;   // realpath under root, root stripped
   std::string Wwid(const std::string& dev_path) const;  // "" when unknown
   absl::StatusOr<DrbdState> Drbd(const std::string& resource) const;

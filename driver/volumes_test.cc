@@ -32,6 +32,7 @@ struct FakeHost {
   bool two_primaries = true;
   bool device_busy = false;  // `drbdadm secondary` fails (Xen still holds the device)
   std::string wwid = kWwid;  // the LUN's identity on this host
+  bool reachable = true;     // the portal answers
 
   FakeHost() {
     for (const char* d : {"/dev/disk/by-path", "/sys/block/sdb/device", "/sys/block/sdc/device"}) {
@@ -95,9 +96,9 @@ struct FakeHost {
     o.root = root;
     o.device_timeout = absl::Seconds(5);
     o.release_timeout = absl::Seconds(2);
-    o.reach = [](const std::string& portal) {
-      return portal == kPortal ? absl::OkStatus()
-                               : absl::UnavailableError("connect: Connection refused");
+    o.reach = [this](const std::string& portal) {
+      return portal == kPortal && reachable ? absl::OkStatus()
+                                            : absl::UnavailableError("connect: Connection refused");
     };
     return Volumes(o, Runner());
   }
@@ -134,9 +135,12 @@ TEST_CASE("volumes file: parsed, with a clear error naming the line for each mis
   CHECK((*v)[1].device == "/dev/drbd0");
   const std::pair<const char*, const char*> bad[] = {
       {"x nfs path=/a\n", "kind 'nfs' is neither iscsi nor drbd"},
-      {"x iscsi portal=h:1 target=iqn.a lun=z\n", "lun='z' is not a LUN number"},
-      {"x iscsi portal=h target=iqn.a lun=1\n", "portal='h' is not <host>:<port>"},
-      {"x iscsi portal=h:1 target=foo lun=1\n", "target='foo' is not an iSCSI name"},
+      {"x iscsi portal=10.0.0.1:1 target=iqn.a lun=z\n", "lun='z' is not a LUN number"},
+      {"x iscsi portal=h target=iqn.a lun=1\n", "portal='h' is not <IPv4 address>:<port>"},
+      {"x iscsi portal=san.example.net:3260 target=iqn.a lun=1\n",
+       "portal='san.example.net:3260' is not <IPv4 address>:<port> or [<IPv6 address>]:<port> (an "
+       "address"},
+      {"x iscsi portal=10.0.0.1:1 target=foo lun=1\n", "target='foo' is not an iSCSI name"},
       {"x drbd resource=r0 device=/dev/drbd0 speed=9\n", "unknown key 'speed'"},
       {"x drbd resource=r0\n", "device='' is not a path under /dev"},
       {"\nx drbd resource=r0 device=/dev/drbd0\nx drbd resource=r1 device=/dev/drbd1\n",
@@ -255,14 +259,12 @@ TEST_CASE("checks: each refusal says what is missing on which host") {
     dst.cstate = "StandAlone";
     dst.dstate = "UpToDate/DUnknown";
     dst.two_primaries = false;
-    auto c = dst.Make(
-                    "data iscsi portal=10.0.2.102:3260 target=iqn.2026-12.lab.livemig:data lun=1\n"
-                    "r0 drbd resource=r0 device=/dev/drbd0\n")
-                 .Check(inst, "destination");
+    dst.reachable = false;
+    auto c = dst.Make(kFile).Check(inst, "destination");
     REQUIRE(c.has_value());
     CHECK_FALSE(c->passed());
     INFO(c->reason());
-    CHECK(absl::StrContains(c->reason(), "xenb cannot reach iSCSI portal 10.0.2.102:3260"));
+    CHECK(absl::StrContains(c->reason(), "xenb cannot reach iSCSI portal 10.0.2.101:3260"));
     CHECK(absl::StrContains(c->reason(), "DRBD resource r0 on xenb is StandAlone, not Connected"));
     CHECK(absl::StrContains(c->reason(), "has disks UpToDate/DUnknown, not UpToDate/UpToDate"));
     CHECK(absl::StrContains(c->reason(), "does not allow two primaries"));
@@ -289,6 +291,35 @@ TEST_CASE("checks: each refusal says what is missing on which host") {
         c->reason(),
         "disk xvda is block device /dev/vg0/db, neither an iSCSI LUN nor a DRBD volume"));
     CHECK(absl::StrContains(c->reason(), "xenb has no such device"));
+  }
+  SECTION("a LUN through another portal: another device path than the guest's") {
+    FakeHost dst;
+    auto c = dst.Make(
+                    "data iscsi portal=10.0.2.102:3260 target=iqn.2026-12.lab.livemig:data "
+                    "lun=1\nr0 drbd resource=r0 device=/dev/drbd0\n")
+                 .Check(inst, "destination");
+    REQUIRE(c.has_value());
+    CHECK_FALSE(c->passed());
+    CHECK(absl::StrContains(c->reason(), "is not xenb's device for volume data"));
+  }
+  SECTION("a guest path that is not this host's device for the volume") {
+    FakeHost dst;
+    dst.Write("/dev/drbd1", "");
+    auto c = dst.Make("r0 drbd resource=r0 device=/dev/drbd1\n").Check(inst, "destination");
+    REQUIRE(c.has_value());
+    CHECK_FALSE(c->passed());
+    INFO(c->reason());
+    CHECK(absl::StrContains(
+        c->reason(),
+        "the guest's disk path /dev/drbd0 is not xenb's device for volume r0 (/dev/drbd1)"));
+  }
+  SECTION("a source that does not list the LUN could not log out of it") {
+    FakeHost s2;
+    s2.Login(1);
+    auto c = s2.Make("r0 drbd resource=r0 device=/dev/drbd0\n").Check(inst, "source");
+    REQUIRE(c.has_value());
+    CHECK_FALSE(c->passed());
+    CHECK(absl::StrContains(c->reason(), "could not log out of it after the migration"));
   }
   SECTION("files only: no check") {
     v1::DomainInfo files;
@@ -350,6 +381,38 @@ TEST_CASE("handover: attach records then acts, repeats are no-ops, rollback undo
   REQUIRE(hv.Undo("mig-2").ok());
   CHECK(held.Count("--logout") == 0);
   CHECK(held.role["r0"] == "Primary");
+}
+
+TEST_CASE("attach refuses what the volumes file does not list, and DRBD not ready, before acting") {
+  FakeHost src;
+  src.Login(1);
+  v1::DomainInfo inst;
+  *inst.add_disks() = Disk("block", IscsiByPath(kPortal, kIqn, 1), "xvda");
+  src.Make(kFile).Describe(inst.mutable_disks(0));
+  // A description naming a target the destination does not list (e.g. a forged one): refused,
+  // and no command runs.
+  v1::DomainInfo forged = inst;
+  forged.mutable_disks(0)->set_iscsi_target("iqn.x';reboot;'");
+  FakeHost dst;
+  Volumes v = dst.Make(kFile);
+  auto a = v.Attach("mig-3", forged);
+  CHECK(a.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(absl::StrContains(a.status().message(), "its volumes file does not list it"));
+  CHECK(dst.commands.empty());
+  CHECK(access((dst.root + "/volumes/mig-3.list").c_str(), F_OK) != 0);
+
+  // DRBD disconnected since the check: not promoted, nothing recorded.
+  v1::DomainInfo drbd;
+  *drbd.add_disks() = Disk("block", "/dev/drbd0", "xvdb");
+  src.Make(kFile).Describe(drbd.mutable_disks(0));
+  dst.cstate = "StandAlone";
+  auto b = v.Attach("mig-4", drbd);
+  CHECK(b.status().code() == absl::StatusCode::kFailedPrecondition);
+  CHECK(
+      absl::StrContains(b.status().message(),
+                        "not promoting DRBD resource r0 on xenb: it is StandAlone, not Connected"));
+  CHECK(dst.Count("drbdadm primary") == 0);
+  CHECK(access((dst.root + "/volumes/mig-4.list").c_str(), F_OK) != 0);
 }
 
 TEST_CASE("release at the source: logs out and demotes; waits while Xen holds the device") {
