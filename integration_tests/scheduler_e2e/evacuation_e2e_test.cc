@@ -201,8 +201,21 @@ TEST_CASE("evacuation: at most max_parallel in flight, resumed after a SIGKILL a
 
   const sv1::Evacuation done = C().WaitEnded(id, absl::Seconds(60));
   INFO(done.DebugString());
-  CHECK(done.status() == sv1::EVACUATION_STATUS_COMPLETED);
-  CHECK(done.succeeded() == 6);
+  // A migration the SIGKILL caught after it was recorded `running` but before its transfer
+  // started is rolled back by the takeover (docs/DESIGN.md § Recovery rules: the source holds
+  // the domain, the destination does not run it): it fails with that reason and its instance
+  // stays on host-a. Only the killed scheduler's migrations (at most max_parallel) can end so.
+  std::set<std::string> rolled_back;
+  for (const auto& item : done.items()) {
+    if (item.outcome() == sv1::EVACUATION_ITEM_OUTCOME_SUCCEEDED) continue;
+    CHECK(item.outcome() == sv1::EVACUATION_ITEM_OUTCOME_FAILED);
+    CHECK(item.reason() == "the transfer was not running after a scheduler takeover");
+    rolled_back.insert(item.instance_uuid());
+  }
+  CHECK(rolled_back.size() <= 2);
+  CHECK(done.status() == (rolled_back.empty() ? sv1::EVACUATION_STATUS_COMPLETED
+                                              : sv1::EVACUATION_STATUS_COMPLETED_WITH_ERRORS));
+  CHECK(done.succeeded() == 6 - static_cast<int>(rolled_back.size()));
   CHECK(done.max_parallel() == 2);
 
   const std::vector<Recorded> ms = C().Migrations(id);
@@ -210,7 +223,12 @@ TEST_CASE("evacuation: at most max_parallel in flight, resumed after a SIGKILL a
   int after_restart = 0;
   for (const auto& m : ms) {
     INFO(m.instance_uuid << " " << m.status << " -> " << m.dest_host);
-    CHECK(m.status == "completed");
+    if (rolled_back.count(m.instance_uuid)) {
+      CHECK(m.status == "failed");
+      CHECK(m.created_us <= killed_us);  // the killed scheduler's
+    } else {
+      CHECK(m.status == "completed");
+    }
     CHECK(m.dest_host == "host-b");    // the requested destination, also after the restart
     CHECK(m.block_migration == "no");  // the requested options, also after the restart
     if (m.created_us > killed_us) ++after_restart;
@@ -220,10 +238,14 @@ TEST_CASE("evacuation: at most max_parallel in flight, resumed after a SIGKILL a
   CHECK(after_restart >= 1);
   const int peak = PeakInFlight(ms);
   std::cout << "evacuation " << id << ": peak in flight " << peak << " (max_parallel 2), "
-            << after_restart << " of 6 migrations started after the SIGKILL\n";
+            << after_restart << " of 6 migrations started after the SIGKILL, " << rolled_back.size()
+            << " caught by it before its transfer and rolled back\n";
   CHECK(peak <= 2);
   CHECK(peak == 2);
-  for (const auto& vm : vms) CHECK(C().Where(vm) == Loc{{"host-b", "running"}});
+  for (const auto& vm : vms) {
+    CHECK(C().Where(vm) ==
+          Loc{{rolled_back.count(vm) ? std::string("host-a") : std::string("host-b"), "running"}});
+  }
   g_completed_evacuation = id;
 }
 
@@ -335,13 +357,13 @@ TEST_CASE("evacuation: cancelled mid-way, in-flight migrations finish, no new on
     auto refused = C().Cloudctl("evacuation-cancel " + g_completed_evacuation);
     INFO(refused.second);
     CHECK(refused.first == 5);
-    CHECK(absl::StrContains(refused.second, "already finished (completed)"));
+    CHECK(absl::StrContains(refused.second, "already finished (completed"));  // _with_errors too
     auto p = C().http().Post("/v1/evacuations/" + g_completed_evacuation + "/cancel", "{}",
                              "application/json");
     REQUIRE(p);
     INFO(p->body);
     CHECK(p->status == 409);
-    CHECK(absl::StrContains(p->body, "already finished (completed)"));
+    CHECK(absl::StrContains(p->body, "already finished (completed"));
   }
   CHECK(C().Cloudctl("evacuation-cancel 00000000-0000-4000-8000-000000000000").first == 3);
 
