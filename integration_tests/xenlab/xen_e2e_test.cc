@@ -95,20 +95,16 @@ TEST_CASE("xen: a PV guest migrates A→B→A with cloudctl, tunnelled over xen+
   X().MigrateWithCloudctl(kPv, kPvUuid, "a", "PV, tunnelled");
 }
 
-TEST_CASE("xen: a PVH guest migrates A→B→A with cloudctl, tunnelled over xen+tls") {
-  X().MigrateWithCloudctl(kPvh, kPvhUuid, "b", "PVH, tunnelled");
-  X().MigrateWithCloudctl(kPvh, kPvhUuid, "a", "PVH, tunnelled");
-}
-
-TEST_CASE("xen: PV and PVH guests migrate there and back with the stream not tunnelled") {
+// The test command's time: each stream mode with one guest kind here (the tunnelled stream is
+// the same for both kinds). PV guests migrate not tunnelled in "the driver's steps" below and in
+// xen_volumes_test (four legs); a PVH guest tunnelled in bench/xen_lab.sh.
+TEST_CASE("xen: a PVH guest migrates there and back with the stream not tunnelled") {
   X().RestartAgent("a", "--no-tunnel");
   X().RestartAgent("b", "--no-tunnel");
   REQUIRE(X().Where(kPv) == "a");
   const std::string pvh_at = X().Where(kPvh);
   REQUIRE(pvh_at.size() == 1);
   const std::string pvh_other = pvh_at == "a" ? "b" : "a";
-  X().MigrateWithCloudctl(kPv, kPvUuid, "b", "PV, direct");
-  X().MigrateWithCloudctl(kPv, kPvUuid, "a", "PV, direct");
   X().MigrateWithCloudctl(kPvh, kPvhUuid, pvh_other, "PVH, direct");
   X().MigrateWithCloudctl(kPvh, kPvhUuid, pvh_at, "PVH, direct");
 }
