@@ -213,11 +213,10 @@ sv1::Instance ToProtoInstance(const db::InstanceRecord& i) {
   return out;
 }
 
-std::string DisksToJson(const google::protobuf::RepeatedPtrField<v1::DomainDisk>& disks) {
-  if (disks.empty()) return "[]";
-  // The array of a message's repeated field, as proto3 JSON: print the message, cut the array.
-  v1::DomainInfo holder;
-  *holder.mutable_disks() = disks;
+namespace {
+// The array of the one repeated field set in `holder`, as proto3 JSON: the message printed, the
+// array cut out of it ("[]" when it cannot be printed).
+std::string OnlyArrayJson(const google::protobuf::Message& holder) {
   std::string out;
   google::protobuf::util::JsonPrintOptions p;
   p.preserve_proto_field_names = true;
@@ -225,6 +224,14 @@ std::string DisksToJson(const google::protobuf::RepeatedPtrField<v1::DomainDisk>
   const size_t open = out.find('['), close = out.rfind(']');
   if (open == std::string::npos || close == std::string::npos) return "[]";
   return out.substr(open, close - open + 1);
+}
+}  // namespace
+
+std::string DisksToJson(const google::protobuf::RepeatedPtrField<v1::DomainDisk>& disks) {
+  if (disks.empty()) return "[]";
+  v1::DomainInfo holder;
+  *holder.mutable_disks() = disks;
+  return OnlyArrayJson(holder);
 }
 
 google::protobuf::RepeatedPtrField<v1::DomainDisk> DisksFromJson(const std::string& json) {
@@ -238,16 +245,9 @@ google::protobuf::RepeatedPtrField<v1::DomainDisk> DisksFromJson(const std::stri
 }
 
 std::string CandidatesToJson(const std::vector<sv1::HostCheck>& ranked, size_t max) {
-  // The array of a message's repeated field, as proto3 JSON: print the message, cut the array.
   sv1::Migration holder;
   for (size_t i = 0; i < ranked.size() && i < max; ++i) *holder.add_candidates() = ranked[i];
-  std::string out;
-  google::protobuf::util::JsonPrintOptions p;
-  p.preserve_proto_field_names = true;
-  if (!google::protobuf::util::MessageToJsonString(holder, &out, p).ok()) return "[]";
-  const size_t open = out.find('['), close = out.rfind(']');
-  if (open == std::string::npos || close == std::string::npos) return "[]";
-  return out.substr(open, close - open + 1);
+  return OnlyArrayJson(holder);
 }
 
 google::protobuf::RepeatedPtrField<sv1::HostCheck> CandidatesFromJson(const std::string& json) {
