@@ -57,8 +57,9 @@ on_exit() {
 }
 trap on_exit EXIT
 
+# Found after the dependencies stage (on a fresh machine it installs bazel); python3 may be
+# needed before that, to count.
 have_bazel=0
-command -v bazel >/dev/null && have_bazel=1
 python=$(command -v python3 || true)
 
 # count_bep <build event file> <what> <bazel test exit code>: counts one `bazel test` invocation
@@ -113,7 +114,10 @@ if [[ -z ${LIVEMIG_SKIP_INSTALL:-} ]] && ((!only_self_test)); then
     finish
   fi
 fi
-# A tool that is missing is one failure here; the stages that need it say "not run".
+# A tool that is missing is one failure here; the stages that need it say "not run". Looked up
+# only now: on a fresh machine the dependencies stage has just installed bazel.
+command -v bazel >/dev/null && have_bazel=1
+python=$(command -v python3 || true)
 tools=(bazel python3 clang-format)
 ((only_self_test)) && tools=(bazel python3)
 for tool in "${tools[@]}"; do
