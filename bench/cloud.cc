@@ -1,3 +1,6 @@
+// Size: the benchmark's whole cloud: call counters, store and agent-client decorators (~230
+// lines), PKI, database and CPU probes, and BenchCloud; the decorators could be a file of their
+// own.
 #include "bench/cloud.h"
 
 #include <stdlib.h>

@@ -1,3 +1,5 @@
+// Size: every human-readable view of cloudctl: tables, names, values, progress, and one
+// renderer per object (~340 lines) that could be a file of its own.
 #include "cloudctl/format.h"
 
 #include <algorithm>

@@ -1,3 +1,6 @@
+// Size: one HTTP/1.1 server over Boost.Beast, plain and TLS: the shared limits (caps, slots,
+// queue) and the connection's state machine; the connection (~460 lines) could be a file of its
+// own.
 #include "common/http_server.h"
 
 #include <strings.h>

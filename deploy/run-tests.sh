@@ -9,8 +9,9 @@
 # summary; a target that prints only "SKIP: <reason>" lines is one skip, never a pass. A target
 # that failed, timed out, was flaky, was not built or not run counts at least one failure (the
 # failed test cases of its log's failure summary). A non-zero exit of bazel test with no failure
-# counted is one failure. Plus the clang-format check, the counter's self-test and the
-# quickstart's checks; a missing tool (bazel, clang-format, python3) is a failure.
+# counted is one failure. Plus the clang-format check, the size check (deploy/check_sizes.sh), the
+# counter's self-test and the quickstart's checks; a missing tool (bazel, clang-format, python3) is
+# a failure.
 #
 # Usage: deploy/run-tests.sh [bazel test target patterns...]   (default: //...; the build stage
 #        builds the same patterns)
@@ -209,6 +210,17 @@ else
   echo "    not run: clang-format is not installed (counted as a failure)"
 fi
 stage_done "format check"
+
+stage "size check (deploy/check_sizes.sh: a non-test C++ file over 650 lines says why)"
+size_out=$(bash deploy/check_sizes.sh 2>&1)
+size_rc=$?
+echo "$size_out"
+if ((size_rc == 0)); then
+  passed=$((passed + 1))
+else
+  fail "size check: $(tail -1 <<<"$size_out" | sed 's/^ *//')"
+fi
+stage_done "size check"
 
 counter_self_test
 

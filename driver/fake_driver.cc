@@ -1,3 +1,6 @@
+// Size: every ComputeDriver method of FakeDriver in both profiles (fake-qemu, fake-libxl), each a
+// transaction on FakeHypervisor's state (the model itself is driver/fake_hypervisor.cc); the
+// transfer's methods (LiveMigration to RollbackLiveMigration) could be a file of their own.
 #include "driver/fake_driver.h"
 
 #include <algorithm>

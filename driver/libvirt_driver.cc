@@ -1,3 +1,7 @@
+// Size: one ComputeDriver over libvirt (QEMU and Xen's libxl): every contract method with its
+// libvirt error mapping, the transfer's monitor and the host commands. Issue 19 item 5 moves the
+// domain XML reading (regular expressions today) to an XML parser; the transfer (Monitor to
+// ForceCompleteLiveMigration, ~320 lines) could be a file of its own.
 #include "driver/libvirt_driver.h"
 
 #include <dirent.h>

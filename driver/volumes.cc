@@ -1,3 +1,6 @@
+// Size: the shared-volume model of the agent (file, block, iSCSI with multipath, DRBD): each
+// disk described, checked, prepared, held and released, with its undo record; the DRBD and iSCSI
+// handling could each be a file of their own.
 #include "driver/volumes.h"
 
 #include <arpa/inet.h>

@@ -1,3 +1,6 @@
+// Size: the one API behind gRPC, REST and Nova (migrations, hosts, instances, metrics) and the
+// evacuation driver (its last ~370 lines); issue 19 item 2 moves evacuations out of ApiCore into
+// their own unit beside the orchestrator.
 #include "scheduler/api_core.h"
 
 #include <algorithm>

@@ -1,3 +1,5 @@
+// Size: Nova's compute API subset (servers, migrations, services, hypervisors, instance actions):
+// the JSON views (~330 lines) and one route table; the views could be a file of their own.
 #include "scheduler/nova_api.h"
 
 #include <openssl/sha.h>

@@ -1,3 +1,5 @@
+// Size: the strict JSON and query parsing of both REST APIs, /v1 and Nova's /v2.1; the /v2.1
+// part (~190 lines, its own section) could be a file of its own.
 #include "scheduler/rest_parse.h"
 
 #include <cmath>
