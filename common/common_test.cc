@@ -1,5 +1,7 @@
 // Tests of the status helpers: migration status rules and the one error mapping.
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <thread>
 
 #include "common/clock.h"
 #include "common/migration_status.h"
@@ -144,6 +146,53 @@ TEST_CASE("the fake clock moves only when told") {
   CHECK(clock.Now() == t0);
   clock.Advance(absl::Seconds(5));
   CHECK(clock.Now() - t0 == absl::Seconds(5));
+}
+
+TEST_CASE("the fake clock's waits end when it is moved past their end, not before") {
+  FakeClock clock;
+  // SleepFor: the sleeper is seen waiting, stays asleep while the clock is short of its end,
+  // and wakes when the clock passes it.
+  std::atomic<bool> woke{false};
+  std::thread sleeper([&] {
+    clock.SleepFor(absl::Minutes(10));
+    woke = true;
+  });
+  REQUIRE(clock.AwaitWaiters(1, absl::Seconds(10)));
+  clock.Advance(absl::Minutes(9));
+  // Given real time to (wrongly) wake, it does not: still one waiter, not woken.
+  CHECK_FALSE(clock.AwaitWaiters(2, absl::Milliseconds(200)));
+  CHECK_FALSE(woke);
+  clock.Advance(absl::Minutes(1));
+  sleeper.join();
+  CHECK(woke);
+  CHECK(clock.Waiters() == 0);
+  clock.SleepFor(absl::ZeroDuration());  // returns at once
+
+  // AwaitWithTimeout: ends with false when the fake timeout passes, with true when the
+  // condition holds first.
+  absl::Mutex mu;
+  bool flag = false;
+  bool result = true;
+  std::thread waiter([&] {
+    absl::MutexLock l(&mu);
+    result = clock.AwaitWithTimeout(&mu, absl::Condition(&flag), absl::Seconds(6));
+  });
+  REQUIRE(clock.AwaitWaiters(1, absl::Seconds(10)));
+  clock.Advance(absl::Seconds(6));
+  waiter.join();
+  CHECK_FALSE(result);
+  std::thread waiter2([&] {
+    absl::MutexLock l(&mu);
+    result = clock.AwaitWithTimeout(&mu, absl::Condition(&flag), absl::Hours(1));
+  });
+  REQUIRE(clock.AwaitWaiters(1, absl::Seconds(10)));
+  {
+    absl::MutexLock l(&mu);
+    flag = true;
+  }
+  waiter2.join();
+  CHECK(result);
+  CHECK(clock.Waiters() == 0);
 }
 
 TEST_CASE("finished things are kept for the window and at most the count, whichever is smaller") {

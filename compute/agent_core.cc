@@ -553,12 +553,15 @@ void AgentCore::AwaitReportsInFlight(const char* step) {
     AgentCore* core;
     int64_t started;
   } wait{this, reports_started_};
-  const bool ended = fence_mu_.AwaitWithTimeout(absl::Condition(
-                                                    +[](Wait* w) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                                                      return w->core->reports_ended_ >= w->started;
-                                                    },
-                                                    &wait),
-                                                options_.report_fence_timeout);
+  // On the injected clock (Options::clock; docs/DESIGN.md § Clocks).
+  const bool ended =
+      options_.clock->AwaitWithTimeout(&fence_mu_,
+                                       absl::Condition(
+                                           +[](Wait* w) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                             return w->core->reports_ended_ >= w->started;
+                                           },
+                                           &wait),
+                                       options_.report_fence_timeout);
   if (!ended) {
     LogWarning(
         "%s: a host report still in flight after %s; answering anyway (that report may "

@@ -65,7 +65,8 @@ class AgentCore {
     // file comment).
     absl::Duration finished_keep = absl::Hours(1);
     size_t max_finished = 1000;
-    Clock* clock = Clock::Real();  // when a migration ended, for that window
+    // When a migration ended (for that window), and the report fence's timer.
+    Clock* clock = Clock::Real();
   };
 
   AgentCore(Options options, driver::ComputeDriver* driver);

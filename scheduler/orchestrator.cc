@@ -1,3 +1,6 @@
+// Size: MigrationRun, every phase of one migration (pre-checks, preparing, running, post,
+// rollback) with its retries and recovery, and the dry run. Issue 19 item 2 makes the phases
+// tasks, one small unit each, and moves the dry run beside them.
 #include "scheduler/orchestrator.h"
 
 #include <algorithm>
@@ -90,7 +93,7 @@ class MigrationRun {
         auto m = o_->migrations_->GetMigration(id_);
         if (!m.ok()) {
           LogWarning("migration=%d cannot be read: %s", id_, m.status().message());
-          absl::SleepFor(absl::Seconds(1));
+          Sleep(absl::Seconds(1));
           continue;
         }
         m_ = *m;
@@ -124,7 +127,7 @@ class MigrationRun {
       if (!s.ok()) {
         if (s.code() == absl::StatusCode::kAborted) return;  // lease lost or row moved on
         LogWarning("%s: %s (retrying)", Tag(), s.message());
-        absl::SleepFor(absl::Seconds(1));
+        Sleep(absl::Seconds(1));
       }
     }
   }
@@ -134,6 +137,11 @@ class MigrationRun {
     return absl::StrCat("migration=", m_.uuid, " number=", m_.id, " instance=", m_.instance_uuid);
   }
   const OrchestratorOptions& opt() const { return o_->options_; }
+  // The state machine's timers (retry waits, polls, the roll-forward window, the agent-silence
+  // limit, the transfer deadline) and its events' times, on the injected clock
+  // (OrchestratorOptions::clock; docs/DESIGN.md § Clocks).
+  absl::Time Now() const { return opt().clock->Now(); }
+  void Sleep(absl::Duration d) const { o_->SleepUnlessStopping(d); }
 
   // The host an agent runs `step` on (StepHost), for this migration; `dest`: the destination
   // when the row does not name it yet (a candidate about to be tried).
@@ -147,7 +155,7 @@ class MigrationRun {
     e.kind = "intent";
     e.host = HostOf(step, dest);
     e.detail = absl::StrCat(step, " on ", e.host);
-    e.started_at = absl::Now();
+    e.started_at = Now();
     return e;
   }
   db::MigrationEvent Result(const std::string& step, bool ok, const std::string& detail,
@@ -159,7 +167,7 @@ class MigrationRun {
     e.outcome = ok ? "ok" : "failed";
     e.detail = detail;
     e.started_at = started;
-    e.finished_at = absl::Now();
+    e.finished_at = Now();
     e.duration_ms = absl::ToInt64Milliseconds(*e.finished_at - started);
     return e;
   }
@@ -235,7 +243,7 @@ class MigrationRun {
                      r.status().code() != absl::StatusCode::kDeadlineExceeded)) {
         return r;
       }
-      absl::SleepFor(absl::Milliseconds(250) * (i + 1));
+      Sleep(absl::Milliseconds(250) * (i + 1));
     }
     return r;
   }
@@ -255,7 +263,7 @@ class MigrationRun {
   // ---- accepted: pre-checks from the database, destination choice ---------------------------
   absl::Status Accepted() {
     TestPoint("pre_checks:before");  // tests only (common/test_hooks.h)
-    const absl::Time start = absl::Now();
+    const absl::Time start = Now();
     if (AbortRequested()) return Move(S::kCancelled, "pre_checks", false, AbortReason(), start);
     db::InstanceRecord inst;
     if (instance_ && instance_->uuid == m_.instance_uuid) {
@@ -362,7 +370,7 @@ class MigrationRun {
 
   // ---- queued ------------------------------------------------------------------------------
   absl::Status Queued() {
-    const absl::Time start = absl::Now();
+    const absl::Time start = Now();
     while (!o_->Stopping()) {
       ASSIGN_OR_RETURN(m_, o_->migrations_->GetMigration(id_));
       if (m_.status != S::kQueued || m_.owner != opt().scheduler_id) return absl::OkStatus();
@@ -378,7 +386,7 @@ class MigrationRun {
         return Move(S::kPreparing, "wait_for_slot", true, "a slot is free", start,
                     Intent("check_can_live_migrate_on_dest"));
       }
-      absl::SleepFor(opt().dispatch_interval * 2);
+      Sleep(opt().dispatch_interval * 2);
     }
     return absl::OkStatus();
   }
@@ -395,13 +403,13 @@ class MigrationRun {
     for (const std::string& cand : candidates_) {
       if (attempts++ >= opt().destination_attempts) break;
       if (cand != m_.dest_host) {
-        RETURN_IF_ERROR(Record("select_destination", true, "falling back to " + cand, absl::Now(),
+        RETURN_IF_ERROR(Record("select_destination", true, "falling back to " + cand, Now(),
                                Intent("check_can_live_migrate_on_dest", cand), cand));
       }
       ASSIGN_OR_RETURN(db::HostRecord dst_host, Host(cand));
       ASSIGN_OR_RETURN(auto dst, Agent(cand));
       // Step 4 on the destination.
-      absl::Time t = absl::Now();
+      absl::Time t = Now();
       cv1::DescribeInstanceRequest di;
       di.set_instance_uuid(m_.instance_uuid);
       auto desc = Retry<cv1::DescribeInstanceResponse>([&] { return src->DescribeInstance(di); });
@@ -433,7 +441,7 @@ class MigrationRun {
       RETURN_IF_ERROR(Record("check_can_live_migrate_on_dest", true, "destination accepts", t,
                              Intent("check_can_live_migrate_on_src")));
       // Step 5 on the source.
-      t = absl::Now();
+      t = Now();
       auto sreq = StepReq<cv1::CheckCanLiveMigrateOnSrcRequest>();
       *sreq.mutable_dest_check_data() = d->dest_check_data();
       *sreq.mutable_options() = options;
@@ -460,7 +468,7 @@ class MigrationRun {
                  s->src_check_data().block_migration() ? "block migration" : "shared storage", t,
                  Intent("pre_live_migration", cand)));
       // Step 6 on the destination.
-      t = absl::Now();
+      t = Now();
       auto pre = StepReq<cv1::PreLiveMigrationRequest>();
       *pre.mutable_migrate_data() = data_;
       *pre.mutable_options() = options;
@@ -477,8 +485,8 @@ class MigrationRun {
                   Intent("live_migration"), [](db::Transition& tr) { tr.mark_started = true; });
     }
     return Move(S::kFailed, "check_can_live_migrate_on_dest", false,
-                last_reason.empty() ? "no destination passed the agent checks" : last_reason,
-                absl::Now(), std::nullopt,
+                last_reason.empty() ? "no destination passed the agent checks" : last_reason, Now(),
+                std::nullopt,
                 Refused(last_check.empty() ? "check_can_live_migrate_on_dest" : last_check));
   }
 
@@ -486,7 +494,11 @@ class MigrationRun {
   absl::Status Running() {
     ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
     ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
-    const absl::Time started = m_.started_at.value_or(absl::Now());
+    // When the transfer started, on the injected clock: the row's start (the database's time)
+    // as long ago as it is in real time. (With the real clock: the row's start.)
+    const absl::Time started =
+        m_.started_at ? Now() - std::max(absl::ZeroDuration(), absl::Now() - *m_.started_at)
+                      : Now();
     auto lm = StepReq<cv1::LiveMigrationRequest>();
     *lm.mutable_options() = OptionsFromJson(m_.options_json);
     if (prepared_) {
@@ -578,11 +590,11 @@ class MigrationRun {
     cv1::GetMigrationProgressRequest g;
     g.set_migration_id(m_.uuid);
     g.set_instance_uuid(m_.instance_uuid);
-    absl::Time last_write = absl::InfinitePast(), last_ok = absl::Now(), last_read = absl::Now();
+    absl::Time last_write = absl::InfinitePast(), last_ok = Now(), last_read = Now();
     bool abort_sent = false, force_sent = false;
     while (!o_->Stopping()) {
       auto r = src->GetMigrationProgress(g);
-      const absl::Time now = absl::Now();
+      const absl::Time now = Now();
       if (!r.ok()) {
         if (r.status().code() == absl::StatusCode::kNotFound ||
             now - last_ok > opt().agent_silence) {
@@ -608,7 +620,7 @@ class MigrationRun {
                         started);
           }
         }
-        absl::SleepFor(opt().progress_poll);
+        Sleep(opt().progress_poll);
         continue;
       }
       last_ok = now;
@@ -664,7 +676,7 @@ class MigrationRun {
         Note("live_migration", "the scheduler's transfer deadline passed: aborting");
         src->AbortLiveMigration(StepReq<cv1::AbortLiveMigrationRequest>()).IgnoreError();
       }
-      absl::SleepFor(NextPoll(*r));
+      Sleep(NextPoll(*r));
     }
     return absl::OkStatus();
   }
@@ -692,7 +704,7 @@ class MigrationRun {
     e.actor = opt().scheduler_id;
     e.detail = detail;
     e.host = HostOf(step);
-    e.started_at = absl::Now();
+    e.started_at = Now();
     o_->migrations_->AppendEvent(e).IgnoreError();
   }
 
@@ -719,10 +731,10 @@ class MigrationRun {
   absl::Status PostMigrating() {
     ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
     ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
-    const absl::Time deadline = absl::Now() + opt().roll_forward_for;
+    const absl::Time deadline = Now() + opt().roll_forward_for;
     absl::Duration backoff = absl::Milliseconds(500);
     bool src_done = m_.step == "post_live_migration_at_destination";
-    absl::Time t = absl::Now();
+    absl::Time t = Now();
     std::string last;
     while (!o_->Stopping()) {
       if (!src_done) {
@@ -733,7 +745,7 @@ class MigrationRun {
           src_done = true;
           RETURN_IF_ERROR(Record("post_live_migration", true, "source cleaned up", t,
                                  Intent("post_live_migration_at_destination")));
-          t = absl::Now();
+          t = Now();
         } else {
           last = std::string(p.status().message());
         }
@@ -749,14 +761,14 @@ class MigrationRun {
         }
         last = std::string(at.status().message());
       }
-      if (absl::Now() > deadline) {
+      if (Now() > deadline) {
         return Move(S::kError,
                     src_done ? "post_live_migration_at_destination" : "post_live_migration", false,
                     "roll-forward could not finish: " + last, t);
       }
       Note(src_done ? "post_live_migration_at_destination" : "post_live_migration",
            "post step failed, rolling forward (retrying): " + last);
-      absl::SleepFor(backoff);
+      Sleep(backoff);
       backoff = std::min(backoff * 2, absl::Seconds(10));
     }
     return absl::OkStatus();
@@ -766,11 +778,11 @@ class MigrationRun {
   absl::Status RollBack(S final_status, const std::string& reason) {
     // The step in progress failed (or was aborted): its result, then the rollback's intents.
     const std::string failed = m_.step.empty() ? "pre_checks" : m_.step;
-    RETURN_IF_ERROR(Record(failed, false, reason, absl::Now(),
+    RETURN_IF_ERROR(Record(failed, false, reason, Now(),
                            m_.dest_host.empty()
                                ? Intent("rollback_live_migration")
                                : Intent("rollback_live_migration_at_destination")));
-    absl::Time t = absl::Now();
+    absl::Time t = Now();
     if (!m_.dest_host.empty()) {
       ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
       // Once a transfer may have started, the destination may hold a half-received domain. On
@@ -827,7 +839,7 @@ class MigrationRun {
       }
       RETURN_IF_ERROR(Record("rollback_live_migration_at_destination", true,
                              "destination cleaned up", t, Intent("rollback_live_migration")));
-      t = absl::Now();
+      t = Now();
     }
     ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
     auto req = StepReq<cv1::RollbackLiveMigrationRequest>();
@@ -901,7 +913,7 @@ class MigrationRun {
     if (!src.ok() || !dst.ok()) return;
     auto truth = Ask(src->get(), dst->get());
     if (!truth.ok()) return;
-    const absl::Time t = absl::Now();
+    const absl::Time t = Now();
     if (truth->dst_running && !truth->src_present) {
       Move(S::kPostMigrating, "reconcile", true, "the domain runs on the destination only", t,
            Intent("post_live_migration"))
@@ -965,6 +977,10 @@ void Orchestrator::Start() {
 
 void Orchestrator::Stop() {
   if (!stop_.HasBeenNotified()) stop_.Notify();
+  {
+    absl::MutexLock l(&sleep_mu_);
+    stopping_ = true;  // ends the state machines' waits
+  }
   Kick();
   if (dispatcher_.joinable()) dispatcher_.join();
   if (renewer_.joinable()) renewer_.join();
@@ -972,6 +988,11 @@ void Orchestrator::Stop() {
   absl::MutexLock l(&mu_);
   auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return running_.empty(); };
   mu_.Await(absl::Condition(&idle));
+}
+
+void Orchestrator::SleepUnlessStopping(absl::Duration d) {
+  absl::MutexLock l(&sleep_mu_);
+  options_.clock->AwaitWithTimeout(&sleep_mu_, absl::Condition(&stopping_), d);
 }
 
 void Orchestrator::Kick() {
@@ -1027,7 +1048,7 @@ void Orchestrator::RunMigration(int64_t id, std::optional<db::MigrationRecord> c
 }
 
 void Orchestrator::DispatchLoop() {
-  std::map<int64_t, absl::Time> error_attempts;
+  std::map<int64_t, absl::Time> error_attempts;  // on the injected clock
   while (!Stopping()) {
     {
       absl::MutexLock l(&mu_);
@@ -1055,8 +1076,9 @@ void Orchestrator::DispatchLoop() {
       if (m.owner != options_.scheduler_id) continue;
       if (m.status == MigrationStatus::kError) {
         auto& last = error_attempts[m.id];
-        if (absl::Now() - last < absl::Seconds(30)) continue;
-        last = absl::Now();
+        const absl::Time now = options_.clock->Now();
+        if (now - last < absl::Seconds(30)) continue;  // a migration in error: every 30 s
+        last = now;
       }
       absl::MutexLock l(&mu_);
       if (running_.count(m.id)) continue;

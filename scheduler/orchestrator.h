@@ -26,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/clock.h"
 #include "db/stores.h"
 #include "proto/scheduler.pb.h"
 #include "scheduler/agent_client.h"
@@ -63,6 +64,12 @@ struct OrchestratorOptions {
   // this long, so that a scrape of /metrics, a pure read, reads only the recent rows. Zero: no
   // fold (a scrape still counts right, reading more rows).
   absl::Duration metrics_fold_interval = absl::Minutes(1);
+  // The clock of the local timers: the state machines' retry waits and polls, roll_forward_for,
+  // agent_silence, transfer_deadline, the retry of migrations in error, and their events' times.
+  // Not the lease renewal and the dispatcher's poll (the lease expires on the database's clock,
+  // shared by the replicas), nor the dry run's deadline (handed to gRPC): real time.
+  // docs/DESIGN.md § Clocks.
+  Clock* clock = Clock::Real();
 };
 
 class Orchestrator {
@@ -136,6 +143,8 @@ class Orchestrator {
   // The state machine; returns when the migration is terminal or no longer ours.
   void Drive(int64_t id);
   bool Stopping() const { return stop_.HasBeenNotified(); }
+  // A state machine's wait: `d` on the injected clock, cut short by Stop().
+  void SleepUnlessStopping(absl::Duration d);
   // CheckMigration once admitted by the cap.
   absl::StatusOr<sv1::CheckMigrationResponse> DryRun(const sv1::CheckMigrationRequest& r,
                                                      db::HostStore* hosts,
@@ -149,6 +158,8 @@ class Orchestrator {
   AgentClientFactory* agents_;
 
   absl::Notification stop_;
+  absl::Mutex sleep_mu_;
+  bool stopping_ ABSL_GUARDED_BY(sleep_mu_) = false;
   absl::Mutex mu_;
   absl::CondVar kick_;
   bool kicked_ ABSL_GUARDED_BY(mu_) = false;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/clock.h"
 #include "compute/agent_core.h"
 #include "db/pg_stores.h"
 #include "db/schema.h"
@@ -717,6 +718,61 @@ TEST_CASE("scheduler: a failure at each post step rolls forward to the destinati
     CHECK(c.Where() == Loc{{"fake-b", "running"}});
     CHECK(c.DbHost() == "fake-b");
   }
+}
+
+// The orchestrator's timers run on its injected clock (OrchestratorOptions::clock): the
+// roll-forward window (10 minutes) is tested here in a few seconds, on the minute.
+TEST_CASE("scheduler: the roll-forward window ends on the injected clock, not a minute before") {
+  FakeClock clock;
+  OrchestratorOptions o;
+  o.clock = &clock;
+  REQUIRE(o.roll_forward_for == absl::Minutes(10));
+  Cloud c(o);
+  REQUIRE(c.drivers["fake-a"]
+              ->hypervisor()
+              .SetFailure("fake-a", "post_live_migration", "stuck", 1000000)
+              .ok());
+  const absl::Time real_start = absl::Now();
+  auto r = c.Migrate(kUuid);
+  REQUIRE(r.ok());
+  const std::string id = r->migration().id();
+  sv1::Migration last;
+  // The post step's failed attempts ("rolling forward (retrying)") and the window's end.
+  auto count = [&](const char* what) {
+    auto m = c.api->GetMigration(id);
+    if (!m.ok()) return -1;
+    last = *m;
+    int n = 0;
+    for (const auto& e : m->events()) n += absl::StrContains(e.detail(), what);
+    return n;
+  };
+  constexpr char kRetrying[] = "post step failed, rolling forward (retrying)";
+  constexpr char kGaveUp[] = "roll-forward could not finish";
+  // Up to the first failed post attempt, the clock moves on by each wait the state machine
+  // makes (its progress polls), as time would.
+  REQUIRE(livemig::testing::WaitFor(
+      [&] {
+        if (clock.Waiters() > 0) clock.Advance(absl::Milliseconds(20));
+        return count(kRetrying) >= 1;
+      },
+      absl::Seconds(30)));
+  INFO(last.DebugString());
+  // It now waits out its backoff on the clock. 9 minutes on: retried, still rolling forward.
+  REQUIRE(clock.AwaitWaiters(1, absl::Seconds(10)));
+  const int before = count(kRetrying);
+  clock.Advance(absl::Minutes(9));
+  REQUIRE(livemig::testing::WaitFor([&] { return count(kRetrying) > before; }, absl::Seconds(10)));
+  REQUIRE(clock.AwaitWaiters(1, absl::Seconds(10)));
+  CHECK(count(kGaveUp) == 0);
+  CHECK(last.status() == v1::MIGRATION_STATUS_POST_MIGRATING);
+  // One minute and a second more: the window has passed; the next attempt gives up (error).
+  clock.Advance(absl::Minutes(1) + absl::Seconds(1));
+  CHECK(livemig::testing::WaitFor([&] { return count(kGaveUp) == 1; }, absl::Seconds(10)));
+  for (const auto& e : last.events()) {
+    if (absl::StrContains(e.detail(), kGaveUp)) CHECK(absl::StrContains(e.detail(), "stuck"));
+  }
+  // Ten minutes of the window took seconds of real time.
+  CHECK(absl::Now() - real_start < absl::Seconds(60));
 }
 
 TEST_CASE("scheduler: abort while running cancels and leaves the VM on the source") {
