@@ -501,18 +501,32 @@ absl::Status ParsePage(const QueryParams& q, size_t max_marker, uint32_t* page_s
   *page_token = marker;
   return absl::OkStatus();
 }
+
+// A list request's page (page_size, page_token), `max_marker` bytes of marker at most.
+template <class Request>
+absl::Status ParsePageOf(const QueryParams& q, size_t max_marker, Request* r) {
+  uint32_t size = 0;
+  LIVEMIG_RETURN(ParsePage(q, max_marker, &size, r->mutable_page_token()));
+  if (size > 0) r->set_page_size(size);
+  return absl::OkStatus();
+}
+
+// A list request's optional ?host= filter.
+template <class Request>
+absl::Status ParseHostOf(const QueryParams& q, Request* r) {
+  std::string host;
+  LIVEMIG_ASSIGN(host, Param(q, "host"));
+  LIVEMIG_RETURN(CheckOptionalHostname("query parameter 'host':", host));
+  r->set_host(host);
+  return absl::OkStatus();
+}
 }  // namespace
 
 absl::StatusOr<sv1::ListInstancesRequest> ParseListInstances(const QueryParams& q) {
   sv1::ListInstancesRequest r;
-  std::string host;
-  LIVEMIG_ASSIGN(host, Param(q, "host"));
-  LIVEMIG_RETURN(CheckOptionalHostname("query parameter 'host':", host));
-  r.set_host(host);
-  uint32_t size = 0;
+  LIVEMIG_RETURN(ParseHostOf(q, &r));
   // Instance page tokens carry the last name (base64): longer than the other markers.
-  LIVEMIG_RETURN(ParsePage(q, 8192, &size, r.mutable_page_token()));
-  if (size > 0) r.set_page_size(size);
+  LIVEMIG_RETURN(ParsePageOf(q, 8192, &r));
   return r;
 }
 
@@ -526,21 +540,14 @@ absl::StatusOr<sv1::ListEvacuationsRequest> ParseListEvacuations(const QueryPara
     }
     r.add_statuses(static_cast<sv1::EvacuationStatus>(v->number()));
   }
-  std::string host;
-  LIVEMIG_ASSIGN(host, Param(q, "host"));
-  LIVEMIG_RETURN(CheckOptionalHostname("query parameter 'host':", host));
-  r.set_host(host);
-  uint32_t size = 0;
-  LIVEMIG_RETURN(ParsePage(q, 1024, &size, r.mutable_page_token()));
-  if (size > 0) r.set_page_size(size);
+  LIVEMIG_RETURN(ParseHostOf(q, &r));
+  LIVEMIG_RETURN(ParsePageOf(q, 1024, &r));
   return r;
 }
 
 absl::StatusOr<sv1::ListHostsRequest> ParseListHosts(const QueryParams& q) {
   sv1::ListHostsRequest r;
-  uint32_t size = 0;
-  LIVEMIG_RETURN(ParsePage(q, 1024, &size, r.mutable_page_token()));
-  if (size > 0) r.set_page_size(size);
+  LIVEMIG_RETURN(ParsePageOf(q, 1024, &r));
   return r;
 }
 

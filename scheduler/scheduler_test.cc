@@ -24,6 +24,7 @@
 #include "testing/pg_server.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
+#include "testing/sample_disks.h"
 
 namespace livemig::sched {
 namespace {
@@ -1076,33 +1077,7 @@ TEST_CASE("scheduler: a dry run asks the agents of as many candidates as a migra
   CHECK(probe.LongestBudget() > absl::ZeroDuration());
 }
 
-// The disks a libvirt host reports for a guest on an iSCSI LUN and a DRBD volume (the FakeDriver
-// reports none).
-google::protobuf::RepeatedPtrField<v1::DomainDisk> SharedVolumeDisks() {
-  google::protobuf::RepeatedPtrField<v1::DomainDisk> disks;
-  v1::DomainDisk* a = disks.Add();
-  a->set_target_dev("xvda");
-  a->set_type("block");
-  a->set_kind(v1::DISK_KIND_ISCSI);
-  a->set_source("/dev/disk/by-path/ip-10.0.2.101:3260-iscsi-iqn.2026-12.net.example:db1-lun-1");
-  a->set_iscsi_target("iqn.2026-12.net.example:db1");
-  a->set_iscsi_lun(1);
-  a->set_iscsi_portal("10.0.2.101:3260");
-  a->set_device_id("naa.60000000000000000e00000000010001");
-  a->set_volume("data1");
-  a->set_shared(true);
-  a->set_capacity_mib(20480);
-  v1::DomainDisk* b = disks.Add();
-  b->set_target_dev("xvdb");
-  b->set_type("block");
-  b->set_kind(v1::DISK_KIND_DRBD);
-  b->set_source("/dev/drbd0");
-  b->set_drbd_resource("r0");
-  b->set_device_id("drbd:r0/0");
-  b->set_volume("r0");
-  b->set_shared(true);
-  return disks;
-}
+using livemig::testing::SharedVolumeDisks;
 
 // Agents whose DescribeInstance answers carry SharedVolumeDisks(), as a libvirt source's would.
 class DiskAgents : public AgentClientFactory {
