@@ -145,7 +145,8 @@ absl::Status ValidateOptions(const Options& o) {
   };
   for (auto s :
        {positive("--http-max-connections", o.max_connections),
-        positive("--http-max-per-client", o.max_per_client), positive("--http-threads", o.threads),
+        positive("--http-max-per-client", o.max_per_client),
+        positive("--http-max-handshakes", o.max_handshakes), positive("--http-threads", o.threads),
         positive("--http-max-line", static_cast<int64_t>(o.max_line)),
         positive("--http-max-headers", static_cast<int64_t>(o.max_headers)),
         positive("--http-max-body", static_cast<int64_t>(o.max_body)),
@@ -187,12 +188,24 @@ class Server::Impl {
 
   enum class Admission { kOk, kClientBusy, kBusy };
 
-  Admission Admit(const std::string& client) {
+  // At accept. A TLS connection counts against the total caps only once its handshake is done
+  // (AdmitHandshaken): until then against max_handshakes, so that a burst of new connections is
+  // not refused for the time their handshakes take.
+  Admission Admit(const std::string& client, bool tls) {
     std::lock_guard<std::mutex> l(mu_);
     int& per = per_client_[client];
     if (per >= o_.max_per_client) {
       if (per == 0) per_client_.erase(client);
       return Admission::kClientBusy;
+    }
+    if (tls) {
+      if (handshaking_ >= o_.max_handshakes) {
+        if (per == 0) per_client_.erase(client);
+        return Admission::kBusy;
+      }
+      ++per;
+      ++handshaking_;
+      return Admission::kOk;
     }
     if (connections_ >= o_.max_connections + o_.max_waiting) {
       if (per == 0) per_client_.erase(client);
@@ -203,9 +216,20 @@ class Server::Impl {
     return Admission::kOk;
   }
 
-  void Leave(const std::string& client) {
+  // After a TLS handshake: false when the total caps are full (the caller answers 503).
+  bool AdmitHandshaken() {
     std::lock_guard<std::mutex> l(mu_);
-    --connections_;
+    --handshaking_;
+    if (connections_ >= o_.max_connections + o_.max_waiting) return false;
+    ++connections_;
+    return true;
+  }
+
+  // stage: 0 handshaking, 1 admitted, 2 refused after its handshake (per-client count only).
+  void Leave(const std::string& client, int stage) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stage == 0) --handshaking_;
+    if (stage == 1) --connections_;
     auto it = per_client_.find(client);
     if (it != per_client_.end() && --it->second <= 0) per_client_.erase(it);
   }
@@ -318,6 +342,7 @@ class Server::Impl {
   static constexpr int kMaxRefusing = 64;
   std::mutex mu_;
   int connections_ = 0;
+  int handshaking_ = 0;
   int slots_ = 0;
   int refusing_ = 0;
   std::map<std::string, int> per_client_;
@@ -411,6 +436,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
         buffer_(impl->o_.max_headers + 8192),
         client_(std::move(client)),
         refuse_status_(refuse_status),
+        stage_(StreamTraits<Stream>::kTls ? 0 : 1),
         deadline_(stream_.get_executor()) {}
 
   ~Session() {
@@ -419,7 +445,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (refuse_status_ != 0) {
       impl_->EndRefusal();
     } else {
-      impl_->Leave(client_);
+      impl_->Leave(client_, stage_);
     }
   }
 
@@ -475,6 +501,18 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       res.status = refuse_status_;
       Refuse(none, res, absl::UnavailableError(Busy()));
       return;
+    }
+    if (stage_ == 0) {
+      if (!impl_->AdmitHandshaken()) {
+        stage_ = 2;
+        impl_->refused_busy_++;
+        Request none;
+        Response res;
+        res.status = 503;
+        Refuse(none, res, absl::UnavailableError(Busy()));
+        return;
+      }
+      stage_ = 1;
     }
     ReadHeader();
   }
@@ -789,8 +827,14 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // destroy the response before the client reads it.
   void Close() {
     if constexpr (StreamTraits<Stream>::kTls) {
+      // close_notify; OpenSSL then fails the wait for the client's close_notify at the first
+      // application data still arriving (a refused request's rest), so linger as below after it.
       Lowest().expires_after(std::chrono::seconds(1));
-      stream_.async_shutdown([self = this->shared_from_this()](beast::error_code) {});
+      stream_.async_shutdown([self = this->shared_from_this()](beast::error_code) {
+        beast::error_code ignored;
+        self->Lowest().socket().shutdown(tcp::socket::shutdown_send, ignored);
+        self->Drain(0);
+      });
     } else {
       beast::error_code ignored;
       Lowest().socket().shutdown(tcp::socket::shutdown_send, ignored);
@@ -818,6 +862,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   beast::flat_buffer buffer_;
   const std::string client_;
   const int refuse_status_;
+  int stage_;  // see Impl::Leave
   std::optional<bhttp::request_parser<bhttp::empty_body>> header_;
   std::optional<bhttp::request_parser<bhttp::string_body>> body_;
   std::optional<net::steady_timer> timer_;
@@ -849,9 +894,10 @@ void Server::Impl::Accept() {
     if (ec == net::error::operation_aborted || !acceptor_->is_open()) return;
     if (!ec) {
       beast::error_code ignored;
+      socket.set_option(tcp::no_delay(true), ignored);
       const auto remote = socket.remote_endpoint(ignored);
       const std::string client = ignored ? "?" : remote.address().to_string();
-      const Admission a = Admit(client);
+      const Admission a = Admit(client, ssl_ != nullptr);
       int refuse = 0;
       if (a != Admission::kOk) {
         refused_busy_++;

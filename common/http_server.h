@@ -13,6 +13,10 @@
 //   in total         <= max_connections connections hold a slot (may read a body and run a
 //                    handler); up to max_waiting more have their headers read and wait in a queue
 //                    for a slot (queue_timeout, then 503 + Retry-After); beyond both: 503 at once
+//   TLS handshakes   <= max_handshakes at once, within header_timeout; a TLS connection counts
+//                    against the caps above once its handshake is done (then 503 at once if they
+//                    are full), so a burst of new connections is not refused for the time their
+//                    handshakes take; beyond max_handshakes: refused at accept
 //   threads          `threads` I/O threads run the handlers; nothing grows with the clients
 //
 // Routes declare a gate that runs on the headers alone: a request the gate refuses (no token, a
@@ -20,8 +24,10 @@
 // check) are answered without a slot, so they stay answerable while the caps are reached.
 //
 // Memory bound: (max_connections + max_waiting) x (max_headers + 8 KiB) for headers, plus
-// max_connections x max_body for bodies, plus the responses being written: with the defaults
-// 768 x 40 KiB + 256 x 1 MiB ~ 286 MiB at the worst, whatever the clients send.
+// max_connections x max_body for bodies, plus max_handshakes x a TLS handshake's state (OpenSSL's
+// SSL object and record buffers, about 40 KiB; a session's header buffer is allocated only as it
+// reads), plus the responses being written: with the defaults 768 x 40 KiB + 256 x 1 MiB + 1024 x
+// 40 KiB ~ 326 MiB at the worst, whatever the clients send.
 #ifndef LIVEMIG_COMMON_HTTP_SERVER_H_
 #define LIVEMIG_COMMON_HTTP_SERVER_H_
 
@@ -82,6 +88,7 @@ struct Options {
   int max_connections = 256;
   int max_waiting = 512;
   int max_per_client = 64;
+  int max_handshakes = 1024;  // TLS handshakes in progress at once (see the file comment)
   absl::Duration queue_timeout = absl::Seconds(2);
   size_t max_line = 8 * 1024;
   size_t max_headers = 32 * 1024;

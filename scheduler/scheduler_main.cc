@@ -115,6 +115,11 @@ int main(int argc, char** argv) {
                  "connections per client address; beyond: 503")
       ->capture_default_str()
       ->group(hg);
+  app.add_option("--http-max-handshakes", http_o.max_handshakes,
+                 "TLS handshakes in progress at once (a connection counts against "
+                 "--http-max-connections once its handshake is done); beyond: refused at accept")
+      ->capture_default_str()
+      ->group(hg);
   app.add_option("--http-max-line", http_o.max_line,
                  "bytes in the request line (414) and in each header line (431)")
       ->capture_default_str()
