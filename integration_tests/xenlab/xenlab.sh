@@ -31,7 +31,9 @@
 #   xenlab.sh env DIR                      the lab's variables (ports, names, addresses)
 #
 # Environment: LAB_OWNER_PID (the process that owns the lab; default: the caller's parent),
-# XENLAB_READY_TIMEOUT (s, default 420), XENLAB_MEM (MiB per host, default 1536).
+# XENLAB_READY_TIMEOUT (s, default 420), XENLAB_MEM (MiB per host, default 1536), XENLAB_NICE (the
+# emulated hosts' niceness, default 5: a lab started by hand yields to the rest of the machine;
+# the test command's Xen stage sets 0, as its tests are the longest path of the run).
 # Traffic: only 127.0.0.1 of this machine (forwarded ports, the hosts' link socket) and the
 # link between the two QEMUs, which exists only inside them.
 set -uo pipefail
@@ -213,7 +215,7 @@ start_qemu() { # start_qemu DIR a|b CPU [noshadow]
   local name; name=$(host_name "$h")
   qemu-img create -q -f qcow2 -F qcow2 -b "$IMAGE/base.qcow2" "$dir/run/host-$h.qcow2" || return 1
   now >"$dir/run/start-$h.time"
-  nice -n 5 qemu-system-x86_64 -machine pc -accel tcg -cpu "$cpu" -smp 1 -m "${XENLAB_MEM:-1536}" \
+  nice -n "${XENLAB_NICE:-5}" qemu-system-x86_64 -machine pc -accel tcg -cpu "$cpu" -smp 1 -m "${XENLAB_MEM:-1536}" \
     -name "livemig-xenlab-$h,process=livemig-xenlab" -display none -no-reboot \
     -serial file:"$dir/run/serial-$h.log" \
     -kernel "$xen" \
