@@ -2079,6 +2079,8 @@ TEST_CASE("host pages and destination candidates are chosen in the database") {
   REQUIRE(db.stores->migrations().CreateMigration(m).ok());
   DestinationQuery q;
   q.source = "host-00";
+  q.only_enabled = true;
+  q.only_up = true;
   q.hypervisor_type = "Xen";
   q.min_hypervisor_version = 4017000;
   q.cpu_arch = "x86_64";

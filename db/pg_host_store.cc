@@ -290,20 +290,24 @@ absl::StatusOr<std::vector<HostRecord>> PgHostStore::ListDestinationCandidates(
             HostSelectFew(absl::StrCat(
                 "(SELECT hosts.* FROM (SELECT t.hostname FROM (SELECT hh.hostname, "
                 "hh.memory_free_mib - hh.memory_reserved_mib AS raw FROM hosts hh WHERE "
-                "hh.hostname <> $2 AND hh.enabled AND hh.last_report_at > now() - "
-                "make_interval(secs => $1) AND hh.hypervisor_type = $3 AND "
-                "hh.hypervisor_version >= $4 AND hh.cpu_arch = $5 AND hh.memory_free_mib - "
-                "hh.memory_reserved_mib >= $6 ORDER BY hh.memory_free_mib - "
+                "hh.hostname <> $2 AND (NOT $9::boolean OR hh.enabled) AND (NOT $10::boolean "
+                "OR hh.last_report_at > now() - make_interval(secs => $1)) AND ($3::text IS "
+                "NULL OR hh.hypervisor_type = $3) AND ($4::bigint IS NULL OR "
+                "hh.hypervisor_version >= $4) AND ($5::text IS NULL OR hh.cpu_arch = $5) AND "
+                "($6::bigint IS NULL OR hh.memory_free_mib - hh.memory_reserved_mib >= $6) "
+                "ORDER BY hh.memory_free_mib - "
                 "hh.memory_reserved_mib DESC, hh.hostname LIMIT $7::bigint + $8::bigint) t "
                 "LEFT JOIN ",
                 busy,
-                " b ON b.host = t.hostname WHERE t.raw - COALESCE(b.claimed, 0) >= $6 ORDER BY "
+                " b ON b.host = t.hostname WHERE ($6::bigint IS NULL OR t.raw - "
+                "COALESCE(b.claimed, 0) >= "
+                "$6) ORDER BY "
                 "t.raw - COALESCE(b.claimed, 0) DESC, COALESCE(b.n, 0), t.hostname LIMIT $7) "
                 "top JOIN hosts ON hosts.hostname = top.hostname)")) +
                 "ORDER BY h.memory_free_mib - h.memory_reserved_mib - COALESCE(c.claimed, 0) "
                 "DESC, c.mig_in + o.mig_out, h.hostname",
             Secs(service_down_time), q.source, q.hypervisor_type, q.min_hypervisor_version,
-            q.cpu_arch, q.memory_mib, limit, k);
+            q.cpu_arch, q.memory_mib, limit, k, q.only_enabled, q.only_up);
         std::vector<HostRecord> out;
         out.reserve(r.size());
         for (const auto& row : r) out.push_back(HostFromRow(row));

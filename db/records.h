@@ -83,15 +83,19 @@ struct HostPage {
 };
 
 // The hosts that could take an instance (HostStore::ListDestinationCandidates): every host but
-// `source` that is enabled, up, runs `hypervisor_type` at `min_hypervisor_version` or later on
-// `cpu_arch`, and has `memory_mib` available after its dom0 reserve and inbound claims. Ordered
-// as RankDestinations ranks (most memory available, then fewest migrations in flight, then name).
+// `source` that passes each narrowing set (unset: not narrowed): enabled, up, runs
+// `hypervisor_type` at `min_hypervisor_version` or later on `cpu_arch`, and has `memory_mib`
+// available after its dom0 reserve and inbound claims. The scheduler fills it from its checks
+// (scheduler/checks_registry.h, NarrowQuery). Ordered as RankDestinations ranks (most memory
+// available, then fewest migrations in flight, then name).
 struct DestinationQuery {
   std::string source;
-  std::string hypervisor_type;
-  int64_t min_hypervisor_version = 0;
-  std::string cpu_arch;
-  int64_t memory_mib = 0;
+  bool only_enabled = false;
+  bool only_up = false;  // reported within service_down_time
+  std::optional<std::string> hypervisor_type;
+  std::optional<int64_t> min_hypervisor_version;
+  std::optional<std::string> cpu_arch;
+  std::optional<int64_t> memory_mib;
   int limit = 32;
 };
 

@@ -17,6 +17,7 @@
 #include "db/pg_stores.h"
 #include "google/protobuf/util/json_util.h"
 #include "scheduler/api_names.h"
+#include "scheduler/checks_registry.h"
 #include "scheduler/convert.h"
 #include "scheduler/prechecks.h"
 
@@ -149,47 +150,30 @@ absl::StatusOr<sv1::LiveMigrateResponse> ApiCore::LiveMigrateFor(
     return again;
   };
   ASSIGN_OR_RETURN(db::InstanceRecord inst, instances_->GetInstance(r.instance_uuid()));
-  if (inst.missing) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("instance ", inst.uuid, " is missing: its host ", inst.host,
-                     " no longer reports it; check the host before migrating"));
-  }
-  if (inst.task_state) {
-    if (auto again = same_request()) return *again;
-    return absl::AbortedError(absl::StrCat(
-        "instance ", inst.uuid, " is already migrating",
-        inst.active_migration_id ? absl::StrCat(" (migration ", *inst.active_migration_id, ")")
-                                 : "",
-        ": wait for it to finish or abort it"));
-  }
-  if (inst.power_state != "running" && inst.power_state != "paused" &&
-      inst.power_state != "blocked") {
-    return absl::FailedPreconditionError(
-        absl::StrCat("instance ", inst.name.empty() ? inst.uuid : inst.name, " is ",
-                     inst.power_state, ": only a running or paused instance can be live-migrated"));
+  // The registry's request checks (checks_registry.h, docs/DESIGN.md § Guards): the instance's;
+  // an option the source's hypervisor cannot honour (libxl: bandwidth, max downtime, post-copy,
+  // ...) is refused now, with the reason, rather than accepted and failed by the pre-checks; a
+  // named destination's.
+  CheckContext ctx{inst, nullptr, nullptr, r.options()};
+  if (Refusal no = RefuseRequest(CheckSubject::kInstance, ctx); !no.status.ok()) {
+    if (no.instance_busy) {
+      if (auto again = same_request()) return *again;
+    }
+    return no.status;
   }
   const absl::Duration down = orchestrator_->options().service_down_time;
-  // An option the source's hypervisor cannot honour (libxl: bandwidth, max downtime, post-copy,
-  // ...) is refused now, with the reason, rather than accepted and failed by the pre-checks.
-  if (auto src = hosts_->GetHost(inst.host, down); src.ok()) {
-    if (absl::Status s = HostSupportsOptions(*src, r.options()); !s.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(s.message(), " (nothing was started)"));
-    }
-  }
+  absl::StatusOr<db::HostRecord> src = hosts_->GetHost(inst.host, down);
+  if (src.ok()) ctx.src = &*src;
+  if (Refusal no = RefuseRequest(CheckSubject::kSource, ctx); !no.status.ok()) return no.status;
   if (!r.destination().empty()) {
     if (r.destination() == inst.host) {
       return absl::InvalidArgumentError(absl::StrCat(
           "destination ", r.destination(), " is the instance's current host: choose another"));
     }
     ASSIGN_OR_RETURN(db::HostRecord dst, hosts_->GetHost(r.destination(), down));
-    if (!dst.enabled) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "destination ", r.destination(), " is disabled", dst.disabled_reason.empty() ? "" : ": ",
-          dst.disabled_reason, " (enable it with host-enable, or choose another)"));
-    }
-    if (!dst.up) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(HostDownReason("destination", dst), " (nothing was started)"));
+    ctx.dst = &dst;
+    if (Refusal no = RefuseRequest(CheckSubject::kDestination, ctx); !no.status.ok()) {
+      return no.status;
     }
   }
   db::NewMigration nm;

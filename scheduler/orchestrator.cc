@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "common/status_map.h"
 #include "common/test_hooks.h"
+#include "scheduler/checks_registry.h"
 #include "scheduler/convert.h"
 #include "scheduler/prechecks.h"
 
@@ -1188,28 +1189,11 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::DryRun(
   sv1::CheckMigrationResponse resp;
   resp.set_instance_uuid(inst.uuid);
   resp.set_source_host(inst.host);
-  auto instance_check = [&](const std::string& name, bool ok, const std::string& reason) {
-    v1::CheckResult* c = resp.add_instance_checks();
-    c->set_host(inst.host);
-    c->set_name(name);
-    c->set_passed(ok);
-    c->set_reason(reason);
-  };
-  const bool runs = inst.power_state == "running" || inst.power_state == "paused" ||
-                    inst.power_state == "blocked";
-  instance_check("instance_state", runs && !inst.missing,
-                 inst.missing ? absl::StrCat("instance ", inst.uuid, " is missing on ", inst.host)
-                              : absl::StrCat("instance is ", inst.power_state,
-                                             runs ? ""
-                                                  : ": only a running or paused instance "
-                                                    "can be live-migrated"));
-  instance_check("instance_not_migrating", !inst.task_state.has_value(),
-                 inst.task_state ? absl::StrCat("instance is already migrating",
-                                                inst.active_migration_id
-                                                    ? absl::StrCat(" (migration ",
-                                                                   *inst.active_migration_id, ")")
-                                                    : "")
-                                 : "no migration holds the instance");
+  // The registry's instance checks (checks_registry.h), then the source's pre-checks.
+  for (auto& c : RunChecks(kDryRun, CheckSubject::kInstance,
+                           CheckContext{inst, &src, nullptr, req.options()})) {
+    *resp.add_instance_checks() = std::move(c);
+  }
   for (auto& c : CheckSource(inst, src, req.options())) *resp.add_instance_checks() = c;
   std::vector<sv1::HostCheck> checks;
   if (!req.destination().empty()) {

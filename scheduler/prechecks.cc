@@ -9,23 +9,13 @@
 #include "absl/synchronization/mutex.h"
 #include "driver/checks.h"
 #include "google/protobuf/util/json_util.h"
+#include "scheduler/checks_registry.h"
 
 namespace livemig::sched {
-namespace {
-
-v1::CheckResult Result(const std::string& host, const std::string& name, bool ok,
-                       const std::string& reason) {
-  v1::CheckResult c;
-  c.set_host(host);
-  c.set_name(name);
-  c.set_passed(ok);
-  c.set_reason(reason);
-  return c;
-}
 
 // Parsing a host's capabilities JSON costs about 20 us; hosts share a few distinct texts, so
 // each text is parsed once per process (bounded: cleared when it grows past kMaxCached).
-v1::BackendCapabilities Caps(const db::HostRecord& h) {
+v1::BackendCapabilities HostCapabilities(const db::HostRecord& h) {
   static constexpr size_t kMaxCached = 1024;
   static absl::Mutex mu(absl::kConstInit);
   static auto* cache = new std::unordered_map<std::string, v1::BackendCapabilities>();
@@ -45,6 +35,8 @@ v1::BackendCapabilities Caps(const db::HostRecord& h) {
   return c;
 }
 
+namespace {
+
 std::string Hypervisor(const db::HostRecord& h, const v1::BackendCapabilities& caps) {
   const std::string& profile = caps.profile();
   return absl::StrCat(
@@ -55,7 +47,7 @@ std::string Hypervisor(const db::HostRecord& h, const v1::BackendCapabilities& c
 }  // namespace
 
 absl::Status HostSupportsOptions(const db::HostRecord& h, const v1::MigrationOptions& options) {
-  const v1::BackendCapabilities caps = Caps(h);
+  const v1::BackendCapabilities caps = HostCapabilities(h);
   return driver::CheckOptionsSupported(options, caps, Hypervisor(h, caps));
 }
 
@@ -94,96 +86,23 @@ std::string HostDownReason(const std::string& role, const db::HostRecord& h, abs
 
 std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const db::HostRecord& src,
                                          const v1::MigrationOptions& options) {
-  std::vector<v1::CheckResult> out;
-  const std::string& h = src.report.hostname;
-  out.push_back(Result(
-      h, "source_up", src.up,
-      src.up ? absl::StrCat("source ", h, " reports in time") : HostDownReason("source", src)));
-  absl::Status s = HostSupportsOptions(src, options);
-  out.push_back(
-      Result(h, "source_options", s.ok(),
-             s.ok() ? "the source supports every requested option" : std::string(s.message())));
-  (void)inst;
-  return out;
+  return RunChecks(kSourcePrecheck, CheckSubject::kSource,
+                   CheckContext{inst, &src, nullptr, options});
 }
 
 sv1::HostCheck CheckDestination(const db::InstanceRecord& inst, const db::HostRecord& src,
                                 const db::HostRecord& dst, const v1::MigrationOptions& options) {
   sv1::HostCheck hc;
-  const std::string& h = dst.report.hostname;
-  hc.set_host(h);
-  auto add = [&](const std::string& name, bool ok, const std::string& reason) {
-    *hc.add_checks() = Result(h, name, ok, reason);
-  };
-  add("dest_up", dst.up,
-      dst.up ? absl::StrCat("destination ", h, " reports in time")
-             : HostDownReason("destination", dst));
-  add("dest_enabled", dst.enabled,
-      dst.enabled ? absl::StrCat("destination ", h, " is enabled")
-                  : absl::StrCat("destination ", h, " is disabled",
-                                 dst.disabled_reason.empty() ? "" : ": ", dst.disabled_reason));
-  const bool same_type = src.report.hypervisor_type == dst.report.hypervisor_type;
-  add("hypervisor_type", same_type,
-      same_type ? absl::StrCat("both hosts run ", dst.report.hypervisor_type)
-                : absl::StrCat("source runs ", src.report.hypervisor_type, ", destination ", h,
-                               " runs ", dst.report.hypervisor_type));
-  const bool version_ok = dst.report.hypervisor_version >= src.report.hypervisor_version;
-  add("hypervisor_version", version_ok,
-      absl::StrCat("destination ", h, " has ", dst.report.hypervisor_type, " ",
-                   driver::FormatVersion(dst.report.hypervisor_version),
-                   version_ok ? " >= " : " < ", "the source's ",
-                   driver::FormatVersion(src.report.hypervisor_version)));
-  const int64_t avail =
-      dst.report.memory_free_mib - dst.report.memory_reserved_mib - dst.memory_claimed_mib;
-  hc.set_memory_available_mib(avail);
+  hc.set_host(dst.report.hostname);
+  hc.set_memory_available_mib(dst.report.memory_free_mib - dst.report.memory_reserved_mib -
+                              dst.memory_claimed_mib);
   hc.set_migrations_in_flight(static_cast<uint32_t>(dst.migrations_in + dst.migrations_out));
-  add("memory", avail >= inst.memory_mib,
-      driver::MemoryReason(h, dst.report.memory_free_mib, dst.report.memory_reserved_mib,
-                           dst.memory_claimed_mib, inst.name.empty() ? inst.uuid : inst.name,
-                           inst.memory_mib));
-  if (src.report.cpu_arch != dst.report.cpu_arch) {
-    add("cpu", false,
-        absl::StrCat("CPU architecture differs: source ", src.report.cpu_arch, ", destination ", h,
-                     " ", dst.report.cpu_arch));
-  } else {
-    std::set<std::string> have(dst.report.cpu_features.begin(), dst.report.cpu_features.end());
-    std::vector<std::string> lacking;
-    for (const auto& f : src.report.cpu_features) {
-      if (!have.count(f)) lacking.push_back(f);
-    }
-    add("cpu", lacking.empty(),
-        lacking.empty()
-            ? absl::StrCat("destination ", h, " has every source CPU feature (",
-                           dst.report.cpu_arch, ")")
-            : absl::StrCat("destination ", h,
-                           " CPU lacks source features: ", absl::StrJoin(lacking, ", ")));
-  }
-  std::set<std::string> segs(dst.report.network_segments.begin(),
-                             dst.report.network_segments.end());
-  std::vector<std::string> missing;
-  for (const auto& s : src.report.network_segments) {
-    if (!segs.count(s)) missing.push_back(s);
-  }
-  add("network", missing.empty(),
-      missing.empty() ? absl::StrCat("destination ", h, " is on the source's network segments")
-                      : absl::StrCat("destination ", h, " lacks network segment(s) ",
-                                     absl::StrJoin(missing, ", "), " of the source"));
-  const bool same_path = src.report.instance_path == dst.report.instance_path;
-  const v1::BackendCapabilities dcaps = Caps(dst);
-  const bool block_ok =
-      options.block_migration() != v1::BLOCK_MIGRATION_NO && dcaps.supports_block_migration();
-  add("storage", same_path || block_ok,
-      same_path
-          ? absl::StrCat("both hosts use the instance path ", dst.report.instance_path,
-                         " (shared storage is probed by the agents)")
-          : absl::StrCat("destination ", h, " uses instance path ", dst.report.instance_path,
-                         ", the source ", src.report.instance_path, ", and block migration is ",
-                         block_ok ? "possible" : "not possible"));
-  absl::Status s = HostSupportsOptions(dst, options);
-  add("options", s.ok(),
-      s.ok() ? "the destination supports every requested option" : std::string(s.message()));
   bool passed = true;
-  for (const auto& c : hc.checks()) passed = passed && c.passed();
+  for (auto& c : RunChecks(kDestPrecheck, CheckSubject::kDestination,
+                           CheckContext{inst, &src, &dst, options})) {
+    passed = passed && c.passed();
+    *hc.add_checks() = std::move(c);
+  }
   hc.set_passed(passed);
   return hc;
 }
@@ -219,11 +138,8 @@ absl::StatusOr<std::vector<sv1::HostCheck>> ChooseDestinations(
     const v1::MigrationOptions& options, absl::Duration service_down_time, int limit) {
   db::DestinationQuery q;
   q.source = src.report.hostname;
-  q.hypervisor_type = src.report.hypervisor_type;
-  q.min_hypervisor_version = src.report.hypervisor_version;
-  q.cpu_arch = src.report.cpu_arch;
-  q.memory_mib = inst.memory_mib;
   q.limit = limit;
+  NarrowQuery(CheckContext{inst, &src, nullptr, options}, &q);
   auto few = hosts.ListDestinationCandidates(q, service_down_time);
   if (!few.ok()) return few.status();
   std::vector<sv1::HostCheck> ranked = RankDestinations(inst, src, *few, options);

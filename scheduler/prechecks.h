@@ -20,8 +20,9 @@ namespace livemig::sched {
 namespace v1 = ::livemig::v1;
 namespace sv1 = ::livemig::scheduler::v1;
 
-// The checks of one candidate destination for an instance on `src`. `claimed_mib` is the
-// memory already claimed on `dst` by other inbound migrations.
+// The checks of one candidate destination for an instance on `src` (the kDestPrecheck checks of
+// scheduler/checks_registry.h, in order); `dst.memory_claimed_mib` is the memory already claimed
+// on `dst` by other inbound migrations.
 sv1::HostCheck CheckDestination(const db::InstanceRecord& inst, const db::HostRecord& src,
                                 const db::HostRecord& dst, const v1::MigrationOptions& options);
 
@@ -39,11 +40,12 @@ std::vector<sv1::HostCheck> RankDestinations(const db::InstanceRecord& inst,
 inline constexpr int kDestinationCandidates = 32;
 
 // The orchestrator's choice when no destination is given, without reading every host: the
-// database returns the best `limit` hosts that pass the checks it can decide (enabled, up, same
-// hypervisor type, version not older, same CPU architecture, enough memory after claims;
-// HostStore::ListDestinationCandidates), and RankDestinations runs the full checks on those. The
-// passed hosts and their order are RankDestinations' over every host, up to `limit`. When none of
-// them passes, every host is checked (ListHosts), so that the reasons name each rejected host.
+// database returns the best `limit` hosts that pass the checks it can decide (the kDbNarrowing
+// checks: enabled, up, same hypervisor type, version not older, same CPU architecture, enough
+// memory after claims; HostStore::ListDestinationCandidates), and RankDestinations runs the full
+// checks on those. The passed hosts and their order are RankDestinations' over every host, up to
+// `limit`. When none of them passes, every host is checked (ListHosts), so that the reasons name
+// each rejected host.
 absl::StatusOr<std::vector<sv1::HostCheck>> ChooseDestinations(db::HostStore& hosts,
                                                                const db::InstanceRecord& inst,
                                                                const db::HostRecord& src,
@@ -57,15 +59,19 @@ absl::StatusOr<std::vector<sv1::HostCheck>> ChooseDestinations(db::HostStore& ho
 std::string HostDownReason(const std::string& role, const db::HostRecord& h,
                            absl::Time now = absl::Now());
 
-// Whether the source host can drive the migration (up; options supported by its backend).
+// Whether the source host can drive the migration (up; options supported by its backend): the
+// kSourcePrecheck checks of scheduler/checks_registry.h.
 std::vector<v1::CheckResult> CheckSource(const db::InstanceRecord& inst, const db::HostRecord& src,
                                          const v1::MigrationOptions& options);
 
-// The first failed check's reason, or "".
 // Whether host `h`'s backend supports every requested option (e.g. libxl: no bandwidth limit,
 // no max downtime, no post-copy): OK, or FailedPrecondition naming what is missing and the host.
 absl::Status HostSupportsOptions(const db::HostRecord& h, const v1::MigrationOptions& options);
 
+// Host `h`'s backend capabilities (its report's capabilities_json, parsed once per text).
+v1::BackendCapabilities HostCapabilities(const db::HostRecord& h);
+
+// The first failed check's reason, or "".
 std::string FirstFailure(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks);
 // The first failed check's name (CheckResult.name), or "".
 std::string FirstFailedCheck(const google::protobuf::RepeatedPtrField<v1::CheckResult>& checks);
