@@ -12,7 +12,7 @@ PACKAGES=(
   bazel-bootstrap g++ pkg-config protobuf-compiler protobuf-compiler-grpc
   # libraries (headers + shared objects)
   libgrpc++-dev libprotobuf-dev libabsl-dev libpqxx-dev libpq-dev nlohmann-json3-dev
-  libvirt-dev libcli11-dev catch2
+  libvirt-dev libxml2-dev libcli11-dev catch2
   # the scheduler's HTTP server (Boost.Beast and Asio, header-only); cpp-httplib for test clients
   libboost1.74-dev libcpp-httplib-dev
   # formatting check
