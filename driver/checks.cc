@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <regex>
@@ -13,7 +12,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 
@@ -348,133 +346,6 @@ void SetXenPagingCaps(const absl::StatusOr<std::string>& xl_info, v1::BackendCap
     shadow = shadow || w == "shadow";
   }
   caps->set_pv_live_migration(shadow);
-}
-
-namespace {
-
-// The value of attribute `name` in the attributes text of a tag ("" when absent).
-std::string Attribute(const std::string& attrs, const std::string& name) {
-  static const std::regex kAttr("([A-Za-z_:][-A-Za-z0-9_:.]*)\\s*=\\s*(?:'([^']*)'|\"([^\"]*)\")");
-  for (auto it = std::sregex_iterator(attrs.begin(), attrs.end(), kAttr);
-       it != std::sregex_iterator(); ++it) {
-    if ((*it)[1] == name) return (*it)[2].matched ? (*it)[2].str() : (*it)[3].str();
-  }
-  return "";
-}
-
-// The attributes text and the content of the first element <tag ...>content</tag> (or <tag .../>,
-// content empty) in `xml`; false when there is none.
-bool FindElement(const std::string& xml, const std::string& tag, std::string* attrs,
-                 std::string* content) {
-  size_t pos = 0;
-  while ((pos = xml.find("<" + tag, pos)) != std::string::npos) {
-    const size_t after = pos + 1 + tag.size();
-    if (after < xml.size() && (xml[after] == '>' || xml[after] == '/' ||
-                               absl::ascii_isspace(static_cast<unsigned char>(xml[after])))) {
-      const size_t gt = xml.find('>', after);
-      if (gt == std::string::npos) return false;
-      *attrs = xml.substr(after, gt - after);
-      content->clear();
-      if (gt > 0 && xml[gt - 1] == '/') return true;  // <tag .../>
-      const size_t close = xml.find("</" + tag + ">", gt);
-      if (close == std::string::npos) return false;
-      *content = xml.substr(gt + 1, close - gt - 1);
-      return true;
-    }
-    pos = after;
-  }
-  return false;
-}
-
-}  // namespace
-
-std::vector<std::string> PciHostDevices(const std::string& xml) {
-  static const std::regex kHostdev("<hostdev\\b([^>]*)>([\\s\\S]*?)</hostdev>");
-  static const std::regex kAddress("<address\\b([^>]*)/?>");
-  std::vector<std::string> out;
-  for (auto it = std::sregex_iterator(xml.begin(), xml.end(), kHostdev);
-       it != std::sregex_iterator(); ++it) {
-    if (Attribute((*it)[1], "type") != "pci") continue;
-    const std::string body = (*it)[2];
-    std::string src_attrs, src;
-    if (!FindElement(body, "source", &src_attrs, &src)) src = body;
-    std::smatch m;
-    if (!std::regex_search(src, m, kAddress)) {
-      out.push_back("pci (address unknown)");
-      continue;
-    }
-    auto num = [&](const char* name) {
-      return std::strtoul(Attribute(m[1], name).c_str(), nullptr, 0);
-    };
-    out.push_back(absl::StrFormat("%04x:%02x:%02x.%x", num("domain"), num("bus"), num("slot"),
-                                  num("function")));
-  }
-  return out;
-}
-
-std::vector<cv1::LocalDisk> LocalFileDisks(const std::string& xml) {
-  static const std::regex kDisk("<disk\\b([^>]*)>([\\s\\S]*?)</disk>");
-  std::vector<cv1::LocalDisk> out;
-  for (auto it = std::sregex_iterator(xml.begin(), xml.end(), kDisk); it != std::sregex_iterator();
-       ++it) {
-    const std::string attrs = (*it)[1], body = (*it)[2];
-    if (Attribute(attrs, "type") != "file" || Attribute(attrs, "device") != "disk") continue;
-    if (absl::StrContains(body, "<readonly") || absl::StrContains(body, "<shareable")) continue;
-    std::string a, c;
-    if (!FindElement(body, "source", &a, &c) || Attribute(a, "file").empty()) continue;
-    cv1::LocalDisk d;
-    d.set_path(Attribute(a, "file"));
-    d.set_format(FindElement(body, "driver", &a, &c) && !Attribute(a, "type").empty()
-                     ? Attribute(a, "type")
-                     : "raw");
-    if (FindElement(body, "target", &a, &c)) d.set_target(Attribute(a, "dev"));
-    out.push_back(std::move(d));
-  }
-  return out;
-}
-
-std::vector<v1::DomainDisk> DomainDisks(const std::string& xml) {
-  static const std::regex kDisk("<disk\\b([^>]*)>([\\s\\S]*?)</disk>");
-  std::vector<v1::DomainDisk> out;
-  for (auto it = std::sregex_iterator(xml.begin(), xml.end(), kDisk); it != std::sregex_iterator();
-       ++it) {
-    const std::string attrs = (*it)[1], body = (*it)[2];
-    const std::string device = Attribute(attrs, "device");
-    if (!device.empty() && device != "disk" && device != "cdrom" && device != "lun") continue;
-    v1::DomainDisk d;
-    d.set_type(Attribute(attrs, "type"));
-    std::string a, c;
-    if (FindElement(body, "source", &a, &c)) {
-      for (const char* key : {"file", "dev", "name", "volume"}) {
-        if (!Attribute(a, key).empty()) {
-          d.set_source(Attribute(a, key));
-          break;
-        }
-      }
-    }
-    if (FindElement(body, "target", &a, &c)) d.set_target_dev(Attribute(a, "dev"));
-    d.set_read_only(device == "cdrom" || absl::StrContains(body, "<readonly"));
-    if (d.type() == "file") d.set_kind(v1::DISK_KIND_FILE);
-    if (d.type() == "block") d.set_kind(v1::DISK_KIND_BLOCK);
-    if (d.type() == "network" || d.type() == "volume") d.set_kind(v1::DISK_KIND_OTHER);
-    out.push_back(std::move(d));
-  }
-  return out;
-}
-
-std::string XenGuestKind(const std::string& xml) {
-  std::string attrs, body;
-  if (!FindElement(xml, "domain", &attrs, &body) || Attribute(attrs, "type") != "xen") return "";
-  std::string os_attrs, os;
-  if (!FindElement(body, "os", &os_attrs, &os)) return "";
-  std::string type_attrs, type;
-  if (!FindElement(os, "type", &type_attrs, &type)) return "";
-  type = std::string(absl::StripAsciiWhitespace(type));
-  const std::string machine = Attribute(type_attrs, "machine");
-  if (type == "xenpvh" || machine == "xenpvh") return "pvh";
-  if (type == "hvm" || machine == "xenfv") return "hvm";
-  if (type == "xen" || type == "linux" || machine == "xenpv") return "pv";
-  return "";
 }
 
 std::optional<v1::CheckResult> XenPvShadowPagingCheck(const v1::DomainInfo& instance,

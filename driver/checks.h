@@ -68,20 +68,8 @@ cv1::CheckCanLiveMigrateOnSrcResponse EvaluateSrcChecks(
     const v1::BackendCapabilities& caps, const std::string& hypervisor,
     const v1::DomainInfo& domain, const std::string& domain_xml);
 
-// The PCI devices a libvirt domain definition passes through from the host (<hostdev
-// type='pci'>), as domain:bus:slot.function (DomainInfo.host_devices).
-std::vector<std::string> PciHostDevices(const std::string& domain_xml);
-
-// The local file disks of a libvirt domain definition that block migration copies: <disk
-// type='file' device='disk'> with a <source file>, neither <readonly/> nor <shareable/>. Each with
-// its path, format (<driver type>, "raw" when absent) and target; virtual_size_bytes left 0.
-std::vector<cv1::LocalDisk> LocalFileDisks(const std::string& domain_xml);
-
-// Every disk of a libvirt domain definition (<disk> with device disk, cdrom or lun): its type,
-// source (file, dev, network name or volume), target and read-only flag; kind FILE for a file,
-// BLOCK for a block device, OTHER for network and pool volumes (Volumes::Describe tells iSCSI
-// and DRBD apart).
-std::vector<v1::DomainDisk> DomainDisks(const std::string& domain_xml);
+// (What the checks read from libvirt's domain XML -- PciHostDevices, LocalFileDisks, DomainDisks,
+// XenGuestKind -- is read in libvirt_xml.h.)
 
 // "4.17.0" for 4017000.
 std::string FormatVersion(uint64_t v);
@@ -110,10 +98,6 @@ absl::StatusOr<std::vector<std::string>> ParseXenVirtCaps(const std::string& xl_
 // of the host's `xl info` (or why it could not be had): unknown -- no virt caps, pv_live_migration
 // unset, the reason in xen_info_error -- when `xl_info` is an error or has no virt_caps line.
 void SetXenPagingCaps(const absl::StatusOr<std::string>& xl_info, v1::BackendCapabilities* caps);
-
-// The Xen guest kind of a libvirt domain definition (DomainInfo.guest_kind): "pv", "pvh", "hvm",
-// or "" when it is not a Xen domain (<domain type='xen'>) or its <os><type> says none of these.
-std::string XenGuestKind(const std::string& domain_xml);
 
 // Check "xen_pv_shadow_paging" for `instance` on `host` (its role: "source" or "destination"),
 // from that host's capabilities; nullopt when the instance is not a Xen guest (no guest_kind).

@@ -28,6 +28,7 @@
 #include "driver/fake_driver.h"
 #include "driver/libvirt_api.h"
 #include "driver/libvirt_driver.h"
+#include "driver/libvirt_xml.h"
 #include "testing/process.h"
 
 namespace livemig::driver {

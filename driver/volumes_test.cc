@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "driver/checks.h"
+#include "driver/libvirt_xml.h"
 #include "testing/run_command.h"
 
 namespace livemig::driver {
