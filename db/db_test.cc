@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "db/pg_stores.h"
@@ -751,6 +752,110 @@ TEST_CASE("slot use: busy migrations by host, and an older queued one goes first
   CHECK(u3.out_of_source == 0);
   CHECK(u3.into_dest == 0);
   CHECK(!u3.older_queued);
+}
+
+TEST_CASE("taking a slot: 12 migrations out of one host at once, 2 allowed, exactly 2 take one") {
+  Db db;
+  constexpr int kMigrations = 12;
+  Seed(db, kMigrations);
+  std::vector<int64_t> ids;
+  for (int i = 1; i <= kMigrations; ++i) {
+    auto c = db.stores->migrations().CreateMigration(NewMig(i));
+    REQUIRE(c.ok());
+    ids.push_back(c->migration.id);
+  }
+  // Each on its own connection, all at once: counting and moving are one step under the slot
+  // lock, so no two can both see the last slot free.
+  std::vector<std::unique_ptr<PgPool>> pools;
+  std::vector<std::unique_ptr<PgStores>> stores;
+  for (int i = 0; i < kMigrations; ++i) {
+    pools.push_back(MakePool(db.conninfo, 1));
+    stores.push_back(std::make_unique<PgStores>(pools.back().get()));
+  }
+  SlotLimits limits;
+  limits.source = "host-a";
+  limits.dest = "host-b";
+  limits.max_total = 10;
+  limits.max_out_of_source = 2;
+  limits.max_into_dest = 10;
+  std::atomic<int> took{0}, no_slot{0}, other{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  std::string example;
+  absl::Mutex mu;
+  for (int i = 0; i < kMigrations; ++i) {
+    threads.emplace_back([&, i] {
+      while (!go.load()) std::this_thread::yield();
+      Transition t = Step(ids[i], MigrationStatus::kAccepted, MigrationStatus::kPreparing,
+                          "check_can_live_migrate_on_dest");
+      t.slot = limits;
+      auto r = stores[i]->migrations().ApplyTransition(t);
+      if (r.ok()) {
+        ++took;
+      } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
+        ++no_slot;
+        absl::MutexLock l(&mu);
+        example = std::string(r.status().message());
+      } else {
+        ++other;
+        UNSCOPED_INFO(r.status().ToString());
+      }
+    });
+  }
+  go = true;
+  for (auto& t : threads) t.join();
+  INFO(example);
+  CHECK(took == 2);
+  CHECK(no_slot == kMigrations - 2);
+  CHECK(other == 0);
+  CHECK(db.Count("SELECT count(*) FROM migrations WHERE status = 'preparing'") == 2);
+  CHECK(db.Count("SELECT count(*) FROM migrations WHERE status = 'accepted'") == kMigrations - 2);
+  CHECK(absl::StrContains(example, "2 migration(s) out of host-a hold its slots (at most 2)"));
+
+  // The refusals changed nothing: with a slot freed, the next one takes it.
+  auto preparing = db.stores->migrations().ListActiveMigrations();
+  REQUIRE(preparing.ok());
+  int64_t freed = 0, next = 0;
+  for (const auto& m : *preparing) {
+    if (m.status == MigrationStatus::kPreparing && freed == 0) freed = m.id;
+    if (m.status == MigrationStatus::kAccepted && next == 0) next = m.id;
+  }
+  Transition fail = Step(freed, MigrationStatus::kPreparing, MigrationStatus::kFailed,
+                         "check_can_live_migrate_on_dest");
+  fail.event_outcome = "failed";
+  fail.failure_reason = "test";
+  REQUIRE(db.stores->migrations().ApplyTransition(fail).ok());
+  Transition take = Step(next, MigrationStatus::kAccepted, MigrationStatus::kPreparing,
+                         "check_can_live_migrate_on_dest");
+  take.slot = limits;
+  auto r = db.stores->migrations().ApplyTransition(take);
+  INFO(r.status().ToString());
+  CHECK(r.ok());
+  // An older migration touching the host waiting in `queued` goes first: a newer one gets no
+  // slot although the limits leave room, the queued one does.
+  limits.max_out_of_source = 10;
+  std::vector<int64_t> accepted;
+  for (int64_t id : ids) {
+    auto m = db.stores->migrations().GetMigration(id);
+    REQUIRE(m.ok());
+    if (m->status == MigrationStatus::kAccepted) accepted.push_back(id);
+  }
+  REQUIRE(accepted.size() >= 2);
+  REQUIRE(db.stores->migrations()
+              .ApplyTransition(Step(accepted.front(), MigrationStatus::kAccepted,
+                                    MigrationStatus::kQueued, "wait_for_slot"))
+              .ok());
+  Transition newer = Step(accepted.back(), MigrationStatus::kAccepted, MigrationStatus::kPreparing,
+                          "check_can_live_migrate_on_dest");
+  newer.slot = limits;
+  auto held = db.stores->migrations().ApplyTransition(newer);
+  CHECK(held.status().code() == absl::StatusCode::kResourceExhausted);
+  CHECK(absl::StrContains(held.status().message(), "waits in queued"));
+  Transition first = Step(accepted.front(), MigrationStatus::kQueued, MigrationStatus::kPreparing,
+                          "wait_for_slot");
+  first.slot = limits;
+  CHECK(db.stores->migrations().ApplyTransition(first).ok());
+  CHECK(db.stores->migrations().ApplyTransition(newer).ok());
 }
 
 TEST_CASE("operator requests record who asked") {

@@ -18,8 +18,16 @@ absl::StatusOr<std::vector<MigrationRecord>> PgMigrationStore::ListActiveMigrati
       });
 }
 
-absl::StatusOr<SlotUse> PgMigrationStore::GetSlotUse(int64_t id, const std::string& source,
-                                                     const std::string& dest) {
+namespace {
+
+// The transaction-scoped advisory lock every transition that takes a slot holds while it counts
+// the slots and moves (Transition::slot): "lmslot".
+constexpr int64_t kSlotLockKey = 0x6c6d736c6f74;
+
+// The slot use seen by migration `id` from `source` to `dest`: one aggregate over the active
+// migrations.
+SlotUse ReadSlotUse(pqxx::transaction_base& w, int64_t id, const std::string& source,
+                    const std::string& dest) {
   static const std::string sql = [] {
     std::string holding;
     for (MigrationStatus s : AllMigrationStatuses()) {
@@ -34,15 +42,22 @@ absl::StatusOr<SlotUse> PgMigrationStore::GetSlotUse(int64_t id, const std::stri
         "' AND id < $1 AND (source_host = $2 OR dest_host = $3)), false) FROM migrations WHERE ",
         kActive, " AND id <> $1");
   }();
+  pqxx::result r = Prep(w, sql, id, source, dest);
+  SlotUse u;
+  u.total = r[0][0].as<int>();
+  u.out_of_source = r[0][1].as<int>();
+  u.into_dest = r[0][2].as<int>();
+  u.older_queued = r[0][3].as<bool>();
+  return u;
+}
+
+}  // namespace
+
+absl::StatusOr<SlotUse> PgMigrationStore::GetSlotUse(int64_t id, const std::string& source,
+                                                     const std::string& dest) {
   return pool_->ReadQuery<SlotUse>("read slot use",
                                    [&](pqxx::transaction_base& w) -> absl::StatusOr<SlotUse> {
-                                     pqxx::result r = Prep(w, sql, id, source, dest);
-                                     SlotUse u;
-                                     u.total = r[0][0].as<int>();
-                                     u.out_of_source = r[0][1].as<int>();
-                                     u.into_dest = r[0][2].as<int>();
-                                     u.older_queued = r[0][3].as<bool>();
-                                     return u;
+                                     return ReadSlotUse(w, id, source, dest);
                                    });
 }
 
@@ -76,57 +91,69 @@ absl::StatusOr<MigrationRecord> PgMigrationStore::ApplyTransition(const Transiti
   // One statement, committed on its own: the compare-and-swap of the row, the instance (its
   // host when completed; its task state when terminal) and the events, then the row as
   // committed. A completion needs a destination: without one nothing changes.
-  return pool_->SingleQuery<MigrationRecord>(
-      "apply migration transition",
-      [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationRecord> {
-        pqxx::result r = Prep(
-            w,
-            "WITH upd AS (UPDATE migrations SET status = $3, step = $4, updated_at = now(), "
-            "dest_host = COALESCE($5, dest_host), "
-            // A terminal status releases the claim (scheduler.proto, memory_claimed_mib).
-            "memory_claim_mib = CASE WHEN $9 THEN 0 ELSE COALESCE($6, memory_claim_mib) END, "
-            "failure_reason = COALESCE($7, failure_reason), "
-            "candidates = COALESCE($11::jsonb, candidates), "
-            "refused_check = COALESCE($13, refused_check), "
-            "error_at = CASE WHEN $3 = 'error' THEN COALESCE(error_at, now()) ELSE error_at END, "
-            "started_at = CASE WHEN $8 THEN COALESCE(started_at, now()) ELSE started_at END, "
-            "finished_at = CASE WHEN $9 THEN now() ELSE NULL END, "
-            "owner = CASE WHEN $9 THEN NULL ELSE owner END, "
-            "lease_expires_at = CASE WHEN $9 THEN NULL ELSE lease_expires_at END "
-            "WHERE id = $1 AND status = $2 AND owner = $10 AND lease_expires_at > now() "
-            "AND ($3 <> 'completed' OR COALESCE($5, dest_host) IS NOT NULL) RETURNING *), "
-            "inst AS (UPDATE instances i SET task_state = NULL, updated_at = now(), "
-            "host = CASE WHEN $3 = 'completed' THEN upd.dest_host ELSE i.host END, "
-            "missing = CASE WHEN $3 = 'completed' THEN false ELSE i.missing END, "
-            "missing_since = CASE WHEN $3 = 'completed' THEN NULL ELSE i.missing_since END "
-            "FROM upd WHERE $9 AND i.uuid = upd.instance_uuid RETURNING 1), "
-            "ev AS (" +
-                EventsInsertFrom("upd", "$12") + ") " + MigrationSelectFrom("upd"),
-            t.migration_id, std::string(ToString(t.from)), std::string(ToString(t.to)), t.step,
-            t.dest_host, t.memory_claim_mib, t.failure_reason, t.mark_started, terminal, t.owner,
-            t.candidates_json, EventsJson(events), t.refused_check);
-        if (!r.empty()) return MigrationFromRow(r[0]);
-        // Nothing changed: say why.
-        pqxx::result cur = Prep(w,
-                                "SELECT status, COALESCE(owner, ''), lease_expires_at > now(), "
-                                "dest_host IS NOT NULL FROM migrations WHERE id = $1",
-                                t.migration_id);
-        if (cur.empty()) {
-          return absl::NotFoundError(absl::StrCat("migration ", t.migration_id, " does not exist"));
+  auto apply = [&](pqxx::transaction_base& w) -> absl::StatusOr<MigrationRecord> {
+    pqxx::result r =
+        Prep(w,
+             "WITH upd AS (UPDATE migrations SET status = $3, step = $4, updated_at = now(), "
+             "dest_host = COALESCE($5, dest_host), "
+             // A terminal status releases the claim (scheduler.proto, memory_claimed_mib).
+             "memory_claim_mib = CASE WHEN $9 THEN 0 ELSE COALESCE($6, memory_claim_mib) END, "
+             "failure_reason = COALESCE($7, failure_reason), "
+             "candidates = COALESCE($11::jsonb, candidates), "
+             "refused_check = COALESCE($13, refused_check), "
+             "error_at = CASE WHEN $3 = 'error' THEN COALESCE(error_at, now()) ELSE error_at END, "
+             "started_at = CASE WHEN $8 THEN COALESCE(started_at, now()) ELSE started_at END, "
+             "finished_at = CASE WHEN $9 THEN now() ELSE NULL END, "
+             "owner = CASE WHEN $9 THEN NULL ELSE owner END, "
+             "lease_expires_at = CASE WHEN $9 THEN NULL ELSE lease_expires_at END "
+             "WHERE id = $1 AND status = $2 AND owner = $10 AND lease_expires_at > now() "
+             "AND ($3 <> 'completed' OR COALESCE($5, dest_host) IS NOT NULL) RETURNING *), "
+             "inst AS (UPDATE instances i SET task_state = NULL, updated_at = now(), "
+             "host = CASE WHEN $3 = 'completed' THEN upd.dest_host ELSE i.host END, "
+             "missing = CASE WHEN $3 = 'completed' THEN false ELSE i.missing END, "
+             "missing_since = CASE WHEN $3 = 'completed' THEN NULL ELSE i.missing_since END "
+             "FROM upd WHERE $9 AND i.uuid = upd.instance_uuid RETURNING 1), "
+             "ev AS (" +
+                 EventsInsertFrom("upd", "$12") + ") " + MigrationSelectFrom("upd"),
+             t.migration_id, std::string(ToString(t.from)), std::string(ToString(t.to)), t.step,
+             t.dest_host, t.memory_claim_mib, t.failure_reason, t.mark_started, terminal, t.owner,
+             t.candidates_json, EventsJson(events), t.refused_check);
+    if (!r.empty()) return MigrationFromRow(r[0]);
+    // Nothing changed: say why.
+    pqxx::result cur = Prep(w,
+                            "SELECT status, COALESCE(owner, ''), lease_expires_at > now(), "
+                            "dest_host IS NOT NULL FROM migrations WHERE id = $1",
+                            t.migration_id);
+    if (cur.empty()) {
+      return absl::NotFoundError(absl::StrCat("migration ", t.migration_id, " does not exist"));
+    }
+    if (Str(cur[0][0]) != ToString(t.from)) {
+      return absl::AbortedError(absl::StrCat("migration ", t.migration_id, " is '", Str(cur[0][0]),
+                                             "', not '", ToString(t.from),
+                                             "': another actor moved it"));
+    }
+    if (Str(cur[0][1]) == t.owner && !cur[0][2].is_null() && cur[0][2].as<bool>() &&
+        t.to == MigrationStatus::kCompleted && !t.dest_host && !cur[0][3].as<bool>()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("migration ", t.migration_id, " cannot complete without a destination"));
+    }
+    return absl::AbortedError(absl::StrCat("migration ", t.migration_id, ": scheduler '", t.owner,
+                                           "' does not hold its lease (owner '", Str(cur[0][1]),
+                                           "')"));
+  };
+  if (!t.slot) return pool_->SingleQuery<MigrationRecord>("apply migration transition", apply);
+  // Taking a slot: counting the slots and moving in one transaction under the slot lock, so
+  // that two migrations decided at once cannot both take the last slot.
+  return pool_->Query<MigrationRecord>(
+      "take a migration slot", [&](pqxx::work& w) -> absl::StatusOr<MigrationRecord> {
+        w.exec_params("SELECT pg_advisory_xact_lock($1)", kSlotLockKey);
+        const std::string busy =
+            WhyNoSlot(ReadSlotUse(w, t.migration_id, t.slot->source, t.slot->dest), *t.slot);
+        if (!busy.empty()) {
+          return absl::ResourceExhaustedError(
+              absl::StrCat("no slot for migration ", t.migration_id, ": ", busy));
         }
-        if (Str(cur[0][0]) != ToString(t.from)) {
-          return absl::AbortedError(absl::StrCat("migration ", t.migration_id, " is '",
-                                                 Str(cur[0][0]), "', not '", ToString(t.from),
-                                                 "': another actor moved it"));
-        }
-        if (Str(cur[0][1]) == t.owner && !cur[0][2].is_null() && cur[0][2].as<bool>() &&
-            t.to == MigrationStatus::kCompleted && !t.dest_host && !cur[0][3].as<bool>()) {
-          return absl::FailedPreconditionError(
-              absl::StrCat("migration ", t.migration_id, " cannot complete without a destination"));
-        }
-        return absl::AbortedError(absl::StrCat("migration ", t.migration_id, ": scheduler '",
-                                               t.owner, "' does not hold its lease (owner '",
-                                               Str(cur[0][1]), "')"));
+        return apply(w);
       });
 }
 

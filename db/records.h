@@ -222,6 +222,12 @@ struct CreateMigrationResult {
   bool created = false;  // false: the request id matched an existing migration
 };
 
+// The concurrency limits of one migration from `source` to `dest` (--max-*-migrations).
+struct SlotLimits {
+  std::string source, dest;
+  int max_total = 0, max_out_of_source = 0, max_into_dest = 0;
+};
+
 // A state-machine step, applied with compare-and-swap on (status, owner).
 struct Transition {
   int64_t migration_id = 0;
@@ -247,6 +253,12 @@ struct Transition {
   std::optional<std::string> refused_check;
   // More events in the same transaction (e.g. the next step's intent).
   std::vector<MigrationEvent> extra_events;
+  // Set when the transition takes a concurrency slot (into `preparing`): it applies only if,
+  // under a database lock that every such transition takes, the slot use leaves room within
+  // these limits (WhyNoSlot). Otherwise nothing changes and ApplyTransition returns
+  // ResourceExhausted. Checking first and moving after, in two statements, would let two
+  // migrations decided at the same moment both take the last slot.
+  std::optional<SlotLimits> slot;
 };
 
 struct MigrationFilter {
@@ -268,6 +280,10 @@ struct SlotUse {
   int into_dest = 0;
   bool older_queued = false;
 };
+
+// Why `use` leaves the migration no slot within `limits` (FIFO: an older queued migration touching
+// either host goes first); "" when one is free.
+std::string WhyNoSlot(const SlotUse& use, const SlotLimits& limits);
 
 struct MigrationPage {
   std::vector<MigrationRecord> migrations;

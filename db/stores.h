@@ -99,7 +99,7 @@ class MigrationStore {
   // lease), with its event, in one transaction. A terminal `to` releases the instance (and the
   // memory claim); `completed` also sets the instance's host to the destination.
   // Aborted if the row moved on or the lease was lost; FailedPrecondition for a transition the
-  // state machine forbids.
+  // state machine forbids; ResourceExhausted when `t.slot` is set and no slot is free.
   virtual absl::StatusOr<MigrationRecord> ApplyTransition(const Transition& t) = 0;
 
   // Records a step inside the current status (compare-and-swap on status and lease): sets

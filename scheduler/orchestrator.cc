@@ -330,7 +330,7 @@ class MigrationRun {
       }
     }
     const std::string dest = candidates_.front();
-    const bool slot = SlotFree(m_.source_host, dest);
+    const bool slot = SlotFree(Limits(m_.source_host, dest));
     auto set_dest = [&](db::Transition& t) {
       t.dest_host = dest;
       t.memory_claim_mib = inst.memory_mib;
@@ -340,11 +340,19 @@ class MigrationRun {
         absl::StrCat("pre-checks passed; destination ", dest,
                      m_.requested_dest.empty() ? " (chosen)" : " (requested)");
     TestPoint("pre_checks:after");
-    if (!slot)
-      return Move(S::kQueued, "pre_checks", true, detail + "; waiting for a slot", start,
-                  std::nullopt, set_dest);
-    return Move(S::kPreparing, "pre_checks", true, detail, start,
-                Intent("check_can_live_migrate_on_dest", dest), set_dest);
+    if (slot) {
+      // Taken under the database's slot lock: another migration may have taken it meanwhile.
+      absl::Status took =
+          Move(S::kPreparing, "pre_checks", true, detail, start,
+               Intent("check_can_live_migrate_on_dest", dest), [&](db::Transition& t) {
+                 set_dest(t);
+                 t.slot = Limits(m_.source_host, dest);
+               });
+      if (!absl::IsResourceExhausted(took)) return took;
+      LogInfo("%s %s", Tag(), took.message());
+    }
+    return Move(S::kQueued, "pre_checks", true, detail + "; waiting for a slot", start,
+                std::nullopt, set_dest);
   }
 
   // Records the pre-check that refused the migration (counted by /metrics by check).
@@ -357,16 +365,26 @@ class MigrationRun {
                         m_.abort_reason.empty() ? "" : ": ", m_.abort_reason);
   }
 
-  // FIFO within the per-host and total limits.
-  bool SlotFree(const std::string& src, const std::string& dst) {
-    auto use = o_->migrations_->GetSlotUse(m_.id, src, dst);
+  db::SlotLimits Limits(const std::string& src, const std::string& dst) const {
+    db::SlotLimits l;
+    l.source = src;
+    l.dest = dst;
+    l.max_total = opt().max_total;
+    l.max_out_of_source = opt().max_outbound_per_host;
+    l.max_into_dest = opt().max_inbound_per_host;
+    return l;
+  }
+
+  // FIFO within the per-host and total limits, as read now (one cheap read): whether taking a
+  // slot is worth trying. The slot is taken by the transition into `preparing` (Transition::slot),
+  // which checks again under the database's lock.
+  bool SlotFree(const db::SlotLimits& limits) {
+    auto use = o_->migrations_->GetSlotUse(m_.id, limits.source, limits.dest);
     if (!use.ok()) {
       LogWarning("migration=%d: slot use unknown, waiting: %s", m_.id, use.status().message());
       return false;
     }
-    if (use->older_queued) return false;  // an older queued migration goes first
-    return use->out_of_source < opt().max_outbound_per_host &&
-           use->into_dest < opt().max_inbound_per_host && use->total < opt().max_total;
+    return db::WhyNoSlot(*use, limits).empty();
   }
 
   // ---- queued ------------------------------------------------------------------------------
@@ -377,15 +395,20 @@ class MigrationRun {
       if (m_.status != S::kQueued || m_.owner != opt().scheduler_id) return absl::OkStatus();
       if (AbortRequested())
         return Move(S::kCancelled, "wait_for_slot", false, AbortReason(), start);
-      if (SlotFree(m_.source_host, m_.dest_host)) {
-        // Leaving `queued`: the wait may have been long, so the host records cached since the
-        // pre-checks (and the agents resolved from their addresses) are dropped, and Preparing
-        // reads the source's and the destination's current reports. Without a wait (accepted ->
-        // preparing) the cache is kept.
-        host_records_.clear();
-        agents_.clear();
-        return Move(S::kPreparing, "wait_for_slot", true, "a slot is free", start,
-                    Intent("check_can_live_migrate_on_dest"));
+      const db::SlotLimits limits = Limits(m_.source_host, m_.dest_host);
+      if (SlotFree(limits)) {
+        absl::Status took = Move(S::kPreparing, "wait_for_slot", true, "a slot is free", start,
+                                 Intent("check_can_live_migrate_on_dest"),
+                                 [&](db::Transition& t) { t.slot = limits; });
+        if (!absl::IsResourceExhausted(took)) {
+          // Left `queued`: the wait may have been long, so the host records cached since the
+          // pre-checks (and the agents resolved from their addresses) are dropped, and
+          // Preparing reads the source's and the destination's current reports. Without a
+          // wait (accepted -> preparing) the cache is kept.
+          host_records_.clear();
+          agents_.clear();
+          return took;
+        }
       }
       Sleep(opt().dispatch_interval * 2);
     }

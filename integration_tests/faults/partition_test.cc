@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "integration_tests/faults/fault_cloud.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "testing/blackhole_proxy.h"
 #include "testing/process.h"
 
@@ -160,22 +161,12 @@ void CheckResolved(FaultCloud& f, const std::string& id) {
   CHECK(f.cloud.WaitInstanceOn(kUuid, host, absl::Seconds(30)));
 }
 
-// SIGSTOPs `host`'s agent while holding the fake hypervisors' state lock, so that the stopped
-// agent cannot be frozen inside it (a real hypervisor does not stop with its agent).
-void StopAgent(FaultCloud& f, const std::string& host) {
-  REQUIRE(f.hv.Mutate([&](nlohmann::json&, bool*) {
-                f.cloud.agent(host)->Signal(SIGSTOP);
-                return absl::OkStatus();
-              })
-              .ok());
-}
-
 TEST_CASE("partition: the source agent SIGSTOPped during the transfer, then continued") {
   PartitionCloud c;
   FaultCloud& f = c.f;
   REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(12)).ok());
   const std::string id = c.MigrateToB();
-  StopAgent(f, "host-a");
+  e2e::StopAgentOutsideState(f.cloud, f.hv, "host-a");
   CheckCallsFailByDeadline(f);
   CHECK(testing::WaitFor([&] { return HostUp(f, "host-a") == std::optional<bool>(false); },
                          absl::Seconds(kDownTimeS + 6)));
@@ -192,7 +183,7 @@ TEST_CASE("partition: the destination agent SIGSTOPped; the post steps wait for 
   FaultCloud& f = c.f;
   REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(4)).ok());
   const std::string id = c.MigrateToB();
-  StopAgent(f, "host-b");
+  e2e::StopAgentOutsideState(f.cloud, f.hv, "host-b");
   CHECK(testing::WaitFor([&] { return HostUp(f, "host-b") == std::optional<bool>(false); },
                          absl::Seconds(kDownTimeS + 6)));
   WaitPostStepsWaiting(f, id);  // for the stopped destination agent

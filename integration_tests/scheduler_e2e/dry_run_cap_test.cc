@@ -30,6 +30,7 @@
 #define CPPHTTPLIB_OPENSSL_SUPPORT  // the HTTP API is served over HTTPS
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
 
@@ -149,7 +150,7 @@ TEST_CASE("dry-run cap: 20 concurrent dry runs, at most 4 run, the rest refused 
     printf("a dry run with every agent answering: passed in %.0f ms\n", Ms(absl::Now() - t0));
   }
   REQUIRE(c.hv->SetTransferDuration("host-a", absl::Seconds(3)).ok());
-  c.cloud->agent("host-b")->Signal(SIGSTOP);  // its agent hangs: calls to it wait
+  StopAgentOutsideState(*c.cloud, *c.hv, "host-b");  // its agent hangs: calls to it wait
 
   // Phase 1: kCap dry runs over REST, held by the hung agent.
   struct Held {

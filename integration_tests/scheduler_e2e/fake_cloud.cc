@@ -1,5 +1,6 @@
 #include "integration_tests/scheduler_e2e/fake_cloud.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -93,6 +94,14 @@ std::pair<int, std::string> FakeCloud::Cloudctl(const std::string& args, const s
                       .c_str());
   auto text = testing::RunCommand("cat " + out);
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, text.ok() ? *text : ""};
+}
+
+void StopAgentOutsideState(Cloud& cloud, driver::FakeHypervisor& hv, const std::string& host) {
+  REQUIRE(cloud.agent(host) != nullptr);
+  REQUIRE(hv.Mutate([&](nlohmann::json&, bool*) {
+              cloud.agent(host)->Signal(SIGSTOP);
+              return absl::OkStatus();
+            }).ok());
 }
 
 }  // namespace livemig::e2e

@@ -69,6 +69,11 @@ class FakeCloud {
   int vms_ = 0;
 };
 
+// SIGSTOPs `host`'s agent while holding the fake hypervisors' state lock (REQUIREs it), so that
+// the stopped agent cannot be frozen inside it: that would hang every other agent on the shared
+// state, which no real hypervisor does when one host's agent stops.
+void StopAgentOutsideState(Cloud& cloud, driver::FakeHypervisor& hv, const std::string& host);
+
 }  // namespace livemig::e2e
 
 #endif  // LIVEMIG_INTEGRATION_TESTS_SCHEDULER_E2E_FAKE_CLOUD_H_

@@ -384,10 +384,16 @@ cmd_disk_record() { # the guest's last record on DEV as that dom0 reads it (O_DI
   sshh "$dir" "$h" "dd if='$dev' bs=512 count=1 iflag=direct 2>/dev/null | tr -d '\\000' | head -1"
 }
 
-cmd_where() {
-  local dir=$1 name=$2 h out=()
+cmd_where() { # the hosts where the domain runs; an ssh or libvirt failure is retried, then an error
+  local dir=$1 name=$2 h out=() state try
   for h in a b; do
-    [[ $(sshh "$dir" "$h" "virsh -c xen:///system domstate $name 2>/dev/null" | head -1) == running ]] && out+=("$h")
+    for try in 1 2 3 4 5; do
+      state=$(sshh "$dir" "$h" "virsh -c xen:///system domstate $name 2>&1") && break
+      [[ $state == *"failed to get domain"* ]] && break # not defined there: an answer
+      ((try < 5)) || die "where: cannot ask host $h for the state of $name (5 tries): ${state:-ssh failed}"
+      sleep 2
+    done
+    [[ $(head -1 <<<"$state") == running ]] && out+=("$h")
   done
   echo "${out[*]}"
 }
