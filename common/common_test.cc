@@ -2,10 +2,13 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <thread>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/migration_status.h"
 #include "common/retention.h"
+#include "common/retry.h"
 #include "common/status_macros.h"
 #include "common/status_map.h"
 
@@ -226,6 +229,78 @@ TEST_CASE("finished things are kept for the window and at most the count, whiche
   r.Finished("z", t0);
   r.Finished("w", t0);
   CHECK(r.Expire(t0) == std::vector<std::string>{"w"});
+}
+
+TEST_CASE("the retry policy: which failures, how many attempts, the waits between them") {
+  RetryPolicy p;  // the defaults the scheduler uses
+  CHECK(p.Retryable(absl::UnavailableError("refused")));
+  CHECK(p.Retryable(absl::DeadlineExceededError("no answer")));
+  CHECK_FALSE(p.Retryable(absl::FailedPreconditionError("check failed")));
+  CHECK_FALSE(p.Retryable(absl::NotFoundError("no such instance")));
+  RetryPolicy dry = p;
+  dry.retry_deadline_exceeded = false;  // as the dry run uses it
+  CHECK(dry.Retryable(absl::UnavailableError("refused")));
+  CHECK_FALSE(dry.Retryable(absl::DeadlineExceededError("no answer")));
+  CHECK(p.Backoff(0) == absl::Milliseconds(250));
+  CHECK(p.Backoff(1) == absl::Milliseconds(500));
+  CHECK(p.Backoff(2) == absl::Seconds(1));
+  CHECK(p.Backoff(6) == absl::Seconds(10));     // capped
+  CHECK(p.Backoff(5000) == absl::Seconds(10));  // no overflow
+  CHECK(p.Describe() == "4 attempts, 250ms backoff growing x2 up to 10s");
+
+  int calls = 0;
+  std::vector<absl::Duration> waits;
+  auto wait = [&](absl::Duration d) {
+    waits.push_back(d);
+    return true;
+  };
+  // Unavailable every time: max_attempts calls, the waits between them, the last status back.
+  auto down = RetryCall<int>(
+      p, "test",
+      [&]() -> absl::StatusOr<int> {
+        ++calls;
+        return absl::UnavailableError(absl::StrCat("down ", calls));
+      },
+      wait);
+  CHECK(calls == 4);
+  CHECK(waits == std::vector<absl::Duration>{absl::Milliseconds(250), absl::Milliseconds(500),
+                                             absl::Seconds(1)});
+  CHECK(down.status().message() == "down 4");
+  // Succeeds on the third attempt.
+  calls = 0;
+  waits.clear();
+  auto third = RetryCall<int>(
+      p, "test",
+      [&]() -> absl::StatusOr<int> {
+        if (++calls < 3) return absl::UnavailableError("restarting");
+        return 42;
+      },
+      wait);
+  CHECK(third.ok());
+  CHECK(calls == 3);
+  CHECK(waits.size() == 2);
+  // A failure the policy does not retry: one call.
+  calls = 0;
+  auto refused = RetryCall<int>(
+      p, "test",
+      [&]() -> absl::StatusOr<int> {
+        ++calls;
+        return absl::FailedPreconditionError("lacks avx2");
+      },
+      wait);
+  CHECK(calls == 1);
+  CHECK(refused.status().code() == absl::StatusCode::kFailedPrecondition);
+  // The wait gives up (stopping, or a deadline would pass): no more calls.
+  calls = 0;
+  auto cut = RetryCall<int>(
+      p, "test",
+      [&]() -> absl::StatusOr<int> {
+        ++calls;
+        return absl::DeadlineExceededError("no answer");
+      },
+      [](absl::Duration) { return false; });
+  CHECK(calls == 1);
+  CHECK(cut.status().code() == absl::StatusCode::kDeadlineExceeded);
 }
 
 }  // namespace

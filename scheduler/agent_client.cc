@@ -16,12 +16,8 @@ namespace livemig::sched {
 class GrpcAgentClient : public AgentClient {
  public:
   GrpcAgentClient(std::string hostname, std::unique_ptr<cv1::ComputeAgent::Stub> stub,
-                  absl::Duration deadline, int retries, Clock* clock)
-      : hostname_(std::move(hostname)),
-        stub_(std::move(stub)),
-        deadline_(deadline),
-        retries_(retries),
-        clock_(clock) {
+                  absl::Duration deadline, Clock* clock)
+      : hostname_(std::move(hostname)), stub_(std::move(stub)), deadline_(deadline), clock_(clock) {
     Touch();
   }
 
@@ -45,33 +41,24 @@ class GrpcAgentClient : public AgentClient {
   template <typename Req, typename Resp>
   using Method = grpc::Status (cv1::ComputeAgent::Stub::*)(grpc::ClientContext*, const Req&, Resp*);
 
-  // Every agent RPC is idempotent (steps by migration id), so Unavailable is retried, within the
-  // thread's ScopedAgentDeadline if any.
+  // One attempt, by the per-call deadline or the thread's ScopedAgentDeadline, whichever comes
+  // first. Retries are the caller's (common/retry.h: one layer, the orchestrator's).
   template <typename Req, typename Resp>
   absl::StatusOr<Resp> Call(const char* name, const Req& req, Method<Req, Resp> method) {
     Touch();
     absl::Cleanup touch = [this] { Touch(); };
-    const absl::Time scope = ScopedAgentDeadline::Current();
-    absl::Status last;
-    for (int attempt = 0; attempt <= retries_; ++attempt) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(std::min(absl::Now() + deadline_, scope)));
-      Resp resp;
-      grpc::Status s = (stub_.get()->*method)(&ctx, req, &resp);
-      if (s.ok()) return resp;
-      last = FromGrpcStatus(s, absl::StrCat(name, " on ", hostname_));
-      if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
-      const absl::Duration backoff = absl::Milliseconds(200 * (attempt + 1));
-      if (absl::Now() + backoff >= scope) break;
-      absl::SleepFor(backoff);
-    }
-    return last;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(
+        absl::ToChronoTime(std::min(absl::Now() + deadline_, ScopedAgentDeadline::Current())));
+    Resp resp;
+    grpc::Status s = (stub_.get()->*method)(&ctx, req, &resp);
+    if (s.ok()) return resp;
+    return FromGrpcStatus(s, absl::StrCat(name, " on ", hostname_));
   }
 
   const std::string hostname_;
   std::unique_ptr<cv1::ComputeAgent::Stub> stub_;
   const absl::Duration deadline_;
-  const int retries_;
   Clock* const clock_;
   std::atomic<int64_t> last_used_ns_{0};
 };
@@ -294,9 +281,8 @@ std::shared_ptr<AgentClient> GrpcAgentClientFactory::ForHost(const std::string& 
   }
   // The agent's certificate names its host.
   auto channel = grpc::CreateCustomChannel(address, creds_, ClientChannelArgs(hostname));
-  auto client =
-      std::make_shared<GrpcAgentClient>(hostname, cv1::ComputeAgent::NewStub(channel),
-                                        options_.deadline, options_.retries, options_.clock);
+  auto client = std::make_shared<GrpcAgentClient>(hostname, cv1::ComputeAgent::NewStub(channel),
+                                                  options_.deadline, options_.clock);
   clients_[key] = client;
   EvictLocked(options_.clock->Now());  // beyond max_channels: the least recently used goes
   return client;

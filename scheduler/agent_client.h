@@ -1,8 +1,8 @@
 // How the scheduler reaches compute agents: one AgentClient per host, from an AgentClientFactory.
 //
-// GrpcAgentClients talk mutual TLS to the agent's address with a deadline on every call and a
-// bounded number of retries for the calls that are idempotent (all step RPCs are, keyed by the
-// migration id). LocalAgentClient calls an in-process AgentCore (unit tests and benchmarks).
+// GrpcAgentClients talk mutual TLS to the agent's address with a deadline on every call, one
+// attempt per call: the retries are the orchestrator's (common/retry.h), in one layer.
+// LocalAgentClient calls an in-process AgentCore (unit tests and benchmarks).
 #ifndef LIVEMIG_SCHEDULER_AGENT_CLIENT_H_
 #define LIVEMIG_SCHEDULER_AGENT_CLIENT_H_
 
@@ -112,7 +112,6 @@ class GrpcAgentClientFactory : public AgentClientFactory {
   struct Options {
     TlsFiles tls;
     absl::Duration deadline = absl::Seconds(30);  // per call
-    int retries = 2;                              // extra attempts on Unavailable
     absl::Duration channel_idle = absl::Minutes(10);
     size_t max_channels = 1000;
     Clock* clock = Clock::Real();  // for channel_idle

@@ -36,7 +36,6 @@ GrpcAgentClientFactory::Options Plaintext(FakeClock* clock) {
   GrpcAgentClientFactory::Options o;
   o.tls.insecure = true;
   o.deadline = absl::Seconds(2);
-  o.retries = 0;
   o.clock = clock;
   return o;
 }

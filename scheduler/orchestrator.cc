@@ -234,19 +234,10 @@ class MigrationRun {
     return client;
   }
 
-  // Retries an idempotent step on Unavailable / DeadlineExceeded.
+  // An idempotent step's call under the one retry policy (OrchestratorOptions::retry).
   template <typename Resp>
   absl::StatusOr<Resp> Retry(const std::function<absl::StatusOr<Resp>()>& call) {
-    absl::StatusOr<Resp> r = absl::UnknownError("not called");
-    for (int i = 0; i <= opt().step_retries; ++i) {
-      r = call();
-      if (r.ok() || (r.status().code() != absl::StatusCode::kUnavailable &&
-                     r.status().code() != absl::StatusCode::kDeadlineExceeded)) {
-        return r;
-      }
-      Sleep(absl::Milliseconds(250) * (i + 1));
-    }
-    return r;
+    return o_->RetryAgentCall<Resp>(Tag(), call);
   }
 
   template <typename Req>
@@ -539,7 +530,8 @@ class MigrationRun {
       // Taken over (or restarted): the truth is on the hypervisors.
       ASSIGN_OR_RETURN(Truth truth, Ask(src.get(), dst.get()));
       if (truth.src_job || truth.transfer_running) {
-        auto r = src->LiveMigration(lm);  // attaches to the running job
+        auto r = Retry<cv1::LiveMigrationResponse>(
+            [&] { return src->LiveMigration(lm); });  // attaches to the running job
         if (!r.ok()) LogWarning("%s re-attach: %s", Tag(), r.status().message());
       } else if (truth.dst_running && !truth.src_present) {
         return Move(S::kPostMigrating, "live_migration", true,
@@ -684,13 +676,16 @@ class MigrationRun {
         if (m_.owner != opt().scheduler_id) return absl::AbortedError("lease lost");
         if (AbortRequested() && !abort_sent) {
           abort_sent = true;
-          auto a = src->AbortLiveMigration(StepReq<cv1::AbortLiveMigrationRequest>());
+          auto a = Retry<cv1::AbortLiveMigrationResponse>(
+              [&] { return src->AbortLiveMigration(StepReq<cv1::AbortLiveMigrationRequest>()); });
           Note("abort", a.ok() ? "abort sent to the source" : std::string(a.status().message()));
         }
         if (m_.force_complete_requested_at && !force_sent) {
           force_sent = true;
-          auto f =
-              src->ForceCompleteLiveMigration(StepReq<cv1::ForceCompleteLiveMigrationRequest>());
+          auto f = Retry<cv1::ForceCompleteLiveMigrationResponse>([&] {
+            return src->ForceCompleteLiveMigration(
+                StepReq<cv1::ForceCompleteLiveMigrationRequest>());
+          });
           Note("force_complete",
                f.ok() ? "force-complete sent to the source" : std::string(f.status().message()));
         }
@@ -698,7 +693,9 @@ class MigrationRun {
       if (now - started > opt().transfer_deadline && !abort_sent) {
         abort_sent = true;
         Note("live_migration", "the scheduler's transfer deadline passed: aborting");
-        src->AbortLiveMigration(StepReq<cv1::AbortLiveMigrationRequest>()).IgnoreError();
+        Retry<cv1::AbortLiveMigrationResponse>([&] {
+          return src->AbortLiveMigration(StepReq<cv1::AbortLiveMigrationRequest>());
+        }).IgnoreError();
       }
       Sleep(NextPoll(*r));
     }
@@ -756,7 +753,7 @@ class MigrationRun {
     ASSIGN_OR_RETURN(auto src, Agent(m_.source_host));
     ASSIGN_OR_RETURN(auto dst, Agent(m_.dest_host));
     const absl::Time deadline = Now() + opt().roll_forward_for;
-    absl::Duration backoff = absl::Milliseconds(500);
+    int failures = 0;  // the waits grow by the retry policy, without its attempt limit
     bool src_done = m_.step == "post_live_migration_at_destination";
     absl::Time t = Now();
     std::string last;
@@ -792,8 +789,7 @@ class MigrationRun {
       }
       Note(src_done ? "post_live_migration_at_destination" : "post_live_migration",
            "post step failed, rolling forward (retrying): " + last);
-      Sleep(backoff);
-      backoff = std::min(backoff * 2, absl::Seconds(10));
+      Sleep(opt().retry.Backoff(failures++));
     }
     return absl::OkStatus();
   }
@@ -1142,14 +1138,9 @@ absl::StatusOr<std::vector<Orchestrator::DomainWhere>> Orchestrator::DescribeDom
     cv1::DescribeInstanceRequest di;
     di.set_instance_uuid(m.instance_uuid);
     di.set_migration_id(m.uuid);
-    absl::StatusOr<cv1::DescribeInstanceResponse> r = absl::UnknownError("not asked");
-    for (int i = 0; i <= options_.step_retries; ++i) {
-      r = agent->DescribeInstance(di);
-      if (r.ok() || (r.status().code() != absl::StatusCode::kUnavailable &&
-                     r.status().code() != absl::StatusCode::kDeadlineExceeded)) {
-        break;
-      }
-    }
+    auto r = RetryAgentCall<cv1::DescribeInstanceResponse>(
+        absl::StrCat("migration=", m.id, " where is the domain"),
+        [&] { return agent->DescribeInstance(di); });
     if (!r.ok()) {
       return absl::UnavailableError(absl::StrCat("the agent of ", name,
                                                  " cannot say whether instance ", m.instance_uuid,
@@ -1282,7 +1273,8 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::DryRun(
     di.set_instance_uuid(inst.uuid);
     const absl::Time t0 = absl::Now(), deadline = next_deadline();
     ScopedAgentDeadline scope(deadline);
-    desc = src_agent->DescribeInstance(di);
+    desc = RetryAgentCall<cv1::DescribeInstanceResponse>(
+        "dry run", [&] { return src_agent->DescribeInstance(di); }, true);
     if (!desc.ok()) {
       desc = absl::Status(desc.status().code(), why(desc.status(), t0, deadline));
     } else if (!desc->present()) {
@@ -1333,7 +1325,8 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::DryRun(
     {
       const absl::Time t0 = absl::Now(), deadline = next_deadline();
       ScopedAgentDeadline scope(deadline);
-      dr = dst_agent->CheckCanLiveMigrateOnDest(d);
+      dr = RetryAgentCall<cv1::CheckCanLiveMigrateOnDestResponse>(
+          "dry run", [&] { return dst_agent->CheckCanLiveMigrateOnDest(d); }, true);
       if (!dr.ok()) {
         // No answer, so no probe file to clean up that the agent would say it made.
         fail(hc, hc.host(), "agent_dest", why(dr.status(), t0, deadline));
@@ -1353,7 +1346,8 @@ absl::StatusOr<sv1::CheckMigrationResponse> Orchestrator::DryRun(
       s.set_dry_run(true);
       const absl::Time t0 = absl::Now(), deadline = next_deadline();
       ScopedAgentDeadline scope(deadline);
-      auto sr = src_agent->CheckCanLiveMigrateOnSrc(s);
+      auto sr = RetryAgentCall<cv1::CheckCanLiveMigrateOnSrcResponse>(
+          "dry run", [&] { return src_agent->CheckCanLiveMigrateOnSrc(s); }, true);
       if (sr.ok()) {
         for (const auto& c : sr->checks()) *hc.add_checks() = c;
         hc.set_passed(sr->passed());

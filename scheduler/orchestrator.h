@@ -27,6 +27,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/retry.h"
 #include "db/stores.h"
 #include "proto/scheduler.pb.h"
 #include "scheduler/agent_client.h"
@@ -56,7 +57,10 @@ struct OrchestratorOptions {
   // dry runs fans out to the agents without bound. One more is refused at once with
   // ResourceExhausted naming the cap and its flag (--dry-run-max-concurrent).
   int max_concurrent_dry_runs = 4;
-  int step_retries = 3;  // idempotent step RPCs retried on Unavailable/DeadlineExceeded
+  // The one retry policy of the agent calls (common/retry.h): the steps, the post steps' waits
+  // (those repeat until roll_forward_for), the recovery's describes and the dry run's calls
+  // (within its share of dry_run_deadline). The agent client itself makes one attempt.
+  RetryPolicy retry;
   absl::Duration roll_forward_for = absl::Minutes(10);  // then `error`
   absl::Duration transfer_deadline = absl::Hours(6);    // the scheduler's own hard deadline
   absl::Duration agent_silence = absl::Seconds(90);     // source agent unreachable while running
@@ -145,6 +149,21 @@ class Orchestrator {
   bool Stopping() const { return stop_.HasBeenNotified(); }
   // A state machine's wait: `d` on the injected clock, cut short by Stop().
   void SleepUnlessStopping(absl::Duration d);
+  // An agent call under options_.retry (RetryCall): the waits on the injected clock, given up
+  // when stopping or when one would pass the thread's ScopedAgentDeadline (real time). A dry
+  // run's call (`dry_run`) does not retry DeadlineExceeded (RetryPolicy::retry_deadline_exceeded).
+  template <typename T>
+  absl::StatusOr<T> RetryAgentCall(const std::string& what,
+                                   const std::function<absl::StatusOr<T>()>& call,
+                                   bool dry_run = false) {
+    RetryPolicy policy = options_.retry;
+    if (dry_run) policy.retry_deadline_exceeded = false;
+    return RetryCall<T>(policy, what, call, [this](absl::Duration d) {
+      if (absl::Now() + d >= ScopedAgentDeadline::Current()) return false;
+      SleepUnlessStopping(d);
+      return !Stopping();
+    });
+  }
   // CheckMigration once admitted by the cap.
   absl::StatusOr<sv1::CheckMigrationResponse> DryRun(const sv1::CheckMigrationRequest& r,
                                                      db::HostStore* hosts,

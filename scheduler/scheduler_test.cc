@@ -53,6 +53,7 @@ struct Cloud {
   std::map<std::string, std::unique_ptr<driver::FakeDriver>> drivers;
   std::map<std::string, std::unique_ptr<agent::AgentCore>> cores;
   LocalAgentClientFactory agents;
+  AgentClientFactory* agent_factory = &agents;  // what Start() hands the orchestrator
   std::unique_ptr<Orchestrator> orch;
   std::unique_ptr<ApiCore> api;
   int64_t seq = 1;
@@ -95,7 +96,7 @@ struct Cloud {
   }
   void Start(OrchestratorOptions o) {
     orch = std::make_unique<Orchestrator>(o, &stores->migrations(), &stores->hosts(),
-                                          &stores->instances(), &agents);
+                                          &stores->instances(), agent_factory);
     api = std::make_unique<ApiCore>(&stores->migrations(), &stores->hosts(), &stores->instances(),
                                     &stores->evacuations(), orch.get());
     orch->Start();
@@ -125,7 +126,7 @@ struct Cloud {
     control_stores = std::make_unique<db::PgStores>(control_pool.get());
     orch =
         std::make_unique<Orchestrator>(o, &control_stores->migrations(), &control_stores->hosts(),
-                                       &control_stores->instances(), &agents);
+                                       &control_stores->instances(), agent_factory);
     api = std::make_unique<ApiCore>(&api_stores->migrations(), &api_stores->hosts(),
                                     &api_stores->instances(), &api_stores->evacuations(),
                                     orch.get(), &control_stores->evacuations());
@@ -950,6 +951,11 @@ class ProbeAgents : public AgentClientFactory {
     absl::MutexLock l(&mu_);
     hung_.insert(host);
   }
+  // The next `n` calls of `rpc` to `host` fail at once with Unavailable (an agent restarting).
+  void FailNext(const std::string& host, const std::string& rpc, int n) {
+    absl::MutexLock l(&mu_);
+    failing_[{host, rpc}] = n;
+  }
   // Ends every hang at once (the test's teardown).
   void ReleaseAll() {
     absl::MutexLock l(&mu_);
@@ -995,6 +1001,10 @@ class ProbeAgents : public AgentClientFactory {
     calls_.emplace_back(host, rpc);
     if (!migration_id.empty()) ids_.insert(migration_id);
     longest_budget_ = std::max(longest_budget_, deadline - now);
+    if (int& left = failing_[{host, rpc}]; left > 0) {
+      --left;
+      return absl::UnavailableError(absl::StrCat(rpc, " on ", host, ": connection refused"));
+    }
     if (!hung_.count(host)) return absl::OkStatus();
     ++hanging_;
     most_hanging_ = std::max(most_hanging_, hanging_);
@@ -1027,6 +1037,7 @@ class ProbeAgents : public AgentClientFactory {
   AgentClientFactory* inner_;
   absl::Mutex mu_;
   std::set<std::string> hung_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, int> failing_ ABSL_GUARDED_BY(mu_);
   bool released_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::pair<std::string, std::string>> calls_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> ids_ ABSL_GUARDED_BY(mu_);
@@ -1041,6 +1052,41 @@ std::string CheckReason(const sv1::HostCheck& hc, const std::string& name) {
     if (c.name() == name && !c.passed()) return c.reason().empty() ? "(no reason)" : c.reason();
   }
   return "";
+}
+
+// One retry policy in one layer (OrchestratorOptions::retry, common/retry.h): a step whose
+// agent is unreachable is tried max_attempts times in all (the agent client does not retry
+// underneath, which made 12), and one that comes back within them goes on.
+TEST_CASE("scheduler: a step whose agent is unreachable is tried max_attempts times in all") {
+  Cloud c;
+  ProbeAgents probe(&c.agents);
+  c.api.reset();
+  c.orch.reset();
+  c.agent_factory = &probe;
+  OrchestratorOptions o;
+  o.scheduler_id = "sched-retry";
+  o.dispatch_interval = absl::Milliseconds(20);
+  o.progress_poll = absl::Milliseconds(20);
+  o.retry.initial_backoff = absl::Milliseconds(10);
+  REQUIRE(o.retry.max_attempts == 4);
+  c.Start(o);
+
+  probe.FailNext("fake-b", "CheckCanLiveMigrateOnDest", 100);
+  auto r = c.Migrate(kUuid);
+  REQUIRE(r.ok());
+  auto m = c.WaitTerminal(r->migration().id());
+  CHECK(m.status() == v1::MIGRATION_STATUS_FAILED);
+  CHECK(absl::StrContains(m.failure_reason(), "connection refused"));
+  CHECK(probe.Calls("CheckCanLiveMigrateOnDest") == 4);
+  CHECK(c.Where() == Loc{{"fake-a", "running"}});
+
+  // Back after two refusals: the third attempt passes and the migration completes.
+  probe.FailNext("fake-b", "CheckCanLiveMigrateOnDest", 2);
+  auto again = c.Migrate(kUuid);
+  REQUIRE(again.ok());
+  CHECK(c.WaitTerminal(again->migration().id()).status() == v1::MIGRATION_STATUS_COMPLETED);
+  CHECK(probe.Calls("CheckCanLiveMigrateOnDest") == 4 + 3);
+  CHECK(c.Where() == Loc{{"fake-b", "running"}});
 }
 
 TEST_CASE("scheduler: a dry run asks the agents of as many candidates as a migration would") {
