@@ -99,6 +99,28 @@ std::string MemoryReason(const std::string& host, int64_t free_mib, int64_t rese
       "; instance ", instance, " needs ", need_mib, " MiB");
 }
 
+v1::BackendCapabilities BackendCapabilitiesFor(const std::string& profile, bool qemu_features) {
+  v1::BackendCapabilities c;
+  c.set_profile(profile);
+  c.set_supports_live(true);
+  c.set_supports_offline(true);
+  c.set_supports_peer_to_peer(true);
+  c.set_supports_tunnelled(true);
+  c.set_supports_compare_cpu(true);
+  if (qemu_features) {
+    c.set_supports_abort(true);
+    c.set_supports_force_complete(true);
+    c.set_supports_post_copy(true);
+    c.set_supports_bandwidth(true);
+    c.set_supports_max_downtime(true);
+    c.set_supports_job_stats_bytes(true);
+    c.set_supports_block_migration(true);
+    c.set_supports_auto_converge(true);
+    c.set_supports_completion_timeout(true);
+  }
+  return c;
+}
+
 absl::Status CheckOptionsSupported(const v1::MigrationOptions& o,
                                    const v1::BackendCapabilities& caps,
                                    const std::string& hypervisor) {

@@ -20,6 +20,14 @@ absl::Status ValidateUuid(const std::string& uuid);
 // The probe file a destination creates on its instance path for one migration.
 std::string ProbePath(const std::string& instance_path, const std::string& migration_id);
 
+// What a backend supports, written once for every driver (the real ones and the fake's
+// profiles). Every backend: live, offline, peer-to-peer and tunnelled migration and CPU
+// comparison. `qemu_features`: libvirt's QEMU driver also has abort, force-complete, post-copy,
+// bandwidth, maximum downtime, byte counts in the job stats, block migration, auto-converge and
+// the completion timeout; libvirt's libxl driver (Xen) has none of them (docs/DESIGN.md § Xen
+// facts that shape the driver). `profile` is reported as given.
+v1::BackendCapabilities BackendCapabilitiesFor(const std::string& profile, bool qemu_features);
+
 // FailedPrecondition naming the hypervisor and the feature for every requested option that the
 // backend lacks, e.g. "Xen (libxl) does not support a bandwidth limit (--bandwidth): ...".
 // Unset optional fields and false bools request nothing.

@@ -68,25 +68,7 @@ std::string DomainXml(const std::string& uuid, const json& d) {
 }  // namespace
 
 v1::BackendCapabilities FakeDriver::ProfileCapabilities(const std::string& profile) {
-  v1::BackendCapabilities c;
-  c.set_profile(profile);
-  c.set_supports_live(true);
-  c.set_supports_offline(true);
-  c.set_supports_peer_to_peer(true);
-  c.set_supports_tunnelled(true);
-  c.set_supports_compare_cpu(true);
-  if (profile != "fake-libxl") {
-    c.set_supports_abort(true);
-    c.set_supports_force_complete(true);
-    c.set_supports_post_copy(true);
-    c.set_supports_bandwidth(true);
-    c.set_supports_max_downtime(true);
-    c.set_supports_job_stats_bytes(true);
-    c.set_supports_block_migration(true);
-    c.set_supports_auto_converge(true);
-    c.set_supports_completion_timeout(true);
-  }
-  return c;
+  return BackendCapabilitiesFor(profile, /*qemu_features=*/profile != "fake-libxl");
 }
 
 FakeDriver::FakeDriver(Options options)

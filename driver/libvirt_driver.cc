@@ -159,25 +159,8 @@ Volumes::Options VolumesOptions(const LibvirtDriver::Options& o) {
 
 v1::BackendCapabilities LibvirtDriver::ProfileCapabilities(const std::string& profile,
                                                            bool tunnelled) {
-  v1::BackendCapabilities c;
-  c.set_profile(profile);
-  c.set_supports_live(true);
-  c.set_supports_offline(true);
-  c.set_supports_peer_to_peer(true);
-  c.set_supports_tunnelled(true);
-  c.set_supports_compare_cpu(true);
+  v1::BackendCapabilities c = BackendCapabilitiesFor(profile, /*qemu_features=*/profile == "qemu");
   c.set_tunnel_migration_stream(tunnelled);
-  if (profile == "qemu") {
-    c.set_supports_abort(true);
-    c.set_supports_force_complete(true);
-    c.set_supports_post_copy(true);
-    c.set_supports_bandwidth(true);
-    c.set_supports_max_downtime(true);
-    c.set_supports_job_stats_bytes(true);
-    c.set_supports_block_migration(true);
-    c.set_supports_auto_converge(true);
-    c.set_supports_completion_timeout(true);
-  }
   return c;
 }
 

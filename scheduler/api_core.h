@@ -9,16 +9,14 @@
 #ifndef LIVEMIG_SCHEDULER_API_CORE_H_
 #define LIVEMIG_SCHEDULER_API_CORE_H_
 
-#include <map>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "db/stores.h"
 #include "proto/scheduler.pb.h"
+#include "scheduler/evacuator.h"
 #include "scheduler/orchestrator.h"
 
 namespace livemig::sched {
@@ -31,7 +29,6 @@ class ApiCore {
   ApiCore(db::MigrationStore* migrations, db::HostStore* hosts, db::InstanceStore* instances,
           db::EvacuationStore* evacuations, Orchestrator* orchestrator,
           db::EvacuationStore* evacuation_leases = nullptr);
-  ~ApiCore();  // stops evacuation drivers
 
   // `caller` is the authenticated identity (or "" when unauthenticated); the request's
   // requester label is recorded beside it.
@@ -72,12 +69,8 @@ class ApiCore {
   // transfer time, downtime), gauges (migrations in flight, hosts).
   absl::StatusOr<std::string> MetricsText();
 
-  // Takes over the running evacuations that no scheduler owns (their owner's lease expired, or
-  // they have none), now and whenever such a lease expires later, and drives each with its
-  // stored destination and options; renews the leases of the evacuations this scheduler drives
-  // (every lease/3, the orchestrator's lease and owner name). Several schedulers sharing the
-  // database each call it: each evacuation is driven by one at a time. Idempotent; stopped by
-  // the destructor. EvacuateHost starts the same background work for the evacuations it creates.
+  // Takes over the running evacuations that no scheduler owns, now and whenever one's lease
+  // expires, and drives them (Evacuator::Resume). Stopped by the destructor.
   void ResumeEvacuations();
 
   // How many evacuations this ApiCore drives now (for tests).
@@ -91,30 +84,13 @@ class ApiCore {
   absl::StatusOr<db::MigrationRecord> FindMigration(const std::string& id);
   absl::Status ValidateOptions(const v1::MigrationOptions& o);
   std::string Who(const std::string& caller, const std::string& requester) const;
-  // Starts the background work of ResumeEvacuations once.
-  void StartEvacuationLoop();
-  // Renews this scheduler's evacuation leases and takes over the orphaned evacuations, every
-  // lease/3 until the destructor.
-  void EvacuationLoop();
-  // Starts a thread driving evacuation `id` (its lease is this scheduler's), unless one runs.
-  void StartDriving(int64_t id);
-  // Drives evacuation `id` while it runs and this scheduler holds its lease.
-  void DriveEvacuation(int64_t id);
-  // Joins the driving threads that ended.
-  void ReapDrivers();
 
   db::MigrationStore* migrations_;
   db::HostStore* hosts_;
   db::InstanceStore* instances_;
-  db::EvacuationStore* evacuations_;
   Orchestrator* orchestrator_;
-  db::EvacuationStore* evacuation_leases_;  // renewal and takeover (evacuations_ by default)
-  absl::Notification stop_;
-  absl::Mutex mu_;
-  std::thread evacuation_loop_ ABSL_GUARDED_BY(mu_);
-  // Evacuations driven now, by id, with their threads; the threads of those that ended.
-  std::map<int64_t, std::thread> drivers_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> ended_drivers_ ABSL_GUARDED_BY(mu_);
+  // Declared last: destroyed first, it joins its threads, which call LiveMigrateFor.
+  Evacuator evacuator_;
 };
 
 }  // namespace livemig::sched

@@ -7,6 +7,9 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -96,12 +99,48 @@ std::pair<int, std::string> FakeCloud::Cloudctl(const std::string& args, const s
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, text.ok() ? *text : ""};
 }
 
+namespace {
+
+// Whether every thread of every process in process group `pgid` is stopped (state T or t in
+// /proc/<pid>/task/<tid>/stat), and there is at least one.
+bool GroupStopped(pid_t pgid) {
+  int threads = 0;
+  std::error_code ec;
+  for (const auto& p : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = p.path().filename();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    for (const auto& t : std::filesystem::directory_iterator(p.path() / "task", ec)) {
+      std::ifstream in(t.path() / "stat");
+      std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      const size_t close = stat.rfind(')');
+      if (close == std::string::npos) continue;  // gone meanwhile
+      char state = 0;
+      int ppid = 0, pgrp = 0;
+      if (sscanf(stat.c_str() + close + 1, " %c %d %d", &state, &ppid, &pgrp) != 3) continue;
+      if (pgrp != pgid) break;  // another process: its threads share its group
+      if (state != 'T' && state != 't') return false;
+      ++threads;
+    }
+  }
+  return threads > 0;
+}
+
+}  // namespace
+
 void StopAgentOutsideState(Cloud& cloud, driver::FakeHypervisor& hv, const std::string& host) {
-  REQUIRE(cloud.agent(host) != nullptr);
+  testing::ChildProcess* agent = cloud.agent(host);
+  REQUIRE(agent != nullptr);
+  // SIGSTOP is delivered asynchronously: a thread of the agent waiting for the lock could still
+  // take it once it is released, before it stops. So the lock is held until every thread of the
+  // agent is stopped.
+  bool stopped = false;
   REQUIRE(hv.Mutate([&](nlohmann::json&, bool*) {
-              cloud.agent(host)->Signal(SIGSTOP);
+              agent->Signal(SIGSTOP);
+              stopped =
+                  testing::WaitFor([&] { return GroupStopped(agent->pid()); }, absl::Seconds(20));
               return absl::OkStatus();
             }).ok());
+  REQUIRE(stopped);
 }
 
 }  // namespace livemig::e2e
