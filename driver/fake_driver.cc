@@ -375,6 +375,21 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
   RETURN_IF_ERROR(ValidateUuid(req.instance_uuid()));
   const v1::MigrationOptions& o = req.options();
   const std::string& id = req.migration_id();
+  // This object runs the transfer's monitor from here until it returns (see DomainInfoOf):
+  // registered before the transfer appears in the state, so that no one describing the domain
+  // sees the job without knowing it is this migration.
+  struct Monitoring {
+    FakeDriver* d;
+    std::string id;
+    Monitoring(FakeDriver* driver, const std::string& mid) : d(driver), id(mid) {
+      std::lock_guard<std::mutex> l(d->monitoring_mu_);
+      d->monitoring_.insert(id);
+    }
+    ~Monitoring() {
+      std::lock_guard<std::mutex> l(d->monitoring_mu_);
+      d->monitoring_.erase(id);
+    }
+  } monitoring(this, id);
   bool attached = false;
   RETURN_IF_ERROR(hv_.Mutate([&](json& st, bool* changed) -> absl::Status {
     if (st["transfers"].contains(id)) {
@@ -429,19 +444,6 @@ absl::StatusOr<cv1::MigrationProgressReport> FakeDriver::LiveMigration(
     return absl::OkStatus();
   }));
   (void)attached;
-  // This object runs the transfer's monitor from here until it returns (see DomainInfoOf).
-  struct Monitoring {
-    FakeDriver* d;
-    std::string id;
-    Monitoring(FakeDriver* driver, const std::string& mid) : d(driver), id(mid) {
-      std::lock_guard<std::mutex> l(d->monitoring_mu_);
-      d->monitoring_.insert(id);
-    }
-    ~Monitoring() {
-      std::lock_guard<std::mutex> l(d->monitoring_mu_);
-      d->monitoring_.erase(id);
-    }
-  } monitoring(this, id);
   const absl::Time started = hv_.clock()->Now();
   const bool has_timeout = o.has_completion_timeout_s() && o.completion_timeout_s() > 0;
   while (true) {
