@@ -208,7 +208,9 @@ struct Env {
     testing::RunCommand("rm -rf " + dir).IgnoreError();
   }
 
-  // Starts a migration host-a -> host-b whose transfer runs for 10 minutes; waits until RUNNING.
+  // Starts a migration host-a -> host-b whose transfer runs for 10 minutes; waits until it is
+  // RUNNING and its transfer is under way in the fake hypervisor (the status is written before
+  // the agent's LiveMigration starts the transfer; the sweeps compare hypervisor snapshots).
   std::string StartLong(const std::string& uuid) {
     v1::MigrationOptions o;
     o.set_completion_timeout_s(3600);
@@ -217,6 +219,13 @@ struct Env {
     REQUIRE(m.ok());
     const std::string id = m->migration().id();
     WaitStatus(id, v1::MIGRATION_STATUS_RUNNING);
+    REQUIRE(testing::WaitFor(
+        [&] {
+          auto s = hv->Snapshot();
+          if (!s.ok() || !(*s)["transfers"].contains(id)) return false;
+          return (*s)["transfers"][id].value("state", "") == "running";
+        },
+        absl::Seconds(30)));
     return id;
   }
   void WaitStatus(const std::string& id, v1::MigrationStatus want) {
