@@ -127,7 +127,7 @@ class CountingMigrationStore : public db::MigrationStore {
     return r;
   }
   absl::Status RecordStep(int64_t id, const std::string& owner, MigrationStatus status,
-                          const std::string& step, const std::vector<db::MigrationEvent>& events,
+                          v1::MigrationStep step, const std::vector<db::MigrationEvent>& events,
                           const std::optional<std::string>& dest_host,
                           const std::optional<int64_t>& memory_claim_mib) override {
     Timed timed(c_, "migrations.RecordStep");

@@ -272,6 +272,11 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
     s->footer(Footer(examples));
     return s;
   };
+  // A list command's paging options: --limit (with `limit_help`) and --marker.
+  auto paged = [&](CLI::App* s, const std::string& limit_help) {
+    s->add_option("--limit", c.limit, limit_help)->check(CLI::Range(0u, kMaxLimit));
+    s->add_option("--marker", c.marker, "next-page token printed by the previous page");
+  };
 
   // live-migration
   CLI::Option *completion_timeout_opt = nullptr, *completion_action_opt = nullptr,
@@ -338,9 +343,7 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
                   std::string("only these statuses (repeatable): ") + kStatusNames);
     s->add_option("--host", c.host, "only migrations from or to this host");
     s->add_option("--instance", c.instance, "only migrations of this instance (UUID)");
-    s->add_option("--limit", c.limit, "page size (default 50, at most 1000)")
-        ->check(CLI::Range(0u, kMaxLimit));
-    s->add_option("--marker", c.marker, "next-page token printed by the previous page");
+    paged(s, "page size (default 50, at most 1000)");
   }
 
   // migration-show / -abort / -force-complete
@@ -393,8 +396,7 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
         ->check(CLI::IsMember({"enabled", "disabled"}));
     s->add_option("--state", c.state_filter, "only up or down hosts")
         ->check(CLI::IsMember({"up", "down"}));
-    s->add_option("--limit", c.limit, "page size (default 50)")->check(CLI::Range(0u, kMaxLimit));
-    s->add_option("--marker", c.marker, "next-page token printed by the previous page");
+    paged(s, "page size (default 50)");
 
     CLI::App* sh = sub("host-show", "Show a host: hypervisor, CPU, memory, storage, capabilities",
                        "  cloudctl host-show host-a");
@@ -442,8 +444,7 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
                       "  cloudctl evacuation-list\n"
                       "  cloudctl evacuation-list --host host-a");
     s->add_option("--host", c.host, "only evacuations of this host");
-    s->add_option("--limit", c.limit, "page size")->check(CLI::Range(0u, kMaxLimit));
-    s->add_option("--marker", c.marker, "next-page token printed by the previous page");
+    paged(s, "page size");
 
     CLI::App* sh = sub("evacuation-show", "Show an evacuation and every instance's outcome",
                        "  cloudctl evacuation-show 5d0c...-7e --json");
@@ -463,8 +464,7 @@ ParseResult ParseCommandLine(const std::vector<std::string>& args) {
                       "  cloudctl instance-list\n"
                       "  cloudctl instance-list --host host-a --json");
     s->add_option("--host", c.host, "only instances on this host");
-    s->add_option("--limit", c.limit, "page size (default 50)")->check(CLI::Range(0u, kMaxLimit));
-    s->add_option("--marker", c.marker, "next-page token printed by the previous page");
+    paged(s, "page size (default 50)");
 
     CLI::App* sh = sub("instance-show", "Show an instance: host, state, active migration, disks",
                        "  cloudctl instance-show 33333333-2222-4333-8444-555555555555");

@@ -25,6 +25,7 @@
 #include "driver/fake_driver.h"
 #include "grpcpp/grpcpp.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
 #include "testing/sample_disks.h"
@@ -33,18 +34,12 @@ namespace livemig::cloudctl {
 namespace {
 
 using e2e::Cloud;
+using testing::ReadFile;
 
 constexpr char kUuid[] = "33333333-2222-4333-8444-555555555555";
 // The shared cloud's scheduler runs with a token file (as in production).
 constexpr char kOperatorToken[] = "op-token-0123456789abcdef0123456789";
 constexpr char kReaderToken[] = "reader-token-0123456789abcdef012345";
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // Where command outputs and the fake $HOME live (Bazel's TEST_TMPDIR: no sockets here).
 const std::string& WorkDir() {
@@ -52,9 +47,7 @@ const std::string& WorkDir() {
   return dir;
 }
 
-struct Result {
-  int code = -1;
-  std::string out, err;
+struct Result : testing::CommandResult {
   std::string all() const { return out + err; }
 };
 
@@ -72,13 +65,7 @@ std::string Binary() { return testing::RunfilePath("cloudctl/cloudctl"); }
 Result Cloudctl(const std::string& args, const std::string& env = "") {
   static int n = 0;
   const std::string base = absl::StrCat(WorkDir(), "/run-", ++n);
-  const std::string cmd = absl::StrCat(CleanEnv(), env, " ", Binary(), " ", args, " >", base,
-                                       ".out 2>", base, ".err </dev/null");
-  const int rc = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  r.out = ReadFile(base + ".out");
-  r.err = ReadFile(base + ".err");
+  Result r{testing::RunCaptured(absl::StrCat(CleanEnv(), env, " ", Binary(), " ", args), base)};
   UNSCOPED_INFO("$ cloudctl " << args << "\nexit " << r.code << "\n--- stdout\n"
                               << r.out << "--- stderr\n"
                               << r.err);
@@ -116,17 +103,7 @@ struct SharedCloud {
     cloud.StartScheduler(absl::StrCat("--tokens-file ", dir,
                                       "/tokens --lease 3 --service-down-time 20 "
                                       "--report-interval 1"));
-    for (const char* h : {"host-a", "host-b"}) {
-      cloud.StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
-                                       " --listen 127.0.0.1:", testing::FreePort()));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto snap = hv.Snapshot();
-          return snap.ok() && (*snap)["hosts"].contains("host-a") &&
-                 (*snap)["hosts"].contains("host-b");
-        },
-        absl::Seconds(20)));
+    e2e::StartFakeAgents(cloud, hv, state, {"host-a", "host-b"});
     REQUIRE(hv.CreateDomain("host-a", kUuid, "web-1", 512).ok());
     INFO(cloud.SchedulerLog());
     REQUIRE(cloud.WaitInstanceOn(kUuid, "host-a", absl::Seconds(20)));

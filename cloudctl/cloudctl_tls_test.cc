@@ -25,15 +25,9 @@ namespace livemig::cloudctl {
 namespace {
 
 namespace sv1 = ::livemig::scheduler::v1;
+using testing::ReadFile;
 
 constexpr char kToken[] = "tls-test-token-0123456789abcdef0123456789";
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 bool Has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
@@ -135,26 +129,18 @@ Server& TlsServer() {
   return s;
 }
 
-struct Result {
-  int code = -1;
-  std::string out, err;
-};
+using Result = testing::CommandResult;
 
 // Runs the built cloudctl with `args` (shell syntax) in a clean environment plus `env`.
 Result Cloudctl(const std::string& args, const std::string& env = "") {
   static int n = 0;
   const std::string base = absl::StrCat(WorkDir(), "/run-", ++n);
-  const std::string cmd = absl::StrCat(
-      "env -u LIVEMIG_SERVER -u LIVEMIG_TOKEN -u LIVEMIG_USER -u LIVEMIG_CA -u "
-      "LIVEMIG_SERVER_NAME -u XDG_CONFIG_HOME -u GRPC_VERBOSITY HOME=",
-      WorkDir(), " USER=tester LIVEMIG_TOKEN=", kToken, " ", env, " ",
-      testing::RunfilePath("cloudctl/cloudctl"), " --timeout 10 ", args, " >", base, ".out 2>",
-      base, ".err </dev/null");
-  const int rc = std::system(cmd.c_str());
-  Result r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  r.out = ReadFile(base + ".out");
-  r.err = ReadFile(base + ".err");
+  const Result r = testing::RunCaptured(
+      absl::StrCat("env -u LIVEMIG_SERVER -u LIVEMIG_TOKEN -u LIVEMIG_USER -u LIVEMIG_CA -u "
+                   "LIVEMIG_SERVER_NAME -u XDG_CONFIG_HOME -u GRPC_VERBOSITY HOME=",
+                   WorkDir(), " USER=tester LIVEMIG_TOKEN=", kToken, " ", env, " ",
+                   testing::RunfilePath("cloudctl/cloudctl"), " --timeout 10 ", args),
+      base);
   UNSCOPED_INFO("$ cloudctl " << args << "\nexit " << r.code << "\n--- stdout\n"
                               << r.out << "--- stderr\n"
                               << r.err);

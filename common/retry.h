@@ -3,9 +3,9 @@
 // Every agent RPC is idempotent (keyed by the migration id), so a call that failed because the
 // agent could not be reached (Unavailable) or did not answer in time (DeadlineExceeded) may be
 // made again. Retries happen in ONE layer, the scheduler's state machines and dry runs
-// (scheduler/orchestrator.cc, through RetryCall); the agent client makes one attempt per call.
-// Before, the orchestrator's retries wrapped the client's, and a step whose agent was down was
-// tried 12 times.
+// (scheduler/orchestrator.h RetryAgentCall, through RetryCall); the agent client makes one attempt
+// per call. Before, the orchestrator's retries wrapped the client's, and a step whose agent was
+// down was tried 12 times.
 #ifndef LIVEMIG_COMMON_RETRY_H_
 #define LIVEMIG_COMMON_RETRY_H_
 

@@ -1,7 +1,6 @@
 #include "compute/agent_core.h"
 
 #include <algorithm>
-#include <cctype>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -12,14 +11,6 @@
 #include "driver/checks.h"
 
 namespace livemig::agent {
-
-std::string StepName(v1::MigrationStep step) {
-  std::string name = v1::MigrationStep_Name(step);
-  const std::string prefix = "MIGRATION_STEP_";
-  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
-  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return name;
-}
 
 namespace {
 

@@ -43,6 +43,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "common/retention.h"
+#include "common/step_name.h"
 #include "driver/compute_driver.h"
 #include "proto/compute_agent.pb.h"
 
@@ -184,7 +185,7 @@ class AgentCore {
 };
 
 // "check_can_live_migrate_on_dest" for MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST, etc.
-std::string StepName(v1::MigrationStep step);
+using ::livemig::StepName;
 
 }  // namespace livemig::agent
 

@@ -22,6 +22,22 @@ namespace {
 
 constexpr char kUuid[] = "11111111-2222-4333-8444-555555555555";
 
+// A FakeDriver for `hostname` over the hypervisor state in `dir`, polling every 5 ms (`tweak`
+// changes its options).
+std::unique_ptr<driver::FakeDriver> NewDriver(
+    const std::string& dir, const std::string& hostname, const std::string& profile,
+    const std::function<void(driver::FakeDriver::Options&)>& tweak = nullptr) {
+  driver::FakeDriver::Options o;
+  o.state_dir = dir;
+  o.hostname = hostname;
+  o.profile = profile;
+  o.poll_interval = absl::Milliseconds(5);
+  if (tweak) tweak(o);
+  auto created = driver::FakeDriver::Create(o);
+  REQUIRE(created.ok());
+  return std::move(created).value();
+}
+
 struct Hosts {
   std::string dir = livemig::testing::MakeTempDir("agent");
   std::unique_ptr<driver::FakeDriver> da, db;
@@ -29,17 +45,8 @@ struct Hosts {
   // `tweak_b` changes fake-b's options (e.g. its Xen's virt_caps).
   explicit Hosts(int max_concurrent = 4, const std::string& profile = "fake-qemu",
                  const std::function<void(driver::FakeDriver::Options&)>& tweak_b = nullptr) {
-    for (auto* d : {&da, &db}) {
-      driver::FakeDriver::Options o;
-      o.state_dir = dir;
-      o.hostname = d == &da ? "fake-a" : "fake-b";
-      o.profile = profile;
-      o.poll_interval = absl::Milliseconds(5);
-      if (d == &db && tweak_b) tweak_b(o);
-      auto created = driver::FakeDriver::Create(o);
-      REQUIRE(created.ok());
-      *d = std::move(created).value();
-    }
+    da = NewDriver(dir, "fake-a", profile);
+    db = NewDriver(dir, "fake-b", profile, tweak_b);
     a = std::make_unique<AgentCore>(AgentCore::Options{"fake-a", max_concurrent}, da.get());
     b = std::make_unique<AgentCore>(AgentCore::Options{"fake-b", max_concurrent}, db.get());
     REQUIRE(da->hypervisor().CreateDomain("fake-a", kUuid, "web-1", 256).ok());
@@ -59,12 +66,13 @@ cv1::GetMigrationProgressRequest Progress(const std::string& mid) {
 }
 
 template <typename Req>
-Req Step(const std::string& mid, const std::string& uuid = kUuid) {
+Req Step(const std::string& mid, const std::string& uuid = kUuid,
+         const std::string& source = "fake-a", const std::string& dest = "fake-b") {
   Req r;
   r.set_migration_id(mid);
   r.set_instance_uuid(uuid);
-  r.set_source_host("fake-a");
-  r.set_dest_host("fake-b");
+  r.set_source_host(source);
+  r.set_dest_host(dest);
   return r;
 }
 
@@ -310,13 +318,8 @@ TEST_CASE("agent: a restarted agent learns the running transfer from the hypervi
   auto lm = Prepare(h, "m-8");
   REQUIRE(h.a->LiveMigration(lm).ok());
   // "Restart": a new core and driver over the same hypervisor state; the old one is gone.
-  driver::FakeDriver::Options o;
-  o.state_dir = h.dir;
-  o.hostname = "fake-a";
-  o.poll_interval = absl::Milliseconds(5);
-  auto d2 = driver::FakeDriver::Create(o);
-  REQUIRE(d2.ok());
-  AgentCore restarted({"fake-a", 4}, d2->get());
+  auto d2 = NewDriver(h.dir, "fake-a", "fake-qemu");
+  AgentCore restarted({"fake-a", 4}, d2.get());
   auto p = restarted.GetMigrationProgress(Progress("m-8"));
   REQUIRE(p.ok());
   CHECK(p->state() == cv1::TRANSFER_STATE_RUNNING);
@@ -339,14 +342,8 @@ TEST_CASE("agent (libxl): a restarted agent attaches to the transfer it sees as 
   auto lm = Prepare(h, "m-9");
   REQUIRE(h.a->LiveMigration(lm).ok());
   // "Restart": a new core and driver over the same hypervisor state.
-  driver::FakeDriver::Options o;
-  o.state_dir = h.dir;
-  o.hostname = "fake-a";
-  o.profile = "fake-libxl";
-  o.poll_interval = absl::Milliseconds(5);
-  auto d2 = driver::FakeDriver::Create(o);
-  REQUIRE(d2.ok());
-  AgentCore restarted({"fake-a", 4}, d2->get());
+  auto d2 = NewDriver(h.dir, "fake-a", "fake-libxl");
+  AgentCore restarted({"fake-a", 4}, d2.get());
   cv1::DescribeInstanceRequest di;
   di.set_instance_uuid(kUuid);
   auto d = restarted.DescribeInstance(di);
@@ -465,20 +462,12 @@ TEST_CASE(
   // (fake-b) refuses.
   constexpr char kPvOnB[] = "11111111-2222-4333-8444-0000000000b1";
   REQUIRE(h.db->hypervisor().CreateDomain("fake-b", kPvOnB, "web-b", 256).ok());
-  cv1::CheckCanLiveMigrateOnDestRequest back;
-  back.set_migration_id("m-back");
-  back.set_instance_uuid(kPvOnB);
-  back.set_source_host("fake-b");
-  back.set_dest_host("fake-a");
+  auto back = Step<cv1::CheckCanLiveMigrateOnDestRequest>("m-back", kPvOnB, "fake-b", "fake-a");
   *back.mutable_instance() = describe(*h.b, kPvOnB);
   auto bd = h.a->CheckCanLiveMigrateOnDest(back);
   REQUIRE(bd.ok());
   CHECK(bd->passed());
-  cv1::CheckCanLiveMigrateOnSrcRequest bsrc;
-  bsrc.set_migration_id("m-back");
-  bsrc.set_instance_uuid(kPvOnB);
-  bsrc.set_source_host("fake-b");
-  bsrc.set_dest_host("fake-a");
+  auto bsrc = Step<cv1::CheckCanLiveMigrateOnSrcRequest>("m-back", kPvOnB, "fake-b", "fake-a");
   *bsrc.mutable_dest_check_data() = bd->dest_check_data();
   auto bs = h.b->CheckCanLiveMigrateOnSrc(bsrc);
   REQUIRE(bs.ok());

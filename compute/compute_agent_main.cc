@@ -1,7 +1,6 @@
 // compute_agent: the per-host agent. Serves the compute agent RPCs over mutual TLS, executes
 // the host-side steps of live migrations through a ComputeDriver, and reports its host to the
 // scheduler. See `compute_agent --help`.
-#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "common/grpc_limits.h"
 #include "common/log.h"
+#include "common/signals.h"
 #include "common/status_map.h"
 #include "common/test_hooks.h"
 #include "common/tls.h"
@@ -189,12 +189,7 @@ int main(int argc, char** argv) {
   lv.max_finished_transfers = core_options.max_finished;
 
   // Signals are handled by one thread (sigwait), never asynchronously.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  livemig::BlockShutdownSignals();
 
   if (hostname.empty()) {
     char buf[256] = {0};
@@ -318,33 +313,27 @@ int main(int argc, char** argv) {
     reporter->Start();
   }
 
-  while (true) {
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    if (sig == SIGHUP) {
-      std::vector<std::string> fresh = absl::StrSplit(allow, ',', absl::SkipEmpty());
-      absl::StatusOr<std::vector<std::string>> more = std::vector<std::string>();
-      if (!allow_file.empty()) more = ReadAllowFile(allow_file);
-      if (!more.ok()) {
-        LogError("SIGHUP: %s; the allow-list stays as it was (%s)", more.status().message(),
-                 absl::StrJoin(allow_list.identities(), ","));
-        continue;
-      }
-      fresh.insert(fresh.end(), more->begin(), more->end());
-      allow_list.Replace(fresh);
-      if (auto s = livemig::ValidateTlsFiles(tls, "compute_agent"); !s.ok()) {
-        LogError("after SIGHUP: %s", s.message());
-      }
-      LogInfo("SIGHUP: allow-list reloaded (%s); certificates are re-read from disk",
-              absl::StrJoin(fresh, ","));
-      continue;
+  const int sig = livemig::WaitForShutdown([&] {
+    std::vector<std::string> fresh = absl::StrSplit(allow, ',', absl::SkipEmpty());
+    absl::StatusOr<std::vector<std::string>> more = std::vector<std::string>();
+    if (!allow_file.empty()) more = ReadAllowFile(allow_file);
+    if (!more.ok()) {
+      LogError("SIGHUP: %s; the allow-list stays as it was (%s)", more.status().message(),
+               absl::StrJoin(allow_list.identities(), ","));
+      return;
     }
-    LogInfo(
-        "signal %d: shutting down (steps in progress finish; transfers continue on the "
-        "hypervisor and a restarted agent attaches to them)",
-        sig);
-    break;
-  }
+    fresh.insert(fresh.end(), more->begin(), more->end());
+    allow_list.Replace(fresh);
+    if (auto s = livemig::ValidateTlsFiles(tls, "compute_agent"); !s.ok()) {
+      LogError("after SIGHUP: %s", s.message());
+    }
+    LogInfo("SIGHUP: allow-list reloaded (%s); certificates are re-read from disk",
+            absl::StrJoin(fresh, ","));
+  });
+  LogInfo(
+      "signal %d: shutting down (steps in progress finish; transfers continue on the "
+      "hypervisor and a restarted agent attaches to them)",
+      sig);
   if (reporter) reporter->Stop();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(20));
   LogInfo("stopped");

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -17,6 +18,7 @@
 #include "nlohmann/json.hpp"
 #include "testing/pg_server.h"
 #include "testing/process.h"
+#include "testing/schema_db.h"
 
 namespace livemig::db {
 namespace {
@@ -32,33 +34,63 @@ PgServer& Server() {
   return *server;
 }
 
-std::unique_ptr<PgPool> MakePool(const std::string& conninfo, int size = 4) {
-  PgPool::Options o;
-  o.conninfo = conninfo;
-  o.size = size;
+std::unique_ptr<PgPool> MakePool(const PgPool::Options& o) {
   auto p = PgPool::Create(o);
   REQUIRE(p.ok());
   return std::move(p).value();
 }
 
-// A fresh database with the schema applied, and its stores.
-struct Db {
-  Db() {
-    auto c = Server().CreateDatabase();
-    REQUIRE(c.ok());
-    conninfo = *c;
-    pool = MakePool(conninfo);
-    auto r = ApplySchema(*pool);
-    REQUIRE(r.ok());
-    stores = std::make_unique<PgStores>(pool.get());
+std::unique_ptr<PgPool> MakePool(const std::string& conninfo, int size = 4) {
+  PgPool::Options o;
+  o.conninfo = conninfo;
+  o.size = size;
+  return MakePool(o);
+}
+
+// The options of a pool of `size` connections to a fresh, empty database.
+PgPool::Options FreshDatabase(int size) {
+  auto c = Server().CreateDatabase();
+  REQUIRE(c.ok());
+  PgPool::Options o;
+  o.conninfo = *c;
+  o.size = size;
+  return o;
+}
+
+// `n` pools of one connection each and their stores: callers racing on separate connections.
+struct SeparateConnections {
+  SeparateConnections(const std::string& conninfo, int n) {
+    for (int i = 0; i < n; ++i) {
+      pools.push_back(MakePool(conninfo, 1));
+      stores.push_back(std::make_unique<PgStores>(pools.back().get()));
+    }
   }
-  void Exec(const std::string& sql) {
-    REQUIRE(pool->Run("test sql",
-                      [&](pqxx::work& w) {
-                        w.exec(sql);
-                        return absl::OkStatus();
-                      })
-                .ok());
+  std::vector<std::unique_ptr<PgPool>> pools;
+  std::vector<std::unique_ptr<PgStores>> stores;
+};
+
+// Runs body(i) for i in 0..n-1 on n threads released at once (a race), and waits for them all.
+void AtOnce(int n, const std::function<void(int)>& body) {
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      while (!go.load()) std::this_thread::yield();
+      body(i);
+    });
+  }
+  go = true;
+  for (auto& t : threads) t.join();
+}
+
+// A fresh database with the schema applied, and its stores.
+struct Db : livemig::testing::SchemaDb {
+  Db() : SchemaDb(Server()) {}
+  // Creates migration `m` (which must succeed) and returns its id.
+  int64_t Create(const NewMigration& m) {
+    auto c = stores->migrations().CreateMigration(m);
+    REQUIRE(c.ok());
+    return c->migration.id;
   }
   int64_t Count(const std::string& sql) {
     auto n = pool->Query<int64_t>("test count", [&](pqxx::work& w) -> absl::StatusOr<int64_t> {
@@ -67,36 +99,11 @@ struct Db {
     REQUIRE(n.ok());
     return *n;
   }
-  std::string conninfo;
-  std::unique_ptr<PgPool> pool;
-  std::unique_ptr<PgStores> stores;
 };
 
 std::string Uuid(int n) { return absl::StrFormat("00000000-0000-4000-8000-%012d", n); }
 
-HostReport Report(const std::string& host, int64_t seq, std::vector<DomainReport> domains = {}) {
-  HostReport r;
-  r.hostname = host;
-  r.agent_address = "unix:/run/" + host + ".sock";
-  r.agent_version = "0.1.0";
-  r.hypervisor_type = "Xen";
-  r.hypervisor_version = 4017000;
-  r.libvirt_version = 9000000;
-  r.cpu_arch = "x86_64";
-  r.cpu_model = "Skylake-Server";
-  r.cpu_features = {"sse4.2", "avx2"};
-  r.memory_total_mib = 16384;
-  r.memory_free_mib = 8192;
-  r.memory_reserved_mib = 512;
-  r.network_segments = {"br-guest"};
-  r.shared_storage = {"/var/lib/livemig/instances"};
-  r.instance_path = "/var/lib/livemig/instances";
-  r.capabilities_json = R"({"abort": false, "post_copy": false})";
-  r.agent_boot_id = "boot-1";
-  r.seq = seq;
-  r.domains = std::move(domains);
-  return r;
-}
+using livemig::testing::SampleReport;
 
 DomainReport Dom(int n, const std::string& state = "running", int64_t mib = 1024) {
   return DomainReport{Uuid(n), absl::StrCat("vm-", n), state, mib, 2};
@@ -106,8 +113,8 @@ DomainReport Dom(int n, const std::string& state = "running", int64_t mib = 1024
 void Seed(Db& db, int n = 3) {
   std::vector<DomainReport> doms;
   for (int i = 1; i <= n; ++i) doms.push_back(Dom(i));
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 1, doms)).ok());
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-b", 1)).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-a", 1, doms)).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-b", 1)).ok());
 }
 
 NewMigration NewMig(int n, const std::string& dest = "host-b") {
@@ -121,13 +128,21 @@ NewMigration NewMig(int n, const std::string& dest = "host-b") {
   return m;
 }
 
+// The step a name spells (StepName); the name must be a step's.
+v1::MigrationStep KnownStep(const std::string& name) {
+  const v1::MigrationStep step = StepFromName(name);
+  INFO(name);
+  REQUIRE(step != v1::MIGRATION_STEP_UNSPECIFIED);
+  return step;
+}
+
 Transition Step(int64_t id, MigrationStatus from, MigrationStatus to, const std::string& step) {
   Transition t;
   t.migration_id = id;
   t.owner = "sched-1";
   t.from = from;
   t.to = to;
-  t.step = step;
+  t.step = KnownStep(step);
   return t;
 }
 
@@ -210,8 +225,8 @@ TEST_CASE("a schema newer than the binary is refused with a clear message") {
 TEST_CASE("host reports: a report past its sender's deadline is not applied") {
   Db db;
   auto& hosts = db.stores->hosts();
-  REQUIRE(hosts.ApplyReport(Report("host-a", 1, {Dom(1)})).ok());
-  HostReport moved = Report("host-b", 1, {Dom(1)});
+  REQUIRE(hosts.ApplyReport(SampleReport("host-a", 1, {Dom(1)})).ok());
+  HostReport moved = SampleReport("host-b", 1, {Dom(1)});
   moved.apply_before = absl::Now() - absl::Milliseconds(1);
   auto r = hosts.ApplyReport(moved);
   CHECK(r.status().code() == absl::StatusCode::kDeadlineExceeded);
@@ -230,7 +245,7 @@ TEST_CASE("host reports: a report past its sender's deadline is not applied") {
 TEST_CASE("host reports: inventory, stale sequence numbers, restarts, missing domains") {
   Db db;
   auto& hosts = db.stores->hosts();
-  auto r1 = hosts.ApplyReport(Report("host-a", 5, {Dom(1), Dom(2)}));
+  auto r1 = hosts.ApplyReport(SampleReport("host-a", 5, {Dom(1), Dom(2)}));
   REQUIRE(r1.ok());
   CHECK(r1->accepted);
   CHECK(r1->instances_upserted == 2);
@@ -248,14 +263,14 @@ TEST_CASE("host reports: inventory, stale sequence numbers, restarts, missing do
   CHECK_FALSE(hosts.GetHost("host-a", absl::ZeroDuration())->up);
 
   // A late (older) report is ignored.
-  auto late = hosts.ApplyReport(Report("host-a", 4, {Dom(1)}));
+  auto late = hosts.ApplyReport(SampleReport("host-a", 4, {Dom(1)}));
   REQUIRE(late.ok());
   CHECK_FALSE(late->accepted);
   CHECK(late->seq == 5);
   CHECK_FALSE(db.stores->instances().GetInstance(Uuid(2))->missing);
 
   // A newer report without domain 2 marks it missing (never deletes it).
-  auto r2 = hosts.ApplyReport(Report("host-a", 6, {Dom(1)}));
+  auto r2 = hosts.ApplyReport(SampleReport("host-a", 6, {Dom(1)}));
   REQUIRE(r2.ok());
   CHECK(r2->instances_marked_missing == 1);
   auto i2 = db.stores->instances().GetInstance(Uuid(2));
@@ -264,7 +279,7 @@ TEST_CASE("host reports: inventory, stale sequence numbers, restarts, missing do
   CHECK(i2->missing_since.has_value());
 
   // A restarted agent (new boot id) starts its sequence again and is accepted.
-  HostReport restarted = Report("host-a", 1, {Dom(1), Dom(2)});
+  HostReport restarted = SampleReport("host-a", 1, {Dom(1), Dom(2)});
   restarted.agent_boot_id = "boot-2";
   auto r3 = hosts.ApplyReport(restarted);
   REQUIRE(r3.ok());
@@ -274,9 +289,10 @@ TEST_CASE("host reports: inventory, stale sequence numbers, restarts, missing do
   auto unknown = hosts.GetHost("host-zz", absl::Seconds(60));
   CHECK(unknown.status().code() == absl::StatusCode::kNotFound);
 
-  HostReport bad = Report("bad host!", 1);
+  HostReport bad = SampleReport("bad host!", 1);
   CHECK(hosts.ApplyReport(bad).status().code() == absl::StatusCode::kInvalidArgument);
-  HostReport bad_uuid = Report("host-a", 10, {DomainReport{"not-a-uuid", "x", "running", 1, 1}});
+  HostReport bad_uuid =
+      SampleReport("host-a", 10, {DomainReport{"not-a-uuid", "x", "running", 1, 1}});
   CHECK(hosts.ApplyReport(bad_uuid).status().code() == absl::StatusCode::kInvalidArgument);
 
   auto list = hosts.ListHosts(absl::Seconds(60));
@@ -291,8 +307,8 @@ TEST_CASE("a report never moves an instance that a migration holds") {
   auto m = db.stores->migrations().CreateMigration(NewMig(1));
   REQUIRE(m.ok());
   // The destination reports the incoming (paused) domain; the source stops reporting it.
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-b", 2, {Dom(1, "paused")})).ok());
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 2, {Dom(2), Dom(3)})).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-b", 2, {Dom(1, "paused")})).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-a", 2, {Dom(2), Dom(3)})).ok());
   auto inst = db.stores->instances().GetInstance(Uuid(1));
   REQUIRE(inst.ok());
   CHECK(inst->host == "host-a");
@@ -300,7 +316,7 @@ TEST_CASE("a report never moves an instance that a migration holds") {
   CHECK(inst->task_state == std::optional<std::string>("migrating"));
   CHECK(inst->active_migration_id == m->migration.id);
   // A leftover shut-off definition elsewhere does not steal an idle instance.
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-b", 3, {Dom(2, "shutoff")})).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-b", 3, {Dom(2, "shutoff")})).ok());
   CHECK(db.stores->instances().GetInstance(Uuid(2))->host == "host-a");
 }
 
@@ -329,10 +345,10 @@ TEST_CASE("an instance keeps the disks its host last reported, replaced by each 
   };
 
   // Without disks in the report (an agent that reports none): an empty array, never NULL.
-  REQUIRE(hosts.ApplyReport(Report("host-a", 1, {Dom(1), Dom(2)})).ok());
+  REQUIRE(hosts.ApplyReport(SampleReport("host-a", 1, {Dom(1), Dom(2)})).ok());
   CHECK(disks_of(1) == nlohmann::json::array());
 
-  REQUIRE(hosts.ApplyReport(Report("host-a", 2, {with_disks(1, iscsi), Dom(2)})).ok());
+  REQUIRE(hosts.ApplyReport(SampleReport("host-a", 2, {with_disks(1, iscsi), Dom(2)})).ok());
   CHECK(disks_of(1) == nlohmann::json::parse(iscsi));
   CHECK(disks_of(2) == nlohmann::json::array());
   // Every way the instances are read carries them.
@@ -348,33 +364,33 @@ TEST_CASE("an instance keeps the disks its host last reported, replaced by each 
   CHECK(nlohmann::json::parse(page->instances.at(0).disks_json) == nlohmann::json::parse(iscsi));
 
   // A later report replaces them (not merged).
-  REQUIRE(hosts.ApplyReport(Report("host-a", 3, {with_disks(1, drbd), Dom(2)})).ok());
+  REQUIRE(hosts.ApplyReport(SampleReport("host-a", 3, {with_disks(1, drbd), Dom(2)})).ok());
   CHECK(disks_of(1) == nlohmann::json::parse(drbd));
 
   // A report without the domain leaves them (the instance is missing, its disks as last seen).
-  REQUIRE(hosts.ApplyReport(Report("host-a", 4, {Dom(2)})).ok());
+  REQUIRE(hosts.ApplyReport(SampleReport("host-a", 4, {Dom(2)})).ok());
   auto gone = instances.GetInstance(Uuid(1));
   REQUIRE(gone.ok());
   CHECK(gone->missing);
   CHECK(nlohmann::json::parse(gone->disks_json) == nlohmann::json::parse(drbd));
 
   // A stale report does not write them.
-  REQUIRE(hosts.ApplyReport(Report("host-a", 5, {with_disks(1, iscsi), Dom(2)})).ok());
+  REQUIRE(hosts.ApplyReport(SampleReport("host-a", 5, {with_disks(1, iscsi), Dom(2)})).ok());
   CHECK(disks_of(1) == nlohmann::json::parse(iscsi));
-  auto stale = hosts.ApplyReport(Report("host-a", 4, {with_disks(1, drbd), Dom(2)}));
+  auto stale = hosts.ApplyReport(SampleReport("host-a", 4, {with_disks(1, drbd), Dom(2)}));
   REQUIRE(stale.ok());
   CHECK_FALSE(stale->accepted);
   CHECK(disks_of(1) == nlohmann::json::parse(iscsi));
 
   // Nor does a report while a migration holds the instance (as for its other fields).
-  REQUIRE(hosts.ApplyReport(Report("host-b", 1)).ok());
+  REQUIRE(hosts.ApplyReport(SampleReport("host-b", 1)).ok());
   REQUIRE(db.stores->migrations().CreateMigration(NewMig(1)).ok());
-  REQUIRE(hosts.ApplyReport(Report("host-a", 6, {with_disks(1, drbd), Dom(2)})).ok());
+  REQUIRE(hosts.ApplyReport(SampleReport("host-a", 6, {with_disks(1, drbd), Dom(2)})).ok());
   CHECK(disks_of(1) == nlohmann::json::parse(iscsi));
 
   // Anything but a JSON array is refused, naming the domain; nothing of the report is applied.
   for (const std::string& bad : {std::string("{}"), std::string("[1,"), std::string("")}) {
-    auto r = hosts.ApplyReport(Report("host-a", 7, {with_disks(2, bad)}));
+    auto r = hosts.ApplyReport(SampleReport("host-a", 7, {with_disks(2, bad)}));
     CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
     CHECK(absl::StrContains(r.status().message(), Uuid(2)));
   }
@@ -418,7 +434,7 @@ TEST_CASE("creating a migration claims the instance in one transaction") {
   auto events = migs.ListEvents(r->migration.id);
   REQUIRE(events.ok());
   REQUIRE(events->size() == 1);
-  CHECK(events->at(0).step == "accepted");
+  CHECK(events->at(0).step == v1::MIGRATION_STEP_ACCEPT);
 
   SECTION("already migrating is a conflict and creates no row") {
     auto again = migs.CreateMigration(NewMig(1));
@@ -434,7 +450,7 @@ TEST_CASE("creating a migration claims the instance in one transaction") {
     auto same = migs.CreateMigration(NewMig(2, "host-a"));
     CHECK(same.status().code() == absl::StatusCode::kInvalidArgument);
     CHECK(db.stores->instances().GetInstance(Uuid(2))->task_state == std::nullopt);
-    REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 2, {Dom(1), Dom(2)})).ok());
+    REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-a", 2, {Dom(1), Dom(2)})).ok());
     auto missing = migs.CreateMigration(NewMig(3));
     CHECK(missing.status().code() == absl::StatusCode::kFailedPrecondition);
     CHECK(db.Count("SELECT count(*) FROM migrations") == 1);
@@ -482,33 +498,23 @@ TEST_CASE("50 concurrent claims of one instance: exactly one wins") {
   Db db;
   Seed(db);
   constexpr int kClaims = 50;
-  std::vector<std::unique_ptr<PgPool>> pools;
-  std::vector<std::unique_ptr<PgStores>> stores;
-  for (int i = 0; i < kClaims; ++i) {
-    pools.push_back(MakePool(db.conninfo, 1));  // a separate connection each
-    stores.push_back(std::make_unique<PgStores>(pools.back().get()));
-  }
+  SeparateConnections separate(db.conninfo, kClaims);
+  auto& pools = separate.pools;
+  auto& stores = separate.stores;
   std::atomic<int> won{0}, conflicts{0}, other{0};
-  std::atomic<bool> go{false};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kClaims; ++i) {
-    threads.emplace_back([&, i] {
-      while (!go.load()) std::this_thread::yield();
-      NewMigration m = NewMig(1);
-      m.requested_by = absl::StrCat("caller-", i);
-      auto r = stores[i]->migrations().CreateMigration(m);
-      if (r.ok()) {
-        ++won;
-      } else if (r.status().code() == absl::StatusCode::kAborted) {
-        ++conflicts;
-      } else {
-        ++other;
-        UNSCOPED_INFO(r.status().ToString());
-      }
-    });
-  }
-  go = true;
-  for (auto& t : threads) t.join();
+  AtOnce(kClaims, [&](int i) {
+    NewMigration m = NewMig(1);
+    m.requested_by = absl::StrCat("caller-", i);
+    auto r = stores[i]->migrations().CreateMigration(m);
+    if (r.ok()) {
+      ++won;
+    } else if (r.status().code() == absl::StatusCode::kAborted) {
+      ++conflicts;
+    } else {
+      ++other;
+      UNSCOPED_INFO(r.status().ToString());
+    }
+  });
   CHECK(won == 1);
   CHECK(conflicts == kClaims - 1);
   CHECK(other == 0);
@@ -518,23 +524,16 @@ TEST_CASE("50 concurrent claims of one instance: exactly one wins") {
     // Bypasses the store's compare-and-swap: only the partial unique index stands between
     // these inserts and two active migrations of instance 2.
     std::atomic<int> inserted{0}, refused{0};
-    std::atomic<bool> start{false};
-    std::vector<std::thread> raw;
-    for (int i = 0; i < kClaims; ++i) {
-      raw.emplace_back([&, i] {
-        while (!start.load()) std::this_thread::yield();
-        auto r = pools[i]->Run("raw insert", [&](pqxx::work& w) {
-          w.exec(
-              "INSERT INTO migrations (instance_uuid, source_host, dest_host, status, "
-              "requested_by) VALUES ('" +
-              Uuid(2) + "', 'host-a', 'host-b', 'accepted', 'r')");
-          return absl::OkStatus();
-        });
-        (r.ok() ? inserted : refused)++;
+    AtOnce(kClaims, [&](int i) {
+      auto r = pools[i]->Run("raw insert", [&](pqxx::work& w) {
+        w.exec(
+            "INSERT INTO migrations (instance_uuid, source_host, dest_host, status, "
+            "requested_by) VALUES ('" +
+            Uuid(2) + "', 'host-a', 'host-b', 'accepted', 'r')");
+        return absl::OkStatus();
       });
-    }
-    start = true;
-    for (auto& t : raw) t.join();
+      (r.ok() ? inserted : refused)++;
+    });
     CHECK(inserted == 1);
     CHECK(refused == kClaims - 1);
   }
@@ -581,9 +580,7 @@ TEST_CASE("a migration walks the state machine to completed and moves the instan
   Db db;
   Seed(db);
   auto& migs = db.stores->migrations();
-  auto c = migs.CreateMigration(NewMig(1));
-  REQUIRE(c.ok());
-  const int64_t id = c->migration.id;
+  const int64_t id = db.Create(NewMig(1));
   CHECK(*migs.MemoryClaimedOn("host-b") == 1024);
   using S = MigrationStatus;
   REQUIRE(
@@ -612,17 +609,17 @@ TEST_CASE("a migration walks the state machine to completed and moves the instan
   CHECK(mid->started_at.has_value());
 
   // Compare-and-swap: a stale `from` or a foreign owner loses.
-  CHECK(migs.ApplyTransition(Step(id, S::kPreparing, S::kRunning, "x")).status().code() ==
+  CHECK(migs.ApplyTransition(Step(id, S::kPreparing, S::kRunning, "pre_checks")).status().code() ==
         absl::StatusCode::kAborted);
   Transition foreign = Step(id, S::kRunning, S::kPostMigrating, "post_live_migration");
   foreign.owner = "sched-2";
   CHECK(migs.ApplyTransition(foreign).status().code() == absl::StatusCode::kAborted);
-  CHECK(migs.ApplyTransition(Step(id, S::kRunning, S::kAccepted, "x")).status().code() ==
+  CHECK(migs.ApplyTransition(Step(id, S::kRunning, S::kAccepted, "pre_checks")).status().code() ==
         absl::StatusCode::kFailedPrecondition);
 
   REQUIRE(
       migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post_live_migration")).ok());
-  auto done = migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "completed"));
+  auto done = migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "complete"));
   REQUIRE(done.ok());
   CHECK(done->status == S::kCompleted);
   CHECK(done->finished_at.has_value());
@@ -640,7 +637,7 @@ TEST_CASE("a migration walks the state machine to completed and moves the instan
   CHECK(events->back().status == "completed");
   for (const auto& e : *events) CHECK(e.duration_ms.has_value());
   // Terminal is final.
-  CHECK(migs.ApplyTransition(Step(id, S::kCompleted, S::kFailed, "x")).status().code() ==
+  CHECK(migs.ApplyTransition(Step(id, S::kCompleted, S::kFailed, "pre_checks")).status().code() ==
         absl::StatusCode::kFailedPrecondition);
   // The event log is append-only.
   auto upd = db.pool->Run("tamper", [](pqxx::work& w) {
@@ -658,7 +655,7 @@ TEST_CASE("a failed migration releases the instance and the claim, on the source
   auto c = migs.CreateMigration(NewMig(2));
   REQUIRE(c.ok());
   Transition fail =
-      Step(c->migration.id, MigrationStatus::kAccepted, MigrationStatus::kFailed, "pre-checks");
+      Step(c->migration.id, MigrationStatus::kAccepted, MigrationStatus::kFailed, "pre_checks");
   fail.event_outcome = "failed";
   fail.failure_reason = "destination host-b has 412 MiB free; instance vm-2 needs 1024 MiB";
   auto f = migs.ApplyTransition(fail);
@@ -676,9 +673,7 @@ TEST_CASE("leases: one owner at a time, takeover after expiry") {
   Db db;
   Seed(db);
   auto& migs = db.stores->migrations();
-  auto c = migs.CreateMigration(NewMig(1));
-  REQUIRE(c.ok());
-  const int64_t id = c->migration.id;
+  const int64_t id = db.Create(NewMig(1));
   CHECK(*migs.AcquireLease(id, "sched-1", absl::Seconds(15)) == true);   // renew own
   CHECK(*migs.AcquireLease(id, "sched-2", absl::Seconds(15)) == false);  // live lease
   CHECK(migs.ListOrphaned()->empty());
@@ -705,14 +700,10 @@ TEST_CASE("leases: one owner at a time, takeover after expiry") {
 TEST_CASE("slot use: busy migrations by host, and an older queued one goes first") {
   Db db;
   Seed(db, 4);
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-c", 1)).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-c", 1)).ok());
   auto& migs = db.stores->migrations();
   using S = MigrationStatus;
-  auto make = [&](int n, const std::string& dest) {
-    auto c = migs.CreateMigration(NewMig(n, dest));
-    REQUIRE(c.ok());
-    return c->migration.id;
-  };
+  auto make = [&](int n, const std::string& dest) { return db.Create(NewMig(n, dest)); };
   const int64_t m1 = make(1, "host-b"), m2 = make(2, "host-c"), m3 = make(3, "host-b");
   REQUIRE(migs.ApplyTransition(Step(m1, S::kAccepted, S::kPreparing, "pre_live_migration")).ok());
   REQUIRE(migs.ApplyTransition(Step(m2, S::kAccepted, S::kQueued, "wait_for_slot")).ok());
@@ -766,12 +757,8 @@ TEST_CASE("taking a slot: 12 migrations out of one host at once, 2 allowed, exac
   }
   // Each on its own connection, all at once: counting and moving are one step under the slot
   // lock, so no two can both see the last slot free.
-  std::vector<std::unique_ptr<PgPool>> pools;
-  std::vector<std::unique_ptr<PgStores>> stores;
-  for (int i = 0; i < kMigrations; ++i) {
-    pools.push_back(MakePool(db.conninfo, 1));
-    stores.push_back(std::make_unique<PgStores>(pools.back().get()));
-  }
+  SeparateConnections separate(db.conninfo, kMigrations);
+  auto& stores = separate.stores;
   SlotLimits limits;
   limits.source = "host-a";
   limits.dest = "host-b";
@@ -779,31 +766,24 @@ TEST_CASE("taking a slot: 12 migrations out of one host at once, 2 allowed, exac
   limits.max_out_of_source = 2;
   limits.max_into_dest = 10;
   std::atomic<int> took{0}, no_slot{0}, other{0};
-  std::atomic<bool> go{false};
-  std::vector<std::thread> threads;
   std::string example;
   absl::Mutex mu;
-  for (int i = 0; i < kMigrations; ++i) {
-    threads.emplace_back([&, i] {
-      while (!go.load()) std::this_thread::yield();
-      Transition t = Step(ids[i], MigrationStatus::kAccepted, MigrationStatus::kPreparing,
-                          "check_can_live_migrate_on_dest");
-      t.slot = limits;
-      auto r = stores[i]->migrations().ApplyTransition(t);
-      if (r.ok()) {
-        ++took;
-      } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
-        ++no_slot;
-        absl::MutexLock l(&mu);
-        example = std::string(r.status().message());
-      } else {
-        ++other;
-        UNSCOPED_INFO(r.status().ToString());
-      }
-    });
-  }
-  go = true;
-  for (auto& t : threads) t.join();
+  AtOnce(kMigrations, [&](int i) {
+    Transition t = Step(ids[i], MigrationStatus::kAccepted, MigrationStatus::kPreparing,
+                        "check_can_live_migrate_on_dest");
+    t.slot = limits;
+    auto r = stores[i]->migrations().ApplyTransition(t);
+    if (r.ok()) {
+      ++took;
+    } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
+      ++no_slot;
+      absl::MutexLock l(&mu);
+      example = std::string(r.status().message());
+    } else {
+      ++other;
+      UNSCOPED_INFO(r.status().ToString());
+    }
+  });
   INFO(example);
   CHECK(took == 2);
   CHECK(no_slot == kMigrations - 2);
@@ -877,8 +857,8 @@ TEST_CASE("operator requests record who asked") {
   REQUIRE(fc.ok());
   CHECK(fc->force_complete_requested_by == "erin");
   CHECK(migs.RequestAbort(999999, "dave", "").status().code() == absl::StatusCode::kNotFound);
-  Transition cancel =
-      Step(c->migration.id, MigrationStatus::kAccepted, MigrationStatus::kCancelled, "rollback");
+  Transition cancel = Step(c->migration.id, MigrationStatus::kAccepted, MigrationStatus::kCancelled,
+                           "rollback_live_migration");
   REQUIRE(migs.ApplyTransition(cancel).ok());
   CHECK(migs.RequestAbort(c->migration.id, "dave", "").status().code() ==
         absl::StatusCode::kFailedPrecondition);
@@ -891,12 +871,11 @@ TEST_CASE("operator requests record who asked") {
 
 // Creates and finishes a migration of instance n (so the instance can migrate again).
 int64_t FinishedMigration(Db& db, int n, MigrationStatus end = MigrationStatus::kFailed) {
-  auto c = db.stores->migrations().CreateMigration(NewMig(n));
-  REQUIRE(c.ok());
+  const int64_t id = db.Create(NewMig(n));
   REQUIRE(db.stores->migrations()
-              .ApplyTransition(Step(c->migration.id, MigrationStatus::kAccepted, end, "end"))
+              .ApplyTransition(Step(id, MigrationStatus::kAccepted, end, "pre_checks"))
               .ok());
-  return c->migration.id;
+  return id;
 }
 
 TEST_CASE("keyset pagination stays stable while rows are inserted") {
@@ -1001,8 +980,9 @@ int64_t CompletedMigration(Db& db, int n, int64_t bytes, int64_t elapsed_ms,
   p.elapsed_ms = elapsed_ms;
   p.downtime_ms = downtime_ms;
   REQUIRE(migs.UpdateProgress(id, "sched-1", p).ok());
-  REQUIRE(migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post")).ok());
-  REQUIRE(migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "done")).ok());
+  REQUIRE(
+      migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post_live_migration")).ok());
+  REQUIRE(migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "complete")).ok());
   return id;
 }
 
@@ -1047,8 +1027,9 @@ TEST_CASE("metrics: counters and histograms never decrease across a purge") {
   CompletedMigration(db, 3, 128 << 20, 800, std::nullopt);
   auto e = migs.CreateMigration(NewMig(4));
   REQUIRE(e.ok());
-  REQUIRE(migs.ApplyTransition(Step(e->migration.id, S::kAccepted, S::kError, "x")).ok());
-  REQUIRE(migs.ApplyTransition(Step(e->migration.id, S::kError, S::kFailed, "reconciled")).ok());
+  REQUIRE(migs.ApplyTransition(Step(e->migration.id, S::kAccepted, S::kError, "select_destination"))
+              .ok());
+  REQUIRE(migs.ApplyTransition(Step(e->migration.id, S::kError, S::kFailed, "reconcile")).ok());
   REQUIRE(migs.CreateMigration(NewMig(1)).ok());  // in flight
 
   auto before = migs.ReadMetrics(absl::Seconds(60));
@@ -1447,13 +1428,11 @@ TEST_CASE("an event keeps the host its step ran on, through every way it is writ
   Seed(db);
   auto& migs = db.stores->migrations();
   using S = MigrationStatus;
-  auto c = migs.CreateMigration(NewMig(1));
-  REQUIRE(c.ok());
-  const int64_t id = c->migration.id;
+  const int64_t id = db.Create(NewMig(1));
   auto event = [&](const std::string& step, const std::string& kind, const std::string& host) {
     MigrationEvent e;
     e.migration_id = id;
-    e.step = step;
+    e.step = KnownStep(step);
     e.kind = kind;
     e.host = host;
     e.detail = step + " on " + host;
@@ -1463,7 +1442,8 @@ TEST_CASE("an event keeps the host its step ran on, through every way it is writ
   Transition t = Step(id, S::kAccepted, S::kPreparing, "pre_checks");
   t.extra_events = {event("check_can_live_migrate_on_dest", "intent", "host-b")};
   REQUIRE(migs.ApplyTransition(t).ok());
-  REQUIRE(migs.RecordStep(id, "sched-1", S::kPreparing, "check_can_live_migrate_on_src",
+  REQUIRE(migs.RecordStep(id, "sched-1", S::kPreparing,
+                          v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC,
                           {event("check_can_live_migrate_on_dest", "result", "host-b"),
                            event("check_can_live_migrate_on_src", "intent", "host-a")})
               .ok());
@@ -1474,7 +1454,7 @@ TEST_CASE("an event keeps the host its step ran on, through every way it is writ
   auto ev = migs.ListEvents(id);
   REQUIRE(ev.ok());
   std::vector<std::string> hosts;
-  for (const auto& e : *ev) hosts.push_back(e.step + "@" + e.host);
+  for (const auto& e : *ev) hosts.push_back(db::StepText(e.step) + "@" + e.host);
   CHECK(hosts == std::vector<std::string>{"accepted@", "pre_checks@",
                                           "check_can_live_migrate_on_dest@host-b",
                                           "check_can_live_migrate_on_dest@host-b",
@@ -1527,7 +1507,7 @@ TEST_CASE("schema 10 adds the event's host: older events have none, and keep the
   // New events of the same migration carry theirs.
   MigrationEvent e;
   e.migration_id = 1;
-  e.step = "post_live_migration_at_destination";
+  e.step = v1::MIGRATION_STEP_POST_LIVE_MIGRATION_AT_DESTINATION;
   e.kind = "info";
   e.host = "host-b";
   e.started_at = absl::Now();
@@ -1681,12 +1661,8 @@ TEST_CASE("evacuation leases: schedulers claiming one orphan at once, exactly on
   Db db;
   Seed(db);
   constexpr int kClaimers = 12;
-  std::vector<std::unique_ptr<PgPool>> pools;
-  std::vector<std::unique_ptr<PgStores>> stores;
-  for (int i = 0; i < kClaimers; ++i) {
-    pools.push_back(MakePool(db.conninfo, 1));  // a separate connection each
-    stores.push_back(std::make_unique<PgStores>(pools.back().get()));
-  }
+  SeparateConnections separate(db.conninfo, kClaimers);
+  auto& stores = separate.stores;
   auto& ev = db.stores->evacuations();
   // An evacuation whose owner's lease expired, and one with no owner (running from before
   // schema version 6).
@@ -1703,23 +1679,16 @@ TEST_CASE("evacuation leases: schedulers claiming one orphan at once, exactly on
   for (const int64_t id : {expired->id, unowned->id}) {
     INFO("evacuation " << id);
     std::atomic<int> won{0}, lost{0}, other{0};
-    std::atomic<bool> go{false};
-    std::vector<std::thread> threads;
-    for (int i = 0; i < kClaimers; ++i) {
-      threads.emplace_back([&, i] {
-        while (!go.load()) std::this_thread::yield();
-        auto r = stores[i]->evacuations().AcquireEvacuationLease(id, absl::StrCat("replica-", i),
-                                                                 absl::Seconds(30));
-        if (!r.ok()) {
-          ++other;
-          UNSCOPED_INFO(r.status().ToString());
-        } else {
-          ++(*r ? won : lost);
-        }
-      });
-    }
-    go = true;
-    for (auto& t : threads) t.join();
+    AtOnce(kClaimers, [&](int i) {
+      auto r = stores[i]->evacuations().AcquireEvacuationLease(id, absl::StrCat("replica-", i),
+                                                               absl::Seconds(30));
+      if (!r.ok()) {
+        ++other;
+        UNSCOPED_INFO(r.status().ToString());
+      } else {
+        ++(*r ? won : lost);
+      }
+    });
     CHECK(won == 1);
     CHECK(lost == kClaimers - 1);
     CHECK(other == 0);
@@ -1740,8 +1709,8 @@ TEST_CASE("instances page by name, then UUID, filtered in the database") {
     d.name = names[i];
     doms.push_back(d);
   }
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 1, doms)).ok());
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-b", 1, {Dom(20)})).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-a", 1, doms)).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-b", 1, {Dom(20)})).ok());
   auto& inst = db.stores->instances();
   InstanceFilter f;
   f.host = "host-a";
@@ -1875,29 +1844,29 @@ TEST_CASE("per-host instance counters follow every change, folded or not") {
   CHECK(instances("host-b") == 0);
   CHECK(db.Count(direct) == 0);
   // host-b reports two new ones; host-a stops reporting 4 (missing); 3 moves by a migration.
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-b", 2, {Dom(5), Dom(6)})).ok());
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 2, {Dom(1), Dom(2), Dom(3)})).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-b", 2, {Dom(5), Dom(6)})).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-a", 2, {Dom(1), Dom(2), Dom(3)})).ok());
   auto& migs = db.stores->migrations();
-  auto c = migs.CreateMigration(NewMig(3));
-  REQUIRE(c.ok());
   using S = MigrationStatus;
-  const int64_t id = c->migration.id;
-  REQUIRE(migs.ApplyTransition(Step(id, S::kAccepted, S::kPreparing, "checks")).ok());
+  const int64_t id = db.Create(NewMig(3));
+  REQUIRE(migs.ApplyTransition(Step(id, S::kAccepted, S::kPreparing, "pre_checks")).ok());
   REQUIRE(migs.ApplyTransition(Step(id, S::kPreparing, S::kRunning, "live_migration")).ok());
-  REQUIRE(migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post")).ok());
+  REQUIRE(
+      migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post_live_migration")).ok());
   CHECK(instances("host-a") == 3);  // moving is not moved yet
-  REQUIRE(migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "completed")).ok());
+  REQUIRE(migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "complete")).ok());
   CHECK(instances("host-a") == 2);
   CHECK(instances("host-b") == 3);
   CHECK(db.Count(direct) == 0);
   // A claim (task state) and a power-state change add no delta.
   const int64_t deltas = db.Count("SELECT count(*) FROM host_instance_count_deltas");
-  REQUIRE(
-      db.stores->hosts().ApplyReport(Report("host-b", 3, {Dom(3), Dom(5, "paused"), Dom(6)})).ok());
+  REQUIRE(db.stores->hosts()
+              .ApplyReport(SampleReport("host-b", 3, {Dom(3), Dom(5, "paused"), Dom(6)}))
+              .ok());
   REQUIRE(migs.CreateMigration(NewMig(5, "host-a")).ok());
   CHECK(db.Count("SELECT count(*) FROM host_instance_count_deltas") == deltas);
   // The missing instance comes back; one is deleted by hand.
-  REQUIRE(db.stores->hosts().ApplyReport(Report("host-a", 3, {Dom(1), Dom(2), Dom(4)})).ok());
+  REQUIRE(db.stores->hosts().ApplyReport(SampleReport("host-a", 3, {Dom(1), Dom(2), Dom(4)})).ok());
   db.Exec("DELETE FROM instances WHERE uuid = '" + Uuid(2) + "'");
   CHECK(instances("host-a") == 2);
   CHECK(db.Count(direct) == 0);
@@ -1911,8 +1880,9 @@ TEST_CASE("per-host instance counters follow every change, folded or not") {
   CHECK(instances("host-a") == 2);
   CHECK(instances("host-b") == 3);
   // Changes after a fold add to the folded counts.
-  REQUIRE(
-      db.stores->hosts().ApplyReport(Report("host-b", 4, {Dom(3), Dom(5), Dom(6), Dom(7)})).ok());
+  REQUIRE(db.stores->hosts()
+              .ApplyReport(SampleReport("host-b", 4, {Dom(3), Dom(5), Dom(6), Dom(7)}))
+              .ok());
   CHECK(instances("host-b") == 4);
   CHECK(db.Count(direct) == 0);
 }
@@ -1956,17 +1926,12 @@ absl::StatusOr<int> SelectOne(PgPool& pool, const std::string& what) {
 TEST_CASE(
     "pool: with every connection held, a call fails Unavailable after the acquire timeout, "
     "naming the pool and its size; a released connection serves a waiting call") {
-  auto c = Server().CreateDatabase();
-  REQUIRE(c.ok());
-  PgPool::Options o;
-  o.conninfo = *c;
-  o.size = 2;
+  PgPool::Options o = FreshDatabase(2);
   o.acquire_timeout = absl::Seconds(2);
   o.name = "API";
   o.size_flag = "--db-pool";
-  auto created = PgPool::Create(o);
-  REQUIRE(created.ok());
-  PgPool& pool = **created;
+  auto created = MakePool(o);
+  PgPool& pool = *created;
   Holders held(&pool, 2);
   REQUIRE(livemig::testing::WaitFor([&] { return held.holding == 2; }, absl::Seconds(20)));
   CHECK(pool.InUse() == 2);
@@ -2010,16 +1975,11 @@ TEST_CASE(
 TEST_CASE(
     "pool: a call with no answer is abandoned at the call timeout (Unavailable) and the next "
     "call reconnects; a reachable server's statement timeout answers first") {
-  auto c = Server().CreateDatabase();
-  REQUIRE(c.ok());
-  PgPool::Options o;
-  o.conninfo = *c;
-  o.size = 1;
+  PgPool::Options o = FreshDatabase(1);
   o.statement_timeout = absl::Seconds(60);
   o.call_timeout = absl::Seconds(2);
-  auto created = PgPool::Create(o);
-  REQUIRE(created.ok());
-  PgPool& pool = **created;
+  auto created = MakePool(o);
+  PgPool& pool = *created;
   auto sleep_for = [&](PgPool& p, int seconds) {
     return p.ReadQuery<int>("slow read", [&](pqxx::transaction_base& t) -> absl::StatusOr<int> {
       t.exec(absl::StrCat("SELECT pg_sleep(", seconds, ")"));
@@ -2124,9 +2084,7 @@ TEST_CASE("leases: an owner whose lease expired can no longer move its migration
   Db db;
   Seed(db);
   auto& migs = db.stores->migrations();
-  auto c = migs.CreateMigration(NewMig(1));
-  REQUIRE(c.ok());
-  const int64_t id = c->migration.id;
+  const int64_t id = db.Create(NewMig(1));
   REQUIRE(*migs.AcquireLease(id, "sched-1", absl::Seconds(15)) == true);
   CHECK(*migs.RenewLeases("sched-1", absl::ZeroDuration()) == 1);  // expired, nobody took it yet
   // Another scheduler may take it over at any moment: the stale owner must not act.
@@ -2142,8 +2100,9 @@ TEST_CASE("host pages and destination candidates are chosen in the database") {
   // host-00 .. host-06; free memory grows with the number; host-03 is disabled, host-05 runs
   // another hypervisor, host-06 is too small.
   for (int i = 0; i < 7; ++i) {
-    HostReport r = Report(absl::StrFormat("host-%02d", i), 1,
-                          i == 0 ? std::vector<DomainReport>{Dom(1)} : std::vector<DomainReport>{});
+    HostReport r =
+        SampleReport(absl::StrFormat("host-%02d", i), 1,
+                     i == 0 ? std::vector<DomainReport>{Dom(1)} : std::vector<DomainReport>{});
     r.memory_free_mib = 4000 + 1000 * i;
     if (i == 5) r.hypervisor_type = "QEMU";
     if (i == 6) r.memory_free_mib = 1000;
@@ -2205,9 +2164,7 @@ TEST_CASE("a transition is one statement: all of it or nothing, events in order,
   Seed(db);
   auto& migs = db.stores->migrations();
   using S = MigrationStatus;
-  auto c = migs.CreateMigration(NewMig(1, ""));  // the scheduler chooses the destination
-  REQUIRE(c.ok());
-  const int64_t id = c->migration.id;
+  const int64_t id = db.Create(NewMig(1, ""));  // the scheduler chooses the destination
   auto first = migs.ListEvents(id);
   REQUIRE(first.ok());
   REQUIRE(first->size() == 1);
@@ -2217,7 +2174,7 @@ TEST_CASE("a transition is one statement: all of it or nothing, events in order,
 
   // A failing part (an event the schema refuses) leaves the row, the instance and the events
   // as they were.
-  Transition bad = Step(id, S::kAccepted, S::kFailed, "pre-checks");
+  Transition bad = Step(id, S::kAccepted, S::kFailed, "pre_checks");
   bad.event_kind = "not-a-kind";
   CHECK_FALSE(migs.ApplyTransition(bad).ok());
   CHECK(migs.GetMigration(id)->status == S::kAccepted);
@@ -2226,17 +2183,19 @@ TEST_CASE("a transition is one statement: all of it or nothing, events in order,
   CHECK(migs.ListEvents(id)->size() == 1);
   MigrationEvent bad_step;
   bad_step.kind = "nope";
-  bad_step.step = "x";
-  CHECK_FALSE(
-      migs.RecordStep(id, "sched-1", S::kAccepted, "checked", {bad_step}, "host-b", 2048).ok());
-  CHECK(migs.GetMigration(id)->step == "accepted");
+  bad_step.step = v1::MIGRATION_STEP_PRE_CHECKS;
+  CHECK_FALSE(migs.RecordStep(id, "sched-1", S::kAccepted, v1::MIGRATION_STEP_PRE_CHECKS,
+                              {bad_step}, "host-b", 2048)
+                  .ok());
+  CHECK(migs.GetMigration(id)->step == v1::MIGRATION_STEP_ACCEPT);
   CHECK(migs.GetMigration(id)->dest_host.empty());
 
   // Completing needs a destination: refused, nothing changed.
-  REQUIRE(migs.ApplyTransition(Step(id, S::kAccepted, S::kPreparing, "checks")).ok());
+  REQUIRE(migs.ApplyTransition(Step(id, S::kAccepted, S::kPreparing, "pre_checks")).ok());
   REQUIRE(migs.ApplyTransition(Step(id, S::kPreparing, S::kRunning, "live_migration")).ok());
-  REQUIRE(migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post")).ok());
-  auto no_dest = migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "completed"));
+  REQUIRE(
+      migs.ApplyTransition(Step(id, S::kRunning, S::kPostMigrating, "post_live_migration")).ok());
+  auto no_dest = migs.ApplyTransition(Step(id, S::kPostMigrating, S::kCompleted, "complete"));
   CHECK(no_dest.status().code() == absl::StatusCode::kFailedPrecondition);
   CHECK(no_dest.status().message().find("without a destination") != std::string::npos);
   CHECK(migs.GetMigration(id)->status == S::kPostMigrating);
@@ -2244,12 +2203,13 @@ TEST_CASE("a transition is one statement: all of it or nothing, events in order,
 
   // The main event and the extra ones, in order; text that PostgreSQL cannot hold verbatim
   // (NUL, invalid UTF-8) is stored with U+FFFD, quotes and SQL as they are.
-  Transition done = Step(id, S::kPostMigrating, S::kCompleted, "completed");
+  Transition done = Step(id, S::kPostMigrating, S::kCompleted, "complete");
   done.dest_host = "host-b";
   done.event_detail = std::string("a\0b", 3) + " '; DROP TABLE migrations; -- \"q\" \xff";
   for (int i = 0; i < 3; ++i) {
     MigrationEvent e;
-    e.step = "extra-" + std::to_string(i);
+    e.step = v1::MIGRATION_STEP_COMPLETE;
+    e.detail = "extra-" + std::to_string(i);
     e.kind = "info";
     e.started_at = absl::Now();
     done.extra_events.push_back(e);
@@ -2263,12 +2223,12 @@ TEST_CASE("a transition is one statement: all of it or nothing, events in order,
   auto ev = migs.ListEvents(id);
   REQUIRE(ev.ok());
   REQUIRE(ev->size() == 8);
-  CHECK(ev->at(4).step == "completed");
+  CHECK(ev->at(4).step == v1::MIGRATION_STEP_COMPLETE);
   CHECK(ev->at(4).detail ==
         "a\xEF\xBF\xBD"
         "b '; DROP TABLE migrations; -- \"q\" \xEF\xBF\xBD");
   for (int i = 0; i < 3; ++i) {
-    CHECK(ev->at(5 + i).step == "extra-" + std::to_string(i));
+    CHECK(ev->at(5 + i).detail == "extra-" + std::to_string(i));
     CHECK(ev->at(5 + i).status == "completed");
     CHECK(ev->at(5 + i).actor == "sched-1");
   }

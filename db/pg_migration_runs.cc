@@ -72,7 +72,7 @@ absl::StatusOr<MigrationRecord> PgMigrationStore::ApplyTransition(const Transiti
   const absl::Time now = absl::Now();
   std::vector<MigrationEvent> events;
   MigrationEvent ev;
-  ev.step = t.event_step.empty() ? t.step : t.event_step;
+  ev.step = t.event_step == v1::MIGRATION_STEP_UNSPECIFIED ? t.step : t.event_step;
   ev.kind = t.event_kind;
   ev.outcome = t.event_outcome;
   ev.status = std::string(ToString(t.to));
@@ -115,9 +115,9 @@ absl::StatusOr<MigrationRecord> PgMigrationStore::ApplyTransition(const Transiti
              "FROM upd WHERE $9 AND i.uuid = upd.instance_uuid RETURNING 1), "
              "ev AS (" +
                  EventsInsertFrom("upd", "$12") + ") " + MigrationSelectFrom("upd"),
-             t.migration_id, std::string(ToString(t.from)), std::string(ToString(t.to)), t.step,
-             t.dest_host, t.memory_claim_mib, t.failure_reason, t.mark_started, terminal, t.owner,
-             t.candidates_json, EventsJson(events), t.refused_check);
+             t.migration_id, std::string(ToString(t.from)), std::string(ToString(t.to)),
+             StepText(t.step), t.dest_host, t.memory_claim_mib, t.failure_reason, t.mark_started,
+             terminal, t.owner, t.candidates_json, EventsJson(events), t.refused_check);
     if (!r.empty()) return MigrationFromRow(r[0]);
     // Nothing changed: say why.
     pqxx::result cur = Prep(w,
@@ -158,7 +158,7 @@ absl::StatusOr<MigrationRecord> PgMigrationStore::ApplyTransition(const Transiti
 }
 
 absl::Status PgMigrationStore::RecordStep(int64_t id, const std::string& owner,
-                                          MigrationStatus status, const std::string& step,
+                                          MigrationStatus status, v1::MigrationStep step,
                                           const std::vector<MigrationEvent>& events,
                                           const std::optional<std::string>& dest_host,
                                           const std::optional<int64_t>& memory_claim_mib) {
@@ -169,14 +169,14 @@ absl::Status PgMigrationStore::RecordStep(int64_t id, const std::string& owner,
   }
   // One statement: the step (under the lease) and its events.
   return pool_->Single("record migration step", [&](pqxx::transaction_base& w) -> absl::Status {
-    pqxx::result r =
-        Prep(w,
-             "WITH upd AS (UPDATE migrations SET step = $4, updated_at = now(), dest_host = "
-             "COALESCE($5, dest_host), memory_claim_mib = COALESCE($6, memory_claim_mib) WHERE "
-             "id = $1 AND status = $2 AND owner = $3 AND lease_expires_at > now() RETURNING "
-             "id), ev AS (" +
-                 EventsInsertFrom("upd", "$7") + ") SELECT count(*) FROM upd",
-             id, ToString(status), owner, step, dest_host, memory_claim_mib, EventsJson(evs));
+    pqxx::result r = Prep(
+        w,
+        "WITH upd AS (UPDATE migrations SET step = $4, updated_at = now(), dest_host = "
+        "COALESCE($5, dest_host), memory_claim_mib = COALESCE($6, memory_claim_mib) WHERE "
+        "id = $1 AND status = $2 AND owner = $3 AND lease_expires_at > now() RETURNING "
+        "id), ev AS (" +
+            EventsInsertFrom("upd", "$7") + ") SELECT count(*) FROM upd",
+        id, ToString(status), owner, StepText(step), dest_host, memory_claim_mib, EventsJson(evs));
     if (r[0][0].as<int64_t>() == 0) {
       return absl::AbortedError(absl::StrCat(
           "migration ", id, ": step ", step, " not recorded: the migration is no longer '",
@@ -210,7 +210,7 @@ absl::StatusOr<std::vector<MigrationEvent>> PgMigrationStore::ListEvents(int64_t
           MigrationEvent e;
           e.id = row["id"].as<int64_t>();
           e.migration_id = row["migration_id"].as<int64_t>();
-          e.step = Str(row["step"]);
+          e.step = StepFromName(Str(row["step"]));
           e.kind = Str(row["kind"]);
           e.outcome = Str(row["outcome"]);
           e.status = Str(row["status"]);

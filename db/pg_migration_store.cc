@@ -47,7 +47,7 @@ absl::StatusOr<CreateMigrationResult> PgMigrationStore::CreateMigration(const Ne
     }
   }
   MigrationEvent ev;
-  ev.step = "accepted";
+  ev.step = v1::MIGRATION_STEP_ACCEPT;
   ev.kind = "result";
   ev.outcome = "ok";
   ev.status = "accepted";
@@ -223,7 +223,7 @@ absl::StatusOr<MigrationRecord> PgMigrationStore::ResolveError(int64_t id, Migra
   }
   MigrationEvent ev = event;
   ev.status = ToString(to);
-  if (ev.step.empty()) ev.step = "resolve";
+  if (ev.step == v1::MIGRATION_STEP_UNSPECIFIED) ev.step = v1::MIGRATION_STEP_RESOLVE;
   // One statement: the row (only while in error), the instance, the event, then the row.
   return pool_->SingleQuery<MigrationRecord>(
       "resolve migration in error",
@@ -358,7 +358,8 @@ absl::StatusOr<MigrationRecord> PgMigrationStore::RecordRequest(int64_t id, cons
         MigrationEvent ev;
         ev.migration_id = id;
         // The request's own step (a note, not a result of the step that was running).
-        ev.step = std::string(by_col) == "aborted_by" ? "abort" : "force_complete";
+        ev.step = std::string(by_col) == "aborted_by" ? v1::MIGRATION_STEP_ABORT
+                                                      : v1::MIGRATION_STEP_FORCE_COMPLETE;
         ev.kind = "info";
         ev.outcome = "requested";
         ev.status = std::string(ToString(cur.status));

@@ -27,7 +27,7 @@ class PgMigrationStore : public MigrationStore {
                                      const std::string& dest) override;
   absl::StatusOr<MigrationRecord> ApplyTransition(const Transition& t) override;
   absl::Status RecordStep(int64_t id, const std::string& owner, MigrationStatus status,
-                          const std::string& step, const std::vector<MigrationEvent>& events,
+                          v1::MigrationStep step, const std::vector<MigrationEvent>& events,
                           const std::optional<std::string>& dest_host,
                           const std::optional<int64_t>& memory_claim_mib) override;
   absl::Status AppendEvent(const MigrationEvent& event) override;

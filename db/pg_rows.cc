@@ -106,7 +106,7 @@ absl::StatusOr<MigrationRecord> MigrationFromRow(const pqxx::row& r) {
         absl::StrCat("migration ", m.id, " has an unknown status '", Str(r["status"]), "'"));
   }
   m.status = *status;
-  m.step = Str(r["step"]);
+  m.step = StepFromName(Str(r["step"]));
   m.live = r["live"].as<bool>();
   m.block_migration = Str(r["block_migration"]);
   m.options_json = Str(r["options"]);
@@ -163,7 +163,7 @@ std::string EventsJson(const std::vector<MigrationEvent>& events) {
     return v;
   };
   for (const MigrationEvent& e : events) {
-    a.push_back({{"step", text(e.step)},
+    a.push_back({{"step", text(StepText(e.step))},
                  {"kind", text(e.kind)},
                  {"outcome", text(e.outcome)},
                  {"status", text(e.status)},
@@ -198,7 +198,8 @@ void InsertEvent(pqxx::transaction_base& w, const MigrationEvent& e) {
        "started_at, finished_at, duration_ms, host) VALUES ($1, $2, $3, $4, $5, $6, $7, "
        "to_timestamp($8::double precision / 1000000), CASE WHEN $9::bigint IS NULL THEN NULL "
        "ELSE to_timestamp($9::double precision / 1000000) END, $10, NULLIF($11, ''))",
-       e.migration_id, e.step, e.kind, e.outcome, e.status, e.actor, e.detail, ToUs(e.started_at),
+       e.migration_id, StepText(e.step), e.kind, e.outcome, e.status, e.actor, e.detail,
+       ToUs(e.started_at),
        e.finished_at ? std::optional<int64_t>(ToUs(*e.finished_at)) : std::nullopt, e.duration_ms,
        e.host);
 }

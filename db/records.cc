@@ -5,6 +5,10 @@
 
 namespace livemig::db {
 
+std::string StepText(v1::MigrationStep step) {
+  return step == v1::MIGRATION_STEP_ACCEPT ? "accepted" : StepName(step);
+}
+
 std::string WhyNoSlot(const SlotUse& use, const SlotLimits& limits) {
   if (use.older_queued) {
     return absl::StrCat("an older migration touching ", limits.source, " or ", limits.dest,

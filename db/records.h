@@ -11,8 +11,16 @@
 
 #include "absl/time/time.h"
 #include "common/migration_status.h"
+#include "common/step_name.h"
 
 namespace livemig::db {
+
+namespace v1 = ::livemig::v1;
+
+// A step's name in the database (migrations.step, migration_events.step): StepName's, except
+// "accepted" for the accept step (the name the store has always written); read back with
+// StepFromName.
+std::string StepText(v1::MigrationStep step);
 
 // One domain as a host reports it.
 struct DomainReport {
@@ -161,7 +169,8 @@ struct MigrationRecord {
   std::string dest_host;       // empty until chosen
   std::string requested_dest;  // empty: the scheduler chooses
   MigrationStatus status = MigrationStatus::kAccepted;
-  std::string step;
+  // The step in progress (its intent recorded), or the last one. Stored as its name (StepText).
+  v1::MigrationStep step = v1::MIGRATION_STEP_UNSPECIFIED;
   bool live = true;
   std::string block_migration = "auto";
   std::string options_json = "{}";
@@ -188,7 +197,7 @@ struct MigrationRecord {
 struct MigrationEvent {
   int64_t id = 0;
   int64_t migration_id = 0;
-  std::string step;
+  v1::MigrationStep step = v1::MIGRATION_STEP_UNSPECIFIED;
   std::string kind = "info";  // intent, result, info
   std::string outcome;        // ok, failed, ... ('' for an intent)
   std::string status;         // the migration's status after the event
@@ -234,9 +243,9 @@ struct Transition {
   std::string owner;  // must hold the lease
   MigrationStatus from = MigrationStatus::kAccepted;
   MigrationStatus to = MigrationStatus::kAccepted;
-  std::string step;
+  v1::MigrationStep step = v1::MIGRATION_STEP_UNSPECIFIED;
   // The event recorded in the same transaction (its step: event_step, default `step`).
-  std::string event_step;
+  v1::MigrationStep event_step = v1::MIGRATION_STEP_UNSPECIFIED;
   std::string event_kind = "result";
   std::string event_outcome = "ok";
   std::string event_detail;

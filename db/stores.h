@@ -106,7 +106,7 @@ class MigrationStore {
   // `step` and appends the given events (typically the previous step's result and the next
   // step's intent) in ONE transaction, optionally with the destination chosen.
   virtual absl::Status RecordStep(
-      int64_t id, const std::string& owner, MigrationStatus status, const std::string& step,
+      int64_t id, const std::string& owner, MigrationStatus status, v1::MigrationStep step,
       const std::vector<MigrationEvent>& events,
       const std::optional<std::string>& dest_host = std::nullopt,
       const std::optional<int64_t>& memory_claim_mib = std::nullopt) = 0;

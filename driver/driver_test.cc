@@ -57,7 +57,7 @@ std::string TempDir(const std::string& tag) {
 // unknown operation with its elapsed time only -- and a scripted pause reason (the test driver
 // pauses with reason "user", as libxl pauses an incoming domain). Everything else is the test
 // driver's own: suspend, destroy, undefine really change its state.
-class XenLikeApi : public LibvirtApi {
+class XenLikeApi : public ForwardingLibvirtApi {
  public:
   struct Script {
     std::mutex mu;
@@ -97,7 +97,7 @@ class XenLikeApi : public LibvirtApi {
   }
 
   explicit XenLikeApi(std::shared_ptr<Script> script)
-      : inner_(NewRealLibvirtApi()), script_(std::move(script)) {}
+      : ForwardingLibvirtApi(NewRealLibvirtApi()), script_(std::move(script)) {}
 
   absl::StatusOr<ConnHandle> Open(const std::string& uri) override {
     auto c = inner_->Open(uri);
@@ -107,19 +107,8 @@ class XenLikeApi : public LibvirtApi {
     }
     return c;
   }
-  bool IsAlive(virConnectPtr c) override { return inner_->IsAlive(c); }
   absl::StatusOr<std::string> GetType(virConnectPtr) override { return std::string("Xen"); }
   absl::StatusOr<uint64_t> GetVersion(virConnectPtr) override { return uint64_t{4017000}; }
-  absl::StatusOr<uint64_t> GetLibVersion(virConnectPtr c) override {
-    return inner_->GetLibVersion(c);
-  }
-  absl::StatusOr<std::string> GetCapabilities(virConnectPtr c) override {
-    return inner_->GetCapabilities(c);
-  }
-  absl::StatusOr<int> CompareCPU(virConnectPtr c, const std::string& xml) override {
-    return inner_->CompareCPU(c, xml);
-  }
-  absl::StatusOr<NodeInfo> GetNodeInfo(virConnectPtr c) override { return inner_->GetNodeInfo(c); }
   absl::StatusOr<uint64_t> GetFreeMemoryBytes(virConnectPtr c) override {
     auto node = inner_->GetNodeInfo(c);
     if (!node.ok()) return node.status();
@@ -131,15 +120,6 @@ class XenLikeApi : public LibvirtApi {
       if (b.ok() && b->state != VIR_DOMAIN_SHUTOFF) used_kib += b->memory_kib;
     }
     return (node->memory_kib - std::min(node->memory_kib, used_kib)) * 1024;
-  }
-  absl::StatusOr<std::vector<DomHandle>> ListAllDomains(virConnectPtr c) override {
-    return inner_->ListAllDomains(c);
-  }
-  absl::StatusOr<DomHandle> LookupByUUID(virConnectPtr c, const std::string& uuid) override {
-    return inner_->LookupByUUID(c, uuid);
-  }
-  absl::StatusOr<DomHandle> DefineXML(virConnectPtr c, const std::string& xml) override {
-    return inner_->DefineXML(c, xml);
   }
   absl::StatusOr<DomainBasics> Describe(virDomainPtr d) override {
     auto b = inner_->Describe(d);
@@ -206,25 +186,8 @@ class XenLikeApi : public LibvirtApi {
     }
     return inner_->AbortJob(d);
   }
-  absl::Status MigrateSetMaxDowntime(virDomainPtr d, uint64_t ms) override {
-    return inner_->MigrateSetMaxDowntime(d, ms);
-  }
-  absl::StatusOr<uint64_t> GetBlockCapacity(virDomainPtr d, const std::string& disk) override {
-    return inner_->GetBlockCapacity(d, disk);
-  }
-  absl::Status MigrateSetMaxSpeed(virDomainPtr d, uint64_t mib_s) override {
-    return inner_->MigrateSetMaxSpeed(d, mib_s);
-  }
-  absl::Status MigrateStartPostCopy(virDomainPtr d) override {
-    return inner_->MigrateStartPostCopy(d);
-  }
-  absl::Status Suspend(virDomainPtr d) override { return inner_->Suspend(d); }
-  absl::Status Resume(virDomainPtr d) override { return inner_->Resume(d); }
-  absl::Status Destroy(virDomainPtr d) override { return inner_->Destroy(d); }
-  absl::Status Undefine(virDomainPtr d) override { return inner_->Undefine(d); }
 
  private:
-  std::unique_ptr<LibvirtApi> inner_;
   std::shared_ptr<Script> script_;
 };
 

@@ -214,40 +214,10 @@ class RealLibvirtApi : public LibvirtApi {
 };
 
 // Refuses what libvirt 9.0's libxl driver refuses, with libvirt's own messages.
-class StrictLibxlApi : public LibvirtApi {
+class StrictLibxlApi : public ForwardingLibvirtApi {
  public:
-  explicit StrictLibxlApi(std::unique_ptr<LibvirtApi> inner) : inner_(std::move(inner)) {}
+  using ForwardingLibvirtApi::ForwardingLibvirtApi;
 
-  absl::StatusOr<ConnHandle> Open(const std::string& uri) override { return inner_->Open(uri); }
-  bool IsAlive(virConnectPtr c) override { return inner_->IsAlive(c); }
-  absl::StatusOr<std::string> GetType(virConnectPtr c) override { return inner_->GetType(c); }
-  absl::StatusOr<uint64_t> GetVersion(virConnectPtr c) override { return inner_->GetVersion(c); }
-  absl::StatusOr<uint64_t> GetLibVersion(virConnectPtr c) override {
-    return inner_->GetLibVersion(c);
-  }
-  absl::StatusOr<std::string> GetCapabilities(virConnectPtr c) override {
-    return inner_->GetCapabilities(c);
-  }
-  absl::StatusOr<int> CompareCPU(virConnectPtr c, const std::string& xml) override {
-    return inner_->CompareCPU(c, xml);
-  }
-  absl::StatusOr<NodeInfo> GetNodeInfo(virConnectPtr c) override { return inner_->GetNodeInfo(c); }
-  absl::StatusOr<uint64_t> GetFreeMemoryBytes(virConnectPtr c) override {
-    return inner_->GetFreeMemoryBytes(c);
-  }
-  absl::StatusOr<std::vector<DomHandle>> ListAllDomains(virConnectPtr c) override {
-    return inner_->ListAllDomains(c);
-  }
-  absl::StatusOr<DomHandle> LookupByUUID(virConnectPtr c, const std::string& uuid) override {
-    return inner_->LookupByUUID(c, uuid);
-  }
-  absl::StatusOr<DomHandle> DefineXML(virConnectPtr c, const std::string& xml) override {
-    return inner_->DefineXML(c, xml);
-  }
-  absl::StatusOr<DomainBasics> Describe(virDomainPtr d) override { return inner_->Describe(d); }
-  absl::StatusOr<std::string> GetXMLDesc(virDomainPtr d, unsigned int flags) override {
-    return inner_->GetXMLDesc(d, flags);
-  }
   absl::StatusOr<JobStats> GetJobStats(virDomainPtr d, unsigned int flags) override {
     // libxlDomainGetJobStats: no flags (no COMPLETED stats), and only the elapsed time.
     if (flags != 0) {
@@ -291,16 +261,76 @@ class StrictLibxlApi : public LibvirtApi {
   absl::Status MigrateStartPostCopy(virDomainPtr) override {
     return Unsupported("virDomainMigrateStartPostCopy");
   }
-  absl::Status Suspend(virDomainPtr d) override { return inner_->Suspend(d); }
-  absl::Status Resume(virDomainPtr d) override { return inner_->Resume(d); }
-  absl::Status Destroy(virDomainPtr d) override { return inner_->Destroy(d); }
-  absl::Status Undefine(virDomainPtr d) override { return inner_->Undefine(d); }
-
- private:
-  std::unique_ptr<LibvirtApi> inner_;
 };
 
 }  // namespace
+
+absl::StatusOr<ConnHandle> ForwardingLibvirtApi::Open(const std::string& uri) {
+  return inner_->Open(uri);
+}
+bool ForwardingLibvirtApi::IsAlive(virConnectPtr c) { return inner_->IsAlive(c); }
+absl::StatusOr<std::string> ForwardingLibvirtApi::GetType(virConnectPtr c) {
+  return inner_->GetType(c);
+}
+absl::StatusOr<uint64_t> ForwardingLibvirtApi::GetVersion(virConnectPtr c) {
+  return inner_->GetVersion(c);
+}
+absl::StatusOr<uint64_t> ForwardingLibvirtApi::GetLibVersion(virConnectPtr c) {
+  return inner_->GetLibVersion(c);
+}
+absl::StatusOr<std::string> ForwardingLibvirtApi::GetCapabilities(virConnectPtr c) {
+  return inner_->GetCapabilities(c);
+}
+absl::StatusOr<int> ForwardingLibvirtApi::CompareCPU(virConnectPtr c, const std::string& cpu_xml) {
+  return inner_->CompareCPU(c, cpu_xml);
+}
+absl::StatusOr<NodeInfo> ForwardingLibvirtApi::GetNodeInfo(virConnectPtr c) {
+  return inner_->GetNodeInfo(c);
+}
+absl::StatusOr<uint64_t> ForwardingLibvirtApi::GetFreeMemoryBytes(virConnectPtr c) {
+  return inner_->GetFreeMemoryBytes(c);
+}
+absl::StatusOr<std::vector<DomHandle>> ForwardingLibvirtApi::ListAllDomains(virConnectPtr c) {
+  return inner_->ListAllDomains(c);
+}
+absl::StatusOr<DomHandle> ForwardingLibvirtApi::LookupByUUID(virConnectPtr c,
+                                                             const std::string& uuid) {
+  return inner_->LookupByUUID(c, uuid);
+}
+absl::StatusOr<DomHandle> ForwardingLibvirtApi::DefineXML(virConnectPtr c, const std::string& xml) {
+  return inner_->DefineXML(c, xml);
+}
+absl::StatusOr<DomainBasics> ForwardingLibvirtApi::Describe(virDomainPtr d) {
+  return inner_->Describe(d);
+}
+absl::StatusOr<std::string> ForwardingLibvirtApi::GetXMLDesc(virDomainPtr d, unsigned int flags) {
+  return inner_->GetXMLDesc(d, flags);
+}
+absl::StatusOr<JobStats> ForwardingLibvirtApi::GetJobStats(virDomainPtr d, unsigned int flags) {
+  return inner_->GetJobStats(d, flags);
+}
+absl::Status ForwardingLibvirtApi::MigrateToURI3(virDomainPtr d, const std::string& dconnuri,
+                                                 const MigrateParams& params, unsigned int flags) {
+  return inner_->MigrateToURI3(d, dconnuri, params, flags);
+}
+absl::StatusOr<uint64_t> ForwardingLibvirtApi::GetBlockCapacity(virDomainPtr d,
+                                                                const std::string& disk) {
+  return inner_->GetBlockCapacity(d, disk);
+}
+absl::Status ForwardingLibvirtApi::AbortJob(virDomainPtr d) { return inner_->AbortJob(d); }
+absl::Status ForwardingLibvirtApi::MigrateSetMaxDowntime(virDomainPtr d, uint64_t ms) {
+  return inner_->MigrateSetMaxDowntime(d, ms);
+}
+absl::Status ForwardingLibvirtApi::MigrateSetMaxSpeed(virDomainPtr d, uint64_t mib_s) {
+  return inner_->MigrateSetMaxSpeed(d, mib_s);
+}
+absl::Status ForwardingLibvirtApi::MigrateStartPostCopy(virDomainPtr d) {
+  return inner_->MigrateStartPostCopy(d);
+}
+absl::Status ForwardingLibvirtApi::Suspend(virDomainPtr d) { return inner_->Suspend(d); }
+absl::Status ForwardingLibvirtApi::Resume(virDomainPtr d) { return inner_->Resume(d); }
+absl::Status ForwardingLibvirtApi::Destroy(virDomainPtr d) { return inner_->Destroy(d); }
+absl::Status ForwardingLibvirtApi::Undefine(virDomainPtr d) { return inner_->Undefine(d); }
 
 absl::Status LastLibvirtError(const std::string& what) {
   virErrorPtr e = virGetLastError();

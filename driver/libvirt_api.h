@@ -3,7 +3,8 @@
 //
 // Two implementations:
 //   - RealLibvirtApi: passes every call through to libvirt.
-//   - StrictLibxlApi: wraps another LibvirtApi and refuses, with libvirt's own messages, every
+//   - StrictLibxlApi (a ForwardingLibvirtApi): wraps another LibvirtApi and refuses, with libvirt's
+//   own messages, every
 //     flag, parameter and call that libvirt 9.0's libxl (Xen) driver refuses
 //     (LIBVIRT_FACTS.md). Running the libxl profile through it over a real QEMU connection
 //     makes a call Xen would refuse fail the test instead of passing.
@@ -15,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -106,6 +108,42 @@ class LibvirtApi {
   virtual absl::Status Resume(virDomainPtr d) = 0;
   virtual absl::Status Destroy(virDomainPtr d) = 0;
   virtual absl::Status Undefine(virDomainPtr d) = 0;
+};
+
+// A LibvirtApi that passes every call to another (`inner_`): the base of the wrappers, which
+// override only the calls they change.
+class ForwardingLibvirtApi : public LibvirtApi {
+ public:
+  explicit ForwardingLibvirtApi(std::unique_ptr<LibvirtApi> inner) : inner_(std::move(inner)) {}
+  absl::StatusOr<ConnHandle> Open(const std::string& uri) override;
+  bool IsAlive(virConnectPtr c) override;
+  absl::StatusOr<std::string> GetType(virConnectPtr c) override;
+  absl::StatusOr<uint64_t> GetVersion(virConnectPtr c) override;
+  absl::StatusOr<uint64_t> GetLibVersion(virConnectPtr c) override;
+  absl::StatusOr<std::string> GetCapabilities(virConnectPtr c) override;
+  absl::StatusOr<int> CompareCPU(virConnectPtr c, const std::string& cpu_xml) override;
+  absl::StatusOr<NodeInfo> GetNodeInfo(virConnectPtr c) override;
+  absl::StatusOr<uint64_t> GetFreeMemoryBytes(virConnectPtr c) override;
+  absl::StatusOr<std::vector<DomHandle>> ListAllDomains(virConnectPtr c) override;
+  absl::StatusOr<DomHandle> LookupByUUID(virConnectPtr c, const std::string& uuid) override;
+  absl::StatusOr<DomHandle> DefineXML(virConnectPtr c, const std::string& xml) override;
+  absl::StatusOr<DomainBasics> Describe(virDomainPtr d) override;
+  absl::StatusOr<std::string> GetXMLDesc(virDomainPtr d, unsigned int flags) override;
+  absl::StatusOr<JobStats> GetJobStats(virDomainPtr d, unsigned int flags) override;
+  absl::Status MigrateToURI3(virDomainPtr d, const std::string& dconnuri,
+                             const MigrateParams& params, unsigned int flags) override;
+  absl::StatusOr<uint64_t> GetBlockCapacity(virDomainPtr d, const std::string& disk) override;
+  absl::Status AbortJob(virDomainPtr d) override;
+  absl::Status MigrateSetMaxDowntime(virDomainPtr d, uint64_t ms) override;
+  absl::Status MigrateSetMaxSpeed(virDomainPtr d, uint64_t mib_s) override;
+  absl::Status MigrateStartPostCopy(virDomainPtr d) override;
+  absl::Status Suspend(virDomainPtr d) override;
+  absl::Status Resume(virDomainPtr d) override;
+  absl::Status Destroy(virDomainPtr d) override;
+  absl::Status Undefine(virDomainPtr d) override;
+
+ protected:
+  std::unique_ptr<LibvirtApi> inner_;
 };
 
 std::unique_ptr<LibvirtApi> NewRealLibvirtApi();

@@ -997,6 +997,24 @@ absl::StatusOr<cv1::MigrationProgressReport> LibvirtDriver::GetMigrationProgress
       absl::StrCat("no transfer of migration ", migration_id, " on ", options_.hostname));
 }
 
+namespace {
+
+// The transfer of `migration_id` among the driver's `transfers` (its lock held): nullptr when
+// this agent has none; FailedPrecondition when it already ended.
+template <class Transfers>
+absl::StatusOr<typename Transfers::mapped_type*> RunningTransfer(Transfers& transfers,
+                                                                 const std::string& migration_id) {
+  auto it = transfers.find(migration_id);
+  if (it == transfers.end()) return static_cast<typename Transfers::mapped_type*>(nullptr);
+  if (!it->second.running) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the transfer of migration ", migration_id, " already ended"));
+  }
+  return &it->second;
+}
+
+}  // namespace
+
 absl::Status LibvirtDriver::AbortLiveMigration(const std::string& migration_id,
                                                const std::string& instance_uuid) {
   RETURN_IF_ERROR(ValidateMigrationId(migration_id));
@@ -1009,18 +1027,14 @@ absl::Status LibvirtDriver::AbortLiveMigration(const std::string& migration_id,
   std::string uuid = instance_uuid;
   {
     absl::MutexLock l(&mu_);
-    auto it = transfers_.find(migration_id);
-    if (it != transfers_.end()) {
-      if (!it->second.running) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("the transfer of migration ", migration_id, " already ended"));
-      }
-      if (it->second.post_copy) {
+    ASSIGN_OR_RETURN(auto* transfer, RunningTransfer(transfers_, migration_id));
+    if (transfer != nullptr) {
+      if (transfer->post_copy) {
         return absl::FailedPreconditionError(
             "post-copy has started: the destination holds the only complete copy; cannot abort");
       }
-      uuid = it->second.uuid;
-      it->second.report.set_abort_requested(true);
+      uuid = transfer->uuid;
+      transfer->report.set_abort_requested(true);
     }
   }
   ASSIGN_OR_RETURN(DomHandle dom, Lookup(uuid));
@@ -1045,16 +1059,12 @@ absl::Status LibvirtDriver::ForceCompleteLiveMigration(const std::string& migrat
   bool post_copy = false;
   {
     absl::MutexLock l(&mu_);
-    auto it = transfers_.find(migration_id);
-    if (it != transfers_.end()) {
-      if (!it->second.running) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("the transfer of migration ", migration_id, " already ended"));
-      }
-      uuid = it->second.uuid;
-      post_copy = it->second.options.allow_post_copy();
-      it->second.force_completing = true;
-      it->second.report.set_force_complete_requested(true);
+    ASSIGN_OR_RETURN(auto* transfer, RunningTransfer(transfers_, migration_id));
+    if (transfer != nullptr) {
+      uuid = transfer->uuid;
+      post_copy = transfer->options.allow_post_copy();
+      transfer->force_completing = true;
+      transfer->report.set_force_complete_requested(true);
     }
   }
   ASSIGN_OR_RETURN(DomHandle dom, Lookup(uuid));

@@ -309,7 +309,7 @@ namespace {
 // The resolve event of a migration (step "resolve"), if it has one.
 const db::MigrationEvent* ResolveEvent(const std::vector<db::MigrationEvent>& events) {
   for (const auto& e : events) {
-    if (e.step == "resolve" && e.kind == "result") return &e;
+    if (e.step == v1::MIGRATION_STEP_RESOLVE && e.kind == "result") return &e;
   }
   return nullptr;
 }
@@ -413,7 +413,7 @@ absl::StatusOr<sv1::ResolveMigrationResponse> ApiCore::ResolveMigration(
     }
   }
   db::MigrationEvent ev;
-  ev.step = "resolve";
+  ev.step = v1::MIGRATION_STEP_RESOLVE;
   ev.kind = "result";
   ev.outcome = "ok";
   ev.actor = who;

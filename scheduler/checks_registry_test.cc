@@ -20,18 +20,10 @@
 #include "scheduler/prechecks.h"
 #include "testing/pg_server.h"
 #include "testing/run_command.h"
+#include "testing/schema_db.h"
 
 namespace livemig::sched {
 namespace {
-
-livemig::testing::PgServer& Pg() {
-  static auto server = [] {
-    auto s = livemig::testing::PgServer::Start();
-    if (!s.ok()) FAIL(s.status().ToString());
-    return std::move(s).value();
-  }();
-  return *server;
-}
 
 constexpr char kFullCaps[] =
     R"({"profile": "fake-qemu", "supportsLive": true, "supportsBandwidth": true,
@@ -41,26 +33,12 @@ constexpr char kNarrowCaps[] = R"({"profile": "libxl", "supportsLive": true})";
 
 std::string Uuid(int n) { return absl::StrCat("00000000-0000-4000-8000-", 100000000000 + n); }
 
+// A host with every capability and no shared storage, reached in process (LocalAgentClientFactory).
 db::HostReport Report(const std::string& host, std::vector<db::DomainReport> domains = {}) {
-  db::HostReport r;
-  r.hostname = host;
+  db::HostReport r = livemig::testing::SampleReport(host, 1, std::move(domains));
   r.agent_address = "local:" + host;
-  r.agent_version = "0.1.0";
-  r.hypervisor_type = "Xen";
-  r.hypervisor_version = 4017000;
-  r.libvirt_version = 9000000;
-  r.cpu_arch = "x86_64";
-  r.cpu_model = "Skylake-Server";
-  r.cpu_features = {"sse4.2", "avx2"};
-  r.memory_total_mib = 16384;
-  r.memory_free_mib = 8192;
-  r.memory_reserved_mib = 512;
-  r.network_segments = {"br-guest"};
-  r.instance_path = "/var/lib/livemig/instances";
+  r.shared_storage.clear();
   r.capabilities_json = kFullCaps;
-  r.agent_boot_id = "boot-1";
-  r.seq = 1;
-  r.domains = std::move(domains);
   return r;
 }
 
@@ -70,27 +48,13 @@ db::DomainReport Dom(int n, const std::string& state = "running", int64_t mib = 
 
 // A fresh database with the schema, its stores, and an orchestrator and API over them (not
 // started: the dry run and the API's refusals need no state machine). No agent answers.
-struct Cloud {
-  std::string conninfo;
-  std::unique_ptr<db::PgPool> pool;
-  std::unique_ptr<db::PgStores> stores;
+struct Cloud : livemig::testing::SchemaDb {
   LocalAgentClientFactory agents;
   std::unique_ptr<Orchestrator> orch;
   std::unique_ptr<ApiCore> api;
   const absl::Duration down = absl::Seconds(60);
 
-  Cloud() {
-    auto c = Pg().CreateDatabase();
-    REQUIRE(c.ok());
-    conninfo = *c;
-    db::PgPool::Options po;
-    po.conninfo = *c;
-    po.size = 4;
-    auto p = db::PgPool::Create(po);
-    REQUIRE(p.ok());
-    pool = std::move(p).value();
-    REQUIRE(db::ApplySchema(*pool).ok());
-    stores = std::make_unique<db::PgStores>(pool.get());
+  Cloud() : SchemaDb(livemig::testing::SharedPgServer()) {
     OrchestratorOptions o;
     o.scheduler_id = "checks-test";
     o.destination_attempts = 1;
@@ -101,14 +65,6 @@ struct Cloud {
                                     &stores->evacuations(), orch.get());
   }
   void Add(const db::HostReport& r) { REQUIRE(stores->hosts().ApplyReport(r).ok()); }
-  void Exec(const std::string& sql) {
-    REQUIRE(pool->Run("test sql",
-                      [&](pqxx::work& w) {
-                        w.exec(sql);
-                        return absl::OkStatus();
-                      })
-                .ok());
-  }
   // Host `h` has not reported for 10 minutes (down).
   void Down(const std::string& h) {
     Exec("UPDATE hosts SET last_report_at = now() - interval '10 minutes' WHERE hostname = '" + h +

@@ -2,6 +2,7 @@
 
 #include <cctype>
 
+#include "common/step_name.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace livemig::sched {
@@ -51,24 +52,6 @@ absl::StatusOr<MigrationStatus> FromProtoStatus(v1::MigrationStatus s) {
   return absl::InvalidArgumentError(
       "unknown migration status filter: use accepted, queued, preparing, running, "
       "running (post-copy), post-migrating, completed, failed, cancelled or error");
-}
-
-std::string StepName(v1::MigrationStep step) {
-  std::string name = v1::MigrationStep_Name(step);
-  const std::string prefix = "MIGRATION_STEP_";
-  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
-  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return name;
-}
-
-v1::MigrationStep StepFromName(const std::string& name) {
-  // The store writes the accept step (migration row and first event) as "accepted".
-  if (name == "accepted") return v1::MIGRATION_STEP_ACCEPT;
-  std::string upper = "MIGRATION_STEP_";
-  for (char c : name) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  v1::MigrationStep s = v1::MIGRATION_STEP_UNSPECIFIED;
-  v1::MigrationStep_Parse(upper, &s);
-  return s;
 }
 
 std::string OptionsToJson(const v1::MigrationOptions& o) {
@@ -269,7 +252,7 @@ sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
   out.set_dest_host(m.dest_host);
   out.set_dest_requested(!m.requested_dest.empty());
   out.set_status(ToProtoStatus(m.status));
-  out.set_step(StepFromName(m.step));
+  out.set_step(m.step);
   *out.mutable_options() = OptionsFromJson(m.options_json);
   v1::MigrationProgress* p = out.mutable_progress();
   const std::string& ph = m.progress.phase;
@@ -306,7 +289,7 @@ sv1::Migration ToProtoMigration(const db::MigrationRecord& m,
   for (const auto& e : events) {
     sv1::MigrationEvent* pe = out.add_events();
     pe->set_seq(++seq);
-    pe->set_step(StepFromName(e.step));
+    pe->set_step(e.step);
     pe->set_outcome(e.kind == "intent"      ? sv1::STEP_OUTCOME_STARTED
                     : e.kind == "info"      ? sv1::STEP_OUTCOME_NOTE
                     : e.outcome == "failed" ? sv1::STEP_OUTCOME_FAILED

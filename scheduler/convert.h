@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/step_name.h"
 #include "db/records.h"
 #include "google/protobuf/timestamp.pb.h"
 #include "proto/scheduler.pb.h"
@@ -24,8 +25,8 @@ v1::MigrationStatus ToProtoStatus(MigrationStatus s);
 absl::StatusOr<MigrationStatus> FromProtoStatus(v1::MigrationStatus s);
 
 // "check_can_live_migrate_on_dest" <-> MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST.
-std::string StepName(v1::MigrationStep step);
-v1::MigrationStep StepFromName(const std::string& name);
+using ::livemig::StepFromName;
+using ::livemig::StepName;
 
 // Options are stored as their proto3 JSON on the migration row.
 std::string OptionsToJson(const v1::MigrationOptions& o);

@@ -336,151 +336,19 @@ absl::Status ParseJsonBody(absl::string_view body, google::protobuf::Message* ms
   return ParseBody(body, msg).status();
 }
 
-// ---- /v1 ----------------------------------------------------------------------------------
-
-absl::StatusOr<sv1::LiveMigrateRequest> ParseLiveMigrate(absl::string_view instance_uuid,
-                                                         absl::string_view body) {
-  LIVEMIG_RETURN(CheckUuid("instance", instance_uuid));
-  sv1::LiveMigrateRequest r;
-  LIVEMIG_RETURN(ParseJsonBody(body, &r));
-  if (!r.instance_uuid().empty() && r.instance_uuid() != instance_uuid) {
-    return Invalid("field 'instance_uuid' ('", Printable(r.instance_uuid()),
-                   "') differs from the instance in the path");
-  }
-  r.set_instance_uuid(std::string(instance_uuid));
-  LIVEMIG_RETURN(CheckOptionalHostname("destination", r.destination()));
-  LIVEMIG_RETURN(CheckLength("request_id", r.request_id(), kMaxTokenLength));
-  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
-  LIVEMIG_RETURN(CheckOptions(r.options(), "options"));
-  return r;
-}
-
-absl::StatusOr<sv1::CheckMigrationRequest> ParseCheckMigration(absl::string_view body) {
-  sv1::CheckMigrationRequest r;
-  LIVEMIG_RETURN(ParseJsonBody(body, &r));
-  LIVEMIG_RETURN(CheckUuid("instance_uuid", r.instance_uuid()));
-  LIVEMIG_RETURN(CheckOptionalHostname("destination", r.destination()));
-  LIVEMIG_RETURN(CheckOptions(r.options(), "options"));
-  return r;
-}
-
-absl::StatusOr<sv1::AbortMigrationRequest> ParseAbortMigration(absl::string_view migration_id,
-                                                               absl::string_view body) {
-  LIVEMIG_RETURN(CheckMigrationId(migration_id));
-  sv1::AbortMigrationRequest r;
-  LIVEMIG_RETURN(ParseJsonBody(body, &r));
-  r.set_migration_id(std::string(migration_id));
-  LIVEMIG_RETURN(CheckLength("reason", r.reason(), kMaxReasonLength));
-  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
-  return r;
-}
-
-absl::StatusOr<sv1::ForceCompleteMigrationRequest> ParseForceComplete(
-    absl::string_view migration_id, absl::string_view body) {
-  LIVEMIG_RETURN(CheckMigrationId(migration_id));
-  sv1::ForceCompleteMigrationRequest r;
-  LIVEMIG_RETURN(ParseJsonBody(body, &r));
-  r.set_migration_id(std::string(migration_id));
-  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
-  return r;
-}
-
-absl::StatusOr<sv1::ResolveMigrationRequest> ParseResolveMigration(absl::string_view migration_id,
-                                                                   absl::string_view body) {
-  LIVEMIG_RETURN(CheckMigrationId(migration_id));
-  sv1::ResolveMigrationRequest r;
-  LIVEMIG_RETURN(ParseJsonBody(body, &r));
-  r.set_migration_id(std::string(migration_id));
-  LIVEMIG_RETURN(CheckHostname("running_on", r.running_on()));
-  LIVEMIG_RETURN(CheckLength("reason", r.reason(), kMaxReasonLength));
-  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
-  return r;
-}
-
-absl::StatusOr<sv1::SetHostEnabledRequest> ParseSetHostEnabled(absl::string_view hostname,
-                                                               absl::string_view body) {
-  LIVEMIG_RETURN(CheckHostname("host", hostname));
-  sv1::SetHostEnabledRequest r;
-  json j;
-  LIVEMIG_ASSIGN(j, ParseBody(body, &r));
-  if (!j.contains("enabled") || j["enabled"].is_null()) {
-    return Invalid("field 'enabled' is required: true to enable the host, false to disable it");
-  }
-  r.set_hostname(std::string(hostname));
-  LIVEMIG_RETURN(CheckLength("reason", r.reason(), kMaxReasonLength));
-  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
-  return r;
-}
-
-absl::StatusOr<sv1::EvacuateHostRequest> ParseEvacuateHost(absl::string_view hostname,
-                                                           absl::string_view body) {
-  LIVEMIG_RETURN(CheckHostname("host", hostname));
-  sv1::EvacuateHostRequest r;
-  LIVEMIG_RETURN(ParseJsonBody(body, &r));
-  r.set_hostname(std::string(hostname));
-  LIVEMIG_RETURN(CheckOptionalHostname("destination", r.destination()));
-  if (r.destination() == hostname) {
-    return Invalid("field 'destination' is the host being evacuated");
-  }
-  LIVEMIG_RETURN(CheckLength("request_id", r.request_id(), kMaxTokenLength));
-  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
-  LIVEMIG_RETURN(CheckOptions(r.options(), "options"));
-  return r;
-}
-
-absl::StatusOr<sv1::CancelEvacuationRequest> ParseCancelEvacuation(absl::string_view evacuation_id,
-                                                                   absl::string_view body) {
-  LIVEMIG_RETURN(CheckEvacuationId(evacuation_id));
-  sv1::CancelEvacuationRequest r;
-  LIVEMIG_RETURN(ParseJsonBody(body, &r));
-  if (!r.evacuation_id().empty() && r.evacuation_id() != evacuation_id) {
-    return Invalid("field 'evacuation_id' ('", Printable(r.evacuation_id()),
-                   "') differs from the evacuation in the path");
-  }
-  r.set_evacuation_id(std::string(evacuation_id));
-  LIVEMIG_RETURN(CheckLength("reason", r.reason(), kMaxReasonLength));
-  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
-  return r;
-}
-
-absl::StatusOr<sv1::ListMigrationsRequest> ParseListMigrations(const QueryParams& q) {
-  sv1::ListMigrationsRequest r;
-  for (auto [it, end] = q.equal_range("status"); it != end; ++it) {
-    auto st = ParseMigrationStatus(it->second);
-    if (!st) {
-      return Invalid("query parameter 'status': unknown status '", Printable(it->second),
-                     "': use accepted, queued, preparing, running, running (post-copy), "
-                     "post-migrating, completed, failed, cancelled or error");
-    }
-    r.add_statuses(ToProtoStatus(*st));
-  }
-  std::string host, instance, limit, marker;
-  LIVEMIG_ASSIGN(host, Param(q, "host"));
-  LIVEMIG_RETURN(CheckOptionalHostname("query parameter 'host':", host));
-  r.set_host(host);
-  LIVEMIG_ASSIGN(instance, Param(q, "instance"));
-  if (!instance.empty()) LIVEMIG_RETURN(CheckUuid("query parameter 'instance':", instance));
-  r.set_instance_uuid(instance);
-  if (q.count("limit")) {
-    LIVEMIG_ASSIGN(limit, Param(q, "limit"));
-    int n = 0;
-    if (limit.empty() || !absl::ascii_isdigit(static_cast<unsigned char>(limit[0])) ||
-        !absl::SimpleAtoi(limit, &n) || n < 1 || n > kMaxPageSize) {
-      return Invalid("limit must be a number from 1 to ", absl::StrCat(kMaxPageSize), ", got '",
-                     Printable(limit), "'");
-    }
-    r.set_page_size(static_cast<uint32_t>(n));
-  }
-  LIVEMIG_ASSIGN(marker, Param(q, "marker"));
-  LIVEMIG_RETURN(CheckLength("marker", marker, kMaxTokenLength));
-  r.set_page_token(marker);
-  bool events = false;
-  LIVEMIG_ASSIGN(events, BoolParam(q, "events"));
-  r.set_include_events(events);
-  return r;
-}
-
 namespace {
+
+// The body of a request on the migration the path names: the path's id checked first, then the
+// body parsed, then the id set on the request.
+template <class Request>
+absl::StatusOr<Request> ParseOnMigration(absl::string_view migration_id, absl::string_view body) {
+  LIVEMIG_RETURN(CheckMigrationId(migration_id));
+  Request r;
+  LIVEMIG_RETURN(ParseJsonBody(body, &r));
+  r.set_migration_id(std::string(migration_id));
+  return r;
+}
+
 // `limit` (1..kMaxPageSize; absent: the server's default) and `marker` (the previous page's
 // next_page_token, at most `max_marker` bytes) of a paged list route.
 absl::Status ParsePage(const QueryParams& q, size_t max_marker, uint32_t* page_size,
@@ -520,7 +388,135 @@ absl::Status ParseHostOf(const QueryParams& q, Request* r) {
   r->set_host(host);
   return absl::OkStatus();
 }
+
+// The free-text `reason` and the `requester` of a request, each within its length.
+template <class Request>
+absl::Status CheckReasonAndRequester(const Request& r) {
+  LIVEMIG_RETURN(CheckLength("reason", r.reason(), kMaxReasonLength));
+  return CheckLength("requester", r.requester(), kMaxTokenLength);
+}
+
 }  // namespace
+
+// ---- /v1 ----------------------------------------------------------------------------------
+
+absl::StatusOr<sv1::LiveMigrateRequest> ParseLiveMigrate(absl::string_view instance_uuid,
+                                                         absl::string_view body) {
+  LIVEMIG_RETURN(CheckUuid("instance", instance_uuid));
+  sv1::LiveMigrateRequest r;
+  LIVEMIG_RETURN(ParseJsonBody(body, &r));
+  if (!r.instance_uuid().empty() && r.instance_uuid() != instance_uuid) {
+    return Invalid("field 'instance_uuid' ('", Printable(r.instance_uuid()),
+                   "') differs from the instance in the path");
+  }
+  r.set_instance_uuid(std::string(instance_uuid));
+  LIVEMIG_RETURN(CheckOptionalHostname("destination", r.destination()));
+  LIVEMIG_RETURN(CheckLength("request_id", r.request_id(), kMaxTokenLength));
+  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
+  LIVEMIG_RETURN(CheckOptions(r.options(), "options"));
+  return r;
+}
+
+absl::StatusOr<sv1::CheckMigrationRequest> ParseCheckMigration(absl::string_view body) {
+  sv1::CheckMigrationRequest r;
+  LIVEMIG_RETURN(ParseJsonBody(body, &r));
+  LIVEMIG_RETURN(CheckUuid("instance_uuid", r.instance_uuid()));
+  LIVEMIG_RETURN(CheckOptionalHostname("destination", r.destination()));
+  LIVEMIG_RETURN(CheckOptions(r.options(), "options"));
+  return r;
+}
+
+absl::StatusOr<sv1::AbortMigrationRequest> ParseAbortMigration(absl::string_view migration_id,
+                                                               absl::string_view body) {
+  sv1::AbortMigrationRequest r;
+  LIVEMIG_ASSIGN(r, ParseOnMigration<sv1::AbortMigrationRequest>(migration_id, body));
+  LIVEMIG_RETURN(CheckReasonAndRequester(r));
+  return r;
+}
+
+absl::StatusOr<sv1::ForceCompleteMigrationRequest> ParseForceComplete(
+    absl::string_view migration_id, absl::string_view body) {
+  sv1::ForceCompleteMigrationRequest r;
+  LIVEMIG_ASSIGN(r, ParseOnMigration<sv1::ForceCompleteMigrationRequest>(migration_id, body));
+  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
+  return r;
+}
+
+absl::StatusOr<sv1::ResolveMigrationRequest> ParseResolveMigration(absl::string_view migration_id,
+                                                                   absl::string_view body) {
+  sv1::ResolveMigrationRequest r;
+  LIVEMIG_ASSIGN(r, ParseOnMigration<sv1::ResolveMigrationRequest>(migration_id, body));
+  LIVEMIG_RETURN(CheckHostname("running_on", r.running_on()));
+  LIVEMIG_RETURN(CheckReasonAndRequester(r));
+  return r;
+}
+
+absl::StatusOr<sv1::SetHostEnabledRequest> ParseSetHostEnabled(absl::string_view hostname,
+                                                               absl::string_view body) {
+  LIVEMIG_RETURN(CheckHostname("host", hostname));
+  sv1::SetHostEnabledRequest r;
+  json j;
+  LIVEMIG_ASSIGN(j, ParseBody(body, &r));
+  if (!j.contains("enabled") || j["enabled"].is_null()) {
+    return Invalid("field 'enabled' is required: true to enable the host, false to disable it");
+  }
+  r.set_hostname(std::string(hostname));
+  LIVEMIG_RETURN(CheckReasonAndRequester(r));
+  return r;
+}
+
+absl::StatusOr<sv1::EvacuateHostRequest> ParseEvacuateHost(absl::string_view hostname,
+                                                           absl::string_view body) {
+  LIVEMIG_RETURN(CheckHostname("host", hostname));
+  sv1::EvacuateHostRequest r;
+  LIVEMIG_RETURN(ParseJsonBody(body, &r));
+  r.set_hostname(std::string(hostname));
+  LIVEMIG_RETURN(CheckOptionalHostname("destination", r.destination()));
+  if (r.destination() == hostname) {
+    return Invalid("field 'destination' is the host being evacuated");
+  }
+  LIVEMIG_RETURN(CheckLength("request_id", r.request_id(), kMaxTokenLength));
+  LIVEMIG_RETURN(CheckLength("requester", r.requester(), kMaxTokenLength));
+  LIVEMIG_RETURN(CheckOptions(r.options(), "options"));
+  return r;
+}
+
+absl::StatusOr<sv1::CancelEvacuationRequest> ParseCancelEvacuation(absl::string_view evacuation_id,
+                                                                   absl::string_view body) {
+  LIVEMIG_RETURN(CheckEvacuationId(evacuation_id));
+  sv1::CancelEvacuationRequest r;
+  LIVEMIG_RETURN(ParseJsonBody(body, &r));
+  if (!r.evacuation_id().empty() && r.evacuation_id() != evacuation_id) {
+    return Invalid("field 'evacuation_id' ('", Printable(r.evacuation_id()),
+                   "') differs from the evacuation in the path");
+  }
+  r.set_evacuation_id(std::string(evacuation_id));
+  LIVEMIG_RETURN(CheckReasonAndRequester(r));
+  return r;
+}
+
+absl::StatusOr<sv1::ListMigrationsRequest> ParseListMigrations(const QueryParams& q) {
+  sv1::ListMigrationsRequest r;
+  for (auto [it, end] = q.equal_range("status"); it != end; ++it) {
+    auto st = ParseMigrationStatus(it->second);
+    if (!st) {
+      return Invalid("query parameter 'status': unknown status '", Printable(it->second),
+                     "': use accepted, queued, preparing, running, running (post-copy), "
+                     "post-migrating, completed, failed, cancelled or error");
+    }
+    r.add_statuses(ToProtoStatus(*st));
+  }
+  LIVEMIG_RETURN(ParseHostOf(q, &r));
+  std::string instance;
+  LIVEMIG_ASSIGN(instance, Param(q, "instance"));
+  if (!instance.empty()) LIVEMIG_RETURN(CheckUuid("query parameter 'instance':", instance));
+  r.set_instance_uuid(instance);
+  LIVEMIG_RETURN(ParsePageOf(q, kMaxTokenLength, &r));
+  bool events = false;
+  LIVEMIG_ASSIGN(events, BoolParam(q, "events"));
+  r.set_include_events(events);
+  return r;
+}
 
 absl::StatusOr<sv1::ListInstancesRequest> ParseListInstances(const QueryParams& q) {
   sv1::ListInstancesRequest r;

@@ -1,7 +1,6 @@
 // scheduler: the live-migration scheduler. Serves the scheduler API (gRPC) and the host registry
 // the compute agents report to, applies the database schema at start-up, drives every migration
 // through its steps and resumes the ones in flight after a restart. See `scheduler --help`.
-#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_limits.h"
 #include "common/log.h"
+#include "common/signals.h"
 #include "common/status_map.h"
 #include "common/test_hooks.h"
 #include "common/tls.h"
@@ -99,82 +99,52 @@ int main(int argc, char** argv) {
   // The HTTP server's bounds (common/http_server.h).
   livemig::http::Options http_o;
   int64_t header_ms = 10000, body_ms = 30000, idle_ms = 30000, queue_ms = 2000;
-  const std::string hg = "HTTP limits";
-  app.add_option("--http-max-connections", http_o.max_connections,
-                 "connections served at once; more wait in a queue")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-max-waiting", http_o.max_waiting,
-                 "connections that may wait for a slot; beyond: 503 at once")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-queue-timeout-ms", queue_ms, "longest wait for a slot, then 503")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-max-per-client", http_o.max_per_client,
-                 "connections per client address; beyond: 503")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-max-handshakes", http_o.max_handshakes,
-                 "TLS handshakes in progress at once (a connection counts against "
-                 "--http-max-connections once its handshake is done); beyond: refused at accept")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-max-line", http_o.max_line,
-                 "bytes in the request line (414) and in each header line (431)")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-max-headers", http_o.max_headers, "bytes of all headers (431)")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-max-body", http_o.max_body, "bytes of a body, chunked included (413)")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-header-timeout-ms", header_ms,
-                 "deadline for a request's headers, from the connection's start or a keep-alive "
-                 "request's first byte (408)")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-body-timeout-ms", body_ms, "deadline for a request's body (408)")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-idle-timeout-ms", idle_ms, "an idle keep-alive connection is closed")
-      ->capture_default_str()
-      ->group(hg);
-  app.add_option("--http-threads", http_o.threads, "threads serving HTTP")
-      ->capture_default_str()
-      ->group(hg);
+  // An option of the `group` section of --help, shown with its default.
+  auto in_group = [&app](const std::string& group) {
+    return [&app, group](const std::string& name, auto& value, const std::string& help) {
+      app.add_option(name, value, help)->capture_default_str()->group(group);
+    };
+  };
+  auto http_limit = in_group("HTTP limits");
+  http_limit("--http-max-connections", http_o.max_connections,
+             "connections served at once; more wait in a queue");
+  http_limit("--http-max-waiting", http_o.max_waiting,
+             "connections that may wait for a slot; beyond: 503 at once");
+  http_limit("--http-queue-timeout-ms", queue_ms, "longest wait for a slot, then 503");
+  http_limit("--http-max-per-client", http_o.max_per_client,
+             "connections per client address; beyond: 503");
+  http_limit("--http-max-handshakes", http_o.max_handshakes,
+             "TLS handshakes in progress at once (a connection counts against "
+             "--http-max-connections once its handshake is done); beyond: refused at accept");
+  http_limit("--http-max-line", http_o.max_line,
+             "bytes in the request line (414) and in each header line (431)");
+  http_limit("--http-max-headers", http_o.max_headers, "bytes of all headers (431)");
+  http_limit("--http-max-body", http_o.max_body, "bytes of a body, chunked included (413)");
+  http_limit("--http-header-timeout-ms", header_ms,
+             "deadline for a request's headers, from the connection's start or a keep-alive "
+             "request's first byte (408)");
+  http_limit("--http-body-timeout-ms", body_ms, "deadline for a request's body (408)");
+  http_limit("--http-idle-timeout-ms", idle_ms, "an idle keep-alive connection is closed");
+  http_limit("--http-threads", http_o.threads, "threads serving HTTP");
   // The gRPC servers' bounds (common/grpc_limits.h) and WatchMigration's caps (services.h).
   livemig::ServerLimits grpc_limits;
   livemig::sched::WatchLimits watch_limits;
   int64_t grpc_memory_mib = grpc_limits.max_memory_bytes >> 20;
-  const std::string gg = "gRPC limits (the API and the host registry, each)";
-  app.add_option("--grpc-max-threads", grpc_limits.max_threads,
-                 "threads of a gRPC server; a call arriving while all are busy gets "
-                 "RESOURCE_EXHAUSTED at once")
-      ->capture_default_str()
-      ->group(gg);
-  app.add_option("--grpc-max-memory-mib", grpc_memory_mib, "memory of a gRPC server's buffers")
-      ->capture_default_str()
-      ->group(gg);
-  app.add_option("--grpc-max-streams", grpc_limits.max_concurrent_streams,
-                 "calls in flight on one client connection (HTTP/2 streams); more wait on the "
-                 "client's side")
-      ->capture_default_str()
-      ->group(gg);
-  app.add_option("--grpc-max-message-bytes", grpc_limits.max_receive_message_bytes,
-                 "largest request message accepted (RESOURCE_EXHAUSTED beyond)")
-      ->capture_default_str()
-      ->group(gg);
-  app.add_option("--watch-max-streams", watch_limits.per_principal,
-                 "WatchMigration streams one token may hold open; beyond: RESOURCE_EXHAUSTED")
-      ->capture_default_str()
-      ->group(gg);
-  app.add_option("--watch-max-streams-total", watch_limits.total,
-                 "WatchMigration streams open at once, all tokens together (each holds a "
-                 "thread: at most --grpc-max-threads minus 8)")
-      ->capture_default_str()
-      ->group(gg);
+  auto grpc_limit = in_group("gRPC limits (the API and the host registry, each)");
+  grpc_limit("--grpc-max-threads", grpc_limits.max_threads,
+             "threads of a gRPC server; a call arriving while all are busy gets "
+             "RESOURCE_EXHAUSTED at once");
+  grpc_limit("--grpc-max-memory-mib", grpc_memory_mib, "memory of a gRPC server's buffers");
+  grpc_limit("--grpc-max-streams", grpc_limits.max_concurrent_streams,
+             "calls in flight on one client connection (HTTP/2 streams); more wait on the "
+             "client's side");
+  grpc_limit("--grpc-max-message-bytes", grpc_limits.max_receive_message_bytes,
+             "largest request message accepted (RESOURCE_EXHAUSTED beyond)");
+  grpc_limit("--watch-max-streams", watch_limits.per_principal,
+             "WatchMigration streams one token may hold open; beyond: RESOURCE_EXHAUSTED");
+  grpc_limit("--watch-max-streams-total", watch_limits.total,
+             "WatchMigration streams open at once, all tokens together (each holds a "
+             "thread: at most --grpc-max-threads minus 8)");
   livemig::sched::OrchestratorOptions o;
   app.add_option("--scheduler-id", o.scheduler_id,
                  "owner name on migration leases (default: scheduler-<host>-<pid>-<random>)");
@@ -218,12 +188,7 @@ int main(int argc, char** argv) {
       ->group("Testing (not for production)");
   CLI11_PARSE(app, argc, argv);
 
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  livemig::BlockShutdownSignals();
   livemig::SetLogComponent("scheduler");
   if (tls.insecure) {
     livemig::LogWarning(
@@ -389,26 +354,20 @@ int main(int argc, char** argv) {
   livemig::LogInfo("scheduler %s serving the API on %s and the host registry on %s",
                    orchestrator.options().scheduler_id, listen, registry_listen);
 
-  while (true) {
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    if (sig == SIGHUP) {
-      if ((*tokens)->enabled()) {
-        auto s = (*tokens)->Reload();
-        if (s.ok()) {
-          livemig::LogInfo("SIGHUP: tokens reloaded from %s", tokens_file);
-        } else {
-          livemig::LogError("SIGHUP: tokens not reloaded, the previous ones stay: %s", s.message());
-        }
+  livemig::WaitForShutdown([&] {
+    if ((*tokens)->enabled()) {
+      auto s = (*tokens)->Reload();
+      if (s.ok()) {
+        livemig::LogInfo("SIGHUP: tokens reloaded from %s", tokens_file);
+      } else {
+        livemig::LogError("SIGHUP: tokens not reloaded, the previous ones stay: %s", s.message());
       }
-      livemig::LogInfo("SIGHUP: certificates are re-read from disk by the TLS file watcher");
-      if (auto s = livemig::ValidateTlsFiles(tls, "scheduler"); !s.ok()) {
-        livemig::LogError("%s", s.message());
-      }
-      continue;
     }
-    break;
-  }
+    livemig::LogInfo("SIGHUP: certificates are re-read from disk by the TLS file watcher");
+    if (auto s = livemig::ValidateTlsFiles(tls, "scheduler"); !s.ok()) {
+      livemig::LogError("%s", s.message());
+    }
+  });
   livemig::LogInfo(
       "shutting down: no new requests; migrations in flight stop at a step "
       "boundary and are resumed by the next scheduler");

@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdlib>
 #include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -30,6 +32,23 @@ absl::StatusOr<std::string> RunCommand(const std::string& command) {
         absl::StrCat("command failed (status ", WEXITSTATUS(rc), "): ", command, ": ", err));
   }
   return out;
+}
+
+CommandResult RunCaptured(const std::string& command, const std::string& base) {
+  const int rc =
+      std::system(absl::StrCat(command, " >", base, ".out 2>", base, ".err </dev/null").c_str());
+  CommandResult r;
+  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  r.out = ReadFile(base + ".out");
+  r.err = ReadFile(base + ".err");
+  return r;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
 }
 
 std::string RunfilePath(const std::string& rel) {

@@ -11,6 +11,19 @@ namespace livemig::testing {
 // Runs a shell command; returns its stdout, or an error with its stderr and exit status.
 absl::StatusOr<std::string> RunCommand(const std::string& command);
 
+// What RunCaptured saw: the exit status (-1 when the command did not exit normally), and what the
+// command wrote on stdout and on stderr.
+struct CommandResult {
+  int code = -1;
+  std::string out, err;
+};
+// Runs a shell command with stdin from /dev/null, its stdout and stderr kept apart (in the files
+// `base`.out and `base`.err, which stay).
+CommandResult RunCaptured(const std::string& command, const std::string& base);
+
+// The contents of a file ("" when it cannot be read).
+std::string ReadFile(const std::string& path);
+
 // The path of a workspace file (e.g. "deploy/pki.sh") from a test's runfiles or the source tree.
 std::string RunfilePath(const std::string& workspace_relative);
 

@@ -25,6 +25,7 @@
 #define CPPHTTPLIB_OPENSSL_SUPPORT  // the dashboard is served over HTTPS
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "nlohmann/json.hpp"
 #include "testing/process.h"
 #include "testing/run_command.h"
@@ -35,8 +36,6 @@ namespace {
 using json = nlohmann::json;
 
 constexpr char kChromium[] = "/usr/bin/chromium";
-constexpr char kOpToken[] = "op-dash-0123456789abcdef0123456789";
-constexpr char kReaderToken[] = "rd-dash-0123456789abcdef0123456789";
 // A name with markup: the page must show it as text, never as HTML.
 constexpr char kUuid[] = "55555555-2222-4333-8444-666666666666";
 constexpr char kName[] = "web-<i>1</i>";
@@ -188,24 +187,11 @@ struct DashboardCloud {
     hv = std::make_unique<driver::FakeHypervisor>(state);
     // host-a/host-b: the fake QEMU profile (byte counters); xen-a/xen-b: the fake libxl profile
     // (elapsed time only, as Xen/libxl).
-    for (const char* h : {"host-a", "host-b"}) {
-      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
-                                        " --listen 127.0.0.1:", testing::FreePort()));
-    }
+    for (const char* h : {"host-a", "host-b"}) StartFakeAgent(*cloud, state, h);
     for (const char* h : {"xen-a", "xen-b"}) {
-      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-profile fake-libxl --fake-state-dir ",
-                                        state, " --listen 127.0.0.1:", testing::FreePort()));
+      StartFakeAgent(*cloud, state, h, "--fake-profile fake-libxl");
     }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto s = hv->Snapshot();
-          if (!s.ok()) return false;
-          for (const char* h : {"host-a", "host-b", "xen-a", "xen-b"}) {
-            if (!(*s)["hosts"].contains(h)) return false;
-          }
-          return true;
-        },
-        absl::Seconds(30)));
+    WaitFakeHosts(*hv, {"host-a", "host-b", "xen-a", "xen-b"}, absl::Seconds(30));
     REQUIRE(hv->CreateDomain("host-a", kUuid, kName, 512).ok());
     REQUIRE(hv->CreateDomain("xen-a", kXenUuid, kXenName, 256).ok());
     http = std::make_unique<httplib::SSLClient>("127.0.0.1", port);

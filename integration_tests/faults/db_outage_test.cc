@@ -91,16 +91,6 @@ const driver::FakeHypervisor::JournalEntry* Find(
   return nullptr;
 }
 
-void WaitTransferRunning(FaultCloud& f, const std::string& id) {
-  REQUIRE(testing::WaitFor(
-      [&] {
-        auto m = f.cloud.Get(id);
-        return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING &&
-               m->transfer_started_at().seconds() > 0;
-      },
-      absl::Seconds(30)));
-}
-
 // Stops PostgreSQL for `down`, checking that the API reports it unavailable meanwhile.
 Outage StopDatabaseFor(FaultCloud& f, const std::string& id, absl::Duration down) {
   Outage o;
@@ -117,19 +107,13 @@ Outage StopDatabaseFor(FaultCloud& f, const std::string& id, absl::Duration down
 
 struct OutageCloud {
   FaultCloud f{kFlags};
-  OutageCloud() {
-    f.StartAgent("host-a");
-    f.StartAgent("host-b");
-    f.AddVm(kUuid, "host-a");
-  }
+  OutageCloud() { f.StartTwoHostsWithVm(kUuid); }
 };
 
 TEST_CASE("db outage: 20 s without PostgreSQL in the middle of a 35 s transfer") {
   OutageCloud c;
   FaultCloud& f = c.f;
-  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(35)).ok());
-  const std::string id = f.Migrate(kUuid, "host-b");
-  WaitTransferRunning(f, id);
+  const std::string id = f.MigrateTransferring(kUuid, "host-a", "host-b", absl::Seconds(35));
   absl::SleepFor(absl::Seconds(4));
   const Outage outage = StopDatabaseFor(f, id, absl::Seconds(20));
   auto m = f.cloud.WaitTerminal(id, absl::Seconds(90));
@@ -149,9 +133,7 @@ TEST_CASE("db outage: 20 s without PostgreSQL in the middle of a 35 s transfer")
 TEST_CASE("db outage: the transfer ends during the outage; the post steps wait for the database") {
   OutageCloud c;
   FaultCloud& f = c.f;
-  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(6)).ok());
-  const std::string id = f.Migrate(kUuid, "host-b");
-  WaitTransferRunning(f, id);
+  const std::string id = f.MigrateTransferring(kUuid, "host-a", "host-b", absl::Seconds(6));
   const Outage outage = StopDatabaseFor(f, id, absl::Seconds(20));
   auto m = f.cloud.WaitTerminal(id, absl::Seconds(90));
   CHECK(m.status() == v1::MIGRATION_STATUS_COMPLETED);

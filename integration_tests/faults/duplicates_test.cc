@@ -77,9 +77,7 @@ struct TwoSchedulers {
   TwoSchedulers() {
     f.cloud.StartSecondScheduler(
         "--scheduler-id sched-2 --lease 5 --service-down-time 30 --report-interval 1");
-    f.StartAgent("host-a");
-    f.StartAgent("host-b");
-    f.AddVm(kUuid, "host-a");
+    f.StartTwoHostsWithVm(kUuid);
   }
 };
 

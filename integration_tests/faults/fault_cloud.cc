@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
 
@@ -22,16 +23,10 @@ FaultCloud::RemoveDir::~RemoveDir() {
 
 void FaultCloud::StartAgent(const std::string& host, int port, const std::string& advertise,
                             const std::string& extra) {
-  if (port == 0) port = testing::FreePort();
-  cloud.StartAgent(
-      host, absl::StrCat("--driver fake --fake-state-dir ", state, " --listen 127.0.0.1:", port,
-                         advertise.empty() ? "" : " --advertise-address ", advertise, " ", extra));
-  REQUIRE(testing::WaitFor(
-      [&] {
-        auto snap = hv.Snapshot();
-        return snap.ok() && (*snap)["hosts"].contains(host);
-      },
-      absl::Seconds(20)));
+  e2e::StartFakeAgent(
+      cloud, state, host,
+      absl::StrCat(advertise.empty() ? "" : "--advertise-address ", advertise, " ", extra), port);
+  e2e::WaitFakeHosts(hv, {host}, absl::Seconds(20));
 }
 
 void FaultCloud::AddVm(const std::string& uuid, const std::string& host, uint64_t memory_mib) {
@@ -39,6 +34,12 @@ void FaultCloud::AddVm(const std::string& uuid, const std::string& host, uint64_
   if (first_vm.empty()) first_vm = uuid;
   INFO(cloud.SchedulerLog());
   REQUIRE(cloud.WaitInstanceOn(uuid, host, absl::Seconds(30)));
+}
+
+void FaultCloud::StartTwoHostsWithVm(const std::string& uuid) {
+  StartAgent("host-a");
+  StartAgent("host-b");
+  AddVm(uuid, "host-a");
 }
 
 Loc FaultCloud::Where() { return Where(first_vm); }
@@ -110,10 +111,25 @@ std::string FaultCloud::ExpectOneHost(const std::string& uuid) {
 
 std::string FaultCloud::Migrate(const std::string& uuid, const std::string& dest,
                                 const v1::MigrationOptions& o) {
-  auto r = cloud.Migrate(uuid, dest, o);
-  INFO(r.status().ToString());
-  REQUIRE(r.ok());
-  return r->migration().id();
+  return cloud.StartMigration(uuid, dest, o);
+}
+
+void FaultCloud::WaitTransferRunning(const std::string& id) {
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto m = cloud.Get(id);
+        return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING &&
+               m->transfer_started_at().seconds() > 0;
+      },
+      absl::Seconds(30)));
+}
+
+std::string FaultCloud::MigrateTransferring(const std::string& uuid, const std::string& source,
+                                            const std::string& dest, absl::Duration transfer) {
+  REQUIRE(hv.SetTransferDuration(source, transfer).ok());
+  const std::string id = Migrate(uuid, dest);
+  WaitTransferRunning(id);
+  return id;
 }
 
 }  // namespace livemig::faults

@@ -28,6 +28,8 @@ struct FaultCloud {
                   const std::string& extra = "");
   // Creates a running VM on `host` and waits until the scheduler knows it there.
   void AddVm(const std::string& uuid, const std::string& host, uint64_t memory_mib = 512);
+  // Starts the agents of host-a and host-b, then adds the VM `uuid` on host-a.
+  void StartTwoHostsWithVm(const std::string& uuid);
 
   // The hypervisors' truth: the hosts that have the domain, with its state.
   Loc Where(const std::string& uuid);
@@ -50,6 +52,12 @@ struct FaultCloud {
   // Migrates through the first scheduler's API (REQUIREs acceptance); returns the migration id.
   std::string Migrate(const std::string& uuid, const std::string& dest,
                       const v1::MigrationOptions& o = {});
+  // REQUIREs that migration `id` is running with its transfer started, within 30 s.
+  void WaitTransferRunning(const std::string& id);
+  // Makes transfers from `source` last `transfer`, migrates `uuid` (on `source`) to `dest` and
+  // waits until its transfer runs; returns the migration id.
+  std::string MigrateTransferring(const std::string& uuid, const std::string& source,
+                                  const std::string& dest, absl::Duration transfer);
 
   // Removes `dir` last, once the processes below have stopped (members die in reverse order).
   struct RemoveDir {

@@ -82,16 +82,6 @@ void WaitPostStepsWaiting(FaultCloud& f, const std::string& id) {
   CHECK(f.Where() == Loc{{"host-b", "running"}});
 }
 
-void WaitTransferRunning(FaultCloud& f, const std::string& id) {
-  REQUIRE(testing::WaitFor(
-      [&] {
-        auto m = f.cloud.Get(id);
-        return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING &&
-               m->transfer_started_at().seconds() > 0;
-      },
-      absl::Seconds(30)));
-}
-
 // Both agents behind a proxy of their own.
 struct PartitionCloud {
   FaultCloud f{kFlags};
@@ -106,10 +96,10 @@ struct PartitionCloud {
     }
     f.AddVm(kUuid, "host-a");
   }
-  // Starts the migration; once its transfer runs, both agents were reached through the proxies.
-  std::string MigrateToB() {
-    const std::string id = f.Migrate(kUuid, "host-b");
-    WaitTransferRunning(f, id);
+  // Starts the migration, its transfer lasting `transfer`; once the transfer runs, both agents
+  // were reached through the proxies.
+  std::string MigrateToB(absl::Duration transfer) {
+    const std::string id = f.MigrateTransferring(kUuid, "host-a", "host-b", transfer);
     for (auto& [h, p] : proxy) {
       INFO(h);
       CHECK(p->connections() >= 1);
@@ -164,8 +154,7 @@ void CheckResolved(FaultCloud& f, const std::string& id) {
 TEST_CASE("partition: the source agent SIGSTOPped during the transfer, then continued") {
   PartitionCloud c;
   FaultCloud& f = c.f;
-  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(12)).ok());
-  const std::string id = c.MigrateToB();
+  const std::string id = c.MigrateToB(absl::Seconds(12));
   e2e::StopAgentOutsideState(f.cloud, f.hv, "host-a");
   CheckCallsFailByDeadline(f);
   CHECK(testing::WaitFor([&] { return HostUp(f, "host-a") == std::optional<bool>(false); },
@@ -181,8 +170,7 @@ TEST_CASE("partition: the source agent SIGSTOPped during the transfer, then cont
 TEST_CASE("partition: the destination agent SIGSTOPped; the post steps wait for it") {
   PartitionCloud c;
   FaultCloud& f = c.f;
-  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(4)).ok());
-  const std::string id = c.MigrateToB();
+  const std::string id = c.MigrateToB(absl::Seconds(4));
   e2e::StopAgentOutsideState(f.cloud, f.hv, "host-b");
   CHECK(testing::WaitFor([&] { return HostUp(f, "host-b") == std::optional<bool>(false); },
                          absl::Seconds(kDownTimeS + 6)));
@@ -194,8 +182,7 @@ TEST_CASE("partition: the destination agent SIGSTOPped; the post steps wait for 
 TEST_CASE("partition: the source's port black-holed during the transfer, then restored") {
   PartitionCloud c;
   FaultCloud& f = c.f;
-  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(10)).ok());
-  const std::string id = c.MigrateToB();
+  const std::string id = c.MigrateToB(absl::Seconds(10));
   c.proxy["host-a"]->SetBlackhole(true);
   const absl::Time blackholed = absl::Now();
   CheckCallsFailByDeadline(f);
@@ -216,8 +203,7 @@ TEST_CASE("partition: the source's port black-holed during the transfer, then re
 TEST_CASE("partition: the destination's port black-holed across the end of the transfer") {
   PartitionCloud c;
   FaultCloud& f = c.f;
-  REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(3)).ok());
-  const std::string id = c.MigrateToB();
+  const std::string id = c.MigrateToB(absl::Seconds(3));
   c.proxy["host-b"]->SetBlackhole(true);
   WaitPostStepsWaiting(f, id);  // for the black-holed destination
   c.proxy["host-b"]->SetBlackhole(false);

@@ -68,11 +68,7 @@ struct Outcome {
 
 class ReplayCloud {
  public:
-  ReplayCloud() {
-    f_.StartAgent("host-a");
-    f_.StartAgent("host-b");
-    f_.AddVm(kUuid, "host-a");
-  }
+  ReplayCloud() { f_.StartTwoHostsWithVm(kUuid); }
   FaultCloud& f() { return f_; }
   const std::string& vm_host() const { return vm_host_; }
   std::string other() const { return vm_host_ == "host-a" ? "host-b" : "host-a"; }
@@ -164,22 +160,10 @@ TEST_CASE("replays: an operator's abort cancels the same way when steps are repl
   CompareReplays(c, v1::MIGRATION_STATUS_CANCELLED, false, [&](int) {
     REQUIRE(c.f().hv.SetTransferDuration(c.vm_host(), absl::Seconds(30)).ok());
     Outcome o = c.Run([&](const std::string& id) {
-      REQUIRE(testing::WaitFor(
-          [&] {
-            auto m = c.f().cloud.Get(id);
-            return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING &&
-                   m->transfer_started_at().seconds() > 0;
-          },
-          absl::Seconds(30)));
+      c.f().WaitTransferRunning(id);
       absl::SleepFor(absl::Milliseconds(500));
-      grpc::ClientContext ctx;
-      c.f().cloud.Prepare(&ctx);
-      sv1::AbortMigrationRequest r;
-      r.set_migration_id(id);
-      r.set_reason("replay test");
-      sv1::AbortMigrationResponse resp;
-      grpc::Status s = c.f().cloud.api().AbortMigration(&ctx, r, &resp);
-      INFO(s.error_message());
+      const absl::Status s = c.f().cloud.Abort(id, /*requester=*/"", "replay test");
+      INFO(s.message());
       REQUIRE(s.ok());
     });
     REQUIRE(c.f().hv.SetTransferDuration(c.vm_host(), absl::ZeroDuration()).ok());
@@ -193,13 +177,7 @@ TEST_CASE("replays: an operator's force-complete finishes the same way when repl
     REQUIRE(c.f().hv.SetTransferDuration(c.vm_host(), absl::Seconds(30)).ok());
     const std::string src = c.vm_host();
     Outcome o = c.Run([&](const std::string& id) {
-      REQUIRE(testing::WaitFor(
-          [&] {
-            auto m = c.f().cloud.Get(id);
-            return m.ok() && m->status() == v1::MIGRATION_STATUS_RUNNING &&
-                   m->transfer_started_at().seconds() > 0;
-          },
-          absl::Seconds(30)));
+      c.f().WaitTransferRunning(id);
       absl::SleepFor(absl::Milliseconds(500));
       grpc::ClientContext ctx;
       c.f().cloud.Prepare(&ctx);

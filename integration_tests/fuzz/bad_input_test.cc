@@ -25,7 +25,6 @@ namespace {
 
 using json = nlohmann::json;
 constexpr char kUuid[] = "44444444-2222-4333-8444-555555555555";
-constexpr char kOp[] = "op-token-0123456789abcdef0123456789";
 
 struct Server {
   std::string dir = testing::MakeShortTempDir("badin");
@@ -33,9 +32,9 @@ struct Server {
   int port = testing::FreePort();
   std::unique_ptr<httplib::SSLClient> http;
   Server() {
-    std::ofstream(dir + "/tokens") << kOp << " operator ops-alice\n";
+    std::ofstream(dir + "/tokens") << kOpToken << " operator ops-alice\n";
     cloud = std::make_unique<Cloud>(dir);
-    cloud->set_token(kOp);
+    cloud->set_token(kOpToken);
     cloud->StartScheduler(absl::StrCat(
         "--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:", port, cloud->ApiTlsFlags()));
     http = std::make_unique<httplib::SSLClient>("127.0.0.1", port);
@@ -56,8 +55,8 @@ struct Server {
     testing::RunCommand("rm -rf " + dir).IgnoreError();
   }
   httplib::Headers Headers(bool nova) {
-    if (nova) return {{"X-Auth-Token", kOp}, {"OpenStack-API-Version", "compute 2.79"}};
-    return {{"Authorization", absl::StrCat("Bearer ", kOp)}};
+    if (nova) return {{"X-Auth-Token", kOpToken}, {"OpenStack-API-Version", "compute 2.79"}};
+    return {{"Authorization", absl::StrCat("Bearer ", kOpToken)}};
   }
   httplib::Result Send(const std::string& method, const std::string& path,
                        const std::string& body) {
@@ -244,7 +243,7 @@ TEST_CASE("bad input: /v2.1 (Compute API)") {
   }
   // An unsupported microversion is Nova's 406, with a message naming the version.
   auto r = S().http->Get("/v2.1/os-migrations",
-                         {{"X-Auth-Token", kOp}, {"OpenStack-API-Version", "compute 2.999"}});
+                         {{"X-Auth-Token", kOpToken}, {"OpenStack-API-Version", "compute 2.999"}});
   REQUIRE(r);
   CHECK(r->status == 406);
   CHECK(absl::StrContains(Message(r->body), "2.999"));
@@ -258,8 +257,8 @@ TEST_CASE("bad input: oversized bodies are 413 with a JSON message, before the b
     const bool nova = absl::StartsWith(path, "/v2.1");
     const std::string head = absl::StrCat(
         "POST ", path, " HTTP/1.1\r\nHost: x\r\n",
-        nova ? absl::StrCat("X-Auth-Token: ", kOp, "\r\nOpenStack-API-Version: compute 2.79")
-             : absl::StrCat("Authorization: Bearer ", kOp),
+        nova ? absl::StrCat("X-Auth-Token: ", kOpToken, "\r\nOpenStack-API-Version: compute 2.79")
+             : absl::StrCat("Authorization: Bearer ", kOpToken),
         "\r\nContent-Type: application/json\r\nContent-Length: ", 8 << 20, "\r\n\r\n");
     auto r = testing::RawTlsExchange(S().port, S().cloud->ca_pem(), head);
     INFO(path);
@@ -274,7 +273,7 @@ TEST_CASE("bad input: oversized bodies are 413 with a JSON message, before the b
     auto c = testing::RawTls::Connect(S().port, S().cloud->ca_pem());
     REQUIRE(c.ok());
     (*c)->Send(absl::StrCat("POST ", Migrate(""), " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ",
-                            kOp, "\r\nContent-Length: ", over.size(), "\r\n\r\n"));
+                            kOpToken, "\r\nContent-Length: ", over.size(), "\r\n\r\n"));
     auto r = (*c)->Read(absl::Seconds(10));
     REQUIRE(r.ok());
     CHECK(r->status == 413);
@@ -286,7 +285,7 @@ TEST_CASE("bad input: oversized bodies are 413 with a JSON message, before the b
     REQUIRE(
         (*c)->Send(absl::StrCat("POST /v1/migrations/check HTTP/1.1\r\nHost: x\r\nAuthorization: "
                                 "Bearer ",
-                                kOp, "\r\nTransfer-Encoding: chunked\r\n\r\n")));
+                                kOpToken, "\r\nTransfer-Encoding: chunked\r\n\r\n")));
     const std::string chunk = absl::StrCat("10000\r\n", std::string(0x10000, 'a'), "\r\n");
     int sent = 0;
     // 400 x 64 KiB = 25 MiB: more than the cap and the sockets' buffers together.
@@ -325,17 +324,7 @@ TEST_CASE("bad input: nothing gives a 5xx") {
 
 // ---- cloudctl ----------------------------------------------------------------------------
 
-struct Run {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using Run = testing::CommandResult;
 
 Run Cloudctl(const std::string& args) {
   // One directory for the whole run, removed when the test program ends.
@@ -345,16 +334,10 @@ Run Cloudctl(const std::string& args) {
   };
   static const Dir d;
   const std::string& dir = d.path;
-  const std::string cmd = absl::StrCat("env -u LIVEMIG_SERVER -u LIVEMIG_TOKEN HOME=", dir,
-                                       " LIVEMIG_SERVER=unix:", dir, "/nothing.sock ",
-                                       testing::RunfilePath("cloudctl/cloudctl"), " ", args, " >",
-                                       dir, "/out 2>", dir, "/err </dev/null");
-  const int rc = std::system(cmd.c_str());
-  Run r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  r.out = ReadAll(dir + "/out");
-  r.err = ReadAll(dir + "/err");
-  return r;
+  return testing::RunCaptured(absl::StrCat("env -u LIVEMIG_SERVER -u LIVEMIG_TOKEN HOME=", dir,
+                                           " LIVEMIG_SERVER=unix:", dir, "/nothing.sock ",
+                                           testing::RunfilePath("cloudctl/cloudctl"), " ", args),
+                              dir + "/run");
 }
 
 TEST_CASE("bad input: cloudctl arguments are usage errors naming the argument") {

@@ -18,10 +18,10 @@ repo=$(cd "$here/../.." && pwd)
 # name | file | perl substitution that removes the guard | tests expected to notice | what it is
 guards=(
   "one-active|db/schema/0001_initial.sql|s/CREATE UNIQUE INDEX migrations_one_active_per_instance/CREATE INDEX migrations_one_active_per_instance/|//db:db_test //integration_tests/faults:duplicates_test|the database's one-active-migration-per-instance constraint (a partial unique index)"
-  "task-state-cas|db/pg_stores.cc|s/WHERE uuid = \\\$2::uuid AND task_state IS NULL AND NOT missing/WHERE uuid = \\\$2::uuid AND NOT missing/|//db:db_test //integration_tests/faults:duplicates_test|the compare-and-swap on the instance's task state when a migration claims it"
-  "intent-first|scheduler/orchestrator.cc|s/^(\s*)if \(next\) (t\.extra_)?events\.push_back\(\*next\);/\$1\/\/ guard removed: no intent before the action/|//scheduler:scheduler_test //integration_tests/faults:db_outage_test|the intent of each step committed before its RPC"
-  "startup-reconcile|scheduler/orchestrator.cc|s/ASSIGN_OR_RETURN\(Truth truth, Ask\(src\.get\(\), dst\.get\(\)\)\);/Truth truth; truth.dst_running = true;  \/\/ guard removed: assume, do not ask/|//integration_tests/crash:crash_matrix_test|a restarted (or taking-over) scheduler asks both hypervisors where the VM is before acting"
-  "lease|db/pg_stores.cc|s/AND owner = \\\$10 AND lease_expires_at > now\(\)/AND owner = \\\$10/|//db:db_test|the lease check on every state transition (a scheduler whose lease expired cannot act)"
+  "task-state-cas|db/pg_migration_store.cc|s/WHERE uuid = \\\$2::uuid AND task_state IS NULL AND NOT missing/WHERE uuid = \\\$2::uuid AND NOT missing/|//db:db_test //integration_tests/faults:duplicates_test|the compare-and-swap on the instance's task state when a migration claims it"
+  "intent-first|scheduler/migration_run.cc|s/^(\s*)if \(next\) (t\.extra_)?events\.push_back\(\*next\);/\$1\/\/ guard removed: no intent before the action/|//scheduler:scheduler_test //integration_tests/faults:db_outage_test|the intent of each step committed before its RPC"
+  "startup-reconcile|scheduler/run_transfer.cc|s/ASSIGN_OR_RETURN\(Truth truth, Ask\(src\.get\(\), dst\.get\(\)\)\);/Truth truth; truth.dst_running = true;  \/\/ guard removed: assume, do not ask/|//integration_tests/crash:crash_matrix_test|a restarted (or taking-over) scheduler asks both hypervisors where the VM is before acting"
+  "lease|db/pg_migration_runs.cc|s/AND owner = \\\$10 AND lease_expires_at > now\(\)/AND owner = \\\$10/|//db:db_test|the lease check on every state transition (a scheduler whose lease expired cannot act)"
   "cert|common/tls.cc|s/GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY/GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_BUT_DONT_VERIFY/|//integration_tests/security:security_test|the agent's verification of the client certificate (mutual TLS)"
 )
 

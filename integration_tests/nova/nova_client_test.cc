@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "driver/fake_driver.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "nlohmann/json.hpp"
 #include "testing/process.h"
 #include "testing/run_command.h"
@@ -20,50 +21,34 @@ namespace {
 
 using json = nlohmann::json;
 constexpr char kUuid[] = "55555555-2222-4333-8444-555555555555";
-constexpr char kOp[] = "op-token-nova-0123456789abcdef0123";
-constexpr char kReader[] = "rd-token-nova-0123456789abcdef0123";
 
-struct Nova {
-  std::string dir = testing::MakeShortTempDir("nova");
-  std::unique_ptr<Cloud> cloud;
-  int port = testing::FreePort();
-  std::string state = dir + "/fake";
-  std::unique_ptr<driver::FakeHypervisor> hv;
-  Nova() {
-    std::ofstream(dir + "/tokens") << kOp << " operator nova-operator\n"
-                                   << kReader << " reader nova-reader\n";
-    cloud = std::make_unique<Cloud>(dir);
-    cloud->set_token(kOp);
-    REQUIRE(testing::RunCommand(absl::StrCat(testing::RunfilePath("deploy/pki.sh"),
-                                             " issue-server ", cloud->pki(), " api"))
-                .ok());
-    cloud->StartScheduler(absl::StrCat("--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:",
-                                       port, " --report-interval 1 --api-tls-cert ", cloud->pki(),
-                                       "/api.pem --api-tls-key ", cloud->pki(), "/api.key"));
-    hv = std::make_unique<driver::FakeHypervisor>(state);
-    for (const char* h : {"host-a", "host-b"}) {
-      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
-                                        " --listen 127.0.0.1:", testing::FreePort()));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto s = hv->Snapshot();
-          return s.ok() && (*s)["hosts"].contains("host-a") && (*s)["hosts"].contains("host-b");
-        },
-        absl::Seconds(20)));
+struct Nova : HttpsApiCloud {
+  Nova() : HttpsApiCloud("nova", "nova-operator", "nova-reader") {
     REQUIRE(hv->CreateDomain("host-a", kUuid, "web-1", 256).ok());
     REQUIRE(cloud->WaitInstanceOn(kUuid, "host-a", absl::Seconds(20)));
   }
-  ~Nova() {
-    cloud.reset();
-    testing::RunCommand("rm -rf " + dir).IgnoreError();
-  }
   // Runs the unchanged client; returns stdout, or the error with stderr.
-  absl::StatusOr<std::string> Os(const std::string& args, const char* token = kOp) {
+  absl::StatusOr<std::string> Os(const std::string& args, const char* token = kOpToken) {
     return testing::RunCommand(absl::StrCat(
         "HOME=", dir, " openstack --os-auth-type admin_token --os-token ", token, " --os-cacert ",
         cloud->pki(), "/ca.pem --os-endpoint https://127.0.0.1:", port,
         "/v2.1 --os-compute-api-version 2.79 ", args));
+  }
+  // Waits (up to 30 s) until the instance has a running migration; returns its id.
+  std::string RunningMigrationId() {
+    std::string mid;
+    REQUIRE(testing::WaitFor(
+        [&] {
+          auto l = Os(
+              absl::StrCat("server migration list -f json --server ", kUuid, " --status running"));
+          if (!l.ok()) return false;
+          auto j = json::parse(*l);
+          if (j.empty()) return false;
+          mid = std::to_string(j[0]["Id"].get<int64_t>());
+          return true;
+        },
+        absl::Seconds(30)));
+    return mid;
   }
 };
 
@@ -96,7 +81,7 @@ TEST_CASE("openstack: over HTTPS only; without the CA the client refuses the ser
   CHECK((!plain.ok() || absl::StrContains(*plain, "000")));
   // The client without --os-cacert does not trust the cluster CA.
   auto untrusted = testing::RunCommand(
-      absl::StrCat("HOME=", N().dir, " openstack --os-auth-type admin_token --os-token ", kOp,
+      absl::StrCat("HOME=", N().dir, " openstack --os-auth-type admin_token --os-token ", kOpToken,
                    " --os-endpoint https://127.0.0.1:", N().port,
                    "/v2.1 --os-compute-api-version 2.79 server list"));
   REQUIRE_FALSE(untrusted.ok());
@@ -134,7 +119,7 @@ json NameValues(const std::string& out) {
 }
 
 TEST_CASE("openstack: hypervisor show, stats, availability zones, aggregates, limits (reader)") {
-  auto hv = N().Os("hypervisor show -f json host-a", kReader);
+  auto hv = N().Os("hypervisor show -f json host-a", kReaderToken);
   INFO(hv.status().ToString());
   REQUIRE(hv.ok());
   auto h = json::parse(*hv);
@@ -145,7 +130,7 @@ TEST_CASE("openstack: hypervisor show, stats, availability zones, aggregates, li
   CHECK(h["running_vms"] == 1);
   CHECK(h["memory_mb"].get<int64_t>() > 0);
 
-  auto stats = N().Os("hypervisor stats show -f json", kReader);
+  auto stats = N().Os("hypervisor stats show -f json", kReaderToken);
   INFO(stats.status().ToString());
   REQUIRE(stats.ok());
   auto st = json::parse(*stats);
@@ -156,7 +141,7 @@ TEST_CASE("openstack: hypervisor show, stats, availability zones, aggregates, li
   CHECK(st["memory_mb_used"].get<int64_t>() + st["free_ram_mb"].get<int64_t>() ==
         st["memory_mb"].get<int64_t>());
 
-  auto az = N().Os("availability zone list --compute --long -f json", kReader);
+  auto az = N().Os("availability zone list --compute --long -f json", kReaderToken);
   INFO(az.status().ToString());
   REQUIRE(az.ok());
   auto zones = json::parse(*az);
@@ -169,12 +154,12 @@ TEST_CASE("openstack: hypervisor show, stats, availability zones, aggregates, li
   }
   CHECK(zones[0]["Host Name"] != zones[1]["Host Name"]);
 
-  auto agg = N().Os("aggregate list -f json", kReader);
+  auto agg = N().Os("aggregate list -f json", kReaderToken);
   INFO(agg.status().ToString());
   REQUIRE(agg.ok());
   CHECK(json::parse(*agg) == json::array());
 
-  auto limits = N().Os("limits show --absolute -f json", kReader);
+  auto limits = N().Os("limits show --absolute -f json", kReaderToken);
   INFO(limits.status().ToString());
   REQUIRE(limits.ok());
   auto l = NameValues(*limits);
@@ -210,13 +195,13 @@ TEST_CASE("openstack: live-migrate, list the migration, errors the client report
   REQUIRE_FALSE(no_token.ok());
   CHECK(absl::StrContains(no_token.status().message(), "401"));
   auto reader =
-      N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid), kReader);
+      N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid), kReaderToken);
   REQUIRE_FALSE(reader.ok());
   CHECK(absl::StrContains(reader.status().message(), "403"));
 }
 
 TEST_CASE("openstack: server event list/show: the migration as a live-migration action") {
-  auto list = N().Os(absl::StrCat("server event list --long -f json ", kUuid), kReader);
+  auto list = N().Os(absl::StrCat("server event list --long -f json ", kUuid), kReaderToken);
   INFO(list.status().ToString());
   REQUIRE(list.ok());
   auto actions = json::parse(*list);
@@ -226,7 +211,7 @@ TEST_CASE("openstack: server event list/show: the migration as a live-migration 
   CHECK(absl::StrContains(actions[0]["User ID"].get<std::string>(), "nova-operator"));
   const std::string req = actions[0]["Request ID"];
   CHECK(absl::StartsWith(req, "req-"));
-  auto show = N().Os(absl::StrCat("server event show -f json ", kUuid, " ", req), kReader);
+  auto show = N().Os(absl::StrCat("server event show -f json ", kUuid, " ", req), kReaderToken);
   INFO(show.status().ToString());
   REQUIRE(show.ok());
   auto a = json::parse(*show);
@@ -269,18 +254,7 @@ TEST_CASE("openstack: server event list/show: the migration as a live-migration 
 TEST_CASE("openstack: abort and force-complete a slow migration; 409 while migrating") {
   REQUIRE(N().hv->SetTransferDuration("host-b", absl::Seconds(60)).ok());
   REQUIRE(N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid)).ok());
-  std::string mid;
-  REQUIRE(testing::WaitFor(
-      [&] {
-        auto l = N().Os(
-            absl::StrCat("server migration list -f json --server ", kUuid, " --status running"));
-        if (!l.ok()) return false;
-        auto j = json::parse(*l);
-        if (j.empty()) return false;
-        mid = std::to_string(j[0]["Id"].get<int64_t>());
-        return true;
-      },
-      absl::Seconds(30)));
+  std::string mid = N().RunningMigrationId();
   auto busy = N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid));
   REQUIRE_FALSE(busy.ok());
   CHECK(absl::StrContains(busy.status().message(), "409"));
@@ -321,17 +295,7 @@ TEST_CASE("openstack: abort and force-complete a slow migration; 409 while migra
   CHECK(ev["compute_rollback_live_migration_at_destination"]["result"] == "Success");
   // Force-complete: a second slow migration is forced to converge.
   REQUIRE(N().Os(absl::StrCat("server migrate --live-migration --host host-a ", kUuid)).ok());
-  REQUIRE(testing::WaitFor(
-      [&] {
-        auto l = N().Os(
-            absl::StrCat("server migration list -f json --server ", kUuid, " --status running"));
-        if (!l.ok()) return false;
-        auto j = json::parse(*l);
-        if (j.empty()) return false;
-        mid = std::to_string(j[0]["Id"].get<int64_t>());
-        return true;
-      },
-      absl::Seconds(30)));
+  mid = N().RunningMigrationId();
   auto force = N().Os(absl::StrCat("server migration force complete ", kUuid, " ", mid));
   INFO(force.status().ToString());
   REQUIRE(force.ok());
@@ -347,8 +311,8 @@ TEST_CASE("openstacksdk: live_migrate_server, migrations(), server_actions()") {
   auto out = testing::RunCommand(
       absl::StrCat("HOME=", N().dir, " /usr/bin/python3 ",
                    testing::RunfilePath("integration_tests/nova/sdk_check.py"),
-                   " --endpoint https://127.0.0.1:", N().port, "/v2.1 --token ", kOp, " --cacert ",
-                   N().cloud->pki(), "/ca.pem --server ", kUuid, " --host host-b"));
+                   " --endpoint https://127.0.0.1:", N().port, "/v2.1 --token ", kOpToken,
+                   " --cacert ", N().cloud->pki(), "/ca.pem --server ", kUuid, " --host host-b"));
   INFO(out.status().ToString());
   REQUIRE(out.ok());
   auto j = json::parse(*out);

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "driver/fake_driver.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "nlohmann/json.hpp"
 #include "testing/process.h"
 #include "testing/run_command.h"
@@ -22,46 +23,18 @@ namespace livemig::e2e {
 namespace {
 
 using json = nlohmann::json;
-constexpr char kOp[] = "op-token-prom-0123456789abcdef0123";
-constexpr char kReader[] = "rd-token-prom-0123456789abcdef0123";
 constexpr char kWeb[] = "77777777-2222-4333-8444-555555555555";
 constexpr char kBig[] = "77777777-2222-4333-8444-666666666666";
 constexpr uint64_t kWebMiB = 256;
 
-struct Prom {
-  std::string dir = testing::MakeShortTempDir("prom");
-  int http_port = testing::FreePort();
+struct Prom : HttpsApiCloud {
   int prom_port = testing::FreePort();
-  std::unique_ptr<Cloud> cloud;
-  std::unique_ptr<driver::FakeHypervisor> hv;
   std::unique_ptr<testing::ChildProcess> prometheus;
   int migrations_done = 0;
 
-  Prom() {
+  Prom() : HttpsApiCloud("prom", "prom-operator", "prometheus") {
     REQUIRE(testing::RunCommand("command -v prometheus && command -v promtool").ok());
-    std::ofstream(dir + "/tokens") << kOp << " operator prom-operator\n"
-                                   << kReader << " reader prometheus\n";
-    std::ofstream(dir + "/reader.token") << kReader << "\n";
-    cloud = std::make_unique<Cloud>(dir);
-    cloud->set_token(kOp);
-    REQUIRE(testing::RunCommand(absl::StrCat(testing::RunfilePath("deploy/pki.sh"),
-                                             " issue-server ", cloud->pki(), " api"))
-                .ok());
-    cloud->StartScheduler(absl::StrCat("--tokens-file ", dir,
-                                       "/tokens --http-listen 127.0.0.1:", http_port,
-                                       " --report-interval 1 --api-tls-cert ", cloud->pki(),
-                                       "/api.pem --api-tls-key ", cloud->pki(), "/api.key"));
-    hv = std::make_unique<driver::FakeHypervisor>(dir + "/fake");
-    for (const char* h : {"host-a", "host-b"}) {
-      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", dir,
-                                        "/fake --listen 127.0.0.1:", testing::FreePort()));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto s = hv->Snapshot();
-          return s.ok() && (*s)["hosts"].contains("host-a") && (*s)["hosts"].contains("host-b");
-        },
-        absl::Seconds(20)));
+    std::ofstream(dir + "/reader.token") << kReaderToken << "\n";
     // fake-qemu measures a downtime at the end of each transfer, as QEMU does.
     for (const char* h : {"host-a", "host-b"}) {
       REQUIRE(hv->SetTransferDowntime(h, absl::Milliseconds(30)).ok());
@@ -81,7 +54,7 @@ struct Prom {
         << "    scrape_timeout: 1s\n    scheme: https\n    tls_config:\n      ca_file: "
         << cloud->pki() << "/ca.pem\n    authorization:\n      type: Bearer\n"
         << "      credentials_file: " << dir << "/reader.token\n"
-        << "    static_configs:\n      - targets: ['127.0.0.1:" << http_port << "']\n";
+        << "    static_configs:\n      - targets: ['127.0.0.1:" << port << "']\n";
     prometheus = std::make_unique<testing::ChildProcess>(
         absl::StrCat("prometheus --config.file=", dir, "/prometheus.yml --storage.tsdb.path=", dir,
                      "/tsdb --web.listen-address=127.0.0.1:", prom_port),
@@ -96,11 +69,8 @@ struct Prom {
     INFO(prometheus->LogTail(30));
     REQUIRE(ready);
   }
-  ~Prom() {
-    prometheus.reset();  // killed by pid (its process group), also when a test failed
-    cloud.reset();
-    testing::RunCommand("rm -rf " + dir).IgnoreError();
-  }
+  // Prometheus is killed by pid (its process group), also when a test failed; then the cloud.
+  ~Prom() { prometheus.reset(); }
 
   // The single sample of an instant query; nullopt when the result is empty.
   std::optional<double> Query(const std::string& promql) {
@@ -133,8 +103,8 @@ struct Prom {
   // The scheduler's /metrics as Prometheus fetches it.
   absl::StatusOr<std::string> Scrape() {
     return testing::RunCommand(absl::StrCat("curl -sS -f -m 5 --cacert ", cloud->pki(),
-                                            "/ca.pem -H 'Authorization: Bearer ", kReader,
-                                            "' https://127.0.0.1:", http_port, "/metrics"));
+                                            "/ca.pem -H 'Authorization: Bearer ", kReaderToken,
+                                            "' https://127.0.0.1:", port, "/metrics"));
   }
   // Migrates web-1 to the other host and waits for completion.
   void MigrateWeb() {

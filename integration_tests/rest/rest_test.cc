@@ -12,6 +12,7 @@
 #define CPPHTTPLIB_OPENSSL_SUPPORT  // the REST API is served over HTTPS
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "nlohmann/json.hpp"
 #include "testing/process.h"
 #include "testing/raw_http.h"
@@ -22,34 +23,10 @@ namespace {
 
 using json = nlohmann::json;
 constexpr char kUuid[] = "44444444-2222-4333-8444-555555555555";
-constexpr char kOp[] = "op-token-0123456789abcdef0123456789";
-constexpr char kReader[] = "rd-token-0123456789abcdef0123456789";
 
-struct Rest {
-  std::string dir = testing::MakeShortTempDir("rest");
-  std::unique_ptr<Cloud> cloud;
-  int port = testing::FreePort();
-  std::string state = dir + "/fake";
-  std::unique_ptr<driver::FakeHypervisor> hv;
+struct Rest : HttpsApiCloud {
   std::unique_ptr<httplib::SSLClient> http;
-  Rest() {
-    std::ofstream(dir + "/tokens") << kOp << " operator ops-alice\n"
-                                   << kReader << " reader dash-bob\n";
-    cloud = std::make_unique<Cloud>(dir);
-    cloud->set_token(kOp);
-    cloud->StartScheduler(absl::StrCat("--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:",
-                                       port, " --report-interval 1", cloud->ApiTlsFlags()));
-    hv = std::make_unique<driver::FakeHypervisor>(state);
-    for (const char* h : {"host-a", "host-b"}) {
-      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
-                                        " --listen 127.0.0.1:", testing::FreePort()));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto s = hv->Snapshot();
-          return s.ok() && (*s)["hosts"].contains("host-a") && (*s)["hosts"].contains("host-b");
-        },
-        absl::Seconds(20)));
+  Rest() : HttpsApiCloud("rest", "ops-alice", "dash-bob") {
     REQUIRE(hv->CreateDomain("host-a", kUuid, "web-1", 256).ok());
     http = std::make_unique<httplib::SSLClient>("127.0.0.1", port);
     http->set_ca_cert_path(cloud->ca_pem().c_str());
@@ -57,16 +34,12 @@ struct Rest {
     http->set_read_timeout(20, 0);
     REQUIRE(testing::WaitFor(
         [&] {
-          auto r = Get("/v1/instances/" + std::string(kUuid), kReader);
+          auto r = Get("/v1/instances/" + std::string(kUuid), kReaderToken);
           return r && r->status == 200 && absl::StrContains(r->body, R"("state":"running")");
         },
         absl::Seconds(20)));
   }
-  ~Rest() {
-    http.reset();
-    cloud.reset();
-    testing::RunCommand("rm -rf " + dir).IgnoreError();
-  }
+  ~Rest() { http.reset(); }
   httplib::Headers Auth(const char* token) {
     if (!token) return {};
     return {{"Authorization", std::string("Bearer ") + token}};
@@ -127,56 +100,56 @@ TEST_CASE("rest: health is open; everything else needs a token") {
     CHECK(ErrorCode(r) == "UNAUTHENTICATED");
     auto bad = R().Get(path, "not-a-valid-token-at-all");
     CHECK(bad->status == 401);
-    auto ok = R().Get(path, kReader);
+    auto ok = R().Get(path, kReaderToken);
     CHECK(ok->status == 200);
   }
   // A reader may not change anything.
   auto m = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
-                    R"({"destination":"host-b"})", kReader);
+                    R"({"destination":"host-b"})", kReaderToken);
   CHECK(m->status == 403);
   CHECK(ErrorCode(m) == "PERMISSION_DENIED");
   CHECK(absl::StrContains(m->body, "dash-bob"));
-  auto dis = R().Put("/v1/hosts/host-b/enabled", R"({"enabled":false,"reason":"x"})", kReader);
+  auto dis = R().Put("/v1/hosts/host-b/enabled", R"({"enabled":false,"reason":"x"})", kReaderToken);
   CHECK(dis->status == 403);
 }
 
 TEST_CASE("rest: malformed input is 400 with a message; unknown things are 404") {
   auto bad_json = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
-                           "{destination: host-b", kOp);
+                           "{destination: host-b", kOpToken);
   CHECK(bad_json->status == 400);
   CHECK(absl::StrContains(bad_json->body, "not valid JSON"));
   auto bad_field = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
-                            R"({"destinaton":"host-b"})", kOp);
+                            R"({"destinaton":"host-b"})", kOpToken);
   CHECK(bad_field->status == 400);
-  auto bad_uuid = R().Post("/v1/instances/web-1/live-migration", "{}", kOp);
+  auto bad_uuid = R().Post("/v1/instances/web-1/live-migration", "{}", kOpToken);
   CHECK(bad_uuid->status == 400);
   CHECK(absl::StrContains(bad_uuid->body, "not a UUID"));
   auto unknown =
-      R().Post("/v1/instances/99999999-2222-4333-8444-555555555555/live-migration", "{}", kOp);
+      R().Post("/v1/instances/99999999-2222-4333-8444-555555555555/live-migration", "{}", kOpToken);
   CHECK(unknown->status == 404);
   auto same = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
-                       R"({"destination":"host-a"})", kOp);
+                       R"({"destination":"host-a"})", kOpToken);
   CHECK(same->status == 400);
-  auto no_host = R().Get("/v1/hosts/host-zz", kReader);
+  auto no_host = R().Get("/v1/hosts/host-zz", kReaderToken);
   CHECK(no_host->status == 404);
-  auto no_mig = R().Get("/v1/migrations/424242", kReader);
+  auto no_mig = R().Get("/v1/migrations/424242", kReaderToken);
   CHECK(no_mig->status == 404);
-  auto bad_status = R().Get("/v1/migrations?status=done", kReader);
+  auto bad_status = R().Get("/v1/migrations?status=done", kReaderToken);
   CHECK(bad_status->status == 400);
-  auto bad_limit = R().Get("/v1/migrations?limit=0", kReader);
+  auto bad_limit = R().Get("/v1/migrations?limit=0", kReaderToken);
   CHECK(bad_limit->status == 400);
-  auto nowhere = R().Get("/v2/nothing", kReader);
+  auto nowhere = R().Get("/v2/nothing", kReaderToken);
   CHECK(nowhere->status == 404);
   CHECK(ErrorCode(nowhere) == "NOT_FOUND");
   // A 2 MiB body is refused from its headers (413, before the body): sent as headers alone, so
   // that the answer is read whatever the server does with the unread body after it.
   auto too_big = R().HeadersOnly(absl::StrCat(
-      "POST /v1/migrations/check HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ", kOp,
+      "POST /v1/migrations/check HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ", kOpToken,
       "\r\nContent-Type: application/json\r\nContent-Length: ", 2 << 20, "\r\n\r\n"));
   INFO(too_big.status().ToString());
   REQUIRE(too_big.ok());
   CHECK(too_big->status == 413);
-  auto no_reason = R().Put("/v1/hosts/host-b/enabled", R"({"enabled":false})", kOp);
+  auto no_reason = R().Put("/v1/hosts/host-b/enabled", R"({"enabled":false})", kOpToken);
   CHECK(no_reason->status == 400);
   // Enum values in a body: the names the answers use; the proto names still parse; others are
   // 400 naming the valid ones.
@@ -186,23 +159,24 @@ TEST_CASE("rest: malformed input is 400 with a message; unknown things are 404")
         R().Post(live,
                  absl::StrCat(R"({"destination":"host-b","dry_run":true,"options":{"mode":")", mode,
                               R"(","block_migration":"auto"}})"),
-                 kOp);
+                 kOpToken);
     INFO(mode << ": " << dry->body);
     CHECK(dry->status == 200);
   }
-  auto sideways = R().Post(live, R"({"dry_run":true,"options":{"mode":"sideways"}})", kOp);
+  auto sideways = R().Post(live, R"({"dry_run":true,"options":{"mode":"sideways"}})", kOpToken);
   CHECK(sideways->status == 400);
   CHECK(absl::StrContains(sideways->body, "must be one of live, offline"));
 }
 
 TEST_CASE("rest: a migration over REST, its listing, and the conflicts after it") {
   auto check = R().Post("/v1/migrations/check",
-                        absl::StrCat(R"({"instance_uuid":")", kUuid, R"("})"), kReader);
+                        absl::StrCat(R"({"instance_uuid":")", kUuid, R"("})"), kReaderToken);
   CHECK(check->status == 200);
   CHECK(absl::StrContains(check->body, "host-b"));
   auto m = R().Post(
       absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
-      R"({"destination":"host-b","request_id":"rest-1","options":{"max_downtime_ms":400}})", kOp);
+      R"({"destination":"host-b","request_id":"rest-1","options":{"max_downtime_ms":400}})",
+      kOpToken);
   REQUIRE(m);
   INFO(m->body);
   CHECK(m->status == 202);
@@ -210,13 +184,13 @@ TEST_CASE("rest: a migration over REST, its listing, and the conflicts after it"
   const std::string id = body["migration"]["id"];
   // A repeated request id returns the same migration.
   auto again = R().Post(absl::StrCat("/v1/instances/", kUuid, "/live-migration"),
-                        R"({"destination":"host-b","request_id":"rest-1"})", kOp);
+                        R"({"destination":"host-b","request_id":"rest-1"})", kOpToken);
   CHECK(again->status == 200);
   CHECK(json::parse(again->body)["migration"]["id"] == id);
   json last;
   REQUIRE(testing::WaitFor(
       [&] {
-        auto g = R().Get("/v1/migrations/" + id, kReader);
+        auto g = R().Get("/v1/migrations/" + id, kReaderToken);
         if (!g || g->status != 200) return false;
         last = json::parse(g->body);
         return last["status"] == "completed";
@@ -224,16 +198,16 @@ TEST_CASE("rest: a migration over REST, its listing, and the conflicts after it"
       absl::Seconds(60)));
   CHECK(last["requester"] == "ops-alice");
   CHECK(last["events"].size() >= 10);
-  auto list = R().Get("/v1/migrations?status=completed&limit=10", kReader);
+  auto list = R().Get("/v1/migrations?status=completed&limit=10", kReaderToken);
   CHECK(list->status == 200);
   CHECK(json::parse(list->body)["migrations"].size() == 1);
-  auto abort = R().Post("/v1/migrations/" + id + "/abort", "{}", kOp);
+  auto abort = R().Post("/v1/migrations/" + id + "/abort", "{}", kOpToken);
   CHECK(abort->status == 409);
-  auto force = R().Post("/v1/migrations/" + id + "/force-complete", "{}", kOp);
+  auto force = R().Post("/v1/migrations/" + id + "/force-complete", "{}", kOpToken);
   CHECK(force->status == 409);
-  auto inst = R().Get(absl::StrCat("/v1/instances/", kUuid), kReader);
+  auto inst = R().Get(absl::StrCat("/v1/instances/", kUuid), kReaderToken);
   CHECK(json::parse(inst->body)["host"] == "host-b");
-  auto metrics = R().Get("/metrics", kReader);
+  auto metrics = R().Get("/metrics", kReaderToken);
   CHECK(absl::StrContains(metrics->body, "livemig_migrations_total{outcome=\"completed\"} 1"));
   CHECK(absl::StrContains(metrics->body,
                           "livemig_step_duration_seconds_bucket{step=\"live_migration\""));
@@ -241,22 +215,24 @@ TEST_CASE("rest: a migration over REST, its listing, and the conflicts after it"
 }
 
 TEST_CASE("rest: hosts, evacuations and instances") {
-  auto dis = R().Put("/v1/hosts/host-a/enabled", R"({"enabled":false,"reason":"firmware"})", kOp);
+  auto dis =
+      R().Put("/v1/hosts/host-a/enabled", R"({"enabled":false,"reason":"firmware"})", kOpToken);
   REQUIRE(dis);
   CHECK(dis->status == 200);
-  auto h = json::parse(R().Get("/v1/hosts/host-a", kReader)->body);
+  auto h = json::parse(R().Get("/v1/hosts/host-a", kReaderToken)->body);
   CHECK(h["disabled_reason"] == "firmware");
   CHECK(h["disabled_by"] == "ops-alice");
-  auto en = R().Put("/v1/hosts/host-a/enabled", R"({"enabled":true})", kOp);
+  auto en = R().Put("/v1/hosts/host-a/enabled", R"({"enabled":true})", kOpToken);
   CHECK(en->status == 200);
   // A malformed request id is refused before anything starts.
-  auto bad_id = R().Post("/v1/hosts/host-b/evacuate-live",
-                         absl::StrCat(R"({"request_id":")", std::string(129, 'e'), R"("})"), kOp);
+  auto bad_id =
+      R().Post("/v1/hosts/host-b/evacuate-live",
+               absl::StrCat(R"({"request_id":")", std::string(129, 'e'), R"("})"), kOpToken);
   REQUIRE(bad_id);
   CHECK(bad_id->status == 400);
   CHECK(absl::StrContains(bad_id->body, "request_id"));
   auto ev = R().Post("/v1/hosts/host-b/evacuate-live",
-                     R"({"max_parallel":1,"request_id":"rest-evac-1"})", kOp);
+                     R"({"max_parallel":1,"request_id":"rest-evac-1"})", kOpToken);
   REQUIRE(ev);
   INFO(ev->body);
   CHECK(ev->status == 202);
@@ -268,36 +244,36 @@ TEST_CASE("rest: hosts, evacuations and instances") {
   }
   // A retry with the same request id returns the same evacuation.
   auto retry = R().Post("/v1/hosts/host-b/evacuate-live",
-                        R"({"max_parallel":1,"request_id":"rest-evac-1"})", kOp);
+                        R"({"max_parallel":1,"request_id":"rest-evac-1"})", kOpToken);
   REQUIRE(retry);
   CHECK(json::parse(retry->body)["id"] == evid);
   REQUIRE(testing::WaitFor(
       [&] {
-        auto g = R().Get("/v1/evacuations/" + evid, kReader);
+        auto g = R().Get("/v1/evacuations/" + evid, kReaderToken);
         return g && g->status == 200 && json::parse(g->body)["status"] != "running";
       },
       absl::Seconds(60)));
-  auto list = R().Get("/v1/evacuations", kReader);
+  auto list = R().Get("/v1/evacuations", kReaderToken);
   CHECK(json::parse(list->body)["evacuations"].size() == 1);
   // Filtered by the status it shows, in pages; an unknown status and a forged marker are 400.
   const std::string shown = json::parse(list->body)["evacuations"][0]["status"];
-  CHECK(json::parse(R().Get("/v1/evacuations?status=" + shown, kReader)->body)["evacuations"]
+  CHECK(json::parse(R().Get("/v1/evacuations?status=" + shown, kReaderToken)->body)["evacuations"]
             .size() == 1);
-  CHECK(json::parse(R().Get("/v1/evacuations?status=running", kReader)->body)
+  CHECK(json::parse(R().Get("/v1/evacuations?status=running", kReaderToken)->body)
             .value("evacuations", json::array())
             .empty());
-  CHECK(R().Get("/v1/evacuations?status=bogus", kReader)->status == 400);
-  CHECK(R().Get("/v1/evacuations?limit=1&marker=h1.x", kReader)->status == 400);
-  auto insts = json::parse(R().Get("/v1/instances", kReader)->body);
+  CHECK(R().Get("/v1/evacuations?status=bogus", kReaderToken)->status == 400);
+  CHECK(R().Get("/v1/evacuations?limit=1&marker=h1.x", kReaderToken)->status == 400);
+  auto insts = json::parse(R().Get("/v1/instances", kReaderToken)->body);
   REQUIRE(insts["instances"].size() == 1);
   CHECK(insts["instances"][0]["host"] == "host-a");
   CHECK(insts.value("next_page_token", "").empty());
   // Keyset pages: limit and marker (the previous page's next_page_token); bad ones are 400.
-  auto page = json::parse(R().Get("/v1/instances?limit=1", kReader)->body);
+  auto page = json::parse(R().Get("/v1/instances?limit=1", kReaderToken)->body);
   CHECK(page["instances"].size() == 1);
   CHECK(page.value("next_page_token", "").empty());
-  CHECK(R().Get("/v1/instances?limit=0", kReader)->status == 400);
-  CHECK(R().Get("/v1/instances?marker=garbage", kReader)->status == 400);
+  CHECK(R().Get("/v1/instances?limit=0", kReaderToken)->status == 400);
+  CHECK(R().Get("/v1/instances?marker=garbage", kReaderToken)->status == 400);
 }
 
 TEST_CASE("rest: the OpenAPI document matches the server") {
@@ -310,9 +286,9 @@ TEST_CASE("rest: the OpenAPI document matches the server") {
         absl::StrReplaceAll(path, {{"{uuid}", kUuid}, {"{id}", "1"}, {"{name}", "host-a"}});
     for (auto& [method, spec] : methods.items()) {
       INFO(method << " " << path);
-      httplib::Result r = method == "get"    ? R().Get(concrete, kOp)
-                          : method == "post" ? R().Post(concrete, "{\"dry_run\":true}", kOp)
-                                             : R().Put(concrete, "{\"enabled\":true}", kOp);
+      httplib::Result r = method == "get"    ? R().Get(concrete, kOpToken)
+                          : method == "post" ? R().Post(concrete, "{\"dry_run\":true}", kOpToken)
+                                             : R().Put(concrete, "{\"enabled\":true}", kOpToken);
       REQUIRE(r);
       // The route exists: whatever the answer, it is not "no such endpoint".
       CHECK_FALSE(absl::StrContains(r->body, "no such endpoint"));
@@ -333,7 +309,7 @@ TEST_CASE("rest: instances page by name with limit and marker") {
   }
   REQUIRE(testing::WaitFor(
       [&] {
-        auto r = R().Get("/v1/instances?limit=1000", kReader);
+        auto r = R().Get("/v1/instances?limit=1000", kReaderToken);
         return r && r->status == 200 && json::parse(r->body)["instances"].size() == 3;
       },
       absl::Seconds(20)));
@@ -341,8 +317,8 @@ TEST_CASE("rest: instances page by name with limit and marker") {
   std::string marker;
   int pages = 0;
   do {
-    auto r =
-        R().Get("/v1/instances?limit=2" + (marker.empty() ? "" : "&marker=" + marker), kReader);
+    auto r = R().Get("/v1/instances?limit=2" + (marker.empty() ? "" : "&marker=" + marker),
+                     kReaderToken);
     REQUIRE(r);
     INFO(r->body);
     REQUIRE(r->status == 200);
@@ -357,7 +333,7 @@ TEST_CASE("rest: instances page by name with limit and marker") {
   CHECK(pages == 2);
   CHECK(names == std::vector<std::string>{"app-1", "web-1", "zz-1"});
   // Filters apply to every page.
-  auto by_host = json::parse(R().Get("/v1/instances?host=host-b&limit=1", kReader)->body);
+  auto by_host = json::parse(R().Get("/v1/instances?host=host-b&limit=1", kReaderToken)->body);
   CHECK(by_host["instances"].size() == 1);
   CHECK(by_host["instances"][0]["name"] == "app-1");
   CHECK_FALSE(by_host.value("next_page_token", "").empty());

@@ -74,23 +74,12 @@ class DownCloud : public FakeCloud {
     REQUIRE(snap.ok());
     return (*snap)["hosts"][host];
   }
-  absl::StatusOr<sv1::Host> GetHost(const std::string& name) {
-    grpc::ClientContext ctx;
-    cloud_.Prepare(&ctx);
-    sv1::GetHostRequest r;
-    r.set_hostname(name);
-    sv1::Host h;
-    grpc::Status s = cloud_.api().GetHost(&ctx, r, &h);
-    if (!s.ok())
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-    return h;
-  }
   // Stops `host`'s agent and waits until the scheduler shows the host down.
   void TakeDown(const std::string& host) {
     cloud_.agent(host)->Stop(absl::Seconds(10));
     const bool down = testing::WaitFor(
         [&] {
-          auto h = GetHost(host);
+          auto h = cloud_.GetHost(host);
           return h.ok() && !h->up();
         },
         absl::Seconds(kServiceDownSeconds + 20));
@@ -106,21 +95,11 @@ class DownCloud : public FakeCloud {
     r.set_destination(dest);
     sv1::CheckMigrationResponse resp;
     grpc::Status s = cloud_.api().CheckMigration(&ctx, r, &resp);
-    if (!s.ok())
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    if (!s.ok()) return FromGrpc(s);
     return resp;
   }
   absl::Status Abort(const std::string& id) {
-    grpc::ClientContext ctx;
-    cloud_.Prepare(&ctx);
-    sv1::AbortMigrationRequest a;
-    a.set_migration_id(id);
-    a.set_requester("down-abort-test");
-    a.set_reason("operator changed their mind");
-    sv1::AbortMigrationResponse resp;
-    grpc::Status s = cloud_.api().AbortMigration(&ctx, a, &resp);
-    return s.ok() ? absl::OkStatus()
-                  : absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    return cloud_.Abort(id, "down-abort-test", "operator changed their mind");
   }
 
   // Arms the scheduler's test point `point`: the next migration to reach it pauses there.
@@ -244,7 +223,7 @@ sv1::Migration AbortAt(const std::string& point, v1::MigrationStatus held, const
   const nlohmann::json b = D().HostState("host-b");
   CHECK_FALSE(b["domains"].contains(vm));
   CHECK((!b.contains("staged") || !b["staged"].contains(id)));
-  auto host_b = D().GetHost("host-b");
+  auto host_b = D().cloud().GetHost("host-b");
   REQUIRE(host_b.ok());
   CHECK(host_b->memory_claimed_mib() == 0);
   // The abort request is a note on the abort step.

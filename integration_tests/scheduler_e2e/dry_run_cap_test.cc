@@ -64,17 +64,7 @@ struct DryRunCloud {
                                        port, " --report-interval 1 --dry-run-max-concurrent ", kCap,
                                        " --dry-run-deadline ", kDeadlineS, cloud->ApiTlsFlags()));
     hv = std::make_unique<driver::FakeHypervisor>(state);
-    for (const char* h : {"host-a", "host-b", "host-c"}) {
-      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
-                                        " --listen 127.0.0.1:", testing::FreePort()));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto s = hv->Snapshot();
-          return s.ok() && (*s)["hosts"].contains("host-a") && (*s)["hosts"].contains("host-b") &&
-                 (*s)["hosts"].contains("host-c");
-        },
-        absl::Seconds(20)));
+    StartFakeAgents(*cloud, *hv, state, {"host-a", "host-b", "host-c"});
     REQUIRE(hv->CreateDomain("host-a", kChecked, "checked-1", 64).ok());
     REQUIRE(hv->CreateDomain("host-a", kMigrated, "migrated-1", 64).ok());
     REQUIRE(cloud->WaitInstanceOn(kChecked, "host-a", absl::Seconds(20)));

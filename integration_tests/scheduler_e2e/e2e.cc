@@ -15,6 +15,10 @@ namespace livemig::e2e {
 using testing::RunCommand;
 using testing::RunfilePath;
 
+absl::Status FromGrpc(const grpc::Status& s) {
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
 Cloud::Cloud(std::string dir) : dir_(std::move(dir)), pki_(dir_ + "/pki") {
   auto pg = testing::PgServer::Start();
   REQUIRE(pg.ok());
@@ -153,9 +157,16 @@ absl::StatusOr<sv1::LiveMigrateResponse> Cloud::Migrate(const std::string& uuid,
   r.set_requester("e2e-test");
   sv1::LiveMigrateResponse resp;
   grpc::Status s = api_->LiveMigrate(&ctx, r, &resp);
-  if (!s.ok())
-    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  if (!s.ok()) return FromGrpc(s);
   return resp;
+}
+
+std::string Cloud::StartMigration(const std::string& uuid, const std::string& dest,
+                                  const v1::MigrationOptions& o) {
+  auto r = Migrate(uuid, dest, o);
+  INFO(r.status().ToString());
+  REQUIRE(r.ok());
+  return r->migration().id();
 }
 
 absl::StatusOr<sv1::Migration> Cloud::Get(const std::string& id) {
@@ -165,9 +176,61 @@ absl::StatusOr<sv1::Migration> Cloud::Get(const std::string& id) {
   r.set_migration_id(id);
   sv1::Migration m;
   grpc::Status s = api_->GetMigration(&ctx, r, &m);
-  if (!s.ok())
-    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  if (!s.ok()) return FromGrpc(s);
   return m;
+}
+
+bool Cloud::WaitStatus(const std::string& id, v1::MigrationStatus want, absl::Duration t,
+                       sv1::Migration* last) {
+  return testing::WaitFor(
+      [&] {
+        auto m = Get(id);
+        if (m.ok() && last != nullptr) *last = *m;
+        return m.ok() && m->status() == want;
+      },
+      t);
+}
+
+void Cloud::RequireStatus(const std::string& id, v1::MigrationStatus want, absl::Duration t) {
+  sv1::Migration last;
+  const bool ok = WaitStatus(id, want, t, &last);
+  INFO(last.DebugString());
+  INFO(SchedulerLog());
+  REQUIRE(ok);
+}
+
+absl::Status Cloud::Abort(const std::string& id, const std::string& requester,
+                          const std::string& reason) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  sv1::AbortMigrationRequest a;
+  a.set_migration_id(id);
+  a.set_requester(requester);
+  a.set_reason(reason);
+  sv1::AbortMigrationResponse resp;
+  return FromGrpc(api_->AbortMigration(&ctx, a, &resp));
+}
+
+absl::StatusOr<sv1::Host> Cloud::GetHost(const std::string& name) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  sv1::GetHostRequest r;
+  r.set_hostname(name);
+  sv1::Host h;
+  grpc::Status s = api_->GetHost(&ctx, r, &h);
+  if (!s.ok()) return FromGrpc(s);
+  return h;
+}
+
+absl::StatusOr<sv1::Instance> Cloud::GetInstance(const std::string& uuid) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  sv1::GetInstanceRequest r;
+  r.set_instance_uuid(uuid);
+  sv1::Instance i;
+  grpc::Status s = api_->GetInstance(&ctx, r, &i);
+  if (!s.ok()) return FromGrpc(s);
+  return i;
 }
 
 sv1::Migration Cloud::WaitTerminal(const std::string& id, absl::Duration t) {

@@ -18,6 +18,14 @@ namespace livemig::e2e {
 namespace v1 = ::livemig::v1;
 namespace sv1 = ::livemig::scheduler::v1;
 
+// The API tokens of the tests whose scheduler runs with a token file: an operator's and a
+// reader's.
+inline constexpr char kOpToken[] = "op-token-0123456789abcdef0123456789";
+inline constexpr char kReaderToken[] = "rd-token-0123456789abcdef0123456789";
+
+// The absl::Status of a gRPC status: the same code and message.
+absl::Status FromGrpc(const grpc::Status& s);
+
 class Cloud {
  public:
   // `dir`: where sockets, logs and the PKI live.
@@ -50,7 +58,21 @@ class Cloud {
   sv1::Migration WaitTerminal(const std::string& id, absl::Duration t);
   absl::StatusOr<sv1::LiveMigrateResponse> Migrate(const std::string& uuid, const std::string& dest,
                                                    const v1::MigrationOptions& o = {});
+  // Migrate, REQUIREd to be accepted; returns the migration id.
+  std::string StartMigration(const std::string& uuid, const std::string& dest,
+                             const v1::MigrationOptions& o = {});
   absl::StatusOr<sv1::Migration> Get(const std::string& id);
+  // Waits until migration `id` has status `want`; `last` (when given) gets the last migration
+  // read.
+  bool WaitStatus(const std::string& id, v1::MigrationStatus want, absl::Duration t,
+                  sv1::Migration* last = nullptr);
+  // The same, REQUIREd, with the last migration read and the scheduler's log as its context.
+  void RequireStatus(const std::string& id, v1::MigrationStatus want, absl::Duration t);
+  // AbortMigration of `id` by `requester` with `reason` (empty: none).
+  absl::Status Abort(const std::string& id, const std::string& requester,
+                     const std::string& reason = "");
+  absl::StatusOr<sv1::Host> GetHost(const std::string& name);
+  absl::StatusOr<sv1::Instance> GetInstance(const std::string& uuid);
   std::string SchedulerLog() const;
   // A second scheduler process on the same database (its own --scheduler-id, API socket
   // api2.sock, registry socket registry2.sock, log scheduler2.log); agents keep reporting to the

@@ -99,8 +99,7 @@ class EvacCloud : public FakeCloud {
     r.set_evacuation_id(id);
     sv1::Evacuation e;
     grpc::Status s = cloud_.api().GetEvacuation(&ctx, r, &e);
-    if (!s.ok())
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    if (!s.ok()) return FromGrpc(s);
     return e;
   }
   // Waits until the evacuation is terminal; returns it.

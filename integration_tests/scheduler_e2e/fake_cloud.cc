@@ -42,17 +42,12 @@ FakeCloud::FakeCloud(const Options& o)
       cloud_(dir_),
       hv_(state_) {
   cloud_.StartScheduler(o.api_tls ? o.scheduler_flags + cloud_.ApiTlsFlags() : o.scheduler_flags);
-  for (const auto& h : o.hosts) StartAgent(h.name, absl::StrReplaceAll(h.flags, {{"@DIR@", dir_}}));
-  REQUIRE(testing::WaitFor(
-      [&] {
-        auto snap = hv_.Snapshot();
-        if (!snap.ok()) return false;
-        for (const auto& h : o.hosts) {
-          if (!(*snap)["hosts"].contains(h.name)) return false;
-        }
-        return true;
-      },
-      absl::Seconds(30)));
+  std::vector<std::string> names;
+  for (const auto& h : o.hosts) {
+    StartAgent(h.name, absl::StrReplaceAll(h.flags, {{"@DIR@", dir_}}));
+    names.push_back(h.name);
+  }
+  WaitFakeHosts(hv_, names, absl::Seconds(30));
 }
 
 FakeCloud::~FakeCloud() {
@@ -62,8 +57,52 @@ FakeCloud::~FakeCloud() {
 FakeCloud::RemoveAtEnd::~RemoveAtEnd() { testing::RunCommand("rm -rf " + path).IgnoreError(); }
 
 void FakeCloud::StartAgent(const std::string& host, const std::string& flags) {
-  cloud_.StartAgent(host, absl::StrCat("--driver fake --fake-state-dir ", state_,
-                                       " --listen 127.0.0.1:", testing::FreePort(), " ", flags));
+  StartFakeAgent(cloud_, state_, host, flags);
+}
+
+void StartFakeAgent(Cloud& cloud, const std::string& state, const std::string& host,
+                    const std::string& flags, int port) {
+  cloud.StartAgent(host,
+                   absl::StrCat("--driver fake --fake-state-dir ", state, " --listen 127.0.0.1:",
+                                port == 0 ? testing::FreePort() : port, " ", flags));
+}
+
+void WaitFakeHosts(driver::FakeHypervisor& hv, const std::vector<std::string>& hosts,
+                   absl::Duration timeout) {
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto snap = hv.Snapshot();
+        if (!snap.ok()) return false;
+        for (const auto& h : hosts) {
+          if (!(*snap)["hosts"].contains(h)) return false;
+        }
+        return true;
+      },
+      timeout));
+}
+
+HttpsApiCloud::HttpsApiCloud(const std::string& tag, const std::string& operator_id,
+                             const std::string& reader_id)
+    : dir(testing::MakeShortTempDir(tag)), port(testing::FreePort()), state(dir + "/fake") {
+  std::ofstream(dir + "/tokens") << kOpToken << " operator " << operator_id << "\n"
+                                 << kReaderToken << " reader " << reader_id << "\n";
+  cloud = std::make_unique<Cloud>(dir);
+  cloud->set_token(kOpToken);
+  cloud->StartScheduler(absl::StrCat("--tokens-file ", dir, "/tokens --http-listen 127.0.0.1:",
+                                     port, " --report-interval 1", cloud->ApiTlsFlags()));
+  hv = std::make_unique<driver::FakeHypervisor>(state);
+  StartFakeAgents(*cloud, *hv, state, {"host-a", "host-b"});
+}
+
+HttpsApiCloud::~HttpsApiCloud() {
+  cloud.reset();
+  testing::RunCommand("rm -rf " + dir).IgnoreError();
+}
+
+void StartFakeAgents(Cloud& cloud, driver::FakeHypervisor& hv, const std::string& state,
+                     const std::vector<std::string>& hosts, const std::string& flags) {
+  for (const auto& h : hosts) StartFakeAgent(cloud, state, h, flags);
+  WaitFakeHosts(hv, hosts, absl::Seconds(20));
 }
 
 std::string FakeCloud::CreateVm(const std::string& host, uint64_t mib, const std::string& kind) {
@@ -97,6 +136,22 @@ std::pair<int, std::string> FakeCloud::Cloudctl(const std::string& args, const s
                       .c_str());
   auto text = testing::RunCommand("cat " + out);
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, text.ok() ? *text : ""};
+}
+
+std::string StartLongMigration(Cloud& cloud, driver::FakeHypervisor& hv, const std::string& uuid,
+                               const std::string& dest) {
+  v1::MigrationOptions o;
+  o.set_completion_timeout_s(3600);
+  const std::string id = cloud.StartMigration(uuid, dest, o);
+  cloud.RequireStatus(id, v1::MIGRATION_STATUS_RUNNING, absl::Seconds(30));
+  REQUIRE(testing::WaitFor(
+      [&] {
+        auto s = hv.Snapshot();
+        if (!s.ok() || !(*s)["transfers"].contains(id)) return false;
+        return (*s)["transfers"][id].value("state", "") == "running";
+      },
+      absl::Seconds(30)));
+  return id;
 }
 
 namespace {

@@ -5,6 +5,7 @@
 #define LIVEMIG_INTEGRATION_TESTS_SCHEDULER_E2E_FAKE_CLOUD_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -68,6 +69,43 @@ class FakeCloud {
   driver::FakeHypervisor hv_;
   int vms_ = 0;
 };
+
+// For the tests of the HTTP APIs: the scheduler with API tokens and its REST and Compute APIs over
+// HTTPS on 127.0.0.1:`port` (Cloud::ApiTlsFlags; clients trust cloud->ca_pem()), and the agents of
+// host-a and host-b on the fake driver. The token file holds kOpToken (an operator, `operator_id`)
+// and kReaderToken (a reader, `reader_id`); the Cloud's own calls carry kOpToken.
+struct HttpsApiCloud {
+  HttpsApiCloud(const std::string& tag, const std::string& operator_id,
+                const std::string& reader_id);
+  ~HttpsApiCloud();  // stops the processes, then removes `dir`
+  HttpsApiCloud(const HttpsApiCloud&) = delete;
+  HttpsApiCloud& operator=(const HttpsApiCloud&) = delete;
+
+  std::string dir;
+  std::unique_ptr<Cloud> cloud;
+  int port;
+  std::string state;  // the fake hypervisors' state directory
+  std::unique_ptr<driver::FakeHypervisor> hv;
+};
+
+// Starts the agent of `host` with the fake driver on the state directory `state`, listening on
+// 127.0.0.1:`port` (0: a free port), with extra `flags`.
+void StartFakeAgent(Cloud& cloud, const std::string& state, const std::string& host,
+                    const std::string& flags = "", int port = 0);
+// REQUIREs that every host of `hosts` is in the fake hypervisor's state within `timeout`.
+void WaitFakeHosts(driver::FakeHypervisor& hv, const std::vector<std::string>& hosts,
+                   absl::Duration timeout);
+// Starts an agent per host of `hosts` (StartFakeAgent, each with `flags`) and waits until every
+// one is in `hv`'s state (WaitFakeHosts, 20 s).
+void StartFakeAgents(Cloud& cloud, driver::FakeHypervisor& hv, const std::string& state,
+                     const std::vector<std::string>& hosts, const std::string& flags = "");
+
+// Starts a migration of `uuid` to `dest` with an hour's completion timeout (for a transfer made
+// long with SetTransferDuration); waits until it is RUNNING and its transfer runs in the fake
+// hypervisor (the status is written before the agent's LiveMigration starts the transfer, which
+// reads the host's transfer duration then). Returns the migration id.
+std::string StartLongMigration(Cloud& cloud, driver::FakeHypervisor& hv, const std::string& uuid,
+                               const std::string& dest);
 
 // SIGSTOPs `host`'s agent while holding the fake hypervisors' state lock (REQUIREs it), so that
 // the stopped agent cannot be frozen inside it: that would hang every other agent on the shared

@@ -45,31 +45,8 @@ class ResolveCloud : public FakeCloud {
     r.set_requester("resolve-test");
     sv1::ResolveMigrationResponse resp;
     grpc::Status s = cloud_.api().ResolveMigration(&ctx, r, &resp);
-    if (!s.ok())
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    if (!s.ok()) return FromGrpc(s);
     return resp;
-  }
-  absl::StatusOr<sv1::Host> GetHost(const std::string& name) {
-    grpc::ClientContext ctx;
-    cloud_.Prepare(&ctx);
-    sv1::GetHostRequest r;
-    r.set_hostname(name);
-    sv1::Host h;
-    grpc::Status s = cloud_.api().GetHost(&ctx, r, &h);
-    if (!s.ok())
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-    return h;
-  }
-  absl::StatusOr<sv1::Instance> GetInstance(const std::string& uuid) {
-    grpc::ClientContext ctx;
-    cloud_.Prepare(&ctx);
-    sv1::GetInstanceRequest r;
-    r.set_instance_uuid(uuid);
-    sv1::Instance i;
-    grpc::Status s = cloud_.api().GetInstance(&ctx, r, &i);
-    if (!s.ok())
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-    return i;
   }
   std::pair<int, std::string> Cloudctl(const std::string& args) {
     return FakeCloud::Cloudctl("--requester resolve-test " + args);
@@ -202,11 +179,11 @@ TEST_CASE("resolve: a two-running-copies error is closed only where the guest ru
                     e.outcome() == sv1::STEP_OUTCOME_SUCCEEDED);
   }
   CHECK(seen);
-  auto inst = c.GetInstance(vm);
+  auto inst = c.cloud().GetInstance(vm);
   REQUIRE(inst.ok());
   CHECK(inst->host() == "host-b");
   CHECK(inst->task_state() == sv1::TASK_STATE_NONE);
-  auto host_b = c.GetHost("host-b");
+  auto host_b = c.cloud().GetHost("host-b");
   REQUIRE(host_b.ok());
   CHECK(host_b->memory_claimed_mib() == 0);
   auto show = c.Cloudctl("migration-show " + number);

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "driver/fake_driver.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "testing/process.h"
 #include "testing/run_command.h"
 
@@ -14,29 +15,20 @@ namespace {
 
 constexpr char kUuid[] = "33333333-2222-4333-8444-555555555555";
 
-struct FakeCloud {
+// host-a and host-b, with the instance kUuid on host-a.
+struct TwoHostCloud {
   std::string dir = testing::MakeShortTempDir("e2e");
   Cloud cloud{dir};
   std::string state = dir + "/fake";
   driver::FakeHypervisor hv{state};
-  FakeCloud() {
+  TwoHostCloud() {
     cloud.StartScheduler("--lease 3 --service-down-time 20 --report-interval 1");
-    for (const char* h : {"host-a", "host-b"}) {
-      cloud.StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
-                                       " --listen 127.0.0.1:", testing::FreePort()));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto snap = hv.Snapshot();
-          return snap.ok() && (*snap)["hosts"].contains("host-a") &&
-                 (*snap)["hosts"].contains("host-b");
-        },
-        absl::Seconds(20)));
+    StartFakeAgents(cloud, hv, state, {"host-a", "host-b"});
     REQUIRE(hv.CreateDomain("host-a", kUuid, "web-1", 512).ok());
     INFO(cloud.SchedulerLog());
     REQUIRE(cloud.WaitInstanceOn(kUuid, "host-a", absl::Seconds(20)));
   }
-  ~FakeCloud() { testing::RunCommand("rm -rf " + dir).IgnoreError(); }
+  ~TwoHostCloud() { testing::RunCommand("rm -rf " + dir).IgnoreError(); }
   std::vector<std::pair<std::string, std::string>> Where() {
     auto w = hv.Locate(kUuid);
     REQUIRE(w.ok());
@@ -47,7 +39,7 @@ struct FakeCloud {
 using Loc = std::vector<std::pair<std::string, std::string>>;
 
 TEST_CASE("e2e: a migration through the real binaries completes") {
-  FakeCloud f;
+  TwoHostCloud f;
   auto r = f.cloud.Migrate(kUuid, "host-b");
   INFO(r.status().ToString());
   REQUIRE(r.ok());
@@ -59,7 +51,7 @@ TEST_CASE("e2e: a migration through the real binaries completes") {
 }
 
 TEST_CASE("e2e: a transfer failure rolls back to the source") {
-  FakeCloud f;
+  TwoHostCloud f;
   REQUIRE(f.hv.SetFailure("host-a", "transfer", "connection reset by peer").ok());
   auto r = f.cloud.Migrate(kUuid, "host-b");
   REQUIRE(r.ok());
@@ -70,7 +62,7 @@ TEST_CASE("e2e: a transfer failure rolls back to the source") {
 }
 
 TEST_CASE("e2e: the scheduler killed mid-transfer and restarted resolves the migration") {
-  FakeCloud f;
+  TwoHostCloud f;
   REQUIRE(f.hv.SetTransferDuration("host-a", absl::Seconds(6)).ok());
   auto r = f.cloud.Migrate(kUuid, "host-b");
   REQUIRE(r.ok());

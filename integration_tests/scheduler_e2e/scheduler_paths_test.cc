@@ -68,28 +68,10 @@ class PathsCloud : public FakeCloud {
     REQUIRE(r.ok());
     return cloud_.WaitTerminal(r->migration().id(), absl::Seconds(60));
   }
-  absl::Status Abort(const std::string& id) {
-    grpc::ClientContext ctx;
-    cloud_.Prepare(&ctx);
-    sv1::AbortMigrationRequest a;
-    a.set_migration_id(id);
-    a.set_requester("paths-test");
-    sv1::AbortMigrationResponse resp;
-    grpc::Status s = cloud_.api().AbortMigration(&ctx, a, &resp);
-    return s.ok() ? absl::OkStatus()
-                  : absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-  }
+  absl::Status Abort(const std::string& id) { return cloud_.Abort(id, "paths-test"); }
   std::string AgentLog(const std::string& host) {
     auto text = testing::RunCommand(absl::StrCat("cat ", dir_, "/agent-", host, ".log"));
     return text.ok() ? *text : "";
-  }
-  bool WaitStatus(const std::string& id, v1::MigrationStatus st, absl::Duration t) {
-    return testing::WaitFor(
-        [&] {
-          auto m = cloud_.Get(id);
-          return m.ok() && m->status() == st;
-        },
-        t);
   }
 };
 
@@ -248,11 +230,13 @@ TEST_CASE("paths: abort while running and while queued cancels; the VM stays on 
   const std::string first = P().NewVm(), second = P().NewVm();
   auto r1 = P().cloud().Migrate(first, "host-b");
   REQUIRE(r1.ok());
-  REQUIRE(P().WaitStatus(r1->migration().id(), v1::MIGRATION_STATUS_RUNNING, absl::Seconds(20)));
+  REQUIRE(P().cloud().WaitStatus(r1->migration().id(), v1::MIGRATION_STATUS_RUNNING,
+                                 absl::Seconds(20)));
   // host-a may send one at a time (--max-outbound-per-host 1): the second waits.
   auto r2 = P().cloud().Migrate(second, "host-b");
   REQUIRE(r2.ok());
-  REQUIRE(P().WaitStatus(r2->migration().id(), v1::MIGRATION_STATUS_QUEUED, absl::Seconds(10)));
+  REQUIRE(
+      P().cloud().WaitStatus(r2->migration().id(), v1::MIGRATION_STATUS_QUEUED, absl::Seconds(10)));
   REQUIRE(P().Abort(r2->migration().id()).ok());
   auto m2 = P().cloud().WaitTerminal(r2->migration().id(), absl::Seconds(20));
   CHECK(m2.status() == v1::MIGRATION_STATUS_CANCELLED);
@@ -271,7 +255,8 @@ TEST_CASE("paths: on Xen's backend an abort during the transfer is refused with 
   const std::string vm = P().NewVm("xen-a");
   auto r = P().cloud().Migrate(vm, "xen-b");
   REQUIRE(r.ok());
-  REQUIRE(P().WaitStatus(r->migration().id(), v1::MIGRATION_STATUS_RUNNING, absl::Seconds(20)));
+  REQUIRE(
+      P().cloud().WaitStatus(r->migration().id(), v1::MIGRATION_STATUS_RUNNING, absl::Seconds(20)));
   const absl::Status a = P().Abort(r->migration().id());
   INFO(a.ToString());
   CHECK(a.code() == absl::StatusCode::kFailedPrecondition);
@@ -290,7 +275,7 @@ TEST_CASE("paths: beyond the per-host limit migrations wait as queued, then run 
     REQUIRE(r.ok());
     ids.push_back(r->migration().id());
   }
-  CHECK(P().WaitStatus(ids[2], v1::MIGRATION_STATUS_QUEUED, absl::Seconds(5)));
+  CHECK(P().cloud().WaitStatus(ids[2], v1::MIGRATION_STATUS_QUEUED, absl::Seconds(5)));
   std::vector<sv1::Migration> done;
   for (const auto& id : ids) done.push_back(P().cloud().WaitTerminal(id, absl::Seconds(60)));
   for (size_t i = 0; i < done.size(); ++i) {

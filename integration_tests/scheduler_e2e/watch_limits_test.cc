@@ -32,6 +32,7 @@
 #include "grpcpp/alarm.h"
 #include "grpcpp/grpcpp.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "pqxx/pqxx"
 #include "testing/process.h"
 #include "testing/run_command.h"
@@ -238,16 +239,7 @@ struct WatchCloud {
                                        kCap, " --watch-max-streams-total ", kTotal, " ",
                                        extra_flags));
     hv = std::make_unique<driver::FakeHypervisor>(state);
-    for (const char* h : {"host-a", "host-b"}) {
-      cloud->StartAgent(h, absl::StrCat("--driver fake --fake-state-dir ", state,
-                                        " --listen 127.0.0.1:", testing::FreePort()));
-    }
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto s = hv->Snapshot();
-          return s.ok() && (*s)["hosts"].contains("host-a") && (*s)["hosts"].contains("host-b");
-        },
-        absl::Seconds(20)));
+    StartFakeAgents(*cloud, *hv, state, {"host-a", "host-b"});
     // Transfers from host-a run for 10 minutes unless aborted.
     REQUIRE(hv->SetTransferDuration("host-a", absl::Minutes(10)).ok());
     for (const char* u : {kUuid1, kUuid2}) {
@@ -263,40 +255,10 @@ struct WatchCloud {
     testing::RunCommand("rm -rf " + dir).IgnoreError();
   }
 
-  // A migration host-a -> host-b whose transfer runs for 10 minutes; waits until RUNNING.
+  // A migration host-a -> host-b whose transfer runs for 10 minutes; waits until its transfer
+  // runs, so that a later SetTransferDuration (the thread-cap case's 6 s) cannot shorten this one.
   std::string StartLong(const std::string& uuid) {
-    v1::MigrationOptions o;
-    o.set_completion_timeout_s(3600);
-    auto m = cloud->Migrate(uuid, "host-b", o);
-    INFO(m.status().ToString());
-    REQUIRE(m.ok());
-    const std::string id = m->migration().id();
-    sv1::Migration last;
-    const bool running = testing::WaitFor(
-        [&] {
-          auto g = cloud->Get(id);
-          if (g.ok()) last = *g;
-          return g.ok() && g->status() == v1::MIGRATION_STATUS_RUNNING;
-        },
-        absl::Seconds(30));
-    INFO(last.DebugString());
-    INFO(cloud->SchedulerLog());
-    REQUIRE(running);
-    // RUNNING is recorded before the agent starts the transfer, which reads the host's transfer
-    // duration then: wait for the transfer itself, so that a later SetTransferDuration (the
-    // thread-cap case's 6 s) cannot shorten this one.
-    const bool transferring = testing::WaitFor(
-        [&] {
-          auto s = hv->Snapshot();
-          if (!s.ok() || !s->contains("transfers")) return false;
-          for (const auto& [tid, t] : (*s)["transfers"].items()) {
-            if (t.value("uuid", "") == uuid && t.value("state", "") == "running") return true;
-          }
-          return false;
-        },
-        absl::Seconds(30));
-    REQUIRE(transferring);
-    return id;
+    return StartLongMigration(*cloud, *hv, uuid, "host-b");
   }
 
   // ListHosts with `token`: its status and how long it took.

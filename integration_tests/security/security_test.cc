@@ -34,6 +34,7 @@
 #define CPPHTTPLIB_OPENSSL_SUPPORT  // the REST and Nova APIs are served over HTTPS
 #include "httplib.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "integration_tests/scheduler_e2e/fake_cloud.h"
 #include "nlohmann/json.hpp"
 #include "proto/compute_agent.grpc.pb.h"
 #include "proto/host_registry.grpc.pb.h"
@@ -48,8 +49,6 @@ using json = nlohmann::json;
 namespace pb = ::google::protobuf;
 namespace cv1 = ::livemig::compute::v1;
 
-constexpr char kOp[] = "op-token-0123456789abcdef0123456789";
-constexpr char kReader[] = "rd-token-0123456789abcdef0123456789";
 constexpr char kWeirdOp[] = "wo-token-0123456789abcdef0123456789";
 constexpr char kWrong[] = "xx-token-0123456789abcdef0123456789";
 // A token identity (no blanks, no '#': the token file's syntax) full of SQL/JSON metacharacters.
@@ -96,12 +95,7 @@ std::string WeirdUuid(size_t i) {
   return absl::StrCat("5ec00000-0000-4000-8000-1000000000", 10 + i);
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::ReadFile;
 
 std::string UrlEncode(const std::string& s) {
   std::string out;
@@ -141,29 +135,20 @@ struct Env {
   std::vector<std::string> tables;
 
   Env() {
-    std::ofstream(dir + "/tokens") << kOp << " operator ops-alice\n"
-                                   << kReader << " reader dash-bob\n"
+    std::ofstream(dir + "/tokens") << kOpToken << " operator ops-alice\n"
+                                   << kReaderToken << " reader dash-bob\n"
                                    << kWeirdOp << " operator " << kWeirdName << "\n";
     cloud = std::make_unique<Cloud>(dir);
-    cloud->set_token(kOp);
+    cloud->set_token(kOpToken);
     cloud->StartScheduler(absl::StrCat("--tokens-file ", dir,
                                        "/tokens --http-listen 127.0.0.1:", http_port,
                                        " --report-interval 1 --max-outbound-per-host 30 "
                                        "--max-inbound-per-host 30 --max-total 60",
                                        cloud->ApiTlsFlags()));
     hv = std::make_unique<driver::FakeHypervisor>(state);
-    cloud->StartAgent("host-a",
-                      absl::StrCat("--driver fake --fake-state-dir ", state,
-                                   " --max-concurrent-migrations 30 --listen 127.0.0.1:", port_a));
-    cloud->StartAgent("host-b",
-                      absl::StrCat("--driver fake --fake-state-dir ", state,
-                                   " --max-concurrent-migrations 30 --listen 127.0.0.1:", port_b));
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto s = hv->Snapshot();
-          return s.ok() && (*s)["hosts"].contains("host-a") && (*s)["hosts"].contains("host-b");
-        },
-        absl::Seconds(20)));
+    StartFakeAgent(*cloud, state, "host-a", "--max-concurrent-migrations 30", port_a);
+    StartFakeAgent(*cloud, state, "host-b", "--max-concurrent-migrations 30", port_b);
+    WaitFakeHosts(*hv, {"host-a", "host-b"}, absl::Seconds(20));
     // Credentials for the agent matrix: an identity off the allow-list from the cluster CA; a
     // "scheduler" (allowed name) from a rogue CA; an expired "scheduler" from the cluster CA.
     cloud->Issue("intruder");
@@ -212,34 +197,7 @@ struct Env {
   // RUNNING and its transfer is under way in the fake hypervisor (the status is written before
   // the agent's LiveMigration starts the transfer; the sweeps compare hypervisor snapshots).
   std::string StartLong(const std::string& uuid) {
-    v1::MigrationOptions o;
-    o.set_completion_timeout_s(3600);
-    auto m = cloud->Migrate(uuid, "host-b", o);
-    INFO(m.status().ToString());
-    REQUIRE(m.ok());
-    const std::string id = m->migration().id();
-    WaitStatus(id, v1::MIGRATION_STATUS_RUNNING);
-    REQUIRE(testing::WaitFor(
-        [&] {
-          auto s = hv->Snapshot();
-          if (!s.ok() || !(*s)["transfers"].contains(id)) return false;
-          return (*s)["transfers"][id].value("state", "") == "running";
-        },
-        absl::Seconds(30)));
-    return id;
-  }
-  void WaitStatus(const std::string& id, v1::MigrationStatus want) {
-    sv1::Migration last;
-    const bool ok = testing::WaitFor(
-        [&] {
-          auto g = cloud->Get(id);
-          if (g.ok()) last = *g;
-          return g.ok() && g->status() == want;
-        },
-        absl::Seconds(30));
-    INFO(last.DebugString());
-    INFO(cloud->SchedulerLog());
-    REQUIRE(ok);
+    return StartLongMigration(*cloud, *hv, uuid, "host-b");
   }
 
   httplib::Headers Bearer(const char* token) {
@@ -275,6 +233,35 @@ struct Env {
 Env& E() {
   static std::unique_ptr<Env> e = std::make_unique<Env>();
   return *e;
+}
+
+using Stub = sv1::SchedulerApi::Stub;
+
+// Calls the unary RPC `rpc` of the scheduler API (with the operator's token) on a request that
+// `fill` sets; returns its status, and its answer in `out` when given.
+template <typename Req, typename Resp, typename Fill>
+grpc::Status Call(Cloud& cloud, grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Req&, Resp*),
+                  Fill fill, Resp* out = nullptr) {
+  grpc::ClientContext ctx;
+  cloud.Prepare(&ctx);
+  Req r;
+  fill(r);
+  Resp answer;
+  return (cloud.api().*rpc)(&ctx, r, out != nullptr ? out : &answer);
+}
+
+// Enables host-b again (REQUIREd); returns it.
+sv1::Host EnableHostB() {
+  sv1::Host h;
+  REQUIRE(Call(
+              *E().cloud, &Stub::SetHostEnabled,
+              [](sv1::SetHostEnabledRequest& en) {
+                en.set_hostname("host-b");
+                en.set_enabled(true);
+              },
+              &h)
+              .ok());
+  return h;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -597,12 +584,8 @@ TEST_CASE("registry: forged host reports are refused for every wrong caller") {
   // (host-a's report_seq would be 999999999). Then host-a's own agent reports again (every
   // second) and is applied: the registry is past the forged calls and still serves the host.
   auto host_a_seq = []() -> uint64_t {
-    grpc::ClientContext ctx;
-    E().cloud->Prepare(&ctx);
-    sv1::GetHostRequest g;
-    g.set_hostname("host-a");
-    sv1::Host h;
-    return E().cloud->api().GetHost(&ctx, g, &h).ok() ? h.inventory().report_seq() : 0;
+    auto h = E().cloud->GetHost("host-a");
+    return h.ok() ? h->inventory().report_seq() : 0;
   };
   const uint64_t seq_after_forgeries = host_a_seq();
   INFO("host-a report_seq after the forged reports: " << seq_after_forgeries);
@@ -643,12 +626,7 @@ TEST_CASE("registry: a report for a reserved host name is refused") {
     CHECK(st.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
     CHECK(absl::StrContains(st.error_message(), "reserved"));
   }
-  grpc::ClientContext ctx;
-  E().cloud->Prepare(&ctx);
-  sv1::GetHostRequest g;
-  g.set_hostname("scheduler");
-  sv1::Host h;
-  CHECK(E().cloud->api().GetHost(&ctx, g, &h).error_code() == grpc::StatusCode::NOT_FOUND);
+  CHECK(E().cloud->GetHost("scheduler").status().code() == absl::StatusCode::kNotFound);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -713,9 +691,10 @@ void ApiGrpcSweep(
 
 TEST_CASE("api gRPC: no token, a malformed header or a wrong token: UNAUTHENTICATED everywhere") {
   for (const std::string& header :
-       {std::string(), std::string("Bearer "), std::string(kOp), absl::StrCat("Basic ", kOp),
-        absl::StrCat("Bearer ", kWrong), absl::StrCat("Bearer ", kOp, "x"),
-        absl::StrCat("Bearer  ", kOp), absl::StrCat("bearer ", kOp)}) {
+       {std::string(), std::string("Bearer "), std::string(kOpToken),
+        absl::StrCat("Basic ", kOpToken), absl::StrCat("Bearer ", kWrong),
+        absl::StrCat("Bearer ", kOpToken, "x"), absl::StrCat("Bearer  ", kOpToken),
+        absl::StrCat("bearer ", kOpToken)}) {
     DYNAMIC_SECTION("authorization: '" << header << "'") {
       ApiGrpcSweep(header, [](const pb::MethodDescriptor* m, const CallResult& r) {
         CHECK(r.messages == 0);
@@ -728,7 +707,7 @@ TEST_CASE("api gRPC: no token, a malformed header or a wrong token: UNAUTHENTICA
 
 TEST_CASE("api gRPC: a reader may read but not call any mutating RPC") {
   int mutating = 0;
-  ApiGrpcSweep(absl::StrCat("Bearer ", kReader),
+  ApiGrpcSweep(absl::StrCat("Bearer ", kReaderToken),
                [&](const pb::MethodDescriptor* m, const CallResult& r) {
                  if (ApiReadOnly(m->name())) {
                    CHECK(ReachedHandler(r));
@@ -812,9 +791,9 @@ TEST_CASE("api REST: every operation needs a valid token; a reader may not mutat
     CHECK(none->get_header_value("WWW-Authenticate") == "Bearer");
     CheckRestError(E().Http(op.method, op.concrete, op.body, E().Bearer(kWrong)), 401,
                    "UNAUTHENTICATED");
-    CheckRestError(E().Http(op.method, op.concrete, op.body, {{"Authorization", kOp}}), 401,
+    CheckRestError(E().Http(op.method, op.concrete, op.body, {{"Authorization", kOpToken}}), 401,
                    "UNAUTHENTICATED");
-    auto reader = E().Http(op.method, op.concrete, op.body, E().Bearer(kReader));
+    auto reader = E().Http(op.method, op.concrete, op.body, E().Bearer(kReaderToken));
     REQUIRE(reader);
     if (op.mutating) {
       ++mutating;
@@ -871,7 +850,7 @@ TEST_CASE("api Nova: every route needs a valid token; a reader may not mutate") 
                    "unauthorized");
     CheckNovaError(E().Http(op.method, op.path, op.body, with(E().Bearer(kWrong))), 401,
                    "unauthorized");
-    for (auto h : {httplib::Headers{{"X-Auth-Token", kReader}}, E().Bearer(kReader)}) {
+    for (auto h : {httplib::Headers{{"X-Auth-Token", kReaderToken}}, E().Bearer(kReaderToken)}) {
       auto r = E().Http(op.method, op.path, op.body, with(h));
       CheckNovaError(r, 403, "forbidden");
       CHECK(absl::StrContains(r->body, "dash-bob"));
@@ -888,7 +867,7 @@ TEST_CASE("api Nova: every route needs a valid token; a reader may not mutate") 
         std::string("/v2.1/os-hypervisors/host-a")}) {
     INFO(path);
     CheckNovaError(E().Http("get", path, "", with({})), 401, "unauthorized");
-    auto ok = E().Http("get", path, "", with({{"X-Auth-Token", kReader}}));
+    auto ok = E().Http("get", path, "", with({{"X-Auth-Token", kReaderToken}}));
     REQUIRE(ok);
     CHECK(ok->status == 200);
   }
@@ -903,7 +882,7 @@ TEST_CASE("api: control: an operator's identical calls do change the database") 
     const pb::MethodDescriptor* m = svc->method(i);
     if (ApiReadOnly(m->name())) continue;
     auto req = ApiRequest(m);
-    CallResult r = Invoke(E().api_channel.get(), m, *req, absl::StrCat("Bearer ", kOp));
+    CallResult r = Invoke(E().api_channel.get(), m, *req, absl::StrCat("Bearer ", kOpToken));
     INFO(m->name() << " -> " << CodeName(r.status.error_code()) << ": "
                    << r.status.error_message());
     CHECK(r.status.error_code() != grpc::StatusCode::UNAUTHENTICATED);
@@ -924,20 +903,11 @@ TEST_CASE("api: control: an operator's identical calls do change the database") 
                        .as<std::string>();
   w.commit();
   // Back to normal for what follows.
-  grpc::ClientContext ctx;
-  E().cloud->Prepare(&ctx);
-  sv1::SetHostEnabledRequest en;
-  en.set_hostname("host-b");
-  en.set_enabled(true);
-  sv1::Host h;
-  REQUIRE(E().cloud->api().SetHostEnabled(&ctx, en, &h).ok());
-  grpc::ClientContext actx;
-  E().cloud->Prepare(&actx);
-  sv1::AbortMigrationRequest ab;
-  ab.set_migration_id(free_migration);
-  sv1::AbortMigrationResponse ar;
+  EnableHostB();
   // (It may already have failed its pre-checks: host-b was disabled right after it.)
-  grpc::Status as = E().cloud->api().AbortMigration(&actx, ab, &ar);
+  grpc::Status as = Call(*E().cloud, &Stub::AbortMigration, [&](sv1::AbortMigrationRequest& ab) {
+    ab.set_migration_id(free_migration);
+  });
   INFO(as.error_message());
   CHECK((as.ok() || as.error_code() == grpc::StatusCode::FAILED_PRECONDITION));
   CHECK(E().cloud->WaitTerminal(E().api_migration, absl::Seconds(60)).status() ==
@@ -950,7 +920,7 @@ TEST_CASE("api: control: an operator's identical calls do change the database") 
 // 3. Metacharacters.
 
 json RestJson(const std::string& path) {
-  auto r = E().Http("get", path, "", E().Bearer(kReader));
+  auto r = E().Http("get", path, "", E().Bearer(kReaderToken));
   REQUIRE(r);
   INFO(path << " -> " << r->status << " " << r->body);
   REQUIRE(r->status == 200);
@@ -961,7 +931,7 @@ json RestJson(const std::string& path) {
 
 json NovaJson(const std::string& path) {
   auto r = E().Http("get", path, "",
-                    {{"X-Auth-Token", kReader}, {"OpenStack-API-Version", "compute 2.79"}});
+                    {{"X-Auth-Token", kReaderToken}, {"OpenStack-API-Version", "compute 2.79"}});
   REQUIRE(r);
   INFO(path << " -> " << r->status << " " << r->body);
   REQUIRE(r->status == 200);
@@ -1012,14 +982,10 @@ TEST_CASE("sql: instance names from the hypervisor are stored and returned verba
 
 // Reads host-b back through every API: disabled, with `reason`.
 void CheckHostB(const std::string& reason) {
-  grpc::ClientContext ctx;
-  E().cloud->Prepare(&ctx);
-  sv1::GetHostRequest g;
-  g.set_hostname("host-b");
-  sv1::Host h;
-  REQUIRE(E().cloud->api().GetHost(&ctx, g, &h).ok());
-  CHECK(h.disabled_reason() == reason);
-  CHECK_FALSE(h.enabled());
+  auto h = E().cloud->GetHost("host-b");
+  REQUIRE(h.ok());
+  CHECK(h->disabled_reason() == reason);
+  CHECK_FALSE(h->enabled());
   CHECK(RestJson("/v1/hosts/host-b")["disabled_reason"] == reason);
   auto services = NovaJson("/v2.1/os-services?host=host-b")["services"];
   REQUIRE(services.size() == 1);
@@ -1063,7 +1029,7 @@ TEST_CASE("sql: host disable reasons and requesters are stored and returned verb
       const std::string reason = "nova " + w;
       auto r = E().Http("put", "/v2.1/os-services/host-b",
                         json{{"status", "disabled"}, {"disabled_reason", reason}}.dump(),
-                        {{"X-Auth-Token", kOp}, {"OpenStack-API-Version", "compute 2.79"}});
+                        {{"X-Auth-Token", kOpToken}, {"OpenStack-API-Version", "compute 2.79"}});
       REQUIRE(r);
       INFO(r->body);
       REQUIRE(r->status == 200);
@@ -1071,14 +1037,7 @@ TEST_CASE("sql: host disable reasons and requesters are stored and returned verb
       CheckHostB(reason);
     }
   }
-  grpc::ClientContext ctx;
-  E().cloud->Prepare(&ctx);
-  sv1::SetHostEnabledRequest en;
-  en.set_hostname("host-b");
-  en.set_enabled(true);
-  sv1::Host h;
-  REQUIRE(E().cloud->api().SetHostEnabled(&ctx, en, &h).ok());
-  CHECK(h.disabled_reason().empty());
+  CHECK(EnableHostB().disabled_reason().empty());
 }
 
 TEST_CASE("sql: request ids, requesters, abort actors and token identities are verbatim") {
@@ -1108,7 +1067,7 @@ TEST_CASE("sql: request ids, requesters, abort actors and token identities are v
     r.set_request_id(WeirdRequestId(i));
     {
       grpc::ClientContext ctx;
-      ctx.AddMetadata("authorization", absl::StrCat("Bearer ", i == 0 ? kWeirdOp : kOp));
+      ctx.AddMetadata("authorization", absl::StrCat("Bearer ", i == 0 ? kWeirdOp : kOpToken));
       grpc::Status s = cloud.api().LiveMigrate(&ctx, r, &resp);
       INFO(s.error_message());
       REQUIRE(s.ok());
@@ -1137,27 +1096,29 @@ TEST_CASE("sql: request ids, requesters, abort actors and token identities are v
     INFO(weird[i]);
     Cloud& cloud = *E().cloud;
     if (i % 2 == 0) {
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::AbortMigrationRequest a;
-      a.set_migration_id(ids[i]);
-      a.set_reason(weird[i]);
-      a.set_requester(weird[i]);
       sv1::AbortMigrationResponse ar;
-      grpc::Status s = cloud.api().AbortMigration(&ctx, a, &ar);
+      grpc::Status s = Call(
+          cloud, &Stub::AbortMigration,
+          [&](sv1::AbortMigrationRequest& a) {
+            a.set_migration_id(ids[i]);
+            a.set_reason(weird[i]);
+            a.set_requester(weird[i]);
+          },
+          &ar);
       INFO(s.error_message());
       REQUIRE(s.ok());
       CHECK(ar.migration().aborted_by() == absl::StrCat("ops-alice [", weird[i], "]"));
       CHECK(ar.migration().abort_reason() == weird[i]);
     } else {
-      E().WaitStatus(ids[i], v1::MIGRATION_STATUS_RUNNING);
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::ForceCompleteMigrationRequest f;
-      f.set_migration_id(ids[i]);
-      f.set_requester(weird[i]);
+      cloud.RequireStatus(ids[i], v1::MIGRATION_STATUS_RUNNING, absl::Seconds(30));
       sv1::ForceCompleteMigrationResponse fr;
-      grpc::Status s = cloud.api().ForceCompleteMigration(&ctx, f, &fr);
+      grpc::Status s = Call(
+          cloud, &Stub::ForceCompleteMigration,
+          [&](sv1::ForceCompleteMigrationRequest& f) {
+            f.set_migration_id(ids[i]);
+            f.set_requester(weird[i]);
+          },
+          &fr);
       INFO(s.error_message());
       REQUIRE(s.ok());
       CHECK(fr.migration().force_completed_by() == absl::StrCat("ops-alice [", weird[i], "]"));
@@ -1235,77 +1196,50 @@ TEST_CASE("sql: metacharacters in ids, names and filters are refused or match no
   for (const std::string& w : Weird()) {
     INFO(w);
     for (int field = 0; field < 3; ++field) {
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::ListMigrationsRequest r;
-      if (field == 0) r.set_host(w);
-      if (field == 1) r.set_instance_uuid(w);
-      if (field == 2) r.set_page_token(w);
       sv1::ListMigrationsResponse out;
-      grpc::Status s = cloud.api().ListMigrations(&ctx, r, &out);
+      grpc::Status s = Call(
+          cloud, &Stub::ListMigrations,
+          [&](sv1::ListMigrationsRequest& r) {
+            if (field == 0) r.set_host(w);
+            if (field == 1) r.set_instance_uuid(w);
+            if (field == 2) r.set_page_token(w);
+          },
+          &out);
       INFO("field " << field);
       CheckRefusedOrEmpty(s, out.migrations_size());
     }
     for (int field = 0; field < 2; ++field) {
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::ListInstancesRequest r;
-      if (field == 0) r.set_host(w);
-      if (field == 1) r.set_page_token(w);
       sv1::ListInstancesResponse out;
-      grpc::Status s = cloud.api().ListInstances(&ctx, r, &out);
+      grpc::Status s = Call(
+          cloud, &Stub::ListInstances,
+          [&](sv1::ListInstancesRequest& r) {
+            if (field == 0) r.set_host(w);
+            if (field == 1) r.set_page_token(w);
+          },
+          &out);
       INFO("field " << field);
       CheckRefusedOrEmpty(s, out.instances_size());
     }
     {
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::ListEvacuationsRequest r;
-      r.set_host(w);
       sv1::ListEvacuationsResponse out;
-      grpc::Status s = cloud.api().ListEvacuations(&ctx, r, &out);
+      grpc::Status s = Call(
+          cloud, &Stub::ListEvacuations, [&](sv1::ListEvacuationsRequest& r) { r.set_host(w); },
+          &out);
       CheckRefusedOrEmpty(s, out.evacuations_size());
     }
+    CheckRefusedOrNotFound(Call(cloud, &Stub::GetMigration,
+                                [&](sv1::GetMigrationRequest& r) { r.set_migration_id(w); }));
+    CheckRefusedOrNotFound(
+        Call(cloud, &Stub::GetHost, [&](sv1::GetHostRequest& r) { r.set_hostname(w); }));
+    CheckRefusedOrNotFound(Call(cloud, &Stub::GetInstance,
+                                [&](sv1::GetInstanceRequest& r) { r.set_instance_uuid(w); }));
+    CheckRefusedOrNotFound(Call(cloud, &Stub::GetEvacuation,
+                                [&](sv1::GetEvacuationRequest& r) { r.set_evacuation_id(w); }));
     {
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::GetMigrationRequest r;
-      r.set_migration_id(w);
-      sv1::Migration out;
-      CheckRefusedOrNotFound(cloud.api().GetMigration(&ctx, r, &out));
-    }
-    {
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::GetHostRequest r;
-      r.set_hostname(w);
-      sv1::Host out;
-      CheckRefusedOrNotFound(cloud.api().GetHost(&ctx, r, &out));
-    }
-    {
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::GetInstanceRequest r;
-      r.set_instance_uuid(w);
-      sv1::Instance out;
-      CheckRefusedOrNotFound(cloud.api().GetInstance(&ctx, r, &out));
-    }
-    {
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::GetEvacuationRequest r;
-      r.set_evacuation_id(w);
-      sv1::Evacuation out;
-      CheckRefusedOrNotFound(cloud.api().GetEvacuation(&ctx, r, &out));
-    }
-    {
-      grpc::ClientContext ctx;
-      cloud.Prepare(&ctx);
-      sv1::LiveMigrateRequest r;
-      r.set_instance_uuid(kFreeUuid);
-      r.set_destination(w);
-      sv1::LiveMigrateResponse out;
-      grpc::Status s = cloud.api().LiveMigrate(&ctx, r, &out);
+      grpc::Status s = Call(cloud, &Stub::LiveMigrate, [&](sv1::LiveMigrateRequest& r) {
+        r.set_instance_uuid(kFreeUuid);
+        r.set_destination(w);
+      });
       INFO(s.error_message());
       CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
     }
@@ -1317,7 +1251,7 @@ TEST_CASE("sql: metacharacters in ids, names and filters are refused or match no
           "/v1/instances?host=" + enc, "/v1/evacuations?host=" + enc,
           "/v1/migrations?marker=" + enc, "/v1/migrations?status=" + enc}) {
       INFO(path);
-      auto r = E().Http("get", path, "", E().Bearer(kReader));
+      auto r = E().Http("get", path, "", E().Bearer(kReaderToken));
       REQUIRE(r);
       INFO(r->status << " " << r->body);
       auto j = json::parse(r->body, nullptr, false);
@@ -1343,8 +1277,9 @@ TEST_CASE("sql: metacharacters in ids, names and filters are refused or match no
           "/v2.1/servers/" + enc, "/v2.1/os-hypervisors/" + enc,
           "/v2.1/servers/" + enc + "/migrations"}) {
       INFO(path);
-      auto r = E().Http("get", path, "",
-                        {{"X-Auth-Token", kReader}, {"OpenStack-API-Version", "compute 2.79"}});
+      auto r =
+          E().Http("get", path, "",
+                   {{"X-Auth-Token", kReaderToken}, {"OpenStack-API-Version", "compute 2.79"}});
       REQUIRE(r);
       INFO(r->status << " " << r->body);
       auto j = json::parse(r->body, nullptr, false);
@@ -1366,12 +1301,10 @@ TEST_CASE("sql: metacharacters in ids, names and filters are refused or match no
   // LIKE wildcards as filters do not match every host.
   for (const char* pattern : {"%", "_", "host-%", "host_a", ".*"}) {
     INFO(pattern);
-    grpc::ClientContext ctx;
-    cloud.Prepare(&ctx);
-    sv1::ListMigrationsRequest r;
-    r.set_host(pattern);
     sv1::ListMigrationsResponse out;
-    grpc::Status s = cloud.api().ListMigrations(&ctx, r, &out);
+    grpc::Status s = Call(
+        cloud, &Stub::ListMigrations, [&](sv1::ListMigrationsRequest& r) { r.set_host(pattern); },
+        &out);
     CheckRefusedOrEmpty(s, out.migrations_size());
   }
 }
@@ -1384,7 +1317,7 @@ TEST_CASE("sql: invalid UTF-8 in paths, queries and bodies is a JSON error, neve
           "/v1/evacuations/" + bad, "/v1/migrations?status=" + bad, "/v1/migrations?host=" + bad,
           "/v1/instances?host=" + bad}) {
       INFO(path);
-      auto r = E().Http("get", path, "", E().Bearer(kReader));
+      auto r = E().Http("get", path, "", E().Bearer(kReaderToken));
       REQUIRE(r);
       INFO(r->status << " " << r->body);
       CHECK((r->status == 400 || r->status == 404 || r->status == 200));
@@ -1396,8 +1329,9 @@ TEST_CASE("sql: invalid UTF-8 in paths, queries and bodies is a JSON error, neve
           "/v2.1/servers/" + bad + "/migrations", "/v2.1/os-migrations?host=" + bad,
           "/v2.1/os-migrations?changes-since=" + bad, "/v2.1/os-migrations?limit=" + bad}) {
       INFO(path);
-      auto r = E().Http("get", path, "",
-                        {{"X-Auth-Token", kReader}, {"OpenStack-API-Version", "compute 2.79"}});
+      auto r =
+          E().Http("get", path, "",
+                   {{"X-Auth-Token", kReaderToken}, {"OpenStack-API-Version", "compute 2.79"}});
       REQUIRE(r);
       INFO(r->status << " " << r->body);
       CHECK((r->status == 400 || r->status == 404 || r->status == 200));
@@ -1407,15 +1341,16 @@ TEST_CASE("sql: invalid UTF-8 in paths, queries and bodies is a JSON error, neve
   }
   // A body with invalid UTF-8 changes nothing.
   const std::string before = E().DbFingerprint();
-  auto rest = E().Http("put", "/v1/hosts/host-b/enabled",
-                       "{\"enabled\":false,\"reason\":\"bad \xff\xfe utf-8\"}", E().Bearer(kOp));
+  auto rest =
+      E().Http("put", "/v1/hosts/host-b/enabled",
+               "{\"enabled\":false,\"reason\":\"bad \xff\xfe utf-8\"}", E().Bearer(kOpToken));
   REQUIRE(rest);
   INFO(rest->body);
   CHECK(rest->status == 400);
   CHECK_FALSE(json::parse(rest->body, nullptr, false).is_discarded());
   auto nova = E().Http("put", "/v2.1/os-services/host-b",
                        "{\"status\":\"disabled\",\"disabled_reason\":\"bad \xff utf-8\"}",
-                       {{"X-Auth-Token", kOp}, {"OpenStack-API-Version", "compute 2.79"}});
+                       {{"X-Auth-Token", kOpToken}, {"OpenStack-API-Version", "compute 2.79"}});
   REQUIRE(nova);
   INFO(nova->body);
   CHECK(nova->status == 400);
@@ -1484,23 +1419,16 @@ TEST_CASE("sql: abort reasons, evacuation request ids and item names, candidates
 
   // Malformed list filters are INVALID_ARGUMENT (scheduler.proto), not an empty page.
   for (int field = 0; field < 2; ++field) {
-    grpc::ClientContext lctx;
-    E().cloud->Prepare(&lctx);
-    sv1::ListMigrationsRequest lr;
-    if (field == 0) lr.set_host(w);
-    if (field == 1) lr.set_instance_uuid(w);
-    sv1::ListMigrationsResponse out;
-    grpc::Status s = E().cloud->api().ListMigrations(&lctx, lr, &out);
+    grpc::Status s = Call(*E().cloud, &Stub::ListMigrations, [&](sv1::ListMigrationsRequest& lr) {
+      if (field == 0) lr.set_host(w);
+      if (field == 1) lr.set_instance_uuid(w);
+    });
     INFO("field " << field << ": " << s.error_message());
     CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
   }
   {
-    grpc::ClientContext lctx;
-    E().cloud->Prepare(&lctx);
-    sv1::ListInstancesRequest lr;
-    lr.set_page_token(w);
-    sv1::ListInstancesResponse out;
-    grpc::Status s = E().cloud->api().ListInstances(&lctx, lr, &out);
+    grpc::Status s = Call(*E().cloud, &Stub::ListInstances,
+                          [&](sv1::ListInstancesRequest& lr) { lr.set_page_token(w); });
     INFO(s.error_message());
     CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
   }
@@ -1541,7 +1469,7 @@ TEST_CASE("sql: abort reasons, evacuation request ids and item names, candidates
                       "live-migration"),
           std::string("/v1/hosts/host-a/evacuate-live")}) {
       INFO(path);
-      auto r = E().Http("post", path, json{{"request_id", bad}}.dump(), E().Bearer(kOp));
+      auto r = E().Http("post", path, json{{"request_id", bad}}.dump(), E().Bearer(kOpToken));
       REQUIRE(r);
       INFO(r->body);
       CHECK(r->status == 400);

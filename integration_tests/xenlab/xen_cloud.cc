@@ -84,6 +84,15 @@ void XenCloud::KillAndRestartAgent(const std::string& h) {
   StartAgent(h, agent_flags_[h]);
 }
 
+void XenCloud::StartGuests(const std::vector<Guest>& guests) {
+  for (const Guest& g : guests) {
+    REQUIRE(lab->StartGuest(g.h, g.name, g.uuid, g.kind, g.disk).ok());
+  }
+  for (const Guest& g : guests) {
+    REQUIRE(cloud->WaitInstanceOn(g.uuid, testing::XenLab::Name(g.h), absl::Seconds(60)));
+  }
+}
+
 bool XenCloud::WaitHostUp(const std::string& host, absl::Duration timeout) {
   // Up, with a report received after this call (whole seconds: the scheduler's clock).
   const int64_t after_s = absl::ToUnixSeconds(absl::Now());

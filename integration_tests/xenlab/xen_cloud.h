@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "integration_tests/scheduler_e2e/e2e.h"
 #include "testing/xen_lab.h"
@@ -45,6 +46,13 @@ struct XenCloud {
   void KillAndRestartAgent(const std::string& h);
   // The test hooks' directory (common/test_hooks.h): on for the scheduler only.
   std::string hooks;
+  // A guest to start in the lab: on host h ("a"/"b"), of `kind` ("pv", "pvh"), with `disk` as
+  // testing::XenLab::StartGuest takes them.
+  struct Guest {
+    std::string h, name, uuid, kind, disk;
+  };
+  // Starts the guests, then waits (up to 60 s each) until the scheduler knows each on its host.
+  void StartGuests(const std::vector<Guest>& guests);
   // Waits until the scheduler lists `host` (xena, xenb) up, reported after `after`.
   bool WaitHostUp(const std::string& host, absl::Duration timeout);
   // The lab hosts ("a", "b") whose hypervisor runs the guest, concatenated.

@@ -35,10 +35,7 @@ constexpr char kPvhUuid[] = "5b1e0c2a-7d3f-4e8a-9c61-0a2b3c4d5e02";
 XenCloud& X() {
   static std::unique_ptr<XenCloud> x = [] {
     auto c = std::make_unique<XenCloud>();
-    REQUIRE(c->lab->StartGuest("a", kPv, kPvUuid, "pv").ok());
-    REQUIRE(c->lab->StartGuest("a", kPvh, kPvhUuid, "pvh").ok());
-    REQUIRE(c->cloud->WaitInstanceOn(kPvUuid, "xena", absl::Seconds(60)));
-    REQUIRE(c->cloud->WaitInstanceOn(kPvhUuid, "xena", absl::Seconds(60)));
+    c->StartGuests({{"a", kPv, kPvUuid, "pv"}, {"a", kPvh, kPvhUuid, "pvh"}});
     return c;
   }();
   return *x;
@@ -49,13 +46,9 @@ TEST_CASE("xen: each host reports Xen 4.17 and the hypervisor's free memory, nev
     const std::string name = testing::XenLab::Name(h);
     // a report taken after this point (free memory moves only when domains start or stop)
     REQUIRE(X().WaitHostUp(name, absl::Seconds(30)));
-    grpc::ClientContext ctx;
-    X().cloud->Prepare(&ctx);
-    sv1::GetHostRequest r;
-    r.set_hostname(name);
-    sv1::Host host;
-    REQUIRE(X().cloud->api().GetHost(&ctx, r, &host).ok());
-    const auto& inv = host.inventory();
+    auto host = X().cloud->GetHost(name);
+    REQUIRE(host.ok());
+    const auto& inv = host->inventory();
     INFO(inv.DebugString());
     CHECK(inv.hypervisor_type() == "Xen");
     CHECK(inv.hypervisor_version() / 1000000 == 4);

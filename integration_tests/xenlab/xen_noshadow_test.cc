@@ -23,12 +23,8 @@ constexpr char kPvOnBUuid[] = "5b1e0c2a-7d3f-4e8a-9c61-0a2b3c4d5e13";
 XenCloud& X() {
   static std::unique_ptr<XenCloud> x = [] {
     auto c = std::make_unique<XenCloud>("noshadow", "--no-tunnel");
-    REQUIRE(c->lab->StartGuest("a", kPv, kPvUuid, "pv").ok());
-    REQUIRE(c->lab->StartGuest("a", kPvh, kPvhUuid, "pvh").ok());
-    REQUIRE(c->lab->StartGuest("b", kPvOnB, kPvOnBUuid, "pv").ok());
-    REQUIRE(c->cloud->WaitInstanceOn(kPvUuid, "xena", absl::Seconds(60)));
-    REQUIRE(c->cloud->WaitInstanceOn(kPvhUuid, "xena", absl::Seconds(60)));
-    REQUIRE(c->cloud->WaitInstanceOn(kPvOnBUuid, "xenb", absl::Seconds(60)));
+    c->StartGuests(
+        {{"a", kPv, kPvUuid, "pv"}, {"a", kPvh, kPvhUuid, "pvh"}, {"b", kPvOnB, kPvOnBUuid, "pv"}});
     return c;
   }();
   return *x;
@@ -46,15 +42,11 @@ TEST_CASE("xen without shadow paging: the host says so, as xl info does") {
   auto show = X().Cloudctl("host-show xenb");
   INFO(show.out);
   CHECK(show.code == 0);
-  grpc::ClientContext ctx;
-  X().cloud->Prepare(&ctx);
-  sv1::GetHostRequest r;
-  r.set_hostname("xenb");
-  sv1::Host host;
-  REQUIRE(X().cloud->api().GetHost(&ctx, r, &host).ok());
-  INFO(host.DebugString());
-  CHECK(host.inventory().capabilities().has_pv_live_migration());
-  CHECK_FALSE(host.inventory().capabilities().pv_live_migration());
+  auto host = X().cloud->GetHost("xenb");
+  REQUIRE(host.ok());
+  INFO(host->DebugString());
+  CHECK(host->inventory().capabilities().has_pv_live_migration());
+  CHECK_FALSE(host->inventory().capabilities().pv_live_migration());
 }
 
 TEST_CASE(

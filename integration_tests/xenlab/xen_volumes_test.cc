@@ -55,10 +55,8 @@ XenCloud& X() {
     auto primary = c->lab->Ssh("a", "drbdadm primary r0");
     INFO(primary.status().ToString());
     REQUIRE(primary.ok());
-    REQUIRE(c->lab->StartGuest("a", kIscsiGuest, kIscsiUuid, "pv", LunPathOf(*c)).ok());
-    REQUIRE(c->lab->StartGuest("a", kDrbdGuest, kDrbdUuid, "pv", kDrbdDev).ok());
-    REQUIRE(c->cloud->WaitInstanceOn(kIscsiUuid, "xena", absl::Seconds(60)));
-    REQUIRE(c->cloud->WaitInstanceOn(kDrbdUuid, "xena", absl::Seconds(60)));
+    c->StartGuests({{"a", kIscsiGuest, kIscsiUuid, "pv", LunPathOf(*c)},
+                    {"a", kDrbdGuest, kDrbdUuid, "pv", kDrbdDev}});
     return c;
   }();
   return *x;
