@@ -75,12 +75,17 @@ void XenCloud::StartAgent(const std::string& h, const std::string& extra_flags) 
 }
 
 void XenCloud::RestartAgent(const std::string& h, const std::string& extra_flags) {
-  REQUIRE(lab->KillAgent(h, "TERM").ok());
+  const absl::Status killed = lab->KillAgent(h, "TERM");
+  INFO(killed.ToString());
+  INFO(lab->AgentLog(h));
+  REQUIRE(killed.ok());
   StartAgent(h, extra_flags);
 }
 
 void XenCloud::KillAndRestartAgent(const std::string& h) {
-  REQUIRE(lab->KillAgent(h, "KILL").ok());
+  const absl::Status killed = lab->KillAgent(h, "KILL");
+  INFO(killed.ToString());
+  REQUIRE(killed.ok());
   StartAgent(h, agent_flags_[h]);
 }
 

@@ -322,9 +322,13 @@ cmd_agent_start() {
 
 cmd_agent_kill() {
   local dir=$1 h=$2 sig=${3:-KILL}
+  # After TERM the agent lets the steps in progress finish, up to 20 s (compute_agent_main.cc's
+  # Shutdown deadline); under emulation, give it three times that before saying it did not end.
+  local tries=100
+  [[ $sig == TERM ]] && tries=600
   sshh "$dir" "$h" "p=\$(cat /run/agent.pid 2>/dev/null) || exit 0; kill -$sig \$p 2>/dev/null
-    for i in \$(seq 1 100); do kill -0 \$p 2>/dev/null || { rm -f /run/agent.pid; exit 0; }; sleep 0.1; done
-    echo 'xenlab: the agent (pid '\$p') did not end' >&2; exit 1"
+    for i in \$(seq 1 $tries); do kill -0 \$p 2>/dev/null || { rm -f /run/agent.pid; exit 0; }; sleep 0.1; done
+    echo 'xenlab: the agent (pid '\$p') did not end within $((tries / 10)) s of SIG$sig' >&2; exit 1"
 }
 
 cmd_guest_start() {
