@@ -64,6 +64,7 @@ declare -A SOURCES=(
   [convert]="$SRC/scheduler/convert.cc|nocov"
   [api_names]="$SRC/scheduler/api_names.cc|cov"
   [migration_status]="$SRC/common/migration_status.cc|nocov"
+  [step_name]="$SRC/common/step_name.cc|nocov"
   [rest_parse]="$SRC/scheduler/rest_parse.cc|cov"
   [args]="$SRC/cloudctl/args.cc|cov"
   [rest_parse_fuzzer]="$SRC/integration_tests/fuzz/rest_parse_fuzzer.cc|cov"
@@ -83,7 +84,8 @@ if [[ $build_ok == 1 ]]; then
   [[ $build_ok == 1 ]] || cat "$WORK"/obj/*.log
 fi
 COMMON=("$WORK/obj/common.pb.o" "$WORK/obj/scheduler.pb.o" "$WORK/obj/convert.o"
-  "$WORK/obj/api_names.o" "$WORK/obj/migration_status.o" "$WORK/obj/rest_parse.o")
+  "$WORK/obj/api_names.o" "$WORK/obj/migration_status.o" "$WORK/obj/step_name.o"
+  "$WORK/obj/rest_parse.o")
 link() {  # target extra-objects...
   local t=$1
   shift
