@@ -5,11 +5,15 @@
 #include <cstdio>
 #include <functional>
 #include <set>
+#include <stdexcept>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -70,6 +74,10 @@ struct SeparateConnections {
 };
 
 // Runs body(i) for i in 0..n-1 on n threads released at once (a race), and waits for them all.
+// `body` runs on worker threads: Catch2's macros (INFO, CHECK, REQUIRE...) are not thread-safe,
+// and two threads pushing INFO messages at once corrupted the heap (seen once in CI as
+// "free(): invalid next size" at exit). Record what happened (atomics, ThreadErrors) and assert
+// on the main thread; build what needs a check (e.g. Step()) before the race.
 void AtOnce(int n, const std::function<void(int)>& body) {
   std::atomic<bool> go{false};
   std::vector<std::thread> threads;
@@ -82,6 +90,23 @@ void AtOnce(int n, const std::function<void(int)>& body) {
   go = true;
   for (auto& t : threads) t.join();
 }
+
+// Errors seen on worker threads, reported on the main thread.
+class ThreadErrors {
+ public:
+  void Add(const std::string& e) {
+    absl::MutexLock l(&mu_);
+    errors_.push_back(e);
+  }
+  std::string Joined() {
+    absl::MutexLock l(&mu_);
+    return absl::StrJoin(errors_, "\n");
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> errors_ ABSL_GUARDED_BY(mu_);
+};
 
 // A fresh database with the schema applied, and its stores.
 struct Db : livemig::testing::SchemaDb {
@@ -128,11 +153,13 @@ NewMigration NewMig(int n, const std::string& dest = "host-b") {
   return m;
 }
 
-// The step a name spells (StepName); the name must be a step's.
+// The step a name spells (StepName); the name must be a step's. Throws rather than using Catch's
+// macros, so that it is safe off the main thread too.
 v1::MigrationStep KnownStep(const std::string& name) {
   const v1::MigrationStep step = StepFromName(name);
-  INFO(name);
-  REQUIRE(step != v1::MIGRATION_STEP_UNSPECIFIED);
+  if (step == v1::MIGRATION_STEP_UNSPECIFIED) {
+    throw std::invalid_argument("not a migration step's name: '" + name + "'");
+  }
   return step;
 }
 
@@ -502,6 +529,7 @@ TEST_CASE("50 concurrent claims of one instance: exactly one wins") {
   auto& pools = separate.pools;
   auto& stores = separate.stores;
   std::atomic<int> won{0}, conflicts{0}, other{0};
+  ThreadErrors errors;
   AtOnce(kClaims, [&](int i) {
     NewMigration m = NewMig(1);
     m.requested_by = absl::StrCat("caller-", i);
@@ -512,9 +540,10 @@ TEST_CASE("50 concurrent claims of one instance: exactly one wins") {
       ++conflicts;
     } else {
       ++other;
-      UNSCOPED_INFO(r.status().ToString());
+      errors.Add(r.status().ToString());
     }
   });
+  INFO(errors.Joined());
   CHECK(won == 1);
   CHECK(conflicts == kClaims - 1);
   CHECK(other == 0);
@@ -768,11 +797,15 @@ TEST_CASE("taking a slot: 12 migrations out of one host at once, 2 allowed, exac
   std::atomic<int> took{0}, no_slot{0}, other{0};
   std::string example;
   absl::Mutex mu;
+  ThreadErrors errors;
+  std::vector<Transition> moves;
+  for (int i = 0; i < kMigrations; ++i) {
+    moves.push_back(Step(ids[i], MigrationStatus::kAccepted, MigrationStatus::kPreparing,
+                         "check_can_live_migrate_on_dest"));
+    moves.back().slot = limits;
+  }
   AtOnce(kMigrations, [&](int i) {
-    Transition t = Step(ids[i], MigrationStatus::kAccepted, MigrationStatus::kPreparing,
-                        "check_can_live_migrate_on_dest");
-    t.slot = limits;
-    auto r = stores[i]->migrations().ApplyTransition(t);
+    auto r = stores[i]->migrations().ApplyTransition(moves[i]);
     if (r.ok()) {
       ++took;
     } else if (r.status().code() == absl::StatusCode::kResourceExhausted) {
@@ -781,9 +814,10 @@ TEST_CASE("taking a slot: 12 migrations out of one host at once, 2 allowed, exac
       example = std::string(r.status().message());
     } else {
       ++other;
-      UNSCOPED_INFO(r.status().ToString());
+      errors.Add(r.status().ToString());
     }
   });
+  INFO(errors.Joined());
   INFO(example);
   CHECK(took == 2);
   CHECK(no_slot == kMigrations - 2);
@@ -1679,16 +1713,18 @@ TEST_CASE("evacuation leases: schedulers claiming one orphan at once, exactly on
   for (const int64_t id : {expired->id, unowned->id}) {
     INFO("evacuation " << id);
     std::atomic<int> won{0}, lost{0}, other{0};
+    ThreadErrors errors;
     AtOnce(kClaimers, [&](int i) {
       auto r = stores[i]->evacuations().AcquireEvacuationLease(id, absl::StrCat("replica-", i),
                                                                absl::Seconds(30));
       if (!r.ok()) {
         ++other;
-        UNSCOPED_INFO(r.status().ToString());
+        errors.Add(r.status().ToString());
       } else {
         ++(*r ? won : lost);
       }
     });
+    INFO(errors.Joined());
     CHECK(won == 1);
     CHECK(lost == kClaimers - 1);
     CHECK(other == 0);
@@ -1894,6 +1930,7 @@ struct Holders {
   std::vector<std::unique_ptr<absl::Notification>> release;
   std::vector<std::thread> threads;
   std::atomic<int> holding{0};
+  ThreadErrors errors;  // a holder's call that failed (checked by the test)
   Holders(PgPool* p, int n) : pool(p) {
     for (int i = 0; i < n; ++i) release.push_back(std::make_unique<absl::Notification>());
     for (int i = 0; i < n; ++i) {
@@ -1904,7 +1941,7 @@ struct Holders {
           release[i]->WaitForNotification();
           return absl::OkStatus();
         });
-        if (!s.ok()) UNSCOPED_INFO("holder " << i << ": " << s.ToString());
+        if (!s.ok()) errors.Add(absl::StrCat("holder ", i, ": ", s.ToString()));
       });
     }
   }
@@ -1970,6 +2007,7 @@ TEST_CASE(
   // And with the second still held, calls keep succeeding on the released one.
   CHECK(SelectOne(pool, "again").ok());
   CHECK(pool.InUse() == 1);
+  CHECK(held.errors.Joined().empty());  // the released holder's own call ended well
 }
 
 TEST_CASE(

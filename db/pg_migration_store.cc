@@ -50,7 +50,7 @@ absl::StatusOr<CreateMigrationResult> PgMigrationStore::CreateMigration(const Ne
   ev.step = v1::MIGRATION_STEP_ACCEPT;
   ev.kind = "result";
   ev.outcome = "ok";
-  ev.status = "accepted";
+  ev.status = ToString(MigrationStatus::kAccepted);
   ev.actor = m.requested_by;
   ev.started_at = absl::Now();
   ev.finished_at = ev.started_at;
@@ -81,7 +81,7 @@ absl::StatusOr<CreateMigrationResult> PgMigrationStore::CreateMigration(const Ne
               "dest_host, requested_dest, status, step, live, block_migration, options, "
               "memory_claim_mib, requested_by, owner, lease_expires_at, evacuation_uuid) SELECT "
               "$1::text, $2::uuid, "
-              "claim.host, NULLIF($3, ''), NULLIF($3, ''), 'accepted', 'accepted', $4::boolean, "
+              "claim.host, NULLIF($3, ''), NULLIF($3, ''), $14::text, $15::text, $4::boolean, "
               "$5::text, $6::jsonb, $7::bigint, $8::text, NULLIF($9::text, ''), now() + "
               "make_interval(secs => $10::double precision), $13::uuid FROM "
               "claim RETURNING *), "
@@ -96,7 +96,8 @@ absl::StatusOr<CreateMigrationResult> PgMigrationStore::CreateMigration(const Ne
                   MigrationSelectFrom("ins"),
               m.request_id, m.instance_uuid, m.dest_host, m.live, m.block_migration, m.options_json,
               m.memory_claim_mib, m.requested_by, m.owner, absl::ToDoubleSeconds(m.lease),
-              EventsJson({ev}), detail_tail, m.evacuation_uuid);
+              EventsJson({ev}), detail_tail, m.evacuation_uuid,
+              ToString(MigrationStatus::kAccepted), StepText(v1::MIGRATION_STEP_ACCEPT));
         } catch (const pqxx::foreign_key_violation& e) {
           // Only the evacuation's key is ours to explain (e.g. an unknown destination is not).
           if (std::string(e.what()).find("evacuation_uuid") == std::string::npos) throw;

@@ -117,6 +117,11 @@ cmd_sweep() {
   for d in "$parent/$prefix"*; do
     [[ -d $d ]] || continue
     owner=$(cat "$d/owner.pid" 2>/dev/null || echo "")
+    # No owner.pid yet: a server being created right now (its start writes it after mkdtemp).
+    # Its name says its owner (PREFIX<pid>-XXXXXX, as testing/pg_server names it); a name that
+    # does not is swept only once it is a minute old.
+    if [[ -z $owner && ${d##*/} =~ -([0-9]+)-[^-/]+$ ]]; then owner=${BASH_REMATCH[1]}; fi
+    if [[ -z $owner ]] && [[ -n $(find "$d" -maxdepth 0 -mmin -1 2>/dev/null) ]]; then continue; fi
     if [[ -z $owner ]] || ! kill -0 "$owner" 2>/dev/null; then
       echo "pgctl: sweeping leftover server $d (owner ${owner:-unknown} is gone)" >&2
       cmd_destroy "$d"

@@ -24,8 +24,7 @@ v1::MigrationStatus ToProtoStatus(MigrationStatus s);
 // InvalidArgument for UNSPECIFIED or unknown values.
 absl::StatusOr<MigrationStatus> FromProtoStatus(v1::MigrationStatus s);
 
-// "check_can_live_migrate_on_dest" <-> MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST.
-using ::livemig::StepFromName;
+// MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST -> "check_can_live_migrate_on_dest" (common/step_name.h).
 using ::livemig::StepName;
 
 // Options are stored as their proto3 JSON on the migration row.
