@@ -24,7 +24,8 @@ v1::MigrationStatus ToProtoStatus(MigrationStatus s);
 // InvalidArgument for UNSPECIFIED or unknown values.
 absl::StatusOr<MigrationStatus> FromProtoStatus(v1::MigrationStatus s);
 
-// MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST -> "check_can_live_migrate_on_dest" (common/step_name.h).
+// MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST -> "check_can_live_migrate_on_dest"
+// (common/step_name.h).
 using ::livemig::StepName;
 
 // Options are stored as their proto3 JSON on the migration row.

@@ -19,6 +19,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -144,7 +145,8 @@ class CrashCloud {
 };
 
 CrashCloud& TheCloud() {
-  static CrashCloud* c = new CrashCloud();  // one cloud for all cases (PostgreSQL start is slow)
+  // One cloud for all cases (PostgreSQL start is slow), stopped and removed at exit.
+  static std::unique_ptr<CrashCloud> c = std::make_unique<CrashCloud>();
   return *c;
 }
 

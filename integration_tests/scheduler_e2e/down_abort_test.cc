@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <regex>
 
 #include "absl/strings/match.h"
@@ -121,7 +122,7 @@ class DownCloud : public FakeCloud {
 };
 
 DownCloud& D() {
-  static DownCloud* c = new DownCloud();
+  static std::unique_ptr<DownCloud> c = std::make_unique<DownCloud>();  // removed at exit
   return *c;
 }
 

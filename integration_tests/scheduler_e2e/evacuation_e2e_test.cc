@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <regex>
 #include <set>
 
@@ -169,7 +170,7 @@ class EvacCloud : public FakeCloud {
 };
 
 EvacCloud& C() {
-  static EvacCloud* c = new EvacCloud();
+  static std::unique_ptr<EvacCloud> c = std::make_unique<EvacCloud>();  // removed at exit
   return *c;
 }
 

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -76,7 +77,7 @@ class PathsCloud : public FakeCloud {
 };
 
 PathsCloud& P() {
-  static PathsCloud* c = new PathsCloud();
+  static std::unique_ptr<PathsCloud> c = std::make_unique<PathsCloud>();  // removed at exit
   return *c;
 }
 
