@@ -10,6 +10,18 @@
 #include "scheduler/prechecks.h"
 
 namespace livemig::sched {
+namespace {
+
+// Why an agent's check step refused: its first failed check, or the call's own error (then the
+// step is named as the check that failed).
+template <typename Response>
+void NoteRefusal(const absl::StatusOr<Response>& r, v1::MigrationStep step, std::string* reason,
+                 std::string* check) {
+  *reason = r.ok() ? FirstFailure(r->checks()) : std::string(r.status().message());
+  *check = r.ok() ? FirstFailedCheck(r->checks()) : StepName(step);
+}
+
+}  // namespace
 
 absl::Status MigrationRun::Preparing() {
   if (AbortRequested()) return RollBack(S::kCancelled, AbortReason());
@@ -43,8 +55,7 @@ absl::Status MigrationRun::Preparing() {
         [&] { return dst->CheckCanLiveMigrateOnDest(dreq); });
     TestPoint("check_can_live_migrate_on_dest:after");
     if (!d.ok() || !d->passed()) {
-      last_reason = d.ok() ? FirstFailure(d->checks()) : std::string(d.status().message());
-      last_check = d.ok() ? FirstFailedCheck(d->checks()) : "check_can_live_migrate_on_dest";
+      NoteRefusal(d, v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST, &last_reason, &last_check);
       RETURN_IF_ERROR(Record(v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_DEST, false, last_reason,
                              t, std::nullopt));
       if (!m_.requested_dest.empty()) break;
@@ -63,8 +74,7 @@ absl::Status MigrationRun::Preparing() {
         [&] { return src->CheckCanLiveMigrateOnSrc(sreq); });
     TestPoint("check_can_live_migrate_on_src:after");
     if (!s.ok() || !s->passed()) {
-      last_reason = s.ok() ? FirstFailure(s->checks()) : std::string(s.status().message());
-      last_check = s.ok() ? FirstFailedCheck(s->checks()) : "check_can_live_migrate_on_src";
+      NoteRefusal(s, v1::MIGRATION_STEP_CHECK_CAN_LIVE_MIGRATE_ON_SRC, &last_reason, &last_check);
       const auto cleanup = DestCleanupRequest(Target(), d->dest_check_data());
       Retry<cv1::CheckCanLiveMigrateOnDestCleanupResponse>([&] {
         return dst->CheckCanLiveMigrateOnDestCleanup(cleanup);
