@@ -1246,7 +1246,16 @@ TEST_CASE("evacuations keep each instance's outcome") {
   CHECK(got->finished_at.has_value());
   CHECK(got->items[0].migration_id == m->migration.id);
   CHECK(got->items[1].reason == "shut off");
-  CHECK(ev.ListEvacuations({"host-a", {}, 10})->evacuations.size() == 1);
+  // A page carries each evacuation's items and migrations in flight, as GetEvacuation does.
+  auto listed = ev.ListEvacuations({"host-a", {}, 10});
+  REQUIRE(listed.ok());
+  REQUIRE(listed->evacuations.size() == 1);
+  const EvacuationRecord& l = listed->evacuations[0];
+  REQUIRE(l.items.size() == got->items.size());
+  CHECK(l.items[0].migration_id == m->migration.id);
+  CHECK(l.items[0].migration_status == got->items[0].migration_status);
+  CHECK(l.items[1].reason == "shut off");
+  CHECK(l.active_migrations == got->active_migrations);
   CHECK(ev.ListEvacuations({"host-b", {}, 10})->evacuations.empty());
   NewEvacuation unknown_host = NewEvac({}, 1);
   unknown_host.host = "host-q";
@@ -1266,6 +1275,9 @@ TEST_CASE("evacuations are listed by the status the API shows, in pages") {
   REQUIRE(ev.FinishEvacuation(bad->id, "sched-1", "failed").ok());
   auto cancelling = ev.CreateEvacuation(NewEvac({}, 1));
   REQUIRE(cancelling.ok());
+  NewMigration in_flight = NewMig(1);
+  in_flight.evacuation_uuid = cancelling->uuid;
+  REQUIRE(db.stores->migrations().CreateMigration(in_flight).ok());
   db.Exec(absl::StrCat("UPDATE evacuations SET cancel_requested_at = now() WHERE id = ",
                        cancelling->id));
   auto ids = [&](const EvacuationFilter& f) {
@@ -1283,6 +1295,13 @@ TEST_CASE("evacuations are listed by the status the API shows, in pages") {
   CHECK(ids({"host-a", {"running"}, 10}).empty());
   CHECK(ids({"host-a", {"completed", "cancelling"}, 10}) == V{cancelling->id, done->id});
   CHECK(ids({"host-b", {}, 10}).empty());
+  // Each listed with its migrations in flight (one query for the page, not one per row).
+  auto all = ev.ListEvacuations({"host-a", {}, 10});
+  REQUIRE(all.ok());
+  REQUIRE(all->evacuations.size() == 3);
+  CHECK(all->evacuations[0].active_migrations == 1);
+  CHECK(all->evacuations[1].active_migrations == 0);
+  CHECK(all->evacuations[2].active_migrations == 0);
   // Pages of 2: the next page starts after the last row shown; the last page has no token.
   auto first = ev.ListEvacuations({"", {}, 2});
   REQUIRE(first.ok());

@@ -3,10 +3,12 @@
 #include "db/pg_evacuation_store.h"
 
 #include <algorithm>
+#include <map>
 #include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "db/pg_rows.h"
 #include "db/pg_stores.h"
@@ -147,6 +149,7 @@ absl::StatusOr<EvacuationPage> PgEvacuationStore::ListEvacuations(const Evacuati
           }
           page.evacuations.push_back(EvacuationFromRow(row));
         }
+        WithItems(w, &page.evacuations);
         return page;
       });
 }
@@ -334,31 +337,53 @@ std::string PgEvacuationStore::EvacuationSelect() {
 
 // Reads the items of `e` (with their migrations' status) into it.
 EvacuationRecord PgEvacuationStore::WithItems(pqxx::transaction_base& w, EvacuationRecord e) {
+  std::vector<EvacuationRecord> one;
+  one.push_back(std::move(e));
+  WithItems(w, &one);
+  return std::move(one.front());
+}
+
+// Reads the items of each of `es` (with their migrations' status) and the count of its
+// migrations in flight into it: two statements, however many evacuations.
+void PgEvacuationStore::WithItems(pqxx::transaction_base& w, std::vector<EvacuationRecord>* es) {
+  if (es->empty()) return;
+  std::map<int64_t, EvacuationRecord*> by_id;
+  std::map<std::string, EvacuationRecord*> by_uuid;
+  std::vector<std::string> ids, uuids;
+  for (EvacuationRecord& e : *es) {
+    by_id[e.id] = &e;
+    by_uuid[e.uuid] = &e;
+    ids.push_back(absl::StrCat(e.id));
+    uuids.push_back(e.uuid);
+  }
   pqxx::result items = w.exec_params(
-      "SELECT it.instance_uuid::text, it.migration_id, it.outcome, it.reason, m.status, "
-      "m.failure_reason, it.instance_name, m.uuid::text, m.dest_host FROM evacuation_items it "
-      "LEFT JOIN migrations m ON m.id = it.migration_id WHERE it.evacuation_id = $1 ORDER BY "
-      "it.instance_uuid",
-      e.id);
+      "SELECT it.evacuation_id, it.instance_uuid::text, it.migration_id, it.outcome, it.reason, "
+      "m.status, m.failure_reason, it.instance_name, m.uuid::text, m.dest_host FROM "
+      "evacuation_items it LEFT JOIN migrations m ON m.id = it.migration_id WHERE "
+      "it.evacuation_id = ANY($1::bigint[]) ORDER BY it.evacuation_id, it.instance_uuid",
+      absl::StrCat("{", absl::StrJoin(ids, ","), "}"));
   for (const auto& row : items) {
     EvacuationItem it;
-    it.instance_uuid = Str(row[0]);
-    it.migration_id = Opt<int64_t>(row[1]);
-    it.outcome = Str(row[2]);
-    it.reason = Str(row[3]);
-    it.migration_status = Str(row[4]);
-    it.migration_failure_reason = Str(row[5]);
-    it.instance_name = Str(row[6]);
-    it.migration_uuid = Str(row[7]);
-    it.migration_dest_host = Str(row[8]);
-    e.items.push_back(std::move(it));
+    it.instance_uuid = Str(row[1]);
+    it.migration_id = Opt<int64_t>(row[2]);
+    it.outcome = Str(row[3]);
+    it.reason = Str(row[4]);
+    it.migration_status = Str(row[5]);
+    it.migration_failure_reason = Str(row[6]);
+    it.instance_name = Str(row[7]);
+    it.migration_uuid = Str(row[8]);
+    it.migration_dest_host = Str(row[9]);
+    by_id.at(row[0].as<int64_t>())->items.push_back(std::move(it));
   }
-  e.active_migrations = w.exec_params(absl::StrCat("SELECT count(*) FROM migrations WHERE "
-                                                   "evacuation_uuid = $1::uuid AND ",
-                                                   kActive),
-                                      e.uuid)[0][0]
-                            .as<int>();
-  return e;
+  pqxx::result active =
+      w.exec_params(absl::StrCat("SELECT evacuation_uuid::text, count(*) FROM migrations WHERE "
+                                 "evacuation_uuid = ANY($1::uuid[]) AND ",
+                                 kActive, " GROUP BY evacuation_uuid"),
+                    TextArray(uuids));
+  for (const auto& row : active) {
+    auto it = by_uuid.find(Str(row[0]));
+    if (it != by_uuid.end()) it->second->active_migrations = row[1].as<int>();
+  }
 }
 
 EvacuationRecord PgEvacuationStore::EvacuationFromRow(const pqxx::row& r) {

@@ -35,6 +35,7 @@ class PgEvacuationStore : public EvacuationStore {
   static absl::Status WhyNotOwned(pqxx::transaction_base& w, int64_t id, const std::string& owner);
   static std::string EvacuationSelect();
   static EvacuationRecord WithItems(pqxx::transaction_base& w, EvacuationRecord e);
+  static void WithItems(pqxx::transaction_base& w, std::vector<EvacuationRecord>* es);
   static EvacuationRecord EvacuationFromRow(const pqxx::row& r);
   PgPool* pool_;
 };

@@ -189,7 +189,8 @@ class EvacuationStore {
   // The evacuation created with `request_id` (with its items); NotFound when none.
   virtual absl::StatusOr<EvacuationRecord> FindEvacuationByRequestId(
       const std::string& request_id) = 0;
-  // Newest first, one page of `f` (InvalidArgument for a page token this server did not issue).
+  // Newest first, one page of `f`, each with its items (InvalidArgument for a page token this
+  // server did not issue).
   virtual absl::StatusOr<EvacuationPage> ListEvacuations(const EvacuationFilter& f) = 0;
   // The owner's writes: compare-and-swap on (running, `owner` holds an unexpired lease).
   // Aborted when the lease is not `owner`'s (lost, expired, taken over), FailedPrecondition when

@@ -366,8 +366,7 @@ absl::StatusOr<sv1::ListEvacuationsResponse> Evacuator::List(const sv1::ListEvac
   resp.set_next_page_token(page.next_page_token);
   for (const auto& e : page.evacuations) {
     // The counts come from the items; the items themselves only when asked for.
-    auto full = evacuations_->GetEvacuation(e.id);
-    sv1::Evacuation out = ToProtoEvacuation(full.ok() ? *full : e);
+    sv1::Evacuation out = ToProtoEvacuation(e);
     if (!r.include_items()) out.clear_items();
     *resp.add_evacuations() = std::move(out);
   }
