@@ -213,6 +213,7 @@ absl::StatusOr<sv1::Migration> ApiCore::GetMigration(const std::string& id, bool
 absl::StatusOr<sv1::ListMigrationsResponse> ApiCore::ListMigrations(
     const sv1::ListMigrationsRequest& r) {
   db::MigrationFilter f;
+  RETURN_IF_ERROR(CheckEnumFilter("statuses", r.statuses(), v1::MigrationStatus_descriptor()));
   for (int s : r.statuses()) {
     ASSIGN_OR_RETURN(MigrationStatus st, FromProtoStatus(static_cast<v1::MigrationStatus>(s)));
     f.statuses.push_back(st);
@@ -507,14 +508,9 @@ absl::StatusOr<sv1::ListInstancesResponse> ApiCore::ListInstances(
   // Paged and filtered in the database (by name, then UUID).
   db::InstanceFilter f;
   f.host = r.host();
-  for (int s : r.states()) {
-    const auto state = static_cast<v1::DomainState>(s);
-    if (state == v1::DOMAIN_STATE_UNSPECIFIED || !v1::DomainState_IsValid(s)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("state filter ", s, " is not a domain state (UNSPECIFIED or unknown)"));
-    }
-    f.power_states.push_back(DomainStateName(state));
-  }
+  RETURN_IF_ERROR(CheckEnumFilter("states", r.states(), v1::DomainState_descriptor()));
+  for (int s : r.states())
+    f.power_states.push_back(DomainStateName(static_cast<v1::DomainState>(s)));
   if (r.has_missing()) f.missing = r.missing();
   if (r.has_migrating()) f.migrating = r.migrating();
   f.page_size = PageSize(r.page_size());

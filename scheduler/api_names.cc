@@ -1,7 +1,10 @@
 #include "scheduler/api_names.h"
 
 #include <cctype>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/migration_status.h"
 #include "google/protobuf/util/json_util.h"
 #include "proto/common.pb.h"
@@ -66,6 +69,22 @@ std::string ApiEnumName(const EnumValueDescriptor* v) {
   if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
   for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return name;
+}
+
+absl::Status CheckEnumFilter(std::string_view field,
+                             const google::protobuf::RepeatedField<int>& values,
+                             const google::protobuf::EnumDescriptor* e) {
+  for (int v : values) {
+    if (v != 0 && e->FindValueByNumber(v) != nullptr) continue;
+    std::vector<std::string> names;
+    for (int i = 0; i < e->value_count(); ++i) {
+      if (e->value(i)->number() != 0) names.push_back(ApiEnumName(e->value(i)));
+    }
+    return absl::InvalidArgumentError(absl::StrCat("field '", std::string(field),
+                                                   "' has an invalid value ", v, ": use ",
+                                                   absl::StrJoin(names, ", ")));
+  }
+  return absl::OkStatus();
 }
 
 const EnumValueDescriptor* FindApiEnumValue(const EnumDescriptor* e, std::string_view name) {

@@ -13,8 +13,10 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
+#include "google/protobuf/repeated_field.h"
 #include "nlohmann/json.hpp"
 
 namespace livemig::sched {
@@ -26,6 +28,13 @@ std::string ApiEnumName(const google::protobuf::EnumValueDescriptor* v);
 // nullptr for neither.
 const google::protobuf::EnumValueDescriptor* FindApiEnumValue(
     const google::protobuf::EnumDescriptor* e, std::string_view name);
+
+// Checks the values of a repeated enum filter named `field` (e.g. "statuses"): InvalidArgument
+// naming the field, the value and the names accepted (ApiEnumName) for 0 (UNSPECIFIED) or a
+// number enum `e` lacks. The one check of every API filter by an enum.
+absl::Status CheckEnumFilter(std::string_view field,
+                             const google::protobuf::RepeatedField<int>& values,
+                             const google::protobuf::EnumDescriptor* e);
 
 struct ApiJsonOptions {
   // Print fields at their default values too (cloudctl --json); the REST API omits them.

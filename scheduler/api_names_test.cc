@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "common/migration_status.h"
 #include "google/protobuf/util/json_util.h"
 #include "scheduler/convert.h"
@@ -58,6 +59,30 @@ TEST_CASE("api names: ToApiJson renames nested and repeated enums; bodies parse 
   CHECK(back.status() == v1::MIGRATION_STATUS_RUNNING_POSTCOPY);
   CHECK(back.options().mode() == v1::MIGRATION_MODE_LIVE);
   CHECK(back.events(0).outcome() == sv1::STEP_OUTCOME_FAILED);
+}
+
+TEST_CASE(
+    "api names: an enum filter refuses 0 and unknown numbers, naming the field and the names") {
+  google::protobuf::RepeatedField<int> ok;
+  ok.Add(v1::MIGRATION_STATUS_RUNNING);
+  ok.Add(v1::MIGRATION_STATUS_FAILED);
+  CHECK(CheckEnumFilter("statuses", ok, v1::MigrationStatus_descriptor()).ok());
+  CHECK(CheckEnumFilter("statuses", {}, v1::MigrationStatus_descriptor()).ok());
+  for (int bad : {0, 999}) {
+    google::protobuf::RepeatedField<int> v = ok;
+    v.Add(bad);
+    const absl::Status s = CheckEnumFilter("statuses", v, v1::MigrationStatus_descriptor());
+    INFO(s.ToString());
+    CHECK(s.code() == absl::StatusCode::kInvalidArgument);
+    CHECK(s.message().find(absl::StrCat("field 'statuses' has an invalid value ", bad)) == 0);
+    CHECK(s.message().find("running (post-copy)") != std::string::npos);  // the API's names
+    CHECK(s.message().find("unspecified") == std::string::npos);
+  }
+  google::protobuf::RepeatedField<int> states;
+  states.Add(77);
+  const absl::Status st = CheckEnumFilter("states", states, v1::DomainState_descriptor());
+  CHECK(st.message().find("field 'states' has an invalid value 77: use ") == 0);
+  CHECK(st.message().find("running") != std::string::npos);
 }
 
 }  // namespace

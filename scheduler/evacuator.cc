@@ -346,13 +346,8 @@ absl::StatusOr<sv1::Evacuation> Evacuator::Cancel(const std::string& uuid, const
 absl::StatusOr<sv1::ListEvacuationsResponse> Evacuator::List(const sv1::ListEvacuationsRequest& r) {
   db::EvacuationFilter f;
   f.host = r.host();
+  RETURN_IF_ERROR(CheckEnumFilter("statuses", r.statuses(), sv1::EvacuationStatus_descriptor()));
   for (int s : r.statuses()) {
-    const auto st = static_cast<sv1::EvacuationStatus>(s);
-    if (st == sv1::EVACUATION_STATUS_UNSPECIFIED || !sv1::EvacuationStatus_IsValid(s)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("field 'statuses' has an invalid value ", s,
-                       ": use running, cancelling, completed, completed_with_errors, cancelled"));
-    }
     f.statuses.push_back(ApiEnumName(sv1::EvacuationStatus_descriptor()->FindValueByNumber(s)));
   }
   if (r.page_size() > 1000) {
