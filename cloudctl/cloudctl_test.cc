@@ -78,19 +78,12 @@ bool Has(const std::string& text, const std::string& part) {
 
 // ---- the shared cloud ----------------------------------------------------------------------
 
-struct RemoveDir {
-  std::string dir;
-  ~RemoveDir() {
-    if (!dir.empty()) testing::RunCommand("rm -rf " + dir).IgnoreError();
-  }
-};
-
 // PostgreSQL, the scheduler (with API tokens: ops-cli is an operator, viewer a reader) and agents
 // host-a and host-b (fake-qemu: byte progress, abort, force-complete), with instance web-1 (kUuid)
 // on host-a at first.
 struct SharedCloud {
-  RemoveDir remove{testing::MakeShortTempDir("cli")};  // destroyed last, after the processes
-  std::string dir = remove.dir;
+  testing::RemoveDirAtEnd remove{testing::MakeShortTempDir("cli")};  // destroyed last
+  std::string dir = remove.path;
   Cloud cloud{dir};
   std::string state = dir + "/fake";
   driver::FakeHypervisor hv{state};
@@ -486,8 +479,8 @@ TEST_CASE("command-line errors exit 2 before calling the scheduler") {
 }
 
 TEST_CASE("a scheduler that is not running: exit 7 and a hint") {
-  RemoveDir tmp{testing::MakeShortTempDir("cli-none")};
-  const std::string sock = tmp.dir + "/nobody-listens.sock";
+  testing::RemoveDirAtEnd tmp{testing::MakeShortTempDir("cli-none")};
+  const std::string sock = tmp.path + "/nobody-listens.sock";
   auto r = Cloudctl("--server unix:" + sock + " host-list");
   CHECK(r.code == 7);
   CHECK(Has(r.err, "cloudctl: host-list: "));

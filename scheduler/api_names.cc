@@ -1,5 +1,6 @@
 #include "scheduler/api_names.h"
 
+#include <algorithm>
 #include <cctype>
 #include <vector>
 
@@ -73,12 +74,16 @@ std::string ApiEnumName(const EnumValueDescriptor* v) {
 
 absl::Status CheckEnumFilter(std::string_view field,
                              const google::protobuf::RepeatedField<int>& values,
-                             const google::protobuf::EnumDescriptor* e) {
+                             const google::protobuf::EnumDescriptor* e,
+                             const std::vector<int>& never_shown) {
+  auto shown = [&](int v) {
+    return v != 0 && std::find(never_shown.begin(), never_shown.end(), v) == never_shown.end();
+  };
   for (int v : values) {
-    if (v != 0 && e->FindValueByNumber(v) != nullptr) continue;
+    if (shown(v) && e->FindValueByNumber(v) != nullptr) continue;
     std::vector<std::string> names;
     for (int i = 0; i < e->value_count(); ++i) {
-      if (e->value(i)->number() != 0) names.push_back(ApiEnumName(e->value(i)));
+      if (shown(e->value(i)->number())) names.push_back(ApiEnumName(e->value(i)));
     }
     return absl::InvalidArgumentError(absl::StrCat("field '", std::string(field),
                                                    "' has an invalid value ", v, ": use ",

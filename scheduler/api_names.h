@@ -12,6 +12,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "google/protobuf/descriptor.h"
@@ -30,11 +31,13 @@ const google::protobuf::EnumValueDescriptor* FindApiEnumValue(
     const google::protobuf::EnumDescriptor* e, std::string_view name);
 
 // Checks the values of a repeated enum filter named `field` (e.g. "statuses"): InvalidArgument
-// naming the field, the value and the names accepted (ApiEnumName) for 0 (UNSPECIFIED) or a
-// number enum `e` lacks. The one check of every API filter by an enum.
+// naming the field, the value and the names accepted (ApiEnumName) for 0 (UNSPECIFIED), a number
+// enum `e` lacks, or one of `never_shown` (values the API never answers with, so a filter on them
+// could only ever match nothing). The one check of every API filter by an enum.
 absl::Status CheckEnumFilter(std::string_view field,
                              const google::protobuf::RepeatedField<int>& values,
-                             const google::protobuf::EnumDescriptor* e);
+                             const google::protobuf::EnumDescriptor* e,
+                             const std::vector<int>& never_shown = {});
 
 struct ApiJsonOptions {
   // Print fields at their default values too (cloudctl --json); the REST API omits them.

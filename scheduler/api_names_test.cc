@@ -83,6 +83,16 @@ TEST_CASE(
   const absl::Status st = CheckEnumFilter("states", states, v1::DomainState_descriptor());
   CHECK(st.message().find("field 'states' has an invalid value 77: use ") == 0);
   CHECK(st.message().find("running") != std::string::npos);
+  // A value the API never answers with is refused and not offered.
+  google::protobuf::RepeatedField<int> failed;
+  failed.Add(sv1::EVACUATION_STATUS_FAILED);
+  CHECK(CheckEnumFilter("statuses", failed, sv1::EvacuationStatus_descriptor()).ok());
+  const absl::Status never = CheckEnumFilter("statuses", failed, sv1::EvacuationStatus_descriptor(),
+                                             {sv1::EVACUATION_STATUS_FAILED});
+  INFO(never.ToString());
+  CHECK(never.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(never.message().find("completed_with_errors") != std::string::npos);
+  CHECK(never.message().find("failed") == std::string::npos);
 }
 
 }  // namespace

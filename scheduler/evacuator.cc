@@ -346,7 +346,9 @@ absl::StatusOr<sv1::Evacuation> Evacuator::Cancel(const std::string& uuid, const
 absl::StatusOr<sv1::ListEvacuationsResponse> Evacuator::List(const sv1::ListEvacuationsRequest& r) {
   db::EvacuationFilter f;
   f.host = r.host();
-  RETURN_IF_ERROR(CheckEnumFilter("statuses", r.statuses(), sv1::EvacuationStatus_descriptor()));
+  // An evacuation that ended with failures is shown completed_with_errors, never failed.
+  RETURN_IF_ERROR(CheckEnumFilter("statuses", r.statuses(), sv1::EvacuationStatus_descriptor(),
+                                  {sv1::EVACUATION_STATUS_FAILED}));
   for (int s : r.statuses()) {
     f.statuses.push_back(ApiEnumName(sv1::EvacuationStatus_descriptor()->FindValueByNumber(s)));
   }

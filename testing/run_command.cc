@@ -72,6 +72,12 @@ std::string MakeTempDir(const std::string& tag) {
 }  // namespace livemig::testing
 
 namespace livemig::testing {
+RemoveDirAtEnd::~RemoveDirAtEnd() {
+  if (!path.empty() && getenv("LIVEMIG_KEEP_TEST_DIR") == nullptr) {
+    RunCommand("rm -rf '" + path + "'").IgnoreError();
+  }
+}
+
 std::string MakeShortTempDir(const std::string& tag) {
   std::string t = absl::StrCat("/tmp/lm-", tag, "-XXXXXX");
   if (mkdtemp(t.data()) == nullptr) return "";

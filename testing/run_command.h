@@ -3,6 +3,7 @@
 #define LIVEMIG_TESTING_RUN_COMMAND_H_
 
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 
@@ -30,8 +31,19 @@ std::string RunfilePath(const std::string& workspace_relative);
 // A new private directory under $TEST_TMPDIR (or /tmp).
 std::string MakeTempDir(const std::string& tag);
 // A new private directory directly under /tmp: Unix socket paths must stay under 108 bytes,
-// which Bazel's TEST_TMPDIR exceeds. The caller removes it.
+// which Bazel's TEST_TMPDIR exceeds. The caller removes it (RemoveDirAtEnd).
 std::string MakeShortTempDir(const std::string& tag);
+
+// Removes directory `path` (rm -rf) when destroyed, unless LIVEMIG_KEEP_TEST_DIR is set (to look
+// at the logs after a run). As a member, declare it before everything that writes there (processes,
+// state): members are destroyed in reverse order, so the directory goes last.
+struct RemoveDirAtEnd {
+  explicit RemoveDirAtEnd(std::string p) : path(std::move(p)) {}
+  RemoveDirAtEnd(const RemoveDirAtEnd&) = delete;
+  RemoveDirAtEnd& operator=(const RemoveDirAtEnd&) = delete;
+  ~RemoveDirAtEnd();
+  std::string path;
+};
 
 }  // namespace livemig::testing
 

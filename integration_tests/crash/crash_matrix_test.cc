@@ -76,11 +76,7 @@ class CrashCloud {
     INFO(cloud_.SchedulerLog());
     REQUIRE(cloud_.WaitInstanceOn(kUuid, "host-a", absl::Seconds(20)));
   }
-  ~CrashCloud() {
-    ::unsetenv("LIVEMIG_TEST_HOOK_DIR");
-    if (std::getenv("LIVEMIG_KEEP_TEST_DIR") == nullptr)
-      testing::RunCommand("rm -rf " + dir_).IgnoreError();
-  }
+  ~CrashCloud() { ::unsetenv("LIVEMIG_TEST_HOOK_DIR"); }
 
   Cloud& cloud() { return cloud_; }
   driver::FakeHypervisor& hv() { return hv_; }
@@ -136,7 +132,9 @@ class CrashCloud {
   }
 
  private:
-  std::string dir_ = testing::MakeShortTempDir("crash");
+  // First, so removed last: after cloud_ has stopped the processes that write there.
+  testing::RemoveDirAtEnd remove_{testing::MakeShortTempDir("crash")};
+  std::string dir_ = remove_.path;
   std::string hooks_ = dir_ + "/hooks";
   Cloud cloud_{dir_};
   std::string state_ = dir_ + "/fake";

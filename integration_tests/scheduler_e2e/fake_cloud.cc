@@ -54,8 +54,6 @@ FakeCloud::~FakeCloud() {
   if (!hooks_.empty()) ::unsetenv("LIVEMIG_TEST_HOOK_DIR");
 }
 
-FakeCloud::RemoveAtEnd::~RemoveAtEnd() { testing::RunCommand("rm -rf " + path).IgnoreError(); }
-
 void FakeCloud::StartAgent(const std::string& host, const std::string& flags) {
   StartFakeAgent(cloud_, state_, host, flags);
 }

@@ -12,6 +12,7 @@
 
 #include "driver/fake_driver.h"
 #include "integration_tests/scheduler_e2e/e2e.h"
+#include "testing/run_command.h"
 
 namespace livemig::e2e {
 
@@ -58,10 +59,7 @@ class FakeCloud {
 
  protected:
   // Removes the directory when everything else is gone (members end in reverse order).
-  struct RemoveAtEnd {
-    std::string path;
-    ~RemoveAtEnd();
-  } remove_;
+  testing::RemoveDirAtEnd remove_;  // first, so removed last
   std::string dir_;
   std::string hooks_;
   std::string state_;
