@@ -43,11 +43,25 @@ std::optional<bool> HostUp(FaultCloud& f, const std::string& host) {
 // The transfer has ended on the hypervisors (the fake hypervisor ends it on its own clock, with
 // or without the agents): the VM runs on the destination only.
 bool WaitTransferEnded(FaultCloud& f) {
-  return testing::WaitFor(
+  Loc last;
+  const bool ended = testing::WaitFor(
       [&] {
-        return f.Where() == Loc{{"host-b", "running"}};
+        last = f.Where();
+        return last == Loc{{"host-b", "running"}};
       },
       absl::Seconds(60));
+  if (!ended) {
+    // Seen once in a rehearsal (beside the Xen stage): say where the VM was and what the fake
+    // hypervisor held, so that the next look starts from facts.
+    std::string at;
+    for (const auto& [h, st] : last) absl::StrAppend(&at, " ", h, "=", st);
+    auto snap = f.hv.Snapshot();
+    WARN("the transfer had not ended after 60 s; the VM was at:"
+         << (at.empty() ? " nowhere" : at) << "\nthe fake hypervisor's state: "
+         << (snap.ok() ? snap->dump() : snap.status().ToString()) << "\nscheduler log:\n"
+         << f.cloud.SchedulerLog());
+  }
+  return ended;
 }
 
 // How many times the scheduler tried the destination's post step and failed: it retries,
