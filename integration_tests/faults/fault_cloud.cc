@@ -122,6 +122,10 @@ void FaultCloud::WaitTransferRunning(const std::string& id) {
                m->transfer_started_at().seconds() > 0;
       },
       absl::Seconds(30)));
+  // The scheduler records the start before the source agent's LiveMigration creates the
+  // transfer: a test that stops the source agent next must first see the transfer itself (seen:
+  // the agent stopped before it, no transfer ever, the VM still on the source).
+  e2e::WaitFakeTransferRunning(hv, id, absl::Seconds(30));
 }
 
 std::string FaultCloud::MigrateTransferring(const std::string& uuid, const std::string& source,

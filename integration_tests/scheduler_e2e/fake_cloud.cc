@@ -142,14 +142,20 @@ std::string StartLongMigration(Cloud& cloud, driver::FakeHypervisor& hv, const s
   o.set_completion_timeout_s(3600);
   const std::string id = cloud.StartMigration(uuid, dest, o);
   cloud.RequireStatus(id, v1::MIGRATION_STATUS_RUNNING, absl::Seconds(30));
+  WaitFakeTransferRunning(hv, id, absl::Seconds(30));
+  return id;
+}
+
+void WaitFakeTransferRunning(driver::FakeHypervisor& hv, const std::string& id,
+                             absl::Duration timeout) {
+  INFO("the fake hypervisor's transfer of migration " << id);
   REQUIRE(testing::WaitFor(
       [&] {
         auto s = hv.Snapshot();
         if (!s.ok() || !(*s)["transfers"].contains(id)) return false;
         return (*s)["transfers"][id].value("state", "") == "running";
       },
-      absl::Seconds(30)));
-  return id;
+      timeout));
 }
 
 namespace {

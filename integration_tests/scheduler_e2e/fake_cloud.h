@@ -104,6 +104,11 @@ void StartFakeAgents(Cloud& cloud, driver::FakeHypervisor& hv, const std::string
 // reads the host's transfer duration then). Returns the migration id.
 std::string StartLongMigration(Cloud& cloud, driver::FakeHypervisor& hv, const std::string& uuid,
                                const std::string& dest);
+// Waits (REQUIRE, at most `timeout`) until the fake hypervisor holds migration `id`'s transfer,
+// running: the scheduler's `running` and transfer_started_at are written before the source
+// agent's LiveMigration creates it.
+void WaitFakeTransferRunning(driver::FakeHypervisor& hv, const std::string& id,
+                             absl::Duration timeout);
 
 // SIGSTOPs `host`'s agent while holding the fake hypervisors' state lock (REQUIREs it), so that
 // the stopped agent cannot be frozen inside it: that would hang every other agent on the shared
